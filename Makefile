@@ -1,0 +1,49 @@
+# duotpu — everything a fresh machine needs: `make demo`, `make test`.
+SHELL := /bin/bash
+VENV  := .venv
+PY    := $(VENV)/bin/python
+# The install is redone only when one of these changes.
+STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | sha256sum | cut -c1-16)
+SSHD_STAMP := $(VENV)/.sshd-installed
+
+.PHONY: install demo test test-fast bench clean help
+
+help:
+	@echo "make demo   install, then run the built-in demo (EfficientNet-Lite0 -> INT8 + BF16)"
+	@echo "make test   install, then run the test suite"
+	@echo "make bench  install, then run the benchmarks under bench/"
+
+install: $(STAMP)
+
+$(STAMP): requirements.lock pyproject.toml
+	@PY310="$$(scripts/find-python310.sh)" || exit 1; \
+	if [ ! -x $(PY) ] || ! $(PY) -c 'import sys; assert sys.version_info[:2] == (3, 10)' 2>/dev/null; then \
+	  echo "creating $(VENV) with $$PY310"; rm -rf $(VENV); "$$PY310" -m venv $(VENV) || exit 1; \
+	fi
+	$(PY) -m pip install --quiet --upgrade "pip==25.1.1"
+	$(PY) -m pip install --quiet -r requirements.lock
+	$(PY) -m pip install --quiet --no-deps -e .
+	$(PY) -m duotpu.selfcheck
+	@rm -f $(VENV)/.installed-*; touch $@
+
+# Debian's OpenSSH server for the board tests (started by the tests themselves on 127.0.0.1).
+$(SSHD_STAMP):
+	@if [ ! -x /usr/sbin/sshd ]; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends openssh-server openssh-client >/dev/null; \
+	fi
+	@mkdir -p $(VENV) && touch $@
+
+demo: install
+	$(VENV)/bin/duotpu demo
+
+test: install $(SSHD_STAMP)
+	$(VENV)/bin/python -m pytest -q
+
+test-fast: install
+	$(VENV)/bin/python -m pytest -q -m "not slow"
+
+bench: install
+	$(PY) bench/build.py
+
+clean:
+	rm -rf build .pytest_cache

@@ -1,0 +1,321 @@
+"""The ``duotpu`` command: a thin layer over the library. Only this module prints and exits."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import threading
+import traceback
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError, DuoTpuError, ToleranceError, ToolchainError
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def _console():
+    from rich.console import Console
+    return Console(highlight=False, width=None if sys.stdout.isatty() else 100)
+
+
+def _err_console():
+    from rich.console import Console
+    return Console(stderr=True, highlight=False)
+
+
+# --------------------------------------------------------------------------------------------
+# Progress: one line per stage, with its time
+# --------------------------------------------------------------------------------------------
+class StageProgress:
+    """Renders pipeline events: a spinner while stages run, one line per finished stage."""
+
+    def __init__(self, console):
+        from rich.status import Status
+        self.console = console
+        self.running: list[str] = []
+        self.lock = threading.Lock()
+        self.status = Status("", console=console, spinner="dots")
+        self.started = False
+
+    def __call__(self, ev) -> None:
+        with self.lock:
+            if ev.status == "start":
+                self.running.append(ev.stage)
+            elif ev.stage in self.running and ev.status in ("done", "failed", "cached"):
+                self.running.remove(ev.stage)
+            if ev.status == "done":
+                self.console.print(f"[green]✓[/] {ev.stage:<14} {ev.seconds:6.1f} s")
+            elif ev.status == "cached":
+                self.console.print(f"[cyan]↺[/] {ev.stage:<14}   cached "
+                                   f"[dim](ran in {ev.seconds:.1f} s)[/]")
+            elif ev.status == "failed":
+                self.console.print(f"[red]✗[/] {ev.stage:<14} {ev.seconds:6.1f} s")
+            elif ev.status == "warning":
+                self.console.print(f"[yellow]![/] {ev.stage:<14} {ev.message}")
+            self._refresh()
+
+    def _refresh(self) -> None:
+        if self.running and self.console.is_terminal:
+            self.status.update("running " + ", ".join(self.running) + " …")
+            if not self.started:
+                self.status.start()
+                self.started = True
+        elif self.started:
+            self.status.stop()
+            self.started = False
+
+    def close(self) -> None:
+        with self.lock:
+            if self.started:
+                self.status.stop()
+                self.started = False
+
+
+# --------------------------------------------------------------------------------------------
+# Arguments → recipe overrides
+# --------------------------------------------------------------------------------------------
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.replace(" ", "").split(",") if v]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}")
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.replace("x", ",").split(",") if v]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected whole numbers separated by commas, "
+                                         f"got {text!r}")
+
+
+def _modes(text: str) -> list[str]:
+    return [m.strip().lower() for m in text.split(",") if m.strip()]
+
+
+def _add_recipe_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("recipe fields (override the recipe file)")
+    g.add_argument("--name", help="model name (names the output files)")
+    g.add_argument("--chip", help="cv180x (Duo, default), cv181x (Duo 256M / Duo S), cv182x, "
+                                  "cv183x")
+    g.add_argument("--quantize", type=_modes, help="modes to build, e.g. int8,bf16")
+    g.add_argument("--input-shape", type=_ints, metavar="N,C,H,W")
+    g.add_argument("--input-name", help="input name in the exported ONNX")
+    g.add_argument("--weights", help="torchvision weights name (DEFAULT, IMAGENET1K_V1) or a "
+                                     "state_dict file")
+    g.add_argument("--opset", type=int, help="ONNX opset for PyTorch export (default 13)")
+    g.add_argument("--resize", type=_ints, metavar="H,W", help="resize before center crop")
+    g.add_argument("--resize-mode", choices=["stretch", "short_side", "letterbox"])
+    g.add_argument("--mean", type=_floats, help="per-channel mean, 0–1 units")
+    g.add_argument("--std", type=_floats, help="per-channel std, 0–1 units")
+    g.add_argument("--pixel-format", choices=["rgb", "bgr", "gray"])
+    g.add_argument("--calib-images", help="folder of calibration images, or builtin:natural")
+    g.add_argument("--calib-count", type=int, help="number of calibration images")
+    g.add_argument("--calib-method", choices=["kl", "mse", "max", "percentile9999"])
+    g.add_argument("--test-image", help="image the build is verified on (path or builtin:NAME)")
+    g.add_argument("--tolerance-int8", type=_floats, metavar="COS,EUCLID")
+    g.add_argument("--tolerance-bf16", type=_floats, metavar="COS,EUCLID")
+    g.add_argument("--verify-int8", type=float, metavar="COS",
+                   help="minimum output cosine of the INT8 cvimodel vs fp32")
+    g.add_argument("--verify-bf16", type=float, metavar="COS")
+    g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="any recipe key, e.g. --set calibration.seed=3 (TOML value)")
+
+
+_FLAG_KEYS = {"name": "name", "chip": "chip", "quantize": "quantize", "weights": "model.weights",
+              "opset": "model.opset", "resize": "preprocess.resize",
+              "resize_mode": "preprocess.resize_mode", "mean": "preprocess.mean",
+              "std": "preprocess.std", "pixel_format": "preprocess.pixel_format",
+              "calib_images": "calibration.images", "calib_count": "calibration.count",
+              "calib_method": "calibration.method", "test_image": "test_image",
+              "tolerance_int8": "tolerance.int8", "tolerance_bf16": "tolerance.bf16",
+              "verify_int8": "tolerance.verify_int8", "verify_bf16": "tolerance.verify_bf16"}
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    from .recipe import parse_override_value
+    out: dict[str, Any] = {}
+    for flag, key in _FLAG_KEYS.items():
+        v = getattr(args, flag, None)
+        if v is not None:
+            out[key] = v
+    for path_key in ("calibration.images", "test_image", "model.weights"):
+        v = out.get(path_key)
+        if isinstance(v, str) and not v.startswith("builtin:") and Path(v).exists():
+            out[path_key] = str(Path(v).resolve())
+    if getattr(args, "input_shape", None) or getattr(args, "input_name", None):
+        out["inputs"] = None  # merged below
+    for item in getattr(args, "set", []) or []:
+        if "=" not in item:
+            raise ConfigError(f"--set needs KEY=VALUE, got {item!r}.")
+        k, v = item.split("=", 1)
+        out[k.strip()] = parse_override_value(k, v.strip())
+    return out
+
+
+def _recipe_from_args(args: argparse.Namespace):
+    from .recipe import Recipe, load_recipe, recipe_from_dict
+    overrides = _overrides(args)
+    if args.recipe:
+        base = load_recipe(args.recipe).to_dict()
+    else:
+        base = Recipe().to_dict()
+    if args.source:
+        src = args.source
+        if not (src.startswith("torchvision:") or ":" in src and not Path(src).exists()):
+            src = str(Path(src).expanduser().resolve())
+        base["model"]["source"] = src
+        if not overrides.get("name") and not args.recipe:
+            stem = src.split(":")[-1] if ":" in src and not Path(src).exists() else Path(src).stem
+            base["name"] = "".join(c if c.isalnum() or c in "_-" else "_" for c in stem)
+    if overrides.pop("inputs", "absent") is None:
+        spec = dict(base["inputs"][0])
+        if args.input_shape:
+            spec["shape"] = args.input_shape
+        if args.input_name:
+            spec["name"] = args.input_name
+        base["inputs"] = [spec]
+    where = f"{args.recipe} and the command line" if args.recipe else "the command line"
+    recipe = recipe_from_dict(base, where)
+    return recipe.with_overrides(overrides, where) if overrides else recipe
+
+
+# --------------------------------------------------------------------------------------------
+# Commands
+# --------------------------------------------------------------------------------------------
+def _print_build(console, result, labels, as_json: bool) -> int:
+    from . import report
+    rows = report.classify_build(result)
+    if as_json:
+        print(json.dumps({"name": result.recipe.name, "out_dir": str(result.out_dir),
+                          "manifest": str(result.manifest),
+                          "models": {m: str(a.cvimodel) for m, a in result.models.items()},
+                          "classification": report.as_json(rows, labels)}, indent=2))
+        return EXIT_OK
+    console.print(report.classification_table(
+        rows, labels, f"{result.recipe.name} on the test image "
+                      f"({Path(str(result.recipe.test_image)).name})"))
+    for mode, art in result.models.items():
+        console.print(f"[bold]{mode.upper()}[/] {art.cvimodel}  "
+                      f"(verified on the CV18xx simulator, cosine vs fp32 "
+                      f"{min(art.cosine.values()):.4f})")
+    console.print(f"manifest: {result.manifest}")
+    if not report.top1_agrees(rows):
+        console.print("[yellow]note:[/] the models' top-1 classes differ on the test image.")
+    return EXIT_OK
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from . import labels as labels_mod
+    from . import pipeline
+    if not args.source and not args.recipe:
+        raise ConfigError("Nothing to build: give a model (an .onnx or .pt file, "
+                          "'torchvision:NAME' or 'package.module:function') or --recipe FILE.")
+    recipe = _recipe_from_args(args)
+    console = _console()
+    progress = StageProgress(console)
+    console.print(f"building [bold]{recipe.name}[/] for {recipe.chip}: "
+                  f"{', '.join(m.upper() for m in recipe.quantize)}")
+    try:
+        result = pipeline.build(recipe, Path(args.out) if args.out else None,
+                                Path(args.work_dir) if args.work_dir else None, progress)
+    finally:
+        progress.close()
+    labels = labels_mod.read_labels(Path(args.labels)) if args.labels else \
+        (labels_mod.imagenet_classes() if _outputs_1000(result) else None)
+    return _print_build(console, result, labels, args.json)
+
+
+def _outputs_1000(result) -> bool:
+    ref = next(iter(result.reference.values()))
+    return ref.size // ref.shape[0] == 1000
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from importlib import resources
+    args.recipe = str(resources.files("duotpu") / "recipes" / "efficientnet_lite0.toml")
+    args.source = None
+    console = _console()
+    console.print("[bold]duotpu demo[/]: EfficientNet-Lite0 (ImageNet weights) → INT8 and BF16 "
+                  "cvimodels for the Milk-V Duo (cv180x), verified on the simulator, then the "
+                  "cat photo classified by each.")
+    return cmd_build(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``duotpu`` argument parser."""
+    from . import __version__
+    p = argparse.ArgumentParser(
+        prog="duotpu", description="PyTorch / ONNX → verified, quantized cvimodels for the "
+                                   "Milk-V Duo TPU (CV180x / CV181x), without Docker.")
+    p.add_argument("--version", action="version", version=f"duotpu {__version__}")
+    p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    b = sub.add_parser("build", help="export → transform → calibrate → deploy → verify",
+                       description="Build a model into verified cvimodels. SOURCE is an .onnx "
+                                   "or .pt file, torchvision:NAME or package.module:function; "
+                                   "or give everything in --recipe.")
+    b.add_argument("source", nargs="?", help="the model (overrides model.source)")
+    b.add_argument("--recipe", "-r", help="recipe TOML file")
+    b.add_argument("--out", "-o", help="folder for the final files (default build/NAME)")
+    b.add_argument("--work-dir", help="folder for intermediate files (default OUT/work)")
+    b.add_argument("--labels", help="class names file (one per line, or synset_words.txt)")
+    b.add_argument("--json", action="store_true", help="print the result as JSON")
+    b.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
+    _add_recipe_flags(b)
+    b.set_defaults(func=cmd_build)
+
+    d = sub.add_parser("demo", help="the built-in demo: EfficientNet-Lite0 → INT8 + BF16, "
+                                    "verified, then the cat photo classified")
+    d.add_argument("--out", "-o", help="folder for the final files (default "
+                                       "build/efficientnet_lite0)")
+    d.add_argument("--work-dir", help="folder for intermediate files")
+    d.add_argument("--json", action="store_true", help="print the result as JSON")
+    d.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
+    d.add_argument("--labels", default=None, help=argparse.SUPPRESS)
+    _add_recipe_flags(d)
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def _report_error(e: BaseException, debug: bool) -> int:
+    con = _err_console()
+    if debug:
+        con.print(traceback.format_exc(), markup=False, highlight=False)
+    if isinstance(e, ToolchainError):
+        con.print(f"[red bold]error:[/] {e}", markup=True)
+        if e.tail:
+            con.print(f"[dim]last lines of {e.log_path}:[/]")
+            con.print(e.tail, markup=False, highlight=False)
+    elif isinstance(e, ToleranceError):
+        con.print(f"[red bold]verification failed:[/] {e}")
+    elif isinstance(e, DuoTpuError):
+        con.print(f"[red bold]error:[/] {e}")
+    else:
+        con.print(f"[red bold]internal error:[/] {type(e).__name__}: {e}. Run again with "
+                  "--debug for the traceback and report it.")
+    return EXIT_USAGE if isinstance(e, ConfigError) else EXIT_FAIL
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``duotpu`` command; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return EXIT_USAGE
+    debug = bool(getattr(args, "debug", False))
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        _err_console().print("[yellow]interrupted[/] — run the same command again to resume; "
+                             "finished stages are kept.")
+        return EXIT_INTERRUPTED
+    except Exception as e:  # noqa: BLE001 — the one place errors become messages
+        return _report_error(e, debug)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,431 @@
+"""The build pipeline: stages, caching and the work directory.
+
+Stages run in their own folders of the work directory::
+
+    export/  transform/  calibrate/  deploy-int8/  deploy-bf16/  verify-int8/  verify-bf16/
+
+Each stage folder holds a ``stage.json`` manifest: the stage's cache key (input hashes, options,
+tool versions), its timing and its results. A stage whose key did not change is skipped. A stage
+runs in a hidden temporary folder that is renamed into place only when it succeeded, so an
+interrupted build resumes at the first unfinished stage and a final name never holds a half-written
+file. The BF16 branch runs concurrently with calibration and INT8 deployment.
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import hashlib
+import json
+import os
+import shutil
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from . import export as export_mod
+from . import images, metrics, toolchain
+from .errors import DataError, DuoTpuError, Mismatch, ToleranceError
+from .recipe import Recipe
+
+MANIFEST = "stage.json"
+
+
+# --------------------------------------------------------------------------------------------
+# Events (the CLI renders them; the API ignores them unless asked)
+# --------------------------------------------------------------------------------------------
+@dataclass
+class StageEvent:
+    """A stage started, finished, was found in the cache, failed, or has a warning."""
+    stage: str
+    status: str  # "start" | "done" | "cached" | "failed" | "warning"
+    seconds: float = 0.0
+    message: str = ""
+
+
+EventSink = Callable[[StageEvent], None]
+
+
+def _no_events(_: StageEvent) -> None:
+    pass
+
+
+# --------------------------------------------------------------------------------------------
+# The work directory
+# --------------------------------------------------------------------------------------------
+def _key_hash(key: dict) -> str:
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=str))
+    os.replace(tmp, path)
+
+
+def atomic_copy(src: Path, dst: Path) -> Path:
+    """Copy ``src`` to ``dst`` through a temporary name, so ``dst`` is never half-written."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.part")
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+    return dst
+
+
+@dataclass
+class StageRecord:
+    """What the manifest says about one stage of a build."""
+    name: str
+    cached: bool
+    seconds: float
+    folder: Path
+    result: dict
+
+
+class WorkDir:
+    """A build's work directory: one folder per stage, each with its manifest."""
+
+    def __init__(self, root: Path, events: EventSink = _no_events):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.events = events
+        self.records: dict[str, StageRecord] = {}
+        self._lock = threading.Lock()
+
+    def run(self, name: str, key: dict, fn: Callable[[Path], dict],
+            outputs: Callable[[dict], list[str]] = lambda r: []) -> StageRecord:
+        """Run stage ``name`` unless its manifest has the same ``key`` and its outputs exist.
+
+        ``fn(folder)`` does the work in a temporary folder and returns JSON-able results; file
+        names in the results are relative to the stage folder.
+        """
+        folder = self.root / name
+        manifest = folder / MANIFEST
+        khash = _key_hash(key)
+        if manifest.exists():
+            try:
+                old = json.loads(manifest.read_text())
+            except (OSError, ValueError):
+                old = {}
+            if old.get("key_hash") == khash and all(
+                    (folder / f).exists() for f in outputs(old.get("result", {}))):
+                rec = StageRecord(name, True, old.get("seconds", 0.0), folder, old["result"])
+                self._record(rec)
+                self.events(StageEvent(name, "cached", rec.seconds))
+                return rec
+        tmp = self.root / f".{name}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        self.events(StageEvent(name, "start"))
+        t0 = time.monotonic()
+        try:
+            result = fn(tmp)
+        except BaseException:
+            self.events(StageEvent(name, "failed", time.monotonic() - t0))
+            raise
+        seconds = time.monotonic() - t0
+        _write_json(tmp / MANIFEST, {"stage": name, "key_hash": khash, "key": key,
+                                     "seconds": round(seconds, 3), "finished": time.time(),
+                                     "result": result})
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(tmp, folder)
+        rec = StageRecord(name, False, seconds, folder, result)
+        self._record(rec)
+        self.events(StageEvent(name, "done", seconds))
+        return rec
+
+    def _record(self, rec: StageRecord) -> None:
+        with self._lock:
+            self.records[rec.name] = rec
+
+
+# --------------------------------------------------------------------------------------------
+# Results
+# --------------------------------------------------------------------------------------------
+@dataclass
+class ModelArtifact:
+    """One deployed cvimodel and what was measured about it."""
+    mode: str
+    cvimodel: Path
+    size_bytes: int
+    ion_mb: float
+    cosine: dict[str, float]
+    outputs: dict[str, np.ndarray] = field(repr=False, default_factory=dict)
+
+
+@dataclass
+class BuildResult:
+    """What :func:`build` produced: final files, the fp32 reference and the per-mode models."""
+    recipe: Recipe
+    out_dir: Path
+    work_dir: Path
+    onnx: Path
+    test_input: dict[str, np.ndarray] = field(repr=False)
+    reference: dict[str, np.ndarray] = field(repr=False)
+    models: dict[str, ModelArtifact]
+    stages: list[StageRecord]
+    manifest: Path
+    recipe_path: Path
+
+    @property
+    def ok(self) -> bool:
+        """True when every requested mode was built and verified."""
+        return set(self.models) == set(self.recipe.quantize)
+
+
+# --------------------------------------------------------------------------------------------
+# The stages
+# --------------------------------------------------------------------------------------------
+def _files_key(paths: list[Path]) -> list[list]:
+    return [[str(p), toolchain.file_digest(p)] for p in paths]
+
+
+def _folder_key(paths: list[Path]) -> str:
+    h = hashlib.sha256()
+    for p in paths:
+        st = p.stat()
+        h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def stage_export(wd: WorkDir, r: Recipe) -> StageRecord:
+    src = r.model
+    key = {"source": src.source, "weights": src.weights, "opset": src.opset,
+           "kwargs": src.kwargs, "shape": list(r.inputs[0].shape), "input": r.inputs[0].name,
+           "files": _files_key(export_mod.source_files(src)), "versions": toolchain.versions()}
+
+    def run(folder: Path) -> dict:
+        m = export_mod.export_onnx(src, r.inputs[0].shape, r.inputs[0].name,
+                                   folder / f"{r.name}.onnx")
+        return {"onnx": m.onnx_path.name, "input_name": m.input_name,
+                "output_names": m.output_names}
+    return wd.run("export", key, run, lambda res: [res["onnx"]])
+
+
+def stage_transform(wd: WorkDir, r: Recipe, exported: StageRecord) -> StageRecord:
+    onnx_path = exported.folder / exported.result["onnx"]
+    test_image = images.resolve_image(r.test_image, wd.root / "inputs")
+    key = {"name": r.name, "onnx": toolchain.file_digest(onnx_path),
+           "shape": list(r.inputs[0].shape), "preprocess": asdict(r.preprocess),
+           "test_image": toolchain.file_digest(test_image), "tolerance": r.tolerance.transform,
+           "versions": toolchain.versions()}
+
+    def run(folder: Path) -> dict:
+        files = toolchain.transform(r.name, onnx_path, [list(r.inputs[0].shape)], folder,
+                                    folder / "transform.log", preprocess=r.preprocess,
+                                    test_input=test_image, tolerance=r.tolerance.transform)
+        inputs = dict(np.load(files.test_input))
+        ref = export_mod.onnx_reference(onnx_path, inputs)
+        np.savez(folder / "reference.npz", **ref)
+        return {"mlir": files.mlir.name, "weights": files.weights.name,
+                "test_input": files.test_input.name, "top_outputs": files.top_outputs.name,
+                "reference": "reference.npz", "test_image": str(test_image)}
+    return wd.run("transform", key, run,
+                  lambda res: [res["mlir"], res["weights"], res["test_input"],
+                               res["top_outputs"], res["reference"]])
+
+
+def _calibration_images(r: Recipe, folder: Path, wd: WorkDir) -> tuple[Path, int]:
+    """Fill ``folder/images`` with the calibration images; returns (folder, skipped count)."""
+    cal = r.calibration
+    target = folder / "images"
+    if cal.images.startswith("builtin:"):
+        if cal.images != "builtin:natural":
+            raise DataError(f"Unknown calibration set {cal.images!r}: use 'builtin:natural' or "
+                            "a folder of images.")
+        images.write_calibration_set(target, cal.count, cal.seed)
+        return target, 0
+    scan = images.scan_images(Path(cal.images))
+    if not scan.paths:
+        raise DataError(f"The calibration folder {cal.images} has no readable images "
+                        f"({len(scan.skipped)} other files). Put JPEG or PNG images of the kind "
+                        "the model will see there (100–1000 is typical), or use "
+                        "calibration.images = 'builtin:natural'.")
+    target.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(cal.seed)
+    chosen = scan.paths if len(scan.paths) <= cal.count else \
+        [scan.paths[i] for i in sorted(rng.choice(len(scan.paths), cal.count, replace=False))]
+    for i, p in enumerate(chosen):
+        (target / f"{i:05d}{p.suffix.lower()}").symlink_to(p.resolve())
+    return target, len(scan.skipped)
+
+
+def stage_calibrate(wd: WorkDir, r: Recipe, transformed: StageRecord) -> StageRecord:
+    t = transformed
+    cal = r.calibration
+    if cal.images.startswith("builtin:"):
+        data_key: Any = cal.images
+    else:
+        scan = images.scan_images(Path(cal.images))
+        data_key = {"folder": cal.images, "files": _folder_key(scan.paths),
+                    "skipped": len(scan.skipped)}
+    key = {"mlir": toolchain.file_digest(t.folder / t.result["mlir"]),
+           "weights": toolchain.file_digest(t.folder / t.result["weights"]),
+           "data": data_key, "calibration": asdict(cal), "versions": toolchain.versions()}
+
+    def run(folder: Path) -> dict:
+        data, skipped = _calibration_images(r, folder, wd)
+        if skipped:
+            wd.events(StageEvent("calibrate", "warning",
+                                 message=f"skipped {skipped} file(s) in {cal.images} that are "
+                                         "not readable images"))
+        n = min(cal.count, len(list(data.iterdir())))
+        for name in ("mlir", "weights"):  # run_calibration works next to the MLIR
+            (folder / t.result[name]).symlink_to((t.folder / t.result[name]).resolve())
+        toolchain.calibrate(folder / t.result["mlir"], data, n, folder / f"{r.name}_cali_table",
+                            folder / "calibrate.log", method=cal.method,
+                            histogram_bins=cal.histogram_bins, tune_num=cal.tune_num)
+        return {"table": f"{r.name}_cali_table", "images": n, "skipped": skipped}
+    return wd.run("calibrate", key, run, lambda res: [res["table"]])
+
+
+def stage_deploy(wd: WorkDir, r: Recipe, mode: str, transformed: StageRecord,
+                 calibrated: StageRecord | None) -> StageRecord:
+    t = transformed
+    tol = r.tolerance.int8 if mode == "int8" else r.tolerance.bf16
+    table = calibrated.folder / calibrated.result["table"] if calibrated else None
+    key = {"mode": mode, "chip": r.chip, "name": r.name,
+           "mlir": toolchain.file_digest(t.folder / t.result["mlir"]),
+           "weights": toolchain.file_digest(t.folder / t.result["weights"]),
+           "test_input": toolchain.file_digest(t.folder / t.result["test_input"]),
+           "table": toolchain.file_digest(table) if table else None,
+           "tolerance": tol, "correctness": r.tolerance.correctness,
+           "versions": toolchain.versions()}
+    cvi_name = f"{r.name}_{r.chip}_{mode}.cvimodel"
+
+    def run(folder: Path) -> dict:
+        files = toolchain.deploy(
+            toolchain.TransformFiles(t.folder, r.name), folder, folder / "deploy.log",
+            quantize=mode, chip=r.chip, cvimodel_name=cvi_name, calibration_table=table,
+            tolerance=tol, correctness=r.tolerance.correctness)
+        info = toolchain.model_tool_info(files.cvimodel, folder / "model_tool_info.log")
+        return {"cvimodel": cvi_name, "size_bytes": files.cvimodel.stat().st_size,
+                "ion_mb": info.ion_mb, "cvimodel_version": info.version,
+                "model_outputs": files.model_outputs.name, "tpu_mlir": files.tpu_mlir.name}
+    return wd.run(f"deploy-{mode}", key, run, lambda res: [res["cvimodel"], res["model_outputs"]])
+
+
+def match_outputs(reference: dict[str, np.ndarray], produced: dict[str, np.ndarray]) -> \
+        dict[str, str]:
+    """Map each reference (ONNX) output name to the compiler's name for it.
+
+    The compiler names an output after the op that makes it (``logits`` → ``logits_Gemm_f32``);
+    names are matched by prefix and, failing that, by position.
+    """
+    out, free = {}, list(produced)
+    for i, name in enumerate(reference):
+        hit = next((k for k in free if k == name or k.startswith(name + "_")), None)
+        if hit is None and i < len(produced):
+            hit = list(produced)[i] if list(produced)[i] in free else None
+        if hit is None:
+            raise DuoTpuError(f"Cannot find the model output '{name}' among the compiled "
+                              f"model's outputs {list(produced)}.")
+        out[name] = hit
+        free.remove(hit)
+    return out
+
+
+def stage_verify(wd: WorkDir, r: Recipe, mode: str, transformed: StageRecord,
+                 deployed: StageRecord) -> StageRecord:
+    t, d = transformed, deployed
+    need = r.tolerance.verify_int8 if mode == "int8" else r.tolerance.verify_bf16
+    key = {"cvimodel": toolchain.file_digest(d.folder / d.result["cvimodel"]),
+           "outputs": toolchain.file_digest(d.folder / d.result["model_outputs"]),
+           "reference": toolchain.file_digest(t.folder / t.result["reference"]),
+           "min_cosine": need}
+
+    def run(folder: Path) -> dict:
+        ref = dict(np.load(t.folder / t.result["reference"]))
+        got = dict(np.load(d.folder / d.result["model_outputs"]))
+        names = match_outputs(ref, got)
+        cos = {n: metrics.cosine(ref[n], got[names[n]]) for n in ref}
+        bad = [Mismatch(n, "cosine", c, need) for n, c in cos.items() if not c >= need]
+        if bad:
+            raise ToleranceError(
+                f"the {mode.upper()} cvimodel on the CV18xx simulator against the fp32 ONNX "
+                "model", bad,
+                "Try more or more typical calibration images, another calibration.method or "
+                f"BF16; or lower tolerance.verify_{mode} if the accuracy is acceptable."
+                if mode == "int8" else
+                f"BF16 should be close to fp32; check the model for ops with a very large "
+                f"dynamic range, or lower tolerance.verify_{mode}.")
+        _write_json(folder / "similarity.json", {"cosine": cos, "required": need})
+        return {"cosine": cos, "required": need, "outputs": names}
+    return wd.run(f"verify-{mode}", key, run, lambda res: ["similarity.json"])
+
+
+# --------------------------------------------------------------------------------------------
+# The whole build
+# --------------------------------------------------------------------------------------------
+def default_out_dir(recipe: Recipe) -> Path:
+    """Where a build puts its final files unless told otherwise: ``build/<name>``."""
+    return Path("build") / recipe.name
+
+
+def build(recipe: Recipe, out_dir: Path | None = None, work_dir: Path | None = None,
+          events: EventSink = _no_events) -> BuildResult:
+    """Run the pipeline export → transform → calibrate → deploy (per mode) → verify.
+
+    Final files go to ``out_dir`` (default ``build/<name>``): one cvimodel per mode, the resolved
+    recipe and ``manifest.json``. Intermediate files go to ``work_dir`` (default
+    ``out_dir/work``). Raises a :class:`~duotpu.errors.DuoTpuError` subclass on failure.
+    """
+    recipe = recipe.validate()
+    out_dir = Path(out_dir) if out_dir else default_out_dir(recipe)
+    wd = WorkDir(Path(work_dir) if work_dir else out_dir / "work", events)
+    exported = stage_export(wd, recipe)
+    transformed = stage_transform(wd, recipe, exported)
+
+    def branch(mode: str) -> tuple[StageRecord, StageRecord]:
+        cal = stage_calibrate(wd, recipe, transformed) if mode == "int8" else None
+        dep = stage_deploy(wd, recipe, mode, transformed, cal)
+        return dep, stage_verify(wd, recipe, mode, transformed, dep)
+
+    results: dict[str, tuple[StageRecord, StageRecord]] = {}
+    errors: list[BaseException] = []
+    with cf.ThreadPoolExecutor(max_workers=len(recipe.quantize)) as pool:
+        futures = {pool.submit(branch, m): m for m in recipe.quantize}
+        for fut in cf.as_completed(futures):
+            try:
+                results[futures[fut]] = fut.result()
+            except BaseException as e:  # keep the other branch's work, report the first
+                errors.append(e)
+    if errors:
+        raise errors[0]
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    models = {}
+    for mode in recipe.quantize:
+        dep, ver = results[mode]
+        final = atomic_copy(dep.folder / dep.result["cvimodel"], out_dir / dep.result["cvimodel"])
+        got = dict(np.load(dep.folder / dep.result["model_outputs"]))
+        models[mode] = ModelArtifact(
+            mode, final, dep.result["size_bytes"], dep.result["ion_mb"], ver.result["cosine"],
+            {n: got[k] for n, k in ver.result["outputs"].items()})
+    recipe_path = out_dir / f"{recipe.name}.recipe.toml"
+    tmp = recipe_path.with_name(f".{recipe_path.name}.tmp")
+    tmp.write_text(recipe.to_toml())
+    os.replace(tmp, recipe_path)
+    t = transformed
+    stages = [wd.records[n] for n in ["export", "transform", "calibrate",
+                                       *[f"deploy-{m}" for m in recipe.quantize],
+                                       *[f"verify-{m}" for m in recipe.quantize]]
+              if n in wd.records]
+    manifest = out_dir / "manifest.json"
+    _write_json(manifest, {
+        "name": recipe.name, "chip": recipe.chip, "recipe": recipe.to_dict(),
+        "versions": toolchain.versions(), "work_dir": str(wd.root.resolve()),
+        "input_name": exported.result["input_name"],
+        "models": {m: {"cvimodel": a.cvimodel.name, "size_bytes": a.size_bytes,
+                       "ion_mb": a.ion_mb, "cosine_vs_fp32": a.cosine,
+                       "sha256": toolchain.file_digest(a.cvimodel)}
+                   for m, a in models.items()},
+        "stages": [{"name": s.name, "cached": s.cached, "seconds": round(s.seconds, 3),
+                    "key": json.loads((s.folder / MANIFEST).read_text())["key"]}
+                   for s in stages]})
+    return BuildResult(recipe, out_dir, wd.root, exported.folder / exported.result["onnx"],
+                       dict(np.load(t.folder / t.result["test_input"])),
+                       dict(np.load(t.folder / t.result["reference"])), models, stages,
+                       manifest, recipe_path)

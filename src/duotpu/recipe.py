@@ -1,0 +1,326 @@
+"""The model recipe: one typed config for everything the compiler steps take.
+
+A recipe is a TOML file (see ``recipes/efficientnet_lite0.toml``) or a :class:`Recipe` built in
+Python. It is the single contract between the CLI, the Python API and the pipeline stages.
+Unknown keys and wrong types are refused with a :class:`ConfigError` that names the key.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional, Tuple
+
+from .errors import ConfigError
+
+Chip = Literal["cv180x", "cv181x", "cv182x", "cv183x"]
+Mode = Literal["int8", "bf16"]
+ResizeMode = Literal["stretch", "short_side", "letterbox"]
+PixelFormat = Literal["rgb", "bgr", "gray"]
+
+#: Boards and the chip their TPU is (for messages and fit checks).
+BOARDS = {"cv180x": "Milk-V Duo (CV1800B)", "cv181x": "Milk-V Duo 256M / Duo S (SG2002/SG2000)",
+          "cv182x": "CV182x boards", "cv183x": "CV183x boards"}
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where the model comes from.
+
+    ``source`` is one of: ``package.module:function`` (a Python factory returning an
+    ``nn.Module``), ``torchvision:NAME``, a TorchScript / pickled-module ``.pt`` file, or an
+    ``.onnx`` file. ``weights`` is, for torchvision, a weights name (``DEFAULT``,
+    ``IMAGENET1K_V1``) loaded by torchvision's own code from its cache, or for any PyTorch model a
+    path to a ``state_dict`` file. ``kwargs`` are passed to the factory.
+    """
+    source: str = ""
+    weights: Optional[str] = None
+    opset: int = 13
+    kwargs: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One model input: its name in the exported graph and its shape (NCHW)."""
+    name: str = "input"
+    shape: Tuple[int, ...] = (1, 3, 224, 224)
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """Image → input tensor, in the units PyTorch users know.
+
+    ``x = (pixel / 255 - mean) / std`` per channel, after resizing. ``resize`` is (h, w) before a
+    center crop to the input size (``None``: straight to the input size). ``resize_mode``:
+    ``stretch`` ignores the aspect ratio; ``short_side`` scales the short side to ``resize`` and
+    center-crops (the torchvision ``Resize(256) + CenterCrop(224)`` recipe); ``letterbox`` keeps
+    the aspect ratio and pads with 0.
+    """
+    resize: Optional[Tuple[int, ...]] = None
+    resize_mode: ResizeMode = "stretch"
+    mean: Tuple[float, ...] = (0.0, 0.0, 0.0)
+    std: Tuple[float, ...] = (1.0, 1.0, 1.0)
+    pixel_format: PixelFormat = "rgb"
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """INT8 calibration data: ``images`` is a folder of images or ``builtin:natural`` (random
+    crops and flips of the photos that ship with scikit-image and scikit-learn)."""
+    images: str = "builtin:natural"
+    count: int = 100
+    method: Literal["kl", "mse", "max", "percentile9999"] = "kl"
+    seed: int = 0
+    histogram_bins: int = 2048
+    tune_num: int = 5
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """Similarity thresholds. Pairs are (cosine, euclidean similarity) as tpu_mlir compares them.
+
+    ``transform``: fp32 MLIR vs the ONNX model, every layer. ``int8`` / ``bf16``: the quantized
+    MLIR vs fp32, every layer. ``correctness``: the cvimodel on the simulator vs the quantized
+    MLIR. ``verify_int8`` / ``verify_bf16``: cosine of the cvimodel's outputs on the simulator vs
+    the fp32 ONNX model (ONNX Runtime) — duotpu's final check.
+    """
+    transform: Tuple[float, ...] = (0.99, 0.99)
+    int8: Tuple[float, ...] = (0.85, 0.45)
+    bf16: Tuple[float, ...] = (0.95, 0.85)
+    correctness: Tuple[float, ...] = (0.99, 0.90)
+    verify_int8: float = 0.90
+    verify_bf16: float = 0.98
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything a build needs. See the README's recipe reference."""
+    name: str = ""
+    chip: Chip = "cv180x"
+    quantize: Tuple[Mode, ...] = ("int8", "bf16")
+    task: Literal["classify"] = "classify"
+    model: ModelSource = field(default_factory=ModelSource)
+    inputs: Tuple[InputSpec, ...] = (InputSpec(),)
+    preprocess: Preprocess = field(default_factory=Preprocess)
+    calibration: Calibration = field(default_factory=Calibration)
+    tolerance: Tolerance = field(default_factory=Tolerance)
+    test_image: str = "builtin:chelsea"
+
+    def validate(self) -> "Recipe":
+        """Check values beyond their types; returns self. Raises :class:`ConfigError`."""
+        if not self.name or not all(c.isalnum() or c in "_-" for c in self.name):
+            raise ConfigError(f"Recipe key 'name' must be a non-empty name of letters, digits, "
+                              f"'_' or '-' (it names the compiler's files); got {self.name!r}.")
+        if not self.model.source:
+            raise ConfigError("Recipe key 'model.source' is empty: give an .onnx or .pt file, "
+                              "'torchvision:NAME' or 'package.module:function'.")
+        if not self.quantize:
+            raise ConfigError("Recipe key 'quantize' is empty: choose from 'int8', 'bf16'.")
+        if len(set(self.quantize)) != len(self.quantize):
+            raise ConfigError(f"Recipe key 'quantize' lists a mode twice: {list(self.quantize)}.")
+        if len(self.inputs) != 1:
+            raise ConfigError("duotpu builds image models with exactly one input; the recipe "
+                              f"has {len(self.inputs)} under 'inputs'.")
+        shape = self.inputs[0].shape
+        if len(shape) != 4 or any(d <= 0 for d in shape):
+            raise ConfigError(f"Recipe key 'inputs.shape' must be 4 positive numbers N,C,H,W; "
+                              f"got {list(shape)}.")
+        channels = shape[1]
+        if (channels == 1) != (self.preprocess.pixel_format == "gray"):
+            raise ConfigError(f"Recipe key 'preprocess.pixel_format' is "
+                              f"'{self.preprocess.pixel_format}' but the input has {channels} "
+                              f"channel(s); use 'gray' for 1 channel, 'rgb' or 'bgr' for 3.")
+        for key in ("mean", "std"):
+            vals = getattr(self.preprocess, key)
+            if len(vals) not in (1, channels):
+                raise ConfigError(f"Recipe key 'preprocess.{key}' has {len(vals)} values; the "
+                                  f"input has {channels} channel(s).")
+        if any(s == 0 for s in self.preprocess.std):
+            raise ConfigError("Recipe key 'preprocess.std' contains 0.")
+        if self.preprocess.resize is not None:
+            r = self.preprocess.resize
+            if len(r) != 2 or r[0] < shape[2] or r[1] < shape[3]:
+                raise ConfigError(f"Recipe key 'preprocess.resize' must be [h, w] at least the "
+                                  f"input size {shape[2]}x{shape[3]}; got {list(r)}.")
+        if self.calibration.count < 1:
+            raise ConfigError("Recipe key 'calibration.count' must be at least 1.")
+        for key in ("transform", "int8", "bf16", "correctness"):
+            pair = getattr(self.tolerance, key)
+            if len(pair) != 2 or not all(-1.0 <= v <= 1.0 for v in pair):
+                raise ConfigError(f"Recipe key 'tolerance.{key}' must be [cosine, euclidean] "
+                                  f"between -1 and 1; got {list(pair)}.")
+        for key in ("verify_int8", "verify_bf16"):
+            if not -1.0 <= getattr(self.tolerance, key) <= 1.0:
+                raise ConfigError(f"Recipe key 'tolerance.{key}' must be a cosine in [-1, 1].")
+        return self
+
+    # ---------------------------------------------------------------- conversions
+    def to_dict(self) -> dict:
+        """Plain data (lists, dicts) — the TOML form and the cache-key form."""
+        return _plain(dataclasses.asdict(self))
+
+    def to_toml(self) -> str:
+        """The recipe as TOML text (round-trips through :func:`load_recipe`)."""
+        import tomli_w
+        data = self.to_dict()
+        if data["model"].get("weights") is None:
+            data["model"].pop("weights")
+        if data["preprocess"].get("resize") is None:
+            data["preprocess"].pop("resize")
+        return tomli_w.dumps(data)
+
+    def with_overrides(self, overrides: dict[str, Any], where: str = "command line") -> "Recipe":
+        """A copy with dotted keys replaced, e.g. ``{"calibration.count": 10}``."""
+        data = self.to_dict()
+        for dotted, value in overrides.items():
+            if value is None:
+                continue
+            node = data
+            *parents, leaf = dotted.split(".")
+            for p in parents:
+                node = node.setdefault(p, {})
+            node[leaf] = value
+        return recipe_from_dict(data, where)
+
+
+def _plain(obj):
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+# --------------------------------------------------------------------------------------------
+# Loading with key and type checks
+# --------------------------------------------------------------------------------------------
+def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Recipe:
+    """Read a TOML recipe (and apply dotted ``overrides``). Relative paths in the recipe
+    (model source, weights, image folders) are taken relative to the recipe's folder."""
+    import tomli
+    path = Path(path)
+    try:
+        data = tomli.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"Recipe file {path} does not exist.") from None
+    except (tomli.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"Recipe file {path} is not valid TOML: {e}. Fix the syntax and "
+                          "try again.") from None
+    data = _resolve_paths(data, path.parent)
+    recipe = recipe_from_dict(data, str(path))
+    return recipe.with_overrides(overrides, "command line") if overrides else recipe
+
+
+def _resolve_paths(data: dict, base: Path) -> dict:
+    def fix(value: str | None, must_look_like_path: bool = True) -> str | None:
+        if not isinstance(value, str) or not value or ":" in value.split("/")[0] and \
+                not value.startswith("/"):
+            return value  # "torchvision:x", "pkg.mod:fn", "builtin:..."
+        p = Path(value).expanduser()
+        if p.is_absolute():
+            return str(p)
+        if must_look_like_path and not (("/" in value) or "." in Path(value).name):
+            return value
+        return str((base / p).resolve())
+    model = data.get("model")
+    if isinstance(model, dict):
+        if "source" in model:
+            model["source"] = fix(model["source"])
+        if "weights" in model and isinstance(model["weights"], str) and \
+                Path(model["weights"]).suffix:
+            model["weights"] = fix(model["weights"])
+    cal = data.get("calibration")
+    if isinstance(cal, dict) and "images" in cal:
+        cal["images"] = fix(cal["images"], must_look_like_path=False)
+    if "test_image" in data:
+        data["test_image"] = fix(data["test_image"], must_look_like_path=False)
+    return data
+
+
+def recipe_from_dict(data: dict, where: str = "recipe") -> Recipe:
+    """Build a validated :class:`Recipe` from plain data; errors name the offending key."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"The recipe in {where} must be a table of keys.")
+    data = dict(data)
+    if "input" in data and "inputs" not in data:  # a single [input] table is allowed
+        data["inputs"] = [data.pop("input")]
+    return _build(Recipe, data, "", where).validate()
+
+
+def _build(cls, data: Any, prefix: str, where: str):
+    if not isinstance(data, dict):
+        raise ConfigError(f"Recipe key '{prefix.rstrip('.')}' in {where} must be a table; "
+                          f"got {type(data).__name__} {data!r}.")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = [k for k in data if k not in names]
+    if unknown:
+        raise ConfigError(f"Unknown recipe key '{prefix}{unknown[0]}' in {where}. Valid keys "
+                          f"{'under ' + repr(prefix.rstrip('.')) if prefix else 'at the top'}: "
+                          f"{', '.join(names)}.")
+    kwargs = {k: _convert(hints[k], v, f"{prefix}{k}", where) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def _convert(tp, value: Any, key: str, where: str):
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+
+    def bad(expected: str):
+        return ConfigError(f"Recipe key '{key}' in {where} must be {expected}; got "
+                           f"{type(value).__name__} {value!r}.")
+
+    if origin in (typing.Union, getattr(types, "UnionType", typing.Union)):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _convert(inner[0], value, key, where)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"Recipe key '{key}' in {where} must be one of "
+                              f"{', '.join(map(repr, args))}; got {value!r}.")
+        return value
+    if origin in (tuple, list) or tp in (tuple, list):
+        if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+            if origin is tuple and args and args[-1] is Ellipsis and \
+                    args[0] in (float, int) and isinstance(value, (int, float)) and \
+                    not isinstance(value, bool):
+                value = [value]
+            else:
+                raise bad("a list")
+        item_tp = args[0] if args else Any
+        return tuple(_convert(item_tp, v, f"{key}[{i}]", where) for i, v in enumerate(value))
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key + ".", where)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise bad("true or false")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad("a whole number")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad("a number")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise bad("a string")
+        return value
+    if tp is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise bad("a table")
+        return dict(value)
+    return value
+
+
+def parse_override_value(key: str, text: str) -> Any:
+    """Parse a ``--set key=value`` value as TOML (falls back to a plain string)."""
+    import tomli
+    try:
+        return tomli.loads(f"v = {text}")["v"]
+    except tomli.TOMLDecodeError:
+        return text

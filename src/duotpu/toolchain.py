@@ -1,0 +1,428 @@
+"""The only module that knows how tpu_mlir is invoked: processes, environment, file names.
+
+Every compiler call goes through :func:`run_tool`, which starts the tool as a child process with
+:func:`tool_env`, writes its output to a log file and raises :class:`ToolchainError` with the log's
+tail when it fails. Nothing here imports ``tpu_mlir`` into the calling process: its ``__init__``
+rewrites ``os.environ`` (PATH, LD_LIBRARY_PATH...) of whoever imports it.
+
+The glibc trap: the wheel ships Ubuntu 22.04's ``libc.so.6``/``libm.so.6``/``libpthread.so.0`` in
+``lib/third_party``, which it puts on LD_LIBRARY_PATH (and its binaries carry a RUNPATH to it). On a
+newer system that loads a libc older than the system's own libraries need (``GLIBC_2.36 not
+found``) or mixes two libcs (``stack smashing detected``). We start every tool with the system's
+own three libraries in LD_PRELOAD, so the loader never picks the bundled ones. Nothing inside
+site-packages is edited; the fix is idempotent because it is computed afresh for every process.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from .errors import Mismatch, SetupError, ToleranceError, ToolchainError
+from .recipe import Preprocess
+
+TPU_MLIR_VERSION = "1.30.2"
+_GLIBC_LIBS = ("libc.so.6", "libm.so.6", "libpthread.so.0")
+
+
+# --------------------------------------------------------------------------------------------
+# Locating the toolchain and building its environment
+# --------------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=1)
+def tpu_mlir_root() -> Path:
+    """The installed ``tpu_mlir`` package folder (TPUC_ROOT), without importing it."""
+    spec = importlib.util.find_spec("tpu_mlir")
+    if spec is None or not spec.submodule_search_locations:
+        raise SetupError(
+            "The compiler package tpu_mlir is not installed in this Python "
+            f"({sys.executable}). Run `make install` in the duotpu checkout (it creates .venv with "
+            f"Python 3.10 and tpu_mlir=={TPU_MLIR_VERSION}) and use .venv/bin/duotpu.")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def system_glibc_libs() -> list[str]:
+    """Paths of the system's libc/libm/libpthread, as loaded into this very process."""
+    libdir = None
+    try:
+        for line in Path("/proc/self/maps").read_text().splitlines():
+            path = line.split()[-1] if line.split() else ""
+            if path.endswith("/libc.so.6") and "tpu_mlir" not in path:
+                libdir = Path(path).parent
+                break
+    except OSError:
+        pass
+    candidates = [libdir] if libdir else []
+    candidates += [Path("/lib/x86_64-linux-gnu"), Path("/usr/lib/x86_64-linux-gnu"),
+                   Path("/lib/aarch64-linux-gnu"), Path("/lib64"), Path("/usr/lib64")]
+    for d in candidates:
+        if d and all((d / name).exists() for name in _GLIBC_LIBS):
+            return [str(d / name) for name in _GLIBC_LIBS]
+    raise SetupError("Could not find the system's libc.so.6, libm.so.6 and libpthread.so.0, "
+                     "which duotpu preloads so that tpu_mlir's bundled glibc is not used.")
+
+
+def tool_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment for a tpu_mlir child process: what ``import tpu_mlir`` would set, plus the
+    system glibc in LD_PRELOAD (see the module docstring)."""
+    root = tpu_mlir_root()
+    env = dict(os.environ)
+    join = os.pathsep.join
+    venv_bin = str(Path(sys.executable).parent)
+    env["PATH"] = join([str(root / "bin"), str(root / "python/tools"), str(root / "python/utils"),
+                        str(root / "python/test"), str(root / "python/samples"), venv_bin,
+                        env.get("PATH", "")])
+    env["PYTHONPATH"] = join([str(root), str(root / "python"), str(root / "regression"),
+                              str(root / "customlayer/python"), env.get("PYTHONPATH", "")])
+    env["LD_LIBRARY_PATH"] = join([str(root / "lib"), str(root / "lib/capi"),
+                                   str(root / "lib/third_party"), env.get("LD_LIBRARY_PATH", "")])
+    preload = [p for p in env.get("LD_PRELOAD", "").split() if p]
+    for lib in system_glibc_libs():
+        if lib not in preload:
+            preload.append(lib)
+    env["LD_PRELOAD"] = " ".join(preload)
+    env["TPUC_ROOT"] = str(root)
+    env.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 2))
+    env["PYTHONUNBUFFERED"] = "1"
+    env.pop("PYTHONHOME", None)
+    if extra:
+        env.update(extra)
+    return env
+
+
+# Tools by kind: Python scripts run with this interpreter, binaries run directly.
+_PY_TOOLS = {"model_transform", "run_calibration", "model_deploy", "model_runner", "npz_tool"}
+_BIN_TOOLS = {"model_tool", "tpuc-opt", "cvimodel_debug"}
+
+
+def tool_argv(tool: str, args: Sequence[str]) -> list[str]:
+    """Command line of a tpu_mlir tool (``model_transform``, ``model_tool``...)."""
+    root = tpu_mlir_root()
+    if tool in _PY_TOOLS:
+        return [sys.executable, str(root / "python/tools" / f"{tool}.py"), *map(str, args)]
+    if tool in _BIN_TOOLS:
+        return [str(root / "bin" / tool), *map(str, args)]
+    raise ValueError(f"unknown tpu_mlir tool {tool!r}")
+
+
+# --------------------------------------------------------------------------------------------
+# Running a tool
+# --------------------------------------------------------------------------------------------
+def log_tail(log_path: Path, lines: int = 25) -> str:
+    """The last lines of a log, with progress-bar carriage returns folded away."""
+    try:
+        text = Path(log_path).read_text(errors="replace")
+    except OSError:
+        return ""
+    out = []
+    for line in text.splitlines():
+        line = line.rsplit("\r", 1)[-1].rstrip()
+        if line:
+            out.append(line)
+    return "\n".join(out[-lines:])
+
+
+def _diagnose(step: str, log_text: str) -> str:
+    """A plain-words hint for failures we recognise in a tool's log."""
+    if "GLIBC_" in log_text and "not found" in log_text or "stack smashing" in log_text:
+        return ("The compiler loaded tpu_mlir's bundled glibc instead of the system's: "
+                "LD_PRELOAD of the system libc was lost. Run the tool through duotpu.")
+    m = re.search(r"(?:not support|unsupported|Unsupported|not supported)[^\n]*?op[^\n]*", log_text)
+    m = m or re.search(r"[^\n]*(?:op_type|OpType|operator)[^\n]*not (?:support|implement)[^\n]*",
+                       log_text)
+    if m:
+        return f"The compiler rejected an operator: {m.group(0).strip()}."
+    return ""
+
+
+_COMPARE_FAIL = re.compile(
+    r"\[(?P<name>[^\]]+?)\s*\]\s+NOT_\w+\s+\[FAILED\].*?cosine_similarity\s*=\s*(?P<cos>[-\d.e]+)"
+    r"\s+euclidean_similarity\s*=\s*(?P<euc>[-\d.e]+)", re.S)
+_COMPARE_FILES = re.compile(r"Target\s+(\S+)\s+Reference\s+(\S+)\s+npz compare FAILED")
+
+
+def compare_failures(log_path: Path, tolerance: tuple[float, float]) -> list[Mismatch]:
+    """Tensors a failed ``npz_tool compare`` in a tool's log reports below ``tolerance``."""
+    text = "\n".join(ln.rsplit("\r", 1)[-1] for ln in
+                     Path(log_path).read_text(errors="replace").splitlines())
+    if "npz compare FAILED" not in text:
+        return []
+    out = []
+    for m in _COMPARE_FAIL.finditer(text):
+        cos, euc = float(m.group("cos")), float(m.group("euc"))
+        if cos < tolerance[0]:
+            out.append(Mismatch(m.group("name").strip(), "cosine", cos, tolerance[0]))
+        if euc < tolerance[1]:
+            out.append(Mismatch(m.group("name").strip(), "euclidean similarity", euc,
+                                tolerance[1]))
+    return out
+
+
+def failed_comparison(log_path: Path) -> tuple[str, str] | None:
+    """(target, reference) file names of the failed comparison in a tool's log, if any."""
+    text = Path(log_path).read_text(errors="replace")
+    m = _COMPARE_FILES.search(text)
+    return (m.group(1), m.group(2)) if m else None
+
+
+@dataclass
+class ToolRun:
+    """What one finished tool call left behind."""
+    step: str
+    argv: list[str]
+    log_path: Path
+    seconds: float
+
+
+_LOG_LOCK = threading.Lock()
+
+
+def run_tool(step: str, tool: str, args: Sequence[str], cwd: Path, log_path: Path,
+             env_extra: dict[str, str] | None = None, timeout: float | None = None) -> ToolRun:
+    """Run one tpu_mlir tool in ``cwd`` with its output in ``log_path``.
+
+    Raises :class:`ToolchainError` (with the tail of the log) when the tool exits non-zero.
+    """
+    argv = tool_argv(tool, args)
+    cwd, log_path = Path(cwd), Path(log_path)
+    cwd.mkdir(parents=True, exist_ok=True)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.monotonic()
+    with open(log_path, "w") as log:
+        log.write("$ (cd " + str(cwd) + " && " + " ".join(_quote(a) for a in argv) + ")\n")
+        log.flush()
+        try:
+            proc = subprocess.run(argv, cwd=cwd, env=tool_env(env_extra), stdout=log,
+                                  stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                  timeout=timeout)
+            rc = proc.returncode
+        except subprocess.TimeoutExpired:
+            rc = -9
+            log.write(f"\n[duotpu] {tool} timed out after {timeout} s\n")
+    seconds = time.monotonic() - t0
+    if rc != 0:
+        text = log_path.read_text(errors="replace")
+        raise ToolchainError(step, argv, rc, log_path, log_tail(log_path), _diagnose(step, text))
+    return ToolRun(step, argv, log_path, seconds)
+
+
+def _quote(arg: str) -> str:
+    return arg if re.fullmatch(r"[\w@%+=:,./\[\]-]+", arg) else "'" + arg.replace("'", "'\\''") + "'"
+
+
+def shell_line(argv: Iterable[str]) -> str:
+    """A copy-pastable shell line for a command."""
+    return " ".join(_quote(str(a)) for a in argv)
+
+
+# --------------------------------------------------------------------------------------------
+# The compiler steps. File names are tpu_mlir's, derived from the model name.
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TransformFiles:
+    """Files model_transform leaves in its folder for model ``name``."""
+    folder: Path
+    name: str
+
+    @property
+    def mlir(self) -> Path: return self.folder / f"{self.name}.mlir"
+    @property
+    def weights(self) -> Path: return self.folder / f"{self.name}_top_f32_all_weight.npz"
+    @property
+    def test_input(self) -> Path: return self.folder / f"{self.name}_in_f32.npz"
+    @property
+    def top_outputs(self) -> Path: return self.folder / f"{self.name}_top_outputs.npz"
+
+
+def preprocess_args(pre: Preprocess, shape: tuple[int, ...]) -> list[str]:
+    """model_transform's preprocessing flags for a recipe's preprocessing."""
+    from .preprocess import resize_dims, tpu_mean_scale
+    mean, scale = tpu_mean_scale(pre, shape[1])
+    h, w = resize_dims(pre, shape)
+    args = ["--resize_dims", f"{h},{w}", "--mean", mean, "--scale", scale,
+            "--pixel_format", pre.pixel_format]
+    if pre.resize_mode == "short_side":
+        args += ["--keep_aspect_ratio", "--keep_ratio_mode", "short_side_scale"]
+    elif pre.resize_mode == "letterbox":
+        args += ["--keep_aspect_ratio", "--keep_ratio_mode", "letterbox", "--pad_value", "0"]
+    return args
+
+
+def transform(name: str, onnx_path: Path, input_shapes: list[list[int]], folder: Path,
+              log_path: Path, *, preprocess: Preprocess, test_input: Path | None,
+              tolerance: tuple[float, float], excepts: list[str] = (),
+              output_names: list[str] = ()) -> TransformFiles:
+    """``model_transform``: ONNX → fp32 top MLIR, with preprocessing and, given a test input,
+    a per-layer similarity check against the ONNX model at ``tolerance`` (cos, euclid)."""
+    files = TransformFiles(Path(folder), name)
+    shapes = "[" + ",".join("[" + ",".join(map(str, s)) + "]" for s in input_shapes) + "]"
+    args = ["--model_name", name, "--model_def", str(Path(onnx_path).resolve()),
+            "--input_shapes", shapes, *preprocess_args(preprocess, tuple(input_shapes[0])),
+            "--mlir", files.mlir.name]
+    if output_names:
+        args += ["--output_names", ",".join(output_names)]
+    if test_input is not None:
+        args += ["--test_input", str(Path(test_input).resolve()),
+                 "--test_result", files.top_outputs.name,
+                 "--tolerance", f"{tolerance[0]},{tolerance[1]}"]
+        if excepts:
+            args += ["--excepts", ",".join(excepts)]
+    try:
+        run_tool("transform", "model_transform", args, folder, log_path)
+    except ToolchainError:
+        bad = compare_failures(log_path, tolerance)
+        if bad:
+            raise ToleranceError(
+                "the fp32 MLIR against the ONNX model (model_transform)", bad,
+                f"The compiler's fp32 translation differs from the ONNX model; lower "
+                f"tolerance.transform only if you accept that, or exclude the tensor with "
+                f"excepts. Log: {log_path}", log_path) from None
+        raise
+    return files
+
+
+def calibrate(mlir: Path, dataset: Path, count: int, table: Path, log_path: Path, *,
+              method: str = "kl", histogram_bins: int = 2048, tune_num: int = 5) -> Path:
+    """``run_calibration``: INT8 calibration table from a folder of images."""
+    mlir = Path(mlir)
+    args = [mlir.name, "--dataset", str(Path(dataset).resolve()), "--input_num", str(count),
+            "--cali_method", method, "--histogram_bin_num", str(histogram_bins),
+            "--tune_num", str(tune_num), "-o", str(Path(table).resolve())]
+    run_tool("calibrate", "run_calibration", args, mlir.parent, log_path)
+    return Path(table)
+
+
+@dataclass(frozen=True)
+class DeployFiles:
+    """Files model_deploy leaves in its folder (with --debug, nothing is cleaned up)."""
+    folder: Path
+    name: str
+    quantize: str
+    chip: str
+    cvimodel: Path
+
+    @property
+    def _prefix(self) -> str:
+        q = self.quantize.lower()
+        return f"{self.name}_{self.chip}_{q}" + ("_sym" if q == "int8" else "")
+    @property
+    def tpu_outputs(self) -> Path: return self.folder / f"{self._prefix}_tpu_outputs.npz"
+    @property
+    def model_outputs(self) -> Path: return self.folder / f"{self._prefix}_model_outputs.npz"
+    @property
+    def tpu_mlir(self) -> Path: return self.folder / f"{self._prefix}_tpu.mlir"
+
+
+def deploy(transformed: TransformFiles, folder: Path, log_path: Path, *, quantize: str,
+           chip: str, cvimodel_name: str, calibration_table: Path | None = None,
+           quantize_table: Path | None = None, tolerance: tuple[float, float],
+           correctness: tuple[float, float], excepts: list[str] = ()) -> DeployFiles:
+    """``model_deploy``: top MLIR → cvimodel for ``chip``, validated on the test input: the
+    quantized MLIR against the fp32 outputs (``tolerance``) and the cvimodel on the CV18xx
+    simulator against the quantized MLIR (``correctness``).
+
+    model_deploy must run where ``<name>_top_f32_all_weight.npz`` is (the MLIR names it by a
+    relative path) and its intermediate files are named after the model, so every variant gets
+    its own ``folder`` with links to the transform outputs.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for src in (transformed.mlir, transformed.weights, transformed.test_input,
+                transformed.top_outputs):
+        link = folder / src.name
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(src.resolve())
+    files = DeployFiles(folder, transformed.name, quantize, chip, folder / cvimodel_name)
+    args = ["--mlir", transformed.mlir.name, "--quantize", quantize.upper(), "--chip", chip,
+            "--model", cvimodel_name, "--debug",
+            "--test_input", transformed.test_input.name,
+            "--test_reference", transformed.top_outputs.name,
+            "--tolerance", f"{tolerance[0]},{tolerance[1]}",
+            "--correctness", f"{correctness[0]},{correctness[1]}"]
+    if calibration_table is not None:
+        args += ["--calibration_table", str(Path(calibration_table).resolve())]
+    if quantize_table is not None:
+        args += ["--quantize_table", str(Path(quantize_table).resolve())]
+    if excepts:
+        args += ["--excepts", ",".join(excepts)]
+    try:
+        run_tool(f"deploy {quantize.lower()}", "model_deploy", args, folder, log_path)
+    except ToolchainError:
+        pair = failed_comparison(log_path) or ("", "")
+        if "_model_outputs" in pair[0]:
+            bad = compare_failures(log_path, correctness)
+            what = (f"the {quantize.upper()} cvimodel on the simulator against the quantized "
+                    "MLIR (model_deploy --correctness)")
+            advice = "The simulator and the quantized MLIR disagree: this points to a compiler " \
+                     "problem; try another tpu_mlir version or report it to Sophgo."
+        else:
+            bad = compare_failures(log_path, tolerance)
+            what = f"the {quantize.upper()} model against fp32 (model_deploy --tolerance)"
+            advice = ("Try more or more typical calibration images (calibration.images / "
+                      "calibration.count), another calibration.method, or BF16; or lower "
+                      f"tolerance.{quantize.lower()} if the accuracy is acceptable.")
+        if bad:
+            raise ToleranceError(what, bad, advice + f" Log: {log_path}", log_path) from None
+        raise
+    return files
+
+
+def run_cvimodel(cvimodel: Path, inputs_npz: Path, outputs_npz: Path, log_path: Path) -> Path:
+    """Run a cvimodel on the CV18xx cmodel simulator (``model_runner``)."""
+    args = ["--model", str(Path(cvimodel).resolve()), "--input", str(Path(inputs_npz).resolve()),
+            "--output", str(Path(outputs_npz).resolve())]
+    run_tool("simulate", "model_runner", args, Path(outputs_npz).parent, log_path)
+    return Path(outputs_npz)
+
+
+@dataclass
+class ModelToolInfo:
+    """The parts of ``model_tool --info`` that duotpu uses."""
+    ion_bytes_text: str
+    ion_mb: float
+    version: str
+    chip: str
+    text: str
+
+
+def model_tool_info(cvimodel: Path, log_path: Path) -> ModelToolInfo:
+    """``model_tool --info``: the compiler's own summary of a cvimodel."""
+    run = run_tool("model_tool --info", "model_tool", ["--info", str(Path(cvimodel).resolve())],
+                   Path(log_path).parent, log_path)
+    text = run.log_path.read_text(errors="replace")
+    ion = re.search(r"Need ION Memory Size:\s*\(([\d.]+)\s*MB\)", text)
+    ver = re.search(r"Cvimodel Version:\s*(\S+)", text)
+    chip = re.search(r"For (\S+) chip ONLY", text)
+    return ModelToolInfo(ion.group(0) if ion else "", float(ion.group(1)) if ion else float("nan"),
+                         ver.group(1) if ver else "", chip.group(1) if chip else "", text)
+
+
+@functools.lru_cache(maxsize=1)
+def versions() -> dict[str, str]:
+    """Versions of the tools that shape the compiled output (part of every cache key)."""
+    from importlib import metadata
+    out = {}
+    for dist in ("tpu_mlir", "torch", "onnx", "onnxruntime", "onnxsim"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = "missing"
+    return out
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file, in hex."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
