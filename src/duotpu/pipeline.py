@@ -396,6 +396,7 @@ def build(recipe: Recipe, out_dir: Path | None = None, work_dir: Path | None = N
         raise errors[0]
 
     out_dir.mkdir(parents=True, exist_ok=True)
+    reference = dict(np.load(transformed.folder / transformed.result["reference"]))
     models = {}
     for mode in recipe.quantize:
         dep, ver = results[mode]
@@ -403,7 +404,7 @@ def build(recipe: Recipe, out_dir: Path | None = None, work_dir: Path | None = N
         got = dict(np.load(dep.folder / dep.result["model_outputs"]))
         models[mode] = ModelArtifact(
             mode, final, dep.result["size_bytes"], dep.result["ion_mb"], ver.result["cosine"],
-            {n: got[k] for n, k in ver.result["outputs"].items()})
+            {n: got[k].reshape(reference[n].shape) for n, k in ver.result["outputs"].items()})
     recipe_path = out_dir / f"{recipe.name}.recipe.toml"
     tmp = recipe_path.with_name(f".{recipe_path.name}.tmp")
     tmp.write_text(recipe.to_toml())
@@ -427,5 +428,5 @@ def build(recipe: Recipe, out_dir: Path | None = None, work_dir: Path | None = N
                    for s in stages]})
     return BuildResult(recipe, out_dir, wd.root, exported.folder / exported.result["onnx"],
                        dict(np.load(t.folder / t.result["test_input"])),
-                       dict(np.load(t.folder / t.result["reference"])), models, stages,
+                       reference, models, stages,
                        manifest, recipe_path)

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from .errors import Mismatch, SetupError, ToleranceError, ToolchainError
+from .errors import Mismatch, ModelError, SetupError, ToleranceError, ToolchainError
 from .recipe import Preprocess
 
 TPU_MLIR_VERSION = "1.30.2"
@@ -277,7 +277,11 @@ def transform(name: str, onnx_path: Path, input_shapes: list[list[int]], folder:
             args += ["--excepts", ",".join(excepts)]
     try:
         run_tool("transform", "model_transform", args, folder, log_path)
-    except ToolchainError:
+    except ToolchainError as err:
+        ops = [m for m in re.findall(r"Op not support:\s*\{([^}]*)\}",
+                                     log_path.read_text(errors="replace")) if m.strip()]
+        if ops:
+            raise _unsupported_ops(onnx_path, ops[-1], log_path) from err
         bad = compare_failures(log_path, tolerance)
         if bad:
             raise ToleranceError(
@@ -287,6 +291,17 @@ def transform(name: str, onnx_path: Path, input_shapes: list[list[int]], folder:
                 f"excepts. Log: {log_path}", log_path) from None
         raise
     return files
+
+
+def _unsupported_ops(onnx_path: Path, ops_text: str, log_path: Path) -> ModelError:
+    import onnx
+    ops = [o.strip().strip("'\"") for o in ops_text.split(",") if o.strip()]
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    layers = [f"{n.name or '(unnamed)'} ({n.op_type})" for n in graph.node if n.op_type in ops]
+    return ModelError(
+        f"The compiler (tpu_mlir) does not support the ONNX operator(s) {', '.join(ops)}, used "
+        f"by layer(s) {', '.join(layers[:8])}{' …' if len(layers) > 8 else ''}. Replace them in "
+        f"the model (or cut the graph before them and do that part on the CPU). Log: {log_path}")
 
 
 def calibrate(mlir: Path, dataset: Path, count: int, table: Path, log_path: Path, *,

@@ -1,0 +1,58 @@
+"""Shared fixtures: small models, a built tiny model (the real compiler), CLI runner."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+TESTS = Path(__file__).parent
+sys.path.insert(0, str(TESTS))  # makes `tinymodels:tiny_cnn` importable as a model factory
+
+import tinymodels  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx_path(tmp_path_factory) -> Path:
+    return tinymodels.tiny_onnx(tmp_path_factory.mktemp("models") / "tiny.onnx")
+
+
+def tiny_recipe(onnx_path: Path, **over):
+    """A recipe for the tiny ONNX model: 32x32 input, few calibration images."""
+    from duotpu.recipe import recipe_from_dict
+    data = {"name": "tiny", "model": {"source": str(onnx_path)},
+            "inputs": [{"name": "input", "shape": [1, 3, 32, 32]}],
+            "preprocess": {"resize": [40, 40], "resize_mode": "short_side",
+                           "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]},
+            "calibration": {"count": 8}}
+    for k, v in over.items():
+        node = data
+        *parents, leaf = k.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = v
+    return recipe_from_dict(data, "test")
+
+
+@pytest.fixture(scope="session")
+def tiny_build(tmp_path_factory, tiny_onnx_path):
+    """The tiny ONNX model built once for INT8 and BF16 (shared by read-only tests)."""
+    from duotpu import pipeline
+    out = tmp_path_factory.mktemp("tinybuild")
+    events = []
+    result = pipeline.build(tiny_recipe(tiny_onnx_path), out, events=events.append)
+    result.events = events
+    return result
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None) -> \
+        subprocess.CompletedProcess:
+    """Run the real `duotpu` command in a child process."""
+    e = dict(os.environ)
+    e["PYTHONPATH"] = os.pathsep.join([str(TESTS), e.get("PYTHONPATH", "")])
+    if env:
+        e.update(env)
+    return subprocess.run([sys.executable, "-m", "duotpu.cli", *args], cwd=cwd, env=e,
+                          capture_output=True, text=True, timeout=900)

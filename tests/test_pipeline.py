@@ -1,0 +1,110 @@
+"""The pipeline on small models through the real compiler and simulator."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from duotpu import pipeline
+from duotpu.errors import ToleranceError
+from duotpu.preprocess import preprocess_image
+
+from conftest import tiny_recipe
+
+
+def test_tiny_onnx_builds_int8_and_bf16(tiny_build):
+    r = tiny_build
+    assert set(r.models) == {"int8", "bf16"} and r.ok
+    for mode, art in r.models.items():
+        data = art.cvimodel.read_bytes()
+        assert data[:8] == b"CviModel" and art.cvimodel.parent == r.out_dir
+        assert art.size_bytes == len(data)
+        assert art.ion_mb > 0
+        need = r.recipe.tolerance.verify_int8 if mode == "int8" else r.recipe.tolerance.verify_bf16
+        assert art.cosine["logits"] >= need
+        # the outputs really are the simulator's: recompute the cosine against fp32 ourselves
+        ref = r.reference["logits"]
+        got = art.outputs["logits"]
+        cos = float((ref * got).sum() / np.linalg.norm(ref) / np.linalg.norm(got))
+        assert abs(cos - art.cosine["logits"]) < 1e-6
+    assert r.models["bf16"].cosine["logits"] > 0.99
+    manifest = json.loads(r.manifest.read_text())
+    assert [s["name"] for s in manifest["stages"]] == [
+        "export", "transform", "calibrate", "deploy-int8", "deploy-bf16", "verify-int8",
+        "verify-bf16"]
+    assert manifest["versions"]["tpu_mlir"] == "1.30.2"
+    assert all("key" in s and "seconds" in s for s in manifest["stages"])
+    assert r.recipe_path.exists()
+    for stage in ("export", "transform", "calibrate", "deploy-int8", "deploy-bf16"):
+        assert (r.work_dir / stage / "stage.json").exists()
+    assert (r.work_dir / "transform" / "transform.log").exists()
+    assert (r.work_dir / "deploy-int8" / "deploy.log").exists()
+
+
+def test_host_preprocessing_equals_the_compilers(tiny_build):
+    """duotpu's numpy preprocessing of the test image == tpu_mlir's own (its _in_f32.npz)."""
+    r = tiny_build
+    ours = preprocess_image(r.recipe.test_image and
+                            (r.work_dir / "inputs" / "chelsea.png"), r.recipe.preprocess,
+                            r.recipe.inputs[0].shape)
+    theirs = r.test_input["input"]
+    assert ours.shape == theirs.shape
+    np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-5)
+
+
+def _copy_build(tiny_build, tmp_path):
+    out = tmp_path / "b"
+    shutil.copytree(tiny_build.out_dir, out, symlinks=True)
+    # the deploy folders link to transform outputs by absolute path: rebuild those links
+    for link in out.rglob("*"):
+        if link.is_symlink():
+            target = str(link.readlink()).replace(str(tiny_build.out_dir), str(out))
+            link.unlink()
+            link.symlink_to(target)
+    return out
+
+
+def test_rebuild_is_cached_and_a_tolerance_change_reruns_only_its_stages(tiny_build, tmp_path,
+                                                                         tiny_onnx_path):
+    out = _copy_build(tiny_build, tmp_path)
+    events = []
+    again = pipeline.build(tiny_recipe(tiny_onnx_path), out, events=events.append)
+    assert all(s.cached for s in again.stages)
+    assert {e.status for e in events} == {"cached"}
+    events.clear()
+    changed = tiny_recipe(tiny_onnx_path, **{"tolerance.int8": [0.8, 0.4]})
+    res = pipeline.build(changed, out, events=events.append)
+    ran = {s.name for s in res.stages if not s.cached}
+    assert ran == {"deploy-int8", "verify-int8"}
+    assert res.models["int8"].cvimodel.exists()
+
+
+def test_failed_verification_writes_no_final_file_and_the_build_resumes(tmp_path,
+                                                                        tiny_onnx_path):
+    out = tmp_path / "b"
+    strict = tiny_recipe(tiny_onnx_path, quantize=["int8"],
+                         **{"tolerance.verify_int8": 0.999999})
+    with pytest.raises(ToleranceError) as e:
+        pipeline.build(strict, out)
+    msg = str(e.value)
+    assert "'logits'" in msg and "0.999999" in msg and "calibration" in msg
+    assert not list(out.glob("*.cvimodel")) and not (out / "manifest.json").exists()
+    assert not (out / "work" / "verify-int8").exists()
+    # an interrupted stage leaves only a hidden temporary folder behind
+    (out / "work" / ".deploy-int8.tmp").mkdir()
+    (out / "work" / ".deploy-int8.tmp" / "junk").write_text("half")
+    events = []
+    res = pipeline.build(tiny_recipe(tiny_onnx_path, quantize=["int8"]), out,
+                         events=events.append)
+    assert [s.name for s in res.stages if not s.cached] == ["verify-int8"]
+    assert res.models["int8"].cvimodel.exists()
+
+
+def test_pytorch_factory_source(tmp_path):
+    r = tiny_recipe("tinymodels:tiny_cnn", name="tinycnn", quantize=["bf16"],
+                    **{"model.source": "tinymodels:tiny_cnn", "model.kwargs": {"classes": 7}})
+    res = pipeline.build(r, tmp_path / "b")
+    assert res.reference["output"].shape == (1, 7) if "output" in res.reference else True
+    ref = next(iter(res.reference.values()))
+    assert ref.shape == (1, 7)
+    assert res.models["bf16"].cosine[next(iter(res.reference))] > 0.99
