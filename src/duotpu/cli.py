@@ -21,7 +21,7 @@ def _console():
 
 def _err_console():
     from rich.console import Console
-    return Console(stderr=True, highlight=False)
+    return Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -177,8 +177,15 @@ def _recipe_from_args(args: argparse.Namespace):
             spec["name"] = args.input_name
         base["inputs"] = [spec]
     where = f"{args.recipe} and the command line" if args.recipe else "the command line"
-    recipe = recipe_from_dict(base, where)
-    return recipe.with_overrides(overrides, where) if overrides else recipe
+    for dotted, value in overrides.items():
+        node = base
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {dotted}: '{p}' is not a table of the recipe.")
+        node[leaf] = value
+    return recipe_from_dict(base, where)
 
 
 # --------------------------------------------------------------------------------------------

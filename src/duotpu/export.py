@@ -43,6 +43,9 @@ def source_files(src: ModelSource) -> list[Path]:
     files = []
     kind = source_kind(src.source)
     if kind in ("onnx", "torchscript"):
+        if not Path(src.source).is_file():
+            raise ModelError(f"The model file {src.source} does not exist. Check the path "
+                             "(relative paths in a recipe are taken from the recipe's folder).")
         files.append(Path(src.source))
     elif kind == "factory":
         module = src.source.split(":")[0]
@@ -55,7 +58,9 @@ def source_files(src: ModelSource) -> list[Path]:
                     files.append(Path(mod_spec.origin))
             except (ImportError, ValueError):
                 pass
-    if src.weights and Path(src.weights).suffix and Path(src.weights).exists():
+    if src.weights and Path(src.weights).suffix:
+        if not Path(src.weights).is_file():
+            raise ModelError(f"The weights file {src.weights} (model.weights) does not exist.")
         files.append(Path(src.weights))
     return files
 
@@ -196,7 +201,11 @@ def export_onnx(src: ModelSource, shape: tuple[int, ...], input_name: str, out: 
             tmp.unlink(missing_ok=True)
             raise ModelError(f"Exporting {src.source} to ONNX (opset {src.opset}) failed: "
                              f"{type(e).__name__}: {_last_line(e)}") from None
-    info = check_onnx_runs(tmp, shape)
+    try:
+        info = check_onnx_runs(tmp, shape)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, out)
     return ExportedModel(out, info[0], info[1])
 
