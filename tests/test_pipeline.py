@@ -30,7 +30,7 @@ def test_tiny_onnx_builds_int8_and_bf16(tiny_build):
     assert r.models["bf16"].cosine["logits"] > 0.99
     manifest = json.loads(r.manifest.read_text())
     assert [s["name"] for s in manifest["stages"]] == [
-        "export", "transform", "calibrate", "deploy-int8", "deploy-bf16", "verify-int8",
+        "export", "transform", "reference", "calibrate", "deploy-int8", "deploy-bf16", "verify-int8",
         "verify-bf16"]
     assert manifest["versions"]["tpu_mlir"] == "1.30.2"
     assert all("key" in s and "seconds" in s for s in manifest["stages"])

@@ -216,15 +216,47 @@ def stage_transform(wd: WorkDir, r: Recipe, exported: StageRecord) -> StageRecor
         files = toolchain.transform(r.name, onnx_path, [list(r.inputs[0].shape)], folder,
                                     folder / "transform.log", preprocess=r.preprocess,
                                     test_input=test_image, tolerance=r.tolerance.transform)
-        inputs = dict(np.load(files.test_input))
-        ref = export_mod.onnx_reference(onnx_path, inputs)
-        np.savez(folder / "reference.npz", **ref)
         return {"mlir": files.mlir.name, "weights": files.weights.name,
                 "test_input": files.test_input.name, "top_outputs": files.top_outputs.name,
-                "reference": "reference.npz", "test_image": str(test_image)}
+                "onnx": str(onnx_path), "test_image": str(test_image)}
     return wd.run("transform", key, run,
                   lambda res: [res["mlir"], res["weights"], res["test_input"],
-                               res["top_outputs"], res["reference"]])
+                               res["top_outputs"]])
+
+
+def stage_reference(wd: WorkDir, transformed: StageRecord) -> StageRecord:
+    """The fp32 ONNX model's outputs on the test input, in ONNX Runtime: the reference every
+    cvimodel is verified against."""
+    t = transformed
+    onnx_path = Path(t.result["onnx"])
+    key = {"onnx": toolchain.file_digest(onnx_path),
+           "test_input": toolchain.file_digest(t.folder / t.result["test_input"]),
+           "versions": toolchain.versions()}
+
+    def run(folder: Path) -> dict:
+        inputs = dict(np.load(t.folder / t.result["test_input"]))
+        np.savez(folder / "reference.npz", **export_mod.onnx_reference(onnx_path, inputs))
+        return {"reference": "reference.npz"}
+    return wd.run("reference", key, run, lambda res: [res["reference"]])
+
+
+_BUILTIN_LOCK = threading.Lock()
+
+
+def builtin_calibration_set(wd: WorkDir, r: Recipe) -> Path:
+    """The built-in calibration crops for the recipe's count and seed, made once per work dir."""
+    cal = r.calibration
+    if cal.images != "builtin:natural":
+        raise DataError(f"Unknown calibration set {cal.images!r}: use 'builtin:natural' or a "
+                        "folder of images.")
+    final = wd.root / "calibration-images" / f"natural-n{cal.count}-seed{cal.seed}"
+    with _BUILTIN_LOCK:
+        if not final.is_dir():
+            tmp = final.with_name(f".{final.name}.tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            images.write_calibration_set(tmp, cal.count, cal.seed)
+            os.replace(tmp, final)
+    return final
 
 
 def _calibration_images(r: Recipe, folder: Path, wd: WorkDir) -> tuple[Path, int]:
@@ -232,10 +264,7 @@ def _calibration_images(r: Recipe, folder: Path, wd: WorkDir) -> tuple[Path, int
     cal = r.calibration
     target = folder / "images"
     if cal.images.startswith("builtin:"):
-        if cal.images != "builtin:natural":
-            raise DataError(f"Unknown calibration set {cal.images!r}: use 'builtin:natural' or "
-                            "a folder of images.")
-        images.write_calibration_set(target, cal.count, cal.seed)
+        target.symlink_to(builtin_calibration_set(wd, r).resolve())
         return target, 0
     scan = images.scan_images(Path(cal.images))
     if not scan.paths:
@@ -282,7 +311,7 @@ def stage_calibrate(wd: WorkDir, r: Recipe, transformed: StageRecord) -> StageRe
 
 
 def stage_deploy(wd: WorkDir, r: Recipe, mode: str, transformed: StageRecord,
-                 calibrated: StageRecord | None) -> StageRecord:
+                 calibrated: StageRecord | None, background: bool = False) -> StageRecord:
     t = transformed
     tol = r.tolerance.int8 if mode == "int8" else r.tolerance.bf16
     table = calibrated.folder / calibrated.result["table"] if calibrated else None
@@ -299,7 +328,7 @@ def stage_deploy(wd: WorkDir, r: Recipe, mode: str, transformed: StageRecord,
         files = toolchain.deploy(
             toolchain.TransformFiles(t.folder, r.name), folder, folder / "deploy.log",
             quantize=mode, chip=r.chip, cvimodel_name=cvi_name, calibration_table=table,
-            tolerance=tol, correctness=r.tolerance.correctness)
+            tolerance=tol, correctness=r.tolerance.correctness, background=background)
         info = toolchain.model_tool_info(files.cvimodel, folder / "model_tool_info.log")
         return {"cvimodel": cvi_name, "size_bytes": files.cvimodel.stat().st_size,
                 "ion_mb": info.ion_mb, "cvimodel_version": info.version,
@@ -327,9 +356,9 @@ def match_outputs(reference: dict[str, np.ndarray], produced: dict[str, np.ndarr
     return out
 
 
-def stage_verify(wd: WorkDir, r: Recipe, mode: str, transformed: StageRecord,
+def stage_verify(wd: WorkDir, r: Recipe, mode: str, referenced: StageRecord,
                  deployed: StageRecord) -> StageRecord:
-    t, d = transformed, deployed
+    t, d = referenced, deployed
     need = r.tolerance.verify_int8 if mode == "int8" else r.tolerance.verify_bf16
     key = {"cvimodel": toolchain.file_digest(d.folder / d.result["cvimodel"]),
            "outputs": toolchain.file_digest(d.folder / d.result["model_outputs"]),
@@ -377,26 +406,42 @@ def build(recipe: Recipe, out_dir: Path | None = None, work_dir: Path | None = N
     wd = WorkDir(Path(work_dir) if work_dir else out_dir / "work", events)
     exported = stage_export(wd, recipe)
     transformed = stage_transform(wd, recipe, exported)
+    # The INT8 branch (calibrate → deploy) is the critical path; the other modes and the fp32
+    # reference run beside it at a lower CPU priority.
+    critical = "int8" if "int8" in recipe.quantize else recipe.quantize[0]
+    with cf.ThreadPoolExecutor(max_workers=1) as ref_pool:
+        ref_future = ref_pool.submit(stage_reference, wd, transformed)
 
-    def branch(mode: str) -> tuple[StageRecord, StageRecord]:
-        cal = stage_calibrate(wd, recipe, transformed) if mode == "int8" else None
-        dep = stage_deploy(wd, recipe, mode, transformed, cal)
-        return dep, stage_verify(wd, recipe, mode, transformed, dep)
+        def branch(mode: str) -> tuple[StageRecord, StageRecord]:
+            cal = stage_calibrate(wd, recipe, transformed) if mode == "int8" else None
+            dep = stage_deploy(wd, recipe, mode, transformed, cal, background=mode != critical)
+            return dep, stage_verify(wd, recipe, mode, ref_future.result(), dep)
 
+        results, errors = _run_branches(branch, recipe.quantize)
+        referenced = ref_future.result() if not errors else None
+    if errors:
+        raise errors[0]
+    return _finish(recipe, out_dir, wd, exported, transformed, referenced, results)
+
+
+def _run_branches(branch, modes) -> tuple[dict, list[BaseException]]:
     results: dict[str, tuple[StageRecord, StageRecord]] = {}
     errors: list[BaseException] = []
-    with cf.ThreadPoolExecutor(max_workers=len(recipe.quantize)) as pool:
-        futures = {pool.submit(branch, m): m for m in recipe.quantize}
+    with cf.ThreadPoolExecutor(max_workers=len(modes)) as pool:
+        futures = {pool.submit(branch, m): m for m in modes}
         for fut in cf.as_completed(futures):
             try:
                 results[futures[fut]] = fut.result()
             except BaseException as e:  # keep the other branch's work, report the first
                 errors.append(e)
-    if errors:
-        raise errors[0]
+    return results, errors
 
+
+def _finish(recipe: Recipe, out_dir: Path, wd: WorkDir, exported: StageRecord,
+            transformed: StageRecord, referenced: StageRecord, results: dict) -> BuildResult:
+    """Copy the final files into ``out_dir`` atomically and write the build manifest."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    reference = dict(np.load(transformed.folder / transformed.result["reference"]))
+    reference = dict(np.load(referenced.folder / referenced.result["reference"]))
     models = {}
     for mode in recipe.quantize:
         dep, ver = results[mode]
@@ -410,7 +455,7 @@ def build(recipe: Recipe, out_dir: Path | None = None, work_dir: Path | None = N
     tmp.write_text(recipe.to_toml())
     os.replace(tmp, recipe_path)
     t = transformed
-    stages = [wd.records[n] for n in ["export", "transform", "calibrate",
+    stages = [wd.records[n] for n in ["export", "transform", "reference", "calibrate",
                                        *[f"deploy-{m}" for m in recipe.quantize],
                                        *[f"verify-{m}" for m in recipe.quantize]]
               if n in wd.records]

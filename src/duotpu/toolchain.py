@@ -186,10 +186,13 @@ _LOG_LOCK = threading.Lock()
 
 
 def run_tool(step: str, tool: str, args: Sequence[str], cwd: Path, log_path: Path,
-             env_extra: dict[str, str] | None = None, timeout: float | None = None) -> ToolRun:
+             env_extra: dict[str, str] | None = None, timeout: float | None = None,
+             background: bool = False) -> ToolRun:
     """Run one tpu_mlir tool in ``cwd`` with its output in ``log_path``.
 
-    Raises :class:`ToolchainError` (with the tail of the log) when the tool exits non-zero.
+    ``background`` runs it at a lower CPU priority (``nice 10``), for work off the critical path
+    of a build. Raises :class:`ToolchainError` (with the tail of the log) when the tool exits
+    non-zero.
     """
     argv = tool_argv(tool, args)
     cwd, log_path = Path(cwd), Path(log_path)
@@ -202,7 +205,8 @@ def run_tool(step: str, tool: str, args: Sequence[str], cwd: Path, log_path: Pat
         try:
             proc = subprocess.run(argv, cwd=cwd, env=tool_env(env_extra), stdout=log,
                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                  timeout=timeout)
+                                  timeout=timeout,
+                                  preexec_fn=(lambda: os.nice(10)) if background else None)
             rc = proc.returncode
         except subprocess.TimeoutExpired:
             rc = -9
@@ -339,7 +343,8 @@ class DeployFiles:
 def deploy(transformed: TransformFiles, folder: Path, log_path: Path, *, quantize: str,
            chip: str, cvimodel_name: str, calibration_table: Path | None = None,
            quantize_table: Path | None = None, tolerance: tuple[float, float],
-           correctness: tuple[float, float], excepts: list[str] = ()) -> DeployFiles:
+           correctness: tuple[float, float], excepts: list[str] = (),
+           background: bool = False) -> DeployFiles:
     """``model_deploy``: top MLIR → cvimodel for ``chip``, validated on the test input: the
     quantized MLIR against the fp32 outputs (``tolerance``) and the cvimodel on the CV18xx
     simulator against the quantized MLIR (``correctness``).
@@ -370,7 +375,8 @@ def deploy(transformed: TransformFiles, folder: Path, log_path: Path, *, quantiz
     if excepts:
         args += ["--excepts", ",".join(excepts)]
     try:
-        run_tool(f"deploy {quantize.lower()}", "model_deploy", args, folder, log_path)
+        run_tool(f"deploy {quantize.lower()}", "model_deploy", args, folder, log_path,
+                 background=background)
     except ToolchainError:
         pair = failed_comparison(log_path) or ("", "")
         if "_model_outputs" in pair[0]:
