@@ -4,7 +4,6 @@ VENV  := .venv
 PY    := $(VENV)/bin/python
 # The install is redone only when one of these changes.
 STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | sha256sum | cut -c1-16)
-SSHD_STAMP := $(VENV)/.sshd-installed
 
 .PHONY: install demo test test-fast bench clean help
 
@@ -26,17 +25,10 @@ $(STAMP): requirements.lock pyproject.toml
 	$(PY) -m duotpu.selfcheck
 	@rm -f $(VENV)/.installed-*; touch $@
 
-# Debian's OpenSSH server for the board tests (started by the tests themselves on 127.0.0.1).
-$(SSHD_STAMP):
-	@if [ ! -x /usr/sbin/sshd ]; then \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends openssh-server openssh-client >/dev/null; \
-	fi
-	@mkdir -p $(VENV) && touch $@
-
 demo: install
 	$(VENV)/bin/duotpu demo
 
-test: install $(SSHD_STAMP)
+test: install
 	$(VENV)/bin/python -m pytest -q
 
 test-fast: install
