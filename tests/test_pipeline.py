@@ -108,3 +108,20 @@ def test_pytorch_factory_source(tmp_path):
     ref = next(iter(res.reference.values()))
     assert ref.shape == (1, 7)
     assert res.models["bf16"].cosine[next(iter(res.reference))] > 0.99
+
+
+def test_python_api_with_a_toml_recipe_and_overrides(tmp_path, tiny_onnx_path):
+    import duotpu
+    (tmp_path / "tiny.toml").write_text(tiny_recipe(tiny_onnx_path).to_toml())
+    res = duotpu.build(tmp_path / "tiny.toml", out_dir=tmp_path / "api", quantize=["bf16"],
+                       calibration__count=3, name="apitiny")
+    assert res.recipe.name == "apitiny" and res.recipe.calibration.count == 3
+    assert list(res.models) == ["bf16"]
+    assert res.models["bf16"].cvimodel == tmp_path / "api" / "apitiny_cv180x_bf16.cvimodel"
+    manifest = json.loads(res.manifest.read_text())
+    assert manifest["models"]["bf16"]["cosine_vs_fp32"]["logits"] > 0.98
+    verify = next(s for s in manifest["stages"] if s["name"] == "verify-bf16")
+    assert verify["result"]["cosine"]["logits"] == manifest["models"]["bf16"]["cosine_vs_fp32"][
+        "logits"]
+    with pytest.raises(duotpu.ConfigError, match="calibration.cuont"):
+        duotpu.build(tmp_path / "tiny.toml", calibration__cuont=3)

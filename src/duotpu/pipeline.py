@@ -469,7 +469,8 @@ def _finish(recipe: Recipe, out_dir: Path, wd: WorkDir, exported: StageRecord,
                        "sha256": toolchain.file_digest(a.cvimodel)}
                    for m, a in models.items()},
         "stages": [{"name": s.name, "cached": s.cached, "seconds": round(s.seconds, 3),
-                    "key": json.loads((s.folder / MANIFEST).read_text())["key"]}
+                    "key": json.loads((s.folder / MANIFEST).read_text())["key"],
+                    "result": s.result}
                    for s in stages]})
     return BuildResult(recipe, out_dir, wd.root, exported.folder / exported.result["onnx"],
                        dict(np.load(t.folder / t.result["test_input"])),
