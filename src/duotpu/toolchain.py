@@ -376,6 +376,7 @@ def deploy(transformed: TransformFiles, folder: Path, log_path: Path, *, quantiz
         args += ["--excepts", ",".join(excepts)]
     try:
         run_tool(f"deploy {quantize.lower()}", "model_deploy", args, folder, log_path,
+                 env_extra={"OMP_NUM_THREADS": "1"} if background else None,
                  background=background)
     except ToolchainError:
         pair = failed_comparison(log_path) or ("", "")
