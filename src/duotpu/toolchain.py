@@ -191,7 +191,7 @@ def run_tool(step: str, tool: str, args: Sequence[str], cwd: Path, log_path: Pat
     """Run one tpu_mlir tool in ``cwd`` with its output in ``log_path``.
 
     ``background`` runs it at a lower CPU priority (``nice 10``), for work off the critical path
-    of a build. Raises :class:`ToolchainError` (with the tail of the log) when the tool exits
+    of a build (``deploy`` also gives such a run one OpenMP thread). Raises :class:`ToolchainError` (with the tail of the log) when the tool exits
     non-zero.
     """
     argv = tool_argv(tool, args)
