@@ -22,6 +22,8 @@ $(STAMP): requirements.lock pyproject.toml
 	$(PY) -m pip install --quiet --upgrade "pip==25.1.1"
 	$(PY) -m pip install --quiet -r requirements.lock
 	$(PY) -m pip install --quiet --no-deps -e .
+	@command -v flatc >/dev/null || { echo "installing Debian's flatbuffers-compiler (flatc, to read cvimodel files)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq flatbuffers-compiler >/dev/null; }
 	$(PY) -m duotpu.selfcheck
 	@rm -f $(VENV)/.installed-*; touch $@
 

@@ -250,6 +250,73 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return cmd_build(args)
 
 
+def _ion_overrides(items: list[str]) -> dict[str, float]:
+    from .cvimodel import BOARDS
+    out = {}
+    for item in items:
+        key, _, val = item.partition("=")
+        if key not in BOARDS or not val:
+            raise ConfigError(f"--ion takes BOARD=MB with BOARD one of {', '.join(BOARDS)}; "
+                              f"got {item!r}.")
+        try:
+            out[key] = float(val)
+        except ValueError:
+            raise ConfigError(f"--ion {item!r}: {val!r} is not a number of MB.") from None
+    return out
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from . import cvimodel
+    ion = _ion_overrides(args.ion)
+    infos = [cvimodel.read_cvimodel(Path(m)) for m in args.models]
+    for info in infos:
+        info.fit = cvimodel.board_fit(info, ion)
+    if args.json:
+        data = [i.to_dict() for i in infos]
+        print(json.dumps(data[0] if len(data) == 1 else data, indent=2))
+        return EXIT_OK
+    con = _console()
+    for info in infos:
+        con.print(f"[bold]{info.path}[/]  ({info.file_size / 1e6:.2f} MB, md5 ok)")
+        con.print(f"  model {info.name}, chip [bold]{info.chip}[/], cvimodel {info.version}, "
+                  f"built {info.build_time} by tpu_mlir {info.mlir_version}")
+        con.print(f"  board memory (ION) needed: [bold]{info.ion_mb:.2f} MB[/] "
+                  f"({info.ion_bytes} bytes): weights {info.weight_bytes} B, sections "
+                  f"{sum(s.size for s in info.sections)} B")
+        for k, p in enumerate(info.programs):
+            t = Table(title=f"program {k}: batch {p.batch_num}, shared gmem {p.shared_gmem} B, "
+                            f"private gmem {p.private_gmem} B, io {p.io_bytes} B, routines "
+                            f"{'+'.join(p.routines)}", title_justify="left")
+            for col in ("", "name", "shape", "dtype", "qscale", "zero point", "pixel format",
+                        "aligned"):
+                t.add_column(col)
+            for kind, tensors in (("in", p.inputs), ("out", p.outputs)):
+                for x in tensors:
+                    t.add_row(kind, x.name, "x".join(map(str, x.shape)), x.dtype,
+                              f"{x.qscale:.6g}", f"{x.zero_point:g}", x.pixel_format or "—",
+                              "yes" if x.aligned else "no")
+            con.print(t)
+        st = Table(title="sections", title_justify="left")
+        for col in ("type", "name", "size", "offset"):
+            st.add_column(col)
+        for s in info.sections:
+            st.add_row(s.type, s.name, str(s.size), str(s.offset))
+        con.print(st)
+        ft = Table(title="fits the board?", title_justify="left")
+        for col in ("board", "chip", "ION assumed", "verdict"):
+            ft.add_column(col)
+        for f in info.fit.values():
+            ft.add_row(f["board"], f["chip"], f"{f['ion_mb_assumed']:g} MB",
+                       ("[green]" if f["fits"] else "[red]") + f["verdict"] + "[/]")
+        con.print(ft)
+        con.print("[dim]ION assumed from the boards' stock images; set yours with --ion "
+                  "duo=MB (read it on the board from "
+                  "/sys/kernel/debug/ion/cvi_carveout_heap_dump/total_mem).[/]")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``duotpu`` argument parser."""
     from . import __version__
@@ -284,6 +351,16 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--labels", default=None, help=argparse.SUPPRESS)
     _add_recipe_flags(d)
     d.set_defaults(func=cmd_demo)
+
+    i = sub.add_parser("info", help="what a cvimodel holds and whether it fits each Duo board",
+                       description="Read cvimodel files: chip, version, programs, inputs and "
+                                   "outputs, sections, board memory need and fit per board.")
+    i.add_argument("models", nargs="+", metavar="MODEL.cvimodel")
+    i.add_argument("--json", action="store_true", help="print JSON")
+    i.add_argument("--ion", action="append", default=[], metavar="BOARD=MB",
+                   help="ION heap of a board (duo, duo256m, duos) instead of the assumed one")
+    i.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
+    i.set_defaults(func=cmd_info)
     return p
 
 

@@ -29,6 +29,9 @@ def check() -> list[str]:
         log = Path(tmp) / "model_transform.log"
         toolchain.run_tool("selfcheck", "model_transform", ["-V"], Path(tmp), log)
         lines.append("tpu_mlir Python tools start: " + toolchain.log_tail(log, 1))
+    from .cvimodel import _schema_module
+    _schema_module()
+    lines.append("cvimodel reader ready (flatc code from tpu_mlir's cvimodel.fbs)")
     lines.append(f"tpu_mlir {toolchain.versions()['tpu_mlir']} at {toolchain.tpu_mlir_root()}")
     return lines
 

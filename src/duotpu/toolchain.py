@@ -428,6 +428,15 @@ def model_tool_info(cvimodel: Path, log_path: Path) -> ModelToolInfo:
                          ver.group(1) if ver else "", chip.group(1) if chip else "", text)
 
 
+def cvimodel_schema() -> Path:
+    """The flatbuffers schema of the cvimodel format, as shipped in tpu_mlir."""
+    path = tpu_mlir_root() / "include/tpu_mlir/Builder/CV18xx/proto/cvimodel.fbs"
+    if not path.exists():
+        raise SetupError(f"tpu_mlir's cvimodel schema is missing ({path}); reinstall tpu_mlir "
+                         f"{TPU_MLIR_VERSION} with `make install`.")
+    return path
+
+
 @functools.lru_cache(maxsize=1)
 def versions() -> dict[str, str]:
     """Versions of the tools that shape the compiled output (part of every cache key)."""
