@@ -55,7 +55,7 @@ def test_host_preprocessing_equals_the_compilers(tiny_build):
 def _copy_build(tiny_build, tmp_path):
     out = tmp_path / "b"
     shutil.copytree(tiny_build.out_dir, out, symlinks=True)
-    # the deploy folders link to transform outputs by absolute path: rebuild those links
+    # the calibrate stage links to transform outputs by absolute path: rebuild those links
     for link in out.rglob("*"):
         if link.is_symlink():
             target = str(link.readlink()).replace(str(tiny_build.out_dir), str(out))

@@ -7,6 +7,8 @@ import sys
 import threading
 import traceback
 from pathlib import Path
+
+import numpy as np
 from typing import Any
 
 from .errors import ConfigError, DuoTpuError, ToleranceError, ToolchainError
@@ -119,6 +121,12 @@ def _add_recipe_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--verify-int8", type=float, metavar="COS",
                    help="minimum output cosine of the INT8 cvimodel vs fp32")
     g.add_argument("--verify-bf16", type=float, metavar="COS")
+    g.add_argument("--fuse-preprocess", metavar="PIXEL_FORMAT",
+                   choices=["RGB_PLANAR", "RGB_PACKED", "BGR_PLANAR", "BGR_PACKED", "GRAYSCALE"],
+                   help="the TPU does the preprocessing; the model takes uint8 images in this "
+                        "format")
+    g.add_argument("--batch-sizes", type=_ints, metavar="1,4",
+                   help="one cvimodel with a program per batch size, sharing the weights")
     g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any recipe key, e.g. --set calibration.seed=3 (TOML value)")
 
@@ -130,7 +138,8 @@ _FLAG_KEYS = {"name": "name", "chip": "chip", "quantize": "quantize", "weights":
               "calib_images": "calibration.images", "calib_count": "calibration.count",
               "calib_method": "calibration.method", "test_image": "test_image",
               "tolerance_int8": "tolerance.int8", "tolerance_bf16": "tolerance.bf16",
-              "verify_int8": "tolerance.verify_int8", "verify_bf16": "tolerance.verify_bf16"}
+              "verify_int8": "tolerance.verify_int8", "verify_bf16": "tolerance.verify_bf16",
+              "batch_sizes": "deploy.batch_sizes"}
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -140,6 +149,9 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         v = getattr(args, flag, None)
         if v is not None:
             out[key] = v
+    if getattr(args, "fuse_preprocess", None):
+        out["deploy.fuse_preprocess"] = True
+        out["deploy.pixel_format"] = args.fuse_preprocess
     for path_key in ("calibration.images", "test_image", "model.weights"):
         v = out.get(path_key)
         if isinstance(v, str) and not v.startswith("builtin:") and Path(v).exists():
@@ -279,7 +291,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         return EXIT_OK
     con = _console()
     for info in infos:
-        con.print(f"[bold]{info.path}[/]  ({info.file_size / 1e6:.2f} MB, md5 ok)")
+        con.print(f"[bold]{info.path}[/]  ({info.file_size / 1e6:.2f} MB, md5 {info.md5_status})")
         con.print(f"  model {info.name}, chip [bold]{info.chip}[/], cvimodel {info.version}, "
                   f"built {info.build_time} by tpu_mlir {info.mlir_version}")
         con.print(f"  board memory (ION) needed: [bold]{info.ion_mb:.2f} MB[/] "
@@ -314,6 +326,125 @@ def cmd_info(args: argparse.Namespace) -> int:
         con.print("[dim]ION assumed from the boards' stock images; set yours with --ion "
                   "duo=MB (read it on the board from "
                   "/sys/kernel/debug/ion/cvi_carveout_heap_dump/total_mem).[/]")
+    return EXIT_OK
+
+
+def _class_names(args, n_classes: int):
+    from . import labels as labels_mod
+    if getattr(args, "labels", None):
+        return labels_mod.read_labels(Path(args.labels))
+    return labels_mod.imagenet_classes() if n_classes == 1000 else None
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from . import metrics, runtime
+    from .labels import class_name
+    model = runtime.open_model(args.model, args.recipe)
+    for im in args.images:
+        if not Path(im).is_file():
+            raise ConfigError(f"The image {im} does not exist.")
+    tensors = runtime.tensors_for(model, args.images)
+    outs = runtime.infer_batched(model, tensors)
+    first = model.output_names[0]
+    n_classes = int(np.prod(outs[0][first].shape[1:])) if outs else 0
+    names = _class_names(args, n_classes)
+    results = []
+    for im, out in zip(args.images, outs):
+        probs = metrics.as_probabilities(out[first].reshape(out[first].shape[0], -1))[0]
+        results.append({"image": str(im), "top": [
+            {"class": i, "name": class_name(names, i), "probability": round(p, 6)}
+            for i, p in metrics.topk(probs, args.topk)]})
+    if args.json:
+        print(json.dumps({"model": str(model.cvimodel), "mode": model.mode,
+                          "backend": "cv18xx simulator", "results": results}, indent=2))
+        return EXIT_OK
+    con = _console()
+    batches = "+".join(str(p.inputs[0].shape[0]) for p in model.info.programs)
+    fused = model.info.programs[0].inputs[0].pixel_format
+    con.print(f"[bold]{model.cvimodel.name}[/] ({model.mode.upper()}, {model.info.chip}, "
+              f"batch {batches}{', fused preprocess ' + fused if fused else ''}) on the CV18xx "
+              "simulator")
+    for r in results:
+        t = Table(title=r["image"], title_justify="left")
+        t.add_column("#", justify="right")
+        t.add_column("class")
+        t.add_column("probability", justify="right")
+        for k, x in enumerate(r["top"], 1):
+            t.add_row(str(k), f"{x['name']} ({x['class']})", f"{x['probability']:.4f}")
+        con.print(t)
+    return EXIT_OK
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from rich.progress import Progress
+    from rich.table import Table
+
+    from . import evaluate, report, runtime
+    target = Path(args.model)
+    models = sorted(target.glob("*.cvimodel")) if target.is_dir() else [target]
+    if not models:
+        raise ConfigError(f"No cvimodel in {target}. Give a cvimodel or a build folder.")
+    built = [runtime.open_model(m, args.recipe) for m in models]
+    first = built[0]
+    folder = Path(args.images)
+    names = _class_names(args, 1000 if args.labels is None else 0)
+    paths, labels = evaluate.labelled_images(folder, names)
+    if args.limit:
+        paths, labels = paths[:args.limit], (labels[:args.limit] if labels else None)
+    con = _console()
+    con.print(f"evaluating {', '.join(b.cvimodel.name for b in built)} on {len(paths)} images "
+              f"({'labelled' if labels else 'agreement with fp32'}), backend {args.backend}")
+    tensors = runtime.tensors_for(first, paths)
+    fp32 = np.stack([o[0].reshape(-1) for o in runtime.fp32_reference(first, tensors)])
+    data = {"model": str(target), "image_folder": str(folder), "images": len(paths),
+            "backend": args.backend, "margin": args.margin,
+            "fp32": evaluate.fp32_metrics(fp32, labels, args.margin), "modes": {},
+            "per_layer": {}, "fast_path_check": {}}
+    for b in built:
+        if args.backend == "mlir" and args.check:
+            k = min(args.check, len(tensors))
+            diff = evaluate.check_fast_path(b, tensors[:k])
+            data["fast_path_check"][b.mode] = {"images": k, "max_abs_diff": diff}
+            con.print(f"  {b.mode.upper()}: fast path vs CV18xx simulator on {k} image(s): "
+                      f"largest output difference {diff:g}"
+                      + (" (bit-exact)" if diff == 0 else ""))
+        with Progress(console=con, transient=True) as prog:
+            task = prog.add_task(f"{b.mode.upper()}", total=len(tensors))
+            q, secs = evaluate.timed_infer(b, tensors, args.backend,
+                                           lambda n: prog.update(task, completed=n))
+        m = evaluate.compare(b.mode, fp32, q, args.margin, labels, secs)
+        data["modes"][b.mode] = m.__dict__
+        if args.layers and b.tpu_mlir is not None:
+            top = evaluate.top_mlir_of(b)
+            if top is not None:
+                data["per_layer"][b.mode] = evaluate.per_layer(
+                    b, top, tensors[:args.layers])
+    t = Table(title=f"{first.info.name}: quantized vs fp32 on {len(paths)} images")
+    for col in ("model", "top-1 agree", f"decisive top-1 agree (≥{args.margin})",
+                "top-5 ∋ fp32 top-1", "mean cos", "worst cos", "mean KL", "top-1 acc",
+                "top-5 acc", "images/s"):
+        t.add_column(col, justify="right")
+    if labels:
+        fpm = data["fp32"]
+        t.add_row("fp32", "", "", "", "", "", "", f"{fpm['top1_acc']:.3f}",
+                  f"{fpm['top5_acc']:.3f}", "")
+    for mode, d in data["modes"].items():
+        t.add_row(mode.upper(), f"{d['top1_agree']:.3f}",
+                  f"{d['decisive_top1_agree']:.3f} ({d['decisive_n']})",
+                  f"{d['top5_contains_fp32_top1']:.3f}", f"{d['cosine_mean']:.4f}",
+                  f"{d['cosine_worst']:.4f}", f"{d['kl_mean']:.4f}",
+                  "" if d["top1_acc"] is None else f"{d['top1_acc']:.3f}",
+                  "" if d["top5_acc"] is None else f"{d['top5_acc']:.3f}",
+                  f"{d['images_per_second']:.2f}")
+    con.print(t)
+    for mode, layers in data["per_layer"].items():
+        worst = ", ".join(f"{n} {c:.4f}" for n, c in layers[:5])
+        con.print(f"  {mode.upper()} least similar tensors: {worst}")
+    out = Path(args.out) if args.out else (target if target.is_dir() else target.parent) / "eval"
+    jpath, hpath = report.write_eval_report(out, data)
+    con.print(f"report: {jpath} and {hpath}")
     return EXIT_OK
 
 
@@ -361,6 +492,40 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ION heap of a board (duo, duo256m, duos) instead of the assumed one")
     i.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
     i.set_defaults(func=cmd_info)
+
+    pr = sub.add_parser("predict", help="classify images with a cvimodel on the CV18xx simulator",
+                        description="Preprocess images as at build time (recipe beside the "
+                                    "model, or --recipe) and run the cvimodel on the simulator.")
+    pr.add_argument("model", metavar="MODEL.cvimodel")
+    pr.add_argument("images", nargs="+", metavar="IMAGE")
+    pr.add_argument("--recipe", help="recipe the model was built with (default: beside it)")
+    pr.add_argument("--labels", help="class names: one per line, or synset_words.txt")
+    pr.add_argument("--topk", type=int, default=5)
+    pr.add_argument("--json", action="store_true")
+    pr.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
+    pr.set_defaults(func=cmd_predict)
+
+    ev = sub.add_parser("eval", help="accuracy of built models against fp32 (and labels)",
+                        description="Evaluate the cvimodels of a build folder (or one cvimodel) "
+                                    "on a folder of images: agreement with fp32, or accuracy "
+                                    "when subfolders name classes; writes report.json/html.")
+    ev.add_argument("model", metavar="BUILD_DIR|MODEL.cvimodel")
+    ev.add_argument("--images", required=True, help="folder of images (subfolders = classes)")
+    ev.add_argument("--recipe", help="recipe the model was built with (default: beside it)")
+    ev.add_argument("--labels", help="class names file (for class-named subfolders)")
+    ev.add_argument("--backend", choices=["mlir", "cvimodel"], default="mlir",
+                    help="mlir: tpu_mlir's interpreter on the quantized MLIR (fast, checked "
+                         "against the simulator); cvimodel: the CV18xx simulator")
+    ev.add_argument("--check", type=int, default=2, metavar="N",
+                    help="check the fast path against the simulator on N images (default 2)")
+    ev.add_argument("--margin", type=float, default=0.05,
+                    help="fp32 top-1 minus top-2 probability for an image to be decisive")
+    ev.add_argument("--layers", type=int, default=2, metavar="N",
+                    help="per-layer similarity on N images (0: skip)")
+    ev.add_argument("--limit", type=int, default=0, help="use at most this many images")
+    ev.add_argument("--out", help="report folder (default BUILD_DIR/eval)")
+    ev.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
+    ev.set_defaults(func=cmd_eval)
     return p
 
 

@@ -128,6 +128,7 @@ class CviModelInfo:
     weight_bytes: int
     ion_bytes: int
     fit: dict = field(default_factory=dict)
+    md5_status: str = ""
 
     @property
     def ion_mb(self) -> float:
@@ -161,8 +162,7 @@ def read_cvimodel(path: str | Path) -> CviModelInfo:
                          f"description but the file has {len(data) - HEADER_SIZE} bytes after "
                          "the header. Copy the file again.")
     actual = hashlib.md5(data[HEADER_SIZE:]).digest()
-    if actual != md5:
-        raise ModelError(f"{path} is corrupt or truncated: the md5 of its contents "
+    corrupt = ModelError(f"{path} is corrupt or truncated: the md5 of its contents "
                          f"({actual.hex()}) is not the one in its header ({md5.hex()}). Copy "
                          "or build the file again.")
     Model = _schema_module().Model
@@ -171,9 +171,20 @@ def read_cvimodel(path: str | Path) -> CviModelInfo:
         info = _describe(path, data, m)
     except ModelError:
         raise
-    except Exception as e:  # a damaged flatbuffer with a matching md5 is unlikely, but be clear
+    except Exception as e:
+        if actual != md5:
+            raise corrupt from None
         raise ModelError(f"{path} has a damaged model description ({type(e).__name__}: {e}).") \
             from None
+    if actual == md5:
+        info.md5_status = "ok"
+    elif len(info.programs) > 1 and all(s.offset + s.size <= len(data) - HEADER_SIZE - body_size
+                                        for s in info.sections):
+        # `model_tool --combine` (multi-batch models) leaves the header's md5 unset; the
+        # runtime does not check it. Such files are checked by their structure only.
+        info.md5_status = "not recorded (combined by model_tool)"
+    else:
+        raise corrupt
     info.chip = chip.rstrip(b"\0").decode(errors="replace") or info.chip
     info.header_version = f"{major}.{minor}"
     info.md5 = md5.hex()

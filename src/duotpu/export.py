@@ -170,9 +170,14 @@ def _load_state_dict(model, path: Path) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-def export_onnx(src: ModelSource, shape: tuple[int, ...], input_name: str, out: Path) -> \
-        ExportedModel:
-    """Write the model as ONNX to ``out`` (atomically) and check it runs at ``shape``."""
+def export_onnx(src: ModelSource, shape: tuple[int, ...], input_name: str, out: Path,
+                batch_sizes: tuple[int, ...] = (1,)) -> ExportedModel:
+    """Write the model as ONNX to ``out`` (atomically) and check it runs at ``shape``.
+
+    With more than one batch size the model is written with a dynamic batch dimension (a fixed
+    batch in an ONNX file is replaced) and checked at every batch size.
+    """
+    dynamic = tuple(batch_sizes) != (1,)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".part")
@@ -180,6 +185,8 @@ def export_onnx(src: ModelSource, shape: tuple[int, ...], input_name: str, out: 
     if kind == "onnx":
         _check_onnx_file(Path(src.source))
         shutil.copyfile(src.source, tmp)
+        if dynamic:
+            _make_batch_dynamic(tmp)
     else:
         import torch
         model = load_torch_module(src)
@@ -195,14 +202,19 @@ def export_onnx(src: ModelSource, shape: tuple[int, ...], input_name: str, out: 
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
+                extra = {}
+                if dynamic:
+                    extra["dynamic_axes"] = {input_name: {0: "N"}, "output": {0: "N"}}
                 torch.onnx.export(model, dummy, str(tmp), opset_version=src.opset,
-                                  input_names=[input_name], dynamo=False)
+                                  input_names=[input_name], output_names=["output"],
+                                  dynamo=False, **extra)
         except Exception as e:
             tmp.unlink(missing_ok=True)
             raise ModelError(f"Exporting {src.source} to ONNX (opset {src.opset}) failed: "
                              f"{type(e).__name__}: {_last_line(e)}") from None
     try:
-        info = check_onnx_runs(tmp, shape)
+        for b in sorted(set(batch_sizes) | {shape[0]}):
+            info = check_onnx_runs(tmp, (b, *shape[1:]))
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -225,6 +237,20 @@ def _check_onnx_file(path: Path) -> None:
     except Exception as e:
         raise ModelError(f"The ONNX file {path} is corrupt or not an ONNX model "
                          f"({type(e).__name__}: {_last_line(e)}). Export it again.") from None
+
+
+def _make_batch_dynamic(path: Path) -> None:
+    """Give an ONNX file's inputs and outputs a symbolic batch dimension."""
+    import onnx
+    model = onnx.load(str(path))
+    inits = {i.name for i in model.graph.initializer}
+    for v in [*[i for i in model.graph.input if i.name not in inits], *model.graph.output]:
+        dims = v.type.tensor_type.shape.dim
+        if dims:
+            dims[0].ClearField("dim_value")
+            dims[0].dim_param = "N"
+    del model.graph.value_info[:]
+    onnx.save(model, str(path))
 
 
 def check_onnx_runs(path: Path, shape: tuple[int, ...]) -> tuple[str, list[str]]:

@@ -194,11 +194,14 @@ def stage_export(wd: WorkDir, r: Recipe) -> StageRecord:
     src = r.model
     key = {"source": src.source, "weights": src.weights, "opset": src.opset,
            "kwargs": src.kwargs, "shape": list(r.inputs[0].shape), "input": r.inputs[0].name,
-           "files": _files_key(export_mod.source_files(src)), "versions": toolchain.versions()}
+           "batch_sizes": list(r.deploy.batch_sizes),
+           "files": _files_key(export_mod.source_files(src)),
+           "code": toolchain.file_digest(Path(export_mod.__file__)),
+           "versions": toolchain.versions()}
 
     def run(folder: Path) -> dict:
         m = export_mod.export_onnx(src, r.inputs[0].shape, r.inputs[0].name,
-                                   folder / f"{r.name}.onnx")
+                                   folder / f"{r.name}.onnx", r.deploy.batch_sizes)
         return {"onnx": m.onnx_path.name, "input_name": m.input_name,
                 "output_names": m.output_names}
     return wd.run("export", key, run, lambda res: [res["onnx"]])
@@ -210,6 +213,7 @@ def stage_transform(wd: WorkDir, r: Recipe, exported: StageRecord) -> StageRecor
     key = {"name": r.name, "onnx": toolchain.file_digest(onnx_path),
            "shape": list(r.inputs[0].shape), "preprocess": asdict(r.preprocess),
            "test_image": toolchain.file_digest(test_image), "tolerance": r.tolerance.transform,
+           "code": toolchain.file_digest(Path(toolchain.__file__)),
            "versions": toolchain.versions()}
 
     def run(folder: Path) -> dict:
@@ -313,6 +317,7 @@ def stage_calibrate(wd: WorkDir, r: Recipe, transformed: StageRecord) -> StageRe
 def stage_deploy(wd: WorkDir, r: Recipe, mode: str, transformed: StageRecord,
                  calibrated: StageRecord | None, background: bool = False) -> StageRecord:
     t = transformed
+    d = r.deploy
     tol = r.tolerance.int8 if mode == "int8" else r.tolerance.bf16
     table = calibrated.folder / calibrated.result["table"] if calibrated else None
     key = {"mode": mode, "chip": r.chip, "name": r.name,
@@ -320,15 +325,31 @@ def stage_deploy(wd: WorkDir, r: Recipe, mode: str, transformed: StageRecord,
            "weights": toolchain.file_digest(t.folder / t.result["weights"]),
            "test_input": toolchain.file_digest(t.folder / t.result["test_input"]),
            "table": toolchain.file_digest(table) if table else None,
-           "tolerance": tol, "correctness": r.tolerance.correctness,
+           "tolerance": tol, "correctness": r.tolerance.correctness, "deploy": asdict(d),
+           "code": toolchain.file_digest(Path(toolchain.__file__)),
            "versions": toolchain.versions()}
-    cvi_name = f"{r.name}_{r.chip}_{mode}.cvimodel"
+    if d.fuse_preprocess:
+        key["test_image"] = toolchain.file_digest(Path(t.result["test_image"]))
+    if d.batch_sizes != (1,):
+        key["onnx"] = toolchain.file_digest(Path(t.result["onnx"]))
+        key["preprocess"] = asdict(r.preprocess)
+        key["transform_tolerance"] = r.tolerance.transform
+    suffix = "" if d.batch_sizes == (1,) else "_" + "_".join(f"bs{b}" for b in d.batch_sizes)
+    cvi_name = f"{r.name}_{r.chip}_{mode}{suffix}.cvimodel"
 
     def run(folder: Path) -> dict:
-        files = toolchain.deploy(
-            toolchain.TransformFiles(t.folder, r.name), folder, folder / "deploy.log",
-            quantize=mode, chip=r.chip, cvimodel_name=cvi_name, calibration_table=table,
-            tolerance=tol, correctness=r.tolerance.correctness, background=background)
+        common = dict(quantize=mode, chip=r.chip, cvimodel_name=cvi_name,
+                      calibration_table=table, tolerance=tol,
+                      correctness=r.tolerance.correctness, background=background,
+                      fuse_preprocess=d.pixel_format if d.fuse_preprocess else "",
+                      test_image=Path(t.result["test_image"]))
+        transformed_files = toolchain.TransformFiles(t.folder, r.name)
+        if d.batch_sizes == (1,):
+            files = toolchain.deploy(transformed_files, folder, folder / "deploy.log", **common)
+        else:
+            files = toolchain.deploy_batches(
+                transformed_files, Path(t.result["onnx"]), r.inputs[0].shape, r.preprocess,
+                d.batch_sizes, folder, transform_tolerance=r.tolerance.transform, **common)
         info = toolchain.model_tool_info(files.cvimodel, folder / "model_tool_info.log")
         return {"cvimodel": cvi_name, "size_bytes": files.cvimodel.stat().st_size,
                 "ion_mb": info.ion_mb, "cvimodel_version": info.version,

@@ -95,3 +95,26 @@ def preprocess_image(image: str | Path | np.ndarray, pre: Preprocess,
         x = x[:, [2, 1, 0]]
     x = (x - mean) * scale
     return np.repeat(x, shape[0], axis=0).astype(np.float32)
+
+
+def fused_input(image: str | Path | np.ndarray, pre: Preprocess, shape: tuple[int, ...],
+                pixel_format: str) -> np.ndarray:
+    """The raw uint8 input of a fused-preprocess cvimodel: the image resized and cropped as at
+    build time, in ``pixel_format`` (``RGB_PLANAR``, ``BGR_PACKED``, ``GRAYSCALE``, ...); the
+    TPU does the mean/scale."""
+    gray = pixel_format == "GRAYSCALE"
+    img = load_bgr(image, gray)
+    h, w = resize_dims(pre, (1, 1 if gray else 3, shape[-2], shape[-1]))
+    img = _resize(img, pre, h, w)
+    x = img[None] if gray else img.transpose(2, 0, 1)
+    ch, cw = (shape[2], shape[3]) if pixel_format.endswith("PLANAR") or gray else \
+        (shape[1], shape[2])
+    ih, iw = x.shape[1:]
+    if (ih, iw) != (ch, cw):
+        y0, x0 = ih // 2 - ch // 2, iw // 2 - cw // 2
+        x = x[:, y0:y0 + ch, x0:x0 + cw]
+    if pixel_format.startswith("RGB"):
+        x = x[[2, 1, 0]]
+    if pixel_format.endswith("PACKED"):
+        x = x.transpose(1, 2, 0)
+    return np.ascontiguousarray(x[None]).astype(np.uint8)

@@ -77,6 +77,24 @@ class Calibration:
     tune_num: int = 5
 
 
+FusedFormat = Literal["", "RGB_PLANAR", "RGB_PACKED", "BGR_PLANAR", "BGR_PACKED", "GRAYSCALE"]
+
+
+@dataclass(frozen=True)
+class Deploy:
+    """How the cvimodels are built beyond the quantization mode.
+
+    ``fuse_preprocess``: the TPU does the mean/scale (and channel order) itself; the model takes
+    the resized, cropped image as uint8 in ``pixel_format`` (the SDK's fused-preprocess
+    samples). ``batch_sizes``: one cvimodel holding a program per batch size, sharing one copy of
+    the weights (the SDK's ``mobilenet_v2_bs1_bs4.cvimodel``); the model is exported with a
+    dynamic batch for it.
+    """
+    fuse_preprocess: bool = False
+    pixel_format: FusedFormat = ""
+    batch_sizes: Tuple[int, ...] = (1,)
+
+
 @dataclass(frozen=True)
 class Tolerance:
     """Similarity thresholds. Pairs are (cosine, euclidean similarity) as tpu_mlir compares them.
@@ -106,6 +124,7 @@ class Recipe:
     preprocess: Preprocess = field(default_factory=Preprocess)
     calibration: Calibration = field(default_factory=Calibration)
     tolerance: Tolerance = field(default_factory=Tolerance)
+    deploy: Deploy = field(default_factory=Deploy)
     test_image: str = "builtin:chelsea"
 
     def validate(self) -> "Recipe":
@@ -144,6 +163,22 @@ class Recipe:
             if len(r) != 2 or r[0] < shape[2] or r[1] < shape[3]:
                 raise ConfigError(f"Recipe key 'preprocess.resize' must be [h, w] at least the "
                                   f"input size {shape[2]}x{shape[3]}; got {list(r)}.")
+        d = self.deploy
+        if d.fuse_preprocess and not d.pixel_format:
+            raise ConfigError("Recipe key 'deploy.fuse_preprocess' needs 'deploy.pixel_format' "
+                              "(RGB_PLANAR, RGB_PACKED, BGR_PLANAR, BGR_PACKED or GRAYSCALE).")
+        if d.pixel_format and not d.fuse_preprocess:
+            raise ConfigError("Recipe key 'deploy.pixel_format' only applies with "
+                              "deploy.fuse_preprocess = true.")
+        if d.pixel_format and (d.pixel_format == "GRAYSCALE") != (channels == 1):
+            raise ConfigError(f"Recipe key 'deploy.pixel_format' is '{d.pixel_format}' but the "
+                              f"input has {channels} channel(s).")
+        if not d.batch_sizes or 1 not in d.batch_sizes or any(b < 1 for b in d.batch_sizes) \
+                or len(set(d.batch_sizes)) != len(d.batch_sizes):
+            raise ConfigError(f"Recipe key 'deploy.batch_sizes' must list distinct positive batch "
+                              f"sizes including 1, e.g. [1, 4]; got {list(d.batch_sizes)}.")
+        if shape[0] != 1 and d.batch_sizes != (1,):
+            raise ConfigError("With deploy.batch_sizes, give inputs.shape with batch 1.")
         if self.calibration.count < 1:
             raise ConfigError("Recipe key 'calibration.count' must be at least 1.")
         for key in ("transform", "int8", "bf16", "correctness"):

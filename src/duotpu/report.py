@@ -82,3 +82,80 @@ def as_json(rows: list[Classified], labels: list[str] | None) -> list[dict]:
              "ion_mb": r.ion_mb,
              "top": [{"class": i, "name": class_name(labels, i), "probability": round(p, 6)}
                      for i, p in r.top]} for r in rows]
+
+
+# --------------------------------------------------------------------------------------------
+# duotpu eval: report.json + a self-contained report.html
+# --------------------------------------------------------------------------------------------
+def _png_b64(fig) -> str:
+    import base64
+    import io
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def write_eval_report(folder, data: dict) -> tuple:
+    """Write ``report.json`` and ``report.html`` (plots embedded) into ``folder``."""
+    import html
+    import json
+    import os
+    from pathlib import Path
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    jpath, hpath = folder / "report.json", folder / "report.html"
+    tmp = jpath.with_name(".report.json.tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, jpath)
+
+    figs = []
+    modes = data["modes"]
+    if modes:
+        fig, ax = plt.subplots(figsize=(6, 3))
+        for m, d in modes.items():
+            ax.hist(d["cosines"], bins=30, alpha=0.6, label=m.upper())
+        ax.set_xlabel("output cosine vs fp32")
+        ax.set_ylabel("images")
+        ax.legend()
+        figs.append(("Output cosine similarity to fp32, per image", _png_b64(fig)))
+        plt.close(fig)
+    for m, layers in data.get("per_layer", {}).items():
+        worst = layers[:20]
+        if not worst:
+            continue
+        fig, ax = plt.subplots(figsize=(7, 0.25 * len(worst) + 1))
+        ax.barh([n[-40:] for n, _ in worst][::-1], [c for _, c in worst][::-1])
+        ax.set_xlabel("cosine vs fp32 (mean over checked images)")
+        figs.append((f"{m.upper()}: the 20 least similar tensors", _png_b64(fig)))
+        plt.close(fig)
+    rows = "".join(
+        f"<tr><td>{m.upper()}</td><td>{d['n']}</td><td>{d['top1_agree']:.3f}</td>"
+        f"<td>{d['decisive_top1_agree']:.3f} ({d['decisive_n']})</td>"
+        f"<td>{d['top5_contains_fp32_top1']:.3f}</td><td>{d['cosine_mean']:.4f}</td>"
+        f"<td>{d['cosine_worst']:.4f}</td><td>{d['kl_mean']:.4f}</td>"
+        f"<td>{'' if d.get('top1_acc') is None else format(d['top1_acc'], '.3f')}</td>"
+        f"<td>{'' if d.get('top5_acc') is None else format(d['top5_acc'], '.3f')}</td>"
+        f"<td>{d['images_per_second']:.2f}</td></tr>" for m, d in modes.items())
+    fp = data.get("fp32", {})
+    body = (f"<h1>duotpu eval: {html.escape(data['model'])}</h1>"
+            f"<p>{data['images']} images from {html.escape(data['image_folder'])}; backend "
+            f"{html.escape(data['backend'])}; decisive margin {data['margin']}."
+            + (f" fp32 accuracy: top-1 {fp['top1_acc']:.3f}, top-5 {fp['top5_acc']:.3f}."
+               if "top1_acc" in fp else "") + "</p>"
+            "<table border=1 cellpadding=4><tr><th>model</th><th>images</th>"
+            "<th>top-1 agreement</th><th>decisive top-1 agreement (n)</th>"
+            "<th>top-5 contains fp32 top-1</th><th>mean cosine</th><th>worst cosine</th>"
+            "<th>mean KL</th><th>top-1 acc</th><th>top-5 acc</th><th>images/s</th></tr>"
+            f"{rows}</table>"
+            + "".join(f"<h2>{html.escape(t)}</h2><img src='data:image/png;base64,{b}'>"
+                      for t, b in figs))
+    tmp = hpath.with_name(".report.html.tmp")
+    tmp.write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>duotpu eval"
+                   f"</title></head><body style='font-family:sans-serif'>{body}</body></html>")
+    os.replace(tmp, hpath)
+    return jpath, hpath

@@ -344,30 +344,44 @@ def deploy(transformed: TransformFiles, folder: Path, log_path: Path, *, quantiz
            chip: str, cvimodel_name: str, calibration_table: Path | None = None,
            quantize_table: Path | None = None, tolerance: tuple[float, float],
            correctness: tuple[float, float], excepts: list[str] = (),
-           background: bool = False) -> DeployFiles:
+           background: bool = False, fuse_preprocess: str = "",
+           test_image: Path | None = None, mlir_name: str | None = None,
+           test_input: Path | None = None, test_reference: Path | None = None,
+           merge_weight: bool = False, copy_inputs: bool = True) -> DeployFiles:
     """``model_deploy``: top MLIR → cvimodel for ``chip``, validated on the test input: the
     quantized MLIR against the fp32 outputs (``tolerance``) and the cvimodel on the CV18xx
     simulator against the quantized MLIR (``correctness``).
 
     model_deploy must run where ``<name>_top_f32_all_weight.npz`` is (the MLIR names it by a
     relative path) and its intermediate files are named after the model, so every variant gets
-    its own ``folder`` with links to the transform outputs.
+    its own ``folder`` with copies of the transform outputs.
     """
+    import shutil
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    for src in (transformed.mlir, transformed.weights, transformed.test_input,
-                transformed.top_outputs):
-        link = folder / src.name
-        if link.is_symlink() or link.exists():
-            link.unlink()
-        link.symlink_to(src.resolve())
+    # Copies, not links: model_deploy rewrites <name>_in_f32.npz in its folder, and two deploys
+    # run at once; a shared file would be read half-written by the other.
+    if copy_inputs:
+        for src in (transformed.mlir, transformed.weights, transformed.test_input,
+                    transformed.top_outputs):
+            dst = folder / src.name
+            if dst.is_symlink() or dst.exists():
+                dst.unlink()
+            shutil.copyfile(src, dst)
     files = DeployFiles(folder, transformed.name, quantize, chip, folder / cvimodel_name)
-    args = ["--mlir", transformed.mlir.name, "--quantize", quantize.upper(), "--chip", chip,
-            "--model", cvimodel_name, "--debug",
-            "--test_input", transformed.test_input.name,
-            "--test_reference", transformed.top_outputs.name,
+    if fuse_preprocess:  # model_deploy then wants the test image itself
+        test = str(Path(test_image).resolve())
+    else:
+        test = str(test_input) if test_input else transformed.test_input.name
+    args = ["--mlir", mlir_name or transformed.mlir.name, "--quantize", quantize.upper(),
+            "--chip", chip, "--model", cvimodel_name, "--debug", "--test_input", test,
+            "--test_reference", str(test_reference or transformed.top_outputs.name),
             "--tolerance", f"{tolerance[0]},{tolerance[1]}",
             "--correctness", f"{correctness[0]},{correctness[1]}"]
+    if fuse_preprocess:
+        args += ["--fuse_preprocess", "--customization_format", fuse_preprocess]
+    if merge_weight:
+        args += ["--merge_weight"]
     if calibration_table is not None:
         args += ["--calibration_table", str(Path(calibration_table).resolve())]
     if quantize_table is not None:
@@ -398,12 +412,114 @@ def deploy(transformed: TransformFiles, folder: Path, log_path: Path, *, quantiz
     return files
 
 
+def deploy_batches(transformed: TransformFiles, onnx_path: Path, input_shape: tuple[int, ...],
+                   preprocess: Preprocess, batch_sizes: tuple[int, ...], folder: Path, *,
+                   quantize: str, chip: str, cvimodel_name: str, transform_tolerance,
+                   **deploy_kw) -> DeployFiles:
+    """One cvimodel with a program per batch size, sharing one copy of the weights.
+
+    Each extra batch size gets its own fp32 MLIR (``model_transform`` of the dynamic-batch ONNX,
+    validated on the test input repeated to that batch); all variants are deployed in one folder
+    with ``--merge_weight`` (batch 1 last, so the folder's debug files are batch 1's), then joined
+    by ``model_tool --combine`` in the order of ``batch_sizes``.
+    """
+    import shutil
+    import numpy as np
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    name = transformed.name
+    mlirs = {1: transformed}
+    for b in sorted(x for x in batch_sizes if x != 1):
+        sub = folder / f"transform-bs{b}"
+        sub.mkdir(exist_ok=True)
+        with np.load(transformed.test_input) as z:
+            np.savez(sub / f"{name}_bs{b}_in_f32.npz", **{k: np.repeat(z[k], b, axis=0)
+                                                         for k in z.files})
+        mlirs[b] = transform(name, onnx_path, [[b, *input_shape[1:]]], sub,
+                             folder / f"transform-bs{b}.log", preprocess=preprocess,
+                             test_input=sub / f"{name}_bs{b}_in_f32.npz",
+                             tolerance=transform_tolerance)
+    for src in (transformed.weights, transformed.test_input, transformed.top_outputs):
+        shutil.copyfile(src, folder / src.name)
+    parts = {}
+    for b in sorted(batch_sizes, reverse=True):  # batch 1 last
+        t = mlirs[b]
+        shutil.copyfile(t.mlir, folder / f"{name}_bs{b}.mlir")
+        part = f"{name}_{chip}_{quantize.lower()}_bs{b}.cvimodel"
+        # model_deploy rewrites <name>_in_f32.npz in its folder with each variant's input, so
+        # every variant reads its test input and reference from its own transform folder.
+        extra = {"test_input": t.test_input.resolve(), "test_reference": t.top_outputs.resolve()}
+        deploy(transformed, folder, folder / f"deploy-bs{b}.log", quantize=quantize, chip=chip,
+               cvimodel_name=part, mlir_name=f"{name}_bs{b}.mlir", merge_weight=True,
+               copy_inputs=False, **extra, **deploy_kw)
+        parts[b] = part
+    combine = [parts[b] for b in batch_sizes] + ["-o", cvimodel_name]
+    run_tool("model_tool --combine", "model_tool", ["--combine", *combine], folder,
+             folder / "combine.log")
+    return DeployFiles(folder, name, quantize, deploy_kw.get("chip", chip), folder / cvimodel_name)
+
+
 def run_cvimodel(cvimodel: Path, inputs_npz: Path, outputs_npz: Path, log_path: Path) -> Path:
     """Run a cvimodel on the CV18xx cmodel simulator (``model_runner``)."""
     args = ["--model", str(Path(cvimodel).resolve()), "--input", str(Path(inputs_npz).resolve()),
             "--output", str(Path(outputs_npz).resolve())]
     run_tool("simulate", "model_runner", args, Path(outputs_npz).parent, log_path)
     return Path(outputs_npz)
+
+
+def run_many(backend: str, model: Path, jobs: list[tuple[Path, Path]], folder: Path,
+             output_names: list[str], workers: int = 1,
+             progress: "callable | None" = None, program: int = 0) -> list[Path]:
+    """Run many input npz files through one model, in ``workers`` parallel processes.
+
+    ``backend``: ``cvimodel`` (the CV18xx simulator) or ``mlir`` (tpu_mlir's interpreter on a
+    quantized ``*_tpu.mlir``, run in that file's folder since it names its weights relatively).
+    Each job is (input npz, output npz); outputs keep only ``output_names``. ``progress(n)`` is
+    called with the number of finished jobs.
+    """
+    import math
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    workers = max(1, min(workers, len(jobs)))
+    per = math.ceil(len(jobs) / workers) if jobs else 0
+    procs = []
+    model = Path(model).resolve()
+    cwd = model.parent
+    for w in range(workers):
+        chunk = jobs[w * per:(w + 1) * per]
+        if not chunk:
+            continue
+        jobfile = folder / f"jobs-{program}-{w}.txt"
+        jobfile.write_text("".join(f"{Path(a).resolve()}\t{Path(b).resolve()}\n"
+                                   for a, b in chunk))
+        log = folder / f"{backend}-{program}-worker-{w}.log"
+        argv = [sys.executable, "-m", "duotpu._tpu_worker", "--backend", backend, "--model",
+                str(model), "--jobs", str(jobfile), "--outputs", ",".join(output_names),
+                "--program", str(program)]
+        env = tool_env({"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // workers))})
+        env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parents[1]), env["PYTHONPATH"]])
+        fh = open(log, "w")
+        procs.append((subprocess.Popen(argv, cwd=cwd, env=env, stdout=fh,
+                                       stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL),
+                      fh, log, argv))
+    outs = [Path(b) for _, b in jobs]
+    try:
+        while any(p.poll() is None for p, *_ in procs):
+            if progress:
+                progress(sum(o.exists() for o in outs))
+            time.sleep(0.2)
+    finally:
+        for p, fh, *_ in procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+            fh.close()
+    if progress:
+        progress(sum(o.exists() for o in outs))
+    for p, _, log, argv in procs:
+        if p.returncode:
+            raise ToolchainError(f"{backend} inference", argv, p.returncode, log, log_tail(log))
+    return outs
 
 
 @dataclass

@@ -1,0 +1,149 @@
+"""Accuracy of built models against fp32: agreement metrics, labelled accuracy, per-layer view.
+
+Used by ``duotpu eval``. Metrics, for each quantized model against the fp32 ONNX model:
+top-1 agreement overall and on *decisive* images (fp32 top-1 minus top-2 probability ≥ a margin,
+0.05 by default: near-ties flip even in BF16 and say little about quantization), top-5
+containment of the fp32 top-1, mean and worst output cosine, and mean KL(fp32 ‖ quantized) of
+the softmax outputs. With a labelled folder (one subfolder per class), top-1/top-5 accuracy.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from . import images as images_mod
+from . import metrics, runtime
+from .errors import DataError
+
+
+@dataclass
+class ModeMetrics:
+    """How one quantized model compares with fp32 on the evaluated images."""
+    mode: str
+    n: int
+    top1_agree: float
+    decisive_n: int
+    decisive_top1_agree: float
+    top5_contains_fp32_top1: float
+    cosine_mean: float
+    cosine_worst: float
+    kl_mean: float
+    top1_acc: float | None = None
+    top5_acc: float | None = None
+    images_per_second: float = 0.0
+    cosines: list[float] = field(default_factory=list, repr=False)
+
+
+def labelled_images(folder: Path, class_names: list[str] | None) -> tuple[list[Path],
+                                                                           list[int] | None]:
+    """Images of ``folder``; when its subfolders name classes (ImageNet index or class name),
+    also their labels."""
+    scan = images_mod.scan_images(folder)
+    if not scan.paths:
+        raise DataError(f"The image folder {folder} has no readable images.")
+    lookup = {n.lower(): i for i, n in enumerate(class_names or [])}
+    labels = []
+    for p in scan.paths:
+        rel = p.relative_to(folder)
+        if len(rel.parts) < 2:
+            return scan.paths, None
+        cls = rel.parts[0]
+        if cls.isdigit():
+            labels.append(int(cls))
+        elif cls.lower().replace("_", " ") in lookup:
+            labels.append(lookup[cls.lower().replace("_", " ")])
+        else:
+            raise DataError(f"The class folder '{cls}' in {folder} is neither a class number nor "
+                            "a known class name. Name class folders by ImageNet index (e.g. 285) "
+                            "or class name (e.g. Egyptian_cat), or pass --labels FILE.")
+    return scan.paths, labels
+
+
+def decisive_mask(p_fp32: np.ndarray, margin: float) -> np.ndarray:
+    """Rows whose fp32 top-1 probability exceeds the top-2 by at least ``margin``."""
+    top2 = np.sort(p_fp32, axis=1)[:, -2:]
+    return (top2[:, 1] - top2[:, 0]) >= margin
+
+
+def compare(mode: str, logits_fp32: np.ndarray, logits_q: np.ndarray, margin: float,
+            labels: list[int] | None, seconds: float) -> ModeMetrics:
+    """The metrics of one quantized model's outputs against fp32's (rows are images)."""
+    pf = metrics.as_probabilities(logits_fp32)
+    pq = metrics.as_probabilities(logits_q)
+    t1f, t1q = pf.argmax(1), pq.argmax(1)
+    top5q = np.argsort(-pq, axis=1)[:, :5]
+    dec = decisive_mask(pf, margin)
+    cos = [metrics.cosine(a, b) for a, b in zip(logits_fp32, logits_q)]
+    eps = 1e-12
+    kl = np.sum(pf * (np.log(pf + eps) - np.log(pq + eps)), axis=1)
+    m = ModeMetrics(
+        mode, len(pf), float(np.mean(t1f == t1q)), int(dec.sum()),
+        float(np.mean((t1f == t1q)[dec])) if dec.any() else float("nan"),
+        float(np.mean([t1f[i] in top5q[i] for i in range(len(pf))])),
+        float(np.mean(cos)), float(np.min(cos)), float(np.mean(kl)),
+        images_per_second=len(pf) / seconds if seconds > 0 else 0.0, cosines=cos)
+    if labels is not None:
+        y = np.array(labels)
+        m.top1_acc = float(np.mean(t1q == y))
+        m.top5_acc = float(np.mean([y[i] in top5q[i] for i in range(len(y))]))
+    return m
+
+
+def fp32_metrics(logits: np.ndarray, labels: list[int] | None, margin: float) -> dict:
+    """Accuracy of the fp32 model itself (with labels) and how many images are decisive."""
+    p = metrics.as_probabilities(logits)
+    out = {"n": len(p), "decisive_n": int(decisive_mask(p, margin).sum())}
+    if labels is not None:
+        y = np.array(labels)
+        top5 = np.argsort(-p, axis=1)[:, :5]
+        out["top1_acc"] = float(np.mean(p.argmax(1) == y))
+        out["top5_acc"] = float(np.mean([y[i] in top5[i] for i in range(len(y))]))
+    return out
+
+
+def per_layer(model: runtime.BuiltModel, top_mlir: Path, tensors: list[np.ndarray]) -> \
+        list[tuple[str, float]]:
+    """Cosine of every tensor of the quantized MLIR to the same tensor of the fp32 MLIR
+    (mean over ``tensors``), worst first."""
+    q = runtime.infer(model, tensors, backend="mlir", keep_all=True)
+    fp_model = runtime.BuiltModel(model.cvimodel, model.info, model.recipe, "fp32", model.onnx,
+                                  top_mlir)
+    f = runtime.infer(fp_model, tensors, backend="mlir", keep_all=True)
+    sims: dict[str, list[float]] = {}
+    for qa, fa in zip(q, f):
+        for name, val in qa.items():
+            ref = fa.get(name)
+            if ref is None or ref.size != val.size:
+                continue
+            sims.setdefault(name, []).append(metrics.cosine(ref, val))
+    return sorted(((n, float(np.mean(v))) for n, v in sims.items()), key=lambda kv: kv[1])
+
+
+def check_fast_path(model: runtime.BuiltModel, tensors: list[np.ndarray]) -> float:
+    """Largest absolute output difference between the fast path and the CV18xx simulator."""
+    sim = runtime.infer(model, tensors, backend="cvimodel")
+    fast = runtime.infer(model, tensors, backend="mlir")
+    return max(float(np.max(np.abs(a[n].ravel() - b[n].ravel())))
+               for a, b in zip(sim, fast) for n in model.output_names)
+
+
+def timed_infer(model, tensors, backend, progress: Callable[[int], None] | None = None):
+    """Outputs (first output, one row per image) and seconds taken."""
+    t0 = time.monotonic()
+    outs = runtime.infer(model, tensors, backend=backend, progress=progress)
+    first = model.output_names[0]
+    return np.stack([o[first].reshape(-1) for o in outs]), time.monotonic() - t0
+
+
+def top_mlir_of(model: runtime.BuiltModel) -> Path | None:
+    """The fp32 top MLIR of the build (for the per-layer view)."""
+    if model.tpu_mlir is None:
+        return None
+    p = model.tpu_mlir.parent.parent / "transform" / f"{model.info.name}.mlir"
+    return p if p.is_file() else None
+
+

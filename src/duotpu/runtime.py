@@ -1,0 +1,161 @@
+"""Host inference of built models: the CV18xx simulator, or tpu_mlir's interpreter on the
+quantized MLIR (the fast path, checked against the simulator), plus the fp32 reference.
+
+A built model is found from its cvimodel: the build folder beside it holds the recipe
+(``NAME.recipe.toml``, with the preprocessing) and ``manifest.json`` (the work directory with the
+fp32 ONNX and the quantized MLIR of each mode).
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from . import cvimodel as cvimodel_mod
+from . import toolchain
+from .errors import ConfigError, ModelError
+from .preprocess import fused_input, preprocess_image
+from .recipe import Recipe, load_recipe
+
+
+@dataclass
+class BuiltModel:
+    """A cvimodel with what is needed to feed it images and to check it."""
+    cvimodel: Path
+    info: cvimodel_mod.CviModelInfo
+    recipe: Recipe
+    mode: str
+    onnx: Path | None
+    tpu_mlir: Path | None
+
+    @property
+    def input_name(self) -> str:
+        return self.info.programs[0].inputs[0].name
+
+    @property
+    def output_names(self) -> list[str]:
+        return [t.name for t in self.info.programs[0].outputs]
+
+
+def _mode_of(info: cvimodel_mod.CviModelInfo, path: Path) -> str:
+    stem = path.stem.lower()
+    for mode in ("int8", "bf16"):
+        if stem.endswith(mode):
+            return mode
+    dtypes = {t.dtype for p in info.programs for t in p.inputs + p.outputs}
+    return "bf16" if "bf16" in dtypes else "int8"
+
+
+def open_model(path: str | Path, recipe_path: str | Path | None = None) -> BuiltModel:
+    """Open a cvimodel made by ``duotpu build`` (or any cvimodel, with ``recipe_path``)."""
+    path = Path(path)
+    info = cvimodel_mod.read_cvimodel(path)
+    if recipe_path:
+        recipe = load_recipe(recipe_path)
+    else:
+        candidates = [path.parent / f"{info.name}.recipe.toml", *path.parent.glob("*.recipe.toml")]
+        found = next((c for c in candidates if c.is_file()), None)
+        if found is None:
+            raise ConfigError(f"No recipe found beside {path} (looked for "
+                              f"{info.name}.recipe.toml), so the image preprocessing is unknown. "
+                              "Give the recipe the model was built with: --recipe FILE.")
+        recipe = load_recipe(found)
+    mode = _mode_of(info, path)
+    onnx = tpu = None
+    manifest = path.parent / "manifest.json"
+    if manifest.is_file():
+        try:
+            work = Path(json.loads(manifest.read_text())["work_dir"])
+        except (ValueError, KeyError):
+            work = None
+        if work is not None:
+            o = work / "export" / f"{info.name}.onnx"
+            onnx = o if o.is_file() else None
+            dep = work / f"deploy-{mode}"
+            t = next(dep.glob("*_tpu.mlir"), None) if dep.is_dir() else None
+            tpu = t if t and t.is_file() else None
+    return BuiltModel(path, info, recipe, mode, onnx, tpu)
+
+
+def tensors_for(model: BuiltModel, images: list) -> list[np.ndarray]:
+    """Images (paths or RGB arrays) → batch-1 input tensors, with the build's preprocessing:
+    float32 NCHW, or for a fused-preprocess model the raw uint8 image in its pixel format."""
+    t = model.info.programs[0].inputs[0]
+    shape = tuple(t.shape)
+    if t.pixel_format and t.dtype in ("uint8", "int8"):
+        return [fused_input(im, model.recipe.preprocess, shape, t.pixel_format).reshape(shape)
+                for im in images]
+    return [preprocess_image(im, model.recipe.preprocess, shape) for im in images]
+
+
+def infer_batched(model: BuiltModel, tensors: list[np.ndarray],
+                  progress: Callable[[int], None] | None = None) -> list[dict[str, np.ndarray]]:
+    """Like :func:`infer` on the simulator, but a multi-batch cvimodel runs full batches through
+    its largest program and the rest through its batch-1 program. One result per input."""
+    programs = model.info.programs
+    big = max(range(len(programs)), key=lambda k: programs[k].inputs[0].shape[0])
+    b = programs[big].inputs[0].shape[0]
+    one = next((k for k, p in enumerate(programs) if p.inputs[0].shape[0] == 1), 0)
+    n_full = (len(tensors) // b) * b if b > 1 else 0
+    results: list[dict[str, np.ndarray]] = []
+    if n_full:
+        stacked = [np.concatenate(tensors[i:i + b]) for i in range(0, n_full, b)]
+        names = [t.name for t in programs[big].outputs]
+        for out in infer(model, stacked, program=big, output_names=names, progress=progress):
+            for row in range(b):
+                results.append({n: v[row:row + 1] for n, v in out.items()})
+    if len(tensors) > n_full:
+        results += infer(model, tensors[n_full:], program=one)
+    return results
+
+
+def infer(model: BuiltModel, tensors: list[np.ndarray], backend: str = "cvimodel",
+          workers: int | None = None, progress: Callable[[int], None] | None = None,
+          keep_all: bool = False, program: int = 0,
+          output_names: list[str] | None = None) -> list[dict[str, np.ndarray]]:
+    """Run input tensors through the model on the host.
+
+    ``backend``: ``cvimodel`` (the CV18xx simulator) or ``mlir`` (tpu_mlir's interpreter on the
+    quantized MLIR from the build's work directory: same integer arithmetic, far faster).
+    Returns, per input, the outputs by the cvimodel's output names (fp32).
+    """
+    if backend == "mlir" and model.tpu_mlir is None:
+        raise ModelError(f"The quantized MLIR of {model.cvimodel} is not available (the build's "
+                         "work directory is gone); use the simulator backend.")
+    target = model.cvimodel if backend == "cvimodel" else model.tpu_mlir
+    workers = workers or min(os.cpu_count() or 1, 2)
+    names = [] if keep_all else (output_names or model.output_names)
+    with tempfile.TemporaryDirectory(prefix="duotpu-infer-") as tmp:
+        tmp = Path(tmp)
+        jobs = []
+        for i, x in enumerate(tensors):
+            src = tmp / f"in{i:05d}.npz"
+            np.savez(src, **{model.input_name: x})
+            jobs.append((src, tmp / f"out{i:05d}.npz"))
+        outs = toolchain.run_many(backend, target, jobs, tmp / "work", names, workers, progress,
+                                  program)
+        results = []
+        for o in outs:
+            with np.load(o) as z:
+                results.append({k: np.array(z[k]) for k in z.files})
+    for r in results:  # the simulator keeps NCHW-padded shapes ([1,10,1,1]); use the cvimodel's
+        for t in model.info.programs[program].outputs:
+            if t.name in r and r[t.name].size == int(np.prod(t.shape)):
+                r[t.name] = r[t.name].reshape(t.shape)
+    return results
+
+
+def fp32_reference(model: BuiltModel, tensors: list[np.ndarray]) -> list[list[np.ndarray]]:
+    """The fp32 ONNX model's outputs (ONNX Runtime), in output order."""
+    if model.onnx is None:
+        raise ModelError(f"The fp32 ONNX model of {model.cvimodel} is not available (the build's "
+                         "work directory is gone); rebuild it to compare against fp32.")
+    import onnxruntime as ort
+    sess = ort.InferenceSession(str(model.onnx), providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    return [sess.run(None, {name: x}) for x in tensors]

@@ -1,0 +1,149 @@
+"""Host inference (`duotpu predict`), the fast eval path, and `duotpu eval`."""
+import json
+
+import numpy as np
+import pytest
+
+from duotpu import evaluate, metrics, runtime
+from duotpu.errors import ConfigError
+from duotpu.images import write_calibration_set
+
+from conftest import run_cli
+
+
+def test_predict_matches_the_builds_own_simulator_run(tiny_build, tmp_path):
+    art = tiny_build.models["int8"]
+    image = tiny_build.work_dir / "inputs" / "chelsea.png"
+    proc = run_cli("predict", str(art.cvimodel), str(image), "--json", "--topk", "3")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    top = data["results"][0]["top"]
+    assert len(top) == 3
+    probs = metrics.as_probabilities(art.outputs["logits"].reshape(1, -1))[0]
+    assert top[0]["class"] == int(probs.argmax())
+    assert top[0]["probability"] == pytest.approx(float(probs.max()), abs=1e-5)
+    labels = tmp_path / "synset_words.txt"
+    labels.write_text("".join(f"n{i:08d} thing{i}, other name\n" for i in range(10)))
+    named = run_cli("predict", str(art.cvimodel), str(image), "--labels", str(labels))
+    assert named.returncode == 0 and f"thing{top[0]['class']}" in named.stdout
+
+
+def test_predict_needs_the_preprocessing(tiny_build, tmp_path):
+    lonely = tmp_path / "m.cvimodel"
+    lonely.write_bytes(tiny_build.models["bf16"].cvimodel.read_bytes())
+    with pytest.raises(ConfigError, match="--recipe"):
+        runtime.open_model(lonely)
+    proc = run_cli("predict", str(lonely), str(tiny_build.work_dir / "inputs" / "chelsea.png"),
+                   "--recipe", str(tiny_build.recipe_path), "--json")
+    assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize("mode", ["int8", "bf16"])
+def test_fast_path_equals_the_simulator(tiny_build, mode):
+    m = runtime.open_model(tiny_build.models[mode].cvimodel)
+    assert m.tpu_mlir is not None and m.onnx is not None
+    rng = np.random.default_rng(1)
+    tensors = [rng.normal(0, 1, (1, 3, 32, 32)).astype(np.float32) for _ in range(3)]
+    sim = runtime.infer(m, tensors, backend="cvimodel")
+    fast = runtime.infer(m, tensors, backend="mlir")
+    for a, b in zip(sim, fast):
+        for name in m.output_names:
+            if mode == "int8":
+                np.testing.assert_array_equal(a[name], b[name])
+            else:
+                np.testing.assert_allclose(a[name], b[name], atol=0.05)
+
+
+def test_compare_metrics_by_hand():
+    fp = np.array([[4.0, 1.0, 0.0], [1.0, 1.01, 0.0], [0.0, 0.0, 5.0]])
+    q = np.array([[4.0, 1.0, 0.0], [1.02, 1.0, 0.0], [0.0, 5.0, 0.0]])
+    m = evaluate.compare("int8", fp, q, 0.05, [0, 1, 1], 1.0)
+    assert m.n == 3 and m.top1_agree == pytest.approx(1 / 3)
+    assert m.decisive_n == 2 and m.decisive_top1_agree == pytest.approx(0.5)  # the tie is out
+    assert m.top5_contains_fp32_top1 == 1.0  # only 3 classes: top-5 holds all
+    assert m.cosine_worst == pytest.approx(0.0) and m.kl_mean > 0
+    assert m.top1_acc == pytest.approx(2 / 3)
+    same = evaluate.compare("bf16", fp, fp, 0.05, None, 1.0)
+    assert same.kl_mean == pytest.approx(0.0, abs=1e-9) and same.cosine_mean == pytest.approx(1.0)
+
+
+def test_eval_on_a_labelled_folder(tiny_build, tmp_path):
+    folder = tmp_path / "val"
+    for cls in ("0", "3", "7"):
+        write_calibration_set(folder / cls, 2, seed=int(cls))
+    out = tmp_path / "report"
+    proc = run_cli("eval", str(tiny_build.out_dir), "--images", str(folder), "--out", str(out),
+                   "--layers", "1", "--check", "1")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads((out / "report.json").read_text())
+    assert data["images"] == 6 and set(data["modes"]) == {"int8", "bf16"}
+    assert data["fast_path_check"]["int8"]["max_abs_diff"] == 0.0
+    # fp32 accuracy recomputed independently with ONNX Runtime on the same images
+    m = runtime.open_model(tiny_build.models["int8"].cvimodel)
+    paths, labels = evaluate.labelled_images(folder, None)
+    ref = np.stack([o[0].ravel() for o in runtime.fp32_reference(m, runtime.tensors_for(m, paths))])
+    assert data["fp32"]["top1_acc"] == pytest.approx(float(np.mean(ref.argmax(1) == labels)))
+    layers = data["per_layer"]["int8"]
+    assert layers and all(layers[i][1] <= layers[i + 1][1] for i in range(len(layers) - 1))
+    assert "<img src='data:image/png;base64," in (out / "report.html").read_text()
+    assert f"{data['fp32']['top1_acc']:.3f}" in proc.stdout.split("fp32", 1)[1]
+
+
+@pytest.fixture(scope="module")
+def variant_builds(tmp_path_factory, tiny_onnx_path):
+    """The tiny model as a fused-preprocess INT8 cvimodel and a bs1+bs4 BF16 cvimodel."""
+    from duotpu import pipeline
+    from conftest import tiny_recipe
+    out = tmp_path_factory.mktemp("variants")
+    fused = pipeline.build(tiny_recipe(tiny_onnx_path, name="tfused", quantize=["int8"],
+                                       **{"deploy.fuse_preprocess": True,
+                                          "deploy.pixel_format": "RGB_PACKED"}), out / "fused")
+    multi = pipeline.build(tiny_recipe(tiny_onnx_path, name="tmulti", quantize=["bf16"],
+                                       **{"deploy.batch_sizes": [1, 4]}), out / "multi")
+    return fused, multi
+
+
+def test_fused_preprocess_model(variant_builds, tmp_path):
+    from duotpu import cvimodel, toolchain
+    fused, _ = variant_builds
+    art = fused.models["int8"]
+    info = cvimodel.read_cvimodel(art.cvimodel)
+    t = info.programs[0].inputs[0]
+    # the TPU crops too: the model takes the resized image (recipe resize 40x40), packed HWC
+    assert t.dtype == "uint8" and t.pixel_format == "RGB_PACKED" and t.shape == [1, 40, 40, 3]
+    ref = toolchain.model_tool_info(art.cvimodel, tmp_path / "mt.log")
+    assert f"{info.ion_mb:.2f}" == f"{ref.ion_mb:.2f}"
+    # duotpu prepares the raw image; the result equals the compiler's own simulator run
+    image = fused.work_dir / "inputs" / "chelsea.png"
+    proc = run_cli("predict", str(art.cvimodel), str(image), "--json")
+    assert proc.returncode == 0, proc.stderr
+    top = json.loads(proc.stdout)["results"][0]["top"]
+    probs = metrics.as_probabilities(art.outputs["logits"].reshape(1, -1))[0]
+    assert top[0]["class"] == int(probs.argmax())
+    assert top[0]["probability"] == pytest.approx(float(probs.max()), abs=1e-5)
+
+
+def test_multi_batch_model(variant_builds, tmp_path):
+    from duotpu import cvimodel, toolchain
+    _, multi = variant_builds
+    art = multi.models["bf16"]
+    assert art.cvimodel.name == "tmulti_cv180x_bf16_bs1_bs4.cvimodel"
+    info = cvimodel.read_cvimodel(art.cvimodel)
+    assert [p.inputs[0].shape[0] for p in info.programs] == [1, 4]
+    assert [s.type for s in info.sections].count("weight") == 1  # one shared copy
+    assert "combined" in info.md5_status
+    ref = toolchain.model_tool_info(art.cvimodel, tmp_path / "mt.log")
+    assert f"{info.ion_mb:.2f}" == f"{ref.ion_mb:.2f}"
+    m = runtime.open_model(art.cvimodel)
+    folder = tmp_path / "imgs"
+    write_calibration_set(folder, 5, seed=9)
+    paths = sorted(folder.glob("*.jpg"))
+    tensors = runtime.tensors_for(m, paths)
+    batched = runtime.infer_batched(m, tensors)  # 4 through the bs4 program, 1 through bs1
+    single = runtime.infer(m, tensors, program=0)
+    assert len(batched) == 5
+    for a, b in zip(batched, single):
+        np.testing.assert_allclose(a[m.output_names[0]].ravel(), b[m.output_names[0]].ravel(),
+                                   atol=1e-2)
+    proc = run_cli("predict", str(art.cvimodel), *map(str, paths), "--json")
+    assert proc.returncode == 0 and len(json.loads(proc.stdout)["results"]) == 5
