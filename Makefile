@@ -4,6 +4,7 @@ VENV  := .venv
 PY    := $(VENV)/bin/python
 # The install is redone only when one of these changes.
 STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | sha256sum | cut -c1-16)
+SSHD  := /usr/sbin/sshd
 
 .PHONY: install demo test test-fast bench clean help
 
@@ -30,7 +31,15 @@ $(STAMP): requirements.lock pyproject.toml
 demo: install
 	$(VENV)/bin/duotpu demo
 
-test: install
+# Debian's OpenSSH server, for the board tests (which start it themselves on 127.0.0.1 in front
+# of the board emulator; never as a system service).
+# A policy-rc.d that answers 101 keeps apt from starting the ssh service while installing it.
+$(SSHD):
+	@made=; if [ ! -e /usr/sbin/policy-rc.d ]; then printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; made=1; fi; \
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends openssh-server openssh-client >/dev/null; rc=$$?; \
+	if [ -n "$$made" ]; then rm -f /usr/sbin/policy-rc.d; fi; exit $$rc
+
+test: install $(SSHD)
 	$(VENV)/bin/python -m pytest -q
 
 test-fast: install

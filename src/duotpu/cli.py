@@ -338,6 +338,10 @@ def _class_names(args, n_classes: int):
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from rich.table import Table
+    if args.board:  # the same, on a board over SSH
+        args.inputs, args.force, args.accept_new_host_key = args.images, args.force, \
+            args.accept_new_host_key
+        return cmd_board_run(args)
 
     from . import metrics, runtime
     from .labels import class_name
@@ -448,6 +452,199 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# --------------------------------------------------------------------------------------------
+# duotpu board ...
+# --------------------------------------------------------------------------------------------
+def _open_board(args):
+    import getpass
+
+    from . import board
+    profile = board.resolve_board(args.board)
+    prompt = getpass.getpass if sys.stdin.isatty() else None
+    return board.Board(profile, accept_new_host_key=args.accept_new_host_key,
+                       password_prompt=prompt)
+
+
+def _checked(b, models, force: bool, con) -> None:
+    from . import board, cvimodel
+    d = board.doctor(b)
+    problems = []
+    for m in models:
+        problems += board.check_model_for_board(cvimodel.read_cvimodel(m), d)
+    if problems and not force:
+        from .errors import BoardError
+        raise BoardError(" ".join(problems) + " (--force to try anyway)")
+    for p in problems:
+        con.print(f"[yellow]warning (--force):[/] {p}")
+
+
+def cmd_board_add(args) -> int:
+    from . import board
+    p = board.BoardProfile(name=args.name, host=args.host, port=args.port, user=args.user,
+                           key_file=args.key or "", password_env=args.password_env,
+                           sdk_dir=args.sdk_dir, work_dir=args.work_dir)
+    path = board.save_profile(p)
+    _console().print(f"saved board '{p.name}' ({p.user}@{p.host}:{p.port}) to {path}")
+    return EXIT_OK
+
+
+def cmd_board_doctor(args) -> int:
+    from . import board
+    con = _console()
+    with _open_board(args) as b:
+        d = board.doctor(b)
+        p = b.profile
+    if args.json:
+        print(json.dumps(d.__dict__, indent=2))
+        return EXIT_OK if not d.problems else EXIT_FAIL
+    con.print(f"[bold]{p.user}@{p.host}:{p.port}[/]")
+    con.print(f"  OS {d.os or '?'} on {d.arch or '?'}; SoC {d.soc or '?'} → TPU chip "
+              f"{d.chip or 'unknown'}")
+    con.print(f"  TPU device: {'present' if d.tpu_device else 'MISSING'}; RAM "
+              f"{d.mem_total_mb:.0f} MB ({d.mem_free_mb:.0f} MB available); ION heap "
+              f"{'unreadable' if d.ion_mb is None else f'{d.ion_mb:.2f} MB'}")
+    con.print(f"  SDK at {p.sdk_dir}: {'ok' if d.sdk_ok else 'not usable'}; runtime "
+              f"{d.runtime_version or '?'}")
+    for prob in d.problems:
+        con.print(f"[red]problem:[/] {prob}")
+    if not d.problems:
+        con.print("[green]ready[/]")
+    return EXIT_OK if not d.problems else EXIT_FAIL
+
+
+def cmd_board_push(args) -> int:
+    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+    from . import board
+    con = _console()
+    with _open_board(args) as b:
+        files = []
+        if args.sdk:
+            files += board.sdk_files(Path(args.sdk), b.profile.sdk_dir)
+        if args.models:
+            if not args.sdk:
+                _checked(b, args.models, args.force, con)
+            files += [(Path(m), board.remote_model_path(b, Path(m))) for m in args.models]
+        if not files:
+            raise ConfigError("Nothing to push: give cvimodel files and/or --sdk FOLDER.")
+        with Progress("{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                      console=con, transient=True) as prog:
+            task = prog.add_task("uploading", total=None)
+            res = board.push_files(b, files, lambda done, total: prog.update(
+                task, completed=done, total=total))
+        if args.sdk and args.models:
+            _checked(b, args.models, args.force, con)
+    con.print(f"uploaded {len(res.uploaded)} file(s) ({res.bytes_sent / 1e6:.2f} MB), "
+              f"{len(res.skipped)} unchanged")
+    return EXIT_OK
+
+
+def _board_model(args):
+    from . import runtime
+    return runtime.open_model(args.model, getattr(args, "recipe", None))
+
+
+def _board_inputs(model, items):
+    from . import runtime
+    tensors = []
+    for item in items:
+        p = Path(item)
+        if not p.is_file():
+            raise ConfigError(f"The input {item} does not exist.")
+        if p.suffix == ".npz":
+            with np.load(p) as z:
+                tensors.append(np.array(z[z.files[0]]))
+        else:
+            tensors += runtime.tensors_for(model, [p])
+    return tensors
+
+
+def cmd_board_run(args) -> int:
+    from . import board, metrics
+    from .labels import class_name
+    model = _board_model(args)
+    tensors = _board_inputs(model, args.inputs)
+    con = _console()
+    with _open_board(args) as b:
+        _checked(b, [args.model], args.force, con)
+        outs = board.run_model(b, model.cvimodel, model.info, tensors, model.input_name)
+    first = model.output_names[0]
+    names = _class_names(args, int(np.prod(outs[0][first].shape[1:])))
+    results = []
+    for item, out in zip(args.inputs, outs):
+        probs = metrics.as_probabilities(out[first].reshape(out[first].shape[0], -1))[0]
+        results.append({"input": str(item), "top": [
+            {"class": i, "name": class_name(names, i), "probability": round(p, 6)}
+            for i, p in metrics.topk(probs, args.topk)]})
+    if args.json:
+        print(json.dumps({"model": str(model.cvimodel), "board": b.profile.host,
+                          "results": results}, indent=2))
+        return EXIT_OK
+    for r in results:
+        con.print(f"[bold]{r['input']}[/] on {b.profile.host}: " + ", ".join(
+            f"{x['name']} {x['probability']:.3f}" for x in r["top"]))
+    return EXIT_OK
+
+
+def cmd_board_bench(args) -> int:
+    from . import board
+    model = _board_model(args)
+    image = args.image or model.recipe.test_image
+    if image.startswith("builtin:"):
+        from . import runtime
+        from .images import builtin_photo
+        tensor = runtime.tensors_for(model, [builtin_photo(image.split(":", 1)[1])])[0]
+    else:
+        tensor = _board_inputs(model, [image])[0]
+    con = _console()
+    with _open_board(args) as b:
+        _checked(b, [args.model], args.force, con)
+        r = board.bench(b, model.cvimodel, tensor, model.input_name, args.count)
+    if args.json:
+        print(json.dumps({"runs": r.runs, "mean_ms": r.mean_ms, "fps": r.fps,
+                          "median_ms": r.median_ms, "p90_ms": r.p90_ms,
+                          "inference_ms": r.inference_ms, "tdma_ms": r.tdma_ms,
+                          "tiu_ms": r.tiu_ms}, indent=2))
+        return EXIT_OK
+    con.print(f"[bold]{model.cvimodel.name}[/] on {b.profile.host}: {r.runs} runs, median "
+              f"{r.median_ms:.2f} ms, p90 {r.p90_ms:.2f} ms, mean {r.mean_ms:.2f} ms, "
+              f"{r.fps:.1f} fps")
+    if r.tpu_split:
+        con.print("  TPU time: " + r.tpu_split)
+    return EXIT_OK
+
+
+def cmd_board_compare(args) -> int:
+    from . import board, metrics, runtime
+    model = _board_model(args)
+    tensors = _board_inputs(model, [args.input])
+    con = _console()
+    with _open_board(args) as b:
+        _checked(b, [args.model], args.force, con)
+        on_board = board.run_model(b, model.cvimodel, model.info, tensors, model.input_name)[0]
+    sim = runtime.infer(model, tensors)[0]
+    fp32 = runtime.fp32_reference(model, tensors)[0] if model.onnx else None
+    rows = []
+    for k, name in enumerate(model.output_names):
+        row = {"output": name,
+               "board_vs_simulator": metrics.cosine(on_board[name], sim[name])}
+        if fp32 is not None:
+            row["board_vs_fp32"] = metrics.cosine(on_board[name], fp32[k])
+            row["simulator_vs_fp32"] = metrics.cosine(sim[name], fp32[k])
+        rows.append(row)
+    if args.json:
+        print(json.dumps({"model": str(model.cvimodel), "outputs": rows}, indent=2))
+        return EXIT_OK
+    for row in rows:
+        con.print(f"{row['output']}: board vs simulator cosine {row['board_vs_simulator']:.6f}"
+                  + (f", board vs fp32 {row['board_vs_fp32']:.6f}, simulator vs fp32 "
+                     f"{row['simulator_vs_fp32']:.6f}" if "board_vs_fp32" in row else ""))
+        if row["board_vs_simulator"] < 0.999:
+            con.print("[red]  the board disagrees with the simulator[/]: check the SDK version "
+                      "and the input preprocessing.")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``duotpu`` argument parser."""
     from . import __version__
@@ -502,6 +699,10 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--labels", help="class names: one per line, or synset_words.txt")
     pr.add_argument("--topk", type=int, default=5)
     pr.add_argument("--json", action="store_true")
+    pr.add_argument("--board", help="run on this board over SSH instead of the simulator "
+                                    "(saved NAME or user@host[:port])")
+    pr.add_argument("--accept-new-host-key", action="store_true")
+    pr.add_argument("--force", action="store_true")
     pr.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
     pr.set_defaults(func=cmd_predict)
 
@@ -526,6 +727,66 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", help="report folder (default BUILD_DIR/eval)")
     ev.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
     ev.set_defaults(func=cmd_eval)
+
+    bd = sub.add_parser("board", help="deploy, run, benchmark and diagnose a Duo over SSH")
+    bsub = bd.add_subparsers(dest="board_command", metavar="BOARD_COMMAND", required=True)
+
+    def board_args(q, models=False):
+        q.add_argument("--board", help="saved board NAME or user@host[:port] (default: the "
+                                       "saved one, else root@192.168.42.1)")
+        q.add_argument("--accept-new-host-key", action="store_true",
+                       help="trust the board's host key the first time (its fingerprint is "
+                            "shown otherwise)")
+        q.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
+        if models:
+            q.add_argument("--force", action="store_true",
+                           help="push/run even when the model does not fit the board")
+            q.add_argument("--recipe", help="recipe the model was built with")
+
+    a = bsub.add_parser("add", help="save a board profile")
+    a.add_argument("name")
+    a.add_argument("--host", default="192.168.42.1")
+    a.add_argument("--port", type=int, default=22)
+    a.add_argument("--user", default="root")
+    a.add_argument("--key", help="private key file (else the password from --password-env or "
+                                 "a prompt)")
+    a.add_argument("--password-env", default="DUOTPU_BOARD_PASSWORD",
+                   help="environment variable holding the password")
+    a.add_argument("--sdk-dir", default="/root/tpu-sdk")
+    a.add_argument("--work-dir", default="/root/duotpu")
+    a.set_defaults(func=cmd_board_add)
+    dc = bsub.add_parser("doctor", help="check the board: OS, TPU, memory, ION, SDK, runtime")
+    board_args(dc)
+    dc.add_argument("--json", action="store_true")
+    dc.set_defaults(func=cmd_board_doctor)
+    pu = bsub.add_parser("push", help="upload the runtime SDK and models (unchanged files "
+                                      "skipped)")
+    board_args(pu, models=True)
+    pu.add_argument("models", nargs="*", metavar="MODEL.cvimodel")
+    pu.add_argument("--sdk", help="local SDK folder (tpu-sdk-cv180x, tpu-sdk-sg200x, "
+                                  "cvitek_tpu_sdk)")
+    pu.set_defaults(func=cmd_board_push)
+    ru = bsub.add_parser("run", help="run a model on the board: images or npz in, top-k out")
+    board_args(ru, models=True)
+    ru.add_argument("model", metavar="MODEL.cvimodel")
+    ru.add_argument("inputs", nargs="+", metavar="IMAGE|NPZ")
+    ru.add_argument("--labels")
+    ru.add_argument("--topk", type=int, default=5)
+    ru.add_argument("--json", action="store_true")
+    ru.set_defaults(func=cmd_board_run)
+    be = bsub.add_parser("bench", help="latency on the board: median, p90, TPU time split")
+    board_args(be, models=True)
+    be.add_argument("model", metavar="MODEL.cvimodel")
+    be.add_argument("--count", type=int, default=50)
+    be.add_argument("--image", help="input image (default: the build's test image)")
+    be.add_argument("--json", action="store_true")
+    be.set_defaults(func=cmd_board_bench)
+    co = bsub.add_parser("compare", help="board vs host simulator vs fp32, per output")
+    board_args(co, models=True)
+    co.add_argument("model", metavar="MODEL.cvimodel")
+    co.add_argument("input", metavar="IMAGE|NPZ")
+    co.add_argument("--json", action="store_true")
+    co.set_defaults(func=cmd_board_compare)
     return p
 
 

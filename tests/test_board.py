@@ -1,0 +1,203 @@
+"""Board features over real SSH: against the board emulator (sshd on 127.0.0.1 + an SDK-shaped
+folder running the host simulator), or a real board when DUOTPU_BOARD=user@host is set."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from duotpu import board, cvimodel, metrics, runtime
+from duotpu.errors import BoardError
+
+import board_emulator
+from conftest import run_cli
+
+REAL = os.environ.get("DUOTPU_BOARD")
+emulator_only = pytest.mark.skipif(bool(REAL), reason="failure modes need the board emulator")
+
+
+@pytest.fixture(scope="module")
+def emu(tmp_path_factory):
+    if REAL:
+        yield None
+        return
+    b = board_emulator.create(tmp_path_factory.mktemp("emuboard"))
+    b.start()
+    yield b
+    b.stop()
+
+
+@pytest.fixture
+def config_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("DUOTPU_CONFIG_DIR", str(tmp_path / "cfg"))
+    return tmp_path / "cfg"
+
+
+@pytest.fixture
+def profile(emu, config_dir):
+    if REAL:
+        return board.resolve_board(REAL)
+    emu.configure()
+    p = board_emulator.profile_for(emu)
+    board.save_profile(p)
+    with board.Board(p, accept_new_host_key=True):
+        pass  # trust the emulator's host key in this test's config dir
+    return p
+
+
+def test_unknown_host_key_is_refused_with_its_fingerprint(emu, config_dir):
+    if REAL:
+        pytest.skip("needs a host this machine has never seen")
+    p = board_emulator.profile_for(emu)
+    with pytest.raises(BoardError, match=r"not a known host.*SHA256:"):
+        board.Board(p).connect()
+    with board.Board(p, accept_new_host_key=True) as b:
+        assert b.run("echo hi").stdout.strip() == "hi"
+    assert p.host in (config_dir / "known_hosts").read_text() or \
+        f"[{p.host}]:{p.port}" in (config_dir / "known_hosts").read_text()
+    with board.Board(p) as b:  # now known: no flag needed
+        assert b.run("true").returncode == 0
+
+
+@emulator_only
+def test_changed_host_key_is_refused(emu, profile, tmp_path):
+    other = board_emulator.keygen(tmp_path / "other_host_key")
+    emu.start(host_key=other)
+    try:
+        with pytest.raises(BoardError, match="CHANGED"):
+            board.Board(profile, accept_new_host_key=True).connect()
+    finally:
+        emu.start()
+
+
+@emulator_only
+def test_authentication_and_unreachable_errors(emu, profile, tmp_path):
+    from dataclasses import replace
+    wrong = board_emulator.keygen(tmp_path / "wrong_key")
+    with pytest.raises(BoardError, match="Authentication"):
+        board.Board(replace(profile, key_file=str(wrong))).connect()
+    closed = board_emulator.free_port()
+    with pytest.raises(BoardError, match="Cannot reach|Timed out"):
+        board.Board(replace(profile, port=closed), timeout=2).connect()
+
+
+def test_doctor_reports_the_board(profile):
+    with board.Board(profile) as b:
+        d = board.doctor(b)
+    assert d.arch and d.os and d.tpu_device and d.sdk_ok
+    assert d.runtime_version.count(".") >= 1
+    assert d.chip in ("cv180x", "cv181x")
+    assert d.mem_total_mb > 0
+    if not REAL:
+        assert d.ion_mb == pytest.approx(16.0) and not d.problems
+
+
+@emulator_only
+def test_doctor_names_problems(emu, profile):
+    emu.configure(fail="nodevice", ion_mb=0)
+    with board.Board(profile) as b:
+        d = board.doctor(b)
+    text = " ".join(d.problems)
+    assert "No TPU device" in text and "0 MB" in text
+    proc = run_cli("board", "doctor", "--board", profile.name)
+    assert proc.returncode == 1 and "No TPU device" in proc.stdout + proc.stderr
+
+
+def test_run_on_the_board_equals_the_host_simulator(profile, tiny_build):
+    art = tiny_build.models["int8"]
+    m = runtime.open_model(art.cvimodel)
+    rng = np.random.default_rng(3)
+    tensors = [rng.normal(0, 1, (1, 3, 32, 32)).astype(np.float32) for _ in range(2)]
+    with board.Board(profile) as b:
+        got = board.run_model(b, art.cvimodel, m.info, tensors, m.input_name)
+        leftovers = b.run(f"ls {profile.work_dir}").stdout.split()
+    assert not [x for x in leftovers if x.startswith("run-")]  # each run cleans up
+    host = runtime.infer(m, tensors)
+    for g, h in zip(got, host):
+        name = m.output_names[0]
+        assert metrics.cosine(g[name], h[name]) > 0.9999
+
+
+def test_board_run_and_compare_cli(profile, tiny_build):
+    art = tiny_build.models["bf16"]
+    image = tiny_build.work_dir / "inputs" / "chelsea.png"
+    proc = run_cli("board", "run", str(art.cvimodel), str(image), "--board", profile.name,
+                   "--json", env={"DUOTPU_CONFIG_DIR": os.environ.get("DUOTPU_CONFIG_DIR", "")})
+    assert proc.returncode == 0, proc.stderr
+    top = json.loads(proc.stdout)["results"][0]["top"]
+    probs = metrics.as_probabilities(art.outputs["logits"].reshape(1, -1))[0]
+    assert top[0]["class"] == int(probs.argmax())
+    cmp = run_cli("board", "compare", str(art.cvimodel), str(image), "--board", profile.name,
+                  "--json")
+    assert cmp.returncode == 0, cmp.stderr
+    data = json.loads(cmp.stdout)
+    assert data["outputs"][0]["board_vs_simulator"] > 0.9999
+    assert data["outputs"][0]["board_vs_fp32"] > 0.98
+
+
+def test_bench_parses_timer_and_pmu(profile, tiny_build):
+    art = tiny_build.models["int8"]
+    m = runtime.open_model(art.cvimodel)
+    x = np.zeros((1, 3, 32, 32), np.float32)
+    with board.Board(profile) as b:
+        r = board.bench(b, art.cvimodel, x, m.input_name, count=5)
+    assert r.runs == 5 and r.mean_ms > 0 and r.fps > 0
+    if not REAL:
+        assert len(r.inference_ms) == 5 and r.p90_ms >= r.median_ms > 0
+        assert "TDMA" in r.tpu_split
+
+
+def test_push_skips_unchanged_files(profile, tmp_path, emu):
+    if REAL:
+        pytest.skip("would upload a fake SDK to the real board")
+    from dataclasses import replace
+    sdk = tmp_path / "tpu-sdk-cv180x"
+    (sdk / "bin").mkdir(parents=True)
+    (sdk / "envs_tpu_sdk.sh").write_text("export PATH=$PWD/bin:$PATH\n")
+    (sdk / "bin" / "tool").write_text("#!/bin/sh\necho tool\n")
+    (sdk / "bin" / "tool").chmod(0o755)
+    target = replace(profile, sdk_dir=str(emu.root / "board" / "pushed-sdk"))
+    with board.Board(target) as b:
+        first = board.push_files(b, board.sdk_files(sdk, target.sdk_dir))
+        again = board.push_files(b, board.sdk_files(sdk, target.sdk_dir))
+        (sdk / "bin" / "tool").write_text("#!/bin/sh\necho tool v2\n")
+        third = board.push_files(b, board.sdk_files(sdk, target.sdk_dir))
+        out = b.run(b.sdk_command("tool")).stdout.strip()
+    assert len(first.uploaded) == 2 and not again.uploaded and len(again.skipped) == 2
+    assert third.uploaded == [f"{target.sdk_dir}/bin/tool"] and out == "tool v2"
+
+
+@emulator_only
+def test_checks_before_pushing(emu, profile, tiny_build):
+    art = tiny_build.models["bf16"]
+    info = cvimodel.read_cvimodel(art.cvimodel)
+    for cfg, needle in [({"runtime_version": "1.2.0"}, "model_version 1.2"),
+                        ({"chip": "cv181x"}, "CANNOT run on platform cv181x"),
+                        ({"ion_mb": info.ion_mb / 2}, "ION memory")]:
+        emu.configure(**cfg)
+        with board.Board(profile) as b:
+            problems = board.check_model_for_board(info, board.doctor(b))
+        assert any(needle in p for p in problems), problems
+        proc = run_cli("board", "push", str(art.cvimodel), "--board", profile.name)
+        assert proc.returncode == 1 and needle.split()[0] in proc.stderr
+        forced = run_cli("board", "push", str(art.cvimodel), "--board", profile.name, "--force")
+        assert forced.returncode == 0, forced.stderr
+    emu.configure(fail="nomem")
+    image = tiny_build.work_dir / "inputs" / "chelsea.png"
+    proc = run_cli("board", "run", str(art.cvimodel), str(image), "--board", profile.name,
+                   "--force")
+    assert proc.returncode == 1 and "alloc memory for weight failed" in proc.stderr
+    assert "ION memory" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_predict_on_the_board(profile, tiny_build):
+    art = tiny_build.models["int8"]
+    image = tiny_build.work_dir / "inputs" / "chelsea.png"
+    host = json.loads(run_cli("predict", str(art.cvimodel), str(image), "--json").stdout)
+    on_board = run_cli("predict", str(art.cvimodel), str(image), "--board", profile.name,
+                       "--json")
+    assert on_board.returncode == 0, on_board.stderr
+    assert json.loads(on_board.stdout)["results"][0]["top"][0]["class"] == \
+        host["results"][0]["top"][0]["class"]
+    bench = run_cli("board", "bench", str(art.cvimodel), "--board", profile.name, "--count", "3")
+    assert bench.returncode == 0 and "median" in bench.stdout, bench.stderr
