@@ -101,6 +101,11 @@ def test_doctor_names_problems(emu, profile):
     assert "No TPU device" in text and "0 MB" in text
     proc = run_cli("board", "doctor", "--board", profile.name)
     assert proc.returncode == 1 and "No TPU device" in proc.stdout + proc.stderr
+    from dataclasses import replace
+    with board.Board(replace(profile, sdk_dir="/nonexistent/tpu-sdk")) as b:
+        d = board.doctor(b)
+    assert any("not at /nonexistent/tpu-sdk" in p and "board push --sdk" in p
+               for p in d.problems)
 
 
 def test_run_on_the_board_equals_the_host_simulator(profile, tiny_build):
