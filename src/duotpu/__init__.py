@@ -13,8 +13,8 @@ __version__ = "0.1.0"
 
 from .errors import (BoardError, ConfigError, DataError, DuoTpuError, ModelError,  # noqa: F401
                      SetupError, ToleranceError, ToolchainError)
-from .recipe import (Calibration, InputSpec, ModelSource, Preprocess, Recipe,  # noqa: F401
-                     Tolerance, load_recipe, recipe_from_dict)
+from .recipe import (Calibration, Deploy, InputSpec, ModelSource, Preprocess,  # noqa: F401
+                     Recipe, Tolerance, load_recipe, recipe_from_dict)
 
 
 def build(recipe, out_dir=None, work_dir=None, events=None, **overrides):

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Callable
 
 from .errors import BoardError, ConfigError
+from .toolchain import file_digest
 
 DEFAULT_ION_PATH = "/sys/kernel/debug/ion/cvi_carveout_heap_dump/total_mem"
 PASSWORD_ENV = "DUOTPU_BOARD_PASSWORD"
@@ -378,14 +379,6 @@ def check_model_for_board(info, d: Doctor) -> list[str]:
 # --------------------------------------------------------------------------------------------
 # Files: SDK and models, skipped when unchanged
 # --------------------------------------------------------------------------------------------
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def remote_hashes(b: Board, paths: list[str]) -> dict[str, str]:
     """sha256 of remote files (missing files are left out)."""
     out: dict[str, str] = {}
@@ -410,7 +403,7 @@ def push_files(b: Board, files: list[tuple[Path, str]],
                progress: Callable[[int, int], None] | None = None) -> PushResult:
     """Upload (local, remote) pairs whose content differs on the board."""
     hashes = remote_hashes(b, [r for _, r in files])
-    todo = [(l, r) for l, r in files if hashes.get(r) != _sha256(l)]
+    todo = [(l, r) for l, r in files if hashes.get(r) != file_digest(l)]
     total = sum(l.stat().st_size for l, _ in todo)
     dirs = sorted({posixpath.dirname(r) for _, r in todo})
     if dirs:

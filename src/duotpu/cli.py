@@ -336,30 +336,35 @@ def _class_names(args, n_classes: int):
     return labels_mod.imagenet_classes() if n_classes == 1000 else None
 
 
+def _top_k(args, model, items, outs, key: str) -> list[dict]:
+    """Per input: the top-k classes of the model's first output, with names."""
+    from . import metrics
+    from .labels import class_name
+    first = model.output_names[0]
+    names = _class_names(args, int(np.prod(outs[0][first].shape[1:])) if outs else 0)
+    results = []
+    for item, out in zip(items, outs):
+        probs = metrics.as_probabilities(out[first].reshape(out[first].shape[0], -1))[0]
+        results.append({key: str(item), "top": [
+            {"class": i, "name": class_name(names, i), "probability": round(p, 6)}
+            for i, p in metrics.topk(probs, args.topk)]})
+    return results
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from rich.table import Table
     if args.board:  # the same, on a board over SSH
-        args.inputs, args.force, args.accept_new_host_key = args.images, args.force, \
-            args.accept_new_host_key
+        args.inputs = args.images
         return cmd_board_run(args)
 
-    from . import metrics, runtime
-    from .labels import class_name
+    from . import runtime
     model = runtime.open_model(args.model, args.recipe)
     for im in args.images:
         if not Path(im).is_file():
             raise ConfigError(f"The image {im} does not exist.")
     tensors = runtime.tensors_for(model, args.images)
     outs = runtime.infer_batched(model, tensors)
-    first = model.output_names[0]
-    n_classes = int(np.prod(outs[0][first].shape[1:])) if outs else 0
-    names = _class_names(args, n_classes)
-    results = []
-    for im, out in zip(args.images, outs):
-        probs = metrics.as_probabilities(out[first].reshape(out[first].shape[0], -1))[0]
-        results.append({"image": str(im), "top": [
-            {"class": i, "name": class_name(names, i), "probability": round(p, 6)}
-            for i, p in metrics.topk(probs, args.topk)]})
+    results = _top_k(args, model, args.images, outs, "image")
     if args.json:
         print(json.dumps({"model": str(model.cvimodel), "mode": model.mode,
                           "backend": "cv18xx simulator", "results": results}, indent=2))
@@ -560,22 +565,14 @@ def _board_inputs(model, items):
 
 
 def cmd_board_run(args) -> int:
-    from . import board, metrics
-    from .labels import class_name
+    from . import board
     model = _board_model(args)
     tensors = _board_inputs(model, args.inputs)
     con = _console()
     with _open_board(args) as b:
         _checked(b, [args.model], args.force, con)
         outs = board.run_model(b, model.cvimodel, model.info, tensors, model.input_name)
-    first = model.output_names[0]
-    names = _class_names(args, int(np.prod(outs[0][first].shape[1:])))
-    results = []
-    for item, out in zip(args.inputs, outs):
-        probs = metrics.as_probabilities(out[first].reshape(out[first].shape[0], -1))[0]
-        results.append({"input": str(item), "top": [
-            {"class": i, "name": class_name(names, i), "probability": round(p, 6)}
-            for i, p in metrics.topk(probs, args.topk)]})
+    results = _top_k(args, model, args.inputs, outs, "input")
     if args.json:
         print(json.dumps({"model": str(model.cvimodel), "board": b.profile.host,
                           "results": results}, indent=2))

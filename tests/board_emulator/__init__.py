@@ -3,7 +3,6 @@ model_runner runs the host simulator. See README.md in this folder."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import socket
 import subprocess

@@ -68,8 +68,8 @@ def main() -> int:
         for k in range(args.count):
             inf = ms * (1 + 0.02 * (k % 5))
             print(f"{chip}_tpu_clock: 500Mhz, inferece_data: 1.00MB, inference_bw: 100.00MB/s")
-            print(f"tdma_exe_tick: 1t, tiu_exe_tick 1t, inference_tick 1t")
-            print(f"tdma_exe_percent: 40.00%, tiu_exe_percent: 60.00%")
+            print("tdma_exe_tick: 1t, tiu_exe_tick 1t, inference_tick 1t")
+            print("tdma_exe_percent: 40.00%, tiu_exe_percent: 60.00%")
             print(f"tdma_exe_ms: {inf * 0.4:.2f}ms, tiu_exe_ms: {inf * 0.6:.2f}ms, "
                   f"inference_ms: {inf:.2f}ms")
     if args.enable_timer:
