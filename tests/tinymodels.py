@@ -59,3 +59,45 @@ def tiny_cnn(classes: int = 10, width: int = 8):
         nn.Conv2d(3, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU6(),
         nn.Conv2d(width, width * 2, 3, stride=2, padding=1), nn.ReLU(),
         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width * 2, classes)).eval()
+
+
+def outlier_onnx(path: Path, seed: int = 0) -> Path:
+    """A small CNN with one clearly INT8-sensitive layer: ``hot`` (a 1x1 conv) adds a huge
+    constant (+400) to one channel, so one INT8 scale cannot hold both that channel and the
+    small ones, which carry the signal the next layers use."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    rng = np.random.default_rng(seed)
+    w1 = rng.normal(0, 0.3, (8, 3, 3, 3)).astype(np.float32)
+    b1 = np.zeros(8, np.float32)
+    w2 = (np.eye(8) + rng.normal(0, 0.05, (8, 8))).astype(np.float32).reshape(8, 8, 1, 1)
+    b2 = np.zeros(8, np.float32)
+    b2[0] = 400.0
+    w3 = rng.normal(0, 0.3, (16, 8, 1, 1)).astype(np.float32)
+    w3[:, 0] = 0.0  # the outlier channel carries no signal onwards
+    b3 = rng.normal(0, 0.1, 16).astype(np.float32)
+    wf = rng.normal(0, 0.3, (10, 16)).astype(np.float32)
+    bf = np.zeros(10, np.float32)
+    inits = [numpy_helper.from_array(a, n) for a, n in
+             [(w1, "w1"), (b1, "b1"), (w2, "w2"), (b2, "b2"), (w3, "w3"), (b3, "b3"),
+              (wf, "wf"), (bf, "bf")]]
+    nodes = [
+        helper.make_node("Conv", ["input", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], name="hot"),
+        helper.make_node("Relu", ["c2"], ["hot"], name="hot_relu"),
+        helper.make_node("Conv", ["hot", "w3", "b3"], ["c3"], name="conv3"),
+        helper.make_node("Relu", ["c3"], ["r3"], name="relu3"),
+        helper.make_node("GlobalAveragePool", ["r3"], ["gap"], name="gap"),
+        helper.make_node("Flatten", ["gap"], ["flat"], name="flatten"),
+        helper.make_node("Gemm", ["flat", "wf", "bf"], ["logits"], name="fc", transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes, "outlier",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 32, 32])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 10])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return Path(path)

@@ -66,6 +66,13 @@ def main() -> int:
     ap.add_argument("--program", type=int, default=0)
     ap.add_argument("--outputs", default="", help="comma-separated output names to keep")
     args = ap.parse_args()
+    if args.jobs == "graph":  # the op graph of an MLIR: {op: {"type": ..., "inputs": [...]}}
+        import json
+        from tpu_mlir.python.utils.mlir_parser import MlirParser
+        parser = MlirParser(args.model)
+        print(json.dumps({op.name: {"type": op.type, "inputs": list(op.opds)}
+                          for op in parser.ops}))
+        return 0
     keep = [n for n in args.outputs.split(",") if n]
     jobs = [ln.rstrip("\n").split("\t") for ln in open(args.jobs) if ln.strip()]
     run = (_cvimodel_runner(args.model, args.program, not keep) if args.backend == "cvimodel"

@@ -55,6 +55,8 @@ class StageProgress:
                 self.console.print(f"[red]✗[/] {ev.stage:<14} {ev.seconds:6.1f} s")
             elif ev.status == "warning":
                 self.console.print(f"[yellow]![/] {ev.stage:<14} {ev.message}")
+            elif ev.status == "info":
+                self.console.print(f"[dim]·[/] {ev.stage:<14} [dim]{ev.message}[/]")
             self._refresh()
 
     def _refresh(self) -> None:
@@ -127,6 +129,16 @@ def _add_recipe_flags(p: argparse.ArgumentParser) -> None:
                         "format")
     g.add_argument("--batch-sizes", type=_ints, metavar="1,4",
                    help="one cvimodel with a program per batch size, sharing the weights")
+    g.add_argument("--target", metavar="METRIC>=X",
+                   help="mixed precision: keep the fewest layers in BF16 for INT8 to reach "
+                        "e.g. 'agree>=0.995' (decisive top-1 agreement) or 'cos>=0.995'")
+    g.add_argument("--mix-qtable", metavar="FILE", help="mixed precision from this table of "
+                                                        "BF16 layers (no search)")
+    g.add_argument("--mix-pick", type=int, metavar="N",
+                   help="build the trade-off row with N BF16 layers instead")
+    g.add_argument("--mix-images", help="validation images for the search (folder or "
+                                        "builtin:natural)")
+    g.add_argument("--mix-count", type=int, help="number of validation images (default 100)")
     g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any recipe key, e.g. --set calibration.seed=3 (TOML value)")
 
@@ -139,7 +151,9 @@ _FLAG_KEYS = {"name": "name", "chip": "chip", "quantize": "quantize", "weights":
               "calib_method": "calibration.method", "test_image": "test_image",
               "tolerance_int8": "tolerance.int8", "tolerance_bf16": "tolerance.bf16",
               "verify_int8": "tolerance.verify_int8", "verify_bf16": "tolerance.verify_bf16",
-              "batch_sizes": "deploy.batch_sizes"}
+              "batch_sizes": "deploy.batch_sizes", "target": "mix.target",
+              "mix_qtable": "mix.qtable", "mix_pick": "mix.pick", "mix_images": "mix.images",
+              "mix_count": "mix.count"}
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -152,7 +166,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     if getattr(args, "fuse_preprocess", None):
         out["deploy.fuse_preprocess"] = True
         out["deploy.pixel_format"] = args.fuse_preprocess
-    for path_key in ("calibration.images", "test_image", "model.weights"):
+    for path_key in ("calibration.images", "test_image", "model.weights", "mix.qtable",
+                     "mix.images"):
         v = out.get(path_key)
         if isinstance(v, str) and not v.startswith("builtin:") and Path(v).exists():
             out[path_key] = str(Path(v).resolve())
@@ -243,7 +258,41 @@ def cmd_build(args: argparse.Namespace) -> int:
         progress.close()
     labels = labels_mod.read_labels(Path(args.labels)) if args.labels else \
         (labels_mod.imagenet_classes() if _outputs_1000(result) else None)
-    return _print_build(console, result, labels, args.json)
+    code = _print_build(console, result, labels, args.json)
+    if result.mix is not None:
+        code = _print_mix(console, result, args.json) or code
+    return code
+
+
+def _print_mix(console, result, as_json: bool) -> int:
+    """The mixed-precision trade-off table; non-zero when the target was not reached."""
+    from rich.table import Table
+    mix = result.mix
+    rows = mix["rows"]
+    if not as_json:
+        t = Table(title=f"mixed precision: {mix['target'] or 'given table'}")
+        for col in ("", "candidate", "BF16 layers", "metric", "size", "ION", "fits Duo"):
+            t.add_column(col, justify="right" if col not in ("", "candidate") else "left")
+        for i, r in enumerate(rows):
+            t.add_row("→" if i == mix["chosen"] else "", r["label"],
+                      "all" if r["layers"] == ["(all)"] else str(r["n_bf16"]),
+                      f"{r['metric']:.4f}", f"{r['size_bytes'] / 1e6:.2f} MB",
+                      f"{r['ion_mb']:.2f} MB", "yes" if r["fits_duo"] else "no")
+        console.print(t)
+        console.print(f"BF16 layers: {result.out_dir / (result.recipe.name + '.qtable')} "
+                      "(edit it and build with --mix-qtable FILE; --mix-pick N builds another "
+                      "row)")
+    if mix["met"]:
+        return EXIT_OK
+    best = rows[mix["chosen"]]
+    _err_console().print(
+        f"[yellow bold]target not reached:[/] no mix reached {mix['target']}; the best found is "
+        f"'{best['label']}' with {best['metric']:.4f} (kept as {result.recipe.name}_"
+        f"{result.recipe.chip}_mix.cvimodel). Try more or more typical calibration images "
+        "(calibration.images / count), another calibration.method, a larger mix.max_layers, or "
+        "BF16 for the whole model"
+        + (" (pure BF16 reaches the target)." if mix.get("bf16_meets") else "."))
+    return EXIT_FAIL
 
 
 def _outputs_1000(result) -> bool:

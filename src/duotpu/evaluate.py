@@ -109,18 +109,11 @@ def per_layer(model: runtime.BuiltModel, top_mlir: Path, tensors: list[np.ndarra
         list[tuple[str, float]]:
     """Cosine of every tensor of the quantized MLIR to the same tensor of the fp32 MLIR
     (mean over ``tensors``), worst first."""
-    q = runtime.infer(model, tensors, backend="mlir", keep_all=True)
-    fp_model = runtime.BuiltModel(model.cvimodel, model.info, model.recipe, "fp32", model.onnx,
-                                  top_mlir)
-    f = runtime.infer(fp_model, tensors, backend="mlir", keep_all=True)
-    sims: dict[str, list[float]] = {}
-    for qa, fa in zip(q, f):
-        for name, val in qa.items():
-            ref = fa.get(name)
-            if ref is None or ref.size != val.size:
-                continue
-            sims.setdefault(name, []).append(metrics.cosine(ref, val))
-    return sorted(((n, float(np.mean(v))) for n, v in sims.items()), key=lambda kv: kv[1])
+    import tempfile
+
+    from .mixprec import per_layer_cos
+    with tempfile.TemporaryDirectory(prefix="duotpu-layers-") as tmp:
+        return per_layer_cos(model.tpu_mlir, top_mlir, tensors, model.input_name, Path(tmp))
 
 
 def check_fast_path(model: runtime.BuiltModel, tensors: list[np.ndarray]) -> float:

@@ -40,7 +40,7 @@ MANIFEST = "stage.json"
 class StageEvent:
     """A stage started, finished, was found in the cache, failed, or has a warning."""
     stage: str
-    status: str  # "start" | "done" | "cached" | "failed" | "warning"
+    status: str  # "start" | "done" | "cached" | "failed" | "warning" | "info"
     seconds: float = 0.0
     message: str = ""
 
@@ -168,11 +168,13 @@ class BuildResult:
     stages: list[StageRecord]
     manifest: Path
     recipe_path: Path
+    mix: dict | None = None
 
     @property
     def ok(self) -> bool:
         """True when every requested mode was built and verified."""
-        return set(self.models) == set(self.recipe.quantize)
+        return set(self.recipe.quantize) <= set(self.models) and \
+            (self.mix is None or self.mix.get("met", True))
 
 
 # --------------------------------------------------------------------------------------------
@@ -357,6 +359,89 @@ def stage_deploy(wd: WorkDir, r: Recipe, mode: str, transformed: StageRecord,
     return wd.run(f"deploy-{mode}", key, run, lambda res: [res["cvimodel"], res["model_outputs"]])
 
 
+def validation_images(r: Recipe) -> list:
+    """The images mixed precision is measured on (not the calibration crops)."""
+    mix = r.mix
+    if mix.images.startswith("builtin:"):
+        photos = images.calibration_photos() + [("chelsea", images.builtin_photo("chelsea"))]
+        return [c for _, c in images.random_crops(photos, mix.count, mix.seed + 1000)]
+    scan = images.scan_images(Path(mix.images))
+    if not scan.paths:
+        raise DataError(f"The mixed-precision image folder {mix.images} has no readable images.")
+    return scan.paths[:mix.count]
+
+
+def stage_mix(wd: WorkDir, r: Recipe, transformed: StageRecord, calibrated: StageRecord,
+              dep_int8: StageRecord, dep_bf16: StageRecord | None,
+              referenced: StageRecord) -> StageRecord:
+    """Search the fewest BF16 layers for INT8 to reach ``mix.target`` (or use ``mix.qtable``)."""
+    from . import mixprec
+    from .preprocess import preprocess_image
+    t = transformed
+    table = calibrated.folder / calibrated.result["table"]
+    mix = r.mix
+    val_key: Any = mix.images if mix.images.startswith("builtin:") else _folder_key(
+        images.scan_images(Path(mix.images)).paths)
+    key = {"mix": asdict(mix), "val": val_key, "table": toolchain.file_digest(table),
+           "mlir": toolchain.file_digest(t.folder / t.result["mlir"]),
+           "weights": toolchain.file_digest(t.folder / t.result["weights"]),
+           "int8": toolchain.file_digest(dep_int8.folder / dep_int8.result["cvimodel"]),
+           "bf16": toolchain.file_digest(dep_bf16.folder / dep_bf16.result["cvimodel"])
+           if dep_bf16 else None,
+           "qtable_file": toolchain.file_digest(Path(mix.qtable)) if mix.qtable else None,
+           "preprocess": asdict(r.preprocess), "tolerance": asdict(r.tolerance),
+           "code": [toolchain.file_digest(Path(mixprec.__file__)),
+                    toolchain.file_digest(Path(toolchain.__file__))],
+           "versions": toolchain.versions()}
+
+    def run(folder: Path) -> dict:
+        shape = r.inputs[0].shape
+        tensors = [preprocess_image(im, r.preprocess, shape) for im in validation_images(r)]
+        import onnxruntime as ort
+        sess = ort.InferenceSession(t.result["onnx"], providers=["CPUExecutionProvider"])
+        iname = sess.get_inputs()[0].name
+        fp32 = np.stack([sess.run(None, {iname: x})[0].reshape(-1) for x in tensors])
+        int8_tpu = dep_int8.folder / dep_int8.result["tpu_mlir"]
+        top = t.folder / t.result["mlir"]
+        per_layer = mixprec.per_layer_cos(int8_tpu, top, tensors[:4], iname, folder / "layers",
+                                          per_channel=True)
+        graph = toolchain.mlir_graph(top, folder / "graph.log")
+        transformed_files = toolchain.TransformFiles(t.folder, r.name)
+        rows, chosen = mixprec.search(
+            r, folder, transformed=transformed_files, table=table, int8_tpu_mlir=int8_tpu,
+            int8_cvimodel=dep_int8.folder / dep_int8.result["cvimodel"],
+            bf16_cvimodel=(dep_bf16.folder / dep_bf16.result["cvimodel"]) if dep_bf16 else None,
+            bf16_tpu_mlir=(dep_bf16.folder / dep_bf16.result["tpu_mlir"]) if dep_bf16 else None,
+            val_tensors=tensors, fp32=fp32, output_name="",
+            graph=graph, per_layer=per_layer,
+            log=lambda m: wd.events(StageEvent("mix", "info", message=m)))
+        shutil.rmtree(folder / "layers", ignore_errors=True)
+        shutil.rmtree(folder / "val", ignore_errors=True)
+        best = rows[chosen]
+        mixprec.write_qtable(folder / "chosen.qtable", best.layers,
+                             f"{best.label}: {mix.target or 'given table'} -> {best.metric:.4f}")
+        mixprec.save_table_md(folder / "tradeoff.md", rows, chosen, mix.target)
+        if best.layers:
+            cvi, outs = folder / best.cvimodel, folder / best.model_outputs
+        else:  # pure INT8 already reaches the target
+            cvi = dep_int8.folder / dep_int8.result["cvimodel"]
+            outs = dep_int8.folder / dep_int8.result["model_outputs"]
+        shutil.copyfile(cvi, folder / "mix.cvimodel")
+        shutil.copyfile(outs, folder / "mix_model_outputs.npz")
+        ref = dict(np.load(referenced.folder / referenced.result["reference"]))
+        got = dict(np.load(folder / "mix_model_outputs.npz"))
+        names = match_outputs(ref, got)
+        cos = {n: metrics.cosine(ref[n], got[names[n]]) for n in ref}
+        met = any(rr.meets for rr in rows if rr.layers != ["(all)"]) if mix.target else True
+        bf16_meets = any(rr.meets for rr in rows if rr.layers == ["(all)"])
+        return {"rows": mixprec.rows_json(rows), "chosen": chosen, "target": mix.target,
+                "met": met, "bf16_meets": bf16_meets, "qtable": "chosen.qtable", "cvimodel": "mix.cvimodel",
+                "model_outputs": "mix_model_outputs.npz", "cosine": cos, "outputs": names,
+                "size_bytes": (folder / "mix.cvimodel").stat().st_size,
+                "ion_mb": best.ion_mb}
+    return wd.run("mix", key, run, lambda res: [res["cvimodel"], res["qtable"]])
+
+
 def match_outputs(reference: dict[str, np.ndarray], produced: dict[str, np.ndarray]) -> \
         dict[str, str]:
     """Map each reference (ONNX) output name to the compiler's name for it.
@@ -442,7 +527,11 @@ def build(recipe: Recipe, out_dir: Path | None = None, work_dir: Path | None = N
         referenced = ref_future.result() if not errors else None
     if errors:
         raise errors[0]
-    return _finish(recipe, out_dir, wd, exported, transformed, referenced, results)
+    mixed = None
+    if recipe.mix.target or recipe.mix.qtable:
+        mixed = stage_mix(wd, recipe, transformed, wd.records["calibrate"], results["int8"][0],
+                          results["bf16"][0] if "bf16" in results else None, referenced)
+    return _finish(recipe, out_dir, wd, exported, transformed, referenced, results, mixed)
 
 
 def _run_branches(branch, modes) -> tuple[dict, list[BaseException]]:
@@ -459,7 +548,8 @@ def _run_branches(branch, modes) -> tuple[dict, list[BaseException]]:
 
 
 def _finish(recipe: Recipe, out_dir: Path, wd: WorkDir, exported: StageRecord,
-            transformed: StageRecord, referenced: StageRecord, results: dict) -> BuildResult:
+            transformed: StageRecord, referenced: StageRecord, results: dict,
+            mixed: StageRecord | None = None) -> BuildResult:
     """Copy the final files into ``out_dir`` atomically and write the build manifest."""
     out_dir.mkdir(parents=True, exist_ok=True)
     reference = dict(np.load(referenced.folder / referenced.result["reference"]))
@@ -471,6 +561,16 @@ def _finish(recipe: Recipe, out_dir: Path, wd: WorkDir, exported: StageRecord,
         models[mode] = ModelArtifact(
             mode, final, dep.result["size_bytes"], dep.result["ion_mb"], ver.result["cosine"],
             {n: got[k].reshape(reference[n].shape) for n, k in ver.result["outputs"].items()})
+    if mixed is not None:
+        res = mixed.result
+        final = atomic_copy(mixed.folder / res["cvimodel"],
+                            out_dir / f"{recipe.name}_{recipe.chip}_mix.cvimodel")
+        atomic_copy(mixed.folder / res["qtable"], out_dir / f"{recipe.name}.qtable")
+        atomic_copy(mixed.folder / "tradeoff.md", out_dir / f"{recipe.name}.mix.md")
+        got = dict(np.load(mixed.folder / res["model_outputs"]))
+        models["mix"] = ModelArtifact("mix", final, res["size_bytes"], res["ion_mb"],
+                                      res["cosine"], {n: got[k].reshape(reference[n].shape)
+                                                      for n, k in res["outputs"].items()})
     recipe_path = out_dir / f"{recipe.name}.recipe.toml"
     tmp = recipe_path.with_name(f".{recipe_path.name}.tmp")
     tmp.write_text(recipe.to_toml())
@@ -478,7 +578,7 @@ def _finish(recipe: Recipe, out_dir: Path, wd: WorkDir, exported: StageRecord,
     t = transformed
     stages = [wd.records[n] for n in ["export", "transform", "reference", "calibrate",
                                        *[f"deploy-{m}" for m in recipe.quantize],
-                                       *[f"verify-{m}" for m in recipe.quantize]]
+                                       *[f"verify-{m}" for m in recipe.quantize], "mix"]
               if n in wd.records]
     manifest = out_dir / "manifest.json"
     _write_json(manifest, {
@@ -496,4 +596,4 @@ def _finish(recipe: Recipe, out_dir: Path, wd: WorkDir, exported: StageRecord,
     return BuildResult(recipe, out_dir, wd.root, exported.folder / exported.result["onnx"],
                        dict(np.load(t.folder / t.result["test_input"])),
                        reference, models, stages,
-                       manifest, recipe_path)
+                       manifest, recipe_path, mixed.result if mixed is not None else None)

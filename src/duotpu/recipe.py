@@ -96,6 +96,23 @@ class Deploy:
 
 
 @dataclass(frozen=True)
+class Mix:
+    """Automatic mixed precision: the fewest layers kept in BF16 for the INT8 model to reach
+    ``target`` — ``agree>=X`` (top-1 agreement with fp32 on the decisive validation images) or
+    ``cos>=X`` (mean output cosine). ``qtable``: a table of layers to keep in BF16 (one
+    ``name BF16`` a line), used as is instead of searching. ``pick``: build the trade-off row with
+    this many BF16 layers instead of the smallest that reaches the target."""
+    target: str = ""
+    qtable: str = ""
+    images: str = "builtin:natural"
+    count: int = 100
+    seed: int = 1
+    margin: float = 0.05
+    max_layers: int = 24
+    pick: int = -1
+
+
+@dataclass(frozen=True)
 class Tolerance:
     """Similarity thresholds. Pairs are (cosine, euclidean similarity) as tpu_mlir compares them.
 
@@ -125,6 +142,7 @@ class Recipe:
     calibration: Calibration = field(default_factory=Calibration)
     tolerance: Tolerance = field(default_factory=Tolerance)
     deploy: Deploy = field(default_factory=Deploy)
+    mix: Mix = field(default_factory=Mix)
     test_image: str = "builtin:chelsea"
 
     def validate(self) -> "Recipe":
@@ -179,6 +197,15 @@ class Recipe:
                               f"sizes including 1, e.g. [1, 4]; got {list(d.batch_sizes)}.")
         if shape[0] != 1 and d.batch_sizes != (1,):
             raise ConfigError("With deploy.batch_sizes, give inputs.shape with batch 1.")
+        if self.mix.target or self.mix.qtable:
+            if "int8" not in self.quantize:
+                raise ConfigError("Recipe key 'mix' (mixed precision) needs 'int8' in "
+                                  "'quantize': it keeps some layers of the INT8 model in BF16.")
+            if self.mix.target:
+                parse_target(self.mix.target)
+            if d.batch_sizes != (1,) or d.fuse_preprocess:
+                raise ConfigError("Mixed precision is not combined with deploy.batch_sizes or "
+                                  "deploy.fuse_preprocess yet; build those separately.")
         if self.calibration.count < 1:
             raise ConfigError("Recipe key 'calibration.count' must be at least 1.")
         for key in ("transform", "int8", "bf16", "correctness"):
@@ -359,3 +386,14 @@ def parse_override_value(key: str, text: str) -> Any:
         return tomli.loads(f"v = {text}")["v"]
     except tomli.TOMLDecodeError:
         return text
+
+
+def parse_target(text: str) -> tuple[str, float]:
+    """``agree>=0.995`` / ``cos>=0.99`` → (metric, threshold)."""
+    import re
+    m = re.fullmatch(r"\s*(agree|cos)\s*>=\s*([0-9.]+)\s*", text or "")
+    if not m or not 0 < float(m.group(2)) <= 1:
+        raise ConfigError(f"Mixed-precision target {text!r} is not understood: write "
+                          "'agree>=0.995' (top-1 agreement with fp32 on decisive images) or "
+                          "'cos>=0.995' (mean output cosine), with a value in (0, 1].")
+    return m.group(1), float(m.group(2))

@@ -478,7 +478,7 @@ def run_many(backend: str, model: Path, jobs: list[tuple[Path, Path]], folder: P
     called with the number of finished jobs.
     """
     import math
-    folder = Path(folder)
+    folder = Path(folder).resolve()
     folder.mkdir(parents=True, exist_ok=True)
     workers = max(1, min(workers, len(jobs)))
     per = math.ceil(len(jobs) / workers) if jobs else 0
@@ -520,6 +520,21 @@ def run_many(backend: str, model: Path, jobs: list[tuple[Path, Path]], folder: P
         if p.returncode:
             raise ToolchainError(f"{backend} inference", argv, p.returncode, log, log_tail(log))
     return outs
+
+
+def mlir_graph(mlir: Path, log_path: Path) -> dict[str, dict]:
+    """The ops of an MLIR file with their types and input ops (tpu_mlir's MlirParser)."""
+    import json
+    argv = [sys.executable, "-m", "duotpu._tpu_worker", "--backend", "mlir", "--model",
+            str(Path(mlir).resolve()), "--jobs", "graph"]
+    env = tool_env()
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parents[1]), env["PYTHONPATH"]])
+    proc = subprocess.run(argv, cwd=Path(mlir).parent, env=env, capture_output=True, text=True)
+    Path(log_path).write_text(proc.stderr)
+    if proc.returncode:
+        raise ToolchainError("read the MLIR graph", argv, proc.returncode, Path(log_path),
+                             proc.stderr[-2000:])
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 @dataclass

@@ -1,0 +1,93 @@
+"""Benchmark: duotpu's mixed-precision search vs tpu_mlir's own fast_search on the demo model.
+
+(a) `duotpu build --target TARGET`: the fewest BF16 layers for INT8 to reach the task target,
+    measured on the validation crops (decisive top-1 agreement with fp32, or mean cosine);
+(b) tpu_mlir's `run_calibration --search fast_search --expected_cos C` (cosine-driven), its table
+    built with `duotpu build --mix-qtable` and measured with the same metric on the same images.
+Prints a table and writes bench/results/mix.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from importlib import resources
+from pathlib import Path
+
+from duotpu import toolchain
+
+HERE = Path(__file__).parent
+
+
+def build(recipe: str, out: Path, extra: list[str]) -> tuple[dict, float]:
+    t0 = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "duotpu.cli", "build", "--recipe", recipe,
+                           "--out", str(out), "--json", *extra], capture_output=True, text=True)
+    secs = time.monotonic() - t0
+    if not (out / "manifest.json").exists():
+        sys.exit(f"build failed:\n{proc.stderr[-3000:]}")
+    stages = json.loads((out / "manifest.json").read_text())["stages"]
+    mix = next(s for s in stages if s["name"] == "mix")["result"]
+    mix_secs = next(s for s in stages if s["name"] == "mix")["seconds"]
+    return mix, mix_secs if mix_secs else secs
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--target", default="agree>=0.99")
+    ap.add_argument("--expected-cos", type=float, default=0.99)
+    ap.add_argument("--out", default=str(HERE / "results" / "mix.md"))
+    args = ap.parse_args()
+    recipe = str(resources.files("duotpu") / "recipes" / "efficientnet_lite0.toml")
+    base = Path("build/mix-bench")
+    ours, our_secs = build(recipe, base / "duotpu", ["--target", args.target])
+    work = base / "duotpu" / "work"
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        for f in ("efficientnet_lite0.mlir", "efficientnet_lite0_top_f32_all_weight.npz"):
+            shutil.copyfile(work / "transform" / f, tmp / f)
+        images = next((work / "calibration-images").iterdir())
+        t0 = time.monotonic()
+        toolchain.run_tool("fast_search", "run_calibration", [
+            "efficientnet_lite0.mlir", "--dataset", str(images), "--input_num", "100",
+            "--search", "fast_search", "--chip", "cv180x", "--expected_cos",
+            str(args.expected_cos), "-o", str(tmp / "cali"), "--quantize_table",
+            str(tmp / "fs.qtable")], tmp, tmp / "fast_search.log")
+        fs_secs = time.monotonic() - t0
+        qtable = base / "fast_search.qtable"
+        shutil.copyfile(tmp / "fs.qtable", qtable)
+    theirs, _ = build(recipe, base / "fast_search",
+                      ["--target", args.target, "--mix-qtable", str(qtable)])
+    rows = ours["rows"]
+    pick = rows[ours["chosen"]]
+    fs = theirs["rows"][theirs["chosen"]]
+    bf16 = next((r for r in rows if r["layers"] == ["(all)"]), None)
+    lines = [f"# Mixed precision on EfficientNet-Lite0 (cv180x), target {args.target}, "
+             f"{time.strftime('%Y-%m-%d')}", "",
+             "| model | BF16 layers | metric | meets | ION | search time |",
+             "| --- | ---: | ---: | --- | ---: | ---: |",
+             f"| pure INT8 | 0 | {rows[0]['metric']:.4f} | {rows[0]['meets']} | "
+             f"{rows[0]['ion_mb']:.2f} MB | |",
+             f"| duotpu mix | {pick['n_bf16']} | {pick['metric']:.4f} | {pick['meets']} | "
+             f"{pick['ion_mb']:.2f} MB | {our_secs:.0f} s |",
+             f"| tpu_mlir fast_search (expected_cos {args.expected_cos}) | {fs['n_bf16']} | "
+             f"{fs['metric']:.4f} | {fs['meets']} | {fs['ion_mb']:.2f} MB | {fs_secs:.0f} s |"]
+    if bf16:
+        lines.append(f"| pure BF16 | all | {bf16['metric']:.4f} | {bf16['meets']} | "
+                     f"{bf16['ion_mb']:.2f} MB | |")
+    lines += ["", "duotpu search steps: " + "; ".join(
+        f"{r['label']} → {r['metric']:.4f}" for r in rows), "",
+        f"duotpu's BF16 layers: {', '.join(pick['layers']) or '(none)'}", "",
+        f"fast_search's BF16 layers: {', '.join(fs['layers'])}"]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    Path(args.out).write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
