@@ -99,6 +99,7 @@ def search(recipe: Recipe, folder: Path, *, transformed, table: Path, int8_tpu_m
            int8_cvimodel: Path, bf16_cvimodel: Path | None, bf16_tpu_mlir: Path | None,
            val_tensors: list[np.ndarray], fp32: np.ndarray, output_name: str,
            graph: dict[str, dict], per_layer: list[tuple[str, float]],
+           seed_layers: list[str] = (),
            log: Callable[[str], None] = lambda m: None) -> tuple[list[Candidate], int]:
     """Run the search; returns the trade-off rows and the index of the chosen one."""
     mix = recipe.mix
@@ -130,8 +131,9 @@ def search(recipe: Recipe, folder: Path, *, transformed, table: Path, int8_tpu_m
                       str(cvi.relative_to(folder)) if cvi.is_relative_to(folder) else str(cvi),
                       str(tpu.relative_to(folder)) if tpu.is_relative_to(folder) else str(tpu),
                       outputs)
+        n = "all" if layers == ["(all)"] else str(len(layers))
         log(f"{label}: {kind} {m:.4f} ({'meets' if c.meets else 'below'} {need}), "
-            f"{len(layers)} BF16 layer(s), ION {ion:.2f} MB")
+            f"{n} BF16 layer(s), ION {ion:.2f} MB")
         return c
 
     def build(layers: list[str], label: str) -> Candidate:
@@ -151,7 +153,12 @@ def search(recipe: Recipe, folder: Path, *, transformed, table: Path, int8_tpu_m
         rows.append(build(read_qtable(Path(mix.qtable)), f"table {Path(mix.qtable).name}"))
         chosen = 1
     else:
-        ranked = [n for n, _ in rank_layers(per_layer, graph)][:mix.max_layers]
+        by_drop = [n for n, _ in rank_layers(per_layer, graph)]
+        # tpu_mlir's fast_search picks come first (its own trials found them), ordered by the
+        # error they add; then the rest by the error they add.
+        seeds = [n for n in by_drop if n in set(seed_layers)] + \
+            [n for n in seed_layers if n not in by_drop]
+        ranked = (seeds + [n for n in by_drop if n not in seeds])[:mix.max_layers]
         tried: dict[int, Candidate] = {}
         if not rows[0].meets:
             steps = [k for k in (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48) if k <= len(ranked)]

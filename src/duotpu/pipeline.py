@@ -28,7 +28,7 @@ import numpy as np
 from . import export as export_mod
 from . import images, metrics, toolchain
 from .errors import DataError, DuoTpuError, Mismatch, ToleranceError
-from .recipe import Recipe
+from .recipe import Recipe, parse_target
 
 MANIFEST = "stage.json"
 
@@ -407,13 +407,23 @@ def stage_mix(wd: WorkDir, r: Recipe, transformed: StageRecord, calibrated: Stag
                                           per_channel=True)
         graph = toolchain.mlir_graph(top, folder / "graph.log")
         transformed_files = toolchain.TransformFiles(t.folder, r.name)
+        seeds: list[str] = []
+        if mix.fast_search and mix.target and not mix.qtable:
+            kind, need = parse_target(mix.target)
+            wd.events(StageEvent("mix", "info", message="running tpu_mlir's fast_search"))
+            seeds = toolchain.fast_search(
+                transformed_files, calibrated.folder / "images",
+                calibrated.result["images"], folder / "fast_search", chip=r.chip,
+                expected_cos=need if kind == "cos" else 0.995)
+            wd.events(StageEvent("mix", "info", message=f"fast_search keeps {len(seeds)} "
+                                                        "layer(s) in float"))
         rows, chosen = mixprec.search(
             r, folder, transformed=transformed_files, table=table, int8_tpu_mlir=int8_tpu,
             int8_cvimodel=dep_int8.folder / dep_int8.result["cvimodel"],
             bf16_cvimodel=(dep_bf16.folder / dep_bf16.result["cvimodel"]) if dep_bf16 else None,
             bf16_tpu_mlir=(dep_bf16.folder / dep_bf16.result["tpu_mlir"]) if dep_bf16 else None,
             val_tensors=tensors, fp32=fp32, output_name="",
-            graph=graph, per_layer=per_layer,
+            graph=graph, per_layer=per_layer, seed_layers=seeds,
             log=lambda m: wd.events(StageEvent("mix", "info", message=m)))
         shutil.rmtree(folder / "layers", ignore_errors=True)
         shutil.rmtree(folder / "val", ignore_errors=True)

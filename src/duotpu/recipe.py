@@ -101,7 +101,8 @@ class Mix:
     ``target`` — ``agree>=X`` (top-1 agreement with fp32 on the decisive validation images) or
     ``cos>=X`` (mean output cosine). ``qtable``: a table of layers to keep in BF16 (one
     ``name BF16`` a line), used as is instead of searching. ``pick``: build the trade-off row with
-    this many BF16 layers instead of the smallest that reaches the target."""
+    this many BF16 layers instead of the smallest that reaches the target. ``fast_search``: try
+    the layers tpu_mlir's own ``fast_search`` picks first."""
     target: str = ""
     qtable: str = ""
     images: str = "builtin:natural"
@@ -110,6 +111,7 @@ class Mix:
     margin: float = 0.05
     max_layers: int = 24
     pick: int = -1
+    fast_search: bool = True
 
 
 @dataclass(frozen=True)

@@ -308,6 +308,30 @@ def _unsupported_ops(onnx_path: Path, ops_text: str, log_path: Path) -> ModelErr
         f"the model (or cut the graph before them and do that part on the CPU). Log: {log_path}")
 
 
+def fast_search(transformed: "TransformFiles", dataset: Path, count: int, folder: Path, *,
+                chip: str, expected_cos: float, inference_num: int = 10) -> list[str]:
+    """tpu_mlir's own mixed-precision search (``run_calibration --search fast_search``):
+    the layers it keeps in float to reach ``expected_cos`` at the outputs. Runs on copies of the
+    transform outputs (the search writes next to the MLIR)."""
+    import shutil
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for src in (transformed.mlir, transformed.weights):
+        shutil.copyfile(src, folder / src.name)
+    args = [transformed.mlir.name, "--dataset", str(Path(dataset).resolve()), "--input_num",
+            str(count), "--search", "fast_search", "--chip", chip, "--expected_cos",
+            str(expected_cos), "--inference_num", str(inference_num), "-o",
+            str((folder / "fast_search_cali").resolve()), "--quantize_table",
+            str((folder / "fast_search.qtable").resolve())]
+    run_tool("fast_search", "run_calibration", args, folder, folder / "fast_search.log")
+    out = []
+    for line in (folder / "fast_search.qtable").read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            out.append(line.split()[0])
+    return out
+
+
 def calibrate(mlir: Path, dataset: Path, count: int, table: Path, log_path: Path, *,
               method: str = "kl", histogram_bins: int = 2048, tune_num: int = 5) -> Path:
     """``run_calibration``: INT8 calibration table from a folder of images."""
