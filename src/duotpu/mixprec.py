@@ -161,9 +161,11 @@ def search(recipe: Recipe, folder: Path, *, transformed, table: Path, int8_tpu_m
         ranked = (seeds + [n for n in by_drop if n not in seeds])[:mix.max_layers]
         tried: dict[int, Candidate] = {}
         if not rows[0].meets:
-            steps = [k for k in (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48) if k <= len(ranked)]
-            if len(ranked) not in steps:
-                steps.append(len(ranked))
+            steps = {k for k in (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48) if k <= len(ranked)}
+            steps.add(len(ranked))
+            if seeds and len(seeds) <= len(ranked):
+                steps.add(len(seeds))  # fast_search's own set is always a candidate
+            steps = sorted(steps)
             lo = 0
             for k in steps:
                 tried[k] = build(ranked[:k], f"INT8 + {k} BF16")
