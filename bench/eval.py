@@ -21,6 +21,8 @@ import numpy as np
 
 from duotpu import images, runtime, toolchain
 
+from _report import emit  # noqa: E402  (bench/ is on sys.path when run as a script)
+
 HERE = Path(__file__).parent
 
 
@@ -64,9 +66,7 @@ def main() -> int:
     for mode, n, a, b, s, d in rows:
         lines.append(f"| {mode} | {n} | {a:.2f} | {b:.2f} | {s:.1f}× | "
                      f"{'0 (bit-exact)' if d == 0 else f'{d:.4g}'} |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    Path(args.out).write_text(text)
+    emit(lines, args.out)
     return 0
 
 

@@ -20,6 +20,8 @@ import numpy as np
 
 from duotpu import evaluate, images, runtime
 
+from _report import emit  # noqa: E402  (bench/ is on sys.path when run as a script)
+
 HERE = Path(__file__).parent
 
 
@@ -75,9 +77,7 @@ def main() -> int:
         lines.append(f"| {name} | {m.top1_agree:.3f} | {m.decisive_top1_agree:.3f} "
                      f"({m.decisive_n}) | {m.top5_contains_fp32_top1:.3f} | {m.cosine_mean:.4f} "
                      f"| {m.cosine_worst:.4f} | {m.kl_mean:.4f} |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    Path(args.out).write_text(text)
+    emit(lines, args.out)
     return 0
 
 

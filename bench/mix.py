@@ -18,6 +18,8 @@ from importlib import resources
 from pathlib import Path
 
 
+from _report import emit  # noqa: E402  (bench/ is on sys.path when run as a script)
+
 HERE = Path(__file__).parent
 
 
@@ -69,9 +71,7 @@ def main() -> int:
         f"{r['label']} → {r['metric']:.4f}" for r in rows), "",
         f"duotpu's BF16 layers: {', '.join(pick['layers']) or '(none)'}", "",
         f"fast_search's BF16 layers: {', '.join(fs['layers'])}"]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    Path(args.out).write_text(text)
+    emit(lines, args.out)
     return 0
 
 
