@@ -21,18 +21,14 @@ def tiny_onnx_path(tmp_path_factory) -> Path:
 
 def tiny_recipe(onnx_path: Path, **over):
     """A recipe for the tiny ONNX model: 32x32 input, few calibration images."""
-    from duotpu.recipe import recipe_from_dict
+    from duotpu.recipe import recipe_from_dict, set_dotted
     data = {"name": "tiny", "model": {"source": str(onnx_path)},
             "inputs": [{"name": "input", "shape": [1, 3, 32, 32]}],
             "preprocess": {"resize": [40, 40], "resize_mode": "short_side",
                            "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]},
             "calibration": {"count": 8}}
     for k, v in over.items():
-        node = data
-        *parents, leaf = k.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = v
+        set_dotted(data, k, v)
     return recipe_from_dict(data, "test")
 
 

@@ -1,5 +1,4 @@
 """Automatic mixed precision on a model with one clearly INT8-sensitive layer."""
-import json
 
 import numpy as np
 import pytest

@@ -171,8 +171,6 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         v = out.get(path_key)
         if isinstance(v, str) and not v.startswith("builtin:") and Path(v).exists():
             out[path_key] = str(Path(v).resolve())
-    if getattr(args, "input_shape", None) or getattr(args, "input_name", None):
-        out["inputs"] = None  # merged below
     for item in getattr(args, "set", []) or []:
         if "=" not in item:
             raise ConfigError(f"--set needs KEY=VALUE, got {item!r}.")
@@ -182,7 +180,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _recipe_from_args(args: argparse.Namespace):
-    from .recipe import Recipe, load_recipe, recipe_from_dict
+    from .recipe import Recipe, load_recipe, recipe_from_dict, set_dotted
     overrides = _overrides(args)
     if args.recipe:
         base = load_recipe(args.recipe).to_dict()
@@ -196,7 +194,7 @@ def _recipe_from_args(args: argparse.Namespace):
         if not overrides.get("name") and not args.recipe:
             stem = src.split(":")[-1] if ":" in src and not Path(src).exists() else Path(src).stem
             base["name"] = "".join(c if c.isalnum() or c in "_-" else "_" for c in stem)
-    if overrides.pop("inputs", "absent") is None:
+    if args.input_shape or args.input_name:
         spec = dict(base["inputs"][0])
         if args.input_shape:
             spec["shape"] = args.input_shape
@@ -205,13 +203,7 @@ def _recipe_from_args(args: argparse.Namespace):
         base["inputs"] = [spec]
     where = f"{args.recipe} and the command line" if args.recipe else "the command line"
     for dotted, value in overrides.items():
-        node = base
-        *parents, leaf = dotted.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"--set {dotted}: '{p}' is not a table of the recipe.")
-        node[leaf] = value
+        set_dotted(base, dotted, value)
     return recipe_from_dict(base, where)
 
 

@@ -97,7 +97,7 @@ def rank_layers(per_layer: list[tuple[str, float]], graph: dict[str, dict]) -> \
 
 def search(recipe: Recipe, folder: Path, *, transformed, table: Path, int8_tpu_mlir: Path,
            int8_cvimodel: Path, bf16_cvimodel: Path | None, bf16_tpu_mlir: Path | None,
-           val_tensors: list[np.ndarray], fp32: np.ndarray, output_name: str,
+           val_tensors: list[np.ndarray], fp32: np.ndarray,
            graph: dict[str, dict], per_layer: list[tuple[str, float]],
            seed_layers: list[str] = (),
            log: Callable[[str], None] = lambda m: None) -> tuple[list[Candidate], int]:
@@ -210,9 +210,6 @@ def save_table_md(path: Path, rows: list[Candidate], chosen: int, target: str) -
     return Path(path)
 
 
-def load_rows(data: list[dict]) -> list[Candidate]:
-    keys = Candidate.__dataclass_fields__
-    return [Candidate(**{k: v for k, v in d.items() if k in keys}) for d in data]
 
 
 def per_layer_cos(tpu_mlir: Path, top_mlir: Path, tensors: list[np.ndarray], input_name: str,

@@ -422,7 +422,7 @@ def stage_mix(wd: WorkDir, r: Recipe, transformed: StageRecord, calibrated: Stag
             int8_cvimodel=dep_int8.folder / dep_int8.result["cvimodel"],
             bf16_cvimodel=(dep_bf16.folder / dep_bf16.result["cvimodel"]) if dep_bf16 else None,
             bf16_tpu_mlir=(dep_bf16.folder / dep_bf16.result["tpu_mlir"]) if dep_bf16 else None,
-            val_tensors=tensors, fp32=fp32, output_name="",
+            val_tensors=tensors, fp32=fp32,
             graph=graph, per_layer=per_layer, seed_layers=seeds,
             log=lambda m: wd.events(StageEvent("mix", "info", message=m)))
         shutil.rmtree(folder / "layers", ignore_errors=True)

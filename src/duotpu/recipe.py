@@ -239,14 +239,20 @@ class Recipe:
         """A copy with dotted keys replaced, e.g. ``{"calibration.count": 10}``."""
         data = self.to_dict()
         for dotted, value in overrides.items():
-            if value is None:
-                continue
-            node = data
-            *parents, leaf = dotted.split(".")
-            for p in parents:
-                node = node.setdefault(p, {})
-            node[leaf] = value
+            if value is not None:
+                set_dotted(data, dotted, value)
         return recipe_from_dict(data, where)
+
+
+def set_dotted(data: dict, dotted: str, value: Any) -> None:
+    """Set ``calibration.count``-style keys in plain recipe data (checked when it is built)."""
+    node = data
+    *parents, leaf = dotted.split(".")
+    for p in parents:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"Recipe key '{dotted}': '{p}' is not a table of the recipe.")
+    node[leaf] = value
 
 
 def _plain(obj):

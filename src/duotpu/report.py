@@ -8,10 +8,6 @@ from rich.table import Table
 from . import metrics
 from .labels import class_name
 
-#: ION memory commonly reserved for the TPU on each board's stock image (MB), for fit hints.
-DUO_ION_MB = {"Duo (CV1800B, 64 MB RAM)": 18.0, "Duo 256M (SG2002)": 75.0,
-              "Duo S (SG2000, 512 MB)": 70.0}
-
 
 @dataclass
 class Classified:
@@ -57,17 +53,6 @@ def classification_table(rows: list[Classified], labels: list[str] | None, title
     table.add_row("file size", *[_mb(r.size_bytes) for r in rows])
     table.add_row("board memory (ION)", *["—" if r.ion_mb is None else f"{r.ion_mb:.2f} MB"
                                           for r in rows])
-    return table
-
-
-def stage_table(result) -> Table:
-    """Per stage: ran or cached, and its time."""
-    table = Table(title="stages")
-    table.add_column("stage")
-    table.add_column("status")
-    table.add_column("seconds", justify="right")
-    for s in result.stages:
-        table.add_row(s.name, "cached" if s.cached else "ran", f"{s.seconds:.1f}")
     return table
 
 

@@ -21,11 +21,10 @@ import os
 import re
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 from .errors import Mismatch, ModelError, SetupError, ToleranceError, ToolchainError
 from .recipe import Preprocess
@@ -182,9 +181,6 @@ class ToolRun:
     seconds: float
 
 
-_LOG_LOCK = threading.Lock()
-
-
 def run_tool(step: str, tool: str, args: Sequence[str], cwd: Path, log_path: Path,
              env_extra: dict[str, str] | None = None, timeout: float | None = None,
              background: bool = False) -> ToolRun:
@@ -220,11 +216,6 @@ def run_tool(step: str, tool: str, args: Sequence[str], cwd: Path, log_path: Pat
 
 def _quote(arg: str) -> str:
     return arg if re.fullmatch(r"[\w@%+=:,./\[\]-]+", arg) else "'" + arg.replace("'", "'\\''") + "'"
-
-
-def shell_line(argv: Iterable[str]) -> str:
-    """A copy-pastable shell line for a command."""
-    return " ".join(_quote(str(a)) for a in argv)
 
 
 # --------------------------------------------------------------------------------------------
@@ -480,7 +471,7 @@ def deploy_batches(transformed: TransformFiles, onnx_path: Path, input_shape: tu
     combine = [parts[b] for b in batch_sizes] + ["-o", cvimodel_name]
     run_tool("model_tool --combine", "model_tool", ["--combine", *combine], folder,
              folder / "combine.log")
-    return DeployFiles(folder, name, quantize, deploy_kw.get("chip", chip), folder / cvimodel_name)
+    return DeployFiles(folder, name, quantize, chip, folder / cvimodel_name)
 
 
 def run_cvimodel(cvimodel: Path, inputs_npz: Path, outputs_npz: Path, log_path: Path) -> Path:
@@ -564,7 +555,6 @@ def mlir_graph(mlir: Path, log_path: Path) -> dict[str, dict]:
 @dataclass
 class ModelToolInfo:
     """The parts of ``model_tool --info`` that duotpu uses."""
-    ion_bytes_text: str
     ion_mb: float
     version: str
     chip: str
@@ -579,7 +569,7 @@ def model_tool_info(cvimodel: Path, log_path: Path) -> ModelToolInfo:
     ion = re.search(r"Need ION Memory Size:\s*\(([\d.]+)\s*MB\)", text)
     ver = re.search(r"Cvimodel Version:\s*(\S+)", text)
     chip = re.search(r"For (\S+) chip ONLY", text)
-    return ModelToolInfo(ion.group(0) if ion else "", float(ion.group(1)) if ion else float("nan"),
+    return ModelToolInfo(float(ion.group(1)) if ion else float("nan"),
                          ver.group(1) if ver else "", chip.group(1) if chip else "", text)
 
 
