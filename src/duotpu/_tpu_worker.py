@@ -62,11 +62,12 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--backend", choices=["cvimodel", "mlir"], required=True)
     ap.add_argument("--model", required=True)
-    ap.add_argument("--jobs", required=True)
+    ap.add_argument("--jobs")
+    ap.add_argument("--graph", action="store_true", help="print the MLIR's op graph as JSON")
     ap.add_argument("--program", type=int, default=0)
     ap.add_argument("--outputs", default="", help="comma-separated output names to keep")
     args = ap.parse_args()
-    if args.jobs == "graph":  # the op graph of an MLIR: {op: {"type": ..., "inputs": [...]}}
+    if args.graph:  # the op graph of an MLIR: {op: {"type": ..., "inputs": [...]}}
         import json
         from tpu_mlir.python.utils.mlir_parser import MlirParser
         parser = MlirParser(args.model)

@@ -124,17 +124,21 @@ class ImageFolder:
     skipped: list[Path]
 
 
-def scan_images(folder: Path) -> ImageFolder:
-    """Readable images under ``folder``; files that are not images are skipped and counted."""
-    import cv2
+def list_files(folder: Path) -> list[Path]:
+    """The files under ``folder`` (recursively, hidden ones left out), sorted; cheap enough for
+    a cache key, since nothing is decoded."""
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"The image folder {folder} does not exist. Give a folder of images "
                         "(JPEG, PNG, ...) or 'builtin:natural'.")
+    return [p for p in sorted(folder.rglob("*")) if p.is_file() and not p.name.startswith(".")]
+
+
+def scan_images(folder: Path) -> ImageFolder:
+    """Readable images under ``folder``; files that are not images are skipped and counted."""
+    import cv2
     good, bad = [], []
-    for p in sorted(folder.rglob("*")):
-        if not p.is_file() or p.name.startswith("."):
-            continue
+    for p in list_files(folder):
         if p.suffix.lower() in IMAGE_SUFFIXES and cv2.imread(str(p), cv2.IMREAD_REDUCED_COLOR_8) \
                 is not None:
             good.append(p)

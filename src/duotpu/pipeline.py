@@ -246,9 +246,6 @@ def stage_reference(wd: WorkDir, transformed: StageRecord) -> StageRecord:
     return wd.run("reference", key, run, lambda res: [res["reference"]])
 
 
-_BUILTIN_LOCK = threading.Lock()
-
-
 def builtin_calibration_set(wd: WorkDir, r: Recipe) -> Path:
     """The built-in calibration crops for the recipe's count and seed, made once per work dir."""
     cal = r.calibration
@@ -256,12 +253,11 @@ def builtin_calibration_set(wd: WorkDir, r: Recipe) -> Path:
         raise DataError(f"Unknown calibration set {cal.images!r}: use 'builtin:natural' or a "
                         "folder of images.")
     final = wd.root / "calibration-images" / f"natural-n{cal.count}-seed{cal.seed}"
-    with _BUILTIN_LOCK:
-        if not final.is_dir():
-            tmp = final.with_name(f".{final.name}.tmp")
-            shutil.rmtree(tmp, ignore_errors=True)
-            images.write_calibration_set(tmp, cal.count, cal.seed)
-            os.replace(tmp, final)
+    if not final.is_dir():
+        tmp = final.with_name(f".{final.name}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        images.write_calibration_set(tmp, cal.count, cal.seed)
+        os.replace(tmp, final)
     return final
 
 
@@ -290,12 +286,8 @@ def _calibration_images(r: Recipe, folder: Path, wd: WorkDir) -> tuple[Path, int
 def stage_calibrate(wd: WorkDir, r: Recipe, transformed: StageRecord) -> StageRecord:
     t = transformed
     cal = r.calibration
-    if cal.images.startswith("builtin:"):
-        data_key: Any = cal.images
-    else:
-        scan = images.scan_images(Path(cal.images))
-        data_key = {"folder": cal.images, "files": _folder_key(scan.paths),
-                    "skipped": len(scan.skipped)}
+    data_key: Any = cal.images if cal.images.startswith("builtin:") else {
+        "folder": cal.images, "files": _folder_key(images.list_files(Path(cal.images)))}
     key = {"mlir": toolchain.file_digest(t.folder / t.result["mlir"]),
            "weights": toolchain.file_digest(t.folder / t.result["weights"]),
            "data": data_key, "calibration": asdict(cal), "versions": toolchain.versions()}
@@ -381,7 +373,7 @@ def stage_mix(wd: WorkDir, r: Recipe, transformed: StageRecord, calibrated: Stag
     table = calibrated.folder / calibrated.result["table"]
     mix = r.mix
     val_key: Any = mix.images if mix.images.startswith("builtin:") else _folder_key(
-        images.scan_images(Path(mix.images)).paths)
+        images.list_files(Path(mix.images)))
     key = {"mix": asdict(mix), "val": val_key, "table": toolchain.file_digest(table),
            "mlir": toolchain.file_digest(t.folder / t.result["mlir"]),
            "weights": toolchain.file_digest(t.folder / t.result["weights"]),
@@ -397,10 +389,9 @@ def stage_mix(wd: WorkDir, r: Recipe, transformed: StageRecord, calibrated: Stag
     def run(folder: Path) -> dict:
         shape = r.inputs[0].shape
         tensors = [preprocess_image(im, r.preprocess, shape) for im in validation_images(r)]
-        import onnxruntime as ort
-        sess = ort.InferenceSession(t.result["onnx"], providers=["CPUExecutionProvider"])
-        iname = sess.get_inputs()[0].name
-        fp32 = np.stack([sess.run(None, {iname: x})[0].reshape(-1) for x in tensors])
+        fp32 = np.stack([o[0].reshape(-1)
+                         for o in export_mod.onnx_outputs(Path(t.result["onnx"]), tensors)])
+        iname = wd.records["export"].result["input_name"]
         int8_tpu = dep_int8.folder / dep_int8.result["tpu_mlir"]
         top = t.folder / t.result["mlir"]
         per_layer = mixprec.per_layer_cos(int8_tpu, top, tensors[:4], iname, folder / "layers",
@@ -438,14 +429,13 @@ def stage_mix(wd: WorkDir, r: Recipe, transformed: StageRecord, calibrated: Stag
             outs = dep_int8.folder / dep_int8.result["model_outputs"]
         shutil.copyfile(cvi, folder / "mix.cvimodel")
         shutil.copyfile(outs, folder / "mix_model_outputs.npz")
-        ref = dict(np.load(referenced.folder / referenced.result["reference"]))
-        got = dict(np.load(folder / "mix_model_outputs.npz"))
-        names = match_outputs(ref, got)
-        cos = {n: metrics.cosine(ref[n], got[names[n]]) for n in ref}
+        cos, names = cosine_to_reference(referenced.folder / referenced.result["reference"],
+                                         folder / "mix_model_outputs.npz")
         met = any(rr.meets for rr in rows if rr.layers != ["(all)"]) if mix.target else True
         bf16_meets = any(rr.meets for rr in rows if rr.layers == ["(all)"])
         return {"rows": mixprec.rows_json(rows), "chosen": chosen, "target": mix.target,
-                "met": met, "bf16_meets": bf16_meets, "qtable": "chosen.qtable", "cvimodel": "mix.cvimodel",
+                "met": met, "bf16_meets": bf16_meets, "qtable": "chosen.qtable",
+                "cvimodel": "mix.cvimodel",
                 "model_outputs": "mix_model_outputs.npz", "cosine": cos, "outputs": names,
                 "size_bytes": (folder / "mix.cvimodel").stat().st_size,
                 "ion_mb": best.ion_mb}
@@ -472,6 +462,16 @@ def match_outputs(reference: dict[str, np.ndarray], produced: dict[str, np.ndarr
     return out
 
 
+def cosine_to_reference(reference: Path, outputs: Path) -> tuple[dict[str, float],
+                                                                  dict[str, str]]:
+    """Cosine of each output in ``outputs`` (a simulator npz) to the fp32 reference npz, and
+    which compiled output each reference output is."""
+    ref = dict(np.load(reference))
+    got = dict(np.load(outputs))
+    names = match_outputs(ref, got)
+    return {n: metrics.cosine(ref[n], got[names[n]]) for n in ref}, names
+
+
 def stage_verify(wd: WorkDir, r: Recipe, mode: str, referenced: StageRecord,
                  deployed: StageRecord) -> StageRecord:
     t, d = referenced, deployed
@@ -482,10 +482,8 @@ def stage_verify(wd: WorkDir, r: Recipe, mode: str, referenced: StageRecord,
            "min_cosine": need}
 
     def run(folder: Path) -> dict:
-        ref = dict(np.load(t.folder / t.result["reference"]))
-        got = dict(np.load(d.folder / d.result["model_outputs"]))
-        names = match_outputs(ref, got)
-        cos = {n: metrics.cosine(ref[n], got[names[n]]) for n in ref}
+        cos, names = cosine_to_reference(t.folder / t.result["reference"],
+                                         d.folder / d.result["model_outputs"])
         bad = [Mismatch(n, "cosine", c, need) for n, c in cos.items() if not c >= need]
         if bad:
             raise ToleranceError(

@@ -19,6 +19,7 @@ import numpy as np
 from . import cvimodel as cvimodel_mod
 from . import toolchain
 from .errors import ConfigError, ModelError
+from .export import onnx_outputs
 from .preprocess import fused_input, preprocess_image
 from .recipe import Recipe, load_recipe
 
@@ -155,7 +156,4 @@ def fp32_reference(model: BuiltModel, tensors: list[np.ndarray]) -> list[list[np
     if model.onnx is None:
         raise ModelError(f"The fp32 ONNX model of {model.cvimodel} is not available (the build's "
                          "work directory is gone); rebuild it to compare against fp32.")
-    import onnxruntime as ort
-    sess = ort.InferenceSession(str(model.onnx), providers=["CPUExecutionProvider"])
-    name = sess.get_inputs()[0].name
-    return [sess.run(None, {name: x}) for x in tensors]
+    return onnx_outputs(model.onnx, tensors)

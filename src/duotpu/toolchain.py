@@ -482,6 +482,14 @@ def run_cvimodel(cvimodel: Path, inputs_npz: Path, outputs_npz: Path, log_path: 
     return Path(outputs_npz)
 
 
+def _worker(args: list[str], env_extra: dict[str, str] | None = None) -> \
+        tuple[list[str], dict[str, str]]:
+    """Command line and environment of duotpu's worker inside tpu_mlir's environment."""
+    env = tool_env(env_extra)
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parents[1]), env["PYTHONPATH"]])
+    return [sys.executable, "-m", "duotpu._tpu_worker", *args], env
+
+
 def run_many(backend: str, model: Path, jobs: list[tuple[Path, Path]], folder: Path,
              output_names: list[str], workers: int = 1,
              progress: "callable | None" = None, program: int = 0) -> list[Path]:
@@ -508,11 +516,10 @@ def run_many(backend: str, model: Path, jobs: list[tuple[Path, Path]], folder: P
         jobfile.write_text("".join(f"{Path(a).resolve()}\t{Path(b).resolve()}\n"
                                    for a, b in chunk))
         log = folder / f"{backend}-{program}-worker-{w}.log"
-        argv = [sys.executable, "-m", "duotpu._tpu_worker", "--backend", backend, "--model",
-                str(model), "--jobs", str(jobfile), "--outputs", ",".join(output_names),
-                "--program", str(program)]
-        env = tool_env({"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // workers))})
-        env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parents[1]), env["PYTHONPATH"]])
+        argv, env = _worker(["--backend", backend, "--model", str(model), "--jobs",
+                             str(jobfile), "--outputs", ",".join(output_names),
+                             "--program", str(program)],
+                            {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // workers))})
         fh = open(log, "w")
         procs.append((subprocess.Popen(argv, cwd=cwd, env=env, stdout=fh,
                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL),
@@ -540,10 +547,7 @@ def run_many(backend: str, model: Path, jobs: list[tuple[Path, Path]], folder: P
 def mlir_graph(mlir: Path, log_path: Path) -> dict[str, dict]:
     """The ops of an MLIR file with their types and input ops (tpu_mlir's MlirParser)."""
     import json
-    argv = [sys.executable, "-m", "duotpu._tpu_worker", "--backend", "mlir", "--model",
-            str(Path(mlir).resolve()), "--jobs", "graph"]
-    env = tool_env()
-    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parents[1]), env["PYTHONPATH"]])
+    argv, env = _worker(["--backend", "mlir", "--model", str(Path(mlir).resolve()), "--graph"])
     proc = subprocess.run(argv, cwd=Path(mlir).parent, env=env, capture_output=True, text=True)
     Path(log_path).write_text(proc.stderr)
     if proc.returncode:
