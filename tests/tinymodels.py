@@ -101,3 +101,102 @@ def outlier_onnx(path: Path, seed: int = 0) -> Path:
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
     return Path(path)
+
+
+def yolov5_classic(nc: int = 3, seed: int = 0):
+    """A small detector with the original YOLOv5 head (ultralytics/yolov5 ``models/yolo.py``,
+    ``Detect.forward`` in export mode, copied): three anchor maps of ``na * (5 + nc)`` channels
+    at strides 8, 16, 32, decoded with the grid and the anchors inside the graph."""
+    import torch
+    from torch import nn
+
+    def block(c1, c2, s):
+        return nn.Sequential(nn.Conv2d(c1, c2, 3, s, 1), nn.BatchNorm2d(c2), nn.SiLU())
+
+    class Detect(nn.Module):
+        stride = torch.tensor([8.0, 16.0, 32.0])
+        export = False
+
+        def __init__(self, ch):
+            super().__init__()
+            self.nc, self.no, self.nl, self.na = nc, nc + 5, 3, 3
+            anchors = torch.tensor([[10, 13, 16, 30, 33, 23], [30, 61, 62, 45, 59, 119],
+                                    [116, 90, 156, 198, 373, 326]], dtype=torch.float32)
+            self.register_buffer("anchors", anchors.view(3, 3, 2) / self.stride.view(-1, 1, 1))
+            self.m = nn.ModuleList(nn.Conv2d(c, self.no * self.na, 1) for c in ch)
+            self.grid = [torch.empty(0)] * 3
+            self.anchor_grid = [torch.empty(0)] * 3
+
+        def _make_grid(self, nx, ny, i):
+            shape = 1, self.na, ny, nx, 2
+            y, x = torch.arange(ny, dtype=torch.float32), torch.arange(nx, dtype=torch.float32)
+            yv, xv = torch.meshgrid(y, x, indexing="ij")
+            grid = torch.stack((xv, yv), 2).expand(shape) - 0.5
+            anchor_grid = (self.anchors[i] * self.stride[i]).view((1, self.na, 1, 1, 2)) \
+                .expand(shape)
+            return grid, anchor_grid
+
+        def forward(self, x):
+            z = []
+            for i in range(self.nl):
+                x[i] = self.m[i](x[i])
+                bs, _, ny, nx = x[i].shape
+                x[i] = x[i].view(bs, self.na, self.no, ny, nx).permute(0, 1, 3, 4, 2).contiguous()
+                self.grid[i], self.anchor_grid[i] = self._make_grid(nx, ny, i)
+                xy, wh, conf = x[i].sigmoid().split((2, 2, self.nc + 1), 4)
+                xy = (xy * 2 + self.grid[i]) * self.stride[i]
+                wh = (wh * 2) ** 2 * self.anchor_grid[i]
+                y = torch.cat((xy, wh, conf), 4)
+                z.append(y.view(bs, self.na * nx * ny, self.no))
+            return (torch.cat(z, 1),)
+
+    class TinyV5(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.b1 = nn.Sequential(block(3, 8, 2), block(8, 16, 2), block(16, 16, 2))
+            self.b2 = block(16, 32, 2)
+            self.b3 = block(32, 32, 2)
+            self.detect = Detect((16, 32, 32))
+            self.names = {i: f"thing{i}" for i in range(nc)}
+
+        def forward(self, x):
+            p3 = self.b1(x)
+            p4 = self.b2(p3)
+            p5 = self.b3(p4)
+            return self.detect([p3, p4, p5])
+
+    torch.manual_seed(seed)
+    model = TinyV5()
+    with torch.no_grad():  # objectness and class logits around 0.5: scores spread around 0.4
+        for conv in model.detect.m:
+            conv.bias.fill_(0.5)
+            conv.weight.mul_(40.0)
+    return model.eval()
+
+
+def lively_yolov8(cfg: str = "yolov8n.yaml", nc: int = 3, seed: int = 0, size: int = 160):
+    """An Ultralytics detector from its yaml with random weights whose head maps vary with the
+    image: the batch-norm statistics are re-estimated on a few natural photos (random weights
+    with fresh statistics make the activations vanish), so decode, NMS and accuracy see
+    varied scores."""
+    import torch
+    from torch import nn
+    from duotpu.images import calibration_photos, random_crops
+    from duotpu.yolo import ultralytics_model
+    torch.manual_seed(seed)
+    model = ultralytics_model(cfg, nc=nc)
+    crops = [c for _, c in random_crops(calibration_photos(), 8, seed)]
+    import cv2
+    x = torch.from_numpy(np.stack([cv2.resize(c, (size, size)) for c in crops])
+                         .transpose(0, 3, 1, 2).astype(np.float32) / 255)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.reset_running_stats()
+                m.momentum = None  # a plain average over the batches seen
+            if type(m).__name__ == "Detect":
+                for seq in m.cv3:
+                    seq[-1].bias.zero_()
+        model.train()
+        model(x)
+    return model.eval()

@@ -210,8 +210,38 @@ def _recipe_from_args(args: argparse.Namespace):
 # --------------------------------------------------------------------------------------------
 # Commands
 # --------------------------------------------------------------------------------------------
+def _print_detect_build(console, result, as_json: bool) -> int:
+    from . import report
+    rows = report.detect_build(result)
+    if as_json:
+        print(json.dumps({"name": result.recipe.name, "out_dir": str(result.out_dir),
+                          "manifest": str(result.manifest),
+                          "models": {m: str(a.cvimodel) for m, a in result.models.items()},
+                          "detection": [{"model": r.model, "cosine_min": r.cosine_min,
+                                         "size_bytes": r.size_bytes, "ion_mb": r.ion_mb,
+                                         "detections": [d.to_json() for d in r.detections]}
+                                        for r in rows]}, indent=2))
+        return EXIT_OK
+    h = result.head
+    console.print(f"detector: {h.kind} head, strides {h.strides}, {h.nc} classes; the TPU "
+                  f"returns {len(h.outputs)} head maps, the CPU decodes {h.num_boxes} "
+                  "candidate boxes and runs NMS")
+    console.print(report.detection_table(
+        rows, f"{result.recipe.name} on the test image ({result.test_image_path.name}), "
+              f"conf ≥ {result.recipe.detect.conf}"))
+    for mode, art in result.models.items():
+        console.print(f"[bold]{mode.upper()}[/] {art.cvimodel}  (verified on the CV18xx "
+                      f"simulator, lowest head-map cosine vs fp32 "
+                      f"{min(art.cosine.values()):.4f})")
+    console.print(f"decode info: {result.out_dir / (result.recipe.name + '.detect.json')}")
+    console.print(f"manifest: {result.manifest}")
+    return EXIT_OK
+
+
 def _print_build(console, result, labels, as_json: bool) -> int:
     from . import report
+    if result.head is not None:
+        return _print_detect_build(console, result, as_json)
     rows = report.classify_build(result)
     if as_json:
         print(json.dumps({"name": result.recipe.name, "out_dir": str(result.out_dir),
@@ -392,6 +422,57 @@ def _top_k(args, model, items, outs, key: str) -> list[dict]:
     return results
 
 
+def _detect_results(args, model, items, outs, key: str) -> list[dict]:
+    """Per input: the detector's boxes (decoded and NMS-ed on the CPU, in image pixels); with
+    ``--save``, the images with their boxes drawn."""
+    from .detect import detections, draw, maps_in_order
+    from .preprocess import load_bgr
+    from .recipe import Preprocess
+    opts = model.recipe.detect
+    conf = args.conf if args.conf is not None else opts.conf
+    iou = args.iou if args.iou is not None else opts.iou
+    results = []
+    for item, out in zip(items, outs):
+        p = Path(item)
+        if p.suffix == ".npz":  # a tensor: boxes stay in network-input pixels
+            pre, hw = Preprocess(resize_mode="stretch"), model.head.input_hw
+        else:
+            pre, hw = model.recipe.preprocess, load_bgr(p, False).shape[:2]
+        dets = detections(model.head, maps_in_order(model.head, out), pre, [hw], conf, iou,
+                          opts.max_det)[0]
+        results.append({key: str(item), "detections": [d.to_json() for d in dets]})
+        if args.save and p.suffix != ".npz":
+            target = Path(args.save)
+            if len(items) > 1 or target.is_dir():
+                target = target / f"{p.stem}.jpg"
+            results[-1]["saved"] = str(draw(p, dets, target))
+    return results
+
+
+def _print_detections(con, results: list[dict], key: str, where: str) -> None:
+    from rich.table import Table
+    for r in results:
+        t = Table(title=f"{r[key]} ({where}): {len(r['detections'])} object(s)",
+                  title_justify="left")
+        for col in ("#", "class", "score", "box x1, y1, x2, y2"):
+            t.add_column(col, justify="right" if col != "class" else "left")
+        for k, d in enumerate(r["detections"], 1):
+            t.add_row(str(k), f"{d['name']} ({d['class']})", f"{d['score']:.3f}",
+                      ", ".join(f"{v:.0f}" for v in d["box"]))
+        con.print(t)
+        if "saved" in r:
+            con.print(f"drawn: {r['saved']}")
+
+
+def _results(args, model, items, outs, key: str) -> list[dict]:
+    if model.head is not None:
+        return _detect_results(args, model, items, outs, key)
+    if getattr(args, "save", None):
+        raise ConfigError("--save draws boxes; it is for detectors (task = \"detect\"), and "
+                          f"{model.cvimodel.name} is a classifier.")
+    return _top_k(args, model, items, outs, key)
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from rich.table import Table
     if args.board:  # the same, on a board over SSH
@@ -405,7 +486,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             raise ConfigError(f"The image {im} does not exist.")
     tensors = runtime.tensors_for(model, args.images)
     outs = runtime.infer_batched(model, tensors)
-    results = _top_k(args, model, args.images, outs, "image")
+    results = _results(args, model, args.images, outs, "image")
     if args.json:
         print(json.dumps({"model": str(model.cvimodel), "mode": model.mode,
                           "backend": "cv18xx simulator", "results": results}, indent=2))
@@ -416,6 +497,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     con.print(f"[bold]{model.cvimodel.name}[/] ({model.mode.upper()}, {model.info.chip}, "
               f"batch {batches}{', fused preprocess ' + fused if fused else ''}) on the CV18xx "
               "simulator")
+    if model.head is not None:
+        _print_detections(con, results, "image", "CV18xx simulator")
+        return EXIT_OK
     for r in results:
         t = Table(title=r["image"], title_justify="left")
         t.add_column("#", justify="right")
@@ -438,6 +522,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise ConfigError(f"No cvimodel in {target}. Give a cvimodel or a build folder.")
     built = [runtime.open_model(m, args.recipe) for m in models]
     first = built[0]
+    if first.head is not None:
+        return _eval_detector(args, built, target)
     folder = Path(args.images)
     names = _class_names(args, 1000 if args.labels is None else 0)
     paths, labels = evaluate.labelled_images(folder, names)
@@ -494,6 +580,68 @@ def cmd_eval(args: argparse.Namespace) -> int:
         con.print(f"  {mode.upper()} least similar tensors: {worst}")
     out = Path(args.out) if args.out else (target if target.is_dir() else target.parent) / "eval"
     jpath, hpath = report.write_eval_report(out, data)
+    con.print(f"report: {jpath} and {hpath}")
+    return EXIT_OK
+
+
+def _eval_detector(args, built, target: Path) -> int:
+    import time
+
+    from rich.progress import Progress
+    from rich.table import Table
+
+    from . import evaluate, report, runtime
+    from .detect import read_yolo_labels
+    from .preprocess import load_bgr
+    first = built[0]
+    folder = Path(args.images)
+    paths, label_files = evaluate.detection_images(folder)
+    if args.limit:
+        paths = paths[:args.limit]
+        label_files = label_files[:args.limit] if label_files else None
+    hws = [load_bgr(p, False).shape[:2] for p in paths]
+    truth = [read_yolo_labels(lf, hw) for lf, hw in zip(label_files, hws)] \
+        if label_files else None
+    con = _console()
+    con.print(f"evaluating detector {', '.join(b.cvimodel.name for b in built)} on "
+              f"{len(paths)} images ({'YOLO labels' if truth else 'agreement with fp32'}), "
+              f"backend {args.backend}")
+    tensors = runtime.tensors_for(first, paths)
+    fp32 = runtime.fp32_reference(first, tensors)
+    data = {"model": str(target), "task": "detect", "image_folder": str(folder),
+            "images": len(paths), "backend": args.backend, "conf": first.recipe.detect.conf,
+            "iou": first.recipe.detect.iou, "map_conf": evaluate.MAP_CONF, "modes": {},
+            "fp32": {}}
+    for b in built:
+        with Progress(console=con, transient=True) as prog:
+            task = prog.add_task(f"{b.mode.upper()}", total=len(tensors))
+            t0 = time.monotonic()
+            outs = runtime.infer(b, tensors, backend=args.backend,
+                                 progress=lambda n: prog.update(task, completed=n))
+            secs = time.monotonic() - t0
+        m, fp32_lab = evaluate.compare_detections(b.mode, b, fp32, outs, hws, truth, secs)
+        data["modes"][b.mode] = m.__dict__
+        if fp32_lab is not None:
+            data["fp32"] = {"map50": fp32_lab["map50"], "map50_95": fp32_lab["map50_95"],
+                            "objects": fp32_lab["objects"]}
+    t = Table(title=f"{first.info.name}: detections of the quantized model vs fp32 on "
+                    f"{len(paths)} images")
+    for col in ("model", "mAP@0.5 vs fp32 dets", "fp32 objects", "dets/image",
+                "worst head-map cos (mean)", "mAP@0.5 (labels)", "mAP@0.5:0.95 (labels)",
+                "images/s"):
+        t.add_column(col, justify="right")
+    if data["fp32"]:
+        t.add_row("fp32", "", "", "", "", f"{data['fp32']['map50']:.3f}",
+                  f"{data['fp32']['map50_95']:.3f}", "")
+    for mode, d in data["modes"].items():
+        t.add_row(mode.upper(), f"{d['map50_vs_fp32']:.3f}", str(d["fp32_objects"]),
+                  f"{d['detections_per_image']:.2f}", f"{min(d['cosine_mean'].values()):.4f}",
+                  "" if d["map50"] is None else f"{d['map50']:.3f}",
+                  "" if d["map50_95"] is None else f"{d['map50_95']:.3f}",
+                  f"{d['images_per_second']:.2f}")
+    con.print(t)
+    out = Path(args.out) if args.out else (target if target.is_dir() else target.parent) / "eval"
+    jpath, hpath = report.write_detect_report(out, data)
     con.print(f"report: {jpath} and {hpath}")
     return EXIT_OK
 
@@ -613,10 +761,13 @@ def cmd_board_run(args) -> int:
     with _open_board(args) as b:
         _checked(b, [args.model], args.force, con)
         outs = board.run_model(b, model.cvimodel, model.info, tensors, model.input_name)
-    results = _top_k(args, model, args.inputs, outs, "input")
+    results = _results(args, model, args.inputs, outs, "input")
     if args.json:
         print(json.dumps({"model": str(model.cvimodel), "board": b.profile.host,
                           "results": results}, indent=2))
+        return EXIT_OK
+    if model.head is not None:
+        _print_detections(con, results, "input", f"on {b.profile.host}")
         return EXIT_OK
     for r in results:
         con.print(f"[bold]{r['input']}[/] on {b.profile.host}: " + ", ".join(
@@ -683,6 +834,33 @@ def cmd_board_compare(args) -> int:
     return EXIT_OK
 
 
+def cmd_legacy(args: argparse.Namespace) -> int:
+    from . import legacy
+    argv = [args.tool, *args.tool_args]
+    con = _console()
+    progress = StageProgress(con)
+    try:
+        res = legacy.run_legacy(argv, Path.cwd(), progress)
+    finally:
+        progress.close()
+    for f in res.files:
+        con.print(f"[bold]{res.tool}[/] wrote {f}")
+    for n in res.notes:
+        con.print(f"[yellow]note:[/] {n}")
+    con.print("the same in duotpu, as a recipe (duotpu build --recipe FILE):")
+    sys.stdout.flush()
+    print(res.recipe.to_toml(), flush=True)  # plain: a terminal-wrapped TOML would not parse
+    return EXIT_OK
+
+
+def _add_detect_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--save", metavar="OUT.jpg|DIR",
+                   help="detectors: draw the boxes on the image (a folder for several images)")
+    p.add_argument("--conf", type=float, help="detectors: lowest score kept (default: the "
+                                              "recipe's detect.conf)")
+    p.add_argument("--iou", type=float, help="detectors: NMS overlap (default: detect.iou)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``duotpu`` argument parser."""
     from . import __version__
@@ -736,6 +914,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--recipe", help="recipe the model was built with (default: beside it)")
     pr.add_argument("--labels", help="class names: one per line, or synset_words.txt")
     pr.add_argument("--topk", type=int, default=5)
+    _add_detect_flags(pr)
     pr.add_argument("--json", action="store_true")
     pr.add_argument("--board", help="run on this board over SSH instead of the simulator "
                                     "(saved NAME or user@host[:port])")
@@ -749,7 +928,9 @@ def build_parser() -> argparse.ArgumentParser:
                                     "on a folder of images: agreement with fp32, or accuracy "
                                     "when subfolders name classes; writes report.json/html.")
     ev.add_argument("model", metavar="BUILD_DIR|MODEL.cvimodel")
-    ev.add_argument("--images", required=True, help="folder of images (subfolders = classes)")
+    ev.add_argument("--images", required=True,
+                    help="folder of images (classifiers: subfolders = classes; detectors: "
+                         "YOLO layout images/ + labels/)")
     ev.add_argument("--recipe", help="recipe the model was built with (default: beside it)")
     ev.add_argument("--labels", help="class names file (for class-named subfolders)")
     ev.add_argument("--backend", choices=["mlir", "cvimodel"], default="mlir",
@@ -765,6 +946,17 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", help="report folder (default BUILD_DIR/eval)")
     ev.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
     ev.set_defaults(func=cmd_eval)
+
+    lg = sub.add_parser("legacy", help="run an old cvitek command line as written "
+                                       "(model_transform.py, run_calibration.py, "
+                                       "model_deploy.py)",
+                        description="Old tutorials' command lines, run with tpu_mlir through "
+                                    "duotpu; prints the equivalent recipe.")
+    lg.add_argument("tool", metavar="TOOL.py", help="model_transform.py, run_calibration.py "
+                                                    "or model_deploy.py")
+    lg.add_argument("tool_args", nargs=argparse.REMAINDER, metavar="...")
+    lg.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
+    lg.set_defaults(func=cmd_legacy)
 
     bd = sub.add_parser("board", help="deploy, run, benchmark and diagnose a Duo over SSH")
     bsub = bd.add_subparsers(dest="board_command", metavar="BOARD_COMMAND", required=True)
@@ -810,6 +1002,7 @@ def build_parser() -> argparse.ArgumentParser:
     ru.add_argument("inputs", nargs="+", metavar="IMAGE|NPZ")
     ru.add_argument("--labels")
     ru.add_argument("--topk", type=int, default=5)
+    _add_detect_flags(ru)
     ru.add_argument("--json", action="store_true")
     ru.set_defaults(func=cmd_board_run)
     be = bsub.add_parser("bench", help="latency on the board: median, p90, TPU time split")

@@ -140,3 +140,78 @@ def top_mlir_of(model: runtime.BuiltModel) -> Path | None:
     return p if p.is_file() else None
 
 
+
+
+# --------------------------------------------------------------------------------------------
+# Detectors
+# --------------------------------------------------------------------------------------------
+#: Detections scored for mAP are kept down to this score (the usual mAP protocol); the
+#: detections taken as fp32 "ground truth" use the recipe's detect.conf.
+MAP_CONF = 0.001
+
+
+def detection_images(folder: Path) -> tuple[list[Path], list[Path] | None]:
+    """Images of a detection folder and, in the YOLO layout (``images/x.jpg`` with
+    ``labels/x.txt``, or ``x.txt`` beside ``x.jpg``), their label files; ``None`` without any
+    label file."""
+    scan = images_mod.scan_images(folder)
+    if not scan.paths:
+        raise DataError(f"The image folder {folder} has no readable images.")
+    labels = []
+    for p in scan.paths:
+        parts = list(p.parts)
+        if "images" in parts:
+            k = len(parts) - 1 - parts[::-1].index("images")
+            parts[k] = "labels"
+        beside = p.with_suffix(".txt")
+        yolo = Path(*parts).with_suffix(".txt")
+        labels.append(yolo if yolo.is_file() else beside)
+    return scan.paths, labels if any(lp.is_file() for lp in labels) else None
+
+
+@dataclass
+class DetectMetrics:
+    """How one quantized detector compares with fp32 (and with labels) on the images."""
+    mode: str
+    n: int
+    map50_vs_fp32: float
+    fp32_objects: int
+    detections_per_image: float
+    cosine_mean: dict
+    cosine_worst: dict
+    map50: float | None = None
+    map50_95: float | None = None
+    images_per_second: float = 0.0
+
+
+def compare_detections(mode: str, model: runtime.BuiltModel, fp32_maps: list[list[np.ndarray]],
+                       q_outs: list[dict[str, np.ndarray]], image_hws: list[tuple[int, int]],
+                       truth: list | None, seconds: float) -> tuple[DetectMetrics, dict | None]:
+    """Detection-level metrics of one quantized detector: mAP@0.5 of its detections taking the
+    fp32 model's detections (at the recipe's ``detect.conf``) as ground truth, per head-map
+    cosine, and with labels mAP@0.5 and mAP@0.5:0.95 (pycocotools). Returns the metrics and,
+    with labels, the fp32 model's own mAP."""
+    from .detect import coco_map, detections, maps_in_order
+    head, pre, opt = model.head, model.recipe.preprocess, model.recipe.detect
+
+    def dets(maps_list, conf):
+        return [detections(head, maps, pre, [hw], conf, opt.iou, opt.max_det)[0]
+                for maps, hw in zip(maps_list, image_hws)]
+    q_maps = [maps_in_order(head, o) for o in q_outs]
+    fp32_gt = dets(fp32_maps, opt.conf)
+    q_low = dets(q_maps, MAP_CONF)
+    as_truth = [[(d.box, d.cls) for d in ds] for ds in fp32_gt]
+    vs_fp32 = coco_map(as_truth, q_low, head.nc)
+    cos = {n: [metrics.cosine(f[k], q[k]) for f, q in zip(fp32_maps, q_maps)]
+           for k, n in enumerate(head.outputs)}
+    m = DetectMetrics(mode, len(q_maps), vs_fp32["map50"], vs_fp32["objects"],
+                      float(np.mean([len(ds) for ds in dets(q_maps, opt.conf)])),
+                      {n: float(np.mean(c)) for n, c in cos.items()},
+                      {n: float(np.min(c)) for n, c in cos.items()},
+                      images_per_second=len(q_maps) / seconds if seconds > 0 else 0.0)
+    fp32_labelled = None
+    if truth is not None:
+        mq = coco_map(truth, q_low, head.nc)
+        m.map50, m.map50_95 = mq["map50"], mq["map50_95"]
+        fp32_labelled = coco_map(truth, dets(fp32_maps, MAP_CONF), head.nc)
+    return m, fp32_labelled

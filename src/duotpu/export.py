@@ -9,9 +9,13 @@ import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .yolo import YoloHead
 
 from .errors import ConfigError, ModelError
-from .recipe import ModelSource
+from .recipe import DetectOptions, ModelSource
 
 
 @dataclass
@@ -20,12 +24,15 @@ class ExportedModel:
     onnx_path: Path
     input_name: str
     output_names: list[str]
+    head: "YoloHead | None" = None
 
 
 def source_kind(source: str) -> str:
     """``onnx``, ``torchscript`` (a .pt/.pth file), ``torchvision`` or ``factory``."""
     if source.startswith("torchvision:"):
         return "torchvision"
+    if source.startswith("ultralytics:"):
+        return "ultralytics"
     suffix = Path(source).suffix.lower()
     if suffix == ".onnx":
         return "onnx"
@@ -34,8 +41,8 @@ def source_kind(source: str) -> str:
     if re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", source):
         return "factory"
     raise ConfigError(f"Cannot tell what model.source {source!r} is. Give an .onnx file, a "
-                      "TorchScript/PyTorch .pt file, 'torchvision:NAME' or "
-                      "'package.module:function'.")
+                      "TorchScript/PyTorch .pt file, 'torchvision:NAME', "
+                      "'ultralytics:yolov8n.yaml' or 'package.module:function'.")
 
 
 def source_files(src: ModelSource) -> list[Path]:
@@ -72,6 +79,11 @@ def load_torch_module(src: ModelSource):
     kind = source_kind(src.source)
     if kind == "torchvision":
         model = _torchvision_model(src)
+    elif kind == "ultralytics":
+        from .yolo import ultralytics_model
+        model = ultralytics_model(src.source.split(":", 1)[1], **src.kwargs)
+        if src.weights:
+            _load_state_dict(model, Path(src.weights))
     elif kind == "factory":
         module_name, fn_name = src.source.split(":")
         try:
@@ -146,6 +158,10 @@ def _load_pt(path: Path):
                          "Re-save it with torch.jit.save or torch.save(model).") from None
     if isinstance(obj, torch.nn.Module):
         return obj
+    from .yolo import from_checkpoint
+    model = from_checkpoint(obj)  # a training checkpoint (Ultralytics, YOLOv5)
+    if model is not None:
+        return model
     if isinstance(obj, dict):
         raise ModelError(f"{path} holds only weights (a state_dict), not a model. Give the "
                          "architecture as model.source ('package.module:function' or "
@@ -171,17 +187,21 @@ def _load_state_dict(model, path: Path) -> None:
 
 # --------------------------------------------------------------------------------------------
 def export_onnx(src: ModelSource, shape: tuple[int, ...], input_name: str, out: Path,
-                batch_sizes: tuple[int, ...] = (1,)) -> ExportedModel:
+                batch_sizes: tuple[int, ...] = (1,), task: str = "classify",
+                detect: DetectOptions | None = None) -> ExportedModel:
     """Write the model as ONNX to ``out`` (atomically) and check it runs at ``shape``.
 
     With more than one batch size the model is written with a dynamic batch dimension (a fixed
-    batch in an ONNX file is replaced) and checked at every batch size.
+    batch in an ONNX file is replaced) and checked at every batch size. For ``task="detect"``
+    the whole model is written to ``NAME_full.onnx`` and ``out`` is the model cut before its
+    box decode (:func:`duotpu.yolo.cut_head`); the result's ``head`` says how to decode it.
     """
     dynamic = tuple(batch_sizes) != (1,)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".part")
     kind = source_kind(src.source)
+    names: list[str] = []
     if kind == "onnx":
         _check_onnx_file(Path(src.source))
         shutil.copyfile(src.source, tmp)
@@ -190,6 +210,9 @@ def export_onnx(src: ModelSource, shape: tuple[int, ...], input_name: str, out: 
     else:
         import torch
         model = load_torch_module(src)
+        if task == "detect":
+            from .yolo import prepare_for_export
+            names = prepare_for_export(model)
         dummy = torch.zeros(*shape)
         try:
             with torch.no_grad():
@@ -212,14 +235,22 @@ def export_onnx(src: ModelSource, shape: tuple[int, ...], input_name: str, out: 
             tmp.unlink(missing_ok=True)
             raise ModelError(f"Exporting {src.source} to ONNX (opset {src.opset}) failed: "
                              f"{type(e).__name__}: {_last_line(e)}") from None
+    head = None
     try:
+        if task == "detect":
+            from .yolo import cut_head
+            full = out.with_name(out.stem + "_full.onnx")
+            os.replace(tmp, full)
+            detect = detect or DetectOptions()
+            head = cut_head(full, tmp, list(detect.classes) or names,
+                            [list(a) for a in detect.anchors] or None)
         for b in sorted(set(batch_sizes) | {shape[0]}):
             info = check_onnx_runs(tmp, (b, *shape[1:]))
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     os.replace(tmp, out)
-    return ExportedModel(out, info[0], info[1])
+    return ExportedModel(out, info[0], info[1], head)
 
 
 def _last_line(e: Exception) -> str:

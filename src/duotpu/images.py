@@ -145,3 +145,54 @@ def scan_images(folder: Path) -> ImageFolder:
         else:
             bad.append(p)
     return ImageFolder(good, bad)
+
+
+#: Classes of the built-in synthetic detection set (:func:`write_shapes_dataset`).
+SHAPE_CLASSES = ("circle", "square", "triangle")
+
+
+def write_shapes_dataset(folder: Path, count: int, size: int = 320, seed: int = 0,
+                         max_objects: int = 4) -> Path:
+    """A labelled detection set made offline: crops of the built-in photos with 1–``max_objects``
+    filled circles, squares and triangles of random colour and size drawn on them, in the
+    YOLO layout ``images/NNNNN.jpg`` + ``labels/NNNNN.txt`` (``class cx cy w h``, 0–1).
+    Objects do not overlap by more than a little, so every label is visible."""
+    import cv2
+    folder = Path(folder)
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    (folder / "labels").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    photos = [p for _, p in calibration_photos()]
+    for i in range(count):
+        photo = photos[rng.integers(len(photos))]
+        h, w = photo.shape[:2]
+        s = int(rng.integers(min(h, w) // 3, min(h, w)))
+        y, x = int(rng.integers(0, h - s + 1)), int(rng.integers(0, w - s + 1))
+        img = np.ascontiguousarray(cv2.resize(photo[y:y + s, x:x + s], (size, size)))
+        boxes: list[tuple[int, int, int, int]] = []
+        lines = []
+        for _ in range(int(rng.integers(1, max_objects + 1))):
+            for _try in range(20):
+                r = int(rng.integers(size // 16, size // 5))
+                cx, cy = (int(v) for v in rng.integers(r, size - r, 2))
+                b = (cx - r, cy - r, cx + r, cy + r)
+                if all(min(b[2], o[2]) - max(b[0], o[0]) < r // 2 or
+                       min(b[3], o[3]) - max(b[1], o[1]) < r // 2 for o in boxes):
+                    break
+            else:
+                continue
+            cls = int(rng.integers(len(SHAPE_CLASSES)))
+            color = tuple(int(c) for c in rng.integers(0, 256, 3))
+            if cls == 0:
+                cv2.circle(img, (cx, cy), r, color, -1)
+            elif cls == 1:
+                cv2.rectangle(img, b[:2], b[2:], color, -1)
+            else:
+                pts = np.array([[cx, cy - r], [cx - r, cy + r], [cx + r, cy + r]], np.int32)
+                cv2.fillPoly(img, [pts], color)
+            boxes.append(b)
+            lines.append(f"{cls} {cx / size:.6f} {cy / size:.6f} {2 * r / size:.6f} "
+                         f"{2 * r / size:.6f}")
+        save_image(folder / "images" / f"{i:05d}.jpg", img)
+        (folder / "labels" / f"{i:05d}.txt").write_text("\n".join(lines) + "\n")
+    return folder

@@ -29,6 +29,7 @@ from . import export as export_mod
 from . import images, metrics, toolchain
 from .errors import DataError, DuoTpuError, Mismatch, ToleranceError
 from .recipe import Recipe, parse_target
+from .yolo import YoloHead
 
 MANIFEST = "stage.json"
 
@@ -169,6 +170,8 @@ class BuildResult:
     manifest: Path
     recipe_path: Path
     mix: dict | None = None
+    head: "YoloHead | None" = None
+    test_image_path: Path | None = None
 
     @property
     def ok(self) -> bool:
@@ -196,16 +199,29 @@ def stage_export(wd: WorkDir, r: Recipe) -> StageRecord:
     src = r.model
     key = {"source": src.source, "weights": src.weights, "opset": src.opset,
            "kwargs": src.kwargs, "shape": list(r.inputs[0].shape), "input": r.inputs[0].name,
-           "batch_sizes": list(r.deploy.batch_sizes),
+           "batch_sizes": list(r.deploy.batch_sizes), "task": r.task,
            "files": _files_key(export_mod.source_files(src)),
            "code": toolchain.file_digest(Path(export_mod.__file__)),
            "versions": toolchain.versions()}
 
+    if r.task == "detect":
+        key["detect"] = {"classes": list(r.detect.classes), "anchors": list(r.detect.anchors)}
+        key["code_yolo"] = toolchain.file_digest(Path(export_mod.__file__).with_name("yolo.py"))
+
     def run(folder: Path) -> dict:
         m = export_mod.export_onnx(src, r.inputs[0].shape, r.inputs[0].name,
-                                   folder / f"{r.name}.onnx", r.deploy.batch_sizes)
-        return {"onnx": m.onnx_path.name, "input_name": m.input_name,
-                "output_names": m.output_names}
+                                   folder / f"{r.name}.onnx", r.deploy.batch_sizes,
+                                   task=r.task, detect=r.detect)
+        res = {"onnx": m.onnx_path.name, "input_name": m.input_name,
+               "output_names": m.output_names}
+        if m.head is not None:
+            m.head.save(folder / "head.json")
+            res["head"] = "head.json"
+            wd.events(StageEvent("export", "info", message=(
+                f"detector cut before the box decode: {m.head.kind} head, strides "
+                f"{m.head.strides}, {m.head.nc} classes; the TPU returns "
+                f"{len(m.head.outputs)} head maps")))
+        return res
     return wd.run("export", key, run, lambda res: [res["onnx"]])
 
 
@@ -215,13 +231,15 @@ def stage_transform(wd: WorkDir, r: Recipe, exported: StageRecord) -> StageRecor
     key = {"name": r.name, "onnx": toolchain.file_digest(onnx_path),
            "shape": list(r.inputs[0].shape), "preprocess": asdict(r.preprocess),
            "test_image": toolchain.file_digest(test_image), "tolerance": r.tolerance.transform,
+           "excepts": list(r.tolerance.excepts),
            "code": toolchain.file_digest(Path(toolchain.__file__)),
            "versions": toolchain.versions()}
 
     def run(folder: Path) -> dict:
         files = toolchain.transform(r.name, onnx_path, [list(r.inputs[0].shape)], folder,
                                     folder / "transform.log", preprocess=r.preprocess,
-                                    test_input=test_image, tolerance=r.tolerance.transform)
+                                    test_input=test_image, tolerance=r.tolerance.transform,
+                                    excepts=list(r.tolerance.excepts))
         return {"mlir": files.mlir.name, "weights": files.weights.name,
                 "test_input": files.test_input.name, "top_outputs": files.top_outputs.name,
                 "onnx": str(onnx_path), "test_image": str(test_image)}
@@ -320,6 +338,7 @@ def stage_deploy(wd: WorkDir, r: Recipe, mode: str, transformed: StageRecord,
            "test_input": toolchain.file_digest(t.folder / t.result["test_input"]),
            "table": toolchain.file_digest(table) if table else None,
            "tolerance": tol, "correctness": r.tolerance.correctness, "deploy": asdict(d),
+           "excepts": list(r.tolerance.excepts),
            "code": toolchain.file_digest(Path(toolchain.__file__)),
            "versions": toolchain.versions()}
     if d.fuse_preprocess:
@@ -336,7 +355,8 @@ def stage_deploy(wd: WorkDir, r: Recipe, mode: str, transformed: StageRecord,
                       calibration_table=table, tolerance=tol,
                       correctness=r.tolerance.correctness, background=background,
                       fuse_preprocess=d.pixel_format if d.fuse_preprocess else "",
-                      test_image=Path(t.result["test_image"]))
+                      test_image=Path(t.result["test_image"]),
+                      excepts=list(r.tolerance.excepts))
         transformed_files = toolchain.TransformFiles(t.folder, r.name)
         if d.batch_sizes == (1,):
             files = toolchain.deploy(transformed_files, folder, folder / "deploy.log", **common)
@@ -579,6 +599,9 @@ def _finish(recipe: Recipe, out_dir: Path, wd: WorkDir, exported: StageRecord,
         models["mix"] = ModelArtifact("mix", final, res["size_bytes"], res["ion_mb"],
                                       res["cosine"], {n: got[k].reshape(reference[n].shape)
                                                       for n, k in res["outputs"].items()})
+    if "head" in exported.result:
+        atomic_copy(exported.folder / exported.result["head"],
+                    out_dir / f"{recipe.name}.detect.json")
     recipe_path = out_dir / f"{recipe.name}.recipe.toml"
     tmp = recipe_path.with_name(f".{recipe_path.name}.tmp")
     tmp.write_text(recipe.to_toml())
@@ -601,7 +624,10 @@ def _finish(recipe: Recipe, out_dir: Path, wd: WorkDir, exported: StageRecord,
                     "key": json.loads((s.folder / MANIFEST).read_text())["key"],
                     "result": s.result}
                    for s in stages]})
+    head = YoloHead.load(exported.folder / exported.result["head"]) \
+        if "head" in exported.result else None
     return BuildResult(recipe, out_dir, wd.root, exported.folder / exported.result["onnx"],
                        dict(np.load(t.folder / t.result["test_input"])),
                        reference, models, stages,
-                       manifest, recipe_path, mixed.result if mixed is not None else None)
+                       manifest, recipe_path, mixed.result if mixed is not None else None,
+                       head, Path(t.result["test_image"]))

@@ -43,7 +43,7 @@ def _resize(img: np.ndarray, pre: Preprocess, h: int, w: int) -> np.ndarray:
         s = min(w / iw, h / ih)
         rw, rh = int(iw * s), int(ih * s)
         r = cv2.resize(img, (rw, rh))
-        out = np.zeros((h, w) + img.shape[2:], dtype=img.dtype)
+        out = np.full((h, w) + img.shape[2:], pre.pad_value, dtype=img.dtype)
         y, x = (h - rh) // 2, (w - rw) // 2
         out[y:y + rh, x:x + rw] = r
         return out

@@ -63,6 +63,22 @@ class Preprocess:
     mean: Tuple[float, ...] = (0.0, 0.0, 0.0)
     std: Tuple[float, ...] = (1.0, 1.0, 1.0)
     pixel_format: PixelFormat = "rgb"
+    pad_value: int = 0
+
+
+@dataclass(frozen=True)
+class DetectOptions:
+    """Detectors (``task = "detect"``): the CPU post-processing after the TPU's head maps.
+
+    ``conf``: the lowest class score kept; ``iou``: boxes of one class overlapping more than this
+    are merged by NMS; ``max_det``: at most this many boxes per image. ``classes``: class names
+    (default: the model's own, COCO's for 80 classes). ``anchors``: for an original YOLOv5 whose
+    anchors cannot be read from the graph, per scale ``[w, h, w, h, w, h]`` in input pixels."""
+    conf: float = 0.25
+    iou: float = 0.45
+    max_det: int = 300
+    classes: Tuple[str, ...] = ()
+    anchors: Tuple[Tuple[float, ...], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -121,7 +137,8 @@ class Tolerance:
     ``transform``: fp32 MLIR vs the ONNX model, every layer. ``int8`` / ``bf16``: the quantized
     MLIR vs fp32, every layer. ``correctness``: the cvimodel on the simulator vs the quantized
     MLIR. ``verify_int8`` / ``verify_bf16``: cosine of the cvimodel's outputs on the simulator vs
-    the fp32 ONNX model (ONNX Runtime) — duotpu's final check.
+    the fp32 ONNX model (ONNX Runtime) — duotpu's final check. ``excepts``: tensors left out of
+    the compiler's per-layer comparisons (the old ``--excepts``).
     """
     transform: Tuple[float, ...] = (0.99, 0.99)
     int8: Tuple[float, ...] = (0.85, 0.45)
@@ -129,6 +146,7 @@ class Tolerance:
     correctness: Tuple[float, ...] = (0.99, 0.90)
     verify_int8: float = 0.90
     verify_bf16: float = 0.98
+    excepts: Tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -137,7 +155,7 @@ class Recipe:
     name: str = ""
     chip: Chip = "cv180x"
     quantize: Tuple[Mode, ...] = ("int8", "bf16")
-    task: Literal["classify"] = "classify"
+    task: Literal["classify", "detect"] = "classify"
     model: ModelSource = field(default_factory=ModelSource)
     inputs: Tuple[InputSpec, ...] = (InputSpec(),)
     preprocess: Preprocess = field(default_factory=Preprocess)
@@ -145,6 +163,7 @@ class Recipe:
     tolerance: Tolerance = field(default_factory=Tolerance)
     deploy: Deploy = field(default_factory=Deploy)
     mix: Mix = field(default_factory=Mix)
+    detect: DetectOptions = field(default_factory=DetectOptions)
     test_image: str = "builtin:chelsea"
 
     def validate(self) -> "Recipe":
@@ -176,6 +195,17 @@ class Recipe:
             if len(vals) not in (1, channels):
                 raise ConfigError(f"Recipe key 'preprocess.{key}' has {len(vals)} values; the "
                                   f"input has {channels} channel(s).")
+        if not 0 <= self.preprocess.pad_value <= 255:
+            raise ConfigError(f"Recipe key 'preprocess.pad_value' must be a pixel value 0–255; "
+                              f"got {self.preprocess.pad_value}.")
+        det = self.detect
+        if not (0 < det.conf < 1 and 0 < det.iou <= 1 and det.max_det >= 1):
+            raise ConfigError(f"Recipe keys detect.conf and detect.iou must be in (0, 1) and "
+                              f"detect.max_det at least 1; got conf {det.conf}, iou {det.iou}, "
+                              f"max_det {det.max_det}.")
+        if any(len(a) < 2 or len(a) % 2 for a in det.anchors):
+            raise ConfigError("Recipe key 'detect.anchors' must list, per scale, anchor sizes "
+                              "as pairs [w, h, w, h, …].")
         if any(s == 0 for s in self.preprocess.std):
             raise ConfigError("Recipe key 'preprocess.std' contains 0.")
         if self.preprocess.resize is not None:
@@ -203,8 +233,11 @@ class Recipe:
             if "int8" not in self.quantize:
                 raise ConfigError("Recipe key 'mix' (mixed precision) needs 'int8' in "
                                   "'quantize': it keeps some layers of the INT8 model in BF16.")
-            if self.mix.target:
-                parse_target(self.mix.target)
+            if self.mix.target and parse_target(self.mix.target)[0] == "agree" and \
+                    self.task == "detect":
+                raise ConfigError("Mixed-precision target 'agree>=X' is top-1 agreement, for "
+                                  "classifiers; for a detector use 'cos>=X' (mean cosine of the "
+                                  "head maps to fp32).")
             if d.batch_sizes != (1,) or d.fuse_preprocess:
                 raise ConfigError("Mixed precision is not combined with deploy.batch_sizes or "
                                   "deploy.fuse_preprocess yet; build those separately.")

@@ -69,6 +69,56 @@ def as_json(rows: list[Classified], labels: list[str] | None) -> list[dict]:
                      for i, p in r.top]} for r in rows]
 
 
+@dataclass
+class Detected:
+    """One model's detections on the build's test image."""
+    model: str
+    detections: list
+    cosine_min: float | None
+    size_bytes: int | None
+    ion_mb: float | None
+
+
+def detect_build(result) -> list[Detected]:
+    """fp32 (ONNX Runtime) and every cvimodel's detections on the build's test image, decoded
+    and NMS-ed on the CPU with the recipe's detect options."""
+    from .detect import detections
+    from .preprocess import load_bgr
+    head, r = result.head, result.recipe
+    hw = load_bgr(result.test_image_path, False).shape[:2]
+
+    def dets(outs):
+        return detections(head, [outs[n] for n in head.outputs], r.preprocess, [hw],
+                          r.detect.conf, r.detect.iou, r.detect.max_det)[0]
+    rows = [Detected("fp32 ONNX", dets(result.reference), 1.0, result.onnx.stat().st_size,
+                     None)]
+    for mode, art in result.models.items():
+        rows.append(Detected(f"{mode.upper()} cvimodel", dets(art.outputs),
+                             min(art.cosine.values()), art.size_bytes, art.ion_mb))
+    return rows
+
+
+def detection_table(rows: list[Detected], title: str, k: int = 5) -> Table:
+    """A column per model: its count of detections, the best ``k`` (name, score, box), the
+    lowest cosine of its head maps to fp32, size and board memory."""
+    table = Table(title=title)
+    table.add_column("", style="bold")
+    for r in rows:
+        table.add_column(r.model, justify="left")
+    table.add_row("detections", *[str(len(r.detections)) for r in rows])
+    for rank in range(k):
+        table.add_row(f"#{rank + 1}", *[
+            f"{r.detections[rank].name} {r.detections[rank].score:.2f} "
+            f"[{', '.join(f'{v:.0f}' for v in r.detections[rank].box)}]"
+            if rank < len(r.detections) else "" for r in rows], end_section=rank == k - 1)
+    table.add_row("head maps: lowest cosine vs fp32", *["—" if r.cosine_min is None else
+                                                        f"{r.cosine_min:.4f}" for r in rows])
+    table.add_row("file size", *[_mb(r.size_bytes) for r in rows])
+    table.add_row("board memory (ION)", *["—" if r.ion_mb is None else f"{r.ion_mb:.2f} MB"
+                                          for r in rows])
+    return table
+
+
 # --------------------------------------------------------------------------------------------
 # duotpu eval: report.json + a self-contained report.html
 # --------------------------------------------------------------------------------------------
@@ -83,20 +133,10 @@ def _png_b64(fig) -> str:
 def write_eval_report(folder, data: dict) -> tuple:
     """Write ``report.json`` and ``report.html`` (plots embedded) into ``folder``."""
     import html
-    import json
-    import os
-    from pathlib import Path
 
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    jpath, hpath = folder / "report.json", folder / "report.html"
-    tmp = jpath.with_name(".report.json.tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, jpath)
 
     figs = []
     modes = data["modes"]
@@ -139,8 +179,54 @@ def write_eval_report(folder, data: dict) -> tuple:
             f"{rows}</table>"
             + "".join(f"<h2>{html.escape(t)}</h2><img src='data:image/png;base64,{b}'>"
                       for t, b in figs))
-    tmp = hpath.with_name(".report.html.tmp")
-    tmp.write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>duotpu eval"
-                   f"</title></head><body style='font-family:sans-serif'>{body}</body></html>")
-    os.replace(tmp, hpath)
+    return _write_report(folder, data, body)
+
+
+def _write_report(folder, data: dict, body: str) -> tuple:
+    """``report.json`` (the data) and a self-contained ``report.html`` (the body), atomically."""
+    import json
+    import os
+    from pathlib import Path
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    jpath, hpath = folder / "report.json", folder / "report.html"
+    for path, text in ((jpath, json.dumps(data, indent=2)),
+                       (hpath, "<!doctype html><html><head><meta charset='utf-8'><title>duotpu "
+                               "eval</title></head><body style='font-family:sans-serif'>"
+                               f"{body}</body></html>")):
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(text)
+        os.replace(tmp, path)
     return jpath, hpath
+
+
+def write_detect_report(folder, data: dict) -> tuple:
+    """A detector's eval: ``report.json`` and a ``report.html`` table (mAP, cosines)."""
+    import html
+
+    def f(v, spec=".3f"):
+        return "" if v is None else format(v, spec)
+    rows = "".join(
+        f"<tr><td>{m.upper()}</td><td>{d['n']}</td><td>{f(d['map50_vs_fp32'])}</td>"
+        f"<td>{d['fp32_objects']}</td><td>{f(d['detections_per_image'], '.2f')}</td>"
+        f"<td>{f(d['map50'])}</td><td>{f(d['map50_95'])}</td>"
+        f"<td>{f(d['images_per_second'], '.2f')}</td></tr>" for m, d in data["modes"].items())
+    cos_rows = "".join(
+        f"<tr><td>{m.upper()}</td><td>{html.escape(n)}</td><td>{c:.4f}</td>"
+        f"<td>{d['cosine_worst'][n]:.4f}</td></tr>"
+        for m, d in data["modes"].items() for n, c in d["cosine_mean"].items())
+    fp = data.get("fp32") or {}
+    body = (f"<h1>duotpu eval (detector): {html.escape(data['model'])}</h1>"
+            f"<p>{data['images']} images from {html.escape(data['image_folder'])}; backend "
+            f"{html.escape(data['backend'])}; fp32 detections at score ≥ {data['conf']} are "
+            f"the reference, quantized detections down to {data['map_conf']} are scored; NMS "
+            f"IoU {data['iou']}."
+            + (f" fp32 against the labels: mAP@0.5 {fp['map50']:.3f}, mAP@0.5:0.95 "
+               f"{fp['map50_95']:.3f} ({fp['objects']} objects)." if fp else "") + "</p>"
+            "<table border=1 cellpadding=4><tr><th>model</th><th>images</th>"
+            "<th>mAP@0.5 vs fp32 detections</th><th>fp32 objects</th><th>detections/image</th>"
+            "<th>mAP@0.5 (labels)</th><th>mAP@0.5:0.95 (labels)</th><th>images/s</th></tr>"
+            f"{rows}</table><h2>Head maps: cosine to fp32 (mean, worst over images)</h2>"
+            "<table border=1 cellpadding=4><tr><th>model</th><th>output</th><th>mean</th>"
+            f"<th>worst</th></tr>{cos_rows}</table>")
+    return _write_report(folder, data, body)

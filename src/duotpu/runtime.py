@@ -22,6 +22,7 @@ from .errors import ConfigError, ModelError
 from .export import onnx_outputs
 from .preprocess import fused_input, preprocess_image
 from .recipe import Recipe, load_recipe
+from .yolo import YoloHead
 
 
 @dataclass
@@ -33,6 +34,7 @@ class BuiltModel:
     mode: str
     onnx: Path | None
     tpu_mlir: Path | None
+    head: YoloHead | None = None
 
     @property
     def input_name(self) -> str:
@@ -80,7 +82,13 @@ def open_model(path: str | Path, recipe_path: str | Path | None = None) -> Built
             dep = work / f"deploy-{mode}"
             t = next(dep.glob("*_tpu.mlir"), None) if dep.is_dir() else None
             tpu = t if t and t.is_file() else None
-    return BuiltModel(path, info, recipe, mode, onnx, tpu)
+    head_file = path.parent / f"{info.name}.detect.json"
+    head = YoloHead.load(head_file) if recipe.task == "detect" and head_file.is_file() else None
+    if recipe.task == "detect" and head is None:
+        raise ConfigError(f"{path} is a detector but {head_file} (how to decode its outputs, "
+                          "written by duotpu build) is missing. Copy it from the build folder "
+                          "or rebuild.")
+    return BuiltModel(path, info, recipe, mode, onnx, tpu, head)
 
 
 def tensors_for(model: BuiltModel, images: list) -> list[np.ndarray]:

@@ -247,7 +247,8 @@ def preprocess_args(pre: Preprocess, shape: tuple[int, ...]) -> list[str]:
     if pre.resize_mode == "short_side":
         args += ["--keep_aspect_ratio", "--keep_ratio_mode", "short_side_scale"]
     elif pre.resize_mode == "letterbox":
-        args += ["--keep_aspect_ratio", "--keep_ratio_mode", "letterbox", "--pad_value", "0"]
+        args += ["--keep_aspect_ratio", "--keep_ratio_mode", "letterbox", "--pad_value",
+                 str(pre.pad_value)]
     return args
 
 
@@ -362,7 +363,8 @@ def deploy(transformed: TransformFiles, folder: Path, log_path: Path, *, quantiz
            background: bool = False, fuse_preprocess: str = "",
            test_image: Path | None = None, mlir_name: str | None = None,
            test_input: Path | None = None, test_reference: Path | None = None,
-           merge_weight: bool = False, copy_inputs: bool = True) -> DeployFiles:
+           merge_weight: bool = False, copy_inputs: bool = True,
+           extra: list[str] = ()) -> DeployFiles:
     """``model_deploy``: top MLIR → cvimodel for ``chip``, validated on the test input: the
     quantized MLIR against the fp32 outputs (``tolerance``) and the cvimodel on the CV18xx
     simulator against the quantized MLIR (``correctness``).
@@ -397,6 +399,7 @@ def deploy(transformed: TransformFiles, folder: Path, log_path: Path, *, quantiz
         args += ["--fuse_preprocess", "--customization_format", fuse_preprocess]
     if merge_weight:
         args += ["--merge_weight"]
+    args += list(extra)
     if calibration_table is not None:
         args += ["--calibration_table", str(Path(calibration_table).resolve())]
     if quantize_table is not None:

@@ -1,0 +1,264 @@
+"""YOLO detectors: the cut before the decode, CPU decode = the original model, NMS, drawing,
+mAP, and v5 / v8 end to end on the real compiler and simulator."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import tinymodels
+from conftest import run_cli
+from duotpu import detect, pipeline
+from duotpu.errors import ModelError
+from duotpu.export import export_onnx
+from duotpu.recipe import DetectOptions, ModelSource, Preprocess, recipe_from_dict
+from duotpu.yolo import COCO_NAMES, YoloHead
+
+
+def _ort(path: Path, x: np.ndarray) -> list[np.ndarray]:
+    import onnxruntime as ort
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return sess.run(None, {sess.get_inputs()[0].name: x})
+
+
+@pytest.mark.parametrize("source,size", [("tinymodels:lively_yolov8", 160),
+                                         ("tinymodels:yolov5_classic", 128)])
+def test_decode_equals_the_original_model(tmp_path, source, size):
+    """duotpu's numpy decode of the cut model's head maps gives the same boxes and scores as
+    the original model's full output (ONNX Runtime and PyTorch)."""
+    import torch
+    m = export_onnx(ModelSource(source), (1, 3, size, size), "images", tmp_path / "m.onnx",
+                    task="detect")
+    head = m.head
+    assert head.strides == [8, 16, 32] and head.nc == 3
+    assert head.kind == ("anchor_free" if "v8" in source else "anchor")
+    assert len(m.output_names) == len(head.outputs) == (6 if "v8" in source else 3)
+    x = np.random.default_rng(0).random((1, 3, size, size), dtype=np.float32)
+    full = _ort(tmp_path / "m_full.onnx", x)[0]
+    boxes, scores = detect.decode(head, _ort(m.onnx_path, x))
+    assert boxes.shape[1] == head.num_boxes
+    if head.kind == "anchor_free":  # [1, 4 + nc, N]: xywh, sigmoid scores
+        ref_boxes, ref_scores = full[0, :4].T, full[0, 4:].T
+    else:  # [1, N, 5 + nc]: xywh, objectness, class probabilities
+        ref_boxes, ref_scores = full[0, :, :4], full[0, :, 5:] * full[0, :, 4:5]
+    np.testing.assert_allclose(boxes[0], ref_boxes, atol=1e-3 * size)
+    np.testing.assert_allclose(scores[0], ref_scores, atol=1e-5)
+    assert scores.max() > 0.05  # the comparison covers real, not vanishing, scores
+    module = getattr(tinymodels, source.split(":")[1])()
+    from duotpu.yolo import prepare_for_export
+    prepare_for_export(module)
+    with torch.no_grad():
+        out = module(torch.from_numpy(x))
+    out = (out[0] if isinstance(out, tuple) else out).numpy()
+    np.testing.assert_allclose(out, full, atol=1e-3 * size)
+
+
+def test_cut_refuses_a_classifier(tiny_onnx_path, tmp_path):
+    with pytest.raises(ModelError, match="does not look like a YOLO detector"):
+        export_onnx(ModelSource(str(tiny_onnx_path)), (1, 3, 32, 32), "input",
+                    tmp_path / "c.onnx", task="detect")
+    assert not (tmp_path / "c.onnx").exists()
+
+
+def test_trained_checkpoint_loads(tmp_path):
+    """A training checkpoint ({'model': ...}, as Ultralytics and YOLOv5 save it) is real code:
+    the model and its class names come out of the file."""
+    import torch
+    model = tinymodels.lively_yolov8(nc=2)
+    model.names = {0: "cat", 1: "dog"}
+    ckpt = tmp_path / "best.pt"
+    torch.save({"model": model.half(), "epoch": 3}, ckpt)
+    m = export_onnx(ModelSource(str(ckpt)), (1, 3, 96, 96), "images", tmp_path / "b.onnx",
+                    task="detect")
+    assert m.head.names == ["cat", "dog"]
+    # and the names are kept when the user gives the ONNX export instead of the checkpoint
+    m2 = export_onnx(ModelSource(str(tmp_path / "b_full.onnx")), (1, 3, 96, 96), "images",
+                     tmp_path / "c.onnx", task="detect", detect=DetectOptions(
+                         classes=("kitty", "doggy")))
+    assert m2.head.names == ["kitty", "doggy"] and m2.head.outputs == m.head.outputs
+
+
+def test_coco_names_for_80_classes(tmp_path):
+    m = export_onnx(ModelSource("ultralytics:yolov8n.yaml"), (1, 3, 64, 64), "images",
+                    tmp_path / "y.onnx", task="detect")
+    assert m.head.nc == 80 and m.head.names == list(COCO_NAMES) and m.head.names[0] == "person"
+
+
+# --------------------------------------------------------------------------------------------
+def _xywh(*boxes):
+    return np.array([[(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1]
+                     for x1, y1, x2, y2 in boxes], np.float32)
+
+
+def test_nms_edge_cases():
+    # no boxes above the threshold
+    assert detect.nms(_xywh((0, 0, 10, 10)), np.array([[0.1, 0.2]]), conf=0.25) == []
+    assert detect.nms(np.zeros((0, 4), np.float32), np.zeros((0, 5)), conf=0.25) == []
+    # all overlapping, one class: only the best survives
+    boxes = _xywh((0, 0, 10, 10), (1, 1, 11, 11), (0, 1, 10, 11))
+    kept = detect.nms(boxes, np.array([[0.5, 0], [0.9, 0], [0.7, 0]]), iou=0.45)
+    assert len(kept) == 1 and kept[0][1] == pytest.approx(0.9) and kept[0][2] == 0
+    np.testing.assert_allclose(kept[0][0], [1, 1, 11, 11])
+    # the same boxes in different classes are all kept (NMS is per class)
+    kept = detect.nms(boxes, np.array([[0.5, 0, 0], [0, 0.9, 0], [0, 0, 0.7]]), iou=0.45)
+    assert [k[2] for k in kept] == [1, 2, 0]
+    # many classes: the best class of each box, best first, at most max_det
+    rng = np.random.default_rng(0)
+    far = _xywh(*[(20 * i, 0, 20 * i + 10, 10) for i in range(50)])
+    sc = rng.random((50, 300)) * 0.5
+    sc[np.arange(50), np.arange(50) * 5] = np.linspace(0.6, 0.99, 50)
+    kept = detect.nms(far, sc, conf=0.55, max_det=20)
+    assert len(kept) == 20 and [k[2] for k in kept] == list(range(245, 145, -5))
+    assert all(a[1] >= b[1] for a, b in zip(kept, kept[1:]))
+
+
+@pytest.mark.parametrize("mode", ["letterbox", "stretch", "short_side"])
+def test_boxes_back_on_the_image(mode):
+    """A box drawn on the image, preprocessed like the compiler does, maps back to itself."""
+    from duotpu.preprocess import preprocess_image
+    img = np.zeros((100, 200, 3), np.uint8)
+    img[30:70, 50:90] = 255  # the object, x 50..90, y 30..70
+    pre = Preprocess(resize_mode=mode, resize=(64, 80) if mode == "short_side" else None,
+                     pixel_format="rgb")
+    x = preprocess_image(img, pre, (1, 3, 64, 64))[0, 0]
+    ys, xs = np.nonzero(x > 0.5)
+    net_box = np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], float)
+    back = detect.to_image(net_box, pre, (64, 64), (100, 200))
+    expect = (50, 30, 90, 70) if mode != "short_side" else None
+    if expect:
+        np.testing.assert_allclose(back, expect, atol=200 / 64 * 1.5)
+    else:  # the short-side crop cuts the image's sides: the box still maps back
+        np.testing.assert_allclose(back, (50, 30, 90, 70), atol=3)
+
+
+def test_draw_marks_the_boxes(tmp_path):
+    from PIL import Image
+    img = np.full((120, 160, 3), 255, np.uint8)
+    dets = [detect.Detection((20.0, 30.0, 100.0, 90.0), 0.9, 1, "square")]
+    out = detect.draw(img, dets, tmp_path / "out.jpg")
+    drawn = np.asarray(Image.open(out).convert("RGB")).astype(int)
+    assert drawn[60, 20].sum() < 600  # the left edge of the box is coloured
+    assert drawn[60, 60].sum() > 700  # the inside is not filled
+    assert not list(tmp_path.glob(".*part*"))
+
+
+def test_map_metrics():
+    truth = [[((10, 10, 50, 50), 0), ((60, 60, 90, 90), 1)], [((0, 0, 20, 20), 2)]]
+    perfect = [[detect.Detection(b, 0.9, c, "") for b, c in objs] for objs in truth]
+    assert detect.coco_map(truth, perfect, 3)["map50"] == pytest.approx(1.0)
+    assert detect.coco_map(truth, perfect, 3)["map50_95"] == pytest.approx(1.0)
+    assert detect.coco_map(truth, [[], []], 3)["map50"] == 0.0
+    def shift(b, f):  # move a box by f of its size along both axes: IoU (1-f)^2/(1+2f-f^2)
+        d = (b[2] - b[0]) * f
+        return (b[0] + d, b[1] + d, b[2] + d, b[3] + d)
+    shifted = [[detect.Detection(shift(b, 0.1), 0.9, c, "") for b, c in objs] for objs in truth]
+    m = detect.coco_map(truth, shifted, 3)  # IoU 0.68: counted at 0.50..0.65 only
+    assert m["map50"] == pytest.approx(1.0) and m["map50_95"] == pytest.approx(0.4)
+    wrong_class = [[detect.Detection(b, 0.9, (c + 1) % 3, "") for b, c in objs]
+                   for objs in truth]
+    assert detect.coco_map(truth, wrong_class, 3)["map50"] == 0.0
+
+
+def test_yolo_labels(tmp_path):
+    f = tmp_path / "a.txt"
+    f.write_text("1 0.5 0.5 0.2 0.4\n\n")
+    assert detect.read_yolo_labels(f, (100, 200)) == [((80.0, 30.0, 120.0, 70.0), 1)]
+    assert detect.read_yolo_labels(tmp_path / "missing.txt", (10, 10)) == []
+    f.write_text("1 0.5 oops\n")
+    from duotpu.errors import DataError
+    with pytest.raises(DataError, match="line 1"):
+        detect.read_yolo_labels(f, (100, 200))
+
+
+# --------------------------------------------------------------------------------------------
+def _det_recipe(source: str, size: int, name: str, **over):
+    data = {"name": name, "task": "detect", "quantize": ["int8"],
+            "model": {"source": source},
+            "inputs": [{"name": "images", "shape": [1, 3, size, size]}],
+            "preprocess": {"resize_mode": "letterbox", "pad_value": 114,
+                           "mean": [0, 0, 0], "std": [1, 1, 1]},
+            "calibration": {"count": 6}, "test_image": "builtin:astronaut",
+            "detect": {"conf": 0.5},
+            "tolerance": {"int8": [0.6, 0.2], "verify_int8": 0.8}}
+    for k, v in over.items():
+        data.setdefault(k, {}).update(v) if isinstance(v, dict) else data.update({k: v})
+    return recipe_from_dict(data, "test")
+
+
+@pytest.fixture(scope="module")
+def v5_build(tmp_path_factory):
+    out = tmp_path_factory.mktemp("v5build")
+    return pipeline.build(_det_recipe("tinymodels:yolov5_classic", 128, "tv5"), out)
+
+
+def test_v5_end_to_end(v5_build, tmp_path):
+    """Build (cut → INT8 cvimodel) → simulator → decode → NMS, through the CLI."""
+    r = v5_build
+    assert r.head.kind == "anchor" and (r.out_dir / "tv5.detect.json").is_file()
+    head = YoloHead.load(r.out_dir / "tv5.detect.json")
+    assert head == r.head
+    # the compiled model returns the three head maps, close to fp32
+    assert len(r.models["int8"].cosine) == 3 and min(r.models["int8"].cosine.values()) > 0.8
+    from duotpu.images import builtin_photo, save_image
+    img = save_image(tmp_path / "astro.jpg", builtin_photo("astronaut"))
+    p = run_cli("predict", str(r.models["int8"].cvimodel), str(img), "--json", "--conf", "0.5",
+                "--save", str(tmp_path / "drawn.jpg"))
+    assert p.returncode == 0, p.stderr
+    res = json.loads(p.stdout)["results"][0]
+    assert (tmp_path / "drawn.jpg").is_file() and res["saved"].endswith("drawn.jpg")
+    # the simulator's detections equal what the build's own decode of the INT8 maps gives
+    from duotpu.preprocess import load_bgr
+    hw = load_bgr(img, False).shape[:2]
+    from duotpu import runtime
+    model = runtime.open_model(r.models["int8"].cvimodel)
+    outs = runtime.infer(model, runtime.tensors_for(model, [img]))[0]
+    want = detect.detections(head, detect.maps_in_order(head, outs), r.recipe.preprocess, [hw],
+                             0.5, r.recipe.detect.iou)[0]
+    assert [d["class"] for d in res["detections"]] == [d.cls for d in want]
+    assert len(res["detections"]) > 0
+    for got, exp in zip(res["detections"], want):
+        np.testing.assert_allclose(got["box"], exp.box, atol=0.1)
+        assert got["name"] == f"thing{got['class']}"
+        x1, y1, x2, y2 = got["box"]
+        assert 0 <= x1 <= x2 <= hw[1] and 0 <= y1 <= y2 <= hw[0]
+    text = run_cli("predict", str(r.models["int8"].cvimodel), str(img), "--conf", "0.5")
+    assert text.returncode == 0 and "object(s)" in text.stdout
+
+
+def test_eval_detector_against_labels_and_fp32(v5_build, tmp_path):
+    """duotpu eval on a tiny labelled set in the YOLO layout: mAP vs fp32 detections and vs
+    the labels, per-map cosines, report files."""
+    from duotpu.images import write_shapes_dataset
+    data = write_shapes_dataset(tmp_path / "shapes", 5, size=128, seed=3)
+    p = run_cli("eval", str(v5_build.out_dir), "--images", str(data), "--backend", "cvimodel",
+                "--out", str(tmp_path / "rep"))
+    assert p.returncode == 0, p.stderr + p.stdout
+    rep = json.loads((tmp_path / "rep" / "report.json").read_text())
+    m = rep["modes"]["int8"]
+    assert rep["task"] == "detect" and rep["images"] == 5 and m["n"] == 5
+    assert set(m["cosine_mean"]) == set(v5_build.head.outputs)
+    assert all(0.5 < c <= 1.0 for c in m["cosine_mean"].values())
+    assert 0.0 <= m["map50_vs_fp32"] <= 1.0 and m["map50"] is not None
+    assert rep["fp32"]["objects"] == sum(
+        len(Path(f).read_text().split("\n")) - 1 for f in (data / "labels").iterdir())
+    assert (tmp_path / "rep" / "report.html").read_text().count("<tr>") >= 3
+
+
+def test_v8_end_to_end(tmp_path):
+    """An Ultralytics YOLOv8 architecture (from its yaml) built for INT8: the TPU returns the
+    six box / class maps and the CPU's decode of them finds the fp32 model's boxes."""
+    # random weights in a deep network quantize far worse than trained ones: loose tolerances
+    r = pipeline.build(_det_recipe("tinymodels:lively_yolov8", 160, "tv8", tolerance={
+        "int8": [0.3, -1.0], "verify_int8": 0.3}), tmp_path)
+    print({k: round(v, 4) for k, v in r.models["int8"].cosine.items()})
+    assert r.head.kind == "anchor_free" and r.head.reg_max == 16
+    assert len(r.models["int8"].cosine) == 6
+    rows = __import__("duotpu.report", fromlist=["x"]).detect_build(r)
+    fp32, int8 = rows[0].detections, rows[1].detections
+    assert fp32, "the lively model should detect something on the test image"
+    truth = [[(d.box, d.cls) for d in fp32]]
+    m = detect.coco_map(truth, [int8], r.head.nc)
+    print(len(fp32), len(int8), m)
+    assert m["map50"] > 0.3
