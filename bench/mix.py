@@ -53,7 +53,7 @@ def main() -> int:
     rows = ours["rows"]
     pick = rows[ours["chosen"]]
     fs = theirs["rows"][theirs["chosen"]]
-    bf16 = next((r for r in rows if r["layers"] == ["(all)"]), None)
+    bf16 = next((r for r in rows if r["all_bf16"]), None)
     lines = [f"# Mixed precision on EfficientNet-Lite0 (cv180x), target {args.target}, "
              f"{time.strftime('%Y-%m-%d')}", "",
              "| model | BF16 layers | metric | meets | ION | search time |",

@@ -43,6 +43,34 @@ def tiny_build(tmp_path_factory, tiny_onnx_path):
     return result
 
 
+def det_recipe(source: str, size: int, name: str, **over):
+    """A detector recipe: letterbox with gray 114, x = pixel / 255, INT8, few calibration
+    images; ``over`` merges into tables or replaces top-level keys."""
+    data = {"name": name, "task": "detect", "quantize": ["int8"],
+            "model": {"source": source},
+            "inputs": [{"name": "images", "shape": [1, 3, size, size]}],
+            "preprocess": {"resize_mode": "letterbox", "pad_value": 114,
+                           "mean": [0, 0, 0], "std": [1, 1, 1]},
+            "calibration": {"count": 6}, "test_image": "builtin:astronaut",
+            "detect": {"conf": 0.5},
+            "tolerance": {"int8": [0.6, 0.2], "verify_int8": 0.8}}
+    for k, v in over.items():
+        if isinstance(v, dict):
+            data.setdefault(k, {}).update(v)
+        else:
+            data[k] = v
+    from duotpu.recipe import recipe_from_dict
+    return recipe_from_dict(data, "test")
+
+
+@pytest.fixture(scope="session")
+def tiny_detector_build(tmp_path_factory):
+    """A small detector with the original YOLOv5 head, built once for INT8."""
+    from duotpu import pipeline
+    out = tmp_path_factory.mktemp("v5build")
+    return pipeline.build(det_recipe("tinymodels:yolov5_classic", 128, "tv5"), out)
+
+
 def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None) -> \
         subprocess.CompletedProcess:
     """Run the real `duotpu` command in a child process."""

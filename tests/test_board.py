@@ -206,3 +206,28 @@ def test_predict_on_the_board(profile, tiny_build):
         host["results"][0]["top"][0]["class"]
     bench = run_cli("board", "bench", str(art.cvimodel), "--board", profile.name, "--count", "3")
     assert bench.returncode == 0 and "median" in bench.stdout, bench.stderr
+
+
+def test_detector_on_the_board(profile, tiny_detector_build, tmp_path):
+    """`duotpu board run` on a detector prints the boxes the host simulator finds, and draws
+    them with --save."""
+    from duotpu.images import builtin_photo, save_image
+    art = tiny_detector_build.models["int8"]
+    image = save_image(tmp_path / "astro.jpg", builtin_photo("astronaut"))
+    host = json.loads(run_cli("predict", str(art.cvimodel), str(image), "--json").stdout)
+    on_board = run_cli("board", "run", str(art.cvimodel), str(image), "--board", profile.name,
+                       "--json", "--save", str(tmp_path / "board.jpg"))
+    assert on_board.returncode == 0, on_board.stderr
+    got = json.loads(on_board.stdout)["results"][0]
+    want = host["results"][0]["detections"]
+    # the board's outputs equal the simulator's to cosine 0.9999, not bit for bit: scores at
+    # the threshold may fall either side, so compare the detections as detections
+    from duotpu.detect import Detection, coco_map
+    truth = [[(d["box"], d["class"]) for d in want]]
+    found = [[Detection(tuple(d["box"]), d["score"], d["class"], d["name"])
+              for d in got["detections"]]]
+    assert want and coco_map(truth, found, 3)["map50"] > 0.95
+    assert abs(len(got["detections"]) - len(want)) <= max(2, len(want) // 10)
+    assert (tmp_path / "board.jpg").is_file()
+    text = run_cli("board", "run", str(art.cvimodel), str(image), "--board", profile.name)
+    assert text.returncode == 0 and "object(s)" in text.stdout, text.stderr

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import tinymodels
-from conftest import run_cli
+from conftest import det_recipe, run_cli
 from duotpu import detect, pipeline
 from duotpu.errors import ModelError
 from duotpu.export import export_onnx
@@ -173,29 +173,9 @@ def test_yolo_labels(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------
-def _det_recipe(source: str, size: int, name: str, **over):
-    data = {"name": name, "task": "detect", "quantize": ["int8"],
-            "model": {"source": source},
-            "inputs": [{"name": "images", "shape": [1, 3, size, size]}],
-            "preprocess": {"resize_mode": "letterbox", "pad_value": 114,
-                           "mean": [0, 0, 0], "std": [1, 1, 1]},
-            "calibration": {"count": 6}, "test_image": "builtin:astronaut",
-            "detect": {"conf": 0.5},
-            "tolerance": {"int8": [0.6, 0.2], "verify_int8": 0.8}}
-    for k, v in over.items():
-        data.setdefault(k, {}).update(v) if isinstance(v, dict) else data.update({k: v})
-    return recipe_from_dict(data, "test")
-
-
-@pytest.fixture(scope="module")
-def v5_build(tmp_path_factory):
-    out = tmp_path_factory.mktemp("v5build")
-    return pipeline.build(_det_recipe("tinymodels:yolov5_classic", 128, "tv5"), out)
-
-
-def test_v5_end_to_end(v5_build, tmp_path):
+def test_v5_end_to_end(tiny_detector_build, tmp_path):
     """Build (cut → INT8 cvimodel) → simulator → decode → NMS, through the CLI."""
-    r = v5_build
+    r = tiny_detector_build
     assert r.head.kind == "anchor" and (r.out_dir / "tv5.detect.json").is_file()
     head = YoloHead.load(r.out_dir / "tv5.detect.json")
     assert head == r.head
@@ -227,18 +207,18 @@ def test_v5_end_to_end(v5_build, tmp_path):
     assert text.returncode == 0 and "object(s)" in text.stdout
 
 
-def test_eval_detector_against_labels_and_fp32(v5_build, tmp_path):
+def test_eval_detector_against_labels_and_fp32(tiny_detector_build, tmp_path):
     """duotpu eval on a tiny labelled set in the YOLO layout: mAP vs fp32 detections and vs
     the labels, per-map cosines, report files."""
     from duotpu.images import write_shapes_dataset
     data = write_shapes_dataset(tmp_path / "shapes", 5, size=128, seed=3)
-    p = run_cli("eval", str(v5_build.out_dir), "--images", str(data), "--backend", "cvimodel",
+    p = run_cli("eval", str(tiny_detector_build.out_dir), "--images", str(data), "--backend", "cvimodel",
                 "--out", str(tmp_path / "rep"))
     assert p.returncode == 0, p.stderr + p.stdout
     rep = json.loads((tmp_path / "rep" / "report.json").read_text())
     m = rep["modes"]["int8"]
     assert rep["task"] == "detect" and rep["images"] == 5 and m["n"] == 5
-    assert set(m["cosine_mean"]) == set(v5_build.head.outputs)
+    assert set(m["cosine_mean"]) == set(tiny_detector_build.head.outputs)
     assert all(0.5 < c <= 1.0 for c in m["cosine_mean"].values())
     assert 0.0 <= m["map50_vs_fp32"] <= 1.0 and m["map50"] is not None
     assert rep["fp32"]["objects"] == sum(
@@ -250,7 +230,7 @@ def test_v8_end_to_end(tmp_path):
     """An Ultralytics YOLOv8 architecture (from its yaml) built for INT8: the TPU returns the
     six box / class maps and the CPU's decode of them finds the fp32 model's boxes."""
     # random weights in a deep network quantize far worse than trained ones: loose tolerances
-    r = pipeline.build(_det_recipe("tinymodels:lively_yolov8", 160, "tv8", tolerance={
+    r = pipeline.build(det_recipe("tinymodels:lively_yolov8", 160, "tv8", tolerance={
         "int8": [0.3, -1.0], "verify_int8": 0.3}), tmp_path)
     print({k: round(v, 4) for k, v in r.models["int8"].cosine.items()})
     assert r.head.kind == "anchor_free" and r.head.reg_max == 16
@@ -262,3 +242,21 @@ def test_v8_end_to_end(tmp_path):
     m = detect.coco_map(truth, [int8], r.head.nc)
     print(len(fp32), len(int8), m)
     assert m["map50"] > 0.3
+
+
+def test_mixed_precision_to_a_map_target(tmp_path):
+    """`--target map>=X` on a detector: the search scores each candidate by mAP@0.5 against
+    the fp32 detections and stops at the first row that reaches X."""
+    r = pipeline.build(det_recipe("tinymodels:yolov5_classic", 128, "tv5m",
+                                  mix={"target": "map>=0.97", "count": 12}), tmp_path)
+    rows = r.mix["rows"]
+    assert rows[0]["label"] == "pure INT8" and 0.0 <= rows[0]["metric"] <= 1.0
+    chosen = rows[r.mix["chosen"]]
+    if r.mix["met"]:
+        assert chosen["meets"] and chosen["metric"] >= 0.97
+        assert all(not x["meets"] for x in rows[:r.mix["chosen"]]
+                   if x["n_bf16"] < chosen["n_bf16"])
+    assert (r.out_dir / "tv5m.qtable").is_file() and "mix" in r.models
+    with pytest.raises(Exception, match="for detectors"):
+        recipe_from_dict({"name": "c", "model": {"source": "x.onnx"}, "quantize": ["int8"],
+                          "mix": {"target": "map>=0.9"}})

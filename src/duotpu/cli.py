@@ -131,7 +131,8 @@ def _add_recipe_flags(p: argparse.ArgumentParser) -> None:
                    help="one cvimodel with a program per batch size, sharing the weights")
     g.add_argument("--target", metavar="METRIC>=X",
                    help="mixed precision: keep the fewest layers in BF16 for INT8 to reach "
-                        "e.g. 'agree>=0.995' (decisive top-1 agreement) or 'cos>=0.995'")
+                        "e.g. 'agree>=0.995' (decisive top-1 agreement), 'map>=0.95' "
+                        "(detectors: mAP@0.5 vs the fp32 detections) or 'cos>=0.995'")
     g.add_argument("--mix-qtable", metavar="FILE", help="mixed precision from this table of "
                                                         "BF16 layers (no search)")
     g.add_argument("--mix-pick", type=int, metavar="N",
@@ -297,7 +298,7 @@ def _print_mix(console, result, as_json: bool) -> int:
             t.add_column(col, justify="right" if col not in ("", "candidate") else "left")
         for i, r in enumerate(rows):
             t.add_row("→" if i == mix["chosen"] else "", r["label"],
-                      "all" if r["layers"] == ["(all)"] else str(r["n_bf16"]),
+                      "all" if r["all_bf16"] else str(r["n_bf16"]),
                       f"{r['metric']:.4f}", f"{r['size_bytes'] / 1e6:.2f} MB",
                       f"{r['ion_mb']:.2f} MB", "yes" if r["fits_duo"] else "no")
         console.print(t)

@@ -43,10 +43,15 @@ class Candidate:
     cvimodel: str = ""
     tpu_mlir: str = ""
     model_outputs: str = ""
+    all_bf16: bool = False  # the pure BF16 model (``layers`` is then empty)
 
     @property
     def n_bf16(self) -> int:
         return len(self.layers)
+
+    @property
+    def shown_bf16(self) -> str:
+        return "all" if self.all_bf16 else str(self.n_bf16)
 
 
 def read_qtable(path: Path) -> list[str]:
@@ -70,12 +75,48 @@ def write_qtable(path: Path, layers: list[str], note: str = "") -> Path:
 
 
 def metric(kind: str, fp32: np.ndarray, q: np.ndarray, margin: float) -> float:
-    """The target metric of quantized outputs ``q`` against ``fp32`` (rows are images)."""
+    """The target metric of a classifier's quantized outputs ``q`` against ``fp32`` (rows are
+    images)."""
     m = evaluate.compare("q", fp32, q, margin, None, 1.0)
     if kind == "cos":
         return m.cosine_mean
     # no decisive image in the set (e.g. an untrained model): all images count
     return m.decisive_top1_agree if m.decisive_n else m.top1_agree
+
+
+Scorer = Callable[[list[dict[str, np.ndarray]]], float]
+
+
+def scorer(recipe: Recipe, kind: str, fp32: list[list[np.ndarray]], image_hws, head=None) \
+        -> Scorer:
+    """The target metric as a function of a candidate's outputs (one dict per validation image,
+    by the cvimodel's output names). Classifiers: ``agree`` / ``cos`` on the first output.
+    Detectors (``head``): ``map`` — mAP@0.5 of the candidate's detections taking the fp32
+    model's (at ``detect.conf``) as ground truth — or ``cos``, the mean cosine of the head maps."""
+    if head is None:
+        ref = np.stack([o[0].reshape(-1) for o in fp32])
+
+        def classify(outs):
+            first = next(iter(outs[0]))
+            return metric(kind, ref, np.stack([o[first].reshape(-1) for o in outs]),
+                          recipe.mix.margin)
+        return classify
+    from .detect import coco_map, detections, maps_in_order
+    from .metrics import cosine
+    opt, pre = recipe.detect, recipe.preprocess
+
+    def dets(maps, hw, conf):
+        return detections(head, maps, pre, [hw], conf, opt.iou, opt.max_det)[0]
+    truth = [[(d.box, d.cls) for d in dets(f, hw, opt.conf)] for f, hw in zip(fp32, image_hws)]
+
+    def detect(outs):
+        maps = [maps_in_order(head, o) for o in outs]
+        if kind == "cos":
+            return float(np.mean([cosine(a, b) for f, q in zip(fp32, maps)
+                                  for a, b in zip(f, q)]))
+        found = [dets(m, hw, evaluate.MAP_CONF) for m, hw in zip(maps, image_hws)]
+        return coco_map(truth, found, head.nc)["map50"]
+    return detect
 
 
 def rank_layers(per_layer: list[tuple[str, float]], graph: dict[str, dict]) -> \
@@ -97,7 +138,7 @@ def rank_layers(per_layer: list[tuple[str, float]], graph: dict[str, dict]) -> \
 
 def search(recipe: Recipe, folder: Path, *, transformed, table: Path, int8_tpu_mlir: Path,
            int8_cvimodel: Path, bf16_cvimodel: Path | None, bf16_tpu_mlir: Path | None,
-           val_tensors: list[np.ndarray], fp32: np.ndarray,
+           val_tensors: list[np.ndarray], score: Scorer,
            graph: dict[str, dict], per_layer: list[tuple[str, float]],
            seed_layers: list[str] = (),
            log: Callable[[str], None] = lambda m: None) -> tuple[list[Candidate], int]:
@@ -115,25 +156,26 @@ def search(recipe: Recipe, folder: Path, *, transformed, table: Path, int8_tpu_m
             if not src.exists():
                 np.savez(src, **{info.programs[0].inputs[0].name: x})
             jobs.append((src, work / f"out{i:04d}.npz"))
-        outs = toolchain.run_many("mlir", tpu_mlir, jobs, work / "run", names[:1],
-                                  workers=2)
-        q = np.stack([np.load(o)[names[0]].reshape(-1) for o in outs])
+        outs = toolchain.run_many("mlir", tpu_mlir, jobs, work / "run", names, workers=2)
+        got = []
         for o in outs:
+            with np.load(o) as z:
+                got.append({n: np.array(z[n]) for n in names})
             o.unlink()
-        return metric(kind, fp32, q, mix.margin), info.file_size, info.ion_mb
+        return score(got), info.file_size, info.ion_mb
 
     valdir = folder / "val"
     valdir.mkdir(parents=True, exist_ok=True)
 
-    def row(label: str, layers: list[str], tpu: Path, cvi: Path, outputs: str = "") -> Candidate:
+    def row(label: str, layers: list[str], tpu: Path, cvi: Path, outputs: str = "",
+            all_bf16: bool = False) -> Candidate:
         m, size, ion = measure(tpu, cvi, valdir)
         c = Candidate(label, layers, m, m >= need, size, ion, ion <= DUO_ION_MB,
                       str(cvi.relative_to(folder)) if cvi.is_relative_to(folder) else str(cvi),
                       str(tpu.relative_to(folder)) if tpu.is_relative_to(folder) else str(tpu),
-                      outputs)
-        n = "all" if layers == ["(all)"] else str(len(layers))
+                      outputs, all_bf16)
         log(f"{label}: {kind} {m:.4f} ({'meets' if c.meets else 'below'} {need}), "
-            f"{n} BF16 layer(s), ION {ion:.2f} MB")
+            f"{c.shown_bf16} BF16 layer(s), ION {ion:.2f} MB")
         return c
 
     def build(layers: list[str], label: str) -> Candidate:
@@ -182,14 +224,14 @@ def search(recipe: Recipe, folder: Path, *, transformed, table: Path, int8_tpu_m
         chosen = min(meeting, key=lambda i: rows[i].n_bf16) if meeting else \
             max(range(len(rows)), key=lambda i: (rows[i].metric, -rows[i].n_bf16))
     if bf16_cvimodel is not None and bf16_tpu_mlir is not None:
-        rows.append(row("pure BF16", ["(all)"], bf16_tpu_mlir, bf16_cvimodel))
+        rows.append(row("pure BF16", [], bf16_tpu_mlir, bf16_cvimodel, all_bf16=True))
     if mix.pick >= 0:
-        picks = [i for i, r in enumerate(rows) if r.n_bf16 == mix.pick and r.layers != ["(all)"]]
+        picks = [i for i, r in enumerate(rows) if r.n_bf16 == mix.pick and not r.all_bf16]
         if not picks:
             from .errors import ConfigError
             raise ConfigError(f"mix.pick = {mix.pick}: no trade-off row has {mix.pick} BF16 "
                               f"layers; the rows have "
-                              f"{', '.join(str(r.n_bf16) for r in rows if r.layers != ['(all)'])}.")
+                              f"{', '.join(str(r.n_bf16) for r in rows if not r.all_bf16)}.")
         chosen = picks[0]
     return rows, chosen
 
@@ -203,7 +245,7 @@ def save_table_md(path: Path, rows: list[Candidate], chosen: int, target: str) -
              "| --- | --- | ---: | ---: | ---: | ---: | --- |"]
     for i, r in enumerate(rows):
         lines.append(f"| {'→' if i == chosen else ''} | {r.label} | "
-                     f"{'all' if r.layers == ['(all)'] else r.n_bf16} | {r.metric:.4f} | "
+                     f"{r.shown_bf16} | {r.metric:.4f} | "
                      f"{r.size_bytes / 1e6:.2f} MB | {r.ion_mb:.2f} MB | "
                      f"{'yes' if r.fits_duo else 'no'} |")
     Path(path).write_text("\n".join(lines) + "\n")

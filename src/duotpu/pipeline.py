@@ -388,7 +388,7 @@ def stage_mix(wd: WorkDir, r: Recipe, transformed: StageRecord, calibrated: Stag
               referenced: StageRecord) -> StageRecord:
     """Search the fewest BF16 layers for INT8 to reach ``mix.target`` (or use ``mix.qtable``)."""
     from . import mixprec
-    from .preprocess import preprocess_image
+    from .preprocess import load_bgr, preprocess_image
     t = transformed
     table = calibrated.folder / calibrated.result["table"]
     mix = r.mix
@@ -408,9 +408,15 @@ def stage_mix(wd: WorkDir, r: Recipe, transformed: StageRecord, calibrated: Stag
 
     def run(folder: Path) -> dict:
         shape = r.inputs[0].shape
-        tensors = [preprocess_image(im, r.preprocess, shape) for im in validation_images(r)]
-        fp32 = np.stack([o[0].reshape(-1)
-                         for o in export_mod.onnx_outputs(Path(t.result["onnx"]), tensors)])
+        val = validation_images(r)
+        tensors = [preprocess_image(im, r.preprocess, shape) for im in val]
+        fp32 = export_mod.onnx_outputs(Path(t.result["onnx"]), tensors)
+        head = YoloHead.load(wd.records["export"].folder / wd.records["export"].result["head"]) \
+            if r.task == "detect" else None
+        hws = [(im.shape[:2] if isinstance(im, np.ndarray) else load_bgr(im, False).shape[:2])
+               for im in val]
+        score = mixprec.scorer(r, parse_target(mix.target)[0] if mix.target else "cos", fp32,
+                               hws, head)
         iname = wd.records["export"].result["input_name"]
         int8_tpu = dep_int8.folder / dep_int8.result["tpu_mlir"]
         top = t.folder / t.result["mlir"]
@@ -433,7 +439,7 @@ def stage_mix(wd: WorkDir, r: Recipe, transformed: StageRecord, calibrated: Stag
             int8_cvimodel=dep_int8.folder / dep_int8.result["cvimodel"],
             bf16_cvimodel=(dep_bf16.folder / dep_bf16.result["cvimodel"]) if dep_bf16 else None,
             bf16_tpu_mlir=(dep_bf16.folder / dep_bf16.result["tpu_mlir"]) if dep_bf16 else None,
-            val_tensors=tensors, fp32=fp32,
+            val_tensors=tensors, score=score,
             graph=graph, per_layer=per_layer, seed_layers=seeds,
             log=lambda m: wd.events(StageEvent("mix", "info", message=m)))
         shutil.rmtree(folder / "layers", ignore_errors=True)
@@ -451,8 +457,8 @@ def stage_mix(wd: WorkDir, r: Recipe, transformed: StageRecord, calibrated: Stag
         shutil.copyfile(outs, folder / "mix_model_outputs.npz")
         cos, names = cosine_to_reference(referenced.folder / referenced.result["reference"],
                                          folder / "mix_model_outputs.npz")
-        met = any(rr.meets for rr in rows if rr.layers != ["(all)"]) if mix.target else True
-        bf16_meets = any(rr.meets for rr in rows if rr.layers == ["(all)"])
+        met = any(rr.meets for rr in rows if not rr.all_bf16) if mix.target else True
+        bf16_meets = any(rr.meets for rr in rows if rr.all_bf16)
         return {"rows": mixprec.rows_json(rows), "chosen": chosen, "target": mix.target,
                 "met": met, "bf16_meets": bf16_meets, "qtable": "chosen.qtable",
                 "cvimodel": "mix.cvimodel",

@@ -233,11 +233,15 @@ class Recipe:
             if "int8" not in self.quantize:
                 raise ConfigError("Recipe key 'mix' (mixed precision) needs 'int8' in "
                                   "'quantize': it keeps some layers of the INT8 model in BF16.")
-            if self.mix.target and parse_target(self.mix.target)[0] == "agree" and \
-                    self.task == "detect":
+            kind = parse_target(self.mix.target)[0] if self.mix.target else ""
+            if kind == "agree" and self.task == "detect":
                 raise ConfigError("Mixed-precision target 'agree>=X' is top-1 agreement, for "
-                                  "classifiers; for a detector use 'cos>=X' (mean cosine of the "
-                                  "head maps to fp32).")
+                                  "classifiers; for a detector use 'map>=X' (mAP@0.5 against "
+                                  "the fp32 model's detections) or 'cos>=X'.")
+            if kind == "map" and self.task != "detect":
+                raise ConfigError("Mixed-precision target 'map>=X' is for detectors "
+                                  "(task = \"detect\"); for a classifier use 'agree>=X' or "
+                                  "'cos>=X'.")
             if d.batch_sizes != (1,) or d.fuse_preprocess:
                 raise ConfigError("Mixed precision is not combined with deploy.batch_sizes or "
                                   "deploy.fuse_preprocess yet; build those separately.")
@@ -430,11 +434,12 @@ def parse_override_value(key: str, text: str) -> Any:
 
 
 def parse_target(text: str) -> tuple[str, float]:
-    """``agree>=0.995`` / ``cos>=0.99`` → (metric, threshold)."""
+    """``agree>=0.995`` / ``map>=0.95`` / ``cos>=0.99`` → (metric, threshold)."""
     import re
-    m = re.fullmatch(r"\s*(agree|cos)\s*>=\s*([0-9.]+)\s*", text or "")
+    m = re.fullmatch(r"\s*(agree|cos|map)\s*>=\s*([0-9.]+)\s*", text or "")
     if not m or not 0 < float(m.group(2)) <= 1:
         raise ConfigError(f"Mixed-precision target {text!r} is not understood: write "
-                          "'agree>=0.995' (top-1 agreement with fp32 on decisive images) or "
+                          "'agree>=0.995' (top-1 agreement with fp32 on decisive images), "
+                          "'map>=0.95' (detectors: mAP@0.5 against the fp32 detections) or "
                           "'cos>=0.995' (mean output cosine), with a value in (0, 1].")
     return m.group(1), float(m.group(2))
