@@ -138,8 +138,8 @@ def test_legacy_errors_before_long_work(tutorial, tmp_path):
         ('model_deploy.py --mlir resnet18_fp32.mlir --quantize BF16 --chip cv180x --image '
          'cat.jpg --fuse_preprocess --pixel_format GRAYSCALE --cvimodel x.cvimodel',
          "does not match"),
-        ('model_deploy.py --mlir resnet18_fp32.mlir --quantize BF16 --chip cv180x --image '
-         'cat.jpg --fuse_preprocess --pixel_format YUV_NV21 --cvimodel x.cvimodel', "RGB_PLANAR"),
+        ('model_deploy.py --mlir resnet18_fp32.mlir --quantize MIX_BF16 --chip cv180x --image '
+         'cat.jpg --calibration_table t --cvimodel x.cvimodel', "needs --mix_precision_table"),
         ('model_deploy.py --mlir nothing.mlir --quantize BF16 --chip cv180x --image cat.jpg '
          '--cvimodel x.cvimodel', "Run that step first"),
         ('run_calibration.py resnet18_fp32.mlir -o t', "exactly one of --dataset"),

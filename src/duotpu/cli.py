@@ -124,9 +124,27 @@ def _add_recipe_flags(p: argparse.ArgumentParser) -> None:
                    help="minimum output cosine of the INT8 cvimodel vs fp32")
     g.add_argument("--verify-bf16", type=float, metavar="COS")
     g.add_argument("--fuse-preprocess", metavar="PIXEL_FORMAT",
-                   choices=["RGB_PLANAR", "RGB_PACKED", "BGR_PLANAR", "BGR_PACKED", "GRAYSCALE"],
+                   choices=["RGB_PLANAR", "RGB_PACKED", "BGR_PLANAR", "BGR_PACKED", "GRAYSCALE",
+                            "YUV420_PLANAR", "YUV_NV21", "YUV_NV12", "RGBA_PLANAR"],
                    help="the TPU does the preprocessing; the model takes uint8 images in this "
                         "format")
+    g.add_argument("--aligned-input", action="store_true", default=None,
+                   help="with --fuse-preprocess: rows aligned as the VPSS delivers frames")
+    g.add_argument("--task", choices=["classify", "detect"])
+    g.add_argument("--pad-value", type=int, help="letterbox border colour (114 for YOLO)")
+    g.add_argument("--histogram-bins", type=int, help="calibration histogram bins (2048)")
+    g.add_argument("--tune-num", type=int, help="calibration tune images (5)")
+    g.add_argument("--tolerance-transform", type=_floats, metavar="COS,EUCLID")
+    g.add_argument("--correctness", type=_floats, metavar="COS,EUCLID",
+                   help="cvimodel on the simulator vs the quantized MLIR")
+    g.add_argument("--excepts", type=lambda t: [x for x in t.split(",") if x],
+                   metavar="NAME,...", help="tensors left out of the per-layer comparisons")
+    g.add_argument("--model-version", help="cvimodel format for an older board runtime (1.2)")
+    g.add_argument("--inputs-type", choices=["AUTO", "FP32", "INT8", "BF16"])
+    g.add_argument("--outputs-type", choices=["AUTO", "FP32", "INT8", "BF16"])
+    g.add_argument("--save-input-files", action="store_true", default=None,
+                   help="also write NAME_inputs.tar.gz: the inputs and a script replaying the "
+                        "exact compiler commands")
     g.add_argument("--batch-sizes", type=_ints, metavar="1,4",
                    help="one cvimodel with a program per batch size, sharing the weights")
     g.add_argument("--target", metavar="METRIC>=X",
@@ -154,7 +172,14 @@ _FLAG_KEYS = {"name": "name", "chip": "chip", "quantize": "quantize", "weights":
               "verify_int8": "tolerance.verify_int8", "verify_bf16": "tolerance.verify_bf16",
               "batch_sizes": "deploy.batch_sizes", "target": "mix.target",
               "mix_qtable": "mix.qtable", "mix_pick": "mix.pick", "mix_images": "mix.images",
-              "mix_count": "mix.count"}
+              "mix_count": "mix.count", "aligned_input": "deploy.aligned_input",
+              "task": "task", "pad_value": "preprocess.pad_value",
+              "histogram_bins": "calibration.histogram_bins",
+              "tune_num": "calibration.tune_num", "tolerance_transform": "tolerance.transform",
+              "correctness": "tolerance.correctness", "excepts": "tolerance.excepts",
+              "model_version": "deploy.model_version", "inputs_type": "deploy.inputs_type",
+              "outputs_type": "deploy.outputs_type",
+              "save_input_files": "deploy.save_input_files"}
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -282,6 +307,8 @@ def cmd_build(args: argparse.Namespace) -> int:
     labels = labels_mod.read_labels(Path(args.labels)) if args.labels else \
         (labels_mod.imagenet_classes() if _outputs_1000(result) else None)
     code = _print_build(console, result, labels, args.json)
+    if result.inputs_archive is not None and not args.json:
+        console.print(f"inputs and replay script: {result.inputs_archive}")
     if result.mix is not None:
         code = _print_mix(console, result, args.json) or code
     return code

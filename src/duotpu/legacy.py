@@ -307,11 +307,6 @@ def _deploy(args, cwd: Path, events) -> LegacyResult:
         raise ConfigError("--pixel_format only applies with --fuse_preprocess.")
     if args.fuse_preprocess and not args.pixel_format:
         raise ConfigError("--fuse_preprocess needs --pixel_format (e.g. RGB_PLANAR).")
-    yuv = ("YUV420_PLANAR", "YUV_NV21", "YUV_NV12", "RGBA_PLANAR")
-    if args.pixel_format in yuv:
-        raise ConfigError(f"--pixel_format {args.pixel_format}: duotpu fuses RGB_PLANAR, "
-                          "RGB_PACKED, BGR_PLANAR, BGR_PACKED and GRAYSCALE; for camera YUV "
-                          "frames convert to RGB on the CPU (or the VPSS) and use RGB_PLANAR.")
     mlir = (cwd / args.mlir).resolve()
     state = _load_state(mlir)
     notes = []
@@ -320,11 +315,15 @@ def _deploy(args, cwd: Path, events) -> LegacyResult:
     if args.pixel_format and (args.pixel_format == "GRAYSCALE") != gray:
         raise ConfigError(f"--pixel_format {args.pixel_format} does not match the model's "
                           f"{1 if gray else 3}-channel input.")
-    if args.aligned_input:
-        notes.append("--aligned_input: tpu_mlir 1.30.2's validation run of an aligned-input "
-                     "model crashes (floating point exception); built without alignment. The "
-                     "board runtime aligns rows itself when the input is not aligned")
-    for flag in ("save_input_files", "keep_output_name", "dump_neuron"):
+    if args.aligned_input or (args.pixel_format or "").startswith(("YUV", "RGBA")):
+        notes.append("aligned / YUV input: tpu_mlir 1.30.2 cannot validate these models itself "
+                     "(its interpreter aborts on the aligned input); duotpu builds without its "
+                     "check and runs the cvimodel on the simulator with the test image instead")
+    if args.save_input_files:
+        notes.append("--save_input_files: `duotpu build --recipe` of the recipe below with "
+                     "deploy.save_input_files = true writes NAME_inputs.tar.gz (inputs + a "
+                     "replay script)")
+    for flag in ("keep_output_name", "dump_neuron"):
         if getattr(args, flag):
             notes.append(f"--{flag}: the duotpu work directory keeps every input, output and "
                          f"log of each step ({state['work']})")
@@ -336,6 +335,11 @@ def _deploy(args, cwd: Path, events) -> LegacyResult:
     data.setdefault("deploy", {})
     data["deploy"]["fuse_preprocess"] = bool(args.fuse_preprocess)
     data["deploy"]["pixel_format"] = args.pixel_format or ""
+    data["deploy"]["aligned_input"] = bool(args.aligned_input)
+    data["deploy"]["model_version"] = args.model_version or ""
+    same = "INT8" if mode == "int8" else "BF16"  # SAME: the model's own quantized type
+    data["deploy"]["inputs_type"] = same if args.inputs_type == "SAME" else args.inputs_type
+    data["deploy"]["outputs_type"] = same if args.outputs_type == "SAME" else args.outputs_type
     if args.qtable:
         data.setdefault("mix", {})["qtable"] = str((cwd / args.qtable).resolve())
     recipe = recipe_from_dict(data, "the model_deploy.py options")
@@ -346,13 +350,7 @@ def _deploy(args, cwd: Path, events) -> LegacyResult:
     image = (cwd / args.image).resolve()
     if not image.is_file():
         raise ConfigError(f"--image {args.image}: no such file.")
-    extra = []
-    if args.model_version:
-        extra += ["--model_version", args.model_version]
-    if args.inputs_type == "INT8":
-        extra += ["--quant_input"]
-    if args.outputs_type == "INT8":
-        extra += ["--quant_output"]
+    d = recipe.deploy
     files = toolchain.deploy(
         toolchain.TransformFiles(work / "transform", recipe.name), folder,
         folder / "deploy.log", quantize=args.quantize if args.quantize != "MIX_BF16" else "INT8",
@@ -362,6 +360,7 @@ def _deploy(args, cwd: Path, events) -> LegacyResult:
         quantize_table=(cwd / args.qtable).resolve() if args.qtable else None,
         tolerance=tol, correctness=cor, excepts=_excepts(args.excepts),
         fuse_preprocess=args.pixel_format if args.fuse_preprocess else "", test_image=image,
-        merge_weight=args.merge_weight, extra=extra)
+        merge_weight=args.merge_weight, aligned_input=d.aligned_input,
+        extra=toolchain.deploy_options(mode, d.model_version, d.inputs_type, d.outputs_type))
     pipeline.atomic_copy(files.cvimodel, cvi)
     return LegacyResult("model_deploy.py", [cvi], recipe, notes)

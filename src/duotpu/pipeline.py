@@ -172,6 +172,7 @@ class BuildResult:
     mix: dict | None = None
     head: "YoloHead | None" = None
     test_image_path: Path | None = None
+    inputs_archive: Path | None = None
 
     @property
     def ok(self) -> bool:
@@ -356,7 +357,9 @@ def stage_deploy(wd: WorkDir, r: Recipe, mode: str, transformed: StageRecord,
                       correctness=r.tolerance.correctness, background=background,
                       fuse_preprocess=d.pixel_format if d.fuse_preprocess else "",
                       test_image=Path(t.result["test_image"]),
-                      excepts=list(r.tolerance.excepts))
+                      excepts=list(r.tolerance.excepts), aligned_input=d.aligned_input,
+                      extra=toolchain.deploy_options(mode, d.model_version, d.inputs_type,
+                                                     d.outputs_type))
         transformed_files = toolchain.TransformFiles(t.folder, r.name)
         if d.batch_sizes == (1,):
             files = toolchain.deploy(transformed_files, folder, folder / "deploy.log", **common)
@@ -544,8 +547,11 @@ def build(recipe: Recipe, out_dir: Path | None = None, work_dir: Path | None = N
     recipe = recipe.validate()
     out_dir = Path(out_dir) if out_dir else default_out_dir(recipe)
     wd = WorkDir(Path(work_dir) if work_dir else out_dir / "work", events)
+    _check_inputs_early(recipe)
     exported = stage_export(wd, recipe)
     transformed = stage_transform(wd, recipe, exported)
+    if recipe.mix.qtable:
+        _check_qtable(recipe, transformed)
     # The INT8 branch (calibrate → deploy) is the critical path; the other modes and the fp32
     # reference run beside it at a lower CPU priority.
     critical = "int8" if "int8" in recipe.quantize else recipe.quantize[0]
@@ -565,7 +571,41 @@ def build(recipe: Recipe, out_dir: Path | None = None, work_dir: Path | None = N
     if recipe.mix.target or recipe.mix.qtable:
         mixed = stage_mix(wd, recipe, transformed, wd.records["calibrate"], results["int8"][0],
                           results["bf16"][0] if "bf16" in results else None, referenced)
-    return _finish(recipe, out_dir, wd, exported, transformed, referenced, results, mixed)
+    result = _finish(recipe, out_dir, wd, exported, transformed, referenced, results, mixed)
+    if recipe.deploy.save_input_files:
+        from .replay import write_input_archive
+        result.inputs_archive = write_input_archive(result)
+    return result
+
+
+def _check_inputs_early(r: Recipe) -> None:
+    """Data problems that would otherwise surface only after the long steps."""
+    cal = r.calibration
+    if "int8" in r.quantize and not cal.images.startswith("builtin:"):
+        folder = Path(cal.images)
+        if not folder.is_dir():
+            raise DataError(f"INT8 needs calibration images, and calibration.images = "
+                            f"{cal.images} is not a folder. Give a folder of images like the "
+                            "ones the model will see, or 'builtin:natural'.")
+        if not images.list_files(folder):
+            raise DataError(f"The calibration folder {cal.images} is empty: INT8 needs "
+                            "calibration images (100–1000 typical).")
+    if r.mix.qtable and not Path(r.mix.qtable).is_file():
+        raise DataError(f"The mixed-precision table {r.mix.qtable} (mix.qtable) does not exist.")
+
+
+def _check_qtable(r: Recipe, transformed: StageRecord) -> None:
+    """Every layer a hand-written mix table names must be a layer of the model."""
+    from .mixprec import read_qtable
+    t = transformed
+    graph = toolchain.mlir_graph(t.folder / t.result["mlir"], t.folder.parent / ".graph.log")
+    unknown = [n for n in read_qtable(Path(r.mix.qtable)) if n not in graph]
+    if unknown:
+        near = ", ".join(list(graph)[:6])
+        raise DataError(f"The mixed-precision table {r.mix.qtable} names {len(unknown)} layer(s) "
+                        f"the model does not have: {', '.join(unknown[:5])}. Layer names are the "
+                        f"compiler's tensor names (e.g. {near}); see the trade-off table a "
+                        "--target build writes.")
 
 
 def _run_branches(branch, modes) -> tuple[dict, list[BaseException]]:

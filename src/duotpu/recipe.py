@@ -93,7 +93,9 @@ class Calibration:
     tune_num: int = 5
 
 
-FusedFormat = Literal["", "RGB_PLANAR", "RGB_PACKED", "BGR_PLANAR", "BGR_PACKED", "GRAYSCALE"]
+FusedFormat = Literal["", "RGB_PLANAR", "RGB_PACKED", "BGR_PLANAR", "BGR_PACKED", "GRAYSCALE",
+                      "YUV420_PLANAR", "YUV_NV21", "YUV_NV12", "RGBA_PLANAR"]
+IOType = Literal["AUTO", "FP32", "INT8", "BF16"]
 
 
 @dataclass(frozen=True)
@@ -104,11 +106,21 @@ class Deploy:
     the resized, cropped image as uint8 in ``pixel_format`` (the SDK's fused-preprocess
     samples). ``batch_sizes``: one cvimodel holding a program per batch size, sharing one copy of
     the weights (the SDK's ``mobilenet_v2_bs1_bs4.cvimodel``); the model is exported with a
-    dynamic batch for it.
+    dynamic batch for it. ``aligned_input``: the input rows aligned as the VPSS delivers
+    frames (implied by the YUV formats). ``model_version``: the cvimodel format version for an
+    older board runtime (e.g. ``"1.2"``). ``inputs_type`` / ``outputs_type``: ``INT8`` keeps the
+    model's input / output quantized (no conversion on the board), ``AUTO`` / ``FP32`` float.
+    ``save_input_files``: also write ``NAME_inputs.tar.gz``, the build's inputs and a script
+    that replays the exact compiler commands (:mod:`duotpu.replay`).
     """
     fuse_preprocess: bool = False
     pixel_format: FusedFormat = ""
+    aligned_input: bool = False
     batch_sizes: Tuple[int, ...] = (1,)
+    model_version: str = ""
+    inputs_type: IOType = "AUTO"
+    outputs_type: IOType = "AUTO"
+    save_input_files: bool = False
 
 
 @dataclass(frozen=True)
@@ -216,10 +228,22 @@ class Recipe:
         d = self.deploy
         if d.fuse_preprocess and not d.pixel_format:
             raise ConfigError("Recipe key 'deploy.fuse_preprocess' needs 'deploy.pixel_format' "
-                              "(RGB_PLANAR, RGB_PACKED, BGR_PLANAR, BGR_PACKED or GRAYSCALE).")
+                              "(RGB_PLANAR, RGB_PACKED, BGR_PLANAR, BGR_PACKED, GRAYSCALE, "
+                              "YUV420_PLANAR, YUV_NV21, YUV_NV12 or RGBA_PLANAR).")
         if d.pixel_format and not d.fuse_preprocess:
             raise ConfigError("Recipe key 'deploy.pixel_format' only applies with "
                               "deploy.fuse_preprocess = true.")
+        if d.aligned_input and not d.fuse_preprocess:
+            raise ConfigError("Recipe key 'deploy.aligned_input' only applies with "
+                              "deploy.fuse_preprocess = true (the raw image rows are aligned).")
+        if d.save_input_files and (d.batch_sizes != (1,) or self.mix.target or self.mix.qtable):
+            raise ConfigError("deploy.save_input_files archives plain builds; it is not combined "
+                              "with deploy.batch_sizes or mixed precision yet.")
+        if d.model_version and not all(p.isdigit() for p in d.model_version.split(".")):
+            raise ConfigError(f"Recipe key 'deploy.model_version' must look like '1.2'; got "
+                              f"{d.model_version!r}.")
+        if "BF16" in (d.inputs_type, d.outputs_type) and "bf16" not in self.quantize:
+            raise ConfigError("deploy.inputs_type / outputs_type BF16 needs a BF16 model.")
         if d.pixel_format and (d.pixel_format == "GRAYSCALE") != (channels == 1):
             raise ConfigError(f"Recipe key 'deploy.pixel_format' is '{d.pixel_format}' but the "
                               f"input has {channels} channel(s).")

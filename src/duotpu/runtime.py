@@ -96,10 +96,35 @@ def tensors_for(model: BuiltModel, images: list) -> list[np.ndarray]:
     float32 NCHW, or for a fused-preprocess model the raw uint8 image in its pixel format."""
     t = model.info.programs[0].inputs[0]
     shape = tuple(t.shape)
+    if t.pixel_format in toolchain.SELF_VALIDATED_FORMATS or t.aligned:
+        return _aligned_inputs(model, t, images)
     if t.pixel_format and t.dtype in ("uint8", "int8"):
         return [fused_input(im, model.recipe.preprocess, shape, t.pixel_format).reshape(shape)
                 for im in images]
     return [preprocess_image(im, model.recipe.preprocess, shape) for im in images]
+
+
+def _aligned_inputs(model: BuiltModel, t, images: list) -> list[np.ndarray]:
+    """Raw inputs of a YUV / aligned fused-preprocess model, made by tpu_mlir's preprocessing
+    (it needs the build's fp32 MLIR, which holds the resize settings)."""
+    top = model.tpu_mlir.parent.parent / "transform" / f"{model.info.name}.mlir" \
+        if model.tpu_mlir else None
+    if top is None or not top.is_file():
+        raise ModelError(f"{model.cvimodel} takes {t.pixel_format} input"
+                         f"{' with aligned rows' if t.aligned else ''}; making it from an "
+                         "image needs the build's work directory, which is gone. Rebuild, or "
+                         "give the raw input as an npz.")
+    from .images import save_image
+    out = []
+    with tempfile.TemporaryDirectory(prefix="duotpu-raw-") as tmp:
+        for i, im in enumerate(images):
+            path = save_image(Path(tmp) / f"im{i}.png", im) if isinstance(im, np.ndarray) \
+                else Path(im)
+            f = toolchain.fused_input_file(top, path, t.pixel_format, t.aligned,
+                                           Path(tmp) / f"raw{i}.npz", Path(tmp) / "raw.log")
+            with np.load(f) as z:
+                out.append(np.array(z[z.files[0]]).reshape(1, -1))
+    return out
 
 
 def infer_batched(model: BuiltModel, tensors: list[np.ndarray],

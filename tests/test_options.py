@@ -1,0 +1,113 @@
+"""The seed workflow's deploy options as recipe fields: YUV / aligned fused preprocessing
+(validated on the simulator, since tpu_mlir 1.30.2 cannot), model_version, quantized inputs and
+outputs, excepts; and errors before any long step."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import tiny_recipe
+from duotpu import cvimodel, pipeline, runtime
+from duotpu.errors import ConfigError
+from duotpu.metrics import cosine
+
+
+@pytest.mark.parametrize("fmt,aligned", [("YUV420_PLANAR", False), ("YUV_NV21", False),
+                                         ("RGB_PLANAR", True)])
+def test_yuv_and_aligned_fused_preprocess(tiny_onnx_path, tmp_path, fmt, aligned):
+    r = tiny_recipe(tiny_onnx_path, quantize=["int8"],
+                    **{"deploy.fuse_preprocess": True, "deploy.pixel_format": fmt,
+                       "deploy.aligned_input": aligned, "tolerance.verify_int8": 0.95})
+    res = pipeline.build(r, tmp_path)
+    art = res.models["int8"]
+    assert min(art.cosine.values()) > 0.95  # the simulator on the raw input vs fp32 on RGB
+    info = cvimodel.read_cvimodel(art.cvimodel)
+    t = info.programs[0].inputs[0]
+    assert t.pixel_format == fmt and t.aligned and t.dtype == "uint8"
+    assert t.size > int(np.prod(t.shape)) * (0.5 if fmt.startswith("YUV") else 1.0)
+    log = (res.work_dir / "deploy-int8" / "deploy.log").read_text()
+    assert "tpu_mlir's preprocessing" in log
+    # predict makes the same raw input from an image and agrees with fp32
+    m = runtime.open_model(art.cvimodel)
+    image = res.work_dir / "inputs" / "chelsea.png"
+    out = runtime.infer(m, runtime.tensors_for(m, [image]))[0]
+    ref = runtime.fp32_reference(m, [__import__("duotpu.preprocess", fromlist=["x"])
+                                     .preprocess_image(image, r.preprocess, (1, 3, 32, 32))])[0]
+    assert cosine(next(iter(out.values())), ref[0]) > 0.95
+
+
+def test_model_version_and_quantized_io(tiny_onnx_path, tmp_path):
+    r = tiny_recipe(tiny_onnx_path, quantize=["int8"],
+                    **{"deploy.inputs_type": "INT8", "deploy.outputs_type": "INT8",
+                       "deploy.model_version": "1.2", "tolerance.excepts": ["relu1"]})
+    res = pipeline.build(r, tmp_path)
+    info = cvimodel.read_cvimodel(res.models["int8"].cvimodel)
+    assert info.version.startswith("1.2")
+    assert info.programs[0].inputs[0].dtype == "int8"
+    assert info.programs[0].outputs[0].dtype == "int8"
+    assert min(res.models["int8"].cosine.values()) > 0.9
+    log = (res.work_dir / "deploy-int8" / "deploy.log").read_text()
+    assert "--excepts relu1" in log or "excepts relu1" in log
+
+
+@pytest.mark.parametrize("over,message", [
+    ({"deploy.aligned_input": True}, "only applies with deploy.fuse_preprocess"),
+    ({"deploy.fuse_preprocess": True, "deploy.pixel_format": "GRAYSCALE"}, "channel"),
+    ({"deploy.pixel_format": "YUV_NV12"}, "only applies with"),
+    ({"deploy.model_version": "new"}, "look like '1.2'"),
+    ({"deploy.outputs_type": "BF16", "quantize": ["int8"]}, "needs a BF16 model"),
+    ({"calibration.count": 0}, "at least 1"),
+    ({"preprocess.pad_value": 300}, "0–255"),
+])
+def test_inconsistent_options_fail_before_any_work(tiny_onnx_path, tmp_path, over, message):
+    with pytest.raises(ConfigError, match=message):
+        r = tiny_recipe(tiny_onnx_path, **over)
+        pipeline.build(r, tmp_path)
+    assert not (tmp_path / "work" / "export").exists()
+
+
+def test_data_errors_before_the_long_steps(tiny_onnx_path, tmp_path):
+    from duotpu.errors import DataError
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DataError, match="is empty"):
+        pipeline.build(tiny_recipe(tiny_onnx_path, **{"calibration.images": str(empty)}),
+                       tmp_path / "a")
+    with pytest.raises(DataError, match="not a folder"):
+        pipeline.build(tiny_recipe(tiny_onnx_path, **{"calibration.images": str(tmp_path / "x")}),
+                       tmp_path / "b")
+    assert not (tmp_path / "a" / "work" / "export").exists()
+    table = tmp_path / "mix.qtable"
+    table.write_text("conv2 BF16\nno_such_layer BF16\n")
+    with pytest.raises(DataError, match="no_such_layer"):
+        pipeline.build(tiny_recipe(tiny_onnx_path, **{"mix.qtable": str(table)}), tmp_path / "c")
+    assert not (tmp_path / "c" / "work" / "calibrate").exists()
+
+
+def test_save_input_files_replays_the_build(tiny_onnx_path, tmp_path):
+    """The archive holds the inputs and a script; run in tpu_mlir's environment, the script
+    rebuilds the same cvimodels."""
+    import subprocess
+    import tarfile
+
+    from conftest import run_cli
+    from duotpu import toolchain
+    p = run_cli("build", str(tiny_onnx_path), "--input-shape", "1,3,32,32", "--calib-count",
+                "6", "--save-input-files", "--out", str(tmp_path / "out"))
+    assert p.returncode == 0, p.stderr
+    archive = tmp_path / "out" / "tiny_inputs.tar.gz"
+    assert archive.is_file() and "replay script" in p.stdout
+    with tarfile.open(archive) as t:
+        t.extractall(tmp_path / "x")
+    root = tmp_path / "x" / "tiny_inputs"
+    assert (root / "tiny.onnx").is_file() and len(list((root / "calibration").iterdir())) == 6
+    script = (root / "replay.sh").read_text()
+    assert str(tmp_path) not in script and "model_deploy.py" in script
+    proc = subprocess.run(["sh", str(root / "replay.sh")], env=toolchain.tool_env(),
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    for mode in ("int8", "bf16"):
+        again = root / f"deploy-{mode}" / f"tiny_cv180x_{mode}.cvimodel"
+        built = tmp_path / "out" / f"tiny_cv180x_{mode}.cvimodel"
+        assert again.stat().st_size == built.stat().st_size
+        assert cvimodel.read_cvimodel(again).ion_mb == cvimodel.read_cvimodel(built).ion_mb
