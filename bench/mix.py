@@ -40,9 +40,12 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--target", default="agree>=0.99")
     ap.add_argument("--out", default=str(HERE / "results" / "mix.md"))
+    ap.add_argument("--recipe", help="another model's recipe (default: the demo's), e.g. "
+                                     "build/bench-mix/mnv3_photos.toml from bench/mnv3_photos.py")
     args = ap.parse_args()
-    recipe = str(resources.files("duotpu") / "recipes" / "efficientnet_lite0.toml")
-    base = Path("build/mix-bench")
+    recipe = args.recipe or str(resources.files("duotpu") / "recipes" / "efficientnet_lite0.toml")
+    model = Path(recipe).stem
+    base = Path("build/mix-bench") / model
     ours, our_secs = build(recipe, base / "duotpu", ["--target", args.target])
     # tpu_mlir's fast_search ran inside the search (its table is kept in the mix stage folder)
     fs_dir = base / "duotpu" / "work" / "mix" / "fast_search"
@@ -54,7 +57,7 @@ def main() -> int:
     pick = rows[ours["chosen"]]
     fs = theirs["rows"][theirs["chosen"]]
     bf16 = next((r for r in rows if r["all_bf16"]), None)
-    lines = [f"# Mixed precision on EfficientNet-Lite0 (cv180x), target {args.target}, "
+    lines = [f"# Mixed precision on {model} (cv180x), target {args.target}, "
              f"{time.strftime('%Y-%m-%d')}", "",
              "| model | BF16 layers | metric | meets | ION | search time |",
              "| --- | ---: | ---: | --- | ---: | ---: |",
