@@ -111,3 +111,39 @@ def test_save_input_files_replays_the_build(tiny_onnx_path, tmp_path):
         built = tmp_path / "out" / f"tiny_cv180x_{mode}.cvimodel"
         assert again.stat().st_size == built.stat().st_size
         assert cvimodel.read_cvimodel(again).ion_mb == cvimodel.read_cvimodel(built).ion_mb
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".npy"])
+def test_tensor_test_input(tiny_onnx_path, tmp_path, suffix):
+    """The old `--image` also took a preprocessed tensor (npz / npy): it is given to the
+    compiler as is, and the build is verified on it."""
+    from duotpu.preprocess import preprocess_image
+    from duotpu.images import builtin_photo
+    r0 = tiny_recipe(tiny_onnx_path)
+    x = preprocess_image(builtin_photo("coffee"), r0.preprocess, (1, 3, 32, 32))
+    f = tmp_path / f"coffee{suffix}"
+    np.savez(f, input=x) if suffix == ".npz" else np.save(f, x)
+    res = pipeline.build(tiny_recipe(tiny_onnx_path, test_image=str(f), quantize=["int8"]),
+                         tmp_path / "out")
+    np.testing.assert_allclose(next(iter(res.test_input.values())), x, rtol=1e-6)
+    assert min(res.models["int8"].cosine.values()) > 0.9
+    with pytest.raises(ConfigError, match="must be an image"):
+        tiny_recipe(tiny_onnx_path, test_image=str(f), **{"deploy.fuse_preprocess": True,
+                                                          "deploy.pixel_format": "RGB_PLANAR"})
+
+
+def test_calibration_from_an_image_list(tiny_onnx_path, tmp_path):
+    """calibration.images may be a text file of image paths (the old --image_list)."""
+    from duotpu.errors import DataError
+    from duotpu.images import write_calibration_set
+    files = write_calibration_set(tmp_path / "imgs", 5, seed=4)
+    lst = tmp_path / "list.txt"
+    lst.write_text("# calibration images\n" + "\n".join(f"imgs/{p.name}" for p in files[:4]))
+    res = pipeline.build(tiny_recipe(tiny_onnx_path, quantize=["int8"],
+                                     **{"calibration.images": str(lst)}), tmp_path / "out")
+    cal = next(s for s in res.stages if s.name == "calibrate")
+    assert cal.result["images"] == 4
+    lst.write_text("imgs/missing.jpg\n")
+    with pytest.raises(DataError, match="line 1"):
+        pipeline.build(tiny_recipe(tiny_onnx_path, quantize=["int8"],
+                                   **{"calibration.images": str(lst)}), tmp_path / "out2")

@@ -57,7 +57,8 @@ def save_image(path: Path, rgb: np.ndarray) -> Path:
 
 
 def resolve_image(spec: str, folder: Path) -> Path:
-    """A test-image spec (``builtin:NAME`` or a path) as a file on disk."""
+    """A test-input spec as a file on disk: ``builtin:NAME``, an image, or a preprocessed
+    tensor (``.npz`` / ``.npy``, NCHW float32, given to the compiler as is)."""
     if spec.startswith("builtin:"):
         name = spec.split(":", 1)[1]
         path = Path(folder) / f"{name}.png"
@@ -69,6 +70,12 @@ def resolve_image(spec: str, folder: Path) -> Path:
     if not path.is_file():
         raise DataError(f"The test image {path} does not exist. Give an image file, or "
                         "'builtin:chelsea' for the cat photo that ships with scikit-image.")
+    if path.suffix.lower() in (".npz", ".npy"):
+        try:
+            np.load(path)
+        except (OSError, ValueError) as e:
+            raise DataError(f"The test input {path} is not a readable numpy file: {e}.") from None
+        return path
     if read_rgb(path) is None:
         raise DataError(f"The test image {path} cannot be read as an image.")
     return path
@@ -122,6 +129,22 @@ class ImageFolder:
     """The readable images of a folder (searched recursively) and how many files were skipped."""
     paths: list[Path]
     skipped: list[Path]
+
+
+def scan_list(path: Path) -> ImageFolder:
+    """The images a list file names (one path a line, relative to the file's folder; ``#``
+    comments) — the old ``--image_list``. A named file that is missing is an error."""
+    path = Path(path)
+    paths = []
+    for ln, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        p = (path.parent / line).resolve()
+        if not p.is_file():
+            raise DataError(f"{path}, line {ln}: the image {line} does not exist.")
+        paths.append(p)
+    return ImageFolder(paths, [])
 
 
 def list_files(folder: Path) -> list[Path]:

@@ -255,12 +255,7 @@ def _calibrate(args, cwd: Path, events) -> LegacyResult:
         lst = (cwd / args.image_list).resolve()
         if not lst.is_file():
             raise ConfigError(f"--image_list {args.image_list}: no such file.")
-        paths = [(lst.parent / ln.strip()).resolve() for ln in lst.read_text().splitlines()
-                 if ln.strip()]
-        missing = [p for p in paths if not p.is_file()]
-        if missing:
-            raise ConfigError(f"--image_list names {len(missing)} missing file(s), e.g. "
-                              f"{missing[0]}.")
+        paths = images.scan_list(lst).paths
     if not paths:
         raise ConfigError("The calibration images were not found: --dataset must hold images.")
     n = min(args.input_num or len(paths), len(paths))

@@ -287,7 +287,8 @@ def _calibration_images(r: Recipe, folder: Path, wd: WorkDir) -> tuple[Path, int
     if cal.images.startswith("builtin:"):
         target.symlink_to(builtin_calibration_set(wd, r).resolve())
         return target, 0
-    scan = images.scan_images(Path(cal.images))
+    scan = images.scan_images(Path(cal.images)) if Path(cal.images).is_dir() else \
+        images.scan_list(Path(cal.images))
     if not scan.paths:
         raise DataError(f"The calibration folder {cal.images} has no readable images "
                         f"({len(scan.skipped)} other files). Put JPEG or PNG images of the kind "
@@ -302,11 +303,16 @@ def _calibration_images(r: Recipe, folder: Path, wd: WorkDir) -> tuple[Path, int
     return target, len(scan.skipped)
 
 
+def _calibration_files(spec: Path) -> list[Path]:
+    """The files a calibration spec names: a folder's files, or a list file's lines."""
+    return images.list_files(spec) if spec.is_dir() else [spec, *images.scan_list(spec).paths]
+
+
 def stage_calibrate(wd: WorkDir, r: Recipe, transformed: StageRecord) -> StageRecord:
     t = transformed
     cal = r.calibration
     data_key: Any = cal.images if cal.images.startswith("builtin:") else {
-        "folder": cal.images, "files": _folder_key(images.list_files(Path(cal.images)))}
+        "folder": cal.images, "files": _folder_key(_calibration_files(Path(cal.images)))}
     key = {"mlir": toolchain.file_digest(t.folder / t.result["mlir"]),
            "weights": toolchain.file_digest(t.folder / t.result["weights"]),
            "data": data_key, "calibration": asdict(cal), "versions": toolchain.versions()}
@@ -583,10 +589,14 @@ def _check_inputs_early(r: Recipe) -> None:
     cal = r.calibration
     if "int8" in r.quantize and not cal.images.startswith("builtin:"):
         folder = Path(cal.images)
+        if folder.is_file():  # a list of image paths (the old --image_list)
+            images.scan_list(folder)
+            return
         if not folder.is_dir():
             raise DataError(f"INT8 needs calibration images, and calibration.images = "
-                            f"{cal.images} is not a folder. Give a folder of images like the "
-                            "ones the model will see, or 'builtin:natural'.")
+                            f"{cal.images} is neither a folder nor a list file. Give a folder "
+                            "of images like the ones the model will see, a text file of image "
+                            "paths, or 'builtin:natural'.")
         if not images.list_files(folder):
             raise DataError(f"The calibration folder {cal.images} is empty: INT8 needs "
                             "calibration images (100–1000 typical).")

@@ -233,6 +233,9 @@ class Recipe:
         if d.pixel_format and not d.fuse_preprocess:
             raise ConfigError("Recipe key 'deploy.pixel_format' only applies with "
                               "deploy.fuse_preprocess = true.")
+        if d.fuse_preprocess and self.test_image.lower().endswith((".npz", ".npy")):
+            raise ConfigError("With deploy.fuse_preprocess the test input must be an image (the "
+                              "TPU does the preprocessing); test_image is a tensor file.")
         if d.aligned_input and not d.fuse_preprocess:
             raise ConfigError("Recipe key 'deploy.aligned_input' only applies with "
                               "deploy.fuse_preprocess = true (the raw image rows are aligned).")

@@ -84,11 +84,16 @@ def detect_build(result) -> list[Detected]:
     and NMS-ed on the CPU with the recipe's detect options."""
     from .detect import detections
     from .preprocess import load_bgr
+    from .recipe import Preprocess
     head, r = result.head, result.recipe
-    hw = load_bgr(result.test_image_path, False).shape[:2]
+    pre = r.preprocess
+    if result.test_image_path.suffix.lower() in (".npz", ".npy"):  # a tensor: input pixels
+        pre, hw = Preprocess(resize_mode="stretch"), head.input_hw
+    else:
+        hw = load_bgr(result.test_image_path, False).shape[:2]
 
     def dets(outs):
-        return detections(head, [outs[n] for n in head.outputs], r.preprocess, [hw],
+        return detections(head, [outs[n] for n in head.outputs], pre, [hw],
                           r.detect.conf, r.detect.iou, r.detect.max_det)[0]
     rows = [Detected("fp32 ONNX", dets(result.reference), 1.0, result.onnx.stat().st_size,
                      None)]
