@@ -73,7 +73,7 @@ def test_data_errors_before_the_long_steps(tiny_onnx_path, tmp_path):
     with pytest.raises(DataError, match="is empty"):
         pipeline.build(tiny_recipe(tiny_onnx_path, **{"calibration.images": str(empty)}),
                        tmp_path / "a")
-    with pytest.raises(DataError, match="not a folder"):
+    with pytest.raises(DataError, match="neither a folder nor a list file"):
         pipeline.build(tiny_recipe(tiny_onnx_path, **{"calibration.images": str(tmp_path / "x")}),
                        tmp_path / "b")
     assert not (tmp_path / "a" / "work" / "export").exists()
