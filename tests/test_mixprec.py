@@ -79,3 +79,19 @@ def test_target_syntax_and_rank_layers():
     assert [n for n, _ in ranked] == ["b", "a", "c"]  # b adds the most error
     assert mixprec.channel_cosine(np.ones((1, 2, 2, 2)), np.ones((1, 2, 2, 2))) == \
         pytest.approx(1.0)
+
+
+def test_channel_cosine_ignores_signs_of_tiny_channels():
+    """A pooled [1, C, 1, 1] vector whose near-zero channels flip sign is nearly right, not the
+    worst tensor of the model; a real per-channel error in a feature map still counts."""
+    from duotpu.mixprec import channel_cosine
+    rng = np.random.default_rng(0)
+    ref = rng.normal(0, 1, (1, 32, 1, 1)).astype(np.float32)
+    ref[0, :4] = 1e-4
+    got = ref.copy()
+    got[0, :4] = -1e-4  # four tiny channels change sign
+    assert channel_cosine(ref, got) > 0.999
+    fmap = rng.normal(0, 1, (1, 8, 8, 8)).astype(np.float32)
+    bad = fmap.copy()
+    bad[0, 0] = rng.normal(0, 1, (8, 8))  # one channel entirely wrong
+    assert channel_cosine(fmap, bad) < 0.9

@@ -281,9 +281,12 @@ def per_layer_cos(tpu_mlir: Path, top_mlir: Path, tensors: list[np.ndarray], inp
 
 def channel_cosine(ref: np.ndarray, got: np.ndarray) -> float:
     """Cosine per channel (axis 1), averaged: a channel with a huge range cannot hide the error
-    of the small ones, as it does in a cosine over the whole tensor."""
+    of the small ones, as it does in a cosine over the whole tensor. Tensors with fewer than
+    16 values per channel (a squeeze-excitation's pooled vector, a classifier's logits) use
+    the whole-tensor cosine: the cosine of one or two numbers is only their sign, and a
+    near-zero channel whose sign flips would look like the worst error of the model."""
     from . import metrics
-    if ref.ndim < 2 or ref.shape[1] == 1:
+    if ref.ndim < 2 or ref.shape[1] == 1 or ref.size // ref.shape[1] < 16:
         return metrics.cosine(ref, got)
     r = np.moveaxis(ref, 1, 0).reshape(ref.shape[1], -1)
     g = np.moveaxis(got, 1, 0).reshape(ref.shape[1], -1)
