@@ -58,7 +58,8 @@ def _mlir_runner(path: str):
     return run
 
 
-def _fused_input(top_mlir: str, image: str, fmt: str, aligned: bool, out: str) -> None:
+def _fused_input(top_mlir: str, image: str, fmt: str, aligned: bool, chip: str,
+                 out: str) -> None:
     """The raw input of a fused-preprocess cvimodel for ``image``, made by tpu_mlir's own
     preprocessing exactly as model_deploy makes its test input (VPSS-aligned YUV included)."""
     from tpu_mlir.python.utils.mlir_parser import MlirParser
@@ -71,7 +72,7 @@ def _fused_input(top_mlir: str, image: str, fmt: str, aligned: bool, out: str) -
     ppb.config(input_shapes=[op.shape], resize_dims=ppa.resize_dims, fuse_pre=True,
                keep_aspect_ratio=ppa.keep_aspect_ratio, keep_ratio_mode=ppa.keep_ratio_mode,
                pixel_format=ppa.pixel_format, customization_format=fmt, aligned=aligned,
-               pad_type=ppa.pad_type, pad_value=ppa.pad_value, chip="cv180x")
+               pad_type=ppa.pad_type, pad_value=ppa.pad_value, chip=chip)
     np.savez(out, **{op.name + "_raw": ppb.run(image)})
 
 
@@ -83,12 +84,13 @@ def main() -> int:
     ap.add_argument("--graph", action="store_true", help="print the MLIR's op graph as JSON")
     ap.add_argument("--program", type=int, default=0)
     ap.add_argument("--outputs", default="", help="comma-separated output names to keep")
-    ap.add_argument("--fused-input", nargs=4, metavar=("IMAGE", "FORMAT", "ALIGNED", "OUT"),
+    ap.add_argument("--fused-input", nargs=5,
+                    metavar=("IMAGE", "FORMAT", "ALIGNED", "CHIP", "OUT"),
                     help="write the raw input of a fused-preprocess model (model: top MLIR)")
     args = ap.parse_args()
     if args.fused_input:
-        image, fmt, aligned, out = args.fused_input
-        _fused_input(args.model, image, fmt, aligned == "1", out)
+        image, fmt, aligned, chip, out = args.fused_input
+        _fused_input(args.model, image, fmt, aligned == "1", chip, out)
         return 0
     if args.graph:  # the op graph of an MLIR: {op: {"type": ..., "inputs": [...]}}
         import json

@@ -356,6 +356,12 @@ class DeployFiles:
     def tpu_mlir(self) -> Path: return self.folder / f"{self._prefix}_tpu.mlir"
 
 
+#: Fused-preprocess formats tpu_mlir 1.30.2 cannot validate itself: they imply VPSS-aligned
+#: input rows, and its interpreter's Csc op rejects the aligned input its own preprocessing makes
+#: ("wrong shape size", abort); aligned RGB inputs hit a floating point exception on some sizes.
+SELF_VALIDATED_FORMATS = ("YUV420_PLANAR", "YUV_NV21", "YUV_NV12", "RGBA_PLANAR")
+
+
 def deploy(transformed: TransformFiles, folder: Path, log_path: Path, *, quantize: str,
            chip: str, cvimodel_name: str, calibration_table: Path | None = None,
            quantize_table: Path | None = None, tolerance: tuple[float, float],
@@ -386,21 +392,24 @@ def deploy(transformed: TransformFiles, folder: Path, log_path: Path, *, quantiz
                 dst.unlink()
             shutil.copyfile(src, dst)
     files = DeployFiles(folder, transformed.name, quantize, chip, folder / cvimodel_name)
-    if aligned_input or fuse_preprocess in SELF_VALIDATED_FORMATS:
-        return _deploy_self_validated(transformed, files, log_path, fuse_preprocess,
-                                      aligned_input, Path(test_image), calibration_table,
-                                      quantize_table, merge_weight, extra, background)
-    if fuse_preprocess:  # model_deploy then wants the test image itself
-        test = str(Path(test_image).resolve())
-    else:
-        test = str(test_input) if test_input else transformed.test_input.name
+    # tpu_mlir cannot validate aligned / YUV inputs (SELF_VALIDATED_FORMATS): build without its
+    # check, then run the cvimodel on the simulator with the raw test input ourselves
+    self_check = aligned_input or fuse_preprocess in SELF_VALIDATED_FORMATS
     args = ["--mlir", mlir_name or transformed.mlir.name, "--quantize", quantize.upper(),
-            "--chip", chip, "--model", cvimodel_name, "--debug", "--test_input", test,
-            "--test_reference", str(test_reference or transformed.top_outputs.name),
-            "--tolerance", f"{tolerance[0]},{tolerance[1]}",
-            "--correctness", f"{correctness[0]},{correctness[1]}"]
+            "--chip", chip, "--model", cvimodel_name, "--debug"]
+    if not self_check:
+        if fuse_preprocess:  # model_deploy then wants the test image itself
+            test = str(Path(test_image).resolve())
+        else:
+            test = str(test_input) if test_input else transformed.test_input.name
+        args += ["--test_input", test,
+                 "--test_reference", str(test_reference or transformed.top_outputs.name),
+                 "--tolerance", f"{tolerance[0]},{tolerance[1]}",
+                 "--correctness", f"{correctness[0]},{correctness[1]}"]
     if fuse_preprocess:
         args += ["--fuse_preprocess", "--customization_format", fuse_preprocess]
+    if aligned_input:
+        args += ["--aligned_input"]
     if merge_weight:
         args += ["--merge_weight"]
     args += list(extra)
@@ -408,7 +417,7 @@ def deploy(transformed: TransformFiles, folder: Path, log_path: Path, *, quantiz
         args += ["--calibration_table", str(Path(calibration_table).resolve())]
     if quantize_table is not None:
         args += ["--quantize_table", str(Path(quantize_table).resolve())]
-    if excepts:
+    if excepts and not self_check:
         args += ["--excepts", ",".join(excepts)]
     try:
         run_tool(f"deploy {quantize.lower()}", "model_deploy", args, folder, log_path,
@@ -431,6 +440,10 @@ def deploy(transformed: TransformFiles, folder: Path, log_path: Path, *, quantiz
         if bad:
             raise ToleranceError(what, bad, advice + f" Log: {log_path}", log_path) from None
         raise
+    if self_check:
+        raw = fused_input_file(transformed.mlir, Path(test_image), fuse_preprocess, True, chip,
+                               folder / f"{files.name}_in_raw.npz", log_path)
+        run_cvimodel(files.cvimodel, raw, files.model_outputs, log_path.with_name("simulate.log"))
     return files
 
 
@@ -446,50 +459,15 @@ def deploy_options(mode: str, model_version: str = "", inputs_type: str = "AUTO"
     return args
 
 
-#: Fused-preprocess formats tpu_mlir 1.30.2 cannot validate itself: they imply VPSS-aligned
-#: input rows, and its interpreter's Csc op rejects the aligned input its own preprocessing makes
-#: ("wrong shape size", abort); aligned RGB inputs hit a floating point exception on some sizes.
-SELF_VALIDATED_FORMATS = ("YUV420_PLANAR", "YUV_NV21", "YUV_NV12", "RGBA_PLANAR")
-
-
-def _deploy_self_validated(transformed: TransformFiles, files: DeployFiles, log_path: Path,
-                           fmt: str, aligned: bool, test_image: Path, calibration_table,
-                           quantize_table, merge_weight: bool, extra, background: bool) \
-        -> DeployFiles:
-    """model_deploy without its own validation, then the check done another way: the raw input
-    for the test image made by tpu_mlir's own preprocessing (aligned as the VPSS delivers it),
-    the cvimodel run on the CV18xx simulator, its outputs saved where model_deploy's would be
-    (the caller compares them with fp32)."""
-    folder = files.folder
-    args = ["--mlir", transformed.mlir.name, "--quantize", files.quantize.upper(),
-            "--chip", files.chip, "--model", files.cvimodel.name, "--debug",
-            "--fuse_preprocess", "--customization_format", fmt, *list(extra)]
-    if aligned:
-        args += ["--aligned_input"]
-    if merge_weight:
-        args += ["--merge_weight"]
-    if calibration_table is not None:
-        args += ["--calibration_table", str(Path(calibration_table).resolve())]
-    if quantize_table is not None:
-        args += ["--quantize_table", str(Path(quantize_table).resolve())]
-    run_tool(f"deploy {files.quantize.lower()}", "model_deploy", args, folder, log_path,
-             env_extra={"OMP_NUM_THREADS": "1"} if background else None, background=background)
-    raw = fused_input_file(transformed.mlir, test_image, fmt,
-                           aligned or fmt in SELF_VALIDATED_FORMATS,
-                           folder / f"{files.name}_in_raw.npz", log_path)
-    run_cvimodel(files.cvimodel, raw, files.model_outputs, log_path.with_name("simulate.log"))
-    return files
-
-
-def fused_input_file(top_mlir: Path, image: Path, fmt: str, aligned: bool, out: Path,
-                     log_path: Path) -> Path:
+def fused_input_file(top_mlir: Path, image: Path, fmt: str, aligned: bool, chip: str,
+                     out: Path, log_path: Path) -> Path:
     """The raw input of a fused-preprocess model for ``image`` (an npz), made by tpu_mlir's own
     preprocessing from the settings stored in the top MLIR: resize and crop, then ``fmt``
     (YUV420_PLANAR, YUV_NV21, … included), rows aligned as the VPSS delivers them if
     ``aligned``."""
     cmd, env = _worker(["--backend", "mlir", "--model", str(Path(top_mlir).resolve()),
                         "--fused-input", str(Path(image).resolve()), fmt,
-                        "1" if aligned else "0", str(Path(out).resolve())])
+                        "1" if aligned else "0", chip, str(Path(out).resolve())])
     with open(log_path, "a") as log:
         log.write(f"\n[duotpu] raw {fmt} input for {image} by tpu_mlir's preprocessing\n")
         log.flush()
