@@ -453,23 +453,18 @@ def _top_k(args, model, items, outs, key: str) -> list[dict]:
 def _detect_results(args, model, items, outs, key: str) -> list[dict]:
     """Per input: the detector's boxes (decoded and NMS-ed on the CPU, in image pixels); with
     ``--save``, the images with their boxes drawn."""
-    from .detect import detections, draw, maps_in_order
-    from .preprocess import load_bgr
-    from .recipe import Preprocess
+    from .detect import detections, draw, input_frame, maps_in_order
     opts = model.recipe.detect
     conf = args.conf if args.conf is not None else opts.conf
     iou = args.iou if args.iou is not None else opts.iou
     results = []
     for item, out in zip(items, outs):
         p = Path(item)
-        if p.suffix == ".npz":  # a tensor: boxes stay in network-input pixels
-            pre, hw = Preprocess(resize_mode="stretch"), model.head.input_hw
-        else:
-            pre, hw = model.recipe.preprocess, load_bgr(p, False).shape[:2]
+        pre, hw = input_frame(p, model.recipe.preprocess, model.head)
         dets = detections(model.head, maps_in_order(model.head, out), pre, [hw], conf, iou,
                           opts.max_det)[0]
         results.append({key: str(item), "detections": [d.to_json() for d in dets]})
-        if args.save and p.suffix != ".npz":
+        if args.save and p.suffix.lower() not in (".npz", ".npy"):
             target = Path(args.save)
             if len(items) > 1 or target.is_dir():
                 target = target / f"{p.stem}.jpg"
@@ -581,7 +576,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         m = evaluate.compare(b.mode, fp32, q, args.margin, labels, secs)
         data["modes"][b.mode] = m.__dict__
         if args.layers and b.tpu_mlir is not None:
-            top = evaluate.top_mlir_of(b)
+            top = runtime.top_mlir_of(b)
             if top is not None:
                 data["per_layer"][b.mode] = evaluate.per_layer(
                     b, top, tensors[:args.layers])
@@ -619,7 +614,7 @@ def _eval_detector(args, built, target: Path) -> int:
     from rich.table import Table
 
     from . import evaluate, report, runtime
-    from .detect import read_yolo_labels
+    from .detect import MAP_CONF, read_yolo_labels
     from .preprocess import load_bgr
     first = built[0]
     folder = Path(args.images)
@@ -638,7 +633,7 @@ def _eval_detector(args, built, target: Path) -> int:
     fp32 = runtime.fp32_reference(first, tensors)
     data = {"model": str(target), "task": "detect", "image_folder": str(folder),
             "images": len(paths), "backend": args.backend, "conf": first.recipe.detect.conf,
-            "iou": first.recipe.detect.iou, "map_conf": evaluate.MAP_CONF, "modes": {},
+            "iou": first.recipe.detect.iou, "map_conf": MAP_CONF, "modes": {},
             "fp32": {}}
     for b in built:
         with Progress(console=con, transient=True) as prog:

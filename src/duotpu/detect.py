@@ -13,8 +13,12 @@ from typing import Sequence
 
 import numpy as np
 
-from .recipe import Preprocess
+from .recipe import DetectOptions, Preprocess
 from .yolo import YoloHead
+
+#: Detections scored for mAP are kept down to this score (the usual mAP protocol); the
+#: detections taken as fp32 "ground truth" use the recipe's detect.conf.
+MAP_CONF = 0.001
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -134,6 +138,31 @@ def detections(head: YoloHead, maps: Sequence[np.ndarray], pre: Preprocess,
                               head.names[c] if c < len(head.names) else str(c))
                     for xyxy, s, c in nms(boxes[b], scores[b], conf, iou, max_det)])
     return out
+
+
+def per_image(head: YoloHead, maps_list: Sequence[Sequence[np.ndarray]], pre: Preprocess,
+              image_hws: Sequence[tuple[int, int]], opt: DetectOptions,
+              conf: float | None = None) -> list[list[Detection]]:
+    """The detections of each image, given one list of head maps per image, with the recipe's
+    detect options (``conf`` replaces ``opt.conf``)."""
+    c = opt.conf if conf is None else conf
+    return [detections(head, maps, pre, [hw], c, opt.iou, opt.max_det)[0]
+            for maps, hw in zip(maps_list, image_hws)]
+
+
+def as_truth(dets: list[list[Detection]]) -> list[list[tuple[tuple, int]]]:
+    """Detections (e.g. the fp32 model's) as ground truth for :func:`coco_map`."""
+    return [[(d.box, d.cls) for d in ds] for ds in dets]
+
+
+def input_frame(item: str | Path, pre: Preprocess, head: YoloHead) -> \
+        tuple[Preprocess, tuple[int, int]]:
+    """How boxes map back for one input: an image → the recipe's resize and the image's size;
+    a tensor file (``.npz`` / ``.npy``) → boxes stay in network-input pixels."""
+    from .preprocess import load_bgr
+    if Path(item).suffix.lower() in (".npz", ".npy"):
+        return Preprocess(resize_mode="stretch"), head.input_hw
+    return pre, load_bgr(item, False).shape[:2]
 
 
 def maps_in_order(head: YoloHead, outputs: dict[str, np.ndarray]) -> list[np.ndarray]:

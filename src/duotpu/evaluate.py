@@ -132,22 +132,9 @@ def timed_infer(model, tensors, backend, progress: Callable[[int], None] | None 
     return np.stack([o[first].reshape(-1) for o in outs]), time.monotonic() - t0
 
 
-def top_mlir_of(model: runtime.BuiltModel) -> Path | None:
-    """The fp32 top MLIR of the build (for the per-layer view)."""
-    if model.tpu_mlir is None:
-        return None
-    p = model.tpu_mlir.parent.parent / "transform" / f"{model.info.name}.mlir"
-    return p if p.is_file() else None
-
-
-
-
 # --------------------------------------------------------------------------------------------
 # Detectors
 # --------------------------------------------------------------------------------------------
-#: Detections scored for mAP are kept down to this score (the usual mAP protocol); the
-#: detections taken as fp32 "ground truth" use the recipe's detect.conf.
-MAP_CONF = 0.001
 
 
 def detection_images(folder: Path) -> tuple[list[Path], list[Path] | None]:
@@ -191,21 +178,18 @@ def compare_detections(mode: str, model: runtime.BuiltModel, fp32_maps: list[lis
     fp32 model's detections (at the recipe's ``detect.conf``) as ground truth, per head-map
     cosine, and with labels mAP@0.5 and mAP@0.5:0.95 (pycocotools). Returns the metrics and,
     with labels, the fp32 model's own mAP."""
-    from .detect import coco_map, detections, maps_in_order
+    from .detect import MAP_CONF, as_truth, coco_map, maps_in_order, per_image
     head, pre, opt = model.head, model.recipe.preprocess, model.recipe.detect
-
-    def dets(maps_list, conf):
-        return [detections(head, maps, pre, [hw], conf, opt.iou, opt.max_det)[0]
-                for maps, hw in zip(maps_list, image_hws)]
     q_maps = [maps_in_order(head, o) for o in q_outs]
-    fp32_gt = dets(fp32_maps, opt.conf)
-    q_low = dets(q_maps, MAP_CONF)
-    as_truth = [[(d.box, d.cls) for d in ds] for ds in fp32_gt]
-    vs_fp32 = coco_map(as_truth, q_low, head.nc)
+    q_low = per_image(head, q_maps, pre, image_hws, opt, MAP_CONF)
+    vs_fp32 = coco_map(as_truth(per_image(head, fp32_maps, pre, image_hws, opt)), q_low,
+                       head.nc)
     cos = {n: [metrics.cosine(f[k], q[k]) for f, q in zip(fp32_maps, q_maps)]
            for k, n in enumerate(head.outputs)}
     m = DetectMetrics(mode, len(q_maps), vs_fp32["map50"], vs_fp32["objects"],
-                      float(np.mean([len(ds) for ds in dets(q_maps, opt.conf)])),
+                      # NMS keeps a box only for higher-scoring ones: the detections at
+                      # detect.conf are those of q_low that score that high
+                      float(np.mean([sum(d.score >= opt.conf for d in ds) for ds in q_low])),
                       {n: float(np.mean(c)) for n, c in cos.items()},
                       {n: float(np.min(c)) for n, c in cos.items()},
                       images_per_second=len(q_maps) / seconds if seconds > 0 else 0.0)
@@ -213,5 +197,6 @@ def compare_detections(mode: str, model: runtime.BuiltModel, fp32_maps: list[lis
     if truth is not None:
         mq = coco_map(truth, q_low, head.nc)
         m.map50, m.map50_95 = mq["map50"], mq["map50_95"]
-        fp32_labelled = coco_map(truth, dets(fp32_maps, MAP_CONF), head.nc)
+        fp32_labelled = coco_map(truth, per_image(head, fp32_maps, pre, image_hws, opt,
+                                                  MAP_CONF), head.nc)
     return m, fp32_labelled

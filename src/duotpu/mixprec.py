@@ -101,20 +101,17 @@ def scorer(recipe: Recipe, kind: str, fp32: list[list[np.ndarray]], image_hws, h
             return metric(kind, ref, np.stack([o[first].reshape(-1) for o in outs]),
                           recipe.mix.margin)
         return classify
-    from .detect import coco_map, detections, maps_in_order
+    from .detect import MAP_CONF, as_truth, coco_map, maps_in_order, per_image
     from .metrics import cosine
     opt, pre = recipe.detect, recipe.preprocess
-
-    def dets(maps, hw, conf):
-        return detections(head, maps, pre, [hw], conf, opt.iou, opt.max_det)[0]
-    truth = [[(d.box, d.cls) for d in dets(f, hw, opt.conf)] for f, hw in zip(fp32, image_hws)]
+    truth = as_truth(per_image(head, fp32, pre, image_hws, opt))
 
     def detect(outs):
         maps = [maps_in_order(head, o) for o in outs]
         if kind == "cos":
             return float(np.mean([cosine(a, b) for f, q in zip(fp32, maps)
                                   for a, b in zip(f, q)]))
-        found = [dets(m, hw, evaluate.MAP_CONF) for m, hw in zip(maps, image_hws)]
+        found = per_image(head, maps, pre, image_hws, opt, MAP_CONF)
         return coco_map(truth, found, head.nc)["map50"]
     return detect
 

@@ -226,6 +226,12 @@ def stage_export(wd: WorkDir, r: Recipe) -> StageRecord:
     return wd.run("export", key, run, lambda res: [res["onnx"]])
 
 
+def exported_head(exported: StageRecord) -> YoloHead | None:
+    """How to decode a detector's outputs (from the export stage), ``None`` for a classifier."""
+    return YoloHead.load(exported.folder / exported.result["head"]) \
+        if "head" in exported.result else None
+
+
 def stage_transform(wd: WorkDir, r: Recipe, exported: StageRecord) -> StageRecord:
     onnx_path = exported.folder / exported.result["onnx"]
     test_image = images.resolve_image(r.test_image, wd.root / "inputs")
@@ -420,10 +426,9 @@ def stage_mix(wd: WorkDir, r: Recipe, transformed: StageRecord, calibrated: Stag
         val = validation_images(r)
         tensors = [preprocess_image(im, r.preprocess, shape) for im in val]
         fp32 = export_mod.onnx_outputs(Path(t.result["onnx"]), tensors)
-        head = YoloHead.load(wd.records["export"].folder / wd.records["export"].result["head"]) \
-            if r.task == "detect" else None
+        head = exported_head(wd.records["export"])
         hws = [(im.shape[:2] if isinstance(im, np.ndarray) else load_bgr(im, False).shape[:2])
-               for im in val]
+               for im in val] if head is not None else []  # only detectors map boxes back
         score = mixprec.scorer(r, parse_target(mix.target)[0] if mix.target else "cos", fp32,
                                hws, head)
         iname = wd.records["export"].result["input_name"]
@@ -680,10 +685,8 @@ def _finish(recipe: Recipe, out_dir: Path, wd: WorkDir, exported: StageRecord,
                     "key": json.loads((s.folder / MANIFEST).read_text())["key"],
                     "result": s.result}
                    for s in stages]})
-    head = YoloHead.load(exported.folder / exported.result["head"]) \
-        if "head" in exported.result else None
     return BuildResult(recipe, out_dir, wd.root, exported.folder / exported.result["onnx"],
                        dict(np.load(t.folder / t.result["test_input"])),
                        reference, models, stages,
                        manifest, recipe_path, mixed.result if mixed is not None else None,
-                       head, Path(t.result["test_image"]))
+                       exported_head(exported), Path(t.result["test_image"]))

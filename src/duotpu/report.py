@@ -82,19 +82,12 @@ class Detected:
 def detect_build(result) -> list[Detected]:
     """fp32 (ONNX Runtime) and every cvimodel's detections on the build's test image, decoded
     and NMS-ed on the CPU with the recipe's detect options."""
-    from .detect import detections
-    from .preprocess import load_bgr
-    from .recipe import Preprocess
+    from .detect import input_frame, per_image
     head, r = result.head, result.recipe
-    pre = r.preprocess
-    if result.test_image_path.suffix.lower() in (".npz", ".npy"):  # a tensor: input pixels
-        pre, hw = Preprocess(resize_mode="stretch"), head.input_hw
-    else:
-        hw = load_bgr(result.test_image_path, False).shape[:2]
+    pre, hw = input_frame(result.test_image_path, r.preprocess, head)
 
     def dets(outs):
-        return detections(head, [outs[n] for n in head.outputs], pre, [hw],
-                          r.detect.conf, r.detect.iou, r.detect.max_det)[0]
+        return per_image(head, [[outs[n] for n in head.outputs]], pre, [hw], r.detect)[0]
     rows = [Detected("fp32 ONNX", dets(result.reference), 1.0, result.onnx.stat().st_size,
                      None)]
     for mode, art in result.models.items():

@@ -91,6 +91,14 @@ def open_model(path: str | Path, recipe_path: str | Path | None = None) -> Built
     return BuiltModel(path, info, recipe, mode, onnx, tpu, head)
 
 
+def top_mlir_of(model: BuiltModel) -> Path | None:
+    """The build's fp32 top MLIR (in its work directory), or ``None`` when it is gone."""
+    if model.tpu_mlir is None:
+        return None
+    p = model.tpu_mlir.parent.parent / "transform" / f"{model.info.name}.mlir"
+    return p if p.is_file() else None
+
+
 def tensors_for(model: BuiltModel, images: list) -> list[np.ndarray]:
     """Images (paths or RGB arrays) → batch-1 input tensors, with the build's preprocessing:
     float32 NCHW, or for a fused-preprocess model the raw uint8 image in its pixel format."""
@@ -107,9 +115,8 @@ def tensors_for(model: BuiltModel, images: list) -> list[np.ndarray]:
 def _aligned_inputs(model: BuiltModel, t, images: list) -> list[np.ndarray]:
     """Raw inputs of a YUV / aligned fused-preprocess model, made by tpu_mlir's preprocessing
     (it needs the build's fp32 MLIR, which holds the resize settings)."""
-    top = model.tpu_mlir.parent.parent / "transform" / f"{model.info.name}.mlir" \
-        if model.tpu_mlir else None
-    if top is None or not top.is_file():
+    top = top_mlir_of(model)
+    if top is None:
         raise ModelError(f"{model.cvimodel} takes {t.pixel_format} input"
                          f"{' with aligned rows' if t.aligned else ''}; making it from an "
                          "image needs the build's work directory, which is gone. Rebuild, or "
@@ -121,7 +128,8 @@ def _aligned_inputs(model: BuiltModel, t, images: list) -> list[np.ndarray]:
             path = save_image(Path(tmp) / f"im{i}.png", im) if isinstance(im, np.ndarray) \
                 else Path(im)
             f = toolchain.fused_input_file(top, path, t.pixel_format, t.aligned,
-                                           Path(tmp) / f"raw{i}.npz", Path(tmp) / "raw.log")
+                                           model.info.chip, Path(tmp) / f"raw{i}.npz",
+                                           Path(tmp) / "raw.log")
             with np.load(f) as z:
                 out.append(np.array(z[z.files[0]]).reshape(1, -1))
     return out
