@@ -1,6 +1,7 @@
 """Automatic mixed precision on a model with one clearly INT8-sensitive layer."""
 
-import numpy as np
+import json
+
 import pytest
 
 from duotpu import mixprec, pipeline
@@ -58,40 +59,84 @@ def test_table_round_trips_and_the_cache_is_used(mixed, outlier_onnx, tmp_path):
 
 
 def test_no_solution_is_reported(outlier_onnx, tmp_path):
-    proc = run_cli("build", str(outlier_onnx), "--name", "outl", "--input-shape", "1,3,32,32",
-                   "--calib-count", "16", "--mix-count", "40", "--mean", "0.5,0.5,0.5",
-                   "--std", "0.25,0.25,0.25", "--target", "agree>=0.95", "--set",
-                   "mix.max_layers=1", "--out", str(tmp_path / "o"))
+    args = ["build", str(outlier_onnx), "--name", "outl", "--input-shape", "1,3,32,32",
+            "--calib-count", "16", "--mix-count", "40", "--mean", "0.5,0.5,0.5",
+            "--std", "0.25,0.25,0.25", "--target", "agree>=0.95", "--set",
+            "mix.max_layers=1", "--out", str(tmp_path / "o")]
+    proc = run_cli(*args)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "target not reached" in proc.stderr and "best found" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert "mixed precision" in proc.stdout and "pure BF16" in proc.stdout
     assert (tmp_path / "o" / "outl_cv180x_mix.cvimodel").exists()
+    # the user takes the pure BF16 row by its number: no new search, told it is their pick
+    stages = json.loads((tmp_path / "o" / "manifest.json").read_text())["stages"]
+    rows = next(s for s in stages if s["name"] == "mix")["result"]["rows"]
+    assert rows[-1]["all_bf16"]
+    picked = run_cli(*args, "--mix-pick", str(len(rows)))
+    assert picked.returncode == 0, picked.stdout + picked.stderr
+    mix = (tmp_path / "o" / "outl_cv180x_mix.cvimodel").read_bytes()
+    assert mix == (tmp_path / "o" / "outl_cv180x_bf16.cvimodel").read_bytes()
+    assert "target not reached" not in picked.stderr
 
 
-def test_target_syntax_and_rank_layers():
+def test_pick_uses_another_row_without_a_new_search(mixed, outlier_onnx):
+    """--mix-pick N takes row N of the trade-off table from the cached search."""
+    base = pipeline.build(_recipe(outlier_onnx, **{"mix.target": "agree>=0.95"}),
+                          mixed.out_dir)  # (another test may have built a hand-made table here)
+    rows = base.mix["rows"]
+    again = pipeline.build(_recipe(outlier_onnx, **{"mix.target": "agree>=0.95", "mix.pick": 1}),
+                           mixed.out_dir)
+    assert all(s.cached for s in again.stages)  # the search is not run again
+    assert again.mix["chosen"] == 0 and again.mix["picked"]
+    mix_file = again.out_dir / "outl_cv180x_mix.cvimodel"
+    assert mix_file.read_bytes() == (again.out_dir / "outl_cv180x_int8.cvimodel").read_bytes()
+    assert mixprec.read_qtable(again.out_dir / "outl.qtable") == []
+    assert "| 1 | → | pure INT8 |" in (again.out_dir / "outl.mix.md").read_text()
+    with pytest.raises(ConfigError, match="rows 1 to"):
+        pipeline.build(_recipe(outlier_onnx, **{"mix.target": "agree>=0.95",
+                                                "mix.pick": len(rows) + 1}), mixed.out_dir)
+    # back to the search's own choice
+    back = pipeline.build(_recipe(outlier_onnx, **{"mix.target": "agree>=0.95"}), mixed.out_dir)
+    assert mixprec.read_qtable(back.out_dir / "outl.qtable") == rows[base.mix["chosen"]]["layers"]
+
+
+def test_target_syntax_and_regions():
     with pytest.raises(ConfigError, match="agree>="):
         tiny_recipe("m.onnx", **{"mix.target": "accuracy>0.9"})
-    graph = {"a": {"type": "top.Conv", "inputs": ["input"]},
+    with pytest.raises(ConfigError, match="mix.regions"):
+        tiny_recipe("m.onnx", **{"mix.target": "cos>=0.9", "mix.regions": 0})
+    # a -> b -> c -> d, with a skip a -> c; the Reshape cannot be chosen
+    graph = {"input": {"type": "top.Input", "inputs": []},
+             "a": {"type": "top.Conv", "inputs": ["input"]},
              "b": {"type": "top.Conv", "inputs": ["a"]},
-             "c": {"type": "top.Add", "inputs": ["a", "b"]}}
-    ranked = mixprec.rank_layers([("a", 0.99), ("b", 0.90), ("c", 0.89)], graph)
-    assert [n for n, _ in ranked] == ["b", "a", "c"]  # b adds the most error
-    assert mixprec.channel_cosine(np.ones((1, 2, 2, 2)), np.ones((1, 2, 2, 2))) == \
-        pytest.approx(1.0)
+             "r": {"type": "top.Reshape", "inputs": ["b"]},
+             "c": {"type": "top.Add", "inputs": ["a", "r"]},
+             "d": {"type": "top.Conv", "inputs": ["c"]}}
+    order, consumers = mixprec.graph_order(graph)
+    assert order == ["a", "b", "c", "d"]
+    # each region also holds the consumers of its layers, so its tensors never see INT8
+    assert mixprec.regions(order, consumers, 2) == [["a", "b", "c"], ["c", "d"]]
+    assert mixprec.regions(order, consumers, 9) == [["a", "b", "c"], ["b", "c"], ["c", "d"], ["d"]]
 
 
-def test_channel_cosine_ignores_signs_of_tiny_channels():
-    """A pooled [1, C, 1, 1] vector whose near-zero channels flip sign is nearly right, not the
-    worst tensor of the model; a real per-channel error in a feature map still counts."""
-    from duotpu.mixprec import channel_cosine
-    rng = np.random.default_rng(0)
-    ref = rng.normal(0, 1, (1, 32, 1, 1)).astype(np.float32)
-    ref[0, :4] = 1e-4
-    got = ref.copy()
-    got[0, :4] = -1e-4  # four tiny channels change sign
-    assert channel_cosine(ref, got) > 0.999
-    fmap = rng.normal(0, 1, (1, 8, 8, 8)).astype(np.float32)
-    bad = fmap.copy()
-    bad[0, 0] = rng.normal(0, 1, (8, 8))  # one channel entirely wrong
-    assert channel_cosine(fmap, bad) < 0.9
+def test_region_search_narrows_to_the_layers_that_matter():
+    """The search logic on its own (a stand-in metric, no compiler): in a 16-layer chain where
+    INT8 only hurts unless layers 5–7 are all in BF16, it ends with exactly those three."""
+    names = [f"l{i}" for i in range(16)]
+    graph = {"input": {"type": "top.Input", "inputs": []}}
+    for i, n in enumerate(names):
+        graph[n] = {"type": "top.Conv", "inputs": [names[i - 1] if i else "input"]}
+    need = {"l5", "l6", "l7"}
+    built = {}
+
+    def build(layers, label):
+        ok = need <= set(layers)
+        built[frozenset(layers)] = mixprec.Candidate(label, list(layers), 1.0 if ok else 0.5, ok,
+                                                     0, 0.0, True)
+        return built[frozenset(layers)]
+    mix = tiny_recipe("m.onnx", **{"mix.target": "cos>=0.9"}).mix
+    mixprec._search_regions(graph, mix, build, 0.5)
+    best = min((c for c in built.values() if c.meets), key=lambda c: c.n_bf16)
+    assert best.layers == ["l5", "l6", "l7"]
+    assert len(built) < 2 * len(names)

@@ -154,7 +154,8 @@ def _add_recipe_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--mix-qtable", metavar="FILE", help="mixed precision from this table of "
                                                         "BF16 layers (no search)")
     g.add_argument("--mix-pick", type=int, metavar="N",
-                   help="build the trade-off row with N BF16 layers instead")
+                   help="use row N of the trade-off table (its # column) instead of the "
+                        "fewest BF16 layers that meet the target; no new search")
     g.add_argument("--mix-images", help="validation images for the search (folder or "
                                         "builtin:natural)")
     g.add_argument("--mix-count", type=int, help="number of validation images (default 100)")
@@ -321,20 +322,26 @@ def _print_mix(console, result, as_json: bool) -> int:
     rows = mix["rows"]
     if not as_json:
         t = Table(title=f"mixed precision: {mix['target'] or 'given table'}")
-        for col in ("", "candidate", "BF16 layers", "metric", "size", "ION", "fits Duo"):
+        for col in ("#", "", "candidate", "BF16 layers", "metric", "size", "ION", "fits Duo"):
             t.add_column(col, justify="right" if col not in ("", "candidate") else "left")
         for i, r in enumerate(rows):
-            t.add_row("→" if i == mix["chosen"] else "", r["label"],
+            t.add_row(str(i + 1), "→" if i == mix["chosen"] else "", r["label"],
                       "all" if r["all_bf16"] else str(r["n_bf16"]),
                       f"{r['metric']:.4f}", f"{r['size_bytes'] / 1e6:.2f} MB",
                       f"{r['ion_mb']:.2f} MB", "yes" if r["fits_duo"] else "no")
         console.print(t)
         console.print(f"BF16 layers: {result.out_dir / (result.recipe.name + '.qtable')} "
-                      "(edit it and build with --mix-qtable FILE; --mix-pick N builds another "
-                      "row)")
+                      "(edit it and build with --mix-qtable FILE; --mix-pick N uses row N "
+                      "instead)")
+    best = rows[mix["chosen"]]
+    if mix.get("picked"):
+        if mix["target"] and not best["meets"]:
+            _err_console().print(f"[yellow]note:[/] row {mix['chosen'] + 1} ('{best['label']}', "
+                                 f"{best['metric']:.4f}) was picked; it does not meet "
+                                 f"{mix['target']}.")
+        return EXIT_OK
     if mix["met"]:
         return EXIT_OK
-    best = rows[mix["chosen"]]
     _err_console().print(
         f"[yellow bold]target not reached:[/] no mix reached {mix['target']}; the best found is "
         f"'{best['label']}' with {best['metric']:.4f} (kept as {result.recipe.name}_"

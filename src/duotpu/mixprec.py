@@ -1,18 +1,18 @@
 """Automatic mixed precision: keep the fewest layers in BF16 for INT8 to reach a task target.
 
-1. Measure the pure INT8 model on a validation set with the metric the user asked for
-   (``agree``: top-1 agreement with fp32 on decisive images; ``cos``: mean output cosine), on
-   the fast path (tpu_mlir's interpreter on the quantized MLIR, bit-exact with the simulator).
-2. Rank layers by the error each one *adds*: the per-layer cosine to fp32 of its output minus
-   the worst cosine of its inputs (a layer that only passes on upstream error is not blamed).
-3. Build INT8 models with the top-k layers in BF16 (model_deploy ``--quantize_table``) for growing
-   k, measure each, and stop at the first k that reaches the target; then narrow k by bisection.
+The target is the metric the user cares about (``agree``: top-1 agreement with fp32 on decisive
+images; ``cos``: mean output cosine; ``map``: a detector's mAP@0.5 against fp32's detections),
+measured on a validation set on the fast path (tpu_mlir's interpreter on the quantized MLIR,
+bit-exact with the simulator). The search (see :func:`search`) measures where INT8 hurts by
+building the model with one contiguous region in BF16 at a time, adds regions until the target
+is met, then trims them by bisection.
 
 Every candidate is a real cvimodel; the trade-off table lists the metric, size, board memory and
-Duo fit of pure INT8, each step, and pure BF16.
+Duo fit of pure INT8, each candidate, and pure BF16.
 """
 from __future__ import annotations
 
+import os
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,9 +30,18 @@ _SKIP_TYPES = {"top.Input", "top.Reshape", "top.None", "top.Weight", "top.Squeez
 DUO_ION_MB = cvimodel_mod.BOARDS["duo"][2]
 
 
+@dataclass(frozen=True)
+class Built:
+    """A model the search measures: its quantized MLIR (the fast path), its cvimodel and the
+    outputs model_deploy recorded for the test input."""
+    tpu_mlir: Path
+    cvimodel: Path
+    model_outputs: Path
+
+
 @dataclass
 class Candidate:
-    """One row of the trade-off table."""
+    """One row of the trade-off table (file paths relative to the mix stage's folder)."""
     label: str
     layers: list[str]
     metric: float
@@ -41,7 +50,6 @@ class Candidate:
     ion_mb: float
     fits_duo: bool
     cvimodel: str = ""
-    tpu_mlir: str = ""
     model_outputs: str = ""
     all_bf16: bool = False  # the pure BF16 model (``layers`` is then empty)
 
@@ -64,13 +72,17 @@ def read_qtable(path: Path) -> list[str]:
     return out
 
 
-def write_qtable(path: Path, layers: list[str], note: str = "") -> Path:
+def qtable_text(layers: list[str], note: str = "") -> str:
     """A quantize table keeping ``layers`` in BF16 (tpu_mlir's format; edit it by hand freely)."""
     lines = ["# duotpu mixed-precision table: layers kept in BF16 (one 'name BF16' a line)."]
     if note:
         lines.append(f"# {note}")
-    lines += [f"{name} BF16" for name in layers]
-    Path(path).write_text("\n".join(lines) + "\n")
+    return "\n".join(lines + [f"{name} BF16" for name in layers]) + "\n"
+
+
+def write_qtable(path: Path, layers: list[str], note: str = "") -> Path:
+    """Write :func:`qtable_text` to ``path``."""
+    Path(path).write_text(qtable_text(layers, note))
     return Path(path)
 
 
@@ -116,44 +128,69 @@ def scorer(recipe: Recipe, kind: str, fp32: list[list[np.ndarray]], image_hws, h
     return detect
 
 
-def rank_layers(per_layer: list[tuple[str, float]], graph: dict[str, dict]) -> \
-        list[tuple[str, float]]:
-    """Layers by the error they add (their cosine drop against their inputs), largest first."""
-    cos = {}
-    for name, c in per_layer:
-        cos[name] = c
-        if name.endswith("_f32"):  # the compiler's cast copies of outputs
-            cos.setdefault(name[:-4], c)
-    drops = []
+def graph_order(graph: dict[str, dict]) -> tuple[list[str], dict[str, list[str]]]:
+    """The layers whose precision can be chosen, in graph order, and each one's consumers
+    among them (looking through reshapes and the like, which hold no arithmetic)."""
+    direct: dict[str, list[str]] = {}
     for name, op in graph.items():
-        if op["type"] in _SKIP_TYPES or name not in cos:
-            continue
-        ins = [cos[i] for i in op["inputs"] if i in cos]
-        drops.append((name, (min(ins) if ins else 1.0) - cos[name]))
-    return sorted(drops, key=lambda kv: -kv[1])
+        for i in op["inputs"]:
+            direct.setdefault(i, []).append(name)
+    order = [n for n, op in graph.items() if op["type"] not in _SKIP_TYPES]
+
+    def users(name: str) -> list[str]:
+        out = []
+        for c in direct.get(name, []):
+            out += [c] if graph[c]["type"] not in _SKIP_TYPES else users(c)
+        return out
+    return order, {n: users(n) for n in order}
 
 
-def search(recipe: Recipe, folder: Path, *, transformed, table: Path, int8_tpu_mlir: Path,
-           int8_cvimodel: Path, bf16_cvimodel: Path | None, bf16_tpu_mlir: Path | None,
-           val_tensors: list[np.ndarray], score: Scorer,
-           graph: dict[str, dict], per_layer: list[tuple[str, float]],
-           seed_layers: list[str] = (),
+def regions(order: list[str], consumers: dict[str, list[str]], count: int) -> list[list[str]]:
+    """``order`` cut into ``count`` contiguous runs, each closed over the consumers of its
+    layers. A tensor's INT8 error only goes away when its producer *and* every consumer run in
+    BF16: a lone BF16 layer still hands an INT8-quantized output to the next layer. Closing each
+    run over its consumers makes every tensor internal to the run that produces it."""
+    count = max(1, min(count, len(order)))
+    bounds = [round(i * len(order) / count) for i in range(count + 1)]
+    out = []
+    for a, b in zip(bounds, bounds[1:]):
+        inside = set(order[a:b]) | {c for n in order[a:b] for c in consumers.get(n, [])}
+        out.append([n for n in order if n in inside])
+    return out
+
+
+def search(recipe: Recipe, folder: Path, *, transformed, table: Path, int8: Built,
+           bf16: Built | None, val_tensors: list[np.ndarray], score: Scorer,
+           graph: dict[str, dict], fast_search_layers: list[str] | None = None,
            log: Callable[[str], None] = lambda m: None) -> tuple[list[Candidate], int]:
-    """Run the search; returns the trade-off rows and the index of the chosen one."""
+    """Run the search; returns the trade-off rows and the index of the row that meets the
+    target with the fewest BF16 layers (or, when none does, of the best one).
+
+    1. Sensitivity: the choosable layers, in graph order, are cut into ``mix.regions``
+       contiguous regions (see :func:`regions`); an INT8 model with one region in BF16 is built
+       and measured for each. The task metric, not a per-layer cosine, says where INT8 hurts: a
+       small error early in the network can matter more than a large one near the output.
+    2. Regions are added to BF16, the most helpful first, until the target is met.
+    3. Each region of that set is dropped if the others meet the target without it, else
+       trimmed by bisection: first its shortest head, then its latest start, that still meets.
+    tpu_mlir's ``fast_search`` table, when given, is one more candidate. Every candidate is a
+    real cvimodel measured on the validation set.
+    """
     mix = recipe.mix
     kind, need = parse_target(mix.target) if mix.target else ("cos", 0.0)
-    tol = recipe.tolerance
+    valdir = folder / "val"
+    valdir.mkdir(parents=True, exist_ok=True)
 
-    def measure(tpu_mlir: Path, cvi: Path, work: Path) -> tuple[float, int, float]:
-        info = cvimodel_mod.read_cvimodel(cvi)
+    def measure(model: Built) -> tuple[float, int, float]:
+        info = cvimodel_mod.read_cvimodel(model.cvimodel)
         names = [t.name for t in info.programs[0].outputs]
         jobs = []
         for i, x in enumerate(val_tensors):
-            src = work / f"val{i:04d}.npz"
+            src = valdir / f"val{i:04d}.npz"
             if not src.exists():
                 np.savez(src, **{info.programs[0].inputs[0].name: x})
-            jobs.append((src, work / f"out{i:04d}.npz"))
-        outs = toolchain.run_many("mlir", tpu_mlir, jobs, work / "run", names, workers=2)
+            jobs.append((src, valdir / f"out{i:04d}.npz"))
+        outs = toolchain.run_many("mlir", model.tpu_mlir, jobs, valdir / "run", names, workers=2)
         got = []
         for o in outs:
             with np.load(o) as z:
@@ -161,131 +198,119 @@ def search(recipe: Recipe, folder: Path, *, transformed, table: Path, int8_tpu_m
             o.unlink()
         return score(got), info.file_size, info.ion_mb
 
-    valdir = folder / "val"
-    valdir.mkdir(parents=True, exist_ok=True)
-
-    def row(label: str, layers: list[str], tpu: Path, cvi: Path, outputs: str = "",
-            all_bf16: bool = False) -> Candidate:
-        m, size, ion = measure(tpu, cvi, valdir)
+    def row(label: str, layers: list[str], model: Built, all_bf16: bool = False) -> Candidate:
+        m, size, ion = measure(model)
         c = Candidate(label, layers, m, m >= need, size, ion, ion <= DUO_ION_MB,
-                      str(cvi.relative_to(folder)) if cvi.is_relative_to(folder) else str(cvi),
-                      str(tpu.relative_to(folder)) if tpu.is_relative_to(folder) else str(tpu),
-                      outputs, all_bf16)
+                      os.path.relpath(model.cvimodel, folder),
+                      os.path.relpath(model.model_outputs, folder), all_bf16)
         log(f"{label}: {kind} {m:.4f} ({'meets' if c.meets else 'below'} {need}), "
             f"{c.shown_bf16} BF16 layer(s), ION {ion:.2f} MB")
         return c
 
-    def build(layers: list[str], label: str) -> Candidate:
-        sub = folder / f"k{len(layers):03d}"
-        shutil.rmtree(sub, ignore_errors=True)
-        sub.mkdir(parents=True)
-        qt = write_qtable(sub / "qtable.txt", layers)
-        files = toolchain.deploy(transformed, sub, sub / "deploy.log", quantize="int8",
-                                 chip=recipe.chip, cvimodel_name=f"{recipe.name}_mix.cvimodel",
-                                 calibration_table=table, quantize_table=qt,
-                                 tolerance=tol.int8, correctness=(0.98, 0.80))
-        return row(label, layers, files.tpu_mlir, files.cvimodel,
-                   str(files.model_outputs.relative_to(folder)))
+    built: dict[frozenset, Candidate] = {}
 
-    rows = [row("pure INT8", [], int8_tpu_mlir, int8_cvimodel)]
+    def build(layers: list[str], label: str) -> Candidate:
+        key = frozenset(layers)
+        if key not in built:
+            sub = folder / f"c{len(built) + 1:03d}"
+            shutil.rmtree(sub, ignore_errors=True)
+            sub.mkdir(parents=True)
+            qt = write_qtable(sub / "qtable.txt", layers)
+            files = toolchain.deploy(transformed, sub, sub / "deploy.log", quantize="int8",
+                                     chip=recipe.chip, cvimodel_name=f"{recipe.name}_mix.cvimodel",
+                                     calibration_table=table, quantize_table=qt,
+                                     tolerance=recipe.tolerance.int8, correctness=(0.98, 0.80))
+            built[key] = row(label, layers, Built(files.tpu_mlir, files.cvimodel,
+                                                  files.model_outputs))
+            keep = {files.cvimodel, files.model_outputs, qt, sub / "deploy.log"}
+            for f in sub.iterdir():  # the rest is intermediate (tens of MB per candidate)
+                if f not in keep:
+                    shutil.rmtree(f) if f.is_dir() else f.unlink()
+        return built[key]
+
+    rows = [row("pure INT8", [], int8)]
     if mix.qtable:
-        rows.append(build(read_qtable(Path(mix.qtable)), f"table {Path(mix.qtable).name}"))
-        chosen = 1
-    else:
-        by_drop = [n for n, _ in rank_layers(per_layer, graph)]
-        # tpu_mlir's fast_search picks come first (its own trials found them), ordered by the
-        # error they add; then the rest by the error they add.
-        seeds = [n for n in by_drop if n in set(seed_layers)] + \
-            [n for n in seed_layers if n not in by_drop]
-        ranked = (seeds + [n for n in by_drop if n not in seeds])[:mix.max_layers]
-        tried: dict[int, Candidate] = {}
-        if not rows[0].meets:
-            steps = {k for k in (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48) if k <= len(ranked)}
-            steps.add(len(ranked))
-            if seeds and len(seeds) <= len(ranked):
-                steps.add(len(seeds))  # fast_search's own set is always a candidate
-            steps = sorted(steps)
-            lo = 0
-            for k in steps:
-                tried[k] = build(ranked[:k], f"INT8 + {k} BF16")
-                if tried[k].meets:
-                    hi = k
-                    while hi - lo > 1:  # the smallest k in (lo, hi] that meets the target
-                        mid = (lo + hi) // 2
-                        tried[mid] = build(ranked[:mid], f"INT8 + {mid} BF16")
-                        lo, hi = (lo, mid) if tried[mid].meets else (mid, hi)
-                    break
-                lo = k
-        rows += [tried[k] for k in sorted(tried)]
-        meeting = [i for i, r in enumerate(rows) if r.meets]
-        chosen = min(meeting, key=lambda i: rows[i].n_bf16) if meeting else \
-            max(range(len(rows)), key=lambda i: (rows[i].metric, -rows[i].n_bf16))
-    if bf16_cvimodel is not None and bf16_tpu_mlir is not None:
-        rows.append(row("pure BF16", [], bf16_tpu_mlir, bf16_cvimodel, all_bf16=True))
-    if mix.pick >= 0:
-        picks = [i for i, r in enumerate(rows) if r.n_bf16 == mix.pick and not r.all_bf16]
-        if not picks:
-            from .errors import ConfigError
-            raise ConfigError(f"mix.pick = {mix.pick}: no trade-off row has {mix.pick} BF16 "
-                              f"layers; the rows have "
-                              f"{', '.join(str(r.n_bf16) for r in rows if not r.all_bf16)}.")
-        chosen = picks[0]
+        build(read_qtable(Path(mix.qtable)), f"table {Path(mix.qtable).name}")
+    elif not rows[0].meets:
+        if fast_search_layers:
+            build(fast_search_layers, "tpu_mlir fast_search")
+        _search_regions(graph, mix, build, rows[0].metric)
+    rows += list(built.values())
+    meeting = [i for i, r in enumerate(rows) if r.meets]
+    chosen = min(meeting, key=lambda i: (rows[i].n_bf16, -rows[i].metric)) if meeting else \
+        max(range(len(rows)), key=lambda i: (rows[i].metric, -rows[i].n_bf16))
+    if mix.qtable:
+        chosen = 1  # the given table is the answer, met or not
+    if bf16 is not None:
+        rows.append(row("pure BF16", [], bf16, all_bf16=True))
+    shutil.rmtree(valdir, ignore_errors=True)
     return rows, chosen
+
+
+def _search_regions(graph: dict[str, dict], mix, build: Callable[[list[str], str], Candidate],
+                    int8_metric: float) -> None:
+    """Steps 1–3 of :func:`search`; every candidate goes through ``build`` (which remembers)."""
+    order, consumers = graph_order(graph)
+    index = {n: i for i, n in enumerate(order)}
+    runs = {no: run for no, run in enumerate(regions(order, consumers, mix.regions), 1)
+            if len(run) <= mix.max_layers}
+    gain = {no: build(run, f"sensitivity: region {no} ({_span(run, index)})").metric
+            - int8_metric for no, run in runs.items()}
+    # most helpful first; on a tie the earlier region (an early error grows downstream)
+    chosen: dict[int, list[str]] = {}
+    for no in sorted(runs, key=lambda no: (-gain[no], no)):
+        chosen[no] = runs[no]
+        layers = _union(chosen.values(), index)
+        if len(layers) > mix.max_layers:
+            return
+        if build(layers, "regions " + "+".join(map(str, chosen))).meets:
+            break
+    else:
+        return
+    for no, run in list(chosen.items()):
+        others = [r for n, r in chosen.items() if n != no]
+
+        def meets(part: list[str], label: str) -> bool:
+            layers = _union(others + [part], index)
+            return bool(layers) and build(layers, label).meets
+        if any(others) and meets([], f"without region {no}"):
+            chosen[no] = []
+            continue
+        lo, hi = 0, len(run)  # the shortest head run[:hi] that meets (the whole run does)
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if meets(run[:mid], f"region {no} → "
+                                                   f"{_span(run[:mid], index)}") else (mid, hi)
+        end, lo, hi = hi, 0, hi  # then the latest start run[lo:end] that meets
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if meets(run[mid:end], f"region {no} → "
+                                                      f"{_span(run[mid:end], index)}") \
+                else (lo, mid)
+        chosen[no] = run[lo:end]
+
+
+def _union(runs, index: dict[str, int]) -> list[str]:
+    return sorted({n for r in runs for n in r}, key=index.__getitem__)
+
+
+def _span(run: list[str], index: dict[str, int]) -> str:
+    """Where a run sits, as 1-based positions in graph order."""
+    a, b = index[run[0]] + 1, index[run[-1]] + 1
+    return f"layer {a}" if a == b else f"layers {a}–{b}"
 
 
 def rows_json(rows: list[Candidate]) -> list[dict]:
     return [asdict(r) | {"n_bf16": r.n_bf16} for r in rows]
 
 
-def save_table_md(path: Path, rows: list[Candidate], chosen: int, target: str) -> Path:
-    lines = [f"| | candidate | BF16 layers | {target or 'metric'} | size | ION | fits Duo |",
-             "| --- | --- | ---: | ---: | ---: | ---: | --- |"]
+def table_md(rows: list[Candidate], chosen: int, target: str) -> str:
+    """The trade-off table as Markdown; ``#`` is the row number ``mix.pick`` takes."""
+    lines = [f"| # | | candidate | BF16 layers | {target or 'metric'} | size | ION | fits Duo |",
+             "| ---: | --- | --- | ---: | ---: | ---: | ---: | --- |"]
     for i, r in enumerate(rows):
-        lines.append(f"| {'→' if i == chosen else ''} | {r.label} | "
+        lines.append(f"| {i + 1} | {'→' if i == chosen else ''} | {r.label} | "
                      f"{r.shown_bf16} | {r.metric:.4f} | "
                      f"{r.size_bytes / 1e6:.2f} MB | {r.ion_mb:.2f} MB | "
                      f"{'yes' if r.fits_duo else 'no'} |")
-    Path(path).write_text("\n".join(lines) + "\n")
-    return Path(path)
-
-
-
-
-def per_layer_cos(tpu_mlir: Path, top_mlir: Path, tensors: list[np.ndarray], input_name: str,
-                  work: Path, per_channel: bool = False) -> list[tuple[str, float]]:
-    """Mean cosine of every tensor of a quantized MLIR to the fp32 MLIR's, worst first
-    (``per_channel``: averaged over channels, see :func:`channel_cosine`)."""
-    from . import metrics
-    work.mkdir(parents=True, exist_ok=True)
-    jobs_q, jobs_f = [], []
-    for i, x in enumerate(tensors):
-        src = work / f"in{i}.npz"
-        np.savez(src, **{input_name: x})
-        jobs_q.append((src, work / f"q{i}.npz"))
-        jobs_f.append((src, work / f"f{i}.npz"))
-    toolchain.run_many("mlir", tpu_mlir, jobs_q, work / "q", [], workers=2)
-    toolchain.run_many("mlir", top_mlir, jobs_f, work / "f", [], workers=2)
-    sims: dict[str, list[float]] = {}
-    for (_, qo), (_, fo) in zip(jobs_q, jobs_f):
-        with np.load(qo) as q, np.load(fo) as f:
-            for name in q.files:
-                if name in f.files and q[name].size == f[name].size:
-                    sims.setdefault(name, []).append(
-                        channel_cosine(f[name], q[name].reshape(f[name].shape)) if per_channel
-                        else metrics.cosine(f[name], q[name]))
-    return sorted(((n, float(np.mean(v))) for n, v in sims.items()), key=lambda kv: kv[1])
-
-
-def channel_cosine(ref: np.ndarray, got: np.ndarray) -> float:
-    """Cosine per channel (axis 1), averaged: a channel with a huge range cannot hide the error
-    of the small ones, as it does in a cosine over the whole tensor. Tensors with fewer than
-    16 values per channel (a squeeze-excitation's pooled vector, a classifier's logits) use
-    the whole-tensor cosine: the cosine of one or two numbers is only their sign, and a
-    near-zero channel whose sign flips would look like the worst error of the model."""
-    from . import metrics
-    if ref.ndim < 2 or ref.shape[1] == 1 or ref.size // ref.shape[1] < 16:
-        return metrics.cosine(ref, got)
-    r = np.moveaxis(ref, 1, 0).reshape(ref.shape[1], -1)
-    g = np.moveaxis(got, 1, 0).reshape(ref.shape[1], -1)
-    vals = [metrics.cosine(a, b) for a, b in zip(r, g) if np.any(a) or np.any(b)]
-    return float(np.mean(vals)) if vals else 1.0
+    return "\n".join(lines) + "\n"

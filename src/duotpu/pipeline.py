@@ -27,7 +27,7 @@ import numpy as np
 
 from . import export as export_mod
 from . import images, metrics, toolchain
-from .errors import DataError, DuoTpuError, Mismatch, ToleranceError
+from .errors import ConfigError, DataError, DuoTpuError, Mismatch, ToleranceError
 from .recipe import Recipe, parse_target
 from .yolo import YoloHead
 
@@ -71,6 +71,15 @@ def atomic_copy(src: Path, dst: Path) -> Path:
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(f".{dst.name}.part")
     shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+    return dst
+
+
+def atomic_write(dst: Path, text: str) -> Path:
+    """Write ``text`` to ``dst`` through a temporary name."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.part")
+    tmp.write_text(text)
     os.replace(tmp, dst)
     return dst
 
@@ -399,9 +408,9 @@ def validation_images(r: Recipe) -> list:
 
 
 def stage_mix(wd: WorkDir, r: Recipe, transformed: StageRecord, calibrated: StageRecord,
-              dep_int8: StageRecord, dep_bf16: StageRecord | None,
-              referenced: StageRecord) -> StageRecord:
-    """Search the fewest BF16 layers for INT8 to reach ``mix.target`` (or use ``mix.qtable``)."""
+              dep_int8: StageRecord, dep_bf16: StageRecord | None) -> StageRecord:
+    """Search the fewest BF16 layers for INT8 to reach ``mix.target`` (or measure ``mix.qtable``).
+    Every candidate's cvimodel is kept, so ``mix.pick`` chooses another row without a search."""
     from . import mixprec
     from .preprocess import load_bgr, preprocess_image
     t = transformed
@@ -409,7 +418,8 @@ def stage_mix(wd: WorkDir, r: Recipe, transformed: StageRecord, calibrated: Stag
     mix = r.mix
     val_key: Any = mix.images if mix.images.startswith("builtin:") else _folder_key(
         images.list_files(Path(mix.images)))
-    key = {"mix": asdict(mix), "val": val_key, "table": toolchain.file_digest(table),
+    key = {"mix": asdict(mix) | {"pick": None}, "val": val_key,
+           "table": toolchain.file_digest(table),
            "mlir": toolchain.file_digest(t.folder / t.result["mlir"]),
            "weights": toolchain.file_digest(t.folder / t.result["weights"]),
            "int8": toolchain.file_digest(dep_int8.folder / dep_int8.result["cvimodel"]),
@@ -421,6 +431,10 @@ def stage_mix(wd: WorkDir, r: Recipe, transformed: StageRecord, calibrated: Stag
                     toolchain.file_digest(Path(toolchain.__file__))],
            "versions": toolchain.versions()}
 
+    def built(dep: StageRecord) -> "mixprec.Built":
+        return mixprec.Built(*(dep.folder / dep.result[k]
+                               for k in ("tpu_mlir", "cvimodel", "model_outputs")))
+
     def run(folder: Path) -> dict:
         shape = r.inputs[0].shape
         val = validation_images(r)
@@ -431,55 +445,45 @@ def stage_mix(wd: WorkDir, r: Recipe, transformed: StageRecord, calibrated: Stag
                for im in val] if head is not None else []  # only detectors map boxes back
         score = mixprec.scorer(r, parse_target(mix.target)[0] if mix.target else "cos", fp32,
                                hws, head)
-        iname = wd.records["export"].result["input_name"]
-        int8_tpu = dep_int8.folder / dep_int8.result["tpu_mlir"]
-        top = t.folder / t.result["mlir"]
-        per_layer = mixprec.per_layer_cos(int8_tpu, top, tensors[:4], iname, folder / "layers",
-                                          per_channel=True)
-        graph = toolchain.mlir_graph(top, folder / "graph.log")
+        graph = toolchain.mlir_graph(t.folder / t.result["mlir"], folder / "graph.log")
         transformed_files = toolchain.TransformFiles(t.folder, r.name)
-        seeds: list[str] = []
+        fast: list[str] = []
+        fast_secs = 0.0
         if mix.fast_search and mix.target and not mix.qtable:
+            t0 = time.monotonic()
             kind, need = parse_target(mix.target)
             wd.events(StageEvent("mix", "info", message="running tpu_mlir's fast_search"))
-            seeds = toolchain.fast_search(
+            fast = toolchain.fast_search(
                 transformed_files, calibrated.folder / "images",
                 calibrated.result["images"], folder / "fast_search", chip=r.chip,
                 expected_cos=need if kind == "cos" else 0.995)
-            wd.events(StageEvent("mix", "info", message=f"fast_search keeps {len(seeds)} "
+            wd.events(StageEvent("mix", "info", message=f"fast_search keeps {len(fast)} "
                                                         "layer(s) in float"))
+            fast_secs = time.monotonic() - t0
         rows, chosen = mixprec.search(
-            r, folder, transformed=transformed_files, table=table, int8_tpu_mlir=int8_tpu,
-            int8_cvimodel=dep_int8.folder / dep_int8.result["cvimodel"],
-            bf16_cvimodel=(dep_bf16.folder / dep_bf16.result["cvimodel"]) if dep_bf16 else None,
-            bf16_tpu_mlir=(dep_bf16.folder / dep_bf16.result["tpu_mlir"]) if dep_bf16 else None,
-            val_tensors=tensors, score=score,
-            graph=graph, per_layer=per_layer, seed_layers=seeds,
+            r, folder, transformed=transformed_files, table=table, int8=built(dep_int8),
+            bf16=built(dep_bf16) if dep_bf16 else None, val_tensors=tensors, score=score,
+            graph=graph, fast_search_layers=fast,
             log=lambda m: wd.events(StageEvent("mix", "info", message=m)))
-        shutil.rmtree(folder / "layers", ignore_errors=True)
-        shutil.rmtree(folder / "val", ignore_errors=True)
-        best = rows[chosen]
-        mixprec.write_qtable(folder / "chosen.qtable", best.layers,
-                             f"{best.label}: {mix.target or 'given table'} -> {best.metric:.4f}")
-        mixprec.save_table_md(folder / "tradeoff.md", rows, chosen, mix.target)
-        if best.layers:
-            cvi, outs = folder / best.cvimodel, folder / best.model_outputs
-        else:  # pure INT8 already reaches the target
-            cvi = dep_int8.folder / dep_int8.result["cvimodel"]
-            outs = dep_int8.folder / dep_int8.result["model_outputs"]
-        shutil.copyfile(cvi, folder / "mix.cvimodel")
-        shutil.copyfile(outs, folder / "mix_model_outputs.npz")
-        cos, names = cosine_to_reference(referenced.folder / referenced.result["reference"],
-                                         folder / "mix_model_outputs.npz")
         met = any(rr.meets for rr in rows if not rr.all_bf16) if mix.target else True
-        bf16_meets = any(rr.meets for rr in rows if rr.all_bf16)
         return {"rows": mixprec.rows_json(rows), "chosen": chosen, "target": mix.target,
-                "met": met, "bf16_meets": bf16_meets, "qtable": "chosen.qtable",
-                "cvimodel": "mix.cvimodel",
-                "model_outputs": "mix_model_outputs.npz", "cosine": cos, "outputs": names,
-                "size_bytes": (folder / "mix.cvimodel").stat().st_size,
-                "ion_mb": best.ion_mb}
-    return wd.run("mix", key, run, lambda res: [res["cvimodel"], res["qtable"]])
+                "met": met, "bf16_meets": any(rr.meets for rr in rows if rr.all_bf16),
+                "fast_search_seconds": round(fast_secs, 1)}
+    return wd.run("mix", key, run, lambda res: [rw["cvimodel"] for rw in res["rows"]])
+
+
+def picked_mix(r: Recipe, mixed: StageRecord) -> dict:
+    """The mix stage's result with ``chosen`` set to the row ``mix.pick`` names (1-based, as
+    the trade-off table numbers them), when it names one."""
+    res = dict(mixed.result)
+    rows = res["rows"]
+    if r.mix.pick:
+        if not 1 <= r.mix.pick <= len(rows):
+            raise ConfigError(f"mix.pick = {r.mix.pick}: the trade-off table has rows 1 to "
+                              f"{len(rows)}; pick one of those numbers (see {r.name}.mix.md).")
+        res["chosen"] = r.mix.pick - 1
+        res["picked"] = True
+    return res
 
 
 def match_outputs(reference: dict[str, np.ndarray], produced: dict[str, np.ndarray]) -> \
@@ -581,7 +585,7 @@ def build(recipe: Recipe, out_dir: Path | None = None, work_dir: Path | None = N
     mixed = None
     if recipe.mix.target or recipe.mix.qtable:
         mixed = stage_mix(wd, recipe, transformed, wd.records["calibrate"], results["int8"][0],
-                          results["bf16"][0] if "bf16" in results else None, referenced)
+                          results["bf16"][0] if "bf16" in results else None)
     result = _finish(recipe, out_dir, wd, exported, transformed, referenced, results, mixed)
     if recipe.deploy.save_input_files:
         from .replay import write_input_archive
@@ -650,23 +654,31 @@ def _finish(recipe: Recipe, out_dir: Path, wd: WorkDir, exported: StageRecord,
         models[mode] = ModelArtifact(
             mode, final, dep.result["size_bytes"], dep.result["ion_mb"], ver.result["cosine"],
             {n: got[k].reshape(reference[n].shape) for n, k in ver.result["outputs"].items()})
+    mix = None
     if mixed is not None:
-        res = mixed.result
-        final = atomic_copy(mixed.folder / res["cvimodel"],
+        from . import mixprec
+        mix = picked_mix(recipe, mixed)
+        best = mix["rows"][mix["chosen"]]
+        final = atomic_copy(mixed.folder / best["cvimodel"],
                             out_dir / f"{recipe.name}_{recipe.chip}_mix.cvimodel")
-        atomic_copy(mixed.folder / res["qtable"], out_dir / f"{recipe.name}.qtable")
-        atomic_copy(mixed.folder / "tradeoff.md", out_dir / f"{recipe.name}.mix.md")
-        got = dict(np.load(mixed.folder / res["model_outputs"]))
-        models["mix"] = ModelArtifact("mix", final, res["size_bytes"], res["ion_mb"],
-                                      res["cosine"], {n: got[k].reshape(reference[n].shape)
-                                                      for n, k in res["outputs"].items()})
+        outputs = mixed.folder / best["model_outputs"]
+        cos, names = cosine_to_reference(referenced.folder / referenced.result["reference"],
+                                         outputs)
+        got = dict(np.load(outputs))
+        models["mix"] = ModelArtifact("mix", final, best["size_bytes"], best["ion_mb"], cos,
+                                      {n: got[k].reshape(reference[n].shape)
+                                       for n, k in names.items()})
+        rows = [mixprec.Candidate(**{k: v for k, v in rw.items() if k != "n_bf16"})
+                for rw in mix["rows"]]
+        atomic_write(out_dir / f"{recipe.name}.qtable", mixprec.qtable_text(
+            best["layers"], f"{best['label']}: {mix['target'] or 'given table'} -> "
+                            f"{best['metric']:.4f}"))
+        atomic_write(out_dir / f"{recipe.name}.mix.md",
+                     mixprec.table_md(rows, mix["chosen"], mix["target"]))
     if "head" in exported.result:
         atomic_copy(exported.folder / exported.result["head"],
                     out_dir / f"{recipe.name}.detect.json")
-    recipe_path = out_dir / f"{recipe.name}.recipe.toml"
-    tmp = recipe_path.with_name(f".{recipe_path.name}.tmp")
-    tmp.write_text(recipe.to_toml())
-    os.replace(tmp, recipe_path)
+    recipe_path = atomic_write(out_dir / f"{recipe.name}.recipe.toml", recipe.to_toml())
     t = transformed
     stages = [wd.records[n] for n in ["export", "transform", "reference", "calibrate",
                                        *[f"deploy-{m}" for m in recipe.quantize],
@@ -688,5 +700,5 @@ def _finish(recipe: Recipe, out_dir: Path, wd: WorkDir, exported: StageRecord,
     return BuildResult(recipe, out_dir, wd.root, exported.folder / exported.result["onnx"],
                        dict(np.load(t.folder / t.result["test_input"])),
                        reference, models, stages,
-                       manifest, recipe_path, mixed.result if mixed is not None else None,
+                       manifest, recipe_path, mix,
                        exported_head(exported), Path(t.result["test_image"]))

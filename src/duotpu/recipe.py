@@ -126,20 +126,25 @@ class Deploy:
 @dataclass(frozen=True)
 class Mix:
     """Automatic mixed precision: the fewest layers kept in BF16 for the INT8 model to reach
-    ``target`` — ``agree>=X`` (top-1 agreement with fp32 on the decisive validation images) or
-    ``cos>=X`` (mean output cosine). ``qtable``: a table of layers to keep in BF16 (one
-    ``name BF16`` a line), used as is instead of searching. ``pick``: build the trade-off row with
-    this many BF16 layers instead of the smallest that reaches the target. ``fast_search``: try
-    the layers tpu_mlir's own ``fast_search`` picks first."""
+    ``target`` — ``agree>=X`` (top-1 agreement with fp32 on the decisive validation images),
+    ``cos>=X`` (mean output cosine) or, for detectors, ``map>=X`` (mAP@0.5 against the fp32
+    model's detections). ``qtable``: a table of layers to keep in BF16 (one ``name BF16`` a
+    line), used as is instead of searching. ``pick``: use this row of the trade-off table
+    (numbered from 1, pure INT8 first) instead of the fewest BF16 layers that reach the target;
+    the search is not run again. ``fast_search``: also measure the table tpu_mlir's own
+    ``fast_search`` picks, as one more candidate. ``regions``: into how many contiguous regions
+    the search cuts the network to find where INT8 hurts; ``max_layers``: the largest BF16 set
+    it builds."""
     target: str = ""
     qtable: str = ""
     images: str = "builtin:natural"
     count: int = 100
     seed: int = 1
     margin: float = 0.05
-    max_layers: int = 24
-    pick: int = -1
+    max_layers: int = 48
+    pick: int = 0
     fast_search: bool = True
+    regions: int = 8
 
 
 @dataclass(frozen=True)
@@ -269,6 +274,12 @@ class Recipe:
                 raise ConfigError("Mixed-precision target 'map>=X' is for detectors "
                                   "(task = \"detect\"); for a classifier use 'agree>=X' or "
                                   "'cos>=X'.")
+            m = self.mix
+            if m.regions < 1 or m.max_layers < 1 or m.pick < 0 or m.count < 1:
+                raise ConfigError(f"Recipe keys mix.regions, mix.max_layers and mix.count must be "
+                                  f"at least 1 and mix.pick at least 0 (0 = the search's "
+                                  f"choice); got regions={m.regions}, max_layers={m.max_layers}, "
+                                  f"count={m.count}, pick={m.pick}.")
             if d.batch_sizes != (1,) or d.fuse_preprocess:
                 raise ConfigError("Mixed precision is not combined with deploy.batch_sizes or "
                                   "deploy.fuse_preprocess yet; build those separately.")
