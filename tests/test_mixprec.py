@@ -78,6 +78,7 @@ def test_no_solution_is_reported(outlier_onnx, tmp_path):
     mix = (tmp_path / "o" / "outl_cv180x_mix.cvimodel").read_bytes()
     assert mix == (tmp_path / "o" / "outl_cv180x_bf16.cvimodel").read_bytes()
     assert "target not reached" not in picked.stderr
+    assert "whole model in BF16" in (tmp_path / "o" / "outl.qtable").read_text()
 
 
 def test_pick_uses_another_row_without_a_new_search(mixed, outlier_onnx):
