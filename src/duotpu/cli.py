@@ -318,17 +318,16 @@ def cmd_build(args: argparse.Namespace) -> int:
 def _print_mix(console, result, as_json: bool) -> int:
     """The mixed-precision trade-off table; non-zero when the target was not reached."""
     from rich.table import Table
+
+    from . import mixprec
     mix = result.mix
     rows = mix["rows"]
     if not as_json:
         t = Table(title=f"mixed precision: {mix['target'] or 'given table'}")
-        for col in ("#", "", "candidate", "BF16 layers", "metric", "size", "ION", "fits Duo"):
+        for col in mixprec.TABLE_HEADER:
             t.add_column(col, justify="right" if col not in ("", "candidate") else "left")
-        for i, r in enumerate(rows):
-            t.add_row(str(i + 1), "→" if i == mix["chosen"] else "", r["label"],
-                      "all" if r["all_bf16"] else str(r["n_bf16"]),
-                      f"{r['metric']:.4f}", f"{r['size_bytes'] / 1e6:.2f} MB",
-                      f"{r['ion_mb']:.2f} MB", "yes" if r["fits_duo"] else "no")
+        for cells in mixprec.table_cells(rows, mix["chosen"]):
+            t.add_row(*cells)
         console.print(t)
         console.print(f"BF16 layers: {result.out_dir / (result.recipe.name + '.qtable')} "
                       "(edit it and build with --mix-qtable FILE; --mix-pick N uses row N "

@@ -109,25 +109,13 @@ def per_layer(model: runtime.BuiltModel, top_mlir: Path, tensors: list[np.ndarra
         list[tuple[str, float]]:
     """Cosine of every tensor of the quantized MLIR to the same tensor of the fp32 MLIR
     (mean over ``tensors``), worst first."""
-    import tempfile
-
-    from . import toolchain
-    with tempfile.TemporaryDirectory(prefix="duotpu-layers-") as tmp:
-        work = Path(tmp)
-        jobs_q, jobs_f = [], []
-        for i, x in enumerate(tensors):
-            src = work / f"in{i}.npz"
-            np.savez(src, **{model.input_name: x})
-            jobs_q.append((src, work / f"q{i}.npz"))
-            jobs_f.append((src, work / f"f{i}.npz"))
-        toolchain.run_many("mlir", model.tpu_mlir, jobs_q, work / "q", [], workers=2)
-        toolchain.run_many("mlir", top_mlir, jobs_f, work / "f", [], workers=2)
-        sims: dict[str, list[float]] = {}
-        for (_, qo), (_, fo) in zip(jobs_q, jobs_f):
-            with np.load(qo) as q, np.load(fo) as f:
-                for name in q.files:
-                    if name in f.files and q[name].size == f[name].size:
-                        sims.setdefault(name, []).append(metrics.cosine(f[name], q[name]))
+    quant = runtime.run_tensors("mlir", model.tpu_mlir, model.input_name, tensors, [])
+    fp32 = runtime.run_tensors("mlir", top_mlir, model.input_name, tensors, [])
+    sims: dict[str, list[float]] = {}
+    for q, f in zip(quant, fp32):
+        for name in q:
+            if name in f and q[name].size == f[name].size:
+                sims.setdefault(name, []).append(metrics.cosine(f[name], q[name]))
     return sorted(((n, float(np.mean(v))) for n, v in sims.items()), key=lambda kv: kv[1])
 
 

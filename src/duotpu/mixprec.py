@@ -21,7 +21,7 @@ from typing import Callable
 import numpy as np
 
 from . import cvimodel as cvimodel_mod
-from . import evaluate, toolchain
+from . import evaluate, runtime, toolchain
 from .recipe import Recipe, parse_target
 
 #: Ops whose precision can be chosen (the rest follow their inputs or hold no arithmetic).
@@ -178,24 +178,12 @@ def search(recipe: Recipe, folder: Path, *, transformed, table: Path, int8: Buil
     """
     mix = recipe.mix
     kind, need = parse_target(mix.target) if mix.target else ("cos", 0.0)
-    valdir = folder / "val"
-    valdir.mkdir(parents=True, exist_ok=True)
 
     def measure(model: Built) -> tuple[float, int, float]:
         info = cvimodel_mod.read_cvimodel(model.cvimodel)
-        names = [t.name for t in info.programs[0].outputs]
-        jobs = []
-        for i, x in enumerate(val_tensors):
-            src = valdir / f"val{i:04d}.npz"
-            if not src.exists():
-                np.savez(src, **{info.programs[0].inputs[0].name: x})
-            jobs.append((src, valdir / f"out{i:04d}.npz"))
-        outs = toolchain.run_many("mlir", model.tpu_mlir, jobs, valdir / "run", names, workers=2)
-        got = []
-        for o in outs:
-            with np.load(o) as z:
-                got.append({n: np.array(z[n]) for n in names})
-            o.unlink()
+        prog = info.programs[0]
+        got = runtime.run_tensors("mlir", model.tpu_mlir, prog.inputs[0].name, val_tensors,
+                                  [t.name for t in prog.outputs])
         return score(got), info.file_size, info.ion_mb
 
     def row(label: str, layers: list[str], model: Built, all_bf16: bool = False) -> Candidate:
@@ -237,13 +225,14 @@ def search(recipe: Recipe, folder: Path, *, transformed, table: Path, int8: Buil
         _search_regions(graph, mix, build, rows[0].metric)
     rows += list(built.values())
     meeting = [i for i, r in enumerate(rows) if r.meets]
-    chosen = min(meeting, key=lambda i: (rows[i].n_bf16, -rows[i].metric)) if meeting else \
-        max(range(len(rows)), key=lambda i: (rows[i].metric, -rows[i].n_bf16))
     if mix.qtable:
         chosen = 1  # the given table is the answer, met or not
+    elif meeting:
+        chosen = min(meeting, key=lambda i: (rows[i].n_bf16, -rows[i].metric))
+    else:
+        chosen = max(range(len(rows)), key=lambda i: (rows[i].metric, -rows[i].n_bf16))
     if bf16 is not None:
         rows.append(row("pure BF16", [], bf16, all_bf16=True))
-    shutil.rmtree(valdir, ignore_errors=True)
     return rows, chosen
 
 
@@ -304,13 +293,22 @@ def rows_json(rows: list[Candidate]) -> list[dict]:
     return [asdict(r) | {"n_bf16": r.n_bf16} for r in rows]
 
 
-def table_md(rows: list[Candidate], chosen: int, target: str) -> str:
-    """The trade-off table as Markdown; ``#`` is the row number ``mix.pick`` takes."""
-    lines = [f"| # | | candidate | BF16 layers | {target or 'metric'} | size | ION | fits Duo |",
+TABLE_HEADER = ("#", "", "candidate", "BF16 layers", "metric", "size", "ION", "fits Duo")
+
+
+def table_cells(rows: list[dict], chosen: int) -> list[list[str]]:
+    """The trade-off table's cells, one list per row (rows as in :func:`rows_json`), under
+    :data:`TABLE_HEADER`; ``#`` is the row number ``mix.pick`` takes."""
+    return [[str(i + 1), "→" if i == chosen else "", r["label"],
+             "all" if r["all_bf16"] else str(r["n_bf16"]), f"{r['metric']:.4f}",
+             f"{r['size_bytes'] / 1e6:.2f} MB", f"{r['ion_mb']:.2f} MB",
+             "yes" if r["fits_duo"] else "no"] for i, r in enumerate(rows)]
+
+
+def table_md(rows: list[dict], chosen: int, target: str) -> str:
+    """The trade-off table as Markdown, the metric column named after ``target``."""
+    header = [target or h if h == "metric" else h for h in TABLE_HEADER]
+    lines = ["| " + " | ".join(header) + " |",
              "| ---: | --- | --- | ---: | ---: | ---: | ---: | --- |"]
-    for i, r in enumerate(rows):
-        lines.append(f"| {i + 1} | {'→' if i == chosen else ''} | {r.label} | "
-                     f"{r.shown_bf16} | {r.metric:.4f} | "
-                     f"{r.size_bytes / 1e6:.2f} MB | {r.ion_mb:.2f} MB | "
-                     f"{'yes' if r.fits_duo else 'no'} |")
+    lines += ["| " + " | ".join(cells) + " |" for cells in table_cells(rows, chosen)]
     return "\n".join(lines) + "\n"

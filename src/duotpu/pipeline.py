@@ -668,14 +668,12 @@ def _finish(recipe: Recipe, out_dir: Path, wd: WorkDir, exported: StageRecord,
         models["mix"] = ModelArtifact("mix", final, best["size_bytes"], best["ion_mb"], cos,
                                       {n: got[k].reshape(reference[n].shape)
                                        for n, k in names.items()})
-        rows = [mixprec.Candidate(**{k: v for k, v in rw.items() if k != "n_bf16"})
-                for rw in mix["rows"]]
         note = f"{best['label']}: {mix['target'] or 'given table'} -> {best['metric']:.4f}"
         if best["all_bf16"]:
             note += " (the whole model in BF16, which a table cannot say: use the BF16 cvimodel)"
         atomic_write(out_dir / f"{recipe.name}.qtable", mixprec.qtable_text(best["layers"], note))
         atomic_write(out_dir / f"{recipe.name}.mix.md",
-                     mixprec.table_md(rows, mix["chosen"], mix["target"]))
+                     mixprec.table_md(mix["rows"], mix["chosen"], mix["target"]))
     if "head" in exported.result:
         atomic_copy(exported.folder / exported.result["head"],
                     out_dir / f"{recipe.name}.detect.json")

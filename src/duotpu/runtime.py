@@ -156,6 +156,29 @@ def infer_batched(model: BuiltModel, tensors: list[np.ndarray],
     return results
 
 
+def run_tensors(backend: str, target: Path, input_name: str, tensors: list[np.ndarray],
+                names: list[str], workers: int | None = None,
+                progress: Callable[[int], None] | None = None, program: int = 0) -> \
+        list[dict[str, np.ndarray]]:
+    """Run input tensors through a cvimodel (``backend="cvimodel"``) or an MLIR file (``mlir``)
+    with tpu_mlir's tools; per input, the tensors named in ``names`` (every tensor if empty)."""
+    workers = workers or min(os.cpu_count() or 1, 2)
+    with tempfile.TemporaryDirectory(prefix="duotpu-infer-") as tmp:
+        tmp = Path(tmp)
+        jobs = []
+        for i, x in enumerate(tensors):
+            src = tmp / f"in{i:05d}.npz"
+            np.savez(src, **{input_name: x})
+            jobs.append((src, tmp / f"out{i:05d}.npz"))
+        outs = toolchain.run_many(backend, target, jobs, tmp / "work", names, workers, progress,
+                                  program)
+        results = []
+        for o in outs:
+            with np.load(o) as z:
+                results.append({k: np.array(z[k]) for k in z.files})
+    return results
+
+
 def infer(model: BuiltModel, tensors: list[np.ndarray], backend: str = "cvimodel",
           workers: int | None = None, progress: Callable[[int], None] | None = None,
           keep_all: bool = False, program: int = 0,
@@ -170,21 +193,9 @@ def infer(model: BuiltModel, tensors: list[np.ndarray], backend: str = "cvimodel
         raise ModelError(f"The quantized MLIR of {model.cvimodel} is not available (the build's "
                          "work directory is gone); use the simulator backend.")
     target = model.cvimodel if backend == "cvimodel" else model.tpu_mlir
-    workers = workers or min(os.cpu_count() or 1, 2)
     names = [] if keep_all else (output_names or model.output_names)
-    with tempfile.TemporaryDirectory(prefix="duotpu-infer-") as tmp:
-        tmp = Path(tmp)
-        jobs = []
-        for i, x in enumerate(tensors):
-            src = tmp / f"in{i:05d}.npz"
-            np.savez(src, **{model.input_name: x})
-            jobs.append((src, tmp / f"out{i:05d}.npz"))
-        outs = toolchain.run_many(backend, target, jobs, tmp / "work", names, workers, progress,
-                                  program)
-        results = []
-        for o in outs:
-            with np.load(o) as z:
-                results.append({k: np.array(z[k]) for k in z.files})
+    results = run_tensors(backend, target, model.input_name, tensors, names, workers, progress,
+                          program)
     for r in results:  # the simulator keeps NCHW-padded shapes ([1,10,1,1]); use the cvimodel's
         for t in model.info.programs[program].outputs:
             if t.name in r and r[t.name].size == int(np.prod(t.shape)):
