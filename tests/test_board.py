@@ -231,3 +231,59 @@ def test_detector_on_the_board(profile, tiny_detector_build, tmp_path):
     assert (tmp_path / "board.jpg").is_file()
     text = run_cli("board", "run", str(art.cvimodel), str(image), "--board", profile.name)
     assert text.returncode == 0 and "object(s)" in text.stdout, text.stderr
+
+
+@emulator_only
+def test_doctor_refuses_an_sdk_whose_model_runner_does_not_start(emu, profile, tmp_path):
+    """`model_runner: not found` (or a runner that is not the SDK's) is not a usable SDK, even
+    though its output contains the word 'model'."""
+    from dataclasses import replace
+    broken = tmp_path / "broken-sdk"
+    (broken / "bin").mkdir(parents=True)
+    (broken / "envs_tpu_sdk.sh").write_text("export PATH=$PWD/bin:$PATH\n")
+    with board.Board(replace(profile, sdk_dir=str(broken))) as b:
+        d = board.doctor(b)
+    assert not d.sdk_ok and not d.runtime_version
+    assert any("model_runner does not start" in p for p in d.problems), d.problems
+    (broken / "bin" / "model_runner").write_text("#!/bin/sh\necho 'usage: model_runner -m model'"
+                                                 "\nexit 1\n")
+    (broken / "bin" / "model_runner").chmod(0o755)
+    with board.Board(replace(profile, sdk_dir=str(broken))) as b:
+        assert not board.doctor(b).sdk_ok  # no runtime version line: not cviruntime's runner
+    for text, ok in [("Cvitek Runtime (1.4.0)\nusage: ...\nduotpu-rc:1", True),
+                     ("sh: model_runner: not found\nduotpu-rc:127", False),
+                     ("Cvitek Runtime (1.4.0)\nduotpu-rc:126", False),
+                     ("model_runner: error while loading shared libraries: libcviruntime.so",
+                      False)]:
+        assert board.sdk_usable(text) is ok, text
+
+
+@emulator_only
+def test_push_with_sdk_checks_the_models_before_uploading_them(emu, profile, tiny_build,
+                                                               tmp_path):
+    """`board push --sdk DIR MODEL`: the chip and memory checks come before anything is
+    uploaded; the runtime version is checked against the SDK being pushed, before the models."""
+    import shutil
+    from dataclasses import replace
+    art = tiny_build.models["int8"]
+    sdk = tmp_path / "tpu-sdk-cv180x"
+    shutil.copytree(emu.sdk, sdk)
+    target = replace(profile, name="pushy", sdk_dir=str(tmp_path / "board-sdk"),
+                     work_dir=str(tmp_path / "board-work"))
+    board.save_profile(target)
+    remote_model = tmp_path / "board-work" / "models" / art.cvimodel.name
+    emu.configure(chip="cv181x")
+    proc = run_cli("board", "push", "--sdk", str(sdk), str(art.cvimodel), "--board", "pushy")
+    assert proc.returncode == 1 and "CANNOT run on platform cv181x" in proc.stderr
+    assert not remote_model.exists() and not (tmp_path / "board-sdk").exists()
+    # the new SDK's runtime is older than the model's format: SDK goes up, the model does not
+    emu.configure()
+    cfg = json.loads((sdk / "emulator.json").read_text())
+    (sdk / "emulator.json").write_text(json.dumps(cfg | {"runtime_version": "1.2.0"}))
+    proc = run_cli("board", "push", "--sdk", str(sdk), str(art.cvimodel), "--board", "pushy")
+    assert proc.returncode == 1 and "model_version 1.2" in proc.stderr, proc.stderr
+    assert (tmp_path / "board-sdk" / "envs_tpu_sdk.sh").is_file() and not remote_model.exists()
+    (sdk / "emulator.json").write_text(json.dumps(cfg))
+    proc = run_cli("board", "push", "--sdk", str(sdk), str(art.cvimodel), "--board", "pushy")
+    assert proc.returncode == 0, proc.stderr
+    assert remote_model.is_file()

@@ -24,7 +24,12 @@ def _recipe(onnx_path, **over):
 @pytest.fixture(scope="module")
 def mixed(tmp_path_factory, outlier_onnx):
     out = tmp_path_factory.mktemp("mixbuild")
-    return pipeline.build(_recipe(outlier_onnx, **{"mix.target": "agree>=0.95"}), out)
+    return pipeline.build(_recipe(outlier_onnx, **MIXED), out)
+
+
+# deploy options the mixed-precision candidates must carry like the plain builds do
+MIXED = {"mix.target": "agree>=0.95", "deploy.model_version": "1.2",
+         "mix.fast_search_cos": 0.99, "tolerance.correctness": [0.985, 0.85]}
 
 
 def test_search_finds_the_sensitive_layer(mixed):
@@ -46,13 +51,13 @@ def test_table_round_trips_and_the_cache_is_used(mixed, outlier_onnx, tmp_path):
     qtable = mixed.out_dir / "outl.qtable"
     layers = mixprec.read_qtable(qtable)
     assert layers == mixed.mix["rows"][mixed.mix["chosen"]]["layers"]
-    again = pipeline.build(_recipe(outlier_onnx, **{"mix.target": "agree>=0.95"}),
-                           mixed.out_dir)
+    again = pipeline.build(_recipe(outlier_onnx, **MIXED), mixed.out_dir)
     assert all(s.cached for s in again.stages)
     # a hand-edited table is used as is: keep only the sensitive layer
     edited = tmp_path / "edited.qtable"
     mixprec.write_qtable(edited, ["hot_Relu"])
-    by_hand = pipeline.build(_recipe(outlier_onnx, **{"mix.qtable": str(edited)}),
+    by_hand = pipeline.build(_recipe(outlier_onnx, **{**MIXED, "mix.target": "",
+                                                      "mix.qtable": str(edited)}),
                              mixed.out_dir)
     assert by_hand.mix["rows"][by_hand.mix["chosen"]]["layers"] == ["hot_Relu"]
     assert mixprec.read_qtable(mixed.out_dir / "outl.qtable") == ["hot_Relu"]
@@ -83,10 +88,10 @@ def test_no_solution_is_reported(outlier_onnx, tmp_path):
 
 def test_pick_uses_another_row_without_a_new_search(mixed, outlier_onnx):
     """--mix-pick N takes row N of the trade-off table from the cached search."""
-    base = pipeline.build(_recipe(outlier_onnx, **{"mix.target": "agree>=0.95"}),
+    base = pipeline.build(_recipe(outlier_onnx, **MIXED),
                           mixed.out_dir)  # (another test may have built a hand-made table here)
     rows = base.mix["rows"]
-    again = pipeline.build(_recipe(outlier_onnx, **{"mix.target": "agree>=0.95", "mix.pick": 1}),
+    again = pipeline.build(_recipe(outlier_onnx, **MIXED, **{"mix.pick": 1}),
                            mixed.out_dir)
     assert all(s.cached for s in again.stages)  # the search is not run again
     assert again.mix["chosen"] == 0 and again.mix["picked"]
@@ -95,10 +100,10 @@ def test_pick_uses_another_row_without_a_new_search(mixed, outlier_onnx):
     assert mixprec.read_qtable(again.out_dir / "outl.qtable") == []
     assert "| 1 | → | pure INT8 |" in (again.out_dir / "outl.mix.md").read_text()
     with pytest.raises(ConfigError, match="rows 1 to"):
-        pipeline.build(_recipe(outlier_onnx, **{"mix.target": "agree>=0.95",
-                                                "mix.pick": len(rows) + 1}), mixed.out_dir)
+        pipeline.build(_recipe(outlier_onnx, **MIXED, **{"mix.pick": len(rows) + 1}),
+                       mixed.out_dir)
     # back to the search's own choice
-    back = pipeline.build(_recipe(outlier_onnx, **{"mix.target": "agree>=0.95"}), mixed.out_dir)
+    back = pipeline.build(_recipe(outlier_onnx, **MIXED), mixed.out_dir)
     assert mixprec.read_qtable(back.out_dir / "outl.qtable") == rows[base.mix["chosen"]]["layers"]
 
 
@@ -141,3 +146,45 @@ def test_region_search_narrows_to_the_layers_that_matter():
     best = min((c for c in built.values() if c.meets), key=lambda c: c.n_bf16)
     assert best.layers == ["l5", "l6", "l7"]
     assert len(built) < 2 * len(names)
+
+
+def test_mix_candidates_carry_the_recipes_deploy_options(mixed):
+    """Every candidate is deployed with the recipe's options (one place builds them): the mix
+    cvimodel has the recipe's format version, its deploy used the recipe's correctness, and
+    fast_search was asked for the recipe's cosine."""
+    from duotpu import cvimodel
+    mix = mixed.models["mix"]
+    assert cvimodel.read_cvimodel(mix.cvimodel).version.startswith("1.2")
+    assert cvimodel.read_cvimodel(mixed.models["int8"].cvimodel).version.startswith("1.2")
+    stage = mixed.work_dir / "mix"
+    logs = sorted(stage.glob("c*/deploy.log"))
+    assert logs
+    for log in logs:
+        cmd = log.read_text().splitlines()[0]
+        assert "--correctness 0.985,0.85" in cmd and "--model_version 1.2" in cmd, cmd
+    fast = (stage / "fast_search" / "fast_search.log").read_text().splitlines()[0]
+    assert "--expected_cos 0.99 " in fast + " "
+
+
+def test_eval_scores_the_mix_model_as_itself(mixed, tmp_path):
+    """`duotpu eval` of a build folder scores every cvimodel, the mix one under its own name,
+    on its own quantized MLIR (bit-exact with the simulator), and the table fits 100 columns
+    without empty label columns."""
+    from duotpu import runtime
+    from duotpu.images import write_calibration_set
+    m = runtime.open_model(mixed.models["mix"].cvimodel)
+    assert m.mode == "mix" and m.tpu_mlir == mixed.models["mix"].tpu_mlir
+    assert m.tpu_mlir.is_file() and "mix" in str(m.tpu_mlir.parent)
+    folder = tmp_path / "imgs"
+    write_calibration_set(folder, 4, seed=3)
+    p = run_cli("eval", str(mixed.out_dir), "--images", str(folder), "--backend", "mlir",
+                "--check", "2", "--out", str(tmp_path / "rep"))
+    assert p.returncode == 0, p.stderr + p.stdout
+    rep = json.loads((tmp_path / "rep" / "report.json").read_text())
+    assert set(rep["modes"]) == {"int8", "bf16", "mix"}
+    assert rep["fast_path_check"]["mix"]["max_abs_diff"] == 0.0
+    # the mix model keeps the outlier layer in BF16: closer to fp32 than pure INT8
+    assert rep["modes"]["mix"]["cosine_mean"] > rep["modes"]["int8"]["cosine_mean"]
+    lines = p.stdout.splitlines()
+    assert max(map(len, lines)) <= 100 and not any("…" in ln for ln in lines), p.stdout
+    assert "top-1 acc" not in p.stdout and "decisive (n)" in p.stdout

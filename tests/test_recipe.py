@@ -71,3 +71,38 @@ def test_bad_toml_is_a_config_error(tmp_path):
     (tmp_path / "r.toml").write_text("name = \n")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_recipe(tmp_path / "r.toml")
+
+
+def test_relative_paths_in_a_toml_recipe_are_taken_from_its_folder(tmp_path, monkeypatch):
+    """Every path key (from the dataclasses' field metadata) resolves against the recipe's
+    folder, not the working directory: mix.qtable and mix.images included."""
+    from duotpu.recipe import path_keys
+    assert {"model.source", "model.weights", "calibration.images", "test_image", "mix.qtable",
+            "mix.images"} <= set(path_keys())
+    folder = tmp_path / "project"
+    folder.mkdir()
+    (folder / "r.toml").write_text(
+        'name = "m"\ntest_image = "imgs/cat.png"\nquantize = ["int8"]\n'
+        '[model]\nsource = "m.onnx"\nweights = "DEFAULT"\n'
+        '[calibration]\nimages = "calib"\n'
+        '[mix]\ntarget = "cos>=0.99"\nqtable = "my.qtable"\nimages = "val"\n')
+    monkeypatch.chdir(tmp_path)  # somewhere else
+    r = load_recipe(folder / "r.toml")
+    assert r.model.source == str(folder / "m.onnx") and r.model.weights == "DEFAULT"
+    assert r.calibration.images == str(folder / "calib")
+    assert r.test_image == str(folder / "imgs" / "cat.png")
+    assert r.mix.qtable == str(folder / "my.qtable") and r.mix.images == str(folder / "val")
+    built_in = recipe_from_dict({"name": "m", "model": {"source": "torchvision:resnet18"}})
+    assert built_in.calibration.images == "builtin:natural"
+
+
+def test_gray_input_needs_no_mean_or_std():
+    """Defaults follow the input's channel count; only values the user gave are checked."""
+    r = recipe_from_dict({"name": "g", "model": {"source": "m.onnx"},
+                          "inputs": [{"name": "x", "shape": [1, 1, 64, 256]}],
+                          "preprocess": {"pixel_format": "gray"}})
+    assert r.preprocess.mean == (0.0,) and r.preprocess.std == (1.0,)
+    with pytest.raises(ConfigError, match="preprocess.mean' has 3 values"):
+        recipe_from_dict({"name": "g", "model": {"source": "m.onnx"},
+                          "inputs": [{"name": "x", "shape": [1, 1, 64, 256]}],
+                          "preprocess": {"pixel_format": "gray", "mean": [0.1, 0.2, 0.3]}})

@@ -147,3 +147,46 @@ def test_multi_batch_model(variant_builds, tmp_path):
                                    atol=1e-2)
     proc = run_cli("predict", str(art.cvimodel), *map(str, paths), "--json")
     assert proc.returncode == 0 and len(json.loads(proc.stdout)["results"]) == 5
+
+
+def test_multi_batch_bf16_model_has_its_fast_path(variant_builds):
+    """A bs1_bs4 BF16 build is opened through its manifest: its quantized MLIR (batch 1's) is
+    the fast path, and it agrees with the simulator's batch-1 program."""
+    _, multi = variant_builds
+    m = runtime.open_model(multi.models["bf16"].cvimodel)
+    assert m.mode == "bf16" and m.tpu_mlir is not None and m.tpu_mlir.is_file()
+    assert m.tpu_mlir == multi.models["bf16"].tpu_mlir
+    rng = np.random.default_rng(5)
+    tensors = [rng.normal(0, 1, (1, 3, 32, 32)).astype(np.float32) for _ in range(2)]
+    fast = runtime.infer(m, tensors, backend="mlir")
+    sim = runtime.infer(m, tensors, program=0)
+    for a, b in zip(fast, sim):
+        name = m.output_names[0]
+        assert np.abs(a[name].ravel() - b[name].ravel()).max() <= 0.0625  # BF16 rounding
+
+
+def test_a_multi_program_file_with_a_wrong_md5_is_corrupt(variant_builds, tmp_path):
+    """Only a file model_tool wrote (header padding "AA": it never records the md5) skips the
+    md5 check: a multi-program file whose header claims an md5 ("Cv", as model_deploy writes)
+    that does not match is refused as corrupt."""
+    import hashlib
+
+    from duotpu import cvimodel
+    from duotpu.errors import ModelError
+    _, multi = variant_builds
+    data = bytearray(multi.models["bf16"].cvimodel.read_bytes())
+    assert data[46:48] == b"AA"  # combined by model_tool: md5 not recorded
+    claimed = tmp_path / "claimed.cvimodel"
+    claimed.write_bytes(bytes(data[:46] + b"Cv" + data[48:]))  # the same garbage md5, claimed
+    with pytest.raises(ModelError, match="corrupt"):
+        cvimodel.read_cvimodel(claimed)
+    data[46:48] = b"Cv"
+    data[14:30] = hashlib.md5(bytes(data[48:])).digest()
+    good = tmp_path / "with_md5.cvimodel"
+    good.write_bytes(bytes(data))
+    assert cvimodel.read_cvimodel(good).md5_status == "ok"
+    data[-100] ^= 0xFF  # a flipped byte in the section data
+    bad = tmp_path / "corrupt.cvimodel"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(ModelError, match="corrupt"):
+        cvimodel.read_cvimodel(bad)

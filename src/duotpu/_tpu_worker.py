@@ -11,6 +11,8 @@ import argparse
 import os
 import sys
 
+from pathlib import Path
+
 import numpy as np
 
 
@@ -81,7 +83,8 @@ def main() -> int:
     ap.add_argument("--backend", choices=["cvimodel", "mlir"], required=True)
     ap.add_argument("--model", required=True)
     ap.add_argument("--jobs")
-    ap.add_argument("--graph", action="store_true", help="print the MLIR's op graph as JSON")
+    ap.add_argument("--graph", action="store_true", help="write the MLIR's op graph as JSON")
+    ap.add_argument("--graph-out", help="where --graph writes (default: stdout)")
     ap.add_argument("--program", type=int, default=0)
     ap.add_argument("--outputs", default="", help="comma-separated output names to keep")
     ap.add_argument("--fused-input", nargs=5,
@@ -96,8 +99,12 @@ def main() -> int:
         import json
         from tpu_mlir.python.utils.mlir_parser import MlirParser
         parser = MlirParser(args.model)
-        print(json.dumps({op.name: {"type": op.type, "inputs": list(op.opds)}
-                          for op in parser.ops}))
+        text = json.dumps({op.name: {"type": op.type, "inputs": list(op.opds)}
+                           for op in parser.ops})
+        if args.graph_out:
+            Path(args.graph_out).write_text(text)
+        else:
+            print(text)
         return 0
     keep = [n for n in args.outputs.split(",") if n]
     jobs = [ln.rstrip("\n").split("\t") for ln in open(args.jobs) if ln.strip()]

@@ -340,13 +340,31 @@ def doctor(b: Board) -> Doctor:
         d.problems.append(f"The runtime SDK is not at {p.sdk_dir} on the board. Upload it with "
                           "`duotpu board push --sdk PATH/TO/tpu-sdk-cv180x`.")
         return d
-    rr = b.run(b.sdk_command("model_runner 2>&1 | head -20"))
-    d.runtime_version = runtime_version(rr.stdout + rr.stderr)
-    d.sdk_ok = bool(d.runtime_version) or "model" in (rr.stdout + rr.stderr)
+    # run it with no arguments: it prints its "Cvitek Runtime (x.y.z)" line, then its usage
+    rr = b.run(b.sdk_command('out=$(model_runner 2>&1); rc=$?; printf "%s\\n" "$out" | '
+                             'head -20; echo "duotpu-rc:$rc"'))
+    text = rr.stdout + rr.stderr
+    d.runtime_version = runtime_version(text)
+    d.sdk_ok = sdk_usable(text)
     if not d.sdk_ok:
-        d.problems.append("The SDK's model_runner does not start: "
-                          + (rr.stdout + rr.stderr).strip()[-300:])
+        shown = re.sub(r"duotpu-rc:\d+\s*$", "", text.strip()).strip()[-300:]
+        d.problems.append("The SDK's model_runner does not start on the board "
+                          f"({shown or 'no output'}). Upload a complete SDK for the board's "
+                          "chip with `duotpu board push --sdk PATH/TO/tpu-sdk-cv180x`.")
     return d
+
+
+def sdk_usable(text: str) -> bool:
+    """Whether ``model_runner``'s output (run with no arguments, followed by a
+    ``duotpu-rc:N`` line with its exit code) shows a working runtime: it printed the runtime's
+    version line, and the shell could run it (not 126/127, no loader error)."""
+    rc = re.search(r"duotpu-rc:(\d+)", text)
+    if rc and int(rc.group(1)) in (126, 127):
+        return False
+    if re.search(r"not found|No such file|cannot execute|error while loading shared libraries|"
+                 r"Exec format error|Segmentation fault|Illegal instruction", text):
+        return False
+    return bool(runtime_version(text))
 
 
 # --------------------------------------------------------------------------------------------
@@ -374,6 +392,51 @@ def check_model_for_board(info, d: Doctor) -> list[str]:
                    f"has {d.ion_mb:.2f} MB. Use a smaller input, INT8 instead of BF16, or an "
                    "image with a bigger ION carveout.")
     return out
+
+
+@dataclass
+class PushReport:
+    """What :func:`push` did: the upload, and the problems found (kept only with ``force``)."""
+    result: PushResult
+    problems: list[str]
+
+
+def push(b: Board, models: list[Path], sdk: Path | None = None, force: bool = False,
+         progress: Callable[[int, int], None] | None = None) -> PushReport:
+    """Upload an SDK folder and/or cvimodels, each checked before it is uploaded.
+
+    The board's chip and ION memory are checked against every model before anything is
+    uploaded. The runtime version is checked against the runtime that will run the models:
+    the board's, or with ``sdk`` the new SDK's (uploaded first, then asked). Models are never
+    uploaded before all their checks pass; ``force`` uploads anyway and returns the problems.
+    Raises :class:`BoardError` with every problem otherwise."""
+    from .cvimodel import read_cvimodel
+    if not models and sdk is None:
+        raise ConfigError("Nothing to push: give cvimodel files and/or --sdk FOLDER.")
+    infos = [read_cvimodel(m) for m in models]
+    d = doctor(b) if models else Doctor()
+    if sdk is not None:
+        d.runtime_version = ""  # the board's runtime is about to be replaced
+    problems = [p for info in infos for p in check_model_for_board(info, d)]
+    if problems and not force:
+        raise BoardError(" ".join(problems) + " Nothing was uploaded (--force to try anyway).")
+    sent = PushResult([], [], 0)
+    if sdk is not None:
+        sent = push_files(b, sdk_files(Path(sdk), b.profile.sdk_dir), progress)
+        if models:
+            new = doctor(b)
+            late = [p for info in infos for p in check_model_for_board(info, new)
+                    if p not in problems]
+            if late and not force:
+                raise BoardError(" ".join(late) + " The SDK was uploaded; the models were not "
+                                 "(--force to try anyway).")
+            problems += late
+    if models:
+        more = push_files(b, [(Path(m), remote_model_path(b, Path(m))) for m in models],
+                          progress)
+        sent = PushResult(sent.uploaded + more.uploaded, sent.skipped + more.skipped,
+                          sent.bytes_sent + more.bytes_sent)
+    return PushReport(sent, problems)
 
 
 # --------------------------------------------------------------------------------------------

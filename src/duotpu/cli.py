@@ -3,17 +3,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import threading
 import traceback
 from pathlib import Path
-
-import numpy as np
 from typing import Any
 
-from .errors import ConfigError, DuoTpuError, ToleranceError, ToolchainError
+import numpy as np
 
-EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+from .errors import BuildFailed, ConfigError, DuoTpuError, ToleranceError, ToolchainError
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2  # interrupted: 128 + the signal (130, 143)
 
 
 def _console():
@@ -193,16 +194,15 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     if getattr(args, "fuse_preprocess", None):
         out["deploy.fuse_preprocess"] = True
         out["deploy.pixel_format"] = args.fuse_preprocess
-    for path_key in ("calibration.images", "test_image", "model.weights", "mix.qtable",
-                     "mix.images"):
-        v = out.get(path_key)
-        if isinstance(v, str) and not v.startswith("builtin:") and Path(v).exists():
-            out[path_key] = str(Path(v).resolve())
     for item in getattr(args, "set", []) or []:
         if "=" not in item:
             raise ConfigError(f"--set needs KEY=VALUE, got {item!r}.")
         k, v = item.split("=", 1)
         out[k.strip()] = parse_override_value(k, v.strip())
+    from .recipe import path_keys, resolve_path
+    for path_key, kind in path_keys().items():  # paths on the command line: from the cwd
+        if path_key in out and path_key != "model.source":
+            out[path_key] = resolve_path(out[path_key], Path.cwd(), kind)
     return out
 
 
@@ -232,6 +232,20 @@ def _recipe_from_args(args: argparse.Namespace):
     for dotted, value in overrides.items():
         set_dotted(base, dotted, value)
     return recipe_from_dict(base, where)
+
+
+def _table(title: str, header: list[str], rows: list[list[str]], numeric_from: int = 1):
+    """A rich table of ``rows`` under ``header`` without the columns that are empty in every
+    row (no labels → no accuracy columns); headers never wrap or get cut."""
+    from rich.table import Table
+    keep = [i for i in range(len(header)) if i == 0 or any(r[i] for r in rows)]
+    t = Table(title=title)
+    for i in keep:
+        t.add_column(header[i], justify="right" if i >= numeric_from else "left",
+                     no_wrap=True, min_width=len(header[i]))
+    for r in rows:
+        t.add_row(*(r[i] for i in keep))
+    return t
 
 
 # --------------------------------------------------------------------------------------------
@@ -542,7 +556,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from rich.progress import Progress
-    from rich.table import Table
 
     from . import evaluate, report, runtime
     target = Path(args.model)
@@ -586,23 +599,24 @@ def cmd_eval(args: argparse.Namespace) -> int:
             if top is not None:
                 data["per_layer"][b.mode] = evaluate.per_layer(
                     b, top, tensors[:args.layers])
-    t = Table(title=f"{first.info.name}: quantized vs fp32 on {len(paths)} images")
-    for col in ("model", "top-1 agree", f"decisive top-1 agree (≥{args.margin})",
-                "top-5 ∋ fp32 top-1", "mean cos", "worst cos", "mean KL", "top-1 acc",
-                "top-5 acc", "images/s"):
-        t.add_column(col, justify="right")
+    rows = []
     if labels:
         fpm = data["fp32"]
-        t.add_row("fp32", "", "", "", "", "", "", f"{fpm['top1_acc']:.3f}",
-                  f"{fpm['top5_acc']:.3f}", "")
+        rows.append(["fp32", "", "", "", "", "", "", f"{fpm['top1_acc']:.3f}",
+                     f"{fpm['top5_acc']:.3f}", ""])
     for mode, d in data["modes"].items():
-        t.add_row(mode.upper(), f"{d['top1_agree']:.3f}",
-                  f"{d['decisive_top1_agree']:.3f} ({d['decisive_n']})",
-                  f"{d['top5_contains_fp32_top1']:.3f}", f"{d['cosine_mean']:.4f}",
-                  f"{d['cosine_worst']:.4f}", f"{d['kl_mean']:.4f}",
-                  "" if d["top1_acc"] is None else f"{d['top1_acc']:.3f}",
-                  "" if d["top5_acc"] is None else f"{d['top5_acc']:.3f}",
-                  f"{d['images_per_second']:.2f}")
+        rows.append([mode.upper(), f"{d['top1_agree']:.3f}",
+                     f"{d['decisive_top1_agree']:.3f} ({d['decisive_n']})",
+                     f"{d['top5_contains_fp32_top1']:.3f}", f"{d['cosine_mean']:.4f}",
+                     f"{d['cosine_worst']:.4f}", f"{d['kl_mean']:.4f}",
+                     "" if d["top1_acc"] is None else f"{d['top1_acc']:.3f}",
+                     "" if d["top5_acc"] is None else f"{d['top5_acc']:.3f}",
+                     f"{d['images_per_second']:.2f}"])
+    t = _table(f"{first.info.name}: quantized vs fp32 on {len(paths)} images",
+               ["model", "top-1 agree", "decisive (n)", "top-5 ∋ fp32", "mean cos",
+                "worst cos", "mean KL", "top-1 acc", "top-5 acc", "img/s"], rows)
+    t.caption = (f"decisive: images where fp32's top-1 leads by ≥ {args.margin}; "
+                 "top-5 ∋ fp32: the quantized top-5 holds fp32's top-1")
     con.print(t)
     for mode, layers in data["per_layer"].items():
         worst = ", ".join(f"{n} {c:.4f}" for n, c in layers[:5])
@@ -617,7 +631,6 @@ def _eval_detector(args, built, target: Path) -> int:
     import time
 
     from rich.progress import Progress
-    from rich.table import Table
 
     from . import evaluate, report, runtime
     from .detect import MAP_CONF, read_yolo_labels
@@ -653,21 +666,22 @@ def _eval_detector(args, built, target: Path) -> int:
         if fp32_lab is not None:
             data["fp32"] = {"map50": fp32_lab["map50"], "map50_95": fp32_lab["map50_95"],
                             "objects": fp32_lab["objects"]}
-    t = Table(title=f"{first.info.name}: detections of the quantized model vs fp32 on "
-                    f"{len(paths)} images")
-    for col in ("model", "mAP@0.5 vs fp32 dets", "fp32 objects", "dets/image",
-                "worst head-map cos (mean)", "mAP@0.5 (labels)", "mAP@0.5:0.95 (labels)",
-                "images/s"):
-        t.add_column(col, justify="right")
+    rows = []
     if data["fp32"]:
-        t.add_row("fp32", "", "", "", "", f"{data['fp32']['map50']:.3f}",
-                  f"{data['fp32']['map50_95']:.3f}", "")
+        rows.append(["fp32", "", "", "", "", f"{data['fp32']['map50']:.3f}",
+                     f"{data['fp32']['map50_95']:.3f}", ""])
     for mode, d in data["modes"].items():
-        t.add_row(mode.upper(), f"{d['map50_vs_fp32']:.3f}", str(d["fp32_objects"]),
-                  f"{d['detections_per_image']:.2f}", f"{min(d['cosine_mean'].values()):.4f}",
-                  "" if d["map50"] is None else f"{d['map50']:.3f}",
-                  "" if d["map50_95"] is None else f"{d['map50_95']:.3f}",
-                  f"{d['images_per_second']:.2f}")
+        rows.append([mode.upper(), f"{d['map50_vs_fp32']:.3f}", str(d["fp32_objects"]),
+                     f"{d['detections_per_image']:.2f}",
+                     f"{min(d['cosine_mean'].values()):.4f}",
+                     "" if d["map50"] is None else f"{d['map50']:.3f}",
+                     "" if d["map50_95"] is None else f"{d['map50_95']:.3f}",
+                     f"{d['images_per_second']:.2f}"])
+    t = _table(f"{first.info.name}: quantized detections vs fp32 on {len(paths)} images",
+               ["model", "mAP50 vs fp32", "fp32 objs", "dets/img", "worst map cos",
+                "mAP50", "mAP50-95", "img/s"], rows)
+    t.caption = ("mAP50 vs fp32: the fp32 detections taken as ground truth; worst map cos: the "
+                 "lowest mean cosine of a head map; mAP50 / mAP50-95: against the labels")
     con.print(t)
     out = Path(args.out) if args.out else (target if target.is_dir() else target.parent) / "eval"
     jpath, hpath = report.write_detect_report(out, data)
@@ -741,22 +755,15 @@ def cmd_board_push(args) -> int:
     from . import board
     con = _console()
     with _open_board(args) as b:
-        files = []
-        if args.sdk:
-            files += board.sdk_files(Path(args.sdk), b.profile.sdk_dir)
-        if args.models:
-            if not args.sdk:
-                _checked(b, args.models, args.force, con)
-            files += [(Path(m), board.remote_model_path(b, Path(m))) for m in args.models]
-        if not files:
-            raise ConfigError("Nothing to push: give cvimodel files and/or --sdk FOLDER.")
         with Progress("{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                       console=con, transient=True) as prog:
             task = prog.add_task("uploading", total=None)
-            res = board.push_files(b, files, lambda done, total: prog.update(
-                task, completed=done, total=total))
-        if args.sdk and args.models:
-            _checked(b, args.models, args.force, con)
+            rep = board.push(b, [Path(m) for m in args.models or []],
+                             Path(args.sdk) if args.sdk else None, args.force,
+                             lambda done, total: prog.update(task, completed=done, total=total))
+    for p in rep.problems:
+        con.print(f"[yellow]warning (--force):[/] {p}")
+    res = rep.result
     con.print(f"uploaded {len(res.uploaded)} file(s) ({res.bytes_sent / 1e6:.2f} MB), "
               f"{len(res.skipped)} unchanged")
     return EXIT_OK
@@ -1050,6 +1057,29 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _stop_on_signals() -> dict:
+    """SIGINT and SIGTERM sent to duotpu alone (a supervisor, `timeout`, `kill PID`) stop every
+    child process within a second or two and end the command like Ctrl-C: finished stages are
+    kept, the exit code is 128 + the signal (130, 143)."""
+    from . import toolchain
+    from .errors import Interrupted
+
+    fired: list[int] = []
+
+    def handler(signum, _frame):
+        toolchain.stop_children(signum)
+        if not fired:  # a second signal while stopping must not interrupt the clean-up
+            fired.append(signum)
+            raise Interrupted(signum)
+    previous = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            previous[sig] = signal.signal(sig, handler)
+        except ValueError:  # not the main thread (main() called from a thread)
+            pass
+    return previous
+
+
 def _report_error(e: BaseException, debug: bool) -> int:
     con = _err_console()
     if debug:
@@ -1061,6 +1091,11 @@ def _report_error(e: BaseException, debug: bool) -> int:
             con.print(e.tail, markup=False, highlight=False)
     elif isinstance(e, ToleranceError):
         con.print(f"[red bold]verification failed:[/] {e}")
+    elif isinstance(e, BuildFailed):
+        con.print(f"[red bold]{len(e.errors)} parts of the build failed:[/]")
+        for i, sub in enumerate(e.errors, 1):
+            con.print(f"[red]({i})[/] {sub}", highlight=False)
+        return EXIT_FAIL
     elif isinstance(e, DuoTpuError):
         con.print(f"[red bold]error:[/] {e}")
     else:
@@ -1077,14 +1112,20 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     debug = bool(getattr(args, "debug", False))
+    previous = _stop_on_signals()
     try:
         return args.func(args)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
+        from . import toolchain
+        toolchain.stop_children(getattr(e, "signum", signal.SIGINT))
         _err_console().print("[yellow]interrupted[/] — run the same command again to resume; "
                              "finished stages are kept.")
-        return EXIT_INTERRUPTED
+        return 128 + int(getattr(e, "signum", signal.SIGINT))
     except Exception as e:  # noqa: BLE001 — the one place errors become messages
         return _report_error(e, debug)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from pathlib import Path
 from .errors import ModelError, SetupError
 
 HEADER_SIZE = 48
+PAD_UNRECORDED = b"AA"  # header padding of model_tool's files, whose md5 is never set
 _HEADER = struct.Struct("<8sIBB16s16s2s")
 _DTYPES = {0: ("fp32", 4), 1: ("int32", 4), 2: ("uint32", 4), 3: ("bf16", 2), 4: ("int16", 2),
            5: ("uint16", 2), 6: ("int8", 1), 7: ("uint8", 1)}
@@ -178,10 +179,12 @@ def read_cvimodel(path: str | Path) -> CviModelInfo:
             from None
     if actual == md5:
         info.md5_status = "ok"
-    elif len(info.programs) > 1 and all(s.offset + s.size <= len(data) - HEADER_SIZE - body_size
+    elif _pad == PAD_UNRECORDED and all(s.offset + s.size <= len(data) - HEADER_SIZE - body_size
                                         for s in info.sections):
-        # `model_tool --combine` (multi-batch models) leaves the header's md5 unset; the
-        # runtime does not check it. Such files are checked by their structure only.
+        # cviruntime's model_tool (`--combine` for multi-batch models) writes headers with the
+        # padding "AA" and never fills in the md5 (stack garbage); the runtime does not check it.
+        # Such files are checked by their structure only. model_deploy's files ("Cv") record
+        # their md5: one that does not match is corruption, however many programs it holds.
         info.md5_status = "not recorded (combined by model_tool)"
     else:
         raise corrupt

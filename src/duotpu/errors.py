@@ -60,5 +60,23 @@ class ToleranceError(DuoTpuError):
         super().__init__(f"Verification of {what} failed: {parts}. {advice}")
 
 
+class BuildFailed(DuoTpuError):
+    """More than one branch of a build failed (e.g. INT8 and BF16): every error, in order."""
+
+    def __init__(self, errors: list[BaseException]):
+        self.errors = list(errors)
+        super().__init__(" ".join(f"({i}) {type(e).__name__ if not str(e) else e}"
+                                  for i, e in enumerate(self.errors, 1)))
+
+
+class Interrupted(KeyboardInterrupt):
+    """The run was stopped by a signal (SIGINT: Ctrl-C, SIGTERM: a supervisor or ``kill``);
+    every child process was stopped and the finished stages kept."""
+
+    def __init__(self, signum: int = 2):
+        self.signum = signum
+        super().__init__(f"stopped by signal {signum}")
+
+
 class BoardError(DuoTpuError):
     """Talking to a board over SSH failed, or the board refused the model."""

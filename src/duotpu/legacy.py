@@ -327,6 +327,7 @@ def _deploy(args, cwd: Path, events) -> LegacyResult:
     data["quantize"] = [mode]
     data.setdefault("tolerance", {})[mode] = list(tol)
     data["tolerance"]["correctness"] = list(cor)
+    data["tolerance"]["excepts"] = _excepts(args.excepts)
     data.setdefault("deploy", {})
     data["deploy"]["fuse_preprocess"] = bool(args.fuse_preprocess)
     data["deploy"]["pixel_format"] = args.pixel_format or ""
@@ -345,17 +346,13 @@ def _deploy(args, cwd: Path, events) -> LegacyResult:
     image = (cwd / args.image).resolve()
     if not image.is_file():
         raise ConfigError(f"--image {args.image}: no such file.")
-    d = recipe.deploy
     files = toolchain.deploy(
         toolchain.TransformFiles(work / "transform", recipe.name), folder,
-        folder / "deploy.log", quantize=args.quantize if args.quantize != "MIX_BF16" else "INT8",
-        chip=args.chip, cvimodel_name=cvi.name,
+        folder / "deploy.log", pipeline.deploy_options(recipe, mode, image),
+        cvimodel_name=cvi.name,
         calibration_table=(cwd / args.calibration_table).resolve()
         if args.calibration_table else None,
         quantize_table=(cwd / args.qtable).resolve() if args.qtable else None,
-        tolerance=tol, correctness=cor, excepts=_excepts(args.excepts),
-        fuse_preprocess=args.pixel_format if args.fuse_preprocess else "", test_image=image,
-        merge_weight=args.merge_weight, aligned_input=d.aligned_input,
-        extra=toolchain.deploy_options(mode, d.model_version, d.inputs_type, d.outputs_type))
+        merge_weight=args.merge_weight)
     pipeline.atomic_copy(files.cvimodel, cvi)
     return LegacyResult("model_deploy.py", [cvi], recipe, notes)

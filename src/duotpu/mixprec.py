@@ -51,7 +51,8 @@ class Candidate:
     fits_duo: bool
     cvimodel: str = ""
     model_outputs: str = ""
-    all_bf16: bool = False  # the pure BF16 model (``layers`` is then empty)
+    all_bf16: bool = False
+    tpu_mlir: str = ""  # the quantized MLIR (the fast path), relative like cvimodel  # the pure BF16 model (``layers`` is then empty)
 
     @property
     def n_bf16(self) -> int:
@@ -159,7 +160,8 @@ def regions(order: list[str], consumers: dict[str, list[str]], count: int) -> li
     return out
 
 
-def search(recipe: Recipe, folder: Path, *, transformed, table: Path, int8: Built,
+def search(recipe: Recipe, folder: Path, *, transformed, table: Path,
+           options: toolchain.DeployOptions, int8: Built,
            bf16: Built | None, val_tensors: list[np.ndarray], score: Scorer,
            graph: dict[str, dict], fast_search_layers: list[str] | None = None,
            log: Callable[[str], None] = lambda m: None) -> tuple[list[Candidate], int]:
@@ -190,7 +192,8 @@ def search(recipe: Recipe, folder: Path, *, transformed, table: Path, int8: Buil
         m, size, ion = measure(model)
         c = Candidate(label, layers, m, m >= need, size, ion, ion <= DUO_ION_MB,
                       os.path.relpath(model.cvimodel, folder),
-                      os.path.relpath(model.model_outputs, folder), all_bf16)
+                      os.path.relpath(model.model_outputs, folder), all_bf16,
+                      os.path.relpath(model.tpu_mlir, folder))
         log(f"{label}: {kind} {m:.4f} ({'meets' if c.meets else 'below'} {need}), "
             f"{c.shown_bf16} BF16 layer(s), ION {ion:.2f} MB")
         return c
@@ -204,14 +207,16 @@ def search(recipe: Recipe, folder: Path, *, transformed, table: Path, int8: Buil
             shutil.rmtree(sub, ignore_errors=True)
             sub.mkdir(parents=True)
             qt = write_qtable(sub / "qtable.txt", layers)
-            files = toolchain.deploy(transformed, sub, sub / "deploy.log", quantize="int8",
-                                     chip=recipe.chip, cvimodel_name=f"{recipe.name}_mix.cvimodel",
-                                     calibration_table=table, quantize_table=qt,
-                                     tolerance=recipe.tolerance.int8, correctness=(0.98, 0.80))
+            files = toolchain.deploy(transformed, sub, sub / "deploy.log", options,
+                                     cvimodel_name=f"{recipe.name}_mix.cvimodel",
+                                     calibration_table=table, quantize_table=qt)
             built[key] = row(label, layers, Built(files.tpu_mlir, files.cvimodel,
                                                   files.model_outputs))
-            keep = {files.cvimodel, files.model_outputs, qt, sub / "deploy.log"}
-            for f in sub.iterdir():  # the rest is intermediate (tens of MB per candidate)
+            # the rest is intermediate (tens of MB per candidate); the quantized MLIR and its
+            # weights stay for the fast path (`duotpu eval` of the picked candidate)
+            keep = {files.cvimodel, files.model_outputs, qt, sub / "deploy.log", files.tpu_mlir,
+                    *toolchain.mlir_weight_files(files.tpu_mlir)}
+            for f in sub.iterdir():
                 if f not in keep:
                     shutil.rmtree(f) if f.is_dir() else f.unlink()
         return built[key]

@@ -27,7 +27,8 @@ import numpy as np
 
 from . import export as export_mod
 from . import images, metrics, toolchain
-from .errors import ConfigError, DataError, DuoTpuError, Mismatch, ToleranceError
+from .errors import (BuildFailed, ConfigError, DataError, DuoTpuError, Mismatch,
+                     ToleranceError)
 from .recipe import Recipe, parse_target
 from .yolo import YoloHead
 
@@ -163,6 +164,7 @@ class ModelArtifact:
     ion_mb: float
     cosine: dict[str, float]
     outputs: dict[str, np.ndarray] = field(repr=False, default_factory=dict)
+    tpu_mlir: Path | None = None  # its quantized MLIR in the work directory (the fast path)
 
 
 @dataclass
@@ -330,7 +332,9 @@ def stage_calibrate(wd: WorkDir, r: Recipe, transformed: StageRecord) -> StageRe
         "folder": cal.images, "files": _folder_key(_calibration_files(Path(cal.images)))}
     key = {"mlir": toolchain.file_digest(t.folder / t.result["mlir"]),
            "weights": toolchain.file_digest(t.folder / t.result["weights"]),
-           "data": data_key, "calibration": asdict(cal), "versions": toolchain.versions()}
+           "data": data_key, "calibration": asdict(cal),
+           "code": toolchain.file_digest(Path(toolchain.__file__)),
+           "versions": toolchain.versions()}
 
     def run(folder: Path) -> dict:
         data, skipped = _calibration_images(r, folder, wd)
@@ -348,19 +352,30 @@ def stage_calibrate(wd: WorkDir, r: Recipe, transformed: StageRecord) -> StageRe
     return wd.run("calibrate", key, run, lambda res: [res["table"]])
 
 
+def deploy_options(r: Recipe, mode: str, test_image: Path | None) -> toolchain.DeployOptions:
+    """model_deploy's options for ``mode`` from the recipe — the one place they are assembled,
+    for the deploy stage, every mixed-precision candidate and the old command lines."""
+    d, tol = r.deploy, r.tolerance
+    return toolchain.DeployOptions(
+        quantize=mode, chip=r.chip, tolerance=tol.int8 if mode == "int8" else tol.bf16,
+        correctness=tol.correctness, excepts=tuple(tol.excepts),
+        fuse_preprocess=d.pixel_format if d.fuse_preprocess else "",
+        aligned_input=d.aligned_input, test_image=test_image, model_version=d.model_version,
+        inputs_type=d.inputs_type, outputs_type=d.outputs_type)
+
+
 def stage_deploy(wd: WorkDir, r: Recipe, mode: str, transformed: StageRecord,
                  calibrated: StageRecord | None, background: bool = False) -> StageRecord:
     t = transformed
     d = r.deploy
-    tol = r.tolerance.int8 if mode == "int8" else r.tolerance.bf16
+    opts = deploy_options(r, mode, Path(t.result["test_image"]))
     table = calibrated.folder / calibrated.result["table"] if calibrated else None
-    key = {"mode": mode, "chip": r.chip, "name": r.name,
+    key = {"mode": mode, "name": r.name, "options": asdict(opts),
            "mlir": toolchain.file_digest(t.folder / t.result["mlir"]),
            "weights": toolchain.file_digest(t.folder / t.result["weights"]),
            "test_input": toolchain.file_digest(t.folder / t.result["test_input"]),
            "table": toolchain.file_digest(table) if table else None,
-           "tolerance": tol, "correctness": r.tolerance.correctness, "deploy": asdict(d),
-           "excepts": list(r.tolerance.excepts),
+           "batch_sizes": list(d.batch_sizes),
            "code": toolchain.file_digest(Path(toolchain.__file__)),
            "versions": toolchain.versions()}
     if d.fuse_preprocess:
@@ -373,26 +388,23 @@ def stage_deploy(wd: WorkDir, r: Recipe, mode: str, transformed: StageRecord,
     cvi_name = f"{r.name}_{r.chip}_{mode}{suffix}.cvimodel"
 
     def run(folder: Path) -> dict:
-        common = dict(quantize=mode, chip=r.chip, cvimodel_name=cvi_name,
-                      calibration_table=table, tolerance=tol,
-                      correctness=r.tolerance.correctness, background=background,
-                      fuse_preprocess=d.pixel_format if d.fuse_preprocess else "",
-                      test_image=Path(t.result["test_image"]),
-                      excepts=list(r.tolerance.excepts), aligned_input=d.aligned_input,
-                      extra=toolchain.deploy_options(mode, d.model_version, d.inputs_type,
-                                                     d.outputs_type))
         transformed_files = toolchain.TransformFiles(t.folder, r.name)
         if d.batch_sizes == (1,):
-            files = toolchain.deploy(transformed_files, folder, folder / "deploy.log", **common)
+            files = toolchain.deploy(transformed_files, folder, folder / "deploy.log", opts,
+                                     cvimodel_name=cvi_name, calibration_table=table,
+                                     background=background)
         else:
             files = toolchain.deploy_batches(
                 transformed_files, Path(t.result["onnx"]), r.inputs[0].shape, r.preprocess,
-                d.batch_sizes, folder, transform_tolerance=r.tolerance.transform, **common)
+                d.batch_sizes, folder, opts, cvimodel_name=cvi_name,
+                transform_tolerance=r.tolerance.transform, calibration_table=table,
+                background=background)
         info = toolchain.model_tool_info(files.cvimodel, folder / "model_tool_info.log")
         return {"cvimodel": cvi_name, "size_bytes": files.cvimodel.stat().st_size,
                 "ion_mb": info.ion_mb, "cvimodel_version": info.version,
                 "model_outputs": files.model_outputs.name, "tpu_mlir": files.tpu_mlir.name}
-    return wd.run(f"deploy-{mode}", key, run, lambda res: [res["cvimodel"], res["model_outputs"]])
+    return wd.run(f"deploy-{mode}", key, run, lambda res: [res["cvimodel"], res["model_outputs"],
+                                                          res["tpu_mlir"]])
 
 
 def validation_images(r: Recipe) -> list:
@@ -427,6 +439,7 @@ def stage_mix(wd: WorkDir, r: Recipe, transformed: StageRecord, calibrated: Stag
            if dep_bf16 else None,
            "qtable_file": toolchain.file_digest(Path(mix.qtable)) if mix.qtable else None,
            "preprocess": asdict(r.preprocess), "tolerance": asdict(r.tolerance),
+           "options": asdict(deploy_options(r, "int8", Path(t.result["test_image"]))),
            "code": [toolchain.file_digest(Path(mixprec.__file__)),
                     toolchain.file_digest(Path(toolchain.__file__))],
            "versions": toolchain.versions()}
@@ -451,17 +464,18 @@ def stage_mix(wd: WorkDir, r: Recipe, transformed: StageRecord, calibrated: Stag
         fast_secs = 0.0
         if mix.fast_search and mix.target and not mix.qtable:
             t0 = time.monotonic()
-            kind, need = parse_target(mix.target)
             wd.events(StageEvent("mix", "info", message="running tpu_mlir's fast_search"))
             fast = toolchain.fast_search(
                 transformed_files, calibrated.folder / "images",
                 calibrated.result["images"], folder / "fast_search", chip=r.chip,
-                expected_cos=need if kind == "cos" else 0.995)
+                expected_cos=fast_search_cos(mix))
             wd.events(StageEvent("mix", "info", message=f"fast_search keeps {len(fast)} "
                                                         "layer(s) in float"))
             fast_secs = time.monotonic() - t0
+        options = deploy_options(r, "int8", Path(t.result["test_image"]))
         rows, chosen = mixprec.search(
-            r, folder, transformed=transformed_files, table=table, int8=built(dep_int8),
+            r, folder, transformed=transformed_files, table=table, options=options,
+            int8=built(dep_int8),
             bf16=built(dep_bf16) if dep_bf16 else None, val_tensors=tensors, score=score,
             graph=graph, fast_search_layers=fast,
             log=lambda m: wd.events(StageEvent("mix", "info", message=m)))
@@ -470,6 +484,15 @@ def stage_mix(wd: WorkDir, r: Recipe, transformed: StageRecord, calibrated: Stag
                 "met": met, "bf16_meets": any(rr.meets for rr in rows if rr.all_bf16),
                 "fast_search_seconds": round(fast_secs, 1)}
     return wd.run("mix", key, run, lambda res: [rw["cvimodel"] for rw in res["rows"]])
+
+
+def fast_search_cos(mix) -> float:
+    """The output cosine tpu_mlir's fast_search is asked for: ``mix.fast_search_cos``, else a
+    ``cos>=X`` target's X, else 0.995 (its own default)."""
+    if mix.fast_search_cos:
+        return float(mix.fast_search_cos)
+    kind, need = parse_target(mix.target) if mix.target else ("", 0.0)
+    return need if kind == "cos" else 0.995
 
 
 def picked_mix(r: Recipe, mixed: StageRecord) -> dict:
@@ -532,12 +555,7 @@ def stage_verify(wd: WorkDir, r: Recipe, mode: str, referenced: StageRecord,
         if bad:
             raise ToleranceError(
                 f"the {mode.upper()} cvimodel on the CV18xx simulator against the fp32 ONNX "
-                "model", bad,
-                "Try more or more typical calibration images, another calibration.method or "
-                f"BF16; or lower tolerance.verify_{mode} if the accuracy is acceptable."
-                if mode == "int8" else
-                f"BF16 should be close to fp32; check the model for ops with a very large "
-                f"dynamic range, or lower tolerance.verify_{mode}.")
+                "model", bad, toolchain.tolerance_advice(mode, f"tolerance.verify_{mode}"))
         _write_json(folder / "similarity.json", {"cosine": cos, "required": need})
         return {"cosine": cos, "required": need, "outputs": names}
     return wd.run(f"verify-{mode}", key, run, lambda res: ["similarity.json"])
@@ -560,6 +578,7 @@ def build(recipe: Recipe, out_dir: Path | None = None, work_dir: Path | None = N
     ``out_dir/work``). Raises a :class:`~duotpu.errors.DuoTpuError` subclass on failure.
     """
     recipe = recipe.validate()
+    toolchain.clear_cancel()
     out_dir = Path(out_dir) if out_dir else default_out_dir(recipe)
     wd = WorkDir(Path(work_dir) if work_dir else out_dir / "work", events)
     _check_inputs_early(recipe)
@@ -581,7 +600,7 @@ def build(recipe: Recipe, out_dir: Path | None = None, work_dir: Path | None = N
         results, errors = _run_branches(branch, recipe.quantize)
         referenced = ref_future.result() if not errors else None
     if errors:
-        raise errors[0]
+        raise branch_error(errors)
     mixed = None
     if recipe.mix.target or recipe.mix.qtable:
         mixed = stage_mix(wd, recipe, transformed, wd.records["calibrate"], results["int8"][0],
@@ -627,17 +646,32 @@ def _check_qtable(r: Recipe, transformed: StageRecord) -> None:
                         "--target build writes.")
 
 
-def _run_branches(branch, modes) -> tuple[dict, list[BaseException]]:
+def _run_branches(branch: Callable[[str], Any], modes) -> tuple[dict, list[BaseException]]:
+    """Run ``branch(mode)`` for every mode at once; (results by mode, errors in mode order).
+    A failing branch does not stop the others (their finished stages are kept); an interrupt
+    stops every child process at once instead of waiting for the running compiler steps."""
     results: dict[str, tuple[StageRecord, StageRecord]] = {}
-    errors: list[BaseException] = []
+    errors: dict[str, BaseException] = {}
     with cf.ThreadPoolExecutor(max_workers=len(modes)) as pool:
         futures = {pool.submit(branch, m): m for m in modes}
-        for fut in cf.as_completed(futures):
-            try:
-                results[futures[fut]] = fut.result()
-            except BaseException as e:  # keep the other branch's work, report the first
-                errors.append(e)
-    return results, errors
+        try:
+            for fut in cf.as_completed(futures):
+                try:
+                    results[futures[fut]] = fut.result()
+                except Exception as e:  # noqa: BLE001 — collected and raised by build()
+                    errors[futures[fut]] = e
+        except BaseException:
+            toolchain.stop_children()
+            raise
+    interrupts = [e for e in errors.values() if isinstance(e, KeyboardInterrupt)]
+    if interrupts:
+        raise interrupts[0]
+    return results, [errors[m] for m in modes if m in errors]
+
+
+def branch_error(errors: list[BaseException]) -> BaseException:
+    """The one error a failed build raises: the error itself, or every branch's together."""
+    return errors[0] if len(errors) == 1 else BuildFailed(errors)
 
 
 def _finish(recipe: Recipe, out_dir: Path, wd: WorkDir, exported: StageRecord,
@@ -653,7 +687,8 @@ def _finish(recipe: Recipe, out_dir: Path, wd: WorkDir, exported: StageRecord,
         got = dict(np.load(dep.folder / dep.result["model_outputs"]))
         models[mode] = ModelArtifact(
             mode, final, dep.result["size_bytes"], dep.result["ion_mb"], ver.result["cosine"],
-            {n: got[k].reshape(reference[n].shape) for n, k in ver.result["outputs"].items()})
+            {n: got[k].reshape(reference[n].shape) for n, k in ver.result["outputs"].items()},
+            dep.folder / dep.result["tpu_mlir"])
     mix = None
     if mixed is not None:
         from . import mixprec
@@ -667,7 +702,8 @@ def _finish(recipe: Recipe, out_dir: Path, wd: WorkDir, exported: StageRecord,
         got = dict(np.load(outputs))
         models["mix"] = ModelArtifact("mix", final, best["size_bytes"], best["ion_mb"], cos,
                                       {n: got[k].reshape(reference[n].shape)
-                                       for n, k in names.items()})
+                                       for n, k in names.items()},
+                                      mixed.folder / best["tpu_mlir"])
         note = f"{best['label']}: {mix['target'] or 'given table'} -> {best['metric']:.4f}"
         if best["all_bf16"]:
             note += " (the whole model in BF16, which a table cannot say: use the BF16 cvimodel)"
@@ -688,9 +724,14 @@ def _finish(recipe: Recipe, out_dir: Path, wd: WorkDir, exported: StageRecord,
         "name": recipe.name, "chip": recipe.chip, "recipe": recipe.to_dict(),
         "versions": toolchain.versions(), "work_dir": str(wd.root.resolve()),
         "input_name": exported.result["input_name"],
+        # the files other commands need from the work directory, so none of them has to know
+        # its layout or tpu_mlir's file names
+        "onnx": str((exported.folder / exported.result["onnx"]).resolve()),
+        "top_mlir": str((t.folder / t.result["mlir"]).resolve()),
         "models": {m: {"cvimodel": a.cvimodel.name, "size_bytes": a.size_bytes,
                        "ion_mb": a.ion_mb, "cosine_vs_fp32": a.cosine,
-                       "sha256": toolchain.file_digest(a.cvimodel)}
+                       "sha256": toolchain.file_digest(a.cvimodel),
+                       "tpu_mlir": str(a.tpu_mlir.resolve()) if a.tpu_mlir else None}
                    for m, a in models.items()},
         "stages": [{"name": s.name, "cached": s.cached, "seconds": round(s.seconds, 3),
                     "key": json.loads((s.folder / MANIFEST).read_text())["key"],

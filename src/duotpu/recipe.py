@@ -35,8 +35,8 @@ class ModelSource:
     ``IMAGENET1K_V1``) loaded by torchvision's own code from its cache, or for any PyTorch model a
     path to a ``state_dict`` file. ``kwargs`` are passed to the factory.
     """
-    source: str = ""
-    weights: Optional[str] = None
+    source: str = field(default="", metadata={"path": "file"})
+    weights: Optional[str] = field(default=None, metadata={"path": "file"})
     opset: int = 13
     kwargs: dict = field(default_factory=dict)
 
@@ -60,8 +60,9 @@ class Preprocess:
     """
     resize: Optional[Tuple[int, ...]] = None
     resize_mode: ResizeMode = "stretch"
-    mean: Tuple[float, ...] = (0.0, 0.0, 0.0)
-    std: Tuple[float, ...] = (1.0, 1.0, 1.0)
+    # one value applies to every channel, so the defaults fit gray and colour inputs alike
+    mean: Tuple[float, ...] = (0.0,)
+    std: Tuple[float, ...] = (1.0,)
     pixel_format: PixelFormat = "rgb"
     pad_value: int = 0
 
@@ -85,7 +86,7 @@ class DetectOptions:
 class Calibration:
     """INT8 calibration data: ``images`` is a folder of images or ``builtin:natural`` (random
     crops and flips of the photos that ship with scikit-image and scikit-learn)."""
-    images: str = "builtin:natural"
+    images: str = field(default="builtin:natural", metadata={"path": "any"})
     count: int = 100
     method: Literal["kl", "mse", "max", "percentile9999"] = "kl"
     seed: int = 0
@@ -132,18 +133,20 @@ class Mix:
     line), used as is instead of searching. ``pick``: use this row of the trade-off table
     (numbered from 1, pure INT8 first) instead of the fewest BF16 layers that reach the target;
     the search is not run again. ``fast_search``: also measure the table tpu_mlir's own
-    ``fast_search`` picks, as one more candidate. ``regions``: into how many contiguous regions
+    ``fast_search`` picks, as one more candidate, asked for an output cosine of
+    ``fast_search_cos`` (0: the target's value for ``cos>=X``, else 0.995). ``regions``: into how many contiguous regions
     the search cuts the network to find where INT8 hurts; ``max_layers``: the largest BF16 set
     it builds."""
     target: str = ""
-    qtable: str = ""
-    images: str = "builtin:natural"
+    qtable: str = field(default="", metadata={"path": "any"})
+    images: str = field(default="builtin:natural", metadata={"path": "any"})
     count: int = 100
     seed: int = 1
     margin: float = 0.05
     max_layers: int = 48
     pick: int = 0
     fast_search: bool = True
+    fast_search_cos: float = 0.0
     regions: int = 8
 
 
@@ -181,7 +184,7 @@ class Recipe:
     deploy: Deploy = field(default_factory=Deploy)
     mix: Mix = field(default_factory=Mix)
     detect: DetectOptions = field(default_factory=DetectOptions)
-    test_image: str = "builtin:chelsea"
+    test_image: str = field(default="builtin:chelsea", metadata={"path": "any"})
 
     def validate(self) -> "Recipe":
         """Check values beyond their types; returns self. Raises :class:`ConfigError`."""
@@ -235,6 +238,13 @@ class Recipe:
             raise ConfigError("Recipe key 'deploy.fuse_preprocess' needs 'deploy.pixel_format' "
                               "(RGB_PLANAR, RGB_PACKED, BGR_PLANAR, BGR_PACKED, GRAYSCALE, "
                               "YUV420_PLANAR, YUV_NV21, YUV_NV12 or RGBA_PLANAR).")
+        if d.pixel_format == "RGBA_PLANAR":
+            raise ConfigError(
+                "deploy.pixel_format 'RGBA_PLANAR' cannot be verified with tpu_mlir 1.30.2: it "
+                "builds a cvimodel whose input is 3 planes of H×W bytes, while its own "
+                "preprocessing makes 4 row-aligned planes for that format, and the simulator "
+                "refuses the pair (measured at 40×40: 4800 vs 7680 bytes). Use 'RGB_PLANAR' and "
+                "drop the alpha plane on the CPU, or 'RGB_PACKED'.")
         if d.pixel_format and not d.fuse_preprocess:
             raise ConfigError("Recipe key 'deploy.pixel_format' only applies with "
                               "deploy.fuse_preprocess = true.")
@@ -358,29 +368,44 @@ def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Re
     return recipe.with_overrides(overrides, "command line") if overrides else recipe
 
 
+def path_keys(cls: type = None, prefix: str = "") -> dict[str, str]:  # type: ignore[assignment]
+    """Recipe keys that hold file or folder paths (dotted) → ``"any"`` (always a path unless
+    a ``builtin:`` / ``module:function`` spec) or ``"file"`` (a path only when it looks like
+    one: has a ``/`` or a suffix). Read from the dataclasses' field metadata: the one list the
+    TOML loader and the command line both use."""
+    cls = cls or Recipe
+    out: dict[str, str] = {}
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if "path" in f.metadata:
+            out[prefix + f.name] = f.metadata["path"]
+        elif dataclasses.is_dataclass(hints[f.name]):
+            out.update(path_keys(hints[f.name], f"{prefix}{f.name}."))
+    return out
+
+
+def resolve_path(value: Any, base: Path, kind: str = "any") -> Any:
+    """``value`` taken relative to ``base`` when it is a relative path (see :func:`path_keys`);
+    specs like ``torchvision:x``, ``pkg.mod:fn`` and ``builtin:...`` are returned unchanged."""
+    if not isinstance(value, str) or not value or ":" in value.split("/")[0] and \
+            not value.startswith("/"):
+        return value
+    p = Path(value).expanduser()
+    if p.is_absolute():
+        return str(p)
+    if kind == "file" and not (("/" in value) or "." in Path(value).name):
+        return value  # "DEFAULT" (a torchvision weights name), a bare module name
+    return str((base / p).resolve())
+
+
 def _resolve_paths(data: dict, base: Path) -> dict:
-    def fix(value: str | None, must_look_like_path: bool = True) -> str | None:
-        if not isinstance(value, str) or not value or ":" in value.split("/")[0] and \
-                not value.startswith("/"):
-            return value  # "torchvision:x", "pkg.mod:fn", "builtin:..."
-        p = Path(value).expanduser()
-        if p.is_absolute():
-            return str(p)
-        if must_look_like_path and not (("/" in value) or "." in Path(value).name):
-            return value
-        return str((base / p).resolve())
-    model = data.get("model")
-    if isinstance(model, dict):
-        if "source" in model:
-            model["source"] = fix(model["source"])
-        if "weights" in model and isinstance(model["weights"], str) and \
-                Path(model["weights"]).suffix:
-            model["weights"] = fix(model["weights"])
-    cal = data.get("calibration")
-    if isinstance(cal, dict) and "images" in cal:
-        cal["images"] = fix(cal["images"], must_look_like_path=False)
-    if "test_image" in data:
-        data["test_image"] = fix(data["test_image"], must_look_like_path=False)
+    for dotted, kind in path_keys().items():
+        *parents, leaf = dotted.split(".")
+        node: Any = data
+        for p in parents:
+            node = node.get(p) if isinstance(node, dict) else None
+        if isinstance(node, dict) and leaf in node:
+            node[leaf] = resolve_path(node[leaf], base, kind)
     return data
 
 

@@ -27,7 +27,10 @@ from .yolo import YoloHead
 
 @dataclass
 class BuiltModel:
-    """A cvimodel with what is needed to feed it images and to check it."""
+    """A cvimodel with what is needed to feed it images and to check it. ``mode`` is the
+    build's name for it (``int8``, ``bf16``, ``mix``); ``onnx``, ``tpu_mlir`` (its quantized
+    MLIR, the fast path) and ``top_mlir`` (the fp32 MLIR) come from the build's manifest and
+    are ``None`` when the work directory is gone or the file was not built by duotpu."""
     cvimodel: Path
     info: cvimodel_mod.CviModelInfo
     recipe: Recipe
@@ -35,6 +38,7 @@ class BuiltModel:
     onnx: Path | None
     tpu_mlir: Path | None
     head: YoloHead | None = None
+    top_mlir: Path | None = None
 
     @property
     def input_name(self) -> str:
@@ -45,17 +49,29 @@ class BuiltModel:
         return [t.name for t in self.info.programs[0].outputs]
 
 
-def _mode_of(info: cvimodel_mod.CviModelInfo, path: Path) -> str:
-    stem = path.stem.lower()
-    for mode in ("int8", "bf16"):
-        if stem.endswith(mode):
-            return mode
-    dtypes = {t.dtype for p in info.programs for t in p.inputs + p.outputs}
-    return "bf16" if "bf16" in dtypes else "int8"
+def _existing(path: str | None) -> Path | None:
+    return Path(path) if path and Path(path).is_file() else None
+
+
+def manifest_entry(cvimodel: Path) -> tuple[str, dict, dict] | None:
+    """(mode, the model's entry, the whole manifest) of a cvimodel in the ``manifest.json``
+    beside it, or ``None`` when no build manifest lists the file."""
+    manifest = cvimodel.parent / "manifest.json"
+    try:
+        data = json.loads(manifest.read_text())
+    except (OSError, ValueError):
+        return None
+    for mode, entry in (data.get("models") or {}).items():
+        if isinstance(entry, dict) and entry.get("cvimodel") == cvimodel.name:
+            return mode, entry, data
+    return None
 
 
 def open_model(path: str | Path, recipe_path: str | Path | None = None) -> BuiltModel:
-    """Open a cvimodel made by ``duotpu build`` (or any cvimodel, with ``recipe_path``)."""
+    """Open a cvimodel made by ``duotpu build`` (or any cvimodel, with ``recipe_path``).
+
+    What the build made beside it (mode, fp32 ONNX, quantized MLIR) is read from the build's
+    ``manifest.json``; a cvimodel the manifest does not list is opened without them."""
     path = Path(path)
     info = cvimodel_mod.read_cvimodel(path)
     if recipe_path:
@@ -68,35 +84,30 @@ def open_model(path: str | Path, recipe_path: str | Path | None = None) -> Built
                               f"{info.name}.recipe.toml), so the image preprocessing is unknown. "
                               "Give the recipe the model was built with: --recipe FILE.")
         recipe = load_recipe(found)
-    mode = _mode_of(info, path)
-    onnx = tpu = None
-    manifest = path.parent / "manifest.json"
-    if manifest.is_file():
-        try:
-            work = Path(json.loads(manifest.read_text())["work_dir"])
-        except (ValueError, KeyError):
-            work = None
-        if work is not None:
-            o = work / "export" / f"{info.name}.onnx"
-            onnx = o if o.is_file() else None
-            dep = work / f"deploy-{mode}"
-            t = next(dep.glob("*_tpu.mlir"), None) if dep.is_dir() else None
-            tpu = t if t and t.is_file() else None
+    listed = manifest_entry(path)
+    if listed is not None:
+        mode, entry, manifest = listed
+        onnx, tpu, top = (_existing(manifest.get("onnx")), _existing(entry.get("tpu_mlir")),
+                          _existing(manifest.get("top_mlir")))
+        if entry.get("sha256") and tpu is not None and \
+                toolchain.file_digest(path) != entry["sha256"]:
+            tpu = None  # not the file the build made: its MLIR says nothing about this one
+    else:
+        dtypes = {t.dtype for p in info.programs for t in p.inputs + p.outputs}
+        mode = "bf16" if "bf16" in dtypes else "int8"
+        onnx = tpu = top = None
     head_file = path.parent / f"{info.name}.detect.json"
     head = YoloHead.load(head_file) if recipe.task == "detect" and head_file.is_file() else None
     if recipe.task == "detect" and head is None:
         raise ConfigError(f"{path} is a detector but {head_file} (how to decode its outputs, "
                           "written by duotpu build) is missing. Copy it from the build folder "
                           "or rebuild.")
-    return BuiltModel(path, info, recipe, mode, onnx, tpu, head)
+    return BuiltModel(path, info, recipe, mode, onnx, tpu, head, top)
 
 
 def top_mlir_of(model: BuiltModel) -> Path | None:
     """The build's fp32 top MLIR (in its work directory), or ``None`` when it is gone."""
-    if model.tpu_mlir is None:
-        return None
-    p = model.tpu_mlir.parent.parent / "transform" / f"{model.info.name}.mlir"
-    return p if p.is_file() else None
+    return model.top_mlir
 
 
 def tensors_for(model: BuiltModel, images: list) -> list[np.ndarray]:

@@ -19,14 +19,17 @@ import hashlib
 import importlib.util
 import os
 import re
+import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import IO, Any, Sequence
 
-from .errors import Mismatch, ModelError, SetupError, ToleranceError, ToolchainError
+from .errors import (Interrupted, Mismatch, ModelError, SetupError, ToleranceError,
+                     ToolchainError)
 from .recipe import Preprocess
 
 TPU_MLIR_VERSION = "1.30.2"
@@ -172,6 +175,95 @@ def failed_comparison(log_path: Path) -> tuple[str, str] | None:
     return (m.group(1), m.group(2)) if m else None
 
 
+# --------------------------------------------------------------------------------------------
+# Child processes: every one is started by :func:`spawn`, in its own process group, and known
+# here, so that a signal to duotpu alone (a supervisor, `timeout`, `kill PID`) stops them all.
+# --------------------------------------------------------------------------------------------
+_children: dict[int, subprocess.Popen] = {}
+_children_lock = threading.Lock()
+_cancelled = threading.Event()
+_cancel_signal = [signal.SIGINT]
+
+
+def spawn(argv: Sequence[str], *, cwd: Path | None = None, env: dict[str, str] | None = None,
+          stdout: IO[Any] | int | None = None, stderr: IO[Any] | int | None = None,
+          background: bool = False, text: bool = False) -> subprocess.Popen:
+    """Start a child process in its own process group, registered for :func:`stop_children`.
+    Refuses (raises :class:`Interrupted`) once the run was cancelled, so no stage starts after
+    Ctrl-C or SIGTERM. ``background`` runs it at a lower CPU priority (``nice 10``)."""
+    if _cancelled.is_set():
+        raise Interrupted(_cancel_signal[0])
+    proc = subprocess.Popen(list(argv), cwd=cwd, env=env, stdout=stdout, stderr=stderr,
+                            stdin=subprocess.DEVNULL, start_new_session=True, text=text,
+                            preexec_fn=(lambda: os.nice(10)) if background else None)
+    with _children_lock:
+        _children[proc.pid] = proc
+    if _cancelled.is_set():  # cancelled while it started
+        _kill_group(proc, signal.SIGKILL)
+    return proc
+
+
+def finish(proc: subprocess.Popen, timeout: float | None = None) -> int:
+    """Wait for a child from :func:`spawn`; kill its whole group if the wait is interrupted
+    (Ctrl-C in this thread) or times out (returns -9 then). Raises :class:`Interrupted` when the
+    run was cancelled while it ran."""
+    try:
+        rc = proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        _kill_group(proc, signal.SIGKILL)
+        proc.wait()
+        rc = -9
+    except BaseException:
+        _kill_group(proc, signal.SIGKILL)
+        proc.wait()
+        raise
+    finally:
+        with _children_lock:
+            _children.pop(proc.pid, None)
+    if _cancelled.is_set():
+        raise Interrupted(_cancel_signal[0])
+    return rc
+
+
+def _kill_group(proc: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def stop_children(signum: int = signal.SIGINT, grace: float = 1.0) -> None:
+    """Cancel the run: no new child starts, every running one (and its own children) gets
+    SIGTERM, then SIGKILL after ``grace`` seconds. Safe to call from a signal handler."""
+    _cancel_signal[0] = signum
+    _cancelled.set()
+    with _children_lock:
+        procs = list(_children.values())
+    for p in procs:
+        _kill_group(p, signal.SIGTERM)
+
+    def reap() -> None:
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and any(p.poll() is None for p in procs):
+            time.sleep(0.05)
+        for p in procs:
+            if p.poll() is None:
+                _kill_group(p, signal.SIGKILL)
+    if procs:
+        threading.Thread(target=reap, daemon=True).start()
+
+
+def clear_cancel() -> None:
+    """Allow children again (a new run after a cancelled one in the same Python process)."""
+    _cancelled.clear()
+
+
+def live_children() -> int:
+    """How many children from :func:`spawn` are running."""
+    with _children_lock:
+        return sum(p.poll() is None for p in _children.values())
+
+
 @dataclass
 class ToolRun:
     """What one finished tool call left behind."""
@@ -187,26 +279,30 @@ def run_tool(step: str, tool: str, args: Sequence[str], cwd: Path, log_path: Pat
     """Run one tpu_mlir tool in ``cwd`` with its output in ``log_path``.
 
     ``background`` runs it at a lower CPU priority (``nice 10``), for work off the critical path
-    of a build (``deploy`` also gives such a run one OpenMP thread). Raises :class:`ToolchainError` (with the tail of the log) when the tool exits
-    non-zero.
+    of a build (``deploy`` also gives such a run one OpenMP thread). Raises
+    :class:`ToolchainError` (with the tail of the log) when the tool exits non-zero.
     """
-    argv = tool_argv(tool, args)
+    return run_argv(step, tool_argv(tool, args), cwd, log_path, tool_env(env_extra), timeout,
+                    background)
+
+
+def run_argv(step: str, argv: list[str], cwd: Path, log_path: Path, env: dict[str, str],
+             timeout: float | None = None, background: bool = False,
+             append: bool = False) -> ToolRun:
+    """Run a command line in tpu_mlir's environment ``env`` with its output in ``log_path``
+    (first line: the command; ``append`` keeps what the log held); :class:`ToolchainError`
+    when it fails."""
     cwd, log_path = Path(cwd), Path(log_path)
     cwd.mkdir(parents=True, exist_ok=True)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
-    with open(log_path, "w") as log:
+    with open(log_path, "a" if append else "w") as log:
         log.write("$ (cd " + str(cwd) + " && " + " ".join(_quote(a) for a in argv) + ")\n")
         log.flush()
-        try:
-            proc = subprocess.run(argv, cwd=cwd, env=tool_env(env_extra), stdout=log,
-                                  stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                  timeout=timeout,
-                                  preexec_fn=(lambda: os.nice(10)) if background else None)
-            rc = proc.returncode
-        except subprocess.TimeoutExpired:
-            rc = -9
-            log.write(f"\n[duotpu] {tool} timed out after {timeout} s\n")
+        rc = finish(spawn(argv, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                          background=background), timeout)
+        if rc == -9 and timeout is not None:
+            log.write(f"\n[duotpu] {Path(argv[0]).name} timed out after {timeout} s\n")
     seconds = time.monotonic() - t0
     if rc != 0:
         text = log_path.read_text(errors="replace")
@@ -359,21 +455,54 @@ class DeployFiles:
 #: Fused-preprocess formats tpu_mlir 1.30.2 cannot validate itself: they imply VPSS-aligned
 #: input rows, and its interpreter's Csc op rejects the aligned input its own preprocessing makes
 #: ("wrong shape size", abort); aligned RGB inputs hit a floating point exception on some sizes.
-SELF_VALIDATED_FORMATS = ("YUV420_PLANAR", "YUV_NV21", "YUV_NV12", "RGBA_PLANAR")
+SELF_VALIDATED_FORMATS = ("YUV420_PLANAR", "YUV_NV21", "YUV_NV12")
 
 
-def deploy(transformed: TransformFiles, folder: Path, log_path: Path, *, quantize: str,
-           chip: str, cvimodel_name: str, calibration_table: Path | None = None,
-           quantize_table: Path | None = None, tolerance: tuple[float, float],
-           correctness: tuple[float, float], excepts: list[str] = (),
-           background: bool = False, fuse_preprocess: str = "",
-           test_image: Path | None = None, mlir_name: str | None = None,
-           test_input: Path | None = None, test_reference: Path | None = None,
-           merge_weight: bool = False, copy_inputs: bool = True,
-           extra: list[str] = (), aligned_input: bool = False) -> DeployFiles:
-    """``model_deploy``: top MLIR → cvimodel for ``chip``, validated on the test input: the
-    quantized MLIR against the fp32 outputs (``tolerance``) and the cvimodel on the CV18xx
-    simulator against the quantized MLIR (``correctness``).
+@dataclass(frozen=True)
+class DeployOptions:
+    """Everything model_deploy takes that comes from the recipe, for one quantize mode.
+    Built in exactly one place (:func:`duotpu.pipeline.deploy_options`) for every caller: the
+    deploy stage, the mixed-precision candidates and the old command lines."""
+    quantize: str
+    chip: str
+    tolerance: tuple[float, ...]
+    correctness: tuple[float, ...]
+    excepts: tuple[str, ...] = ()
+    fuse_preprocess: str = ""
+    aligned_input: bool = False
+    test_image: Path | None = None
+    model_version: str = ""
+    inputs_type: str = "AUTO"
+    outputs_type: str = "AUTO"
+
+    @property
+    def self_checked(self) -> bool:
+        """tpu_mlir cannot validate aligned / YUV inputs (SELF_VALIDATED_FORMATS): such models
+        are built without its check and run on the simulator with the raw test input by
+        :func:`deploy` itself."""
+        return self.aligned_input or self.fuse_preprocess in SELF_VALIDATED_FORMATS
+
+    def flags(self) -> list[str]:
+        """model_deploy flags for the format version and quantized inputs / outputs."""
+        args = ["--model_version", self.model_version] if self.model_version else []
+        if self.inputs_type in ("INT8", "BF16"):
+            args += ["--quant_input"]
+        if self.outputs_type in ("INT8", "BF16"):
+            same = (self.outputs_type == "INT8") == (self.quantize.lower() == "int8")
+            args += ["--quant_output" if same else
+                     f"--quant_output_{self.outputs_type.lower()}"]
+        return args
+
+
+def deploy(transformed: TransformFiles, folder: Path, log_path: Path, opts: DeployOptions, *,
+           cvimodel_name: str, calibration_table: Path | None = None,
+           quantize_table: Path | None = None, background: bool = False,
+           mlir_name: str | None = None, test_input: Path | None = None,
+           test_reference: Path | None = None, merge_weight: bool = False,
+           copy_inputs: bool = True) -> DeployFiles:
+    """``model_deploy``: top MLIR → cvimodel for ``opts.chip``, validated on the test input: the
+    quantized MLIR against the fp32 outputs (``opts.tolerance``) and the cvimodel on the CV18xx
+    simulator against the quantized MLIR (``opts.correctness``).
 
     model_deploy must run where ``<name>_top_f32_all_weight.npz`` is (the MLIR names it by a
     relative path) and its intermediate files are named after the model, so every variant gets
@@ -382,6 +511,7 @@ def deploy(transformed: TransformFiles, folder: Path, log_path: Path, *, quantiz
     import shutil
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    quantize, tolerance, correctness = opts.quantize, opts.tolerance, opts.correctness
     # Copies, not links: model_deploy rewrites <name>_in_f32.npz in its folder, and two deploys
     # run at once; a shared file would be read half-written by the other.
     if copy_inputs:
@@ -391,34 +521,32 @@ def deploy(transformed: TransformFiles, folder: Path, log_path: Path, *, quantiz
             if dst.is_symlink() or dst.exists():
                 dst.unlink()
             shutil.copyfile(src, dst)
-    files = DeployFiles(folder, transformed.name, quantize, chip, folder / cvimodel_name)
-    # tpu_mlir cannot validate aligned / YUV inputs (SELF_VALIDATED_FORMATS): build without its
-    # check, then run the cvimodel on the simulator with the raw test input ourselves
-    self_check = aligned_input or fuse_preprocess in SELF_VALIDATED_FORMATS
+    files = DeployFiles(folder, transformed.name, quantize, opts.chip, folder / cvimodel_name)
+    self_check = opts.self_checked
     args = ["--mlir", mlir_name or transformed.mlir.name, "--quantize", quantize.upper(),
-            "--chip", chip, "--model", cvimodel_name, "--debug"]
+            "--chip", opts.chip, "--model", cvimodel_name, "--debug"]
     if not self_check:
-        if fuse_preprocess:  # model_deploy then wants the test image itself
-            test = str(Path(test_image).resolve())
+        if opts.fuse_preprocess:  # model_deploy then wants the test image itself
+            test = str(Path(opts.test_image or "").resolve())
         else:
             test = str(test_input) if test_input else transformed.test_input.name
         args += ["--test_input", test,
                  "--test_reference", str(test_reference or transformed.top_outputs.name),
                  "--tolerance", f"{tolerance[0]},{tolerance[1]}",
                  "--correctness", f"{correctness[0]},{correctness[1]}"]
-    if fuse_preprocess:
-        args += ["--fuse_preprocess", "--customization_format", fuse_preprocess]
-    if aligned_input:
+    if opts.fuse_preprocess:
+        args += ["--fuse_preprocess", "--customization_format", opts.fuse_preprocess]
+    if opts.aligned_input:
         args += ["--aligned_input"]
     if merge_weight:
         args += ["--merge_weight"]
-    args += list(extra)
+    args += opts.flags()
     if calibration_table is not None:
         args += ["--calibration_table", str(Path(calibration_table).resolve())]
     if quantize_table is not None:
         args += ["--quantize_table", str(Path(quantize_table).resolve())]
-    if excepts and not self_check:
-        args += ["--excepts", ",".join(excepts)]
+    if opts.excepts and not self_check:
+        args += ["--excepts", ",".join(opts.excepts)]
     try:
         run_tool(f"deploy {quantize.lower()}", "model_deploy", args, folder, log_path,
                  env_extra={"OMP_NUM_THREADS": "1"} if background else None,
@@ -434,29 +562,30 @@ def deploy(transformed: TransformFiles, folder: Path, log_path: Path, *, quantiz
         else:
             bad = compare_failures(log_path, tolerance)
             what = f"the {quantize.upper()} model against fp32 (model_deploy --tolerance)"
-            advice = ("Try more or more typical calibration images (calibration.images / "
-                      "calibration.count), another calibration.method, or BF16; or lower "
-                      f"tolerance.{quantize.lower()} if the accuracy is acceptable.")
+            advice = tolerance_advice(quantize, f"tolerance.{quantize.lower()}")
         if bad:
             raise ToleranceError(what, bad, advice + f" Log: {log_path}", log_path) from None
         raise
     if self_check:
-        raw = fused_input_file(transformed.mlir, Path(test_image), fuse_preprocess, True, chip,
+        raw = fused_input_file(transformed.mlir, Path(opts.test_image or ""),
+                               opts.fuse_preprocess, True, opts.chip,
                                folder / f"{files.name}_in_raw.npz", log_path)
         run_cvimodel(files.cvimodel, raw, files.model_outputs, log_path.with_name("simulate.log"))
     return files
 
 
-def deploy_options(mode: str, model_version: str = "", inputs_type: str = "AUTO",
-                   outputs_type: str = "AUTO") -> list[str]:
-    """model_deploy flags for a cvimodel format version and quantized inputs / outputs."""
-    args = ["--model_version", model_version] if model_version else []
-    if inputs_type in ("INT8", "BF16"):
-        args += ["--quant_input"]
-    if outputs_type in ("INT8", "BF16"):
-        same = (outputs_type == "INT8") == (mode == "int8")
-        args += ["--quant_output" if same else f"--quant_output_{outputs_type.lower()}"]
-    return args
+def tolerance_advice(mode: str, key: str) -> str:
+    """What to do when a ``mode`` model is less similar to fp32 than ``key`` requires. Only
+    INT8 depends on calibration; BF16 does not."""
+    if mode.lower() == "int8":
+        return ("Try more or more typical calibration images (calibration.images / "
+                "calibration.count), another calibration.method, mixed precision (--target) "
+                f"or BF16; or lower {key} if the accuracy is acceptable.")
+    return ("BF16 keeps 8 bits of mantissa and needs no calibration, so calibration settings "
+            "cannot change this. Look for layers with a very large dynamic range or values "
+            "that cancel (a large sum followed by a subtraction, a LayerNorm over wide "
+            f"values); leave such tensors out of the comparison with excepts, or lower {key} "
+            "if the accuracy is acceptable.")
 
 
 def fused_input_file(top_mlir: Path, image: Path, fmt: str, aligned: bool, chip: str,
@@ -470,19 +599,14 @@ def fused_input_file(top_mlir: Path, image: Path, fmt: str, aligned: bool, chip:
                         "1" if aligned else "0", chip, str(Path(out).resolve())])
     with open(log_path, "a") as log:
         log.write(f"\n[duotpu] raw {fmt} input for {image} by tpu_mlir's preprocessing\n")
-        log.flush()
-        proc = subprocess.run(cmd, env=env, cwd=Path(out).parent, stdout=log,
-                              stderr=subprocess.STDOUT)
-    if proc.returncode != 0:
-        raise ToolchainError(f"make the {fmt} input", cmd, proc.returncode, log_path,
-                             Path(log_path).read_text(errors="replace")[-2000:])
+    run_argv(f"make the {fmt} input", cmd, Path(out).parent, log_path, env, append=True)
     return Path(out)
 
 
 def deploy_batches(transformed: TransformFiles, onnx_path: Path, input_shape: tuple[int, ...],
-                   preprocess: Preprocess, batch_sizes: tuple[int, ...], folder: Path, *,
-                   quantize: str, chip: str, cvimodel_name: str, transform_tolerance,
-                   **deploy_kw) -> DeployFiles:
+                   preprocess: Preprocess, batch_sizes: tuple[int, ...], folder: Path,
+                   opts: DeployOptions, *, cvimodel_name: str,
+                   transform_tolerance: tuple[float, ...], **deploy_kw: Any) -> DeployFiles:
     """One cvimodel with a program per batch size, sharing one copy of the weights.
 
     Each extra batch size gets its own fp32 MLIR (``model_transform`` of the dynamic-batch ONNX,
@@ -495,6 +619,7 @@ def deploy_batches(transformed: TransformFiles, onnx_path: Path, input_shape: tu
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     name = transformed.name
+    quantize, chip = opts.quantize, opts.chip
     mlirs = {1: transformed}
     for b in sorted(x for x in batch_sizes if x != 1):
         sub = folder / f"transform-bs{b}"
@@ -516,14 +641,19 @@ def deploy_batches(transformed: TransformFiles, onnx_path: Path, input_shape: tu
         # model_deploy rewrites <name>_in_f32.npz in its folder with each variant's input, so
         # every variant reads its test input and reference from its own transform folder.
         extra = {"test_input": t.test_input.resolve(), "test_reference": t.top_outputs.resolve()}
-        deploy(transformed, folder, folder / f"deploy-bs{b}.log", quantize=quantize, chip=chip,
-               cvimodel_name=part, mlir_name=f"{name}_bs{b}.mlir", merge_weight=True,
+        deploy(transformed, folder, folder / f"deploy-bs{b}.log", opts, cvimodel_name=part, mlir_name=f"{name}_bs{b}.mlir", merge_weight=True,
                copy_inputs=False, **extra, **deploy_kw)
         parts[b] = part
     combine = [parts[b] for b in batch_sizes] + ["-o", cvimodel_name]
     run_tool("model_tool --combine", "model_tool", ["--combine", *combine], folder,
              folder / "combine.log")
     return DeployFiles(folder, name, quantize, chip, folder / cvimodel_name)
+
+
+def mlir_weight_files(mlir: Path) -> list[Path]:
+    """The weight files an MLIR file names (``module.weight_file``), beside it."""
+    head = Path(mlir).read_text(errors="replace")[:20000]
+    return [Path(mlir).parent / m for m in re.findall(r'module\.weight_file\s*=\s*"([^"]+)"', head)]
 
 
 def run_cvimodel(cvimodel: Path, inputs_npz: Path, outputs_npz: Path, log_path: Path) -> Path:
@@ -573,10 +703,10 @@ def run_many(backend: str, model: Path, jobs: list[tuple[Path, Path]], folder: P
                              "--program", str(program)],
                             {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // workers))})
         fh = open(log, "w")
-        procs.append((subprocess.Popen(argv, cwd=cwd, env=env, stdout=fh,
-                                       stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL),
+        procs.append((spawn(argv, cwd=cwd, env=env, stdout=fh, stderr=subprocess.STDOUT),
                       fh, log, argv))
     outs = [Path(b) for _, b in jobs]
+    codes = []
     try:
         while any(p.poll() is None for p, *_ in procs):
             if progress:
@@ -585,14 +715,14 @@ def run_many(backend: str, model: Path, jobs: list[tuple[Path, Path]], folder: P
     finally:
         for p, fh, *_ in procs:
             if p.poll() is None:
-                p.kill()
-            p.wait()
+                _kill_group(p, signal.SIGKILL)
+            codes.append(finish(p))
             fh.close()
     if progress:
         progress(sum(o.exists() for o in outs))
-    for p, _, log, argv in procs:
-        if p.returncode:
-            raise ToolchainError(f"{backend} inference", argv, p.returncode, log, log_tail(log))
+    for rc, (_, _, log, argv) in zip(codes, procs):
+        if rc:
+            raise ToolchainError(f"{backend} inference", argv, rc, log, log_tail(log))
     return outs
 
 
@@ -600,12 +730,10 @@ def mlir_graph(mlir: Path, log_path: Path) -> dict[str, dict]:
     """The ops of an MLIR file with their types and input ops (tpu_mlir's MlirParser)."""
     import json
     argv, env = _worker(["--backend", "mlir", "--model", str(Path(mlir).resolve()), "--graph"])
-    proc = subprocess.run(argv, cwd=Path(mlir).parent, env=env, capture_output=True, text=True)
-    Path(log_path).write_text(proc.stderr)
-    if proc.returncode:
-        raise ToolchainError("read the MLIR graph", argv, proc.returncode, Path(log_path),
-                             proc.stderr[-2000:])
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    out = Path(log_path).with_name(Path(log_path).name + ".json")
+    run_argv("read the MLIR graph", [*argv, "--graph-out", str(out.resolve())],
+             Path(mlir).parent, log_path, env)
+    return json.loads(out.read_text())
 
 
 @dataclass
