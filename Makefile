@@ -6,11 +6,13 @@ PY    := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements.lock requirements-nodeps.lock pyproject.toml | sha256sum | cut -c1-16)
 SSHD  := /usr/sbin/sshd
 
-.PHONY: install demo test test-fast bench clean help
+.PHONY: install demo test test-fast test-unit lint bench clean help
 
 help:
 	@echo "make demo   install, then run the built-in demo (EfficientNet-Lite0 -> INT8 + BF16)"
 	@echo "make test   install, then run the test suite"
+	@echo "make lint   ruff (lint + format check) and the layer contract (import-linter)"
+	@echo "make test-unit  the unit tier: no compiler, a few seconds"
 	@echo "make bench  install, then run the benchmarks under bench/"
 
 install: $(STAMP)
@@ -26,7 +28,7 @@ $(STAMP): requirements.lock requirements-nodeps.lock pyproject.toml
 	$(PY) -m pip install --quiet --no-deps -e .
 	@command -v flatc >/dev/null || { echo "installing Debian's flatbuffers-compiler (flatc, to read cvimodel files)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq flatbuffers-compiler >/dev/null; }
-	$(PY) -m duotpu.selfcheck
+	$(PY) -m duotpu.compiler.selfcheck
 	@rm -f $(VENV)/.installed-*; touch $@
 
 demo: install
@@ -42,6 +44,14 @@ $(SSHD):
 
 test: install $(SSHD)
 	$(VENV)/bin/python -m pytest -q
+
+test-unit: install
+	$(VENV)/bin/python -m pytest -q -m unit
+
+lint: install
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff format --check src tests bench
+	$(VENV)/bin/lint-imports
 
 test-fast: install
 	$(VENV)/bin/python -m pytest -q -m "not slow"

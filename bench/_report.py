@@ -1,4 +1,5 @@
 """Shared by the benchmarks: print a result table and save it."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -9,6 +9,7 @@
 Prints a table and writes it to bench/results/build.md. Run: `make bench` or
 `.venv/bin/python bench/build.py [--calib-count 100]`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,10 +23,11 @@ import time
 from importlib import resources
 from pathlib import Path
 
-from duotpu import images, toolchain
-from duotpu.export import export_onnx
-from duotpu.preprocess import resize_dims, tpu_mean_scale
-from duotpu.recipe import load_recipe
+from duotpu import compiler
+from duotpu.builder.export import export_onnx
+from duotpu.config.recipe import load_recipe
+from duotpu.core import images
+from duotpu.core.preprocess import resize_dims, tpu_mean_scale
 
 HERE = Path(__file__).parent
 
@@ -33,8 +35,9 @@ HERE = Path(__file__).parent
 def timed(argv, cwd, log):
     t0 = time.monotonic()
     with open(log, "w") as f:
-        rc = subprocess.run(argv, cwd=cwd, env=toolchain.tool_env(), stdout=f,
-                            stderr=subprocess.STDOUT).returncode
+        rc = subprocess.run(
+            argv, cwd=cwd, env=compiler.tool_env(), stdout=f, stderr=subprocess.STDOUT
+        ).returncode
     if rc:
         sys.exit(f"step failed: {' '.join(map(str, argv))} (see {log})")
     return time.monotonic() - t0
@@ -52,29 +55,100 @@ def hand_workflow(recipe, work: Path, calib_count: int) -> dict[str, float]:
     ws = work / "workspace"
     ws.mkdir()
     t = {}
-    t["model_transform"] = timed(toolchain.tool_argv("model_transform", [
-        "--model_name", name, "--model_def", str(onnx.onnx_path),
-        "--input_shapes", "[[1,3,224,224]]", "--resize_dims", f"{h},{w}", "--keep_aspect_ratio",
-        "--keep_ratio_mode", "short_side_scale", "--mean", mean, "--scale", scale,
-        "--pixel_format", "rgb", "--test_input", str(cat), "--test_result",
-        f"{name}_top_outputs.npz", "--tolerance", "0.99,0.99", "--mlir", f"{name}.mlir"]),
-        ws, work / "transform.log")
-    t["run_calibration"] = timed(toolchain.tool_argv("run_calibration", [
-        f"{name}.mlir", "--dataset", str(imgs), "--input_num", str(calib_count),
-        "-o", f"{name}_cali_table"]), ws, work / "calibration.log")
+    t["model_transform"] = timed(
+        compiler.tool_argv(
+            "model_transform",
+            [
+                "--model_name",
+                name,
+                "--model_def",
+                str(onnx.onnx_path),
+                "--input_shapes",
+                "[[1,3,224,224]]",
+                "--resize_dims",
+                f"{h},{w}",
+                "--keep_aspect_ratio",
+                "--keep_ratio_mode",
+                "short_side_scale",
+                "--mean",
+                mean,
+                "--scale",
+                scale,
+                "--pixel_format",
+                "rgb",
+                "--test_input",
+                str(cat),
+                "--test_result",
+                f"{name}_top_outputs.npz",
+                "--tolerance",
+                "0.99,0.99",
+                "--mlir",
+                f"{name}.mlir",
+            ],
+        ),
+        ws,
+        work / "transform.log",
+    )
+    t["run_calibration"] = timed(
+        compiler.tool_argv(
+            "run_calibration",
+            [
+                f"{name}.mlir",
+                "--dataset",
+                str(imgs),
+                "--input_num",
+                str(calib_count),
+                "-o",
+                f"{name}_cali_table",
+            ],
+        ),
+        ws,
+        work / "calibration.log",
+    )
     for mode, tol in (("INT8", "0.85,0.45"), ("BF16", "0.95,0.85")):
         extra = ["--calibration_table", f"{name}_cali_table"] if mode == "INT8" else []
-        t[f"model_deploy {mode}"] = timed(toolchain.tool_argv("model_deploy", [
-            "--mlir", f"{name}.mlir", "--quantize", mode, "--chip", "cv180x", *extra,
-            "--test_input", f"{name}_in_f32.npz", "--test_reference", f"{name}_top_outputs.npz",
-            "--tolerance", tol, "--correctness", "0.99,0.90",
-            "--model", f"{name}_{mode.lower()}.cvimodel"]), ws, work / f"deploy_{mode}.log")
+        t[f"model_deploy {mode}"] = timed(
+            compiler.tool_argv(
+                "model_deploy",
+                [
+                    "--mlir",
+                    f"{name}.mlir",
+                    "--quantize",
+                    mode,
+                    "--chip",
+                    "cv180x",
+                    *extra,
+                    "--test_input",
+                    f"{name}_in_f32.npz",
+                    "--test_reference",
+                    f"{name}_top_outputs.npz",
+                    "--tolerance",
+                    tol,
+                    "--correctness",
+                    "0.99,0.90",
+                    "--model",
+                    f"{name}_{mode.lower()}.cvimodel",
+                ],
+            ),
+            ws,
+            work / f"deploy_{mode}.log",
+        )
     return t
 
 
 def duotpu_build(recipe_path: Path, out: Path, extra: list[str]) -> tuple[float, dict]:
-    argv = [sys.executable, "-m", "duotpu.cli", "build", "--recipe", str(recipe_path),
-            "--out", str(out), "--json", *extra]
+    argv = [
+        sys.executable,
+        "-m",
+        "duotpu.cli",
+        "build",
+        "--recipe",
+        str(recipe_path),
+        "--out",
+        str(out),
+        "--json",
+        *extra,
+    ]
     t0 = time.monotonic()
     proc = subprocess.run(argv, capture_output=True, text=True)
     dt = time.monotonic() - t0
@@ -97,15 +171,16 @@ def main() -> int:
         hand = hand_workflow(recipe, tmp / "hand", args.calib_count)
         count = ["--calib-count", str(args.calib_count)]
         cold, cold_stages = duotpu_build(recipe_path, tmp / "duotpu", count)
-        warm, warm_stages = duotpu_build(recipe_path, tmp / "duotpu",
-                                         count + ["--tolerance-int8", "0.84,0.44"])
+        warm, warm_stages = duotpu_build(
+            recipe_path, tmp / "duotpu", count + ["--tolerance-int8", "0.84,0.44"]
+        )
     hand_total = sum(hand.values())
     lines = [
         f"# duotpu build benchmark — demo model (EfficientNet-Lite0, cv180x, INT8 + BF16, "
         f"{args.calib_count} calibration images)",
         "",
         f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python "
-        f"{platform.python_version()}, tpu_mlir {toolchain.versions()['tpu_mlir']}; "
+        f"{platform.python_version()}, tpu_mlir {compiler.versions()['tpu_mlir']}; "
         f"{time.strftime('%Y-%m-%d')}.",
         "",
         "| run | seconds | vs hand | target |",
@@ -118,11 +193,13 @@ def main() -> int:
         "",
         "Hand steps: " + ", ".join(f"{k} {v:.1f} s" for k, v in hand.items()) + ".",
         "",
-        "duotpu cold stages: " + ", ".join(f"{k} {v[0]:.1f} s" for k, v in cold_stages.items())
+        "duotpu cold stages: "
+        + ", ".join(f"{k} {v[0]:.1f} s" for k, v in cold_stages.items())
         + ".",
         "",
-        "duotpu warm: re-ran " + (", ".join(k for k, v in warm_stages.items() if not v[1])
-                                  or "nothing") + "; the rest was cached.",
+        "duotpu warm: re-ran "
+        + (", ".join(k for k, v in warm_stages.items() if not v[1]) or "nothing")
+        + "; the rest was cached.",
     ]
     text = "\n".join(lines) + "\n"
     print(text)
@@ -130,8 +207,10 @@ def main() -> int:
     Path(args.out).write_text(text)
     verdict_cold = cold <= 0.9 * hand_total
     verdict_warm = warm <= 0.2 * cold
-    print(f"cold target {'met' if verdict_cold else 'MISSED'}, "
-          f"warm target {'met' if verdict_warm else 'MISSED'}")
+    print(
+        f"cold target {'met' if verdict_cold else 'MISSED'}, "
+        f"warm target {'met' if verdict_warm else 'MISSED'}"
+    )
     return 0
 
 

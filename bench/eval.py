@@ -9,6 +9,7 @@
 Needs a demo build (`make demo`, or pass --build DIR). Prints a table and writes it to
 bench/results/eval.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,9 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from duotpu import images, runtime, toolchain
-
 from _report import emit  # noqa: E402  (bench/ is on sys.path when run as a script)
+from duotpu import compiler
+from duotpu.core import images
+from duotpu.infer import runtime
 
 HERE = Path(__file__).parent
 
@@ -48,24 +50,39 @@ def main() -> int:
             for i, x in enumerate(tensors):
                 src, dst = tmp / f"{m.mode}-in{i}.npz", tmp / f"{m.mode}-out{i}.npz"
                 np.savez(src, **{m.input_name: x})
-                toolchain.run_cvimodel(path, src, dst, tmp / f"{m.mode}-{i}.log")
+                compiler.run_cvimodel(path, src, dst, tmp / f"{m.mode}-{i}.log")
                 with np.load(dst) as z:
                     plain.append(np.array(z[m.output_names[0]]).ravel())
             t_plain = time.monotonic() - t0
             t0 = time.monotonic()
             fast = runtime.infer(m, tensors, backend="mlir")
             t_fast = time.monotonic() - t0
-            diff = max(float(np.max(np.abs(a - b[m.output_names[0]].ravel())))
-                       for a, b in zip(plain, fast))
-            rows.append((m.mode.upper(), len(tensors), len(tensors) / t_plain,
-                         len(tensors) / t_fast, t_plain / t_fast, diff))
-    lines = [f"# duotpu eval path vs the plain CV18xx simulator — {build.name}, "
-             f"{args.images} images, {time.strftime('%Y-%m-%d')}", "",
-             "| model | images | plain simulator (img/s) | duotpu eval path (img/s) | speed-up | "
-             "largest output difference |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
+            diff = max(
+                float(np.max(np.abs(a - b[m.output_names[0]].ravel()))) for a, b in zip(plain, fast)
+            )
+            rows.append(
+                (
+                    m.mode.upper(),
+                    len(tensors),
+                    len(tensors) / t_plain,
+                    len(tensors) / t_fast,
+                    t_plain / t_fast,
+                    diff,
+                )
+            )
+    lines = [
+        f"# duotpu eval path vs the plain CV18xx simulator — {build.name}, "
+        f"{args.images} images, {time.strftime('%Y-%m-%d')}",
+        "",
+        "| model | images | plain simulator (img/s) | duotpu eval path (img/s) | speed-up | "
+        "largest output difference |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for mode, n, a, b, s, d in rows:
-        lines.append(f"| {mode} | {n} | {a:.2f} | {b:.2f} | {s:.1f}× | "
-                     f"{'0 (bit-exact)' if d == 0 else f'{d:.4g}'} |")
+        lines.append(
+            f"| {mode} | {n} | {a:.2f} | {b:.2f} | {s:.1f}× | "
+            f"{'0 (bit-exact)' if d == 0 else f'{d:.4g}'} |"
+        )
     emit(lines, args.out)
     return 0
 

@@ -7,6 +7,7 @@ seed (2026) different from the calibration set's (0). Optionally compares calibr
 building extra INT8 variants (`--methods kl,mse,...`). Prints a table and writes
 bench/results/fidelity.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,9 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-from duotpu import evaluate, images, runtime
-
 from _report import emit  # noqa: E402  (bench/ is on sys.path when run as a script)
+from duotpu.core import images, metrics
+from duotpu.eval import evaluate
+from duotpu.infer import runtime
 
 HERE = Path(__file__).parent
 
@@ -34,7 +36,7 @@ def evaluate_build(folder: Path, paths: list[Path], margin: float) -> dict:
         if fp32 is None:
             fp32 = np.stack([o[0].reshape(-1) for o in runtime.fp32_reference(m, tensors)])
         q, secs = evaluate.timed_infer(m, tensors, "mlir")
-        out[m.mode] = evaluate.compare(m.mode, fp32, q, margin, None, secs)
+        out[m.mode] = metrics.compare(m.mode, fp32, q, margin, None, secs)
     return out
 
 
@@ -49,11 +51,14 @@ def main() -> int:
     folder = Path("build/fidelity-images")
     if not folder.is_dir() or len(list(folder.glob("*.jpg"))) != args.images:
         import shutil
+
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
-        for name, crop in images.random_crops(images.calibration_photos() +
-                                              [("chelsea", images.builtin_photo("chelsea"))],
-                                              args.images, seed=2026):
+        for name, crop in images.random_crops(
+            images.calibration_photos() + [("chelsea", images.builtin_photo("chelsea"))],
+            args.images,
+            seed=2026,
+        ):
             images.save_image(folder / f"{name}.jpg", crop)
     paths = sorted(folder.glob("*.jpg"))
     rows = []
@@ -63,20 +68,41 @@ def main() -> int:
     for method in [x for x in args.methods.split(",") if x]:
         out = Path(f"build/fidelity-{method}")
         t0 = time.monotonic()
-        subprocess.run([sys.executable, "-m", "duotpu.cli", "build", "--recipe", recipe,
-                        "--quantize", "int8", "--calib-method", method, "--out", str(out),
-                        "--json"], check=True, capture_output=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "duotpu.cli",
+                "build",
+                "--recipe",
+                recipe,
+                "--quantize",
+                "int8",
+                "--calib-method",
+                method,
+                "--out",
+                str(out),
+                "--json",
+            ],
+            check=True,
+            capture_output=True,
+        )
         res = evaluate_build(out, paths, args.margin)["int8"]
         rows.append((f"INT8 ({method}, built in {time.monotonic() - t0:.0f} s)", res))
-    lines = [f"# Fidelity to fp32 — EfficientNet-Lite0, {len(paths)} crops/flips (seed 2026), "
-             f"decisive margin {args.margin}, {time.strftime('%Y-%m-%d')}", "",
-             "| model | top-1 agree | decisive top-1 agree (n) | top-5 ∋ fp32 top-1 | "
-             "mean cosine | worst cosine | mean KL |", "| --- | ---: | ---: | ---: | ---: | ---: "
-             "| ---: |"]
+    lines = [
+        f"# Fidelity to fp32 — EfficientNet-Lite0, {len(paths)} crops/flips (seed 2026), "
+        f"decisive margin {args.margin}, {time.strftime('%Y-%m-%d')}",
+        "",
+        "| model | top-1 agree | decisive top-1 agree (n) | top-5 ∋ fp32 top-1 | "
+        "mean cosine | worst cosine | mean KL |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for name, m in rows:
-        lines.append(f"| {name} | {m.top1_agree:.3f} | {m.decisive_top1_agree:.3f} "
-                     f"({m.decisive_n}) | {m.top5_contains_fp32_top1:.3f} | {m.cosine_mean:.4f} "
-                     f"| {m.cosine_worst:.4f} | {m.kl_mean:.4f} |")
+        lines.append(
+            f"| {name} | {m.top1_agree:.3f} | {m.decisive_top1_agree:.3f} "
+            f"({m.decisive_n}) | {m.top5_contains_fp32_top1:.3f} | {m.cosine_mean:.4f} "
+            f"| {m.cosine_worst:.4f} | {m.kl_mean:.4f} |"
+        )
     emit(lines, args.out)
     return 0
 

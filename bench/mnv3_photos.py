@@ -6,6 +6,7 @@ the CPU to tell which built-in photo a small patch comes from (12 classes, 96×9
 build/bench-mix/mnv3_photos.pth and build/bench-mix/mnv3_photos.toml (a duotpu recipe), and a
 folder of validation patches the search measures on.
 """
+
 from __future__ import annotations
 
 import sys
@@ -22,15 +23,16 @@ SIZE = 96
 def patches(photos, count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Random square patches (8–25 % of the short side), flipped at random, as RGB 96×96."""
     import cv2
+
     rng = np.random.default_rng(seed)
     xs, ys = [], []
-    for i in range(count):
+    for _ in range(count):
         k = int(rng.integers(len(photos)))
         img = photos[k]
         h, w = img.shape[:2]
         s = int(rng.uniform(0.08, 0.25) * min(h, w))
         y, x = int(rng.integers(0, h - s + 1)), int(rng.integers(0, w - s + 1))
-        p = cv2.resize(img[y:y + s, x:x + s], (SIZE, SIZE))
+        p = cv2.resize(img[y : y + s, x : x + s], (SIZE, SIZE))
         if rng.random() < 0.5:
             p = p[:, ::-1]
         xs.append(p)
@@ -41,7 +43,9 @@ def patches(photos, count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 def main() -> int:
     import torch
     import torchvision
-    from duotpu.images import builtin_photo, calibration_photos, save_image
+
+    from duotpu.core.images import builtin_photo, calibration_photos, save_image
+
     OUT.mkdir(parents=True, exist_ok=True)
     weights = OUT / "mnv3_photos.pth"
     photos = [p for _, p in calibration_photos()] + [builtin_photo("chelsea")]
@@ -62,24 +66,28 @@ def main() -> int:
             model.train()
             perm = torch.randperm(len(xt))
             for i in range(0, len(xt) - 63, 64):
-                idx = perm[i:i + 64]
+                idx = perm[i : i + 64]
                 loss = torch.nn.functional.cross_entropy(model(xt[idx]), yt[idx])
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
                 sched.step()
-            print(f"epoch {ep + 1}/{epochs} loss {loss.item():.3f} "
-                  f"({time.monotonic() - t0:.0f} s)", flush=True)
+            print(
+                f"epoch {ep + 1}/{epochs} loss {loss.item():.3f} ({time.monotonic() - t0:.0f} s)",
+                flush=True,
+            )
         model.eval()
         xv, yv = patches(photos, 500, 1)
         with torch.no_grad():
-            xv_t = torch.from_numpy(((xv / 255.0 - mean) / std).transpose(0, 3, 1, 2)
-                                    .astype(np.float32))
+            xv_t = torch.from_numpy(
+                ((xv / 255.0 - mean) / std).transpose(0, 3, 1, 2).astype(np.float32)
+            )
             acc = float((model(xv_t).argmax(1).numpy() == yv).mean())
         print(f"validation accuracy {acc:.3f}")
         torch.save(model.state_dict(), weights)
         (OUT / "mnv3_photos.train.txt").write_text(
-            f"{epochs} epochs, {time.monotonic() - t0:.0f} s, val accuracy {acc:.3f}\n")
+            f"{epochs} epochs, {time.monotonic() - t0:.0f} s, val accuracy {acc:.3f}\n"
+        )
     val = OUT / "mnv3_val"
     if not val.is_dir():
         val.mkdir()
@@ -89,7 +97,7 @@ def main() -> int:
     (OUT / "mnv3_photos.toml").write_text(f'''name = "mnv3_photos"
 chip = "cv180x"
 quantize = ["int8", "bf16"]
-test_image = "{val / '0000_c{}.png'.format(patches(photos, 300, 2)[1][0])}"
+test_image = "{val / "0000_c{}.png".format(patches(photos, 300, 2)[1][0])}"
 
 [model]
 source = "torchvision:mobilenet_v3_small"

@@ -1,4 +1,5 @@
 """Shared fixtures: small models, a built tiny model (the real compiler), CLI runner."""
+
 from __future__ import annotations
 
 import os
@@ -21,12 +22,20 @@ def tiny_onnx_path(tmp_path_factory) -> Path:
 
 def tiny_recipe(onnx_path: Path, **over):
     """A recipe for the tiny ONNX model: 32x32 input, few calibration images."""
-    from duotpu.recipe import recipe_from_dict, set_dotted
-    data = {"name": "tiny", "model": {"source": str(onnx_path)},
-            "inputs": [{"name": "input", "shape": [1, 3, 32, 32]}],
-            "preprocess": {"resize": [40, 40], "resize_mode": "short_side",
-                           "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]},
-            "calibration": {"count": 8}}
+    from duotpu.config.recipe import recipe_from_dict, set_dotted
+
+    data = {
+        "name": "tiny",
+        "model": {"source": str(onnx_path)},
+        "inputs": [{"name": "input", "shape": [1, 3, 32, 32]}],
+        "preprocess": {
+            "resize": [40, 40],
+            "resize_mode": "short_side",
+            "mean": [0.5, 0.5, 0.5],
+            "std": [0.25, 0.25, 0.25],
+        },
+        "calibration": {"count": 8},
+    }
     for k, v in over.items():
         set_dotted(data, k, v)
     return recipe_from_dict(data, "test")
@@ -35,7 +44,8 @@ def tiny_recipe(onnx_path: Path, **over):
 @pytest.fixture(scope="session")
 def tiny_build(tmp_path_factory, tiny_onnx_path):
     """The tiny ONNX model built once for INT8 and BF16 (shared by read-only tests)."""
-    from duotpu import pipeline
+    from duotpu.builder import pipeline
+
     out = tmp_path_factory.mktemp("tinybuild")
     events = []
     result = pipeline.build(tiny_recipe(tiny_onnx_path), out, events=events.append)
@@ -46,37 +56,62 @@ def tiny_build(tmp_path_factory, tiny_onnx_path):
 def det_recipe(source: str, size: int, name: str, **over):
     """A detector recipe: letterbox with gray 114, x = pixel / 255, INT8, few calibration
     images; ``over`` merges into tables or replaces top-level keys."""
-    data = {"name": name, "task": "detect", "quantize": ["int8"],
-            "model": {"source": source},
-            "inputs": [{"name": "images", "shape": [1, 3, size, size]}],
-            "preprocess": {"resize_mode": "letterbox", "pad_value": 114,
-                           "mean": [0, 0, 0], "std": [1, 1, 1]},
-            "calibration": {"count": 6}, "test_image": "builtin:astronaut",
-            "detect": {"conf": 0.5},
-            "tolerance": {"int8": [0.6, 0.2], "verify_int8": 0.8}}
+    data = {
+        "name": name,
+        "task": "detect",
+        "quantize": ["int8"],
+        "model": {"source": source},
+        "inputs": [{"name": "images", "shape": [1, 3, size, size]}],
+        "preprocess": {
+            "resize_mode": "letterbox",
+            "pad_value": 114,
+            "mean": [0, 0, 0],
+            "std": [1, 1, 1],
+        },
+        "calibration": {"count": 6},
+        "test_image": "builtin:astronaut",
+        "detect": {"conf": 0.5},
+        "tolerance": {"int8": [0.6, 0.2], "verify_int8": 0.8},
+    }
     for k, v in over.items():
         if isinstance(v, dict):
             data.setdefault(k, {}).update(v)
         else:
             data[k] = v
-    from duotpu.recipe import recipe_from_dict
+    from duotpu.config.recipe import recipe_from_dict
+
     return recipe_from_dict(data, "test")
 
 
 @pytest.fixture(scope="session")
 def tiny_detector_build(tmp_path_factory):
     """A small detector with the original YOLOv5 head, built once for INT8."""
-    from duotpu import pipeline
+    from duotpu.builder import pipeline
+
     out = tmp_path_factory.mktemp("v5build")
     return pipeline.build(det_recipe("tinymodels:yolov5_classic", 128, "tv5"), out)
 
 
-def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None) -> \
-        subprocess.CompletedProcess:
+def run_cli(
+    *args: str, cwd: Path | None = None, env: dict | None = None
+) -> subprocess.CompletedProcess:
     """Run the real `duotpu` command in a child process."""
     e = dict(os.environ)
     e["PYTHONPATH"] = os.pathsep.join([str(TESTS), e.get("PYTHONPATH", "")])
     if env:
         e.update(env)
-    return subprocess.run([sys.executable, "-m", "duotpu.cli", *args], cwd=cwd, env=e,
-                          capture_output=True, text=True, timeout=900)
+    return subprocess.run(
+        [sys.executable, "-m", "duotpu.cli", *args],
+        cwd=cwd,
+        env=e,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+
+
+def pytest_collection_modifyitems(items):
+    """tests/unit/ is the unit tier: no compiler, no processes, seconds (`make test-unit`)."""
+    for item in items:
+        if "tests/unit/" in str(item.fspath):
+            item.add_marker(pytest.mark.unit)

@@ -1,16 +1,19 @@
 """Board features over real SSH: against the board emulator (sshd on 127.0.0.1 + an SDK-shaped
 folder running the host simulator), or a real board when DUOTPU_BOARD=user@host is set."""
+
 import json
 import os
 
 import numpy as np
 import pytest
 
-from duotpu import board, cvimodel, metrics, runtime
-from duotpu.errors import BoardError
-
 import board_emulator
 from conftest import run_cli
+from duotpu import board
+from duotpu.compiler import cvimodel
+from duotpu.config.errors import BoardError
+from duotpu.core import metrics
+from duotpu.infer import runtime
 
 REAL = os.environ.get("DUOTPU_BOARD")
 emulator_only = pytest.mark.skipif(bool(REAL), reason="failure modes need the board emulator")
@@ -53,8 +56,10 @@ def test_unknown_host_key_is_refused_with_its_fingerprint(emu, config_dir):
         board.Board(p).connect()
     with board.Board(p, accept_new_host_key=True) as b:
         assert b.run("echo hi").stdout.strip() == "hi"
-    assert p.host in (config_dir / "known_hosts").read_text() or \
-        f"[{p.host}]:{p.port}" in (config_dir / "known_hosts").read_text()
+    assert (
+        p.host in (config_dir / "known_hosts").read_text()
+        or f"[{p.host}]:{p.port}" in (config_dir / "known_hosts").read_text()
+    )
     with board.Board(p) as b:  # now known: no flag needed
         assert b.run("true").returncode == 0
 
@@ -73,6 +78,7 @@ def test_changed_host_key_is_refused(emu, profile, tmp_path):
 @emulator_only
 def test_authentication_and_unreachable_errors(emu, profile, tmp_path):
     from dataclasses import replace
+
     wrong = board_emulator.keygen(tmp_path / "wrong_key")
     with pytest.raises(BoardError, match="Authentication"):
         board.Board(replace(profile, key_file=str(wrong))).connect()
@@ -102,10 +108,10 @@ def test_doctor_names_problems(emu, profile):
     proc = run_cli("board", "doctor", "--board", profile.name)
     assert proc.returncode == 1 and "No TPU device" in proc.stdout + proc.stderr
     from dataclasses import replace
+
     with board.Board(replace(profile, sdk_dir="/nonexistent/tpu-sdk")) as b:
         d = board.doctor(b)
-    assert any("not at /nonexistent/tpu-sdk" in p and "board push --sdk" in p
-               for p in d.problems)
+    assert any("not at /nonexistent/tpu-sdk" in p and "board push --sdk" in p for p in d.problems)
 
 
 def test_run_on_the_board_equals_the_host_simulator(profile, tiny_build):
@@ -126,14 +132,23 @@ def test_run_on_the_board_equals_the_host_simulator(profile, tiny_build):
 def test_board_run_and_compare_cli(profile, tiny_build):
     art = tiny_build.models["bf16"]
     image = tiny_build.work_dir / "inputs" / "chelsea.png"
-    proc = run_cli("board", "run", str(art.cvimodel), str(image), "--board", profile.name,
-                   "--json", env={"DUOTPU_CONFIG_DIR": os.environ.get("DUOTPU_CONFIG_DIR", "")})
+    proc = run_cli(
+        "board",
+        "run",
+        str(art.cvimodel),
+        str(image),
+        "--board",
+        profile.name,
+        "--json",
+        env={"DUOTPU_CONFIG_DIR": os.environ.get("DUOTPU_CONFIG_DIR", "")},
+    )
     assert proc.returncode == 0, proc.stderr
     top = json.loads(proc.stdout)["results"][0]["top"]
     probs = metrics.as_probabilities(art.outputs["logits"].reshape(1, -1))[0]
     assert top[0]["class"] == int(probs.argmax())
-    cmp = run_cli("board", "compare", str(art.cvimodel), str(image), "--board", profile.name,
-                  "--json")
+    cmp = run_cli(
+        "board", "compare", str(art.cvimodel), str(image), "--board", profile.name, "--json"
+    )
     assert cmp.returncode == 0, cmp.stderr
     data = json.loads(cmp.stdout)
     assert data["outputs"][0]["board_vs_simulator"] > 0.9999
@@ -156,6 +171,7 @@ def test_push_skips_unchanged_files(profile, tmp_path, emu):
     if REAL:
         pytest.skip("would upload a fake SDK to the real board")
     from dataclasses import replace
+
     sdk = tmp_path / "tpu-sdk-cv180x"
     (sdk / "bin").mkdir(parents=True)
     (sdk / "envs_tpu_sdk.sh").write_text("export PATH=$PWD/bin:$PATH\n")
@@ -176,9 +192,11 @@ def test_push_skips_unchanged_files(profile, tmp_path, emu):
 def test_checks_before_pushing(emu, profile, tiny_build):
     art = tiny_build.models["bf16"]
     info = cvimodel.read_cvimodel(art.cvimodel)
-    for cfg, needle in [({"runtime_version": "1.2.0"}, "model_version 1.2"),
-                        ({"chip": "cv181x"}, "CANNOT run on platform cv181x"),
-                        ({"ion_mb": info.ion_mb / 2}, "ION memory")]:
+    for cfg, needle in [
+        ({"runtime_version": "1.2.0"}, "model_version 1.2"),
+        ({"chip": "cv181x"}, "CANNOT run on platform cv181x"),
+        ({"ion_mb": info.ion_mb / 2}, "ION memory"),
+    ]:
         emu.configure(**cfg)
         with board.Board(profile) as b:
             problems = board.check_model_for_board(info, board.doctor(b))
@@ -189,8 +207,9 @@ def test_checks_before_pushing(emu, profile, tiny_build):
         assert forced.returncode == 0, forced.stderr
     emu.configure(fail="nomem")
     image = tiny_build.work_dir / "inputs" / "chelsea.png"
-    proc = run_cli("board", "run", str(art.cvimodel), str(image), "--board", profile.name,
-                   "--force")
+    proc = run_cli(
+        "board", "run", str(art.cvimodel), str(image), "--board", profile.name, "--force"
+    )
     assert proc.returncode == 1 and "alloc memory for weight failed" in proc.stderr
     assert "ION memory" in proc.stderr and "Traceback" not in proc.stderr
 
@@ -199,11 +218,12 @@ def test_predict_on_the_board(profile, tiny_build):
     art = tiny_build.models["int8"]
     image = tiny_build.work_dir / "inputs" / "chelsea.png"
     host = json.loads(run_cli("predict", str(art.cvimodel), str(image), "--json").stdout)
-    on_board = run_cli("predict", str(art.cvimodel), str(image), "--board", profile.name,
-                       "--json")
+    on_board = run_cli("predict", str(art.cvimodel), str(image), "--board", profile.name, "--json")
     assert on_board.returncode == 0, on_board.stderr
-    assert json.loads(on_board.stdout)["results"][0]["top"][0]["class"] == \
-        host["results"][0]["top"][0]["class"]
+    assert (
+        json.loads(on_board.stdout)["results"][0]["top"][0]["class"]
+        == host["results"][0]["top"][0]["class"]
+    )
     bench = run_cli("board", "bench", str(art.cvimodel), "--board", profile.name, "--count", "3")
     assert bench.returncode == 0 and "median" in bench.stdout, bench.stderr
 
@@ -211,21 +231,33 @@ def test_predict_on_the_board(profile, tiny_build):
 def test_detector_on_the_board(profile, tiny_detector_build, tmp_path):
     """`duotpu board run` on a detector prints the boxes the host simulator finds, and draws
     them with --save."""
-    from duotpu.images import builtin_photo, save_image
+    from duotpu.core.images import builtin_photo, save_image
+
     art = tiny_detector_build.models["int8"]
     image = save_image(tmp_path / "astro.jpg", builtin_photo("astronaut"))
     host = json.loads(run_cli("predict", str(art.cvimodel), str(image), "--json").stdout)
-    on_board = run_cli("board", "run", str(art.cvimodel), str(image), "--board", profile.name,
-                       "--json", "--save", str(tmp_path / "board.jpg"))
+    on_board = run_cli(
+        "board",
+        "run",
+        str(art.cvimodel),
+        str(image),
+        "--board",
+        profile.name,
+        "--json",
+        "--save",
+        str(tmp_path / "board.jpg"),
+    )
     assert on_board.returncode == 0, on_board.stderr
     got = json.loads(on_board.stdout)["results"][0]
     want = host["results"][0]["detections"]
     # the board's outputs equal the simulator's to cosine 0.9999, not bit for bit: scores at
     # the threshold may fall either side, so compare the detections as detections
-    from duotpu.detect import Detection, coco_map
+    from duotpu.core.detect import Detection, coco_map
+
     truth = [[(d["box"], d["class"]) for d in want]]
-    found = [[Detection(tuple(d["box"]), d["score"], d["class"], d["name"])
-              for d in got["detections"]]]
+    found = [
+        [Detection(tuple(d["box"]), d["score"], d["class"], d["name"]) for d in got["detections"]]
+    ]
     assert want and coco_map(truth, found, 3)["map50"] > 0.95
     assert abs(len(got["detections"]) - len(want)) <= max(2, len(want) // 10)
     assert (tmp_path / "board.jpg").is_file()
@@ -238,6 +270,7 @@ def test_doctor_refuses_an_sdk_whose_model_runner_does_not_start(emu, profile, t
     """`model_runner: not found` (or a runner that is not the SDK's) is not a usable SDK, even
     though its output contains the word 'model'."""
     from dataclasses import replace
+
     broken = tmp_path / "broken-sdk"
     (broken / "bin").mkdir(parents=True)
     (broken / "envs_tpu_sdk.sh").write_text("export PATH=$PWD/bin:$PATH\n")
@@ -245,31 +278,37 @@ def test_doctor_refuses_an_sdk_whose_model_runner_does_not_start(emu, profile, t
         d = board.doctor(b)
     assert not d.sdk_ok and not d.runtime_version
     assert any("model_runner does not start" in p for p in d.problems), d.problems
-    (broken / "bin" / "model_runner").write_text("#!/bin/sh\necho 'usage: model_runner -m model'"
-                                                 "\nexit 1\n")
+    (broken / "bin" / "model_runner").write_text(
+        "#!/bin/sh\necho 'usage: model_runner -m model'\nexit 1\n"
+    )
     (broken / "bin" / "model_runner").chmod(0o755)
     with board.Board(replace(profile, sdk_dir=str(broken))) as b:
         assert not board.doctor(b).sdk_ok  # no runtime version line: not cviruntime's runner
-    for text, ok in [("Cvitek Runtime (1.4.0)\nusage: ...\nduotpu-rc:1", True),
-                     ("sh: model_runner: not found\nduotpu-rc:127", False),
-                     ("Cvitek Runtime (1.4.0)\nduotpu-rc:126", False),
-                     ("model_runner: error while loading shared libraries: libcviruntime.so",
-                      False)]:
+    for text, ok in [
+        ("Cvitek Runtime (1.4.0)\nusage: ...\nduotpu-rc:1", True),
+        ("sh: model_runner: not found\nduotpu-rc:127", False),
+        ("Cvitek Runtime (1.4.0)\nduotpu-rc:126", False),
+        ("model_runner: error while loading shared libraries: libcviruntime.so", False),
+    ]:
         assert board.sdk_usable(text) is ok, text
 
 
 @emulator_only
-def test_push_with_sdk_checks_the_models_before_uploading_them(emu, profile, tiny_build,
-                                                               tmp_path):
+def test_push_with_sdk_checks_the_models_before_uploading_them(emu, profile, tiny_build, tmp_path):
     """`board push --sdk DIR MODEL`: the chip and memory checks come before anything is
     uploaded; the runtime version is checked against the SDK being pushed, before the models."""
     import shutil
     from dataclasses import replace
+
     art = tiny_build.models["int8"]
     sdk = tmp_path / "tpu-sdk-cv180x"
     shutil.copytree(emu.sdk, sdk)
-    target = replace(profile, name="pushy", sdk_dir=str(tmp_path / "board-sdk"),
-                     work_dir=str(tmp_path / "board-work"))
+    target = replace(
+        profile,
+        name="pushy",
+        sdk_dir=str(tmp_path / "board-sdk"),
+        work_dir=str(tmp_path / "board-work"),
+    )
     board.save_profile(target)
     remote_model = tmp_path / "board-work" / "models" / art.cvimodel.name
     emu.configure(chip="cv181x")

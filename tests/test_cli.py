@@ -1,5 +1,6 @@
 """The `duotpu` command: bad input gets one clear paragraph, a non-zero exit, no traceback and
 no half-written final file; good input gets one line per stage and the result table."""
+
 import json
 
 import pytest
@@ -7,8 +8,16 @@ import pytest
 import tinymodels
 from conftest import run_cli
 
-TINY_FLAGS = ["--input-shape", "1,3,32,32", "--calib-count", "6", "--mean", "0.5,0.5,0.5",
-              "--std", "0.25,0.25,0.25"]
+TINY_FLAGS = [
+    "--input-shape",
+    "1,3,32,32",
+    "--calib-count",
+    "6",
+    "--mean",
+    "0.5,0.5,0.5",
+    "--std",
+    "0.25,0.25,0.25",
+]
 
 
 def _assert_clean_failure(proc, code, *needles):
@@ -28,18 +37,21 @@ def test_corrupt_model_file(tmp_path):
     (tmp_path / "bad.onnx").write_bytes(b"\x08\x07garbage" * 50)
     proc = run_cli("build", str(tmp_path / "bad.onnx"), *TINY_FLAGS, "--out", str(tmp_path / "o"))
     _assert_clean_failure(proc, 1, "corrupt")
-    proc = run_cli("build", str(tmp_path / "bad.onnx"), *TINY_FLAGS, "--out",
-                   str(tmp_path / "o"), "--debug")
+    proc = run_cli(
+        "build", str(tmp_path / "bad.onnx"), *TINY_FLAGS, "--out", str(tmp_path / "o"), "--debug"
+    )
     assert proc.returncode == 1 and "Traceback" in proc.stderr
 
 
 def test_recipe_unknown_key_and_wrong_type(tmp_path):
-    (tmp_path / "r.toml").write_text('name = "m"\n[model]\nsource = "m.onnx"\n'
-                                     '[calibration]\ncuont = 3\n')
+    (tmp_path / "r.toml").write_text(
+        'name = "m"\n[model]\nsource = "m.onnx"\n[calibration]\ncuont = 3\n'
+    )
     proc = run_cli("build", "--recipe", str(tmp_path / "r.toml"))
     _assert_clean_failure(proc, 2, "calibration.cuont", "Valid keys")
-    (tmp_path / "r.toml").write_text('name = "m"\n[model]\nsource = "m.onnx"\n'
-                                     '[calibration]\ncount = "ten"\n')
+    (tmp_path / "r.toml").write_text(
+        'name = "m"\n[model]\nsource = "m.onnx"\n[calibration]\ncount = "ten"\n'
+    )
     proc = run_cli("build", "--recipe", str(tmp_path / "r.toml"))
     _assert_clean_failure(proc, 2, "calibration.count", "whole number")
 
@@ -62,21 +74,39 @@ def test_calibration_folder_without_images(tmp_path, tiny_onnx_path):
     empty = tmp_path / "imgs"
     empty.mkdir()
     (empty / "notes.txt").write_text("not an image")
-    proc = run_cli("build", str(tiny_onnx_path), *TINY_FLAGS, "--calib-images", str(empty),
-                   "--quantize", "int8", "--out", str(tmp_path / "o"))
+    proc = run_cli(
+        "build",
+        str(tiny_onnx_path),
+        *TINY_FLAGS,
+        "--calib-images",
+        str(empty),
+        "--quantize",
+        "int8",
+        "--out",
+        str(tmp_path / "o"),
+    )
     _assert_clean_failure(proc, 1, "no readable images", str(empty))
 
 
-def test_build_with_some_unreadable_calibration_files_warns_and_succeeds(tmp_path,
-                                                                         tiny_onnx_path):
-    from duotpu import images
+def test_build_with_some_unreadable_calibration_files_warns_and_succeeds(tmp_path, tiny_onnx_path):
+    from duotpu.core import images
+
     folder = tmp_path / "imgs"
     images.write_calibration_set(folder, 5, seed=1)
     (folder / "broken.jpg").write_bytes(b"not really a jpeg")
     (folder / "readme.txt").write_text("hello")
     out = tmp_path / "o"
-    proc = run_cli("build", str(tiny_onnx_path), *TINY_FLAGS, "--calib-images", str(folder),
-                   "--name", "tinyc", "--out", str(out))
+    proc = run_cli(
+        "build",
+        str(tiny_onnx_path),
+        *TINY_FLAGS,
+        "--calib-images",
+        str(folder),
+        "--name",
+        "tinyc",
+        "--out",
+        str(out),
+    )
     assert proc.returncode == 0, proc.stderr
     assert "skipped 2 file(s)" in proc.stdout
     for stage in ("export", "transform", "calibrate", "deploy-int8", "deploy-bf16"):
@@ -84,26 +114,48 @@ def test_build_with_some_unreadable_calibration_files_warns_and_succeeds(tmp_pat
     assert (out / "tinyc_cv180x_int8.cvimodel").exists()
     assert (out / "tinyc_cv180x_bf16.cvimodel").exists()
     assert "cosine vs fp32" in proc.stdout
-    again = run_cli("build", str(tiny_onnx_path), *TINY_FLAGS, "--calib-images", str(folder),
-                    "--name", "tinyc", "--out", str(out), "--json")
+    again = run_cli(
+        "build",
+        str(tiny_onnx_path),
+        *TINY_FLAGS,
+        "--calib-images",
+        str(folder),
+        "--name",
+        "tinyc",
+        "--out",
+        str(out),
+        "--json",
+    )
     assert again.returncode == 0
-    data = json.loads(again.stdout[again.stdout.index("{"):])
+    data = json.loads(again.stdout[again.stdout.index("{") :])
     assert set(data["models"]) == {"int8", "bf16"}
     assert data["classification"][0]["model"] == "fp32 ONNX"
 
 
 def test_verification_below_tolerance(tmp_path, tiny_onnx_path):
     out = tmp_path / "o"
-    proc = run_cli("build", str(tiny_onnx_path), *TINY_FLAGS, "--quantize", "int8",
-                   "--verify-int8", "0.9999999", "--out", str(out))
+    proc = run_cli(
+        "build",
+        str(tiny_onnx_path),
+        *TINY_FLAGS,
+        "--quantize",
+        "int8",
+        "--verify-int8",
+        "0.9999999",
+        "--out",
+        str(out),
+    )
     _assert_clean_failure(proc, 1, "verification failed", "'logits'", "0.9999999")
     assert not list(out.glob("*.cvimodel"))
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["build"], "Nothing to build"),
-    (["build", "x.onnx", "--set", "nokey=1"], "nokey"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["build"], "Nothing to build"),
+        (["build", "x.onnx", "--set", "nokey=1"], "nokey"),
+    ],
+)
 def test_usage_errors(args, needle):
     proc = run_cli(*args)
     _assert_clean_failure(proc, 2, needle)

@@ -1,16 +1,17 @@
 """`duotpu info`: the cvimodel reader against the compiler's own `model_tool --info`."""
+
 import json
 
 import pytest
 
-from duotpu import cvimodel, toolchain
-from duotpu.errors import ModelError
-
 from conftest import run_cli
+from duotpu import compiler
+from duotpu.compiler import cvimodel
+from duotpu.config.errors import ModelError
 
 
 def _model_tool_ion(path, tmp_path):
-    return toolchain.model_tool_info(path, tmp_path / f"{path.stem}.log")
+    return compiler.model_tool_info(path, tmp_path / f"{path.stem}.log")
 
 
 @pytest.mark.parametrize("mode", ["int8", "bf16"])
@@ -23,12 +24,14 @@ def test_info_matches_model_tool(tiny_build, tmp_path, mode):
     assert info.chip == ref.chip == "cv180x"
     text = ref.text
     for s in info.sections:  # every section line of model_tool appears with our size/offset
-        assert any(s.name in ln and str(s.size) in ln and str(s.offset) in ln
-                   for ln in text.splitlines()), s
+        assert any(
+            s.name in ln and str(s.size) in ln and str(s.offset) in ln for ln in text.splitlines()
+        ), s
     p = info.programs[0]
     assert [t.name for t in p.inputs] == ["input"] and p.inputs[0].shape == [1, 3, 32, 32]
     assert p.outputs[0].shape[:2] == [1, 10]
     import re
+
     assert int(re.search(r"shared_gmem_size\s*:\s*(\d+)", text).group(1)) == p.shared_gmem
     assert int(re.search(r"private_gmem_size\s*:\s*(\d+)", text).group(1)) == p.private_gmem
 
@@ -50,8 +53,12 @@ def test_corrupt_and_truncated_files(tiny_build, tmp_path):
     flipped[len(data) // 2] ^= 0xFF
     (tmp_path / "flip.cvimodel").write_bytes(bytes(flipped))
     (tmp_path / "text.cvimodel").write_text("hello")
-    for name, needle in [("trunc", "corrupt or truncated"), ("short", "truncated"),
-                         ("flip", "md5"), ("text", "not a cvimodel")]:
+    for name, needle in [
+        ("trunc", "corrupt or truncated"),
+        ("short", "truncated"),
+        ("flip", "md5"),
+        ("text", "not a cvimodel"),
+    ]:
         with pytest.raises(ModelError, match=needle):
             cvimodel.read_cvimodel(tmp_path / f"{name}.cvimodel")
     proc = run_cli("info", str(tmp_path / "flip.cvimodel"))

@@ -2,6 +2,7 @@
 INT8 + BF16 for cv180x, verified, then the cat photo classified by each model.
 
 Uses 12 calibration images instead of the demo's 100 to keep the suite fast."""
+
 import json
 
 import pytest
@@ -16,7 +17,7 @@ def test_demo_classifies_the_cat_with_all_three_models(tmp_path):
     out = tmp_path / "demo"
     proc = run_cli("demo", "--calib-count", "12", "--out", str(out), "--json", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    data = json.loads(proc.stdout[proc.stdout.index("{"):])
+    data = json.loads(proc.stdout[proc.stdout.index("{") :])
     rows = {r["model"]: r for r in data["classification"]}
     assert set(rows) == {"fp32 ONNX", "INT8 cvimodel", "BF16 cvimodel"}
     fp32_top1 = rows["fp32 ONNX"]["top"][0]["class"]

@@ -1,5 +1,6 @@
 """YOLO detectors: the cut before the decode, CPU decode = the original model, NMS, drawing,
 mAP, and v5 / v8 end to end on the real compiler and simulator."""
+
 from __future__ import annotations
 
 import json
@@ -10,27 +11,32 @@ import pytest
 
 import tinymodels
 from conftest import det_recipe, run_cli
-from duotpu import detect, pipeline
-from duotpu.errors import ModelError
-from duotpu.export import export_onnx
-from duotpu.recipe import DetectOptions, ModelSource, Preprocess, recipe_from_dict
-from duotpu.yolo import COCO_NAMES, YoloHead
+from duotpu.builder import pipeline
+from duotpu.builder.export import export_onnx
+from duotpu.builder.yolo import COCO_NAMES, YoloHead
+from duotpu.config.errors import ModelError
+from duotpu.config.recipe import DetectOptions, ModelSource, Preprocess, recipe_from_dict
+from duotpu.core import detect
 
 
 def _ort(path: Path, x: np.ndarray) -> list[np.ndarray]:
     import onnxruntime as ort
+
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return sess.run(None, {sess.get_inputs()[0].name: x})
 
 
-@pytest.mark.parametrize("source,size", [("tinymodels:lively_yolov8", 160),
-                                         ("tinymodels:yolov5_classic", 128)])
+@pytest.mark.parametrize(
+    "source,size", [("tinymodels:lively_yolov8", 160), ("tinymodels:yolov5_classic", 128)]
+)
 def test_decode_equals_the_original_model(tmp_path, source, size):
     """duotpu's numpy decode of the cut model's head maps gives the same boxes and scores as
     the original model's full output (ONNX Runtime and PyTorch)."""
     import torch
-    m = export_onnx(ModelSource(source), (1, 3, size, size), "images", tmp_path / "m.onnx",
-                    task="detect")
+
+    m = export_onnx(
+        ModelSource(source), (1, 3, size, size), "images", tmp_path / "m.onnx", task="detect"
+    )
     head = m.head
     assert head.strides == [8, 16, 32] and head.nc == 3
     assert head.kind == ("anchor_free" if "v8" in source else "anchor")
@@ -47,7 +53,8 @@ def test_decode_equals_the_original_model(tmp_path, source, size):
     np.testing.assert_allclose(scores[0], ref_scores, atol=1e-5)
     assert scores.max() > 0.05  # the comparison covers real, not vanishing, scores
     module = getattr(tinymodels, source.split(":")[1])()
-    from duotpu.yolo import prepare_for_export
+    from duotpu.builder.yolo import prepare_for_export
+
     prepare_for_export(module)
     with torch.no_grad():
         out = module(torch.from_numpy(x))
@@ -57,8 +64,13 @@ def test_decode_equals_the_original_model(tmp_path, source, size):
 
 def test_cut_refuses_a_classifier(tiny_onnx_path, tmp_path):
     with pytest.raises(ModelError, match="does not look like a YOLO detector"):
-        export_onnx(ModelSource(str(tiny_onnx_path)), (1, 3, 32, 32), "input",
-                    tmp_path / "c.onnx", task="detect")
+        export_onnx(
+            ModelSource(str(tiny_onnx_path)),
+            (1, 3, 32, 32),
+            "input",
+            tmp_path / "c.onnx",
+            task="detect",
+        )
     assert not (tmp_path / "c.onnx").exists()
 
 
@@ -66,30 +78,43 @@ def test_trained_checkpoint_loads(tmp_path):
     """A training checkpoint ({'model': ...}, as Ultralytics and YOLOv5 save it) is real code:
     the model and its class names come out of the file."""
     import torch
+
     model = tinymodels.lively_yolov8(nc=2)
     model.names = {0: "cat", 1: "dog"}
     ckpt = tmp_path / "best.pt"
     torch.save({"model": model.half(), "epoch": 3}, ckpt)
-    m = export_onnx(ModelSource(str(ckpt)), (1, 3, 96, 96), "images", tmp_path / "b.onnx",
-                    task="detect")
+    m = export_onnx(
+        ModelSource(str(ckpt)), (1, 3, 96, 96), "images", tmp_path / "b.onnx", task="detect"
+    )
     assert m.head.names == ["cat", "dog"]
     # and the names are kept when the user gives the ONNX export instead of the checkpoint
-    m2 = export_onnx(ModelSource(str(tmp_path / "b_full.onnx")), (1, 3, 96, 96), "images",
-                     tmp_path / "c.onnx", task="detect", detect=DetectOptions(
-                         classes=("kitty", "doggy")))
+    m2 = export_onnx(
+        ModelSource(str(tmp_path / "b_full.onnx")),
+        (1, 3, 96, 96),
+        "images",
+        tmp_path / "c.onnx",
+        task="detect",
+        detect=DetectOptions(classes=("kitty", "doggy")),
+    )
     assert m2.head.names == ["kitty", "doggy"] and m2.head.outputs == m.head.outputs
 
 
 def test_coco_names_for_80_classes(tmp_path):
-    m = export_onnx(ModelSource("ultralytics:yolov8n.yaml"), (1, 3, 64, 64), "images",
-                    tmp_path / "y.onnx", task="detect")
+    m = export_onnx(
+        ModelSource("ultralytics:yolov8n.yaml"),
+        (1, 3, 64, 64),
+        "images",
+        tmp_path / "y.onnx",
+        task="detect",
+    )
     assert m.head.nc == 80 and m.head.names == list(COCO_NAMES) and m.head.names[0] == "person"
 
 
 # --------------------------------------------------------------------------------------------
 def _xywh(*boxes):
-    return np.array([[(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1]
-                     for x1, y1, x2, y2 in boxes], np.float32)
+    return np.array(
+        [[(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1] for x1, y1, x2, y2 in boxes], np.float32
+    )
 
 
 def test_nms_edge_cases():
@@ -117,11 +142,13 @@ def test_nms_edge_cases():
 @pytest.mark.parametrize("mode", ["letterbox", "stretch", "short_side"])
 def test_boxes_back_on_the_image(mode):
     """A box drawn on the image, preprocessed like the compiler does, maps back to itself."""
-    from duotpu.preprocess import preprocess_image
+    from duotpu.core.preprocess import preprocess_image
+
     img = np.zeros((100, 200, 3), np.uint8)
     img[30:70, 50:90] = 255  # the object, x 50..90, y 30..70
-    pre = Preprocess(resize_mode=mode, resize=(64, 80) if mode == "short_side" else None,
-                     pixel_format="rgb")
+    pre = Preprocess(
+        resize_mode=mode, resize=(64, 80) if mode == "short_side" else None, pixel_format="rgb"
+    )
     x = preprocess_image(img, pre, (1, 3, 64, 64))[0, 0]
     ys, xs = np.nonzero(x > 0.5)
     net_box = np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], float)
@@ -135,6 +162,7 @@ def test_boxes_back_on_the_image(mode):
 
 def test_draw_marks_the_boxes(tmp_path):
     from PIL import Image
+
     img = np.full((120, 160, 3), 255, np.uint8)
     dets = [detect.Detection((20.0, 30.0, 100.0, 90.0), 0.9, 1, "square")]
     out = detect.draw(img, dets, tmp_path / "out.jpg")
@@ -150,14 +178,15 @@ def test_map_metrics():
     assert detect.coco_map(truth, perfect, 3)["map50"] == pytest.approx(1.0)
     assert detect.coco_map(truth, perfect, 3)["map50_95"] == pytest.approx(1.0)
     assert detect.coco_map(truth, [[], []], 3)["map50"] == 0.0
+
     def shift(b, f):  # move a box by f of its size along both axes: IoU (1-f)^2/(1+2f-f^2)
         d = (b[2] - b[0]) * f
         return (b[0] + d, b[1] + d, b[2] + d, b[3] + d)
+
     shifted = [[detect.Detection(shift(b, 0.1), 0.9, c, "") for b, c in objs] for objs in truth]
     m = detect.coco_map(truth, shifted, 3)  # IoU 0.68: counted at 0.50..0.65 only
     assert m["map50"] == pytest.approx(1.0) and m["map50_95"] == pytest.approx(0.4)
-    wrong_class = [[detect.Detection(b, 0.9, (c + 1) % 3, "") for b, c in objs]
-                   for objs in truth]
+    wrong_class = [[detect.Detection(b, 0.9, (c + 1) % 3, "") for b, c in objs] for objs in truth]
     assert detect.coco_map(truth, wrong_class, 3)["map50"] == 0.0
 
 
@@ -167,7 +196,8 @@ def test_yolo_labels(tmp_path):
     assert detect.read_yolo_labels(f, (100, 200)) == [((80.0, 30.0, 120.0, 70.0), 1)]
     assert detect.read_yolo_labels(tmp_path / "missing.txt", (10, 10)) == []
     f.write_text("1 0.5 oops\n")
-    from duotpu.errors import DataError
+    from duotpu.config.errors import DataError
+
     with pytest.raises(DataError, match="line 1"):
         detect.read_yolo_labels(f, (100, 200))
 
@@ -181,21 +211,33 @@ def test_v5_end_to_end(tiny_detector_build, tmp_path):
     assert head == r.head
     # the compiled model returns the three head maps, close to fp32
     assert len(r.models["int8"].cosine) == 3 and min(r.models["int8"].cosine.values()) > 0.8
-    from duotpu.images import builtin_photo, save_image
+    from duotpu.core.images import builtin_photo, save_image
+
     img = save_image(tmp_path / "astro.jpg", builtin_photo("astronaut"))
-    p = run_cli("predict", str(r.models["int8"].cvimodel), str(img), "--json", "--conf", "0.5",
-                "--save", str(tmp_path / "drawn.jpg"))
+    p = run_cli(
+        "predict",
+        str(r.models["int8"].cvimodel),
+        str(img),
+        "--json",
+        "--conf",
+        "0.5",
+        "--save",
+        str(tmp_path / "drawn.jpg"),
+    )
     assert p.returncode == 0, p.stderr
     res = json.loads(p.stdout)["results"][0]
     assert (tmp_path / "drawn.jpg").is_file() and res["saved"].endswith("drawn.jpg")
     # the simulator's detections equal what the build's own decode of the INT8 maps gives
-    from duotpu.preprocess import load_bgr
+    from duotpu.core.preprocess import load_bgr
+
     hw = load_bgr(img, False).shape[:2]
-    from duotpu import runtime
+    from duotpu.infer import runtime
+
     model = runtime.open_model(r.models["int8"].cvimodel)
     outs = runtime.infer(model, runtime.tensors_for(model, [img]))[0]
-    want = detect.detections(head, detect.maps_in_order(head, outs), r.recipe.preprocess, [hw],
-                             0.5, r.recipe.detect.iou)[0]
+    want = detect.detections(
+        head, detect.maps_in_order(head, outs), r.recipe.preprocess, [hw], 0.5, r.recipe.detect.iou
+    )[0]
     assert [d["class"] for d in res["detections"]] == [d.cls for d in want]
     assert len(res["detections"]) > 0
     for got, exp in zip(res["detections"], want):
@@ -212,9 +254,10 @@ def test_eval_detector_against_labels_and_fp32(tiny_detector_build, tmp_path):
     the labels, per-map cosines, report files. The labels are the fp32 model's own detections,
     so the numbers are known: fp32 scores ~1 against them, and the INT8 model's mAP against the
     labels equals its mAP against the fp32 detections."""
-    from duotpu import runtime
-    from duotpu.images import write_shapes_dataset
-    from duotpu.preprocess import load_bgr
+    from duotpu.core.images import write_shapes_dataset
+    from duotpu.core.preprocess import load_bgr
+    from duotpu.infer import runtime
+
     data = write_shapes_dataset(tmp_path / "shapes", 5, size=128, seed=3)
     b = runtime.open_model(tiny_detector_build.models["int8"].cvimodel)
     paths = sorted((data / "images").iterdir())
@@ -223,11 +266,23 @@ def test_eval_detector_against_labels_and_fp32(tiny_detector_build, tmp_path):
     dets = detect.per_image(b.head, fp32, b.recipe.preprocess, hws, b.recipe.detect)
     assert sum(map(len, dets)) > 0, "the detector should find something in the shapes"
     for p, (h, w), ds in zip(paths, hws, dets):
-        (data / "labels" / f"{p.stem}.txt").write_text("".join(
-            f"{d.cls} {(d.box[0] + d.box[2]) / 2 / w} {(d.box[1] + d.box[3]) / 2 / h} "
-            f"{(d.box[2] - d.box[0]) / w} {(d.box[3] - d.box[1]) / h}\n" for d in ds))
-    p = run_cli("eval", str(tiny_detector_build.out_dir), "--images", str(data), "--backend", "cvimodel",
-                "--out", str(tmp_path / "rep"))
+        (data / "labels" / f"{p.stem}.txt").write_text(
+            "".join(
+                f"{d.cls} {(d.box[0] + d.box[2]) / 2 / w} {(d.box[1] + d.box[3]) / 2 / h} "
+                f"{(d.box[2] - d.box[0]) / w} {(d.box[3] - d.box[1]) / h}\n"
+                for d in ds
+            )
+        )
+    p = run_cli(
+        "eval",
+        str(tiny_detector_build.out_dir),
+        "--images",
+        str(data),
+        "--backend",
+        "cvimodel",
+        "--out",
+        str(tmp_path / "rep"),
+    )
     assert p.returncode == 0, p.stderr + p.stdout
     rep = json.loads((tmp_path / "rep" / "report.json").read_text())
     m = rep["modes"]["int8"]
@@ -247,12 +302,19 @@ def test_v8_end_to_end(tmp_path):
     """An Ultralytics YOLOv8 architecture (from its yaml) built for INT8: the TPU returns the
     six box / class maps and the CPU's decode of them finds the fp32 model's boxes."""
     # random weights in a deep network quantize far worse than trained ones: loose tolerances
-    r = pipeline.build(det_recipe("tinymodels:lively_yolov8", 160, "tv8", tolerance={
-        "int8": [0.3, -1.0], "verify_int8": 0.3}), tmp_path)
+    r = pipeline.build(
+        det_recipe(
+            "tinymodels:lively_yolov8",
+            160,
+            "tv8",
+            tolerance={"int8": [0.3, -1.0], "verify_int8": 0.3},
+        ),
+        tmp_path,
+    )
     print({k: round(v, 4) for k, v in r.models["int8"].cosine.items()})
     assert r.head.kind == "anchor_free" and r.head.reg_max == 16
     assert len(r.models["int8"].cosine) == 6
-    rows = __import__("duotpu.report", fromlist=["x"]).detect_build(r)
+    rows = __import__("duotpu.eval.report", fromlist=["x"]).detect_build(r)
     fp32, int8 = rows[0].detections, rows[1].detections
     assert fp32, "the lively model should detect something on the test image"
     truth = [[(d.box, d.cls) for d in fp32]]
@@ -264,18 +326,29 @@ def test_v8_end_to_end(tmp_path):
 def test_mixed_precision_to_a_map_target(tmp_path):
     """`--target map>=X` on a detector: the search scores each candidate by mAP@0.5 against
     the fp32 detections and keeps the row with the fewest BF16 layers that reaches X."""
-    r = pipeline.build(det_recipe("tinymodels:yolov5_classic", 128, "tv5m",
-                                  mix={"target": "map>=0.97", "count": 12, "regions": 4}),
-                       tmp_path)
+    r = pipeline.build(
+        det_recipe(
+            "tinymodels:yolov5_classic",
+            128,
+            "tv5m",
+            mix={"target": "map>=0.97", "count": 12, "regions": 4},
+        ),
+        tmp_path,
+    )
     rows = r.mix["rows"]
     assert rows[0]["label"] == "pure INT8" and not rows[0]["meets"]  # INT8 alone falls short
     assert rows[0]["metric"] < 0.97
     chosen = rows[r.mix["chosen"]]
     assert r.mix["met"] and chosen["meets"] and chosen["metric"] >= 0.97
     assert 0 < chosen["n_bf16"] and not chosen["all_bf16"]
-    assert not any(x["meets"] for x in rows
-                   if x["n_bf16"] < chosen["n_bf16"] and not x["all_bf16"])
+    assert not any(x["meets"] for x in rows if x["n_bf16"] < chosen["n_bf16"] and not x["all_bf16"])
     assert (r.out_dir / "tv5m.qtable").is_file() and "mix" in r.models
     with pytest.raises(Exception, match="for detectors"):
-        recipe_from_dict({"name": "c", "model": {"source": "x.onnx"}, "quantize": ["int8"],
-                          "mix": {"target": "map>=0.9"}})
+        recipe_from_dict(
+            {
+                "name": "c",
+                "model": {"source": "x.onnx"},
+                "quantize": ["int8"],
+                "mix": {"target": "map>=0.9"},
+            }
+        )

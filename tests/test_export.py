@@ -1,15 +1,15 @@
 """Model sources → ONNX: torchvision (with torchvision's own weight loading, offline),
 TorchScript and pickled modules, state_dict files, and the checks on each."""
+
 import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
 
-from duotpu import export
-from duotpu.errors import ConfigError, ModelError
-from duotpu.recipe import ModelSource
-
 import tinymodels
+from duotpu.builder import export
+from duotpu.config.errors import ConfigError, ModelError
+from duotpu.config.recipe import ModelSource
 
 
 def _ort(path, x):
@@ -29,6 +29,7 @@ def test_source_kinds():
 def test_torchvision_pretrained_weights_load_through_torchvision_offline(tmp_path, monkeypatch):
     """The user's pretrained weights are read by torchvision's own code from its cache."""
     import torchvision
+
     weights = torchvision.models.SqueezeNet1_1_Weights.IMAGENET1K_V1
     cache = tmp_path / "torch" / "hub" / "checkpoints"
     cache.mkdir(parents=True)
@@ -36,8 +37,9 @@ def test_torchvision_pretrained_weights_load_through_torchvision_offline(tmp_pat
     saved = torchvision.models.squeezenet1_1(weights=None).state_dict()
     torch.save(saved, cache / weights.url.rsplit("/", 1)[1])
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    model = export.load_torch_module(ModelSource("torchvision:squeezenet1_1",
-                                                 weights="IMAGENET1K_V1"))
+    model = export.load_torch_module(
+        ModelSource("torchvision:squeezenet1_1", weights="IMAGENET1K_V1")
+    )
     for k, v in model.state_dict().items():
         assert torch.equal(v, saved[k]), k
     # and a weights name that is not cached gives advice, not a traceback
@@ -51,13 +53,15 @@ def test_state_dict_file_for_torchvision_and_factory(tmp_path):
     for p in net.parameters():
         p.data.normal_()
     torch.save(net.state_dict(), tmp_path / "w.pth")
-    loaded = export.load_torch_module(ModelSource("tinymodels:tiny_cnn",
-                                                  weights=str(tmp_path / "w.pth")))
+    loaded = export.load_torch_module(
+        ModelSource("tinymodels:tiny_cnn", weights=str(tmp_path / "w.pth"))
+    )
     x = torch.randn(1, 3, 16, 16)
     assert torch.allclose(loaded(x), net.eval()(x))
     with pytest.raises(ModelError, match="do not fit"):
-        export.load_torch_module(ModelSource("torchvision:squeezenet1_1",
-                                             weights=str(tmp_path / "w.pth")))
+        export.load_torch_module(
+            ModelSource("torchvision:squeezenet1_1", weights=str(tmp_path / "w.pth"))
+        )
 
 
 def test_torchscript_and_pickled_module_export(tmp_path):
@@ -67,14 +71,15 @@ def test_torchscript_and_pickled_module_export(tmp_path):
     torch.save(net, tmp_path / "whole.pt")
     torch.save(net.state_dict(), tmp_path / "sd.pt")
     for name in ("ts.pt", "whole.pt"):
-        m = export.export_onnx(ModelSource(str(tmp_path / name)), (1, 3, 32, 32), "input",
-                               tmp_path / f"{name}.onnx")
+        m = export.export_onnx(
+            ModelSource(str(tmp_path / name)), (1, 3, 32, 32), "input", tmp_path / f"{name}.onnx"
+        )
         assert m.input_name == "input"
-        np.testing.assert_allclose(_ort(m.onnx_path, x.numpy()), net(x).detach().numpy(),
-                                   atol=1e-5)
+        np.testing.assert_allclose(_ort(m.onnx_path, x.numpy()), net(x).detach().numpy(), atol=1e-5)
     with pytest.raises(ModelError, match="state_dict"):
-        export.export_onnx(ModelSource(str(tmp_path / "sd.pt")), (1, 3, 32, 32), "input",
-                           tmp_path / "sd.onnx")
+        export.export_onnx(
+            ModelSource(str(tmp_path / "sd.pt")), (1, 3, 32, 32), "input", tmp_path / "sd.onnx"
+        )
     assert not (tmp_path / "sd.onnx").exists()
 
 
@@ -91,5 +96,6 @@ def test_onnx_checks(tmp_path):
     assert not (tmp_path / "o2.onnx").exists() and not (tmp_path / "o3.onnx").exists()
     assert not list(tmp_path.glob("*.part"))
     with pytest.raises(ModelError, match="does not exist"):
-        export.export_onnx(ModelSource(str(tmp_path / "none.onnx")), (1, 3, 32, 32), "x",
-                           tmp_path / "o4.onnx")
+        export.export_onnx(
+            ModelSource(str(tmp_path / "none.onnx")), (1, 3, 32, 32), "x", tmp_path / "o4.onnx"
+        )

@@ -4,11 +4,10 @@ import json
 
 import pytest
 
-from duotpu import mixprec, pipeline
-from duotpu.errors import ConfigError
-
 import tinymodels
 from conftest import run_cli, tiny_recipe
+from duotpu.builder import mixprec, pipeline
+from duotpu.config.errors import ConfigError
 
 
 @pytest.fixture(scope="module")
@@ -17,8 +16,7 @@ def outlier_onnx(tmp_path_factory):
 
 
 def _recipe(onnx_path, **over):
-    return tiny_recipe(onnx_path, name="outl", **{"mix.count": 40, "calibration.count": 16,
-                                                  **over})
+    return tiny_recipe(onnx_path, name="outl", **{"mix.count": 40, "calibration.count": 16, **over})
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +26,12 @@ def mixed(tmp_path_factory, outlier_onnx):
 
 
 # deploy options the mixed-precision candidates must carry like the plain builds do
-MIXED = {"mix.target": "agree>=0.95", "deploy.model_version": "1.2",
-         "mix.fast_search_cos": 0.99, "tolerance.correctness": [0.985, 0.85]}
+MIXED = {
+    "mix.target": "agree>=0.95",
+    "deploy.model_version": "1.2",
+    "mix.fast_search_cos": 0.99,
+    "tolerance.correctness": [0.985, 0.85],
+}
 
 
 def test_search_finds_the_sensitive_layer(mixed):
@@ -56,18 +58,37 @@ def test_table_round_trips_and_the_cache_is_used(mixed, outlier_onnx, tmp_path):
     # a hand-edited table is used as is: keep only the sensitive layer
     edited = tmp_path / "edited.qtable"
     mixprec.write_qtable(edited, ["hot_Relu"])
-    by_hand = pipeline.build(_recipe(outlier_onnx, **{**MIXED, "mix.target": "",
-                                                      "mix.qtable": str(edited)}),
-                             mixed.out_dir)
+    by_hand = pipeline.build(
+        _recipe(outlier_onnx, **{**MIXED, "mix.target": "", "mix.qtable": str(edited)}),
+        mixed.out_dir,
+    )
     assert by_hand.mix["rows"][by_hand.mix["chosen"]]["layers"] == ["hot_Relu"]
     assert mixprec.read_qtable(mixed.out_dir / "outl.qtable") == ["hot_Relu"]
 
 
 def test_no_solution_is_reported(outlier_onnx, tmp_path):
-    args = ["build", str(outlier_onnx), "--name", "outl", "--input-shape", "1,3,32,32",
-            "--calib-count", "16", "--mix-count", "40", "--mean", "0.5,0.5,0.5",
-            "--std", "0.25,0.25,0.25", "--target", "agree>=0.95", "--set",
-            "mix.max_layers=1", "--out", str(tmp_path / "o")]
+    args = [
+        "build",
+        str(outlier_onnx),
+        "--name",
+        "outl",
+        "--input-shape",
+        "1,3,32,32",
+        "--calib-count",
+        "16",
+        "--mix-count",
+        "40",
+        "--mean",
+        "0.5,0.5,0.5",
+        "--std",
+        "0.25,0.25,0.25",
+        "--target",
+        "agree>=0.95",
+        "--set",
+        "mix.max_layers=1",
+        "--out",
+        str(tmp_path / "o"),
+    ]
     proc = run_cli(*args)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "target not reached" in proc.stderr and "best found" in proc.stderr
@@ -88,11 +109,11 @@ def test_no_solution_is_reported(outlier_onnx, tmp_path):
 
 def test_pick_uses_another_row_without_a_new_search(mixed, outlier_onnx):
     """--mix-pick N takes row N of the trade-off table from the cached search."""
-    base = pipeline.build(_recipe(outlier_onnx, **MIXED),
-                          mixed.out_dir)  # (another test may have built a hand-made table here)
+    base = pipeline.build(
+        _recipe(outlier_onnx, **MIXED), mixed.out_dir
+    )  # (another test may have built a hand-made table here)
     rows = base.mix["rows"]
-    again = pipeline.build(_recipe(outlier_onnx, **MIXED, **{"mix.pick": 1}),
-                           mixed.out_dir)
+    again = pipeline.build(_recipe(outlier_onnx, **MIXED, **{"mix.pick": 1}), mixed.out_dir)
     assert all(s.cached for s in again.stages)  # the search is not run again
     assert again.mix["chosen"] == 0 and again.mix["picked"]
     mix_file = again.out_dir / "outl_cv180x_mix.cvimodel"
@@ -100,8 +121,7 @@ def test_pick_uses_another_row_without_a_new_search(mixed, outlier_onnx):
     assert mixprec.read_qtable(again.out_dir / "outl.qtable") == []
     assert "| 1 | → | pure INT8 |" in (again.out_dir / "outl.mix.md").read_text()
     with pytest.raises(ConfigError, match="rows 1 to"):
-        pipeline.build(_recipe(outlier_onnx, **MIXED, **{"mix.pick": len(rows) + 1}),
-                       mixed.out_dir)
+        pipeline.build(_recipe(outlier_onnx, **MIXED, **{"mix.pick": len(rows) + 1}), mixed.out_dir)
     # back to the search's own choice
     back = pipeline.build(_recipe(outlier_onnx, **MIXED), mixed.out_dir)
     assert mixprec.read_qtable(back.out_dir / "outl.qtable") == rows[base.mix["chosen"]]["layers"]
@@ -113,12 +133,14 @@ def test_target_syntax_and_regions():
     with pytest.raises(ConfigError, match="mix.regions"):
         tiny_recipe("m.onnx", **{"mix.target": "cos>=0.9", "mix.regions": 0})
     # a -> b -> c -> d, with a skip a -> c; the Reshape cannot be chosen
-    graph = {"input": {"type": "top.Input", "inputs": []},
-             "a": {"type": "top.Conv", "inputs": ["input"]},
-             "b": {"type": "top.Conv", "inputs": ["a"]},
-             "r": {"type": "top.Reshape", "inputs": ["b"]},
-             "c": {"type": "top.Add", "inputs": ["a", "r"]},
-             "d": {"type": "top.Conv", "inputs": ["c"]}}
+    graph = {
+        "input": {"type": "top.Input", "inputs": []},
+        "a": {"type": "top.Conv", "inputs": ["input"]},
+        "b": {"type": "top.Conv", "inputs": ["a"]},
+        "r": {"type": "top.Reshape", "inputs": ["b"]},
+        "c": {"type": "top.Add", "inputs": ["a", "r"]},
+        "d": {"type": "top.Conv", "inputs": ["c"]},
+    }
     order, consumers = mixprec.graph_order(graph)
     assert order == ["a", "b", "c", "d"]
     # each region also holds the consumers of its layers, so its tensors never see INT8
@@ -138,9 +160,11 @@ def test_region_search_narrows_to_the_layers_that_matter():
 
     def build(layers, label):
         ok = need <= set(layers)
-        built[frozenset(layers)] = mixprec.Candidate(label, list(layers), 1.0 if ok else 0.5, ok,
-                                                     0, 0.0, True)
+        built[frozenset(layers)] = mixprec.Candidate(
+            label, list(layers), 1.0 if ok else 0.5, ok, 0, 0.0, True
+        )
         return built[frozenset(layers)]
+
     mix = tiny_recipe("m.onnx", **{"mix.target": "cos>=0.9"}).mix
     mixprec._search_regions(graph, mix, build, 0.5)
     best = min((c for c in built.values() if c.meets), key=lambda c: c.n_bf16)
@@ -152,7 +176,8 @@ def test_mix_candidates_carry_the_recipes_deploy_options(mixed):
     """Every candidate is deployed with the recipe's options (one place builds them): the mix
     cvimodel has the recipe's format version, its deploy used the recipe's correctness, and
     fast_search was asked for the recipe's cosine."""
-    from duotpu import cvimodel
+    from duotpu.compiler import cvimodel
+
     mix = mixed.models["mix"]
     assert cvimodel.read_cvimodel(mix.cvimodel).version.startswith("1.2")
     assert cvimodel.read_cvimodel(mixed.models["int8"].cvimodel).version.startswith("1.2")
@@ -170,15 +195,26 @@ def test_eval_scores_the_mix_model_as_itself(mixed, tmp_path):
     """`duotpu eval` of a build folder scores every cvimodel, the mix one under its own name,
     on its own quantized MLIR (bit-exact with the simulator), and the table fits 100 columns
     without empty label columns."""
-    from duotpu import runtime
-    from duotpu.images import write_calibration_set
+    from duotpu.core.images import write_calibration_set
+    from duotpu.infer import runtime
+
     m = runtime.open_model(mixed.models["mix"].cvimodel)
     assert m.mode == "mix" and m.tpu_mlir == mixed.models["mix"].tpu_mlir
     assert m.tpu_mlir.is_file() and "mix" in str(m.tpu_mlir.parent)
     folder = tmp_path / "imgs"
     write_calibration_set(folder, 4, seed=3)
-    p = run_cli("eval", str(mixed.out_dir), "--images", str(folder), "--backend", "mlir",
-                "--check", "2", "--out", str(tmp_path / "rep"))
+    p = run_cli(
+        "eval",
+        str(mixed.out_dir),
+        "--images",
+        str(folder),
+        "--backend",
+        "mlir",
+        "--check",
+        "2",
+        "--out",
+        str(tmp_path / "rep"),
+    )
     assert p.returncode == 0, p.stderr + p.stdout
     rep = json.loads((tmp_path / "rep" / "report.json").read_text())
     assert set(rep["modes"]) == {"int8", "bf16", "mix"}

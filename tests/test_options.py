@@ -1,20 +1,30 @@
 """The seed workflow's deploy options as recipe fields: YUV / aligned fused preprocessing
 (validated on the simulator, since tpu_mlir 1.30.2 cannot), model_version, quantized inputs and
 outputs, excepts; and errors before any long step."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
 from conftest import tiny_recipe
-from duotpu import cvimodel, pipeline, runtime
-from duotpu.errors import ConfigError
-from duotpu.metrics import cosine
+from duotpu.builder import pipeline
+from duotpu.compiler import cvimodel
+from duotpu.config.errors import ConfigError
+from duotpu.core.metrics import cosine
+from duotpu.infer import runtime
 
-
-ALL_FORMATS = [("YUV420_PLANAR", False), ("YUV_NV21", False), ("YUV_NV12", False),
-               ("RGBA_PLANAR", False), ("RGB_PLANAR", True), ("RGB_PLANAR", False),
-               ("BGR_PLANAR", False), ("BGR_PACKED", False), ("GRAYSCALE", False)]
+ALL_FORMATS = [
+    ("YUV420_PLANAR", False),
+    ("YUV_NV21", False),
+    ("YUV_NV12", False),
+    ("RGBA_PLANAR", False),
+    ("RGB_PLANAR", True),
+    ("RGB_PLANAR", False),
+    ("BGR_PLANAR", False),
+    ("BGR_PACKED", False),
+    ("GRAYSCALE", False),
+]
 
 
 @pytest.mark.parametrize("fmt,aligned", ALL_FORMATS)
@@ -23,23 +33,33 @@ def test_every_fused_preprocess_format(tiny_onnx_path, tmp_path, fmt, aligned):
     with fp32 on the RGB image (RGB_PACKED: test_runtime); RGBA_PLANAR is refused with the
     reason. The YUV / aligned ones are validated by duotpu on the simulator, since tpu_mlir
     1.30.2 cannot."""
-    from duotpu.preprocess import preprocess_image
-    from duotpu.toolchain import SELF_VALIDATED_FORMATS
+    from duotpu.compiler import SELF_VALIDATED_FORMATS
+    from duotpu.core.preprocess import preprocess_image
+
     if fmt == "RGBA_PLANAR":  # tpu_mlir 1.30.2's model and its own raw input disagree
         with pytest.raises(ConfigError, match="RGBA_PLANAR.*RGB_PLANAR"):
-            tiny_recipe(tiny_onnx_path, **{"deploy.fuse_preprocess": True,
-                                           "deploy.pixel_format": fmt})
+            tiny_recipe(
+                tiny_onnx_path, **{"deploy.fuse_preprocess": True, "deploy.pixel_format": fmt}
+            )
         return
     gray = fmt == "GRAYSCALE"
     onnx_path = tiny_onnx_path
-    over = {"deploy.fuse_preprocess": True, "deploy.pixel_format": fmt,
-            "deploy.aligned_input": aligned, "tolerance.verify_int8": 0.95}
+    over = {
+        "deploy.fuse_preprocess": True,
+        "deploy.pixel_format": fmt,
+        "deploy.aligned_input": aligned,
+        "tolerance.verify_int8": 0.95,
+    }
     if gray:
         import tinymodels
+
         onnx_path = tinymodels.tiny_onnx(tmp_path / "gray.onnx", channels=1)
-        over |= {"inputs": [{"name": "input", "shape": [1, 1, 32, 32]}],
-                 "preprocess.pixel_format": "gray", "preprocess.mean": [0.5],
-                 "preprocess.std": [0.25]}
+        over |= {
+            "inputs": [{"name": "input", "shape": [1, 1, 32, 32]}],
+            "preprocess.pixel_format": "gray",
+            "preprocess.mean": [0.5],
+            "preprocess.std": [0.25],
+        }
     r = tiny_recipe(onnx_path, quantize=["int8"], **over)
     res = pipeline.build(r, tmp_path)
     art = res.models["int8"]
@@ -62,9 +82,16 @@ def test_every_fused_preprocess_format(tiny_onnx_path, tmp_path, fmt, aligned):
 
 
 def test_model_version_and_quantized_io(tiny_onnx_path, tmp_path):
-    r = tiny_recipe(tiny_onnx_path, quantize=["int8"],
-                    **{"deploy.inputs_type": "INT8", "deploy.outputs_type": "INT8",
-                       "deploy.model_version": "1.2", "tolerance.excepts": ["relu1"]})
+    r = tiny_recipe(
+        tiny_onnx_path,
+        quantize=["int8"],
+        **{
+            "deploy.inputs_type": "INT8",
+            "deploy.outputs_type": "INT8",
+            "deploy.model_version": "1.2",
+            "tolerance.excepts": ["relu1"],
+        },
+    )
     res = pipeline.build(r, tmp_path)
     info = cvimodel.read_cvimodel(res.models["int8"].cvimodel)
     assert info.version.startswith("1.2")
@@ -75,15 +102,18 @@ def test_model_version_and_quantized_io(tiny_onnx_path, tmp_path):
     assert "--excepts relu1" in log or "excepts relu1" in log
 
 
-@pytest.mark.parametrize("over,message", [
-    ({"deploy.aligned_input": True}, "only applies with deploy.fuse_preprocess"),
-    ({"deploy.fuse_preprocess": True, "deploy.pixel_format": "GRAYSCALE"}, "channel"),
-    ({"deploy.pixel_format": "YUV_NV12"}, "only applies with"),
-    ({"deploy.model_version": "new"}, "look like '1.2'"),
-    ({"deploy.outputs_type": "BF16", "quantize": ["int8"]}, "needs a BF16 model"),
-    ({"calibration.count": 0}, "at least 1"),
-    ({"preprocess.pad_value": 300}, "0–255"),
-])
+@pytest.mark.parametrize(
+    "over,message",
+    [
+        ({"deploy.aligned_input": True}, "only applies with deploy.fuse_preprocess"),
+        ({"deploy.fuse_preprocess": True, "deploy.pixel_format": "GRAYSCALE"}, "channel"),
+        ({"deploy.pixel_format": "YUV_NV12"}, "only applies with"),
+        ({"deploy.model_version": "new"}, "look like '1.2'"),
+        ({"deploy.outputs_type": "BF16", "quantize": ["int8"]}, "needs a BF16 model"),
+        ({"calibration.count": 0}, "at least 1"),
+        ({"preprocess.pad_value": 300}, "0–255"),
+    ],
+)
 def test_inconsistent_options_fail_before_any_work(tiny_onnx_path, tmp_path, over, message):
     with pytest.raises(ConfigError, match=message):
         r = tiny_recipe(tiny_onnx_path, **over)
@@ -92,15 +122,19 @@ def test_inconsistent_options_fail_before_any_work(tiny_onnx_path, tmp_path, ove
 
 
 def test_data_errors_before_the_long_steps(tiny_onnx_path, tmp_path):
-    from duotpu.errors import DataError
+    from duotpu.config.errors import DataError
+
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(DataError, match="is empty"):
-        pipeline.build(tiny_recipe(tiny_onnx_path, **{"calibration.images": str(empty)}),
-                       tmp_path / "a")
+        pipeline.build(
+            tiny_recipe(tiny_onnx_path, **{"calibration.images": str(empty)}), tmp_path / "a"
+        )
     with pytest.raises(DataError, match="neither a folder nor a list file"):
-        pipeline.build(tiny_recipe(tiny_onnx_path, **{"calibration.images": str(tmp_path / "x")}),
-                       tmp_path / "b")
+        pipeline.build(
+            tiny_recipe(tiny_onnx_path, **{"calibration.images": str(tmp_path / "x")}),
+            tmp_path / "b",
+        )
     assert not (tmp_path / "a" / "work" / "export").exists()
     table = tmp_path / "mix.qtable"
     table.write_text("conv2 BF16\nno_such_layer BF16\n")
@@ -116,9 +150,19 @@ def test_save_input_files_replays_the_build(tiny_onnx_path, tmp_path):
     import tarfile
 
     from conftest import run_cli
-    from duotpu import toolchain
-    p = run_cli("build", str(tiny_onnx_path), "--input-shape", "1,3,32,32", "--calib-count",
-                "6", "--save-input-files", "--out", str(tmp_path / "out"))
+    from duotpu import compiler
+
+    p = run_cli(
+        "build",
+        str(tiny_onnx_path),
+        "--input-shape",
+        "1,3,32,32",
+        "--calib-count",
+        "6",
+        "--save-input-files",
+        "--out",
+        str(tmp_path / "out"),
+    )
     assert p.returncode == 0, p.stderr
     archive = tmp_path / "out" / "tiny_inputs.tar.gz"
     assert archive.is_file() and "replay script" in p.stdout
@@ -128,8 +172,13 @@ def test_save_input_files_replays_the_build(tiny_onnx_path, tmp_path):
     assert (root / "tiny.onnx").is_file() and len(list((root / "calibration").iterdir())) == 6
     script = (root / "replay.sh").read_text()
     assert str(tmp_path) not in script and "model_deploy.py" in script
-    proc = subprocess.run(["sh", str(root / "replay.sh")], env=toolchain.tool_env(),
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        ["sh", str(root / "replay.sh")],
+        env=compiler.tool_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     for mode in ("int8", "bf16"):
         again = root / f"deploy-{mode}" / f"tiny_cv180x_{mode}.cvimodel"
@@ -142,33 +191,43 @@ def test_save_input_files_replays_the_build(tiny_onnx_path, tmp_path):
 def test_tensor_test_input(tiny_onnx_path, tmp_path, suffix):
     """The old `--image` also took a preprocessed tensor (npz / npy): it is given to the
     compiler as is, and the build is verified on it."""
-    from duotpu.preprocess import preprocess_image
-    from duotpu.images import builtin_photo
+    from duotpu.core.images import builtin_photo
+    from duotpu.core.preprocess import preprocess_image
+
     r0 = tiny_recipe(tiny_onnx_path)
     x = preprocess_image(builtin_photo("coffee"), r0.preprocess, (1, 3, 32, 32))
     f = tmp_path / f"coffee{suffix}"
     np.savez(f, input=x) if suffix == ".npz" else np.save(f, x)
-    res = pipeline.build(tiny_recipe(tiny_onnx_path, test_image=str(f), quantize=["int8"]),
-                         tmp_path / "out")
+    res = pipeline.build(
+        tiny_recipe(tiny_onnx_path, test_image=str(f), quantize=["int8"]), tmp_path / "out"
+    )
     np.testing.assert_allclose(next(iter(res.test_input.values())), x, rtol=1e-6)
     assert min(res.models["int8"].cosine.values()) > 0.9
     with pytest.raises(ConfigError, match="must be an image"):
-        tiny_recipe(tiny_onnx_path, test_image=str(f), **{"deploy.fuse_preprocess": True,
-                                                          "deploy.pixel_format": "RGB_PLANAR"})
+        tiny_recipe(
+            tiny_onnx_path,
+            test_image=str(f),
+            **{"deploy.fuse_preprocess": True, "deploy.pixel_format": "RGB_PLANAR"},
+        )
 
 
 def test_calibration_from_an_image_list(tiny_onnx_path, tmp_path):
     """calibration.images may be a text file of image paths (the old --image_list)."""
-    from duotpu.errors import DataError
-    from duotpu.images import write_calibration_set
+    from duotpu.config.errors import DataError
+    from duotpu.core.images import write_calibration_set
+
     files = write_calibration_set(tmp_path / "imgs", 5, seed=4)
     lst = tmp_path / "list.txt"
     lst.write_text("# calibration images\n" + "\n".join(f"imgs/{p.name}" for p in files[:4]))
-    res = pipeline.build(tiny_recipe(tiny_onnx_path, quantize=["int8"],
-                                     **{"calibration.images": str(lst)}), tmp_path / "out")
+    res = pipeline.build(
+        tiny_recipe(tiny_onnx_path, quantize=["int8"], **{"calibration.images": str(lst)}),
+        tmp_path / "out",
+    )
     cal = next(s for s in res.stages if s.name == "calibrate")
     assert cal.result["images"] == 4
     lst.write_text("imgs/missing.jpg\n")
     with pytest.raises(DataError, match="line 1"):
-        pipeline.build(tiny_recipe(tiny_onnx_path, quantize=["int8"],
-                                   **{"calibration.images": str(lst)}), tmp_path / "out2")
+        pipeline.build(
+            tiny_recipe(tiny_onnx_path, quantize=["int8"], **{"calibration.images": str(lst)}),
+            tmp_path / "out2",
+        )

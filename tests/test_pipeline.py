@@ -1,15 +1,15 @@
 """The pipeline on small models through the real compiler and simulator."""
+
 import json
 import shutil
 
 import numpy as np
 import pytest
 
-from duotpu import pipeline
-from duotpu.errors import ToleranceError
-from duotpu.preprocess import preprocess_image
-
 from conftest import run_cli, tiny_recipe
+from duotpu.builder import pipeline
+from duotpu.config.errors import ToleranceError
+from duotpu.core.preprocess import preprocess_image
 
 
 def test_tiny_onnx_builds_int8_and_bf16(tiny_build):
@@ -30,8 +30,15 @@ def test_tiny_onnx_builds_int8_and_bf16(tiny_build):
     assert r.models["bf16"].cosine["logits"] > 0.99
     manifest = json.loads(r.manifest.read_text())
     assert [s["name"] for s in manifest["stages"]] == [
-        "export", "transform", "reference", "calibrate", "deploy-int8", "deploy-bf16", "verify-int8",
-        "verify-bf16"]
+        "export",
+        "transform",
+        "reference",
+        "calibrate",
+        "deploy-int8",
+        "deploy-bf16",
+        "verify-int8",
+        "verify-bf16",
+    ]
     assert manifest["versions"]["tpu_mlir"] == "1.30.2"
     assert all("key" in s and "seconds" in s for s in manifest["stages"])
     assert r.recipe_path.exists()
@@ -44,9 +51,11 @@ def test_tiny_onnx_builds_int8_and_bf16(tiny_build):
 def test_host_preprocessing_equals_the_compilers(tiny_build):
     """duotpu's numpy preprocessing of the test image == tpu_mlir's own (its _in_f32.npz)."""
     r = tiny_build
-    ours = preprocess_image(r.recipe.test_image and
-                            (r.work_dir / "inputs" / "chelsea.png"), r.recipe.preprocess,
-                            r.recipe.inputs[0].shape)
+    ours = preprocess_image(
+        r.recipe.test_image and (r.work_dir / "inputs" / "chelsea.png"),
+        r.recipe.preprocess,
+        r.recipe.inputs[0].shape,
+    )
     theirs = r.test_input["input"]
     assert ours.shape == theirs.shape
     np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-5)
@@ -64,8 +73,9 @@ def _copy_build(tiny_build, tmp_path):
     return out
 
 
-def test_rebuild_is_cached_and_a_tolerance_change_reruns_only_its_stages(tiny_build, tmp_path,
-                                                                         tiny_onnx_path):
+def test_rebuild_is_cached_and_a_tolerance_change_reruns_only_its_stages(
+    tiny_build, tmp_path, tiny_onnx_path
+):
     out = _copy_build(tiny_build, tmp_path)
     events = []
     again = pipeline.build(tiny_recipe(tiny_onnx_path), out, events=events.append)
@@ -79,11 +89,9 @@ def test_rebuild_is_cached_and_a_tolerance_change_reruns_only_its_stages(tiny_bu
     assert res.models["int8"].cvimodel.exists()
 
 
-def test_failed_verification_writes_no_final_file_and_the_build_resumes(tmp_path,
-                                                                        tiny_onnx_path):
+def test_failed_verification_writes_no_final_file_and_the_build_resumes(tmp_path, tiny_onnx_path):
     out = tmp_path / "b"
-    strict = tiny_recipe(tiny_onnx_path, quantize=["int8"],
-                         **{"tolerance.verify_int8": 0.999999})
+    strict = tiny_recipe(tiny_onnx_path, quantize=["int8"], **{"tolerance.verify_int8": 0.999999})
     with pytest.raises(ToleranceError) as e:
         pipeline.build(strict, out)
     msg = str(e.value)
@@ -94,15 +102,18 @@ def test_failed_verification_writes_no_final_file_and_the_build_resumes(tmp_path
     (out / "work" / ".deploy-int8.tmp").mkdir()
     (out / "work" / ".deploy-int8.tmp" / "junk").write_text("half")
     events = []
-    res = pipeline.build(tiny_recipe(tiny_onnx_path, quantize=["int8"]), out,
-                         events=events.append)
+    res = pipeline.build(tiny_recipe(tiny_onnx_path, quantize=["int8"]), out, events=events.append)
     assert [s.name for s in res.stages if not s.cached] == ["verify-int8"]
     assert res.models["int8"].cvimodel.exists()
 
 
 def test_pytorch_factory_source(tmp_path):
-    r = tiny_recipe("tinymodels:tiny_cnn", name="tinycnn", quantize=["bf16"],
-                    **{"model.source": "tinymodels:tiny_cnn", "model.kwargs": {"classes": 7}})
+    r = tiny_recipe(
+        "tinymodels:tiny_cnn",
+        name="tinycnn",
+        quantize=["bf16"],
+        **{"model.source": "tinymodels:tiny_cnn", "model.kwargs": {"classes": 7}},
+    )
     res = pipeline.build(r, tmp_path / "b")
     assert len(res.reference) == 1  # the factory's one output, whatever the exporter named it
     ref = next(iter(res.reference.values()))
@@ -112,28 +123,39 @@ def test_pytorch_factory_source(tmp_path):
 
 def test_python_api_with_a_toml_recipe_and_overrides(tmp_path, tiny_onnx_path):
     import duotpu
+
     (tmp_path / "tiny.toml").write_text(tiny_recipe(tiny_onnx_path).to_toml())
-    res = duotpu.build(tmp_path / "tiny.toml", out_dir=tmp_path / "api", quantize=["bf16"],
-                       calibration__count=3, name="apitiny")
+    res = duotpu.build(
+        tmp_path / "tiny.toml",
+        out_dir=tmp_path / "api",
+        quantize=["bf16"],
+        calibration__count=3,
+        name="apitiny",
+    )
     assert res.recipe.name == "apitiny" and res.recipe.calibration.count == 3
     assert list(res.models) == ["bf16"]
     assert res.models["bf16"].cvimodel == tmp_path / "api" / "apitiny_cv180x_bf16.cvimodel"
     manifest = json.loads(res.manifest.read_text())
     assert manifest["models"]["bf16"]["cosine_vs_fp32"]["logits"] > 0.98
     verify = next(s for s in manifest["stages"] if s["name"] == "verify-bf16")
-    assert verify["result"]["cosine"]["logits"] == manifest["models"]["bf16"]["cosine_vs_fp32"][
-        "logits"]
+    assert (
+        verify["result"]["cosine"]["logits"]
+        == manifest["models"]["bf16"]["cosine_vs_fp32"]["logits"]
+    )
     with pytest.raises(duotpu.ConfigError, match="calibration.cuont"):
         duotpu.build(tmp_path / "tiny.toml", calibration__cuont=3)
 
 
-def test_both_failing_branches_are_reported_with_advice_for_their_mode(tmp_path,
-                                                                        tiny_onnx_path):
+def test_both_failing_branches_are_reported_with_advice_for_their_mode(tmp_path, tiny_onnx_path):
     """INT8 and BF16 both fail: the error names both (not only the first to finish), and the
     BF16 advice does not suggest calibration changes, which cannot affect BF16."""
-    from duotpu.errors import BuildFailed
-    strict = tiny_recipe(tiny_onnx_path, name="both", **{"tolerance.verify_int8": 0.9999999,
-                                                         "tolerance.verify_bf16": 0.9999999})
+    from duotpu.config.errors import BuildFailed
+
+    strict = tiny_recipe(
+        tiny_onnx_path,
+        name="both",
+        **{"tolerance.verify_int8": 0.9999999, "tolerance.verify_bf16": 0.9999999},
+    )
     with pytest.raises(BuildFailed) as e:
         pipeline.build(strict, tmp_path / "b")
     errs = e.value.errors
@@ -152,8 +174,19 @@ def test_both_failing_branches_are_reported_with_advice_for_their_mode(tmp_path,
 def test_a_gray_model_builds_with_the_defaults(tmp_path):
     """`duotpu build gray.onnx --input-shape 1,1,32,32 --pixel-format gray` with no mean/std."""
     import tinymodels
+
     onnx_path = tinymodels.tiny_onnx(tmp_path / "gray.onnx", channels=1)
-    proc = run_cli("build", str(onnx_path), "--input-shape", "1,1,32,32", "--pixel-format",
-                   "gray", "--quantize", "bf16", "--out", str(tmp_path / "g"))
+    proc = run_cli(
+        "build",
+        str(onnx_path),
+        "--input-shape",
+        "1,1,32,32",
+        "--pixel-format",
+        "gray",
+        "--quantize",
+        "bf16",
+        "--out",
+        str(tmp_path / "g"),
+    )
     assert proc.returncode == 0, proc.stderr + proc.stdout
     assert (tmp_path / "g" / "gray_cv180x_bf16.cvimodel").is_file()

@@ -1,14 +1,16 @@
 """Host inference (`duotpu predict`), the fast eval path, and `duotpu eval`."""
+
 import json
 
 import numpy as np
 import pytest
 
-from duotpu import evaluate, metrics, runtime
-from duotpu.errors import ConfigError
-from duotpu.images import write_calibration_set
-
 from conftest import run_cli
+from duotpu.config.errors import ConfigError
+from duotpu.core import metrics
+from duotpu.core.images import write_calibration_set
+from duotpu.eval import evaluate
+from duotpu.infer import runtime
 
 
 def test_predict_matches_the_builds_own_simulator_run(tiny_build, tmp_path):
@@ -33,8 +35,14 @@ def test_predict_needs_the_preprocessing(tiny_build, tmp_path):
     lonely.write_bytes(tiny_build.models["bf16"].cvimodel.read_bytes())
     with pytest.raises(ConfigError, match="--recipe"):
         runtime.open_model(lonely)
-    proc = run_cli("predict", str(lonely), str(tiny_build.work_dir / "inputs" / "chelsea.png"),
-                   "--recipe", str(tiny_build.recipe_path), "--json")
+    proc = run_cli(
+        "predict",
+        str(lonely),
+        str(tiny_build.work_dir / "inputs" / "chelsea.png"),
+        "--recipe",
+        str(tiny_build.recipe_path),
+        "--json",
+    )
     assert proc.returncode == 0, proc.stderr
 
 
@@ -57,13 +65,13 @@ def test_fast_path_equals_the_simulator(tiny_build, mode):
 def test_compare_metrics_by_hand():
     fp = np.array([[4.0, 1.0, 0.0], [1.0, 1.01, 0.0], [0.0, 0.0, 5.0]])
     q = np.array([[4.0, 1.0, 0.0], [1.02, 1.0, 0.0], [0.0, 5.0, 0.0]])
-    m = evaluate.compare("int8", fp, q, 0.05, [0, 1, 1], 1.0)
+    m = metrics.compare("int8", fp, q, 0.05, [0, 1, 1], 1.0)
     assert m.n == 3 and m.top1_agree == pytest.approx(1 / 3)
     assert m.decisive_n == 2 and m.decisive_top1_agree == pytest.approx(0.5)  # the tie is out
     assert m.top5_contains_fp32_top1 == 1.0  # only 3 classes: top-5 holds all
     assert m.cosine_worst == pytest.approx(0.0) and m.kl_mean > 0
     assert m.top1_acc == pytest.approx(2 / 3)
-    same = evaluate.compare("bf16", fp, fp, 0.05, None, 1.0)
+    same = metrics.compare("bf16", fp, fp, 0.05, None, 1.0)
     assert same.kl_mean == pytest.approx(0.0, abs=1e-9) and same.cosine_mean == pytest.approx(1.0)
 
 
@@ -72,8 +80,18 @@ def test_eval_on_a_labelled_folder(tiny_build, tmp_path):
     for cls in ("0", "3", "7"):
         write_calibration_set(folder / cls, 2, seed=int(cls))
     out = tmp_path / "report"
-    proc = run_cli("eval", str(tiny_build.out_dir), "--images", str(folder), "--out", str(out),
-                   "--layers", "1", "--check", "1")
+    proc = run_cli(
+        "eval",
+        str(tiny_build.out_dir),
+        "--images",
+        str(folder),
+        "--out",
+        str(out),
+        "--layers",
+        "1",
+        "--check",
+        "1",
+    )
     assert proc.returncode == 0, proc.stderr
     data = json.loads((out / "report.json").read_text())
     assert data["images"] == 6 and set(data["modes"]) == {"int8", "bf16"}
@@ -92,26 +110,39 @@ def test_eval_on_a_labelled_folder(tiny_build, tmp_path):
 @pytest.fixture(scope="module")
 def variant_builds(tmp_path_factory, tiny_onnx_path):
     """The tiny model as a fused-preprocess INT8 cvimodel and a bs1+bs4 BF16 cvimodel."""
-    from duotpu import pipeline
     from conftest import tiny_recipe
+    from duotpu.builder import pipeline
+
     out = tmp_path_factory.mktemp("variants")
-    fused = pipeline.build(tiny_recipe(tiny_onnx_path, name="tfused", quantize=["int8"],
-                                       **{"deploy.fuse_preprocess": True,
-                                          "deploy.pixel_format": "RGB_PACKED"}), out / "fused")
-    multi = pipeline.build(tiny_recipe(tiny_onnx_path, name="tmulti", quantize=["bf16"],
-                                       **{"deploy.batch_sizes": [1, 4]}), out / "multi")
+    fused = pipeline.build(
+        tiny_recipe(
+            tiny_onnx_path,
+            name="tfused",
+            quantize=["int8"],
+            **{"deploy.fuse_preprocess": True, "deploy.pixel_format": "RGB_PACKED"},
+        ),
+        out / "fused",
+    )
+    multi = pipeline.build(
+        tiny_recipe(
+            tiny_onnx_path, name="tmulti", quantize=["bf16"], **{"deploy.batch_sizes": [1, 4]}
+        ),
+        out / "multi",
+    )
     return fused, multi
 
 
 def test_fused_preprocess_model(variant_builds, tmp_path):
-    from duotpu import cvimodel, toolchain
+    from duotpu import compiler
+    from duotpu.compiler import cvimodel
+
     fused, _ = variant_builds
     art = fused.models["int8"]
     info = cvimodel.read_cvimodel(art.cvimodel)
     t = info.programs[0].inputs[0]
     # the TPU crops too: the model takes the resized image (recipe resize 40x40), packed HWC
     assert t.dtype == "uint8" and t.pixel_format == "RGB_PACKED" and t.shape == [1, 40, 40, 3]
-    ref = toolchain.model_tool_info(art.cvimodel, tmp_path / "mt.log")
+    ref = compiler.model_tool_info(art.cvimodel, tmp_path / "mt.log")
     assert f"{info.ion_mb:.2f}" == f"{ref.ion_mb:.2f}"
     # duotpu prepares the raw image; the result equals the compiler's own simulator run
     image = fused.work_dir / "inputs" / "chelsea.png"
@@ -124,7 +155,9 @@ def test_fused_preprocess_model(variant_builds, tmp_path):
 
 
 def test_multi_batch_model(variant_builds, tmp_path):
-    from duotpu import cvimodel, toolchain
+    from duotpu import compiler
+    from duotpu.compiler import cvimodel
+
     _, multi = variant_builds
     art = multi.models["bf16"]
     assert art.cvimodel.name == "tmulti_cv180x_bf16_bs1_bs4.cvimodel"
@@ -132,7 +165,7 @@ def test_multi_batch_model(variant_builds, tmp_path):
     assert [p.inputs[0].shape[0] for p in info.programs] == [1, 4]
     assert [s.type for s in info.sections].count("weight") == 1  # one shared copy
     assert "combined" in info.md5_status
-    ref = toolchain.model_tool_info(art.cvimodel, tmp_path / "mt.log")
+    ref = compiler.model_tool_info(art.cvimodel, tmp_path / "mt.log")
     assert f"{info.ion_mb:.2f}" == f"{ref.ion_mb:.2f}"
     m = runtime.open_model(art.cvimodel)
     folder = tmp_path / "imgs"
@@ -143,8 +176,9 @@ def test_multi_batch_model(variant_builds, tmp_path):
     single = runtime.infer(m, tensors, program=0)
     assert len(batched) == 5
     for a, b in zip(batched, single):
-        np.testing.assert_allclose(a[m.output_names[0]].ravel(), b[m.output_names[0]].ravel(),
-                                   atol=1e-2)
+        np.testing.assert_allclose(
+            a[m.output_names[0]].ravel(), b[m.output_names[0]].ravel(), atol=1e-2
+        )
     proc = run_cli("predict", str(art.cvimodel), *map(str, paths), "--json")
     assert proc.returncode == 0 and len(json.loads(proc.stdout)["results"]) == 5
 
@@ -171,8 +205,9 @@ def test_a_multi_program_file_with_a_wrong_md5_is_corrupt(variant_builds, tmp_pa
     that does not match is refused as corrupt."""
     import hashlib
 
-    from duotpu import cvimodel
-    from duotpu.errors import ModelError
+    from duotpu.compiler import cvimodel
+    from duotpu.config.errors import ModelError
+
     _, multi = variant_builds
     data = bytearray(multi.models["bf16"].cvimodel.read_bytes())
     assert data[46:48] == b"AA"  # combined by model_tool: md5 not recorded

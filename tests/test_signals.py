@@ -1,5 +1,6 @@
 """A signal sent to the duotpu process alone (a supervisor, `timeout`, `kill PID`) stops every
 child process within 2 s, keeps the finished stages, and exits 128 + the signal."""
+
 from __future__ import annotations
 
 import json
@@ -17,13 +18,27 @@ from conftest import TESTS, tiny_recipe
 
 
 def _start(recipe_path: Path, out: Path) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS),
-                                                       os.environ.get("PYTHONPATH", "")]))
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])
+    )
     # its own session, like a supervised process: no terminal sends the signal to the group
-    return subprocess.Popen([sys.executable, "-m", "duotpu.cli", "build", "--recipe",
-                             str(recipe_path), "--out", str(out)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "duotpu.cli",
+            "build",
+            "--recipe",
+            str(recipe_path),
+            "--out",
+            str(out),
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def _wait_for_child(proc: subprocess.Popen, needle: str, timeout: float = 240) -> None:
@@ -68,6 +83,8 @@ def test_a_signal_to_duotpu_alone_stops_every_child(tmp_path, tiny_onnx_path, si
         again = _start(tmp_path / "sig.toml", out)
         _, err = again.communicate(timeout=600)
         assert again.returncode == 0, err
-        stages = {s["name"]: s["cached"]
-                  for s in json.loads((out / "manifest.json").read_text())["stages"]}
+        stages = {
+            s["name"]: s["cached"]
+            for s in json.loads((out / "manifest.json").read_text())["stages"]
+        }
         assert stages["export"] and stages["transform"] and not stages["calibrate"]

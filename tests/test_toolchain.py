@@ -1,4 +1,5 @@
 """The toolchain module: the glibc fix, tool runs, failures with the log's tail."""
+
 import os
 import platform
 import subprocess
@@ -6,10 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from duotpu import toolchain
-from duotpu.errors import ModelError, ToolchainError
-
 import tinymodels
+from duotpu import compiler
+from duotpu.config.errors import ModelError, ToolchainError
 
 
 def _system_glibc() -> tuple[int, int]:
@@ -18,16 +18,16 @@ def _system_glibc() -> tuple[int, int]:
 
 
 def test_env_preloads_system_glibc():
-    env = toolchain.tool_env()
+    env = compiler.tool_env()
     preload = env["LD_PRELOAD"].split()
     assert [Path(p).name for p in preload[-3:]] == ["libc.so.6", "libm.so.6", "libpthread.so.0"]
     assert all("tpu_mlir" not in p and Path(p).exists() for p in preload)
     # idempotent: building the env from an env that already has the fix adds nothing
-    again = toolchain.tool_env({})
+    again = compiler.tool_env({})
     assert again["LD_PRELOAD"] == env["LD_PRELOAD"]
     os.environ["LD_PRELOAD"] = env["LD_PRELOAD"]
     try:
-        assert toolchain.tool_env()["LD_PRELOAD"] == env["LD_PRELOAD"]
+        assert compiler.tool_env()["LD_PRELOAD"] == env["LD_PRELOAD"]
     finally:
         del os.environ["LD_PRELOAD"]
 
@@ -35,30 +35,35 @@ def test_env_preloads_system_glibc():
 def test_compiler_binary_and_python_tools_start(tmp_path):
     # model_tool without arguments prints its usage (exit 1); it must not crash in the loader
     with pytest.raises(ToolchainError) as e:
-        toolchain.run_tool("probe", "model_tool", [], tmp_path, tmp_path / "mt.log")
+        compiler.run_tool("probe", "model_tool", [], tmp_path, tmp_path / "mt.log")
     log = (tmp_path / "mt.log").read_text()
     assert "--info" in log and "stack smashing" not in log and "GLIBC_" not in log
     assert e.value.returncode > 0  # an ordinary exit, not a signal from the loader
-    toolchain.run_tool("probe", "model_transform", ["-V"], tmp_path, tmp_path / "v.log")
+    compiler.run_tool("probe", "model_transform", ["-V"], tmp_path, tmp_path / "v.log")
     assert "v1.30" in (tmp_path / "v.log").read_text()
 
 
 @pytest.mark.skipif(_system_glibc() <= (2, 35), reason="the bundled glibc only breaks on > 2.35")
 def test_without_the_fix_the_bundled_glibc_breaks_tools(tmp_path):
     """Documents the trap the fix is for: the same tool without our LD_PRELOAD dies."""
-    env = toolchain.tool_env()
+    env = compiler.tool_env()
     env.pop("LD_PRELOAD")
-    proc = subprocess.run(toolchain.tool_argv("model_tool", []), env=env, capture_output=True,
-                          text=True)
+    proc = subprocess.run(
+        compiler.tool_argv("model_tool", []), env=env, capture_output=True, text=True
+    )
     assert proc.returncode != 0
     assert "stack smashing" in proc.stderr or "GLIBC_" in proc.stderr
 
 
 def test_failure_carries_log_tail_and_path(tmp_path):
     with pytest.raises(ToolchainError) as e:
-        toolchain.run_tool("transform", "model_transform",
-                           ["--model_name", "x", "--model_def", str(tmp_path / "none.onnx"),
-                            "--mlir", "x.mlir"], tmp_path, tmp_path / "logs/t.log")
+        compiler.run_tool(
+            "transform",
+            "model_transform",
+            ["--model_name", "x", "--model_def", str(tmp_path / "none.onnx"), "--mlir", "x.mlir"],
+            tmp_path,
+            tmp_path / "logs/t.log",
+        )
     err = e.value
     assert err.log_path == tmp_path / "logs/t.log" and err.log_path.exists()
     assert err.tail and err.tail.splitlines()[-1] in err.log_path.read_text()
@@ -66,9 +71,18 @@ def test_failure_carries_log_tail_and_path(tmp_path):
 
 
 def test_unsupported_op_names_op_and_layer(tmp_path):
-    from duotpu.recipe import Preprocess
+    from duotpu.config.recipe import Preprocess
+
     onnx_path = tinymodels.tiny_onnx(tmp_path / "det.onnx", extra_op="Hardmax")
     with pytest.raises(ModelError) as e:
-        toolchain.transform("det", onnx_path, [[1, 3, 32, 32]], tmp_path / "t", tmp_path / "t.log",
-                            preprocess=Preprocess(), test_input=None, tolerance=(0.99, 0.99))
+        compiler.transform(
+            "det",
+            onnx_path,
+            [[1, 3, 32, 32]],
+            tmp_path / "t",
+            tmp_path / "t.log",
+            preprocess=Preprocess(),
+            test_input=None,
+            tolerance=(0.99, 0.99),
+        )
     assert "Hardmax" in str(e.value) and "my_Hardmax" in str(e.value)

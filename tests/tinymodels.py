@@ -1,4 +1,5 @@
 """Small models built inside the tests (ONNX with onnx.helper, PyTorch modules)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,8 +7,15 @@ from pathlib import Path
 import numpy as np
 
 
-def tiny_onnx(path: Path, size: int = 32, channels: int = 3, classes: int = 10, seed: int = 0,
-              extra_op: str | None = None, dynamic_batch: bool = False) -> Path:
+def tiny_onnx(
+    path: Path,
+    size: int = 32,
+    channels: int = 3,
+    classes: int = 10,
+    seed: int = 0,
+    extra_op: str | None = None,
+    dynamic_batch: bool = False,
+) -> Path:
     """Conv → Relu → Conv → Relu → GlobalAveragePool → Flatten → Gemm, random weights.
 
     ``extra_op`` appends a unary op (e.g. ``Det`` after a reshape is not needed: we use ops the
@@ -15,6 +23,7 @@ def tiny_onnx(path: Path, size: int = 32, channels: int = 3, classes: int = 10, 
     """
     import onnx
     from onnx import TensorProto, helper, numpy_helper
+
     rng = np.random.default_rng(seed)
     w1 = rng.normal(0, 0.3, (8, channels, 3, 3)).astype(np.float32)
     b1 = rng.normal(0, 0.1, 8).astype(np.float32)
@@ -22,26 +31,33 @@ def tiny_onnx(path: Path, size: int = 32, channels: int = 3, classes: int = 10, 
     b2 = rng.normal(0, 0.1, 16).astype(np.float32)
     wf = rng.normal(0, 0.3, (classes, 16)).astype(np.float32)
     bf = rng.normal(0, 0.1, classes).astype(np.float32)
-    inits = [numpy_helper.from_array(a, n) for a, n in
-             [(w1, "w1"), (b1, "b1"), (w2, "w2"), (b2, "b2"), (wf, "wf"), (bf, "bf")]]
+    inits = [
+        numpy_helper.from_array(a, n)
+        for a, n in [(w1, "w1"), (b1, "b1"), (w2, "w2"), (b2, "b2"), (wf, "wf"), (bf, "bf")]
+    ]
     nodes = [
         helper.make_node("Conv", ["input", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
         helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
-        helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], name="conv2", pads=[1, 1, 1, 1],
-                         strides=[2, 2]),
+        helper.make_node(
+            "Conv", ["r1", "w2", "b2"], ["c2"], name="conv2", pads=[1, 1, 1, 1], strides=[2, 2]
+        ),
         helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
         helper.make_node("GlobalAveragePool", ["r2"], ["gap"], name="gap"),
         helper.make_node("Flatten", ["gap"], ["flat"], name="flatten"),
-        helper.make_node("Gemm", ["flat", "wf", "bf"], ["logits" if not extra_op else "pre"],
-                         name="fc", transB=1),
+        helper.make_node(
+            "Gemm", ["flat", "wf", "bf"], ["logits" if not extra_op else "pre"], name="fc", transB=1
+        ),
     ]
     if extra_op:
         nodes.append(helper.make_node(extra_op, ["pre"], ["logits"], name=f"my_{extra_op}"))
     batch = "N" if dynamic_batch else 1
     graph = helper.make_graph(
-        nodes, "tiny",
+        nodes,
+        "tiny",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, channels, size, size])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, classes])], inits)
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, classes])],
+        inits,
+    )
     opset = 13
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     model.ir_version = 8
@@ -54,11 +70,18 @@ def tiny_cnn(classes: int = 10, width: int = 8):
     """A small PyTorch CNN (the ``tinymodels:tiny_cnn`` factory of the tests)."""
     import torch
     from torch import nn
+
     torch.manual_seed(0)
     return nn.Sequential(
-        nn.Conv2d(3, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU6(),
-        nn.Conv2d(width, width * 2, 3, stride=2, padding=1), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width * 2, classes)).eval()
+        nn.Conv2d(3, width, 3, padding=1),
+        nn.BatchNorm2d(width),
+        nn.ReLU6(),
+        nn.Conv2d(width, width * 2, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(width * 2, classes),
+    ).eval()
 
 
 def outlier_onnx(path: Path, seed: int = 0) -> Path:
@@ -67,6 +90,7 @@ def outlier_onnx(path: Path, seed: int = 0) -> Path:
     small ones, which carry the signal the next layers use."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
+
     rng = np.random.default_rng(seed)
     w1 = rng.normal(0, 0.3, (8, 3, 3, 3)).astype(np.float32)
     b1 = np.zeros(8, np.float32)
@@ -78,9 +102,19 @@ def outlier_onnx(path: Path, seed: int = 0) -> Path:
     b3 = rng.normal(0, 0.1, 16).astype(np.float32)
     wf = rng.normal(0, 0.3, (10, 16)).astype(np.float32)
     bf = np.zeros(10, np.float32)
-    inits = [numpy_helper.from_array(a, n) for a, n in
-             [(w1, "w1"), (b1, "b1"), (w2, "w2"), (b2, "b2"), (w3, "w3"), (b3, "b3"),
-              (wf, "wf"), (bf, "bf")]]
+    inits = [
+        numpy_helper.from_array(a, n)
+        for a, n in [
+            (w1, "w1"),
+            (b1, "b1"),
+            (w2, "w2"),
+            (b2, "b2"),
+            (w3, "w3"),
+            (b3, "b3"),
+            (wf, "wf"),
+            (bf, "bf"),
+        ]
+    ]
     nodes = [
         helper.make_node("Conv", ["input", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
         helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
@@ -93,9 +127,12 @@ def outlier_onnx(path: Path, seed: int = 0) -> Path:
         helper.make_node("Gemm", ["flat", "wf", "bf"], ["logits"], name="fc", transB=1),
     ]
     graph = helper.make_graph(
-        nodes, "outlier",
+        nodes,
+        "outlier",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 32, 32])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 10])], inits)
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 10])],
+        inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
     onnx.checker.check_model(model)
@@ -120,8 +157,14 @@ def yolov5_classic(nc: int = 3, seed: int = 0):
         def __init__(self, ch):
             super().__init__()
             self.nc, self.no, self.nl, self.na = nc, nc + 5, 3, 3
-            anchors = torch.tensor([[10, 13, 16, 30, 33, 23], [30, 61, 62, 45, 59, 119],
-                                    [116, 90, 156, 198, 373, 326]], dtype=torch.float32)
+            anchors = torch.tensor(
+                [
+                    [10, 13, 16, 30, 33, 23],
+                    [30, 61, 62, 45, 59, 119],
+                    [116, 90, 156, 198, 373, 326],
+                ],
+                dtype=torch.float32,
+            )
             self.register_buffer("anchors", anchors.view(3, 3, 2) / self.stride.view(-1, 1, 1))
             self.m = nn.ModuleList(nn.Conv2d(c, self.no * self.na, 1) for c in ch)
             self.grid = [torch.empty(0)] * 3
@@ -132,8 +175,9 @@ def yolov5_classic(nc: int = 3, seed: int = 0):
             y, x = torch.arange(ny, dtype=torch.float32), torch.arange(nx, dtype=torch.float32)
             yv, xv = torch.meshgrid(y, x, indexing="ij")
             grid = torch.stack((xv, yv), 2).expand(shape) - 0.5
-            anchor_grid = (self.anchors[i] * self.stride[i]).view((1, self.na, 1, 1, 2)) \
-                .expand(shape)
+            anchor_grid = (
+                (self.anchors[i] * self.stride[i]).view((1, self.na, 1, 1, 2)).expand(shape)
+            )
             return grid, anchor_grid
 
         def forward(self, x):
@@ -181,14 +225,21 @@ def lively_yolov8(cfg: str = "yolov8n.yaml", nc: int = 3, seed: int = 0, size: i
     varied scores."""
     import torch
     from torch import nn
-    from duotpu.images import calibration_photos, random_crops
-    from duotpu.yolo import ultralytics_model
+
+    from duotpu.builder.yolo import ultralytics_model
+    from duotpu.core.images import calibration_photos, random_crops
+
     torch.manual_seed(seed)
     model = ultralytics_model(cfg, nc=nc)
     crops = [c for _, c in random_crops(calibration_photos(), 8, seed)]
     import cv2
-    x = torch.from_numpy(np.stack([cv2.resize(c, (size, size)) for c in crops])
-                         .transpose(0, 3, 1, 2).astype(np.float32) / 255)
+
+    x = torch.from_numpy(
+        np.stack([cv2.resize(c, (size, size)) for c in crops])
+        .transpose(0, 3, 1, 2)
+        .astype(np.float32)
+        / 255
+    )
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, nn.BatchNorm2d):

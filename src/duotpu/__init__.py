@@ -3,30 +3,142 @@
 The Python API mirrors the CLI::
 
     import duotpu
-    recipe = duotpu.load_recipe("recipes/efficientnet_lite0.toml")
-    result = duotpu.build(recipe)
+    result = duotpu.build("recipes/efficientnet_lite0.toml", quantize=["int8"])
     result.models["int8"].cvimodel, result.models["int8"].cosine
+    model = duotpu.open_model(result.models["int8"].cvimodel)
+    outputs = duotpu.infer(model, duotpu.tensors_for(model, ["cat.jpg"]))
 """
+
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from importlib import import_module
+from importlib import metadata as _metadata
+from os import PathLike
+from typing import TYPE_CHECKING, Any
 
-from .errors import (BoardError, ConfigError, DataError, DuoTpuError, ModelError,  # noqa: F401
-                     SetupError, ToleranceError, ToolchainError)
-from .recipe import (Calibration, Deploy, InputSpec, ModelSource, Preprocess,  # noqa: F401
-                     Recipe, Tolerance, load_recipe, recipe_from_dict)
+from duotpu.config.errors import (
+    BoardError,
+    BuildFailed,
+    ConfigError,
+    DataError,
+    DuoTpuError,
+    Interrupted,
+    ModelError,
+    SetupError,
+    ToleranceError,
+    ToolchainError,
+)
+from duotpu.config.recipe import (
+    Calibration,
+    Deploy,
+    DetectOptions,
+    InputSpec,
+    Mix,
+    ModelSource,
+    Preprocess,
+    Recipe,
+    Tolerance,
+    load_recipe,
+    recipe_from_dict,
+)
+
+if TYPE_CHECKING:
+    from duotpu.builder.pipeline import BuildResult, EventSink, ModelArtifact, StageEvent
+    from duotpu.compiler.cvimodel import CviModelInfo, read_cvimodel
+    from duotpu.infer.runtime import BuiltModel, infer, open_model, tensors_for
+
+# Loaded on first use: `import duotpu` (and the compiler's worker processes, which import the
+# package) stays light; the build and inference modules pull in numpy, onnx and torch.
+_LAZY = {
+    "BuildResult": "duotpu.builder.pipeline",
+    "EventSink": "duotpu.builder.pipeline",
+    "ModelArtifact": "duotpu.builder.pipeline",
+    "StageEvent": "duotpu.builder.pipeline",
+    "CviModelInfo": "duotpu.compiler.cvimodel",
+    "read_cvimodel": "duotpu.compiler.cvimodel",
+    "BuiltModel": "duotpu.infer.runtime",
+    "infer": "duotpu.infer.runtime",
+    "open_model": "duotpu.infer.runtime",
+    "tensors_for": "duotpu.infer.runtime",
+}
 
 
-def build(recipe, out_dir=None, work_dir=None, events=None, **overrides):
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'duotpu' has no attribute {name!r}")
+
+
+try:
+    __version__ = _metadata.version("duotpu")
+except _metadata.PackageNotFoundError:  # running from a source tree that was not installed
+    __version__ = "0+unknown"
+
+__all__ = [
+    "__version__",
+    "build",
+    "BuildResult",
+    "ModelArtifact",
+    "StageEvent",
+    "EventSink",
+    "Recipe",
+    "ModelSource",
+    "InputSpec",
+    "Preprocess",
+    "Calibration",
+    "Tolerance",
+    "Deploy",
+    "Mix",
+    "DetectOptions",
+    "load_recipe",
+    "recipe_from_dict",
+    "open_model",
+    "BuiltModel",
+    "tensors_for",
+    "infer",
+    "read_cvimodel",
+    "CviModelInfo",
+    "DuoTpuError",
+    "ConfigError",
+    "ModelError",
+    "DataError",
+    "SetupError",
+    "ToolchainError",
+    "ToleranceError",
+    "BuildFailed",
+    "BoardError",
+    "Interrupted",
+]
+
+
+def build(
+    recipe: Recipe | str | PathLike[str],
+    *,
+    out_dir: str | PathLike[str] | None = None,
+    work_dir: str | PathLike[str] | None = None,
+    events: EventSink | None = None,
+    **overrides: Any,
+) -> BuildResult:
     """Build ``recipe`` (a :class:`Recipe` or a TOML path) into verified cvimodels.
 
     Keyword ``overrides`` use dotted recipe keys with ``__`` for dots, e.g.
-    ``build("r.toml", calibration__count=20)``. Returns a :class:`~duotpu.pipeline.BuildResult`.
+    ``build("r.toml", calibration__count=20)``. ``events`` receives a :class:`StageEvent` as
+    each stage starts, finishes or is found in the cache. Raises a :class:`DuoTpuError`
+    subclass on failure.
     """
-    from . import pipeline
+    from pathlib import Path
+
+    from duotpu.builder import pipeline
+
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe)
     if overrides:
-        recipe = recipe.with_overrides({k.replace("__", "."): v for k, v in overrides.items()},
-                                       "build() arguments")
-    return pipeline.build(recipe, out_dir, work_dir, events or (lambda e: None))
+        recipe = recipe.with_overrides(
+            {k.replace("__", "."): v for k, v in overrides.items()}, "build() arguments"
+        )
+    return pipeline.build(
+        recipe,
+        Path(out_dir) if out_dir else None,
+        Path(work_dir) if work_dir else None,
+        events or (lambda e: None),
+    )

@@ -1,4 +1,5 @@
 """`python -m duotpu` runs the CLI."""
+
 import sys
 
 from .cli import main

@@ -1,4 +1,5 @@
 """The ``duotpu`` command: a thin layer over the library. Only this module prints and exits."""
+
 from __future__ import annotations
 
 import argparse
@@ -12,18 +13,26 @@ from typing import Any
 
 import numpy as np
 
-from .errors import BuildFailed, ConfigError, DuoTpuError, ToleranceError, ToolchainError
+from duotpu.config.errors import (
+    BuildFailed,
+    ConfigError,
+    DuoTpuError,
+    ToleranceError,
+    ToolchainError,
+)
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2  # interrupted: 128 + the signal (130, 143)
 
 
 def _console():
     from rich.console import Console
+
     return Console(highlight=False, width=None if sys.stdout.isatty() else 100)
 
 
 def _err_console():
     from rich.console import Console
+
     return Console(stderr=True, highlight=False, soft_wrap=True)
 
 
@@ -35,6 +44,7 @@ class StageProgress:
 
     def __init__(self, console):
         from rich.status import Status
+
         self.console = console
         self.running: list[str] = []
         self.lock = threading.Lock()
@@ -50,8 +60,9 @@ class StageProgress:
             if ev.status == "done":
                 self.console.print(f"[green]✓[/] {ev.stage:<14} {ev.seconds:6.1f} s")
             elif ev.status == "cached":
-                self.console.print(f"[cyan]↺[/] {ev.stage:<14}   cached "
-                                   f"[dim](ran in {ev.seconds:.1f} s)[/]")
+                self.console.print(
+                    f"[cyan]↺[/] {ev.stage:<14}   cached [dim](ran in {ev.seconds:.1f} s)[/]"
+                )
             elif ev.status == "failed":
                 self.console.print(f"[red]✗[/] {ev.stage:<14} {ev.seconds:6.1f} s")
             elif ev.status == "warning":
@@ -84,15 +95,18 @@ def _floats(text: str) -> list[float]:
     try:
         return [float(v) for v in text.replace(" ", "").split(",") if v]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected numbers separated by commas, got {text!r}"
+        ) from None
 
 
 def _ints(text: str) -> list[int]:
     try:
         return [int(v) for v in text.replace("x", ",").split(",") if v]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected whole numbers separated by commas, "
-                                         f"got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected whole numbers separated by commas, got {text!r}"
+        ) from None
 
 
 def _modes(text: str) -> list[str]:
@@ -102,13 +116,15 @@ def _modes(text: str) -> list[str]:
 def _add_recipe_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("recipe fields (override the recipe file)")
     g.add_argument("--name", help="model name (names the output files)")
-    g.add_argument("--chip", help="cv180x (Duo, default), cv181x (Duo 256M / Duo S), cv182x, "
-                                  "cv183x")
+    g.add_argument(
+        "--chip", help="cv180x (Duo, default), cv181x (Duo 256M / Duo S), cv182x, cv183x"
+    )
     g.add_argument("--quantize", type=_modes, help="modes to build, e.g. int8,bf16")
     g.add_argument("--input-shape", type=_ints, metavar="N,C,H,W")
     g.add_argument("--input-name", help="input name in the exported ONNX")
-    g.add_argument("--weights", help="torchvision weights name (DEFAULT, IMAGENET1K_V1) or a "
-                                     "state_dict file")
+    g.add_argument(
+        "--weights", help="torchvision weights name (DEFAULT, IMAGENET1K_V1) or a state_dict file"
+    )
     g.add_argument("--opset", type=int, help="ONNX opset for PyTorch export (default 13)")
     g.add_argument("--resize", type=_ints, metavar="H,W", help="resize before center crop")
     g.add_argument("--resize-mode", choices=["stretch", "short_side", "letterbox"])
@@ -121,71 +137,143 @@ def _add_recipe_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--test-image", help="image the build is verified on (path or builtin:NAME)")
     g.add_argument("--tolerance-int8", type=_floats, metavar="COS,EUCLID")
     g.add_argument("--tolerance-bf16", type=_floats, metavar="COS,EUCLID")
-    g.add_argument("--verify-int8", type=float, metavar="COS",
-                   help="minimum output cosine of the INT8 cvimodel vs fp32")
+    g.add_argument(
+        "--verify-int8",
+        type=float,
+        metavar="COS",
+        help="minimum output cosine of the INT8 cvimodel vs fp32",
+    )
     g.add_argument("--verify-bf16", type=float, metavar="COS")
-    g.add_argument("--fuse-preprocess", metavar="PIXEL_FORMAT",
-                   choices=["RGB_PLANAR", "RGB_PACKED", "BGR_PLANAR", "BGR_PACKED", "GRAYSCALE",
-                            "YUV420_PLANAR", "YUV_NV21", "YUV_NV12", "RGBA_PLANAR"],
-                   help="the TPU does the preprocessing; the model takes uint8 images in this "
-                        "format")
-    g.add_argument("--aligned-input", action="store_true", default=None,
-                   help="with --fuse-preprocess: rows aligned as the VPSS delivers frames")
+    g.add_argument(
+        "--fuse-preprocess",
+        metavar="PIXEL_FORMAT",
+        choices=[
+            "RGB_PLANAR",
+            "RGB_PACKED",
+            "BGR_PLANAR",
+            "BGR_PACKED",
+            "GRAYSCALE",
+            "YUV420_PLANAR",
+            "YUV_NV21",
+            "YUV_NV12",
+            "RGBA_PLANAR",
+        ],
+        help="the TPU does the preprocessing; the model takes uint8 images in this format",
+    )
+    g.add_argument(
+        "--aligned-input",
+        action="store_true",
+        default=None,
+        help="with --fuse-preprocess: rows aligned as the VPSS delivers frames",
+    )
     g.add_argument("--task", choices=["classify", "detect"])
     g.add_argument("--pad-value", type=int, help="letterbox border colour (114 for YOLO)")
     g.add_argument("--histogram-bins", type=int, help="calibration histogram bins (2048)")
     g.add_argument("--tune-num", type=int, help="calibration tune images (5)")
     g.add_argument("--tolerance-transform", type=_floats, metavar="COS,EUCLID")
-    g.add_argument("--correctness", type=_floats, metavar="COS,EUCLID",
-                   help="cvimodel on the simulator vs the quantized MLIR")
-    g.add_argument("--excepts", type=lambda t: [x for x in t.split(",") if x],
-                   metavar="NAME,...", help="tensors left out of the per-layer comparisons")
+    g.add_argument(
+        "--correctness",
+        type=_floats,
+        metavar="COS,EUCLID",
+        help="cvimodel on the simulator vs the quantized MLIR",
+    )
+    g.add_argument(
+        "--excepts",
+        type=lambda t: [x for x in t.split(",") if x],
+        metavar="NAME,...",
+        help="tensors left out of the per-layer comparisons",
+    )
     g.add_argument("--model-version", help="cvimodel format for an older board runtime (1.2)")
     g.add_argument("--inputs-type", choices=["AUTO", "FP32", "INT8", "BF16"])
     g.add_argument("--outputs-type", choices=["AUTO", "FP32", "INT8", "BF16"])
-    g.add_argument("--save-input-files", action="store_true", default=None,
-                   help="also write NAME_inputs.tar.gz: the inputs and a script replaying the "
-                        "exact compiler commands")
-    g.add_argument("--batch-sizes", type=_ints, metavar="1,4",
-                   help="one cvimodel with a program per batch size, sharing the weights")
-    g.add_argument("--target", metavar="METRIC>=X",
-                   help="mixed precision: keep the fewest layers in BF16 for INT8 to reach "
-                        "e.g. 'agree>=0.995' (decisive top-1 agreement), 'map>=0.95' "
-                        "(detectors: mAP@0.5 vs the fp32 detections) or 'cos>=0.995'")
-    g.add_argument("--mix-qtable", metavar="FILE", help="mixed precision from this table of "
-                                                        "BF16 layers (no search)")
-    g.add_argument("--mix-pick", type=int, metavar="N",
-                   help="use row N of the trade-off table (its # column) instead of the "
-                        "fewest BF16 layers that meet the target; no new search")
-    g.add_argument("--mix-images", help="validation images for the search (folder or "
-                                        "builtin:natural)")
+    g.add_argument(
+        "--save-input-files",
+        action="store_true",
+        default=None,
+        help="also write NAME_inputs.tar.gz: the inputs and a script replaying the "
+        "exact compiler commands",
+    )
+    g.add_argument(
+        "--batch-sizes",
+        type=_ints,
+        metavar="1,4",
+        help="one cvimodel with a program per batch size, sharing the weights",
+    )
+    g.add_argument(
+        "--target",
+        metavar="METRIC>=X",
+        help="mixed precision: keep the fewest layers in BF16 for INT8 to reach "
+        "e.g. 'agree>=0.995' (decisive top-1 agreement), 'map>=0.95' "
+        "(detectors: mAP@0.5 vs the fp32 detections) or 'cos>=0.995'",
+    )
+    g.add_argument(
+        "--mix-qtable",
+        metavar="FILE",
+        help="mixed precision from this table of BF16 layers (no search)",
+    )
+    g.add_argument(
+        "--mix-pick",
+        type=int,
+        metavar="N",
+        help="use row N of the trade-off table (its # column) instead of the "
+        "fewest BF16 layers that meet the target; no new search",
+    )
+    g.add_argument(
+        "--mix-images", help="validation images for the search (folder or builtin:natural)"
+    )
     g.add_argument("--mix-count", type=int, help="number of validation images (default 100)")
-    g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="any recipe key, e.g. --set calibration.seed=3 (TOML value)")
+    g.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any recipe key, e.g. --set calibration.seed=3 (TOML value)",
+    )
 
 
-_FLAG_KEYS = {"name": "name", "chip": "chip", "quantize": "quantize", "weights": "model.weights",
-              "opset": "model.opset", "resize": "preprocess.resize",
-              "resize_mode": "preprocess.resize_mode", "mean": "preprocess.mean",
-              "std": "preprocess.std", "pixel_format": "preprocess.pixel_format",
-              "calib_images": "calibration.images", "calib_count": "calibration.count",
-              "calib_method": "calibration.method", "test_image": "test_image",
-              "tolerance_int8": "tolerance.int8", "tolerance_bf16": "tolerance.bf16",
-              "verify_int8": "tolerance.verify_int8", "verify_bf16": "tolerance.verify_bf16",
-              "batch_sizes": "deploy.batch_sizes", "target": "mix.target",
-              "mix_qtable": "mix.qtable", "mix_pick": "mix.pick", "mix_images": "mix.images",
-              "mix_count": "mix.count", "aligned_input": "deploy.aligned_input",
-              "task": "task", "pad_value": "preprocess.pad_value",
-              "histogram_bins": "calibration.histogram_bins",
-              "tune_num": "calibration.tune_num", "tolerance_transform": "tolerance.transform",
-              "correctness": "tolerance.correctness", "excepts": "tolerance.excepts",
-              "model_version": "deploy.model_version", "inputs_type": "deploy.inputs_type",
-              "outputs_type": "deploy.outputs_type",
-              "save_input_files": "deploy.save_input_files"}
+_FLAG_KEYS = {
+    "name": "name",
+    "chip": "chip",
+    "quantize": "quantize",
+    "weights": "model.weights",
+    "opset": "model.opset",
+    "resize": "preprocess.resize",
+    "resize_mode": "preprocess.resize_mode",
+    "mean": "preprocess.mean",
+    "std": "preprocess.std",
+    "pixel_format": "preprocess.pixel_format",
+    "calib_images": "calibration.images",
+    "calib_count": "calibration.count",
+    "calib_method": "calibration.method",
+    "test_image": "test_image",
+    "tolerance_int8": "tolerance.int8",
+    "tolerance_bf16": "tolerance.bf16",
+    "verify_int8": "tolerance.verify_int8",
+    "verify_bf16": "tolerance.verify_bf16",
+    "batch_sizes": "deploy.batch_sizes",
+    "target": "mix.target",
+    "mix_qtable": "mix.qtable",
+    "mix_pick": "mix.pick",
+    "mix_images": "mix.images",
+    "mix_count": "mix.count",
+    "aligned_input": "deploy.aligned_input",
+    "task": "task",
+    "pad_value": "preprocess.pad_value",
+    "histogram_bins": "calibration.histogram_bins",
+    "tune_num": "calibration.tune_num",
+    "tolerance_transform": "tolerance.transform",
+    "correctness": "tolerance.correctness",
+    "excepts": "tolerance.excepts",
+    "model_version": "deploy.model_version",
+    "inputs_type": "deploy.inputs_type",
+    "outputs_type": "deploy.outputs_type",
+    "save_input_files": "deploy.save_input_files",
+}
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    from .recipe import parse_override_value
+    from duotpu.config.recipe import parse_override_value
+
     out: dict[str, Any] = {}
     for flag, key in _FLAG_KEYS.items():
         v = getattr(args, flag, None)
@@ -199,7 +287,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
             raise ConfigError(f"--set needs KEY=VALUE, got {item!r}.")
         k, v = item.split("=", 1)
         out[k.strip()] = parse_override_value(k, v.strip())
-    from .recipe import path_keys, resolve_path
+    from duotpu.config.recipe import path_keys, resolve_path
+
     for path_key, kind in path_keys().items():  # paths on the command line: from the cwd
         if path_key in out and path_key != "model.source":
             out[path_key] = resolve_path(out[path_key], Path.cwd(), kind)
@@ -207,7 +296,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _recipe_from_args(args: argparse.Namespace):
-    from .recipe import Recipe, load_recipe, recipe_from_dict, set_dotted
+    from duotpu.config.recipe import Recipe, load_recipe, recipe_from_dict, set_dotted
+
     overrides = _overrides(args)
     if args.recipe:
         base = load_recipe(args.recipe).to_dict()
@@ -238,11 +328,16 @@ def _table(title: str, header: list[str], rows: list[list[str]], numeric_from: i
     """A rich table of ``rows`` under ``header`` without the columns that are empty in every
     row (no labels → no accuracy columns); headers never wrap or get cut."""
     from rich.table import Table
+
     keep = [i for i in range(len(header)) if i == 0 or any(r[i] for r in rows)]
     t = Table(title=title)
     for i in keep:
-        t.add_column(header[i], justify="right" if i >= numeric_from else "left",
-                     no_wrap=True, min_width=len(header[i]))
+        t.add_column(
+            header[i],
+            justify="right" if i >= numeric_from else "left",
+            no_wrap=True,
+            min_width=len(header[i]),
+        )
     for r in rows:
         t.add_row(*(r[i] for i in keep))
     return t
@@ -252,51 +347,89 @@ def _table(title: str, header: list[str], rows: list[list[str]], numeric_from: i
 # Commands
 # --------------------------------------------------------------------------------------------
 def _print_detect_build(console, result, as_json: bool) -> int:
-    from . import report
+    from duotpu.eval import report
+
     rows = report.detect_build(result)
     if as_json:
-        print(json.dumps({"name": result.recipe.name, "out_dir": str(result.out_dir),
-                          "manifest": str(result.manifest),
-                          "models": {m: str(a.cvimodel) for m, a in result.models.items()},
-                          "detection": [{"model": r.model, "cosine_min": r.cosine_min,
-                                         "size_bytes": r.size_bytes, "ion_mb": r.ion_mb,
-                                         "detections": [d.to_json() for d in r.detections]}
-                                        for r in rows]}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "name": result.recipe.name,
+                    "out_dir": str(result.out_dir),
+                    "manifest": str(result.manifest),
+                    "models": {m: str(a.cvimodel) for m, a in result.models.items()},
+                    "detection": [
+                        {
+                            "model": r.model,
+                            "cosine_min": r.cosine_min,
+                            "size_bytes": r.size_bytes,
+                            "ion_mb": r.ion_mb,
+                            "detections": [d.to_json() for d in r.detections],
+                        }
+                        for r in rows
+                    ],
+                },
+                indent=2,
+            )
+        )
         return EXIT_OK
     h = result.head
-    console.print(f"detector: {h.kind} head, strides {h.strides}, {h.nc} classes; the TPU "
-                  f"returns {len(h.outputs)} head maps, the CPU decodes {h.num_boxes} "
-                  "candidate boxes and runs NMS")
-    console.print(report.detection_table(
-        rows, f"{result.recipe.name} on the test image ({result.test_image_path.name}), "
-              f"conf ≥ {result.recipe.detect.conf}"))
+    console.print(
+        f"detector: {h.kind} head, strides {h.strides}, {h.nc} classes; the TPU "
+        f"returns {len(h.outputs)} head maps, the CPU decodes {h.num_boxes} "
+        "candidate boxes and runs NMS"
+    )
+    console.print(
+        report.detection_table(
+            rows,
+            f"{result.recipe.name} on the test image ({result.test_image_path.name}), "
+            f"conf ≥ {result.recipe.detect.conf}",
+        )
+    )
     for mode, art in result.models.items():
-        console.print(f"[bold]{mode.upper()}[/] {art.cvimodel}  (verified on the CV18xx "
-                      f"simulator, lowest head-map cosine vs fp32 "
-                      f"{min(art.cosine.values()):.4f})")
+        console.print(
+            f"[bold]{mode.upper()}[/] {art.cvimodel}  (verified on the CV18xx "
+            f"simulator, lowest head-map cosine vs fp32 "
+            f"{min(art.cosine.values()):.4f})"
+        )
     console.print(f"decode info: {result.out_dir / (result.recipe.name + '.detect.json')}")
     console.print(f"manifest: {result.manifest}")
     return EXIT_OK
 
 
 def _print_build(console, result, labels, as_json: bool) -> int:
-    from . import report
+    from duotpu.eval import report
+
     if result.head is not None:
         return _print_detect_build(console, result, as_json)
     rows = report.classify_build(result)
     if as_json:
-        print(json.dumps({"name": result.recipe.name, "out_dir": str(result.out_dir),
-                          "manifest": str(result.manifest),
-                          "models": {m: str(a.cvimodel) for m, a in result.models.items()},
-                          "classification": report.as_json(rows, labels)}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "name": result.recipe.name,
+                    "out_dir": str(result.out_dir),
+                    "manifest": str(result.manifest),
+                    "models": {m: str(a.cvimodel) for m, a in result.models.items()},
+                    "classification": report.as_json(rows, labels),
+                },
+                indent=2,
+            )
+        )
         return EXIT_OK
-    console.print(report.classification_table(
-        rows, labels, f"{result.recipe.name} on the test image "
-                      f"({Path(str(result.recipe.test_image)).name})"))
+    console.print(
+        report.classification_table(
+            rows,
+            labels,
+            f"{result.recipe.name} on the test image ({Path(str(result.recipe.test_image)).name})",
+        )
+    )
     for mode, art in result.models.items():
-        console.print(f"[bold]{mode.upper()}[/] {art.cvimodel}  "
-                      f"(verified on the CV18xx simulator, cosine vs fp32 "
-                      f"{min(art.cosine.values()):.4f})")
+        console.print(
+            f"[bold]{mode.upper()}[/] {art.cvimodel}  "
+            f"(verified on the CV18xx simulator, cosine vs fp32 "
+            f"{min(art.cosine.values()):.4f})"
+        )
     console.print(f"manifest: {result.manifest}")
     if not report.top1_agrees(rows):
         console.print("[yellow]note:[/] the models' top-1 classes differ on the test image.")
@@ -304,23 +437,35 @@ def _print_build(console, result, labels, as_json: bool) -> int:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from . import labels as labels_mod
-    from . import pipeline
+    from duotpu.builder import pipeline
+    from duotpu.core import labels as labels_mod
+
     if not args.source and not args.recipe:
-        raise ConfigError("Nothing to build: give a model (an .onnx or .pt file, "
-                          "'torchvision:NAME' or 'package.module:function') or --recipe FILE.")
+        raise ConfigError(
+            "Nothing to build: give a model (an .onnx or .pt file, "
+            "'torchvision:NAME' or 'package.module:function') or --recipe FILE."
+        )
     recipe = _recipe_from_args(args)
     console = _console()
     progress = StageProgress(console)
-    console.print(f"building [bold]{recipe.name}[/] for {recipe.chip}: "
-                  f"{', '.join(m.upper() for m in recipe.quantize)}")
+    console.print(
+        f"building [bold]{recipe.name}[/] for {recipe.chip}: "
+        f"{', '.join(m.upper() for m in recipe.quantize)}"
+    )
     try:
-        result = pipeline.build(recipe, Path(args.out) if args.out else None,
-                                Path(args.work_dir) if args.work_dir else None, progress)
+        result = pipeline.build(
+            recipe,
+            Path(args.out) if args.out else None,
+            Path(args.work_dir) if args.work_dir else None,
+            progress,
+        )
     finally:
         progress.close()
-    labels = labels_mod.read_labels(Path(args.labels)) if args.labels else \
-        (labels_mod.imagenet_classes() if _outputs_1000(result) else None)
+    labels = (
+        labels_mod.read_labels(Path(args.labels))
+        if args.labels
+        else (labels_mod.imagenet_classes() if _outputs_1000(result) else None)
+    )
     code = _print_build(console, result, labels, args.json)
     if result.inputs_archive is not None and not args.json:
         console.print(f"inputs and replay script: {result.inputs_archive}")
@@ -333,7 +478,8 @@ def _print_mix(console, result, as_json: bool) -> int:
     """The mixed-precision trade-off table; non-zero when the target was not reached."""
     from rich.table import Table
 
-    from . import mixprec
+    from duotpu.builder import mixprec
+
     mix = result.mix
     rows = mix["rows"]
     if not as_json:
@@ -343,15 +489,19 @@ def _print_mix(console, result, as_json: bool) -> int:
         for cells in mixprec.table_cells(rows, mix["chosen"]):
             t.add_row(*cells)
         console.print(t)
-        console.print(f"BF16 layers: {result.out_dir / (result.recipe.name + '.qtable')} "
-                      "(edit it and build with --mix-qtable FILE; --mix-pick N uses row N "
-                      "instead)")
+        console.print(
+            f"BF16 layers: {result.out_dir / (result.recipe.name + '.qtable')} "
+            "(edit it and build with --mix-qtable FILE; --mix-pick N uses row N "
+            "instead)"
+        )
     best = rows[mix["chosen"]]
     if mix.get("picked"):
         if mix["target"] and not best["meets"]:
-            _err_console().print(f"[yellow]note:[/] row {mix['chosen'] + 1} ('{best['label']}', "
-                                 f"{best['metric']:.4f}) was picked; it does not meet "
-                                 f"{mix['target']}.")
+            _err_console().print(
+                f"[yellow]note:[/] row {mix['chosen'] + 1} ('{best['label']}', "
+                f"{best['metric']:.4f}) was picked; it does not meet "
+                f"{mix['target']}."
+            )
         return EXIT_OK
     if mix["met"]:
         return EXIT_OK
@@ -361,7 +511,8 @@ def _print_mix(console, result, as_json: bool) -> int:
         f"{result.recipe.chip}_mix.cvimodel). Try more or more typical calibration images "
         "(calibration.images / count), another calibration.method, a larger mix.max_layers, or "
         "BF16 for the whole model"
-        + (" (pure BF16 reaches the target)." if mix.get("bf16_meets") else "."))
+        + (" (pure BF16 reaches the target)." if mix.get("bf16_meets") else ".")
+    )
     return EXIT_FAIL
 
 
@@ -372,23 +523,28 @@ def _outputs_1000(result) -> bool:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from importlib import resources
+
     args.recipe = str(resources.files("duotpu") / "recipes" / "efficientnet_lite0.toml")
     args.source = None
     console = _console()
-    console.print("[bold]duotpu demo[/]: EfficientNet-Lite0 (ImageNet weights) → INT8 and BF16 "
-                  "cvimodels for the Milk-V Duo (cv180x), verified on the simulator, then the "
-                  "cat photo classified by each.")
+    console.print(
+        "[bold]duotpu demo[/]: EfficientNet-Lite0 (ImageNet weights) → INT8 and BF16 "
+        "cvimodels for the Milk-V Duo (cv180x), verified on the simulator, then the "
+        "cat photo classified by each."
+    )
     return cmd_build(args)
 
 
 def _ion_overrides(items: list[str]) -> dict[str, float]:
-    from .cvimodel import BOARDS
+    from duotpu.compiler.cvimodel import BOARDS
+
     out = {}
     for item in items:
         key, _, val = item.partition("=")
         if key not in BOARDS or not val:
-            raise ConfigError(f"--ion takes BOARD=MB with BOARD one of {', '.join(BOARDS)}; "
-                              f"got {item!r}.")
+            raise ConfigError(
+                f"--ion takes BOARD=MB with BOARD one of {', '.join(BOARDS)}; got {item!r}."
+            )
         try:
             out[key] = float(val)
         except ValueError:
@@ -399,7 +555,8 @@ def _ion_overrides(items: list[str]) -> dict[str, float]:
 def cmd_info(args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    from . import cvimodel
+    from duotpu.compiler import cvimodel
+
     ion = _ion_overrides(args.ion)
     infos = [cvimodel.read_cvimodel(Path(m)) for m in args.models]
     for info in infos:
@@ -411,23 +568,45 @@ def cmd_info(args: argparse.Namespace) -> int:
     con = _console()
     for info in infos:
         con.print(f"[bold]{info.path}[/]  ({info.file_size / 1e6:.2f} MB, md5 {info.md5_status})")
-        con.print(f"  model {info.name}, chip [bold]{info.chip}[/], cvimodel {info.version}, "
-                  f"built {info.build_time} by tpu_mlir {info.mlir_version}")
-        con.print(f"  board memory (ION) needed: [bold]{info.ion_mb:.2f} MB[/] "
-                  f"({info.ion_bytes} bytes): weights {info.weight_bytes} B, sections "
-                  f"{sum(s.size for s in info.sections)} B")
+        con.print(
+            f"  model {info.name}, chip [bold]{info.chip}[/], cvimodel {info.version}, "
+            f"built {info.build_time} by tpu_mlir {info.mlir_version}"
+        )
+        con.print(
+            f"  board memory (ION) needed: [bold]{info.ion_mb:.2f} MB[/] "
+            f"({info.ion_bytes} bytes): weights {info.weight_bytes} B, sections "
+            f"{sum(s.size for s in info.sections)} B"
+        )
         for k, p in enumerate(info.programs):
-            t = Table(title=f"program {k}: batch {p.batch_num}, shared gmem {p.shared_gmem} B, "
-                            f"private gmem {p.private_gmem} B, io {p.io_bytes} B, routines "
-                            f"{'+'.join(p.routines)}", title_justify="left")
-            for col in ("", "name", "shape", "dtype", "qscale", "zero point", "pixel format",
-                        "aligned"):
+            t = Table(
+                title=f"program {k}: batch {p.batch_num}, shared gmem {p.shared_gmem} B, "
+                f"private gmem {p.private_gmem} B, io {p.io_bytes} B, routines "
+                f"{'+'.join(p.routines)}",
+                title_justify="left",
+            )
+            for col in (
+                "",
+                "name",
+                "shape",
+                "dtype",
+                "qscale",
+                "zero point",
+                "pixel format",
+                "aligned",
+            ):
                 t.add_column(col)
             for kind, tensors in (("in", p.inputs), ("out", p.outputs)):
                 for x in tensors:
-                    t.add_row(kind, x.name, "x".join(map(str, x.shape)), x.dtype,
-                              f"{x.qscale:.6g}", f"{x.zero_point:g}", x.pixel_format or "—",
-                              "yes" if x.aligned else "no")
+                    t.add_row(
+                        kind,
+                        x.name,
+                        "x".join(map(str, x.shape)),
+                        x.dtype,
+                        f"{x.qscale:.6g}",
+                        f"{x.zero_point:g}",
+                        x.pixel_format or "—",
+                        "yes" if x.aligned else "no",
+                    )
             con.print(t)
         st = Table(title="sections", title_justify="left")
         for col in ("type", "name", "size", "offset"):
@@ -439,17 +618,24 @@ def cmd_info(args: argparse.Namespace) -> int:
         for col in ("board", "chip", "ION assumed", "verdict"):
             ft.add_column(col)
         for f in info.fit.values():
-            ft.add_row(f["board"], f["chip"], f"{f['ion_mb_assumed']:g} MB",
-                       ("[green]" if f["fits"] else "[red]") + f["verdict"] + "[/]")
+            ft.add_row(
+                f["board"],
+                f["chip"],
+                f"{f['ion_mb_assumed']:g} MB",
+                ("[green]" if f["fits"] else "[red]") + f["verdict"] + "[/]",
+            )
         con.print(ft)
-        con.print("[dim]ION assumed from the boards' stock images; set yours with --ion "
-                  "duo=MB (read it on the board from "
-                  "/sys/kernel/debug/ion/cvi_carveout_heap_dump/total_mem).[/]")
+        con.print(
+            "[dim]ION assumed from the boards' stock images; set yours with --ion "
+            "duo=MB (read it on the board from "
+            "/sys/kernel/debug/ion/cvi_carveout_heap_dump/total_mem).[/]"
+        )
     return EXIT_OK
 
 
 def _class_names(args, n_classes: int):
-    from . import labels as labels_mod
+    from duotpu.core import labels as labels_mod
+
     if getattr(args, "labels", None):
         return labels_mod.read_labels(Path(args.labels))
     return labels_mod.imagenet_classes() if n_classes == 1000 else None
@@ -457,23 +643,31 @@ def _class_names(args, n_classes: int):
 
 def _top_k(args, model, items, outs, key: str) -> list[dict]:
     """Per input: the top-k classes of the model's first output, with names."""
-    from . import metrics
-    from .labels import class_name
+    from duotpu.core import metrics
+    from duotpu.core.labels import class_name
+
     first = model.output_names[0]
     names = _class_names(args, int(np.prod(outs[0][first].shape[1:])) if outs else 0)
     results = []
     for item, out in zip(items, outs):
         probs = metrics.as_probabilities(out[first].reshape(out[first].shape[0], -1))[0]
-        results.append({key: str(item), "top": [
-            {"class": i, "name": class_name(names, i), "probability": round(p, 6)}
-            for i, p in metrics.topk(probs, args.topk)]})
+        results.append(
+            {
+                key: str(item),
+                "top": [
+                    {"class": i, "name": class_name(names, i), "probability": round(p, 6)}
+                    for i, p in metrics.topk(probs, args.topk)
+                ],
+            }
+        )
     return results
 
 
 def _detect_results(args, model, items, outs, key: str) -> list[dict]:
     """Per input: the detector's boxes (decoded and NMS-ed on the CPU, in image pixels); with
     ``--save``, the images with their boxes drawn."""
-    from .detect import detections, draw, input_frame, maps_in_order
+    from duotpu.core.detect import detections, draw, input_frame, maps_in_order
+
     opts = model.recipe.detect
     conf = args.conf if args.conf is not None else opts.conf
     iou = args.iou if args.iou is not None else opts.iou
@@ -481,8 +675,9 @@ def _detect_results(args, model, items, outs, key: str) -> list[dict]:
     for item, out in zip(items, outs):
         p = Path(item)
         pre, hw = input_frame(p, model.recipe.preprocess, model.head)
-        dets = detections(model.head, maps_in_order(model.head, out), pre, [hw], conf, iou,
-                          opts.max_det)[0]
+        dets = detections(
+            model.head, maps_in_order(model.head, out), pre, [hw], conf, iou, opts.max_det
+        )[0]
         results.append({key: str(item), "detections": [d.to_json() for d in dets]})
         if args.save and p.suffix.lower() not in (".npz", ".npy"):
             target = Path(args.save)
@@ -494,14 +689,20 @@ def _detect_results(args, model, items, outs, key: str) -> list[dict]:
 
 def _print_detections(con, results: list[dict], key: str, where: str) -> None:
     from rich.table import Table
+
     for r in results:
-        t = Table(title=f"{r[key]} ({where}): {len(r['detections'])} object(s)",
-                  title_justify="left")
+        t = Table(
+            title=f"{r[key]} ({where}): {len(r['detections'])} object(s)", title_justify="left"
+        )
         for col in ("#", "class", "score", "box x1, y1, x2, y2"):
             t.add_column(col, justify="right" if col != "class" else "left")
         for k, d in enumerate(r["detections"], 1):
-            t.add_row(str(k), f"{d['name']} ({d['class']})", f"{d['score']:.3f}",
-                      ", ".join(f"{v:.0f}" for v in d["box"]))
+            t.add_row(
+                str(k),
+                f"{d['name']} ({d['class']})",
+                f"{d['score']:.3f}",
+                ", ".join(f"{v:.0f}" for v in d["box"]),
+            )
         con.print(t)
         if "saved" in r:
             con.print(f"drawn: {r['saved']}")
@@ -511,18 +712,22 @@ def _results(args, model, items, outs, key: str) -> list[dict]:
     if model.head is not None:
         return _detect_results(args, model, items, outs, key)
     if getattr(args, "save", None):
-        raise ConfigError("--save draws boxes; it is for detectors (task = \"detect\"), and "
-                          f"{model.cvimodel.name} is a classifier.")
+        raise ConfigError(
+            '--save draws boxes; it is for detectors (task = "detect"), and '
+            f"{model.cvimodel.name} is a classifier."
+        )
     return _top_k(args, model, items, outs, key)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from rich.table import Table
+
     if args.board:  # the same, on a board over SSH
         args.inputs = args.images
         return cmd_board_run(args)
 
-    from . import runtime
+    from duotpu.infer import runtime
+
     model = runtime.open_model(args.model, args.recipe)
     for im in args.images:
         if not Path(im).is_file():
@@ -531,15 +736,26 @@ def cmd_predict(args: argparse.Namespace) -> int:
     outs = runtime.infer_batched(model, tensors)
     results = _results(args, model, args.images, outs, "image")
     if args.json:
-        print(json.dumps({"model": str(model.cvimodel), "mode": model.mode,
-                          "backend": "cv18xx simulator", "results": results}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "model": str(model.cvimodel),
+                    "mode": model.mode,
+                    "backend": "cv18xx simulator",
+                    "results": results,
+                },
+                indent=2,
+            )
+        )
         return EXIT_OK
     con = _console()
     batches = "+".join(str(p.inputs[0].shape[0]) for p in model.info.programs)
     fused = model.info.programs[0].inputs[0].pixel_format
-    con.print(f"[bold]{model.cvimodel.name}[/] ({model.mode.upper()}, {model.info.chip}, "
-              f"batch {batches}{', fused preprocess ' + fused if fused else ''}) on the CV18xx "
-              "simulator")
+    con.print(
+        f"[bold]{model.cvimodel.name}[/] ({model.mode.upper()}, {model.info.chip}, "
+        f"batch {batches}{', fused preprocess ' + fused if fused else ''}) on the CV18xx "
+        "simulator"
+    )
     if model.head is not None:
         _print_detections(con, results, "image", "CV18xx simulator")
         return EXIT_OK
@@ -557,7 +773,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from rich.progress import Progress
 
-    from . import evaluate, report, runtime
+    from duotpu.core import metrics
+    from duotpu.eval import evaluate, report
+    from duotpu.infer import runtime
+
     target = Path(args.model)
     models = sorted(target.glob("*.cvimodel")) if target.is_dir() else [target]
     if not models:
@@ -570,53 +789,86 @@ def cmd_eval(args: argparse.Namespace) -> int:
     names = _class_names(args, 1000 if args.labels is None else 0)
     paths, labels = evaluate.labelled_images(folder, names)
     if args.limit:
-        paths, labels = paths[:args.limit], (labels[:args.limit] if labels else None)
+        paths, labels = paths[: args.limit], (labels[: args.limit] if labels else None)
     con = _console()
-    con.print(f"evaluating {', '.join(b.cvimodel.name for b in built)} on {len(paths)} images "
-              f"({'labelled' if labels else 'agreement with fp32'}), backend {args.backend}")
+    con.print(
+        f"evaluating {', '.join(b.cvimodel.name for b in built)} on {len(paths)} images "
+        f"({'labelled' if labels else 'agreement with fp32'}), backend {args.backend}"
+    )
     tensors = runtime.tensors_for(first, paths)
     fp32 = np.stack([o[0].reshape(-1) for o in runtime.fp32_reference(first, tensors)])
-    data = {"model": str(target), "image_folder": str(folder), "images": len(paths),
-            "backend": args.backend, "margin": args.margin,
-            "fp32": evaluate.fp32_metrics(fp32, labels, args.margin), "modes": {},
-            "per_layer": {}, "fast_path_check": {}}
+    data = {
+        "model": str(target),
+        "image_folder": str(folder),
+        "images": len(paths),
+        "backend": args.backend,
+        "margin": args.margin,
+        "fp32": metrics.fp32_metrics(fp32, labels, args.margin),
+        "modes": {},
+        "per_layer": {},
+        "fast_path_check": {},
+    }
     for b in built:
         if args.backend == "mlir" and args.check:
             k = min(args.check, len(tensors))
             diff = evaluate.check_fast_path(b, tensors[:k])
             data["fast_path_check"][b.mode] = {"images": k, "max_abs_diff": diff}
-            con.print(f"  {b.mode.upper()}: fast path vs CV18xx simulator on {k} image(s): "
-                      f"largest output difference {diff:g}"
-                      + (" (bit-exact)" if diff == 0 else ""))
+            con.print(
+                f"  {b.mode.upper()}: fast path vs CV18xx simulator on {k} image(s): "
+                f"largest output difference {diff:g}" + (" (bit-exact)" if diff == 0 else "")
+            )
         with Progress(console=con, transient=True) as prog:
             task = prog.add_task(f"{b.mode.upper()}", total=len(tensors))
-            q, secs = evaluate.timed_infer(b, tensors, args.backend,
-                                           lambda n: prog.update(task, completed=n))
-        m = evaluate.compare(b.mode, fp32, q, args.margin, labels, secs)
+            q, secs = evaluate.timed_infer(
+                b, tensors, args.backend, lambda n, task=task: prog.update(task, completed=n)
+            )
+        m = metrics.compare(b.mode, fp32, q, args.margin, labels, secs)
         data["modes"][b.mode] = m.__dict__
         if args.layers and b.tpu_mlir is not None:
             top = runtime.top_mlir_of(b)
             if top is not None:
-                data["per_layer"][b.mode] = evaluate.per_layer(
-                    b, top, tensors[:args.layers])
+                data["per_layer"][b.mode] = evaluate.per_layer(b, top, tensors[: args.layers])
     rows = []
     if labels:
         fpm = data["fp32"]
-        rows.append(["fp32", "", "", "", "", "", "", f"{fpm['top1_acc']:.3f}",
-                     f"{fpm['top5_acc']:.3f}", ""])
+        rows.append(
+            ["fp32", "", "", "", "", "", "", f"{fpm['top1_acc']:.3f}", f"{fpm['top5_acc']:.3f}", ""]
+        )
     for mode, d in data["modes"].items():
-        rows.append([mode.upper(), f"{d['top1_agree']:.3f}",
-                     f"{d['decisive_top1_agree']:.3f} ({d['decisive_n']})",
-                     f"{d['top5_contains_fp32_top1']:.3f}", f"{d['cosine_mean']:.4f}",
-                     f"{d['cosine_worst']:.4f}", f"{d['kl_mean']:.4f}",
-                     "" if d["top1_acc"] is None else f"{d['top1_acc']:.3f}",
-                     "" if d["top5_acc"] is None else f"{d['top5_acc']:.3f}",
-                     f"{d['images_per_second']:.2f}"])
-    t = _table(f"{first.info.name}: quantized vs fp32 on {len(paths)} images",
-               ["model", "top-1 agree", "decisive (n)", "top-5 ∋ fp32", "mean cos",
-                "worst cos", "mean KL", "top-1 acc", "top-5 acc", "img/s"], rows)
-    t.caption = (f"decisive: images where fp32's top-1 leads by ≥ {args.margin}; "
-                 "top-5 ∋ fp32: the quantized top-5 holds fp32's top-1")
+        rows.append(
+            [
+                mode.upper(),
+                f"{d['top1_agree']:.3f}",
+                f"{d['decisive_top1_agree']:.3f} ({d['decisive_n']})",
+                f"{d['top5_contains_fp32_top1']:.3f}",
+                f"{d['cosine_mean']:.4f}",
+                f"{d['cosine_worst']:.4f}",
+                f"{d['kl_mean']:.4f}",
+                "" if d["top1_acc"] is None else f"{d['top1_acc']:.3f}",
+                "" if d["top5_acc"] is None else f"{d['top5_acc']:.3f}",
+                f"{d['images_per_second']:.2f}",
+            ]
+        )
+    t = _table(
+        f"{first.info.name}: quantized vs fp32 on {len(paths)} images",
+        [
+            "model",
+            "top-1 agree",
+            "decisive (n)",
+            "top-5 ∋ fp32",
+            "mean cos",
+            "worst cos",
+            "mean KL",
+            "top-1 acc",
+            "top-5 acc",
+            "img/s",
+        ],
+        rows,
+    )
+    t.caption = (
+        f"decisive: images where fp32's top-1 leads by ≥ {args.margin}; "
+        "top-5 ∋ fp32: the quantized top-5 holds fp32's top-1"
+    )
     con.print(t)
     for mode, layers in data["per_layer"].items():
         worst = ", ".join(f"{n} {c:.4f}" for n, c in layers[:5])
@@ -632,56 +884,103 @@ def _eval_detector(args, built, target: Path) -> int:
 
     from rich.progress import Progress
 
-    from . import evaluate, report, runtime
-    from .detect import MAP_CONF, read_yolo_labels
-    from .preprocess import load_bgr
+    from duotpu.core.detect import MAP_CONF, read_yolo_labels
+    from duotpu.core.preprocess import load_bgr
+    from duotpu.eval import evaluate, report
+    from duotpu.infer import runtime
+
     first = built[0]
     folder = Path(args.images)
     paths, label_files = evaluate.detection_images(folder)
     if args.limit:
-        paths = paths[:args.limit]
-        label_files = label_files[:args.limit] if label_files else None
+        paths = paths[: args.limit]
+        label_files = label_files[: args.limit] if label_files else None
     hws = [load_bgr(p, False).shape[:2] for p in paths]
-    truth = [read_yolo_labels(lf, hw) for lf, hw in zip(label_files, hws)] \
-        if label_files else None
+    truth = [read_yolo_labels(lf, hw) for lf, hw in zip(label_files, hws)] if label_files else None
     con = _console()
-    con.print(f"evaluating detector {', '.join(b.cvimodel.name for b in built)} on "
-              f"{len(paths)} images ({'YOLO labels' if truth else 'agreement with fp32'}), "
-              f"backend {args.backend}")
+    con.print(
+        f"evaluating detector {', '.join(b.cvimodel.name for b in built)} on "
+        f"{len(paths)} images ({'YOLO labels' if truth else 'agreement with fp32'}), "
+        f"backend {args.backend}"
+    )
     tensors = runtime.tensors_for(first, paths)
     fp32 = runtime.fp32_reference(first, tensors)
-    data = {"model": str(target), "task": "detect", "image_folder": str(folder),
-            "images": len(paths), "backend": args.backend, "conf": first.recipe.detect.conf,
-            "iou": first.recipe.detect.iou, "map_conf": MAP_CONF, "modes": {},
-            "fp32": {}}
+    data = {
+        "model": str(target),
+        "task": "detect",
+        "image_folder": str(folder),
+        "images": len(paths),
+        "backend": args.backend,
+        "conf": first.recipe.detect.conf,
+        "iou": first.recipe.detect.iou,
+        "map_conf": MAP_CONF,
+        "modes": {},
+        "fp32": {},
+    }
     for b in built:
         with Progress(console=con, transient=True) as prog:
             task = prog.add_task(f"{b.mode.upper()}", total=len(tensors))
             t0 = time.monotonic()
-            outs = runtime.infer(b, tensors, backend=args.backend,
-                                 progress=lambda n: prog.update(task, completed=n))
+            outs = runtime.infer(
+                b,
+                tensors,
+                backend=args.backend,
+                progress=lambda n, task=task: prog.update(task, completed=n),
+            )
             secs = time.monotonic() - t0
         m, fp32_lab = evaluate.compare_detections(b.mode, b, fp32, outs, hws, truth, secs)
         data["modes"][b.mode] = m.__dict__
         if fp32_lab is not None:
-            data["fp32"] = {"map50": fp32_lab["map50"], "map50_95": fp32_lab["map50_95"],
-                            "objects": fp32_lab["objects"]}
+            data["fp32"] = {
+                "map50": fp32_lab["map50"],
+                "map50_95": fp32_lab["map50_95"],
+                "objects": fp32_lab["objects"],
+            }
     rows = []
     if data["fp32"]:
-        rows.append(["fp32", "", "", "", "", f"{data['fp32']['map50']:.3f}",
-                     f"{data['fp32']['map50_95']:.3f}", ""])
+        rows.append(
+            [
+                "fp32",
+                "",
+                "",
+                "",
+                "",
+                f"{data['fp32']['map50']:.3f}",
+                f"{data['fp32']['map50_95']:.3f}",
+                "",
+            ]
+        )
     for mode, d in data["modes"].items():
-        rows.append([mode.upper(), f"{d['map50_vs_fp32']:.3f}", str(d["fp32_objects"]),
-                     f"{d['detections_per_image']:.2f}",
-                     f"{min(d['cosine_mean'].values()):.4f}",
-                     "" if d["map50"] is None else f"{d['map50']:.3f}",
-                     "" if d["map50_95"] is None else f"{d['map50_95']:.3f}",
-                     f"{d['images_per_second']:.2f}"])
-    t = _table(f"{first.info.name}: quantized detections vs fp32 on {len(paths)} images",
-               ["model", "mAP50 vs fp32", "fp32 objs", "dets/img", "worst map cos",
-                "mAP50", "mAP50-95", "img/s"], rows)
-    t.caption = ("mAP50 vs fp32: the fp32 detections taken as ground truth; worst map cos: the "
-                 "lowest mean cosine of a head map; mAP50 / mAP50-95: against the labels")
+        rows.append(
+            [
+                mode.upper(),
+                f"{d['map50_vs_fp32']:.3f}",
+                str(d["fp32_objects"]),
+                f"{d['detections_per_image']:.2f}",
+                f"{min(d['cosine_mean'].values()):.4f}",
+                "" if d["map50"] is None else f"{d['map50']:.3f}",
+                "" if d["map50_95"] is None else f"{d['map50_95']:.3f}",
+                f"{d['images_per_second']:.2f}",
+            ]
+        )
+    t = _table(
+        f"{first.info.name}: quantized detections vs fp32 on {len(paths)} images",
+        [
+            "model",
+            "mAP50 vs fp32",
+            "fp32 objs",
+            "dets/img",
+            "worst map cos",
+            "mAP50",
+            "mAP50-95",
+            "img/s",
+        ],
+        rows,
+    )
+    t.caption = (
+        "mAP50 vs fp32: the fp32 detections taken as ground truth; worst map cos: the "
+        "lowest mean cosine of a head map; mAP50 / mAP50-95: against the labels"
+    )
     con.print(t)
     out = Path(args.out) if args.out else (target if target.is_dir() else target.parent) / "eval"
     jpath, hpath = report.write_detect_report(out, data)
@@ -695,38 +994,52 @@ def _eval_detector(args, built, target: Path) -> int:
 def _open_board(args):
     import getpass
 
-    from . import board
+    from duotpu import board
+
     profile = board.resolve_board(args.board)
     prompt = getpass.getpass if sys.stdin.isatty() else None
-    return board.Board(profile, accept_new_host_key=args.accept_new_host_key,
-                       password_prompt=prompt)
+    return board.Board(
+        profile, accept_new_host_key=args.accept_new_host_key, password_prompt=prompt
+    )
 
 
 def _checked(b, models, force: bool, con) -> None:
-    from . import board, cvimodel
+    from duotpu import board
+    from duotpu.compiler import cvimodel
+
     d = board.doctor(b)
     problems = []
     for m in models:
         problems += board.check_model_for_board(cvimodel.read_cvimodel(m), d)
     if problems and not force:
-        from .errors import BoardError
+        from duotpu.config.errors import BoardError
+
         raise BoardError(" ".join(problems) + " (--force to try anyway)")
     for p in problems:
         con.print(f"[yellow]warning (--force):[/] {p}")
 
 
 def cmd_board_add(args) -> int:
-    from . import board
-    p = board.BoardProfile(name=args.name, host=args.host, port=args.port, user=args.user,
-                           key_file=args.key or "", password_env=args.password_env,
-                           sdk_dir=args.sdk_dir, work_dir=args.work_dir)
+    from duotpu import board
+
+    p = board.BoardProfile(
+        name=args.name,
+        host=args.host,
+        port=args.port,
+        user=args.user,
+        key_file=args.key or "",
+        password_env=args.password_env,
+        sdk_dir=args.sdk_dir,
+        work_dir=args.work_dir,
+    )
     path = board.save_profile(p)
     _console().print(f"saved board '{p.name}' ({p.user}@{p.host}:{p.port}) to {path}")
     return EXIT_OK
 
 
 def cmd_board_doctor(args) -> int:
-    from . import board
+    from duotpu import board
+
     con = _console()
     with _open_board(args) as b:
         d = board.doctor(b)
@@ -735,13 +1048,19 @@ def cmd_board_doctor(args) -> int:
         print(json.dumps(d.__dict__, indent=2))
         return EXIT_OK if not d.problems else EXIT_FAIL
     con.print(f"[bold]{p.user}@{p.host}:{p.port}[/]")
-    con.print(f"  OS {d.os or '?'} on {d.arch or '?'}; SoC {d.soc or '?'} → TPU chip "
-              f"{d.chip or 'unknown'}")
-    con.print(f"  TPU device: {'present' if d.tpu_device else 'MISSING'}; RAM "
-              f"{d.mem_total_mb:.0f} MB ({d.mem_free_mb:.0f} MB available); ION heap "
-              f"{'unreadable' if d.ion_mb is None else f'{d.ion_mb:.2f} MB'}")
-    con.print(f"  SDK at {p.sdk_dir}: {'ok' if d.sdk_ok else 'not usable'}; runtime "
-              f"{d.runtime_version or '?'}")
+    con.print(
+        f"  OS {d.os or '?'} on {d.arch or '?'}; SoC {d.soc or '?'} → TPU chip "
+        f"{d.chip or 'unknown'}"
+    )
+    con.print(
+        f"  TPU device: {'present' if d.tpu_device else 'MISSING'}; RAM "
+        f"{d.mem_total_mb:.0f} MB ({d.mem_free_mb:.0f} MB available); ION heap "
+        f"{'unreadable' if d.ion_mb is None else f'{d.ion_mb:.2f} MB'}"
+    )
+    con.print(
+        f"  SDK at {p.sdk_dir}: {'ok' if d.sdk_ok else 'not usable'}; runtime "
+        f"{d.runtime_version or '?'}"
+    )
     for prob in d.problems:
         con.print(f"[red]problem:[/] {prob}")
     if not d.problems:
@@ -752,30 +1071,45 @@ def cmd_board_doctor(args) -> int:
 def cmd_board_push(args) -> int:
     from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
-    from . import board
+    from duotpu import board
+
     con = _console()
     with _open_board(args) as b:
-        with Progress("{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                      console=con, transient=True) as prog:
+        with Progress(
+            "{task.description}",
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            console=con,
+            transient=True,
+        ) as prog:
             task = prog.add_task("uploading", total=None)
-            rep = board.push(b, [Path(m) for m in args.models or []],
-                             Path(args.sdk) if args.sdk else None, args.force,
-                             lambda done, total: prog.update(task, completed=done, total=total))
+            rep = board.push(
+                b,
+                [Path(m) for m in args.models or []],
+                Path(args.sdk) if args.sdk else None,
+                args.force,
+                lambda done, total: prog.update(task, completed=done, total=total),
+            )
     for p in rep.problems:
         con.print(f"[yellow]warning (--force):[/] {p}")
     res = rep.result
-    con.print(f"uploaded {len(res.uploaded)} file(s) ({res.bytes_sent / 1e6:.2f} MB), "
-              f"{len(res.skipped)} unchanged")
+    con.print(
+        f"uploaded {len(res.uploaded)} file(s) ({res.bytes_sent / 1e6:.2f} MB), "
+        f"{len(res.skipped)} unchanged"
+    )
     return EXIT_OK
 
 
 def _board_model(args):
-    from . import runtime
+    from duotpu.infer import runtime
+
     return runtime.open_model(args.model, getattr(args, "recipe", None))
 
 
 def _board_inputs(model, items):
-    from . import runtime
+    from duotpu.infer import runtime
+
     tensors = []
     for item in items:
         p = Path(item)
@@ -790,7 +1124,8 @@ def _board_inputs(model, items):
 
 
 def cmd_board_run(args) -> int:
-    from . import board
+    from duotpu import board
+
     model = _board_model(args)
     tensors = _board_inputs(model, args.inputs)
     con = _console()
@@ -799,25 +1134,33 @@ def cmd_board_run(args) -> int:
         outs = board.run_model(b, model.cvimodel, model.info, tensors, model.input_name)
     results = _results(args, model, args.inputs, outs, "input")
     if args.json:
-        print(json.dumps({"model": str(model.cvimodel), "board": b.profile.host,
-                          "results": results}, indent=2))
+        print(
+            json.dumps(
+                {"model": str(model.cvimodel), "board": b.profile.host, "results": results},
+                indent=2,
+            )
+        )
         return EXIT_OK
     if model.head is not None:
         _print_detections(con, results, "input", f"on {b.profile.host}")
         return EXIT_OK
     for r in results:
-        con.print(f"[bold]{r['input']}[/] on {b.profile.host}: " + ", ".join(
-            f"{x['name']} {x['probability']:.3f}" for x in r["top"]))
+        con.print(
+            f"[bold]{r['input']}[/] on {b.profile.host}: "
+            + ", ".join(f"{x['name']} {x['probability']:.3f}" for x in r["top"])
+        )
     return EXIT_OK
 
 
 def cmd_board_bench(args) -> int:
-    from . import board
+    from duotpu import board
+
     model = _board_model(args)
     image = args.image or model.recipe.test_image
     if image.startswith("builtin:"):
-        from . import runtime
-        from .images import builtin_photo
+        from duotpu.core.images import builtin_photo
+        from duotpu.infer import runtime
+
         tensor = runtime.tensors_for(model, [builtin_photo(image.split(":", 1)[1])])[0]
     else:
         tensor = _board_inputs(model, [image])[0]
@@ -826,21 +1169,37 @@ def cmd_board_bench(args) -> int:
         _checked(b, [args.model], args.force, con)
         r = board.bench(b, model.cvimodel, tensor, model.input_name, args.count)
     if args.json:
-        print(json.dumps({"runs": r.runs, "mean_ms": r.mean_ms, "fps": r.fps,
-                          "median_ms": r.median_ms, "p90_ms": r.p90_ms,
-                          "inference_ms": r.inference_ms, "tdma_ms": r.tdma_ms,
-                          "tiu_ms": r.tiu_ms}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "runs": r.runs,
+                    "mean_ms": r.mean_ms,
+                    "fps": r.fps,
+                    "median_ms": r.median_ms,
+                    "p90_ms": r.p90_ms,
+                    "inference_ms": r.inference_ms,
+                    "tdma_ms": r.tdma_ms,
+                    "tiu_ms": r.tiu_ms,
+                },
+                indent=2,
+            )
+        )
         return EXIT_OK
-    con.print(f"[bold]{model.cvimodel.name}[/] on {b.profile.host}: {r.runs} runs, median "
-              f"{r.median_ms:.2f} ms, p90 {r.p90_ms:.2f} ms, mean {r.mean_ms:.2f} ms, "
-              f"{r.fps:.1f} fps")
+    con.print(
+        f"[bold]{model.cvimodel.name}[/] on {b.profile.host}: {r.runs} runs, median "
+        f"{r.median_ms:.2f} ms, p90 {r.p90_ms:.2f} ms, mean {r.mean_ms:.2f} ms, "
+        f"{r.fps:.1f} fps"
+    )
     if r.tpu_split:
         con.print("  TPU time: " + r.tpu_split)
     return EXIT_OK
 
 
 def cmd_board_compare(args) -> int:
-    from . import board, metrics, runtime
+    from duotpu import board
+    from duotpu.core import metrics
+    from duotpu.infer import runtime
+
     model = _board_model(args)
     tensors = _board_inputs(model, [args.input])
     con = _console()
@@ -851,8 +1210,7 @@ def cmd_board_compare(args) -> int:
     fp32 = runtime.fp32_reference(model, tensors)[0] if model.onnx else None
     rows = []
     for k, name in enumerate(model.output_names):
-        row = {"output": name,
-               "board_vs_simulator": metrics.cosine(on_board[name], sim[name])}
+        row = {"output": name, "board_vs_simulator": metrics.cosine(on_board[name], sim[name])}
         if fp32 is not None:
             row["board_vs_fp32"] = metrics.cosine(on_board[name], fp32[k])
             row["simulator_vs_fp32"] = metrics.cosine(sim[name], fp32[k])
@@ -861,17 +1219,26 @@ def cmd_board_compare(args) -> int:
         print(json.dumps({"model": str(model.cvimodel), "outputs": rows}, indent=2))
         return EXIT_OK
     for row in rows:
-        con.print(f"{row['output']}: board vs simulator cosine {row['board_vs_simulator']:.6f}"
-                  + (f", board vs fp32 {row['board_vs_fp32']:.6f}, simulator vs fp32 "
-                     f"{row['simulator_vs_fp32']:.6f}" if "board_vs_fp32" in row else ""))
+        con.print(
+            f"{row['output']}: board vs simulator cosine {row['board_vs_simulator']:.6f}"
+            + (
+                f", board vs fp32 {row['board_vs_fp32']:.6f}, simulator vs fp32 "
+                f"{row['simulator_vs_fp32']:.6f}"
+                if "board_vs_fp32" in row
+                else ""
+            )
+        )
         if row["board_vs_simulator"] < 0.999:
-            con.print("[red]  the board disagrees with the simulator[/]: check the SDK version "
-                      "and the input preprocessing.")
+            con.print(
+                "[red]  the board disagrees with the simulator[/]: check the SDK version "
+                "and the input preprocessing."
+            )
     return EXIT_OK
 
 
 def cmd_legacy(args: argparse.Namespace) -> int:
-    from . import legacy
+    from duotpu.builder import legacy
+
     argv = [args.tool, *args.tool_args]
     con = _console()
     progress = StageProgress(con)
@@ -890,27 +1257,39 @@ def cmd_legacy(args: argparse.Namespace) -> int:
 
 
 def _add_detect_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--save", metavar="OUT.jpg|DIR",
-                   help="detectors: draw the boxes on the image (a folder for several images)")
-    p.add_argument("--conf", type=float, help="detectors: lowest score kept (default: the "
-                                              "recipe's detect.conf)")
+    p.add_argument(
+        "--save",
+        metavar="OUT.jpg|DIR",
+        help="detectors: draw the boxes on the image (a folder for several images)",
+    )
+    p.add_argument(
+        "--conf",
+        type=float,
+        help="detectors: lowest score kept (default: the recipe's detect.conf)",
+    )
     p.add_argument("--iou", type=float, help="detectors: NMS overlap (default: detect.iou)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``duotpu`` argument parser."""
-    from . import __version__
+    from duotpu import __version__
+
     p = argparse.ArgumentParser(
-        prog="duotpu", description="PyTorch / ONNX → verified, quantized cvimodels for the "
-                                   "Milk-V Duo TPU (CV180x / CV181x), without Docker.")
+        prog="duotpu",
+        description="PyTorch / ONNX → verified, quantized cvimodels for the "
+        "Milk-V Duo TPU (CV180x / CV181x), without Docker.",
+    )
     p.add_argument("--version", action="version", version=f"duotpu {__version__}")
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
-    b = sub.add_parser("build", help="export → transform → calibrate → deploy → verify",
-                       description="Build a model into verified cvimodels. SOURCE is an .onnx "
-                                   "or .pt file, torchvision:NAME or package.module:function; "
-                                   "or give everything in --recipe.")
+    b = sub.add_parser(
+        "build",
+        help="export → transform → calibrate → deploy → verify",
+        description="Build a model into verified cvimodels. SOURCE is an .onnx "
+        "or .pt file, torchvision:NAME or package.module:function; "
+        "or give everything in --recipe.",
+    )
     b.add_argument("source", nargs="?", help="the model (overrides model.source)")
     b.add_argument("--recipe", "-r", help="recipe TOML file")
     b.add_argument("--out", "-o", help="folder for the final files (default build/NAME)")
@@ -921,10 +1300,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_recipe_flags(b)
     b.set_defaults(func=cmd_build)
 
-    d = sub.add_parser("demo", help="the built-in demo: EfficientNet-Lite0 → INT8 + BF16, "
-                                    "verified, then the cat photo classified")
-    d.add_argument("--out", "-o", help="folder for the final files (default "
-                                       "build/efficientnet_lite0)")
+    d = sub.add_parser(
+        "demo",
+        help="the built-in demo: EfficientNet-Lite0 → INT8 + BF16, "
+        "verified, then the cat photo classified",
+    )
+    d.add_argument(
+        "--out", "-o", help="folder for the final files (default build/efficientnet_lite0)"
+    )
     d.add_argument("--work-dir", help="folder for intermediate files")
     d.add_argument("--json", action="store_true", help="print the result as JSON")
     d.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
@@ -932,19 +1315,30 @@ def build_parser() -> argparse.ArgumentParser:
     _add_recipe_flags(d)
     d.set_defaults(func=cmd_demo)
 
-    i = sub.add_parser("info", help="what a cvimodel holds and whether it fits each Duo board",
-                       description="Read cvimodel files: chip, version, programs, inputs and "
-                                   "outputs, sections, board memory need and fit per board.")
+    i = sub.add_parser(
+        "info",
+        help="what a cvimodel holds and whether it fits each Duo board",
+        description="Read cvimodel files: chip, version, programs, inputs and "
+        "outputs, sections, board memory need and fit per board.",
+    )
     i.add_argument("models", nargs="+", metavar="MODEL.cvimodel")
     i.add_argument("--json", action="store_true", help="print JSON")
-    i.add_argument("--ion", action="append", default=[], metavar="BOARD=MB",
-                   help="ION heap of a board (duo, duo256m, duos) instead of the assumed one")
+    i.add_argument(
+        "--ion",
+        action="append",
+        default=[],
+        metavar="BOARD=MB",
+        help="ION heap of a board (duo, duo256m, duos) instead of the assumed one",
+    )
     i.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
     i.set_defaults(func=cmd_info)
 
-    pr = sub.add_parser("predict", help="classify images with a cvimodel on the CV18xx simulator",
-                        description="Preprocess images as at build time (recipe beside the "
-                                    "model, or --recipe) and run the cvimodel on the simulator.")
+    pr = sub.add_parser(
+        "predict",
+        help="classify images with a cvimodel on the CV18xx simulator",
+        description="Preprocess images as at build time (recipe beside the "
+        "model, or --recipe) and run the cvimodel on the simulator.",
+    )
     pr.add_argument("model", metavar="MODEL.cvimodel")
     pr.add_argument("images", nargs="+", metavar="IMAGE")
     pr.add_argument("--recipe", help="recipe the model was built with (default: beside it)")
@@ -952,44 +1346,74 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--topk", type=int, default=5)
     _add_detect_flags(pr)
     pr.add_argument("--json", action="store_true")
-    pr.add_argument("--board", help="run on this board over SSH instead of the simulator "
-                                    "(saved NAME or user@host[:port])")
+    pr.add_argument(
+        "--board",
+        help="run on this board over SSH instead of the simulator (saved NAME or user@host[:port])",
+    )
     pr.add_argument("--accept-new-host-key", action="store_true")
     pr.add_argument("--force", action="store_true")
     pr.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
     pr.set_defaults(func=cmd_predict)
 
-    ev = sub.add_parser("eval", help="accuracy of built models against fp32 (and labels)",
-                        description="Evaluate the cvimodels of a build folder (or one cvimodel) "
-                                    "on a folder of images: agreement with fp32, or accuracy "
-                                    "when subfolders name classes; writes report.json/html.")
+    ev = sub.add_parser(
+        "eval",
+        help="accuracy of built models against fp32 (and labels)",
+        description="Evaluate the cvimodels of a build folder (or one cvimodel) "
+        "on a folder of images: agreement with fp32, or accuracy "
+        "when subfolders name classes; writes report.json/html.",
+    )
     ev.add_argument("model", metavar="BUILD_DIR|MODEL.cvimodel")
-    ev.add_argument("--images", required=True,
-                    help="folder of images (classifiers: subfolders = classes; detectors: "
-                         "YOLO layout images/ + labels/)")
+    ev.add_argument(
+        "--images",
+        required=True,
+        help="folder of images (classifiers: subfolders = classes; detectors: "
+        "YOLO layout images/ + labels/)",
+    )
     ev.add_argument("--recipe", help="recipe the model was built with (default: beside it)")
     ev.add_argument("--labels", help="class names file (for class-named subfolders)")
-    ev.add_argument("--backend", choices=["mlir", "cvimodel"], default="mlir",
-                    help="mlir: tpu_mlir's interpreter on the quantized MLIR (fast, checked "
-                         "against the simulator); cvimodel: the CV18xx simulator")
-    ev.add_argument("--check", type=int, default=2, metavar="N",
-                    help="check the fast path against the simulator on N images (default 2)")
-    ev.add_argument("--margin", type=float, default=0.05,
-                    help="fp32 top-1 minus top-2 probability for an image to be decisive")
-    ev.add_argument("--layers", type=int, default=2, metavar="N",
-                    help="per-layer similarity on N images (0: skip)")
+    ev.add_argument(
+        "--backend",
+        choices=["mlir", "cvimodel"],
+        default="mlir",
+        help="mlir: tpu_mlir's interpreter on the quantized MLIR (fast, checked "
+        "against the simulator); cvimodel: the CV18xx simulator",
+    )
+    ev.add_argument(
+        "--check",
+        type=int,
+        default=2,
+        metavar="N",
+        help="check the fast path against the simulator on N images (default 2)",
+    )
+    ev.add_argument(
+        "--margin",
+        type=float,
+        default=0.05,
+        help="fp32 top-1 minus top-2 probability for an image to be decisive",
+    )
+    ev.add_argument(
+        "--layers",
+        type=int,
+        default=2,
+        metavar="N",
+        help="per-layer similarity on N images (0: skip)",
+    )
     ev.add_argument("--limit", type=int, default=0, help="use at most this many images")
     ev.add_argument("--out", help="report folder (default BUILD_DIR/eval)")
     ev.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
     ev.set_defaults(func=cmd_eval)
 
-    lg = sub.add_parser("legacy", help="run an old cvitek command line as written "
-                                       "(model_transform.py, run_calibration.py, "
-                                       "model_deploy.py)",
-                        description="Old tutorials' command lines, run with tpu_mlir through "
-                                    "duotpu; prints the equivalent recipe.")
-    lg.add_argument("tool", metavar="TOOL.py", help="model_transform.py, run_calibration.py "
-                                                    "or model_deploy.py")
+    lg = sub.add_parser(
+        "legacy",
+        help="run an old cvitek command line as written "
+        "(model_transform.py, run_calibration.py, "
+        "model_deploy.py)",
+        description="Old tutorials' command lines, run with tpu_mlir through "
+        "duotpu; prints the equivalent recipe.",
+    )
+    lg.add_argument(
+        "tool", metavar="TOOL.py", help="model_transform.py, run_calibration.py or model_deploy.py"
+    )
     lg.add_argument("tool_args", nargs=argparse.REMAINDER, metavar="...")
     lg.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
     lg.set_defaults(func=cmd_legacy)
@@ -998,15 +1422,23 @@ def build_parser() -> argparse.ArgumentParser:
     bsub = bd.add_subparsers(dest="board_command", metavar="BOARD_COMMAND", required=True)
 
     def board_args(q, models=False):
-        q.add_argument("--board", help="saved board NAME or user@host[:port] (default: the "
-                                       "saved one, else root@192.168.42.1)")
-        q.add_argument("--accept-new-host-key", action="store_true",
-                       help="trust the board's host key the first time (its fingerprint is "
-                            "shown otherwise)")
+        q.add_argument(
+            "--board",
+            help="saved board NAME or user@host[:port] (default: the "
+            "saved one, else root@192.168.42.1)",
+        )
+        q.add_argument(
+            "--accept-new-host-key",
+            action="store_true",
+            help="trust the board's host key the first time (its fingerprint is shown otherwise)",
+        )
         q.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
         if models:
-            q.add_argument("--force", action="store_true",
-                           help="push/run even when the model does not fit the board")
+            q.add_argument(
+                "--force",
+                action="store_true",
+                help="push/run even when the model does not fit the board",
+            )
             q.add_argument("--recipe", help="recipe the model was built with")
 
     a = bsub.add_parser("add", help="save a board profile")
@@ -1014,10 +1446,14 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--host", default="192.168.42.1")
     a.add_argument("--port", type=int, default=22)
     a.add_argument("--user", default="root")
-    a.add_argument("--key", help="private key file (else the password from --password-env or "
-                                 "a prompt)")
-    a.add_argument("--password-env", default="DUOTPU_BOARD_PASSWORD",
-                   help="environment variable holding the password")
+    a.add_argument(
+        "--key", help="private key file (else the password from --password-env or a prompt)"
+    )
+    a.add_argument(
+        "--password-env",
+        default="DUOTPU_BOARD_PASSWORD",
+        help="environment variable holding the password",
+    )
     a.add_argument("--sdk-dir", default="/root/tpu-sdk")
     a.add_argument("--work-dir", default="/root/duotpu")
     a.set_defaults(func=cmd_board_add)
@@ -1025,12 +1461,12 @@ def build_parser() -> argparse.ArgumentParser:
     board_args(dc)
     dc.add_argument("--json", action="store_true")
     dc.set_defaults(func=cmd_board_doctor)
-    pu = bsub.add_parser("push", help="upload the runtime SDK and models (unchanged files "
-                                      "skipped)")
+    pu = bsub.add_parser("push", help="upload the runtime SDK and models (unchanged files skipped)")
     board_args(pu, models=True)
     pu.add_argument("models", nargs="*", metavar="MODEL.cvimodel")
-    pu.add_argument("--sdk", help="local SDK folder (tpu-sdk-cv180x, tpu-sdk-sg200x, "
-                                  "cvitek_tpu_sdk)")
+    pu.add_argument(
+        "--sdk", help="local SDK folder (tpu-sdk-cv180x, tpu-sdk-sg200x, cvitek_tpu_sdk)"
+    )
     pu.set_defaults(func=cmd_board_push)
     ru = bsub.add_parser("run", help="run a model on the board: images or npz in, top-k out")
     board_args(ru, models=True)
@@ -1061,16 +1497,17 @@ def _stop_on_signals() -> dict:
     """SIGINT and SIGTERM sent to duotpu alone (a supervisor, `timeout`, `kill PID`) stop every
     child process within a second or two and end the command like Ctrl-C: finished stages are
     kept, the exit code is 128 + the signal (130, 143)."""
-    from . import toolchain
-    from .errors import Interrupted
+    from duotpu import compiler
+    from duotpu.config.errors import Interrupted
 
     fired: list[int] = []
 
     def handler(signum, _frame):
-        toolchain.stop_children(signum)
+        compiler.stop_children(signum)
         if not fired:  # a second signal while stopping must not interrupt the clean-up
             fired.append(signum)
             raise Interrupted(signum)
+
     previous = {}
     for sig in (signal.SIGINT, signal.SIGTERM):
         try:
@@ -1099,8 +1536,10 @@ def _report_error(e: BaseException, debug: bool) -> int:
     elif isinstance(e, DuoTpuError):
         con.print(f"[red bold]error:[/] {e}")
     else:
-        con.print(f"[red bold]internal error:[/] {type(e).__name__}: {e}. Run again with "
-                  "--debug for the traceback and report it.")
+        con.print(
+            f"[red bold]internal error:[/] {type(e).__name__}: {e}. Run again with "
+            "--debug for the traceback and report it."
+        )
     return EXIT_USAGE if isinstance(e, ConfigError) else EXIT_FAIL
 
 
@@ -1116,10 +1555,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except KeyboardInterrupt as e:
-        from . import toolchain
-        toolchain.stop_children(getattr(e, "signum", signal.SIGINT))
-        _err_console().print("[yellow]interrupted[/] — run the same command again to resume; "
-                             "finished stages are kept.")
+        from duotpu import compiler
+
+        compiler.stop_children(getattr(e, "signum", signal.SIGINT))
+        _err_console().print(
+            "[yellow]interrupted[/] — run the same command again to resume; "
+            "finished stages are kept."
+        )
         return 128 + int(getattr(e, "signum", signal.SIGINT))
     except Exception as e:  # noqa: BLE001 — the one place errors become messages
         return _report_error(e, debug)

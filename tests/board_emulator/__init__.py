@@ -1,5 +1,6 @@
 """BOARD EMULATOR for tests: a real sshd on 127.0.0.1 in front of an SDK-shaped folder whose
 model_runner runs the host simulator. See README.md in this folder."""
+
 from __future__ import annotations
 
 import json
@@ -49,33 +50,53 @@ class EmulatedBoard:
         else:
             dev.touch()
         (self.root / "board" / "ion_total_mem").write_text(
-            str(int(data["ion_mb"] * 1024 * 1024)) + "\n")
+            str(int(data["ion_mb"] * 1024 * 1024)) + "\n"
+        )
         (self.root / "board" / "compatible").write_bytes(
-            b"milkv,duo\0cvitek,cv1800b\0" if data["chip"] == "cv180x" else
-            b"milkv,duo256m\0sophgo,sg2002\0")
+            b"milkv,duo\0cvitek,cv1800b\0"
+            if data["chip"] == "cv180x"
+            else b"milkv,duo256m\0sophgo,sg2002\0"
+        )
 
     def start(self, host_key: Path | None = None) -> None:
         """Start (or restart with another host key) the emulator's sshd on 127.0.0.1."""
         self.stop()
         key = host_key or self.host_key
         cfg = self.root / "sshd_config"
-        cfg.write_text("\n".join([
-            f"Port {self.port}", "ListenAddress 127.0.0.1", f"HostKey {key}",
-            f"PidFile {self.root}/sshd.pid", f"AuthorizedKeysFile {self.root}/authorized_keys",
-            "PasswordAuthentication no", "KbdInteractiveAuthentication no",
-            "PubkeyAuthentication yes", "PermitRootLogin prohibit-password", "UsePAM no",
-            "StrictModes no", "Subsystem sftp internal-sftp",
-        ]) + "\n")
+        cfg.write_text(
+            "\n".join(
+                [
+                    f"Port {self.port}",
+                    "ListenAddress 127.0.0.1",
+                    f"HostKey {key}",
+                    f"PidFile {self.root}/sshd.pid",
+                    f"AuthorizedKeysFile {self.root}/authorized_keys",
+                    "PasswordAuthentication no",
+                    "KbdInteractiveAuthentication no",
+                    "PubkeyAuthentication yes",
+                    "PermitRootLogin prohibit-password",
+                    "UsePAM no",
+                    "StrictModes no",
+                    "Subsystem sftp internal-sftp",
+                ]
+            )
+            + "\n"
+        )
         Path("/run/sshd").mkdir(parents=True, exist_ok=True)  # sshd's privilege-separation dir
-        self.proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(cfg)],
-                                     stdout=subprocess.DEVNULL, stderr=open(self.root / "sshd.log", "a"))
+        self.proc = subprocess.Popen(
+            [SSHD, "-D", "-e", "-f", str(cfg)],
+            stdout=subprocess.DEVNULL,
+            stderr=open(self.root / "sshd.log", "a"),
+        )
         for _ in range(100):
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
                 return
             except OSError:
                 if self.proc.poll() is not None:
-                    raise RuntimeError("sshd exited: " + (self.root / "sshd.log").read_text())
+                    raise RuntimeError(
+                        "sshd exited: " + (self.root / "sshd.log").read_text()
+                    ) from None
                 time.sleep(0.05)
         raise RuntimeError("sshd did not start")
 
@@ -89,8 +110,7 @@ class EmulatedBoard:
 def create(root: Path) -> EmulatedBoard:
     """Lay out the emulated board under ``root`` (not started)."""
     root.mkdir(parents=True, exist_ok=True)
-    board = EmulatedBoard(root, free_port(), keygen(root / "client_key"),
-                          keygen(root / "host_key"))
+    board = EmulatedBoard(root, free_port(), keygen(root / "client_key"), keygen(root / "host_key"))
     shutil.copyfile(board.client_key.with_suffix(".pub"), root / "authorized_keys")
     sdk = board.sdk
     (sdk / "bin").mkdir(parents=True)
@@ -99,7 +119,8 @@ def create(root: Path) -> EmulatedBoard:
     (root / "board" / "work").mkdir()
     (sdk / "envs_tpu_sdk.sh").write_text(
         "# BOARD EMULATOR copy of the SDK's environment script (it needs $PWD = the SDK)\n"
-        "export PATH=$PWD/bin:$PATH\nexport LD_LIBRARY_PATH=$PWD/lib:$LD_LIBRARY_PATH\n")
+        "export PATH=$PWD/bin:$PATH\nexport LD_LIBRARY_PATH=$PWD/lib:$LD_LIBRARY_PATH\n"
+    )
     runner = sdk / "bin" / "model_runner"
     runner.write_text(f"#!{sys.executable}\n" + (HERE / "model_runner.py").read_text())
     runner.chmod(0o755)
@@ -110,9 +131,16 @@ def create(root: Path) -> EmulatedBoard:
 
 def profile_for(board: EmulatedBoard):
     from duotpu.board import BoardProfile
-    return BoardProfile(name="emulated", host="127.0.0.1", port=board.port, user="root",
-                        key_file=str(board.client_key), sdk_dir=str(board.sdk),
-                        work_dir=str(board.root / "board" / "work"),
-                        ion_path=str(board.root / "board" / "ion_total_mem"),
-                        tpu_device=str(board.root / "board" / "dev" / "cvi-tpu0"),
-                        soc_path=str(board.root / "board" / "compatible"))
+
+    return BoardProfile(
+        name="emulated",
+        host="127.0.0.1",
+        port=board.port,
+        user="root",
+        key_file=str(board.client_key),
+        sdk_dir=str(board.sdk),
+        work_dir=str(board.root / "board" / "work"),
+        ion_path=str(board.root / "board" / "ion_total_mem"),
+        tpu_device=str(board.root / "board" / "dev" / "cvi-tpu0"),
+        soc_path=str(board.root / "board" / "compatible"),
+    )

@@ -3,6 +3,7 @@
 Runs the cvimodel on the host's CV18xx simulator (through duotpu's toolchain) and prints what the
 real binary prints. Configured by emulator.json beside bin/ (runtime_version, chip, fail).
 """
+
 import argparse
 import json
 import os
@@ -31,12 +32,16 @@ def main() -> int:
     if cfg.get("fail") == "nodevice":
         print("open /dev/cvi-tpu0 failed", file=sys.stderr)
         return 1
-    from duotpu import cvimodel, toolchain
+    from duotpu import compiler
+    from duotpu.compiler import cvimodel
+
     info = cvimodel.read_cvimodel(args.model)
     mv = ".".join(info.version.split(".")[:2])
     if tuple(map(int, mv.split("."))) > tuple(map(int, rt.split(".")[:2])):
-        print(f"cvimodel({mv}) is not supported in runtime({'.'.join(rt.split('.')[:2])})",
-              file=sys.stderr)
+        print(
+            f"cvimodel({mv}) is not supported in runtime({'.'.join(rt.split('.')[:2])})",
+            file=sys.stderr,
+        )
         print("Please update runtime lib.", file=sys.stderr)
         return 1
     chip = cfg.get("chip", "cv180x")
@@ -51,18 +56,23 @@ def main() -> int:
     p = info.programs[args.program_id]
     print("Inputs:")
     for k, t in enumerate(p.inputs):
-        print(f"  [{k}] {t.name} <{','.join(map(str, t.shape))}>,{t.dtype}, qscale:{t.qscale:f}, "
-              f"zero_point: {int(t.zero_point)}")
+        print(
+            f"  [{k}] {t.name} <{','.join(map(str, t.shape))}>,{t.dtype}, qscale:{t.qscale:f}, "
+            f"zero_point: {int(t.zero_point)}"
+        )
     print("Outputs:")
     for k, t in enumerate(p.outputs):
-        print(f"  [{k}] {t.name} <{','.join(map(str, t.shape))}>,{t.dtype}, qscale:{t.qscale:f}, "
-              f"zero_point: {int(t.zero_point)}")
+        print(
+            f"  [{k}] {t.name} <{','.join(map(str, t.shape))}>,{t.dtype}, qscale:{t.qscale:f}, "
+            f"zero_point: {int(t.zero_point)}"
+        )
     out = Path(args.output) if args.output else Path(args.input or "x").with_suffix(".out.npz")
     pmu = os.environ.pop("TPU_ENABLE_PMU", None)  # the host simulator asserts on it
     t0 = time.monotonic()
     if args.input:
-        toolchain.run_cvimodel(Path(args.model), Path(args.input), out.resolve(),
-                               out.with_suffix(".log"))
+        compiler.run_cvimodel(
+            Path(args.model), Path(args.input), out.resolve(), out.with_suffix(".log")
+        )
     ms = (time.monotonic() - t0) * 1000
     if pmu == "1":
         for k in range(args.count):
@@ -70,11 +80,15 @@ def main() -> int:
             print(f"{chip}_tpu_clock: 500Mhz, inferece_data: 1.00MB, inference_bw: 100.00MB/s")
             print("tdma_exe_tick: 1t, tiu_exe_tick 1t, inference_tick 1t")
             print("tdma_exe_percent: 40.00%, tiu_exe_percent: 60.00%")
-            print(f"tdma_exe_ms: {inf * 0.4:.2f}ms, tiu_exe_ms: {inf * 0.6:.2f}ms, "
-                  f"inference_ms: {inf:.2f}ms")
+            print(
+                f"tdma_exe_ms: {inf * 0.4:.2f}ms, tiu_exe_ms: {inf * 0.6:.2f}ms, "
+                f"inference_ms: {inf:.2f}ms"
+            )
     if args.enable_timer:
-        print(f"Performance result: {args.count} runs take {ms * args.count:.2f} ms, each run "
-              f"takes {ms:.2f} ms, fps {1000 / ms:.2f}")
+        print(
+            f"Performance result: {args.count} runs take {ms * args.count:.2f} ms, each run "
+            f"takes {ms:.2f} ms, fps {1000 / ms:.2f}"
+        )
     return 0
 
 

@@ -1,0 +1,377 @@
+"""Model sources → ONNX (opset 13 by default), with the input shape checked against the model."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+import shutil
+import sys
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from duotpu.core.head import YoloHead
+
+from duotpu.config.errors import ConfigError, ModelError
+from duotpu.config.recipe import DetectOptions, ModelSource
+
+
+@dataclass
+class ExportedModel:
+    """An ONNX file ready for the compiler, with its input and output names."""
+
+    onnx_path: Path
+    input_name: str
+    output_names: list[str]
+    head: "YoloHead | None" = None
+
+
+def source_kind(source: str) -> str:
+    """``onnx``, ``torchscript`` (a .pt/.pth file), ``torchvision`` or ``factory``."""
+    if source.startswith("torchvision:"):
+        return "torchvision"
+    if source.startswith("ultralytics:"):
+        return "ultralytics"
+    suffix = Path(source).suffix.lower()
+    if suffix == ".onnx":
+        return "onnx"
+    if suffix in (".pt", ".pth", ".torchscript", ".ptl"):
+        return "torchscript"
+    if re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", source):
+        return "factory"
+    raise ConfigError(
+        f"Cannot tell what model.source {source!r} is. Give an .onnx file, a "
+        "TorchScript/PyTorch .pt file, 'torchvision:NAME', "
+        "'ultralytics:yolov8n.yaml' or 'package.module:function'."
+    )
+
+
+def source_files(src: ModelSource) -> list[Path]:
+    """The files whose content decides the exported model (for the cache key)."""
+    files = []
+    kind = source_kind(src.source)
+    if kind in ("onnx", "torchscript"):
+        if not Path(src.source).is_file():
+            raise ModelError(
+                f"The model file {src.source} does not exist. Check the path "
+                "(relative paths in a recipe are taken from the recipe's folder)."
+            )
+        files.append(Path(src.source))
+    elif kind == "factory":
+        module = src.source.split(":")[0]
+        spec = importlib.util.find_spec(module.split(".")[0])
+        if (
+            spec is not None
+            and spec.origin
+            and not spec.origin.startswith(sys.prefix)
+            and spec.origin not in ("built-in", "frozen")
+        ):
+            try:
+                mod_spec = importlib.util.find_spec(module)
+                if mod_spec and mod_spec.origin and Path(mod_spec.origin).is_file():
+                    files.append(Path(mod_spec.origin))
+            except (ImportError, ValueError):
+                pass
+    if src.weights and Path(src.weights).suffix:
+        if not Path(src.weights).is_file():
+            raise ModelError(f"The weights file {src.weights} (model.weights) does not exist.")
+        files.append(Path(src.weights))
+    return files
+
+
+# --------------------------------------------------------------------------------------------
+def load_torch_module(src: ModelSource):
+    """The ``nn.Module`` a PyTorch source names, in eval mode, with its weights loaded."""
+    import torch
+
+    kind = source_kind(src.source)
+    if kind == "torchvision":
+        model = _torchvision_model(src)
+    elif kind == "ultralytics":
+        from duotpu.builder.yolo import ultralytics_model
+
+        model = ultralytics_model(src.source.split(":", 1)[1], **src.kwargs)
+        if src.weights:
+            _load_state_dict(model, Path(src.weights))
+    elif kind == "factory":
+        module_name, fn_name = src.source.split(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as e:
+            raise ModelError(
+                f"Cannot import the module '{module_name}' of model.source "
+                f"{src.source!r}: {e}. Check the name and that the module is on "
+                "PYTHONPATH (or in the current folder)."
+            ) from None
+        fn = getattr(module, fn_name, None)
+        if not callable(fn):
+            raise ModelError(
+                f"Module '{module_name}' has no function '{fn_name}' (model.source {src.source!r})."
+            )
+        model = fn(**src.kwargs)
+        if not isinstance(model, torch.nn.Module):
+            raise ModelError(
+                f"{src.source} returned {type(model).__name__}, not a torch nn.Module."
+            )
+        if src.weights:
+            _load_state_dict(model, Path(src.weights))
+    else:
+        model = _load_pt(Path(src.source))
+        if src.weights:
+            _load_state_dict(model, Path(src.weights))
+    return model.eval()
+
+
+def _torchvision_model(src: ModelSource):
+    import torchvision
+
+    name = src.source.split(":", 1)[1]
+    try:
+        builder = torchvision.models.get_model_builder(name)
+    except ValueError:
+        raise ConfigError(
+            f"torchvision has no model '{name}'. Examples: resnet18, "
+            "mobilenet_v2, squeezenet1_1, shufflenet_v2_x0_5."
+        ) from None
+    weights = src.weights
+    if weights and Path(weights).suffix:  # a file of weights: build, then load them
+        model = builder(weights=None, **src.kwargs)
+        _load_state_dict(model, Path(weights))
+        return model
+    if weights:
+        try:
+            enum = torchvision.models.get_model_weights(name)
+            w = enum[weights] if weights != "DEFAULT" else enum.DEFAULT
+        except KeyError:
+            raise ConfigError(
+                f"torchvision has no weights '{weights}' for {name}; choose from "
+                f"{', '.join(m.name for m in enum)} or DEFAULT."
+            ) from None
+        cached = (
+            Path(os.environ.get("TORCH_HOME", Path.home() / ".cache/torch"))
+            / "hub"
+            / "checkpoints"
+            / Path(w.url).name
+        )
+        try:
+            return builder(weights=w, **src.kwargs)  # torchvision's own loading code
+        except Exception as e:  # offline: the download fails
+            raise ModelError(
+                f"torchvision could not load the weights {name}.{w.name}: {str(e)[:200]}. This "
+                f"machine may be offline: put the file {Path(w.url).name} in {cached.parent} "
+                "(torchvision reads it from there), or give model.weights as the path of a "
+                "state_dict file."
+            ) from None
+    return builder(weights=None, **src.kwargs)
+
+
+def _load_pt(path: Path):
+    import torch
+
+    if not path.is_file():
+        raise ModelError(f"The model file {path} does not exist.")
+    try:
+        return torch.jit.load(str(path), map_location="cpu")
+    except Exception:
+        pass
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise ModelError(
+            f"The model file {path} is not a TorchScript or PyTorch file that "
+            f"can be loaded ({type(e).__name__}: {str(e)[:160]}). Is it complete? "
+            "Re-save it with torch.jit.save or torch.save(model)."
+        ) from None
+    if isinstance(obj, torch.nn.Module):
+        return obj
+    from duotpu.builder.yolo import from_checkpoint
+
+    model = from_checkpoint(obj)  # a training checkpoint (Ultralytics, YOLOv5)
+    if model is not None:
+        return model
+    if isinstance(obj, dict):
+        raise ModelError(
+            f"{path} holds only weights (a state_dict), not a model. Give the "
+            "architecture as model.source ('package.module:function' or "
+            f"'torchvision:NAME') and this file as model.weights."
+        )
+    raise ModelError(f"{path} holds a {type(obj).__name__}, not a PyTorch model.")
+
+
+def _load_state_dict(model, path: Path) -> None:
+    import torch
+
+    if not path.is_file():
+        raise ModelError(f"The weights file {path} does not exist.")
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ModelError(f"Cannot read the weights file {path}: {str(e)[:200]}.") from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    try:
+        model.load_state_dict(state)
+    except Exception as e:
+        raise ModelError(f"The weights in {path} do not fit the model: {str(e)[:300]}") from None
+
+
+# --------------------------------------------------------------------------------------------
+def export_onnx(
+    src: ModelSource,
+    shape: tuple[int, ...],
+    input_name: str,
+    out: Path,
+    batch_sizes: tuple[int, ...] = (1,),
+    task: str = "classify",
+    detect: DetectOptions | None = None,
+) -> ExportedModel:
+    """Write the model as ONNX to ``out`` (atomically) and check it runs at ``shape``.
+
+    With more than one batch size the model is written with a dynamic batch dimension (a fixed
+    batch in an ONNX file is replaced) and checked at every batch size. For ``task="detect"``
+    the whole model is written to ``NAME_full.onnx`` and ``out`` is the model cut before its
+    box decode (:func:`duotpu.builder.yolo.cut_head`); the result's ``head`` says how to decode it.
+    """
+    dynamic = tuple(batch_sizes) != (1,)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".part")
+    kind = source_kind(src.source)
+    names: list[str] = []
+    if kind == "onnx":
+        _check_onnx_file(Path(src.source))
+        shutil.copyfile(src.source, tmp)
+        if dynamic:
+            _make_batch_dynamic(tmp)
+    else:
+        import torch
+
+        model = load_torch_module(src)
+        if task == "detect":
+            from duotpu.builder.yolo import prepare_for_export
+
+            names = prepare_for_export(model)
+        dummy = torch.zeros(*shape)
+        try:
+            with torch.no_grad():
+                model(dummy)
+        except Exception as e:
+            raise ModelError(
+                f"The model does not accept an input of shape {list(shape)} "
+                f"(recipe key inputs.shape): {type(e).__name__}: "
+                f"{_last_line(e)}. Set the shape the model was built for."
+            ) from None
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                extra = {}
+                if dynamic:
+                    extra["dynamic_axes"] = {input_name: {0: "N"}, "output": {0: "N"}}
+                torch.onnx.export(
+                    model,
+                    dummy,
+                    str(tmp),
+                    opset_version=src.opset,
+                    input_names=[input_name],
+                    output_names=["output"],
+                    dynamo=False,
+                    **extra,
+                )
+        except Exception as e:
+            tmp.unlink(missing_ok=True)
+            raise ModelError(
+                f"Exporting {src.source} to ONNX (opset {src.opset}) failed: "
+                f"{type(e).__name__}: {_last_line(e)}"
+            ) from None
+    head = None
+    try:
+        if task == "detect":
+            from duotpu.builder.yolo import cut_head
+
+            full = out.with_name(out.stem + "_full.onnx")
+            os.replace(tmp, full)
+            detect = detect or DetectOptions()
+            head = cut_head(
+                full, tmp, list(detect.classes) or names, [list(a) for a in detect.anchors] or None
+            )
+        for b in sorted(set(batch_sizes) | {shape[0]}):
+            info = check_onnx_runs(tmp, (b, *shape[1:]))
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, out)
+    return ExportedModel(out, info[0], info[1], head)
+
+
+def _last_line(e: Exception) -> str:
+    lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
+    return (lines[-1] if lines else repr(e))[:300]
+
+
+def _check_onnx_file(path: Path) -> None:
+    import onnx
+
+    if not path.is_file():
+        raise ModelError(f"The model file {path} does not exist.")
+    try:
+        model = onnx.load(str(path))
+        onnx.checker.check_model(model)
+    except Exception as e:
+        raise ModelError(
+            f"The ONNX file {path} is corrupt or not an ONNX model "
+            f"({type(e).__name__}: {_last_line(e)}). Export it again."
+        ) from None
+
+
+def _make_batch_dynamic(path: Path) -> None:
+    """Give an ONNX file's inputs and outputs a symbolic batch dimension."""
+    import onnx
+
+    model = onnx.load(str(path))
+    inits = {i.name for i in model.graph.initializer}
+    for v in [*[i for i in model.graph.input if i.name not in inits], *model.graph.output]:
+        dims = v.type.tensor_type.shape.dim
+        if dims:
+            dims[0].ClearField("dim_value")
+            dims[0].dim_param = "N"
+    del model.graph.value_info[:]
+    onnx.save(model, str(path))
+
+
+def check_onnx_runs(path: Path, shape: tuple[int, ...]) -> tuple[str, list[str]]:
+    """Check the ONNX model has one input compatible with ``shape`` and runs on it in ONNX
+    Runtime. Returns (input name, output names)."""
+    import numpy as np
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    inits = {i.name for i in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in inits]
+    if len(inputs) != 1:
+        raise ModelError(
+            f"The ONNX model has {len(inputs)} inputs; duotpu builds image models with exactly one."
+        )
+    dims = [
+        d.dim_value if d.HasField("dim_value") else None
+        for d in inputs[0].type.tensor_type.shape.dim
+    ]
+    if len(dims) != len(shape) or any(d is not None and d != s for d, s in zip(dims, shape)):
+        shown = [d if d is not None else "?" for d in dims]
+        raise ModelError(
+            f"The recipe's input shape {list(shape)} (inputs.shape) does not match "
+            f"the model's input '{inputs[0].name}' of shape {shown}. Set inputs."
+            "shape to the model's shape."
+        )
+    import onnxruntime as ort
+
+    try:
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        sess.run(None, {inputs[0].name: np.zeros(shape, np.float32)})
+    except Exception as e:
+        raise ModelError(
+            f"ONNX Runtime cannot run the model on an input of shape {list(shape)}: {_last_line(e)}"
+        ) from None
+    return inputs[0].name, [o.name for o in model.graph.output]

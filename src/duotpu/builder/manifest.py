@@ -1,0 +1,58 @@
+"""Reading a build's ``manifest.json`` (written by :func:`duotpu.builder.pipeline.build` beside
+the cvimodels): which cvimodel is which model of the build, and the work-directory files it was
+made from. Every other package learns about a build from here, never from the work directory's
+layout."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+MANIFEST = "manifest.json"
+
+
+@dataclass(frozen=True)
+class ListedModel:
+    """One cvimodel as its build's manifest lists it. ``onnx`` (the exported fp32 model),
+    ``top_mlir`` (the fp32 MLIR) and ``tpu_mlir`` (the model's quantized MLIR: the fast path)
+    are ``None`` when the file is gone (the work directory was deleted) or, for ``tpu_mlir``,
+    when the cvimodel is not the file the build made."""
+
+    mode: str
+    cvimodel: Path
+    onnx: Path | None
+    top_mlir: Path | None
+    tpu_mlir: Path | None
+
+
+def _existing(path: str | None) -> Path | None:
+    return Path(path) if path and Path(path).is_file() else None
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def listed_model(cvimodel: str | Path) -> ListedModel | None:
+    """The manifest beside ``cvimodel``'s entry for it, or ``None`` when no build manifest there
+    lists the file."""
+    cvimodel = Path(cvimodel)
+    try:
+        data = json.loads((cvimodel.parent / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    for mode, entry in (data.get("models") or {}).items():
+        if isinstance(entry, dict) and entry.get("cvimodel") == cvimodel.name:
+            tpu = _existing(entry.get("tpu_mlir"))
+            if tpu is not None and entry.get("sha256") and _sha256(cvimodel) != entry["sha256"]:
+                tpu = None  # not the file the build made: its MLIR says nothing about this one
+            return ListedModel(
+                mode, cvimodel, _existing(data.get("onnx")), _existing(data.get("top_mlir")), tpu
+            )
+    return None

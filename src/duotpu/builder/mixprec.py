@@ -1,0 +1,392 @@
+"""Automatic mixed precision: keep the fewest layers in BF16 for INT8 to reach a task target.
+
+The target is the metric the user cares about (``agree``: top-1 agreement with fp32 on decisive
+images; ``cos``: mean output cosine; ``map``: a detector's mAP@0.5 against fp32's detections),
+measured on a validation set on the fast path (tpu_mlir's interpreter on the quantized MLIR,
+bit-exact with the simulator). The search (see :func:`search`) measures where INT8 hurts by
+building the model with one contiguous region in BF16 at a time, adds regions until the target
+is met, then trims them by bisection.
+
+Every candidate is a real cvimodel; the trade-off table lists the metric, size, board memory and
+Duo fit of pure INT8, each candidate, and pure BF16.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from duotpu import compiler
+from duotpu.compiler import cvimodel as cvimodel_mod
+from duotpu.config.recipe import Recipe, parse_target
+from duotpu.core import metrics
+
+#: Ops whose precision can be chosen (the rest follow their inputs or hold no arithmetic).
+_SKIP_TYPES = {
+    "top.Input",
+    "top.Reshape",
+    "top.None",
+    "top.Weight",
+    "top.Squeeze",
+    "top.Unsqueeze",
+    "top.Flatten",
+    "top.Permute",
+}
+DUO_ION_MB = cvimodel_mod.BOARDS["duo"][2]
+
+
+@dataclass(frozen=True)
+class Built:
+    """A model the search measures: its quantized MLIR (the fast path), its cvimodel and the
+    outputs model_deploy recorded for the test input."""
+
+    tpu_mlir: Path
+    cvimodel: Path
+    model_outputs: Path
+
+
+@dataclass
+class Candidate:
+    """One row of the trade-off table (file paths relative to the mix stage's folder)."""
+
+    label: str
+    layers: list[str]
+    metric: float
+    meets: bool
+    size_bytes: int
+    ion_mb: float
+    fits_duo: bool
+    cvimodel: str = ""
+    model_outputs: str = ""
+    all_bf16: bool = False  # the pure BF16 model (``layers`` is then empty)
+    tpu_mlir: str = ""  # the quantized MLIR (the fast path), relative like cvimodel
+
+    @property
+    def n_bf16(self) -> int:
+        return len(self.layers)
+
+    @property
+    def shown_bf16(self) -> str:
+        return "all" if self.all_bf16 else str(self.n_bf16)
+
+
+def read_qtable(path: Path) -> list[str]:
+    """Layer names of a quantize table (``name MODE`` lines, ``#`` comments)."""
+    out = []
+    for line in Path(path).read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            out.append(line.split()[0])
+    return out
+
+
+def qtable_text(layers: list[str], note: str = "") -> str:
+    """A quantize table keeping ``layers`` in BF16 (tpu_mlir's format; edit it by hand freely)."""
+    lines = ["# duotpu mixed-precision table: layers kept in BF16 (one 'name BF16' a line)."]
+    if note:
+        lines.append(f"# {note}")
+    return "\n".join(lines + [f"{name} BF16" for name in layers]) + "\n"
+
+
+def write_qtable(path: Path, layers: list[str], note: str = "") -> Path:
+    """Write :func:`qtable_text` to ``path``."""
+    Path(path).write_text(qtable_text(layers, note))
+    return Path(path)
+
+
+def metric(kind: str, fp32: np.ndarray, q: np.ndarray, margin: float) -> float:
+    """The target metric of a classifier's quantized outputs ``q`` against ``fp32`` (rows are
+    images)."""
+    m = metrics.compare("q", fp32, q, margin, None, 1.0)
+    if kind == "cos":
+        return m.cosine_mean
+    # no decisive image in the set (e.g. an untrained model): all images count
+    return m.decisive_top1_agree if m.decisive_n else m.top1_agree
+
+
+Scorer = Callable[[list[dict[str, np.ndarray]]], float]
+
+
+def scorer(recipe: Recipe, kind: str, fp32: list[list[np.ndarray]], image_hws, head=None) -> Scorer:
+    """The target metric as a function of a candidate's outputs (one dict per validation image,
+    by the cvimodel's output names). Classifiers: ``agree`` / ``cos`` on the first output.
+    Detectors (``head``): ``map`` — mAP@0.5 of the candidate's detections taking the fp32
+    model's (at ``detect.conf``) as ground truth — or ``cos``, the mean cosine of the head maps."""
+    if head is None:
+        ref = np.stack([o[0].reshape(-1) for o in fp32])
+
+        def classify(outs):
+            first = next(iter(outs[0]))
+            return metric(
+                kind, ref, np.stack([o[first].reshape(-1) for o in outs]), recipe.mix.margin
+            )
+
+        return classify
+    from duotpu.core.detect import MAP_CONF, as_truth, coco_map, maps_in_order, per_image
+    from duotpu.core.metrics import cosine
+
+    opt, pre = recipe.detect, recipe.preprocess
+    truth = as_truth(per_image(head, fp32, pre, image_hws, opt))
+
+    def detect(outs):
+        maps = [maps_in_order(head, o) for o in outs]
+        if kind == "cos":
+            return float(np.mean([cosine(a, b) for f, q in zip(fp32, maps) for a, b in zip(f, q)]))
+        found = per_image(head, maps, pre, image_hws, opt, MAP_CONF)
+        return coco_map(truth, found, head.nc)["map50"]
+
+    return detect
+
+
+def graph_order(graph: dict[str, dict]) -> tuple[list[str], dict[str, list[str]]]:
+    """The layers whose precision can be chosen, in graph order, and each one's consumers
+    among them (looking through reshapes and the like, which hold no arithmetic)."""
+    direct: dict[str, list[str]] = {}
+    for name, op in graph.items():
+        for i in op["inputs"]:
+            direct.setdefault(i, []).append(name)
+    order = [n for n, op in graph.items() if op["type"] not in _SKIP_TYPES]
+
+    def users(name: str) -> list[str]:
+        out = []
+        for c in direct.get(name, []):
+            out += [c] if graph[c]["type"] not in _SKIP_TYPES else users(c)
+        return out
+
+    return order, {n: users(n) for n in order}
+
+
+def regions(order: list[str], consumers: dict[str, list[str]], count: int) -> list[list[str]]:
+    """``order`` cut into ``count`` contiguous runs, each closed over the consumers of its
+    layers. A tensor's INT8 error only goes away when its producer *and* every consumer run in
+    BF16: a lone BF16 layer still hands an INT8-quantized output to the next layer. Closing each
+    run over its consumers makes every tensor internal to the run that produces it."""
+    count = max(1, min(count, len(order)))
+    bounds = [round(i * len(order) / count) for i in range(count + 1)]
+    out = []
+    for a, b in zip(bounds, bounds[1:]):
+        inside = set(order[a:b]) | {c for n in order[a:b] for c in consumers.get(n, [])}
+        out.append([n for n in order if n in inside])
+    return out
+
+
+def search(
+    recipe: Recipe,
+    folder: Path,
+    *,
+    transformed,
+    table: Path,
+    options: compiler.DeployOptions,
+    int8: Built,
+    bf16: Built | None,
+    val_tensors: list[np.ndarray],
+    score: Scorer,
+    graph: dict[str, dict],
+    fast_search_layers: list[str] | None = None,
+    log: Callable[[str], None] = lambda m: None,
+) -> tuple[list[Candidate], int]:
+    """Run the search; returns the trade-off rows and the index of the row that meets the
+    target with the fewest BF16 layers (or, when none does, of the best one).
+
+    1. Sensitivity: the choosable layers, in graph order, are cut into ``mix.regions``
+       contiguous regions (see :func:`regions`); an INT8 model with one region in BF16 is built
+       and measured for each. The task metric, not a per-layer cosine, says where INT8 hurts: a
+       small error early in the network can matter more than a large one near the output.
+    2. Regions are added to BF16, the most helpful first, until the target is met.
+    3. Each region of that set is dropped if the others meet the target without it, else
+       trimmed by bisection: first its shortest head, then its latest start, that still meets.
+    tpu_mlir's ``fast_search`` table, when given, is one more candidate. Every candidate is a
+    real cvimodel measured on the validation set.
+    """
+    mix = recipe.mix
+    kind, need = parse_target(mix.target) if mix.target else ("cos", 0.0)
+
+    def measure(model: Built) -> tuple[float, int, float]:
+        info = cvimodel_mod.read_cvimodel(model.cvimodel)
+        prog = info.programs[0]
+        got = compiler.run_tensors(
+            "mlir", model.tpu_mlir, prog.inputs[0].name, val_tensors, [t.name for t in prog.outputs]
+        )
+        return score(got), info.file_size, info.ion_mb
+
+    def row(label: str, layers: list[str], model: Built, all_bf16: bool = False) -> Candidate:
+        m, size, ion = measure(model)
+        c = Candidate(
+            label,
+            layers,
+            m,
+            m >= need,
+            size,
+            ion,
+            ion <= DUO_ION_MB,
+            os.path.relpath(model.cvimodel, folder),
+            os.path.relpath(model.model_outputs, folder),
+            all_bf16,
+            os.path.relpath(model.tpu_mlir, folder),
+        )
+        log(
+            f"{label}: {kind} {m:.4f} ({'meets' if c.meets else 'below'} {need}), "
+            f"{c.shown_bf16} BF16 layer(s), ION {ion:.2f} MB"
+        )
+        return c
+
+    built: dict[frozenset, Candidate] = {}
+
+    def build(layers: list[str], label: str) -> Candidate:
+        key = frozenset(layers)
+        if key not in built:
+            sub = folder / f"c{len(built) + 1:03d}"
+            shutil.rmtree(sub, ignore_errors=True)
+            sub.mkdir(parents=True)
+            qt = write_qtable(sub / "qtable.txt", layers)
+            files = compiler.deploy(
+                transformed,
+                sub,
+                sub / "deploy.log",
+                options,
+                cvimodel_name=f"{recipe.name}_mix.cvimodel",
+                calibration_table=table,
+                quantize_table=qt,
+            )
+            built[key] = row(
+                label, layers, Built(files.tpu_mlir, files.cvimodel, files.model_outputs)
+            )
+            # the rest is intermediate (tens of MB per candidate); the quantized MLIR and its
+            # weights stay for the fast path (`duotpu eval` of the picked candidate)
+            keep = {
+                files.cvimodel,
+                files.model_outputs,
+                qt,
+                sub / "deploy.log",
+                files.tpu_mlir,
+                *compiler.mlir_weight_files(files.tpu_mlir),
+            }
+            for f in sub.iterdir():
+                if f not in keep:
+                    shutil.rmtree(f) if f.is_dir() else f.unlink()
+        return built[key]
+
+    rows = [row("pure INT8", [], int8)]
+    if mix.qtable:
+        build(read_qtable(Path(mix.qtable)), f"table {Path(mix.qtable).name}")
+    elif not rows[0].meets:
+        if fast_search_layers:
+            build(fast_search_layers, "tpu_mlir fast_search")
+        _search_regions(graph, mix, build, rows[0].metric)
+    rows += list(built.values())
+    meeting = [i for i, r in enumerate(rows) if r.meets]
+    if mix.qtable:
+        chosen = 1  # the given table is the answer, met or not
+    elif meeting:
+        chosen = min(meeting, key=lambda i: (rows[i].n_bf16, -rows[i].metric))
+    else:
+        chosen = max(range(len(rows)), key=lambda i: (rows[i].metric, -rows[i].n_bf16))
+    if bf16 is not None:
+        rows.append(row("pure BF16", [], bf16, all_bf16=True))
+    return rows, chosen
+
+
+def _search_regions(
+    graph: dict[str, dict], mix, build: Callable[[list[str], str], Candidate], int8_metric: float
+) -> None:
+    """Steps 1–3 of :func:`search`; every candidate goes through ``build`` (which remembers)."""
+    order, consumers = graph_order(graph)
+    index = {n: i for i, n in enumerate(order)}
+    runs = {
+        no: run
+        for no, run in enumerate(regions(order, consumers, mix.regions), 1)
+        if len(run) <= mix.max_layers
+    }
+    gain = {
+        no: build(run, f"sensitivity: region {no} ({_span(run, index)})").metric - int8_metric
+        for no, run in runs.items()
+    }
+    # most helpful first; on a tie the earlier region (an early error grows downstream)
+    chosen: dict[int, list[str]] = {}
+    for no in sorted(runs, key=lambda no: (-gain[no], no)):
+        chosen[no] = runs[no]
+        layers = _union(chosen.values(), index)
+        if len(layers) > mix.max_layers:
+            return
+        if build(layers, "regions " + "+".join(map(str, chosen))).meets:
+            break
+    else:
+        return
+    for no, run in list(chosen.items()):
+        others = [r for n, r in chosen.items() if n != no]
+
+        def meets(part: list[str], label: str, others: list[list[str]] = others) -> bool:
+            layers = _union(others + [part], index)
+            return bool(layers) and build(layers, label).meets
+
+        if any(others) and meets([], f"without region {no}"):
+            chosen[no] = []
+            continue
+        lo, hi = 0, len(run)  # the shortest head run[:hi] that meets (the whole run does)
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (
+                (lo, mid)
+                if meets(run[:mid], f"region {no} → {_span(run[:mid], index)}")
+                else (mid, hi)
+            )
+        end, lo, hi = hi, 0, hi  # then the latest start run[lo:end] that meets
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (
+                (mid, hi)
+                if meets(run[mid:end], f"region {no} → {_span(run[mid:end], index)}")
+                else (lo, mid)
+            )
+        chosen[no] = run[lo:end]
+
+
+def _union(runs, index: dict[str, int]) -> list[str]:
+    return sorted({n for r in runs for n in r}, key=index.__getitem__)
+
+
+def _span(run: list[str], index: dict[str, int]) -> str:
+    """Where a run sits, as 1-based positions in graph order."""
+    a, b = index[run[0]] + 1, index[run[-1]] + 1
+    return f"layer {a}" if a == b else f"layers {a}–{b}"
+
+
+def rows_json(rows: list[Candidate]) -> list[dict]:
+    return [asdict(r) | {"n_bf16": r.n_bf16} for r in rows]
+
+
+TABLE_HEADER = ("#", "", "candidate", "BF16 layers", "metric", "size", "ION", "fits Duo")
+
+
+def table_cells(rows: list[dict], chosen: int) -> list[list[str]]:
+    """The trade-off table's cells, one list per row (rows as in :func:`rows_json`), under
+    :data:`TABLE_HEADER`; ``#`` is the row number ``mix.pick`` takes."""
+    return [
+        [
+            str(i + 1),
+            "→" if i == chosen else "",
+            r["label"],
+            "all" if r["all_bf16"] else str(r["n_bf16"]),
+            f"{r['metric']:.4f}",
+            f"{r['size_bytes'] / 1e6:.2f} MB",
+            f"{r['ion_mb']:.2f} MB",
+            "yes" if r["fits_duo"] else "no",
+        ]
+        for i, r in enumerate(rows)
+    ]
+
+
+def table_md(rows: list[dict], chosen: int, target: str) -> str:
+    """The trade-off table as Markdown, the metric column named after ``target``."""
+    header = [target or h if h == "metric" else h for h in TABLE_HEADER]
+    lines = [
+        "| " + " | ".join(header) + " |",
+        "| ---: | --- | --- | ---: | ---: | ---: | ---: | --- |",
+    ]
+    lines += ["| " + " | ".join(cells) + " |" for cells in table_cells(rows, chosen)]
+    return "\n".join(lines) + "\n"

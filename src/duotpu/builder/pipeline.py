@@ -1,0 +1,1020 @@
+"""The build pipeline: stages, caching and the work directory.
+
+Stages run in their own folders of the work directory::
+
+    export/  transform/  calibrate/  deploy-int8/  deploy-bf16/  verify-int8/  verify-bf16/
+
+Each stage folder holds a ``stage.json`` manifest: the stage's cache key (input hashes, options,
+tool versions), its timing and its results. A stage whose key did not change is skipped. A stage
+runs in a hidden temporary folder that is renamed into place only when it succeeded, so an
+interrupted build resumes at the first unfinished stage and a final name never holds a half-written
+file. The BF16 branch runs concurrently with calibration and INT8 deployment.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import hashlib
+import json
+import os
+import shutil
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from duotpu import compiler
+from duotpu.builder import export as export_mod
+from duotpu.config.errors import (
+    BuildFailed,
+    ConfigError,
+    DataError,
+    DuoTpuError,
+    Mismatch,
+    ToleranceError,
+)
+from duotpu.config.recipe import Recipe, parse_target
+from duotpu.core import images, metrics, onnxrt
+from duotpu.core.head import YoloHead
+
+MANIFEST = "stage.json"
+
+
+# --------------------------------------------------------------------------------------------
+# Events (the CLI renders them; the API ignores them unless asked)
+# --------------------------------------------------------------------------------------------
+@dataclass
+class StageEvent:
+    """A stage started, finished, was found in the cache, failed, or has a warning."""
+
+    stage: str
+    status: str  # "start" | "done" | "cached" | "failed" | "warning" | "info"
+    seconds: float = 0.0
+    message: str = ""
+
+
+EventSink = Callable[[StageEvent], None]
+
+
+def _no_events(_: StageEvent) -> None:
+    pass
+
+
+# --------------------------------------------------------------------------------------------
+# The work directory
+# --------------------------------------------------------------------------------------------
+def _key_hash(key: dict) -> str:
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=str))
+    os.replace(tmp, path)
+
+
+def atomic_copy(src: Path, dst: Path) -> Path:
+    """Copy ``src`` to ``dst`` through a temporary name, so ``dst`` is never half-written."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.part")
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+    return dst
+
+
+def atomic_write(dst: Path, text: str) -> Path:
+    """Write ``text`` to ``dst`` through a temporary name."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.part")
+    tmp.write_text(text)
+    os.replace(tmp, dst)
+    return dst
+
+
+@dataclass
+class StageRecord:
+    """What the manifest says about one stage of a build."""
+
+    name: str
+    cached: bool
+    seconds: float
+    folder: Path
+    result: dict
+
+
+class WorkDir:
+    """A build's work directory: one folder per stage, each with its manifest."""
+
+    def __init__(self, root: Path, events: EventSink = _no_events):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.events = events
+        self.records: dict[str, StageRecord] = {}
+        self._lock = threading.Lock()
+
+    def run(
+        self,
+        name: str,
+        key: dict,
+        fn: Callable[[Path], dict],
+        outputs: Callable[[dict], list[str]] = lambda r: [],
+    ) -> StageRecord:
+        """Run stage ``name`` unless its manifest has the same ``key`` and its outputs exist.
+
+        ``fn(folder)`` does the work in a temporary folder and returns JSON-able results; file
+        names in the results are relative to the stage folder.
+        """
+        folder = self.root / name
+        manifest = folder / MANIFEST
+        khash = _key_hash(key)
+        if manifest.exists():
+            try:
+                old = json.loads(manifest.read_text())
+            except (OSError, ValueError):
+                old = {}
+            if old.get("key_hash") == khash and all(
+                (folder / f).exists() for f in outputs(old.get("result", {}))
+            ):
+                rec = StageRecord(name, True, old.get("seconds", 0.0), folder, old["result"])
+                self._record(rec)
+                self.events(StageEvent(name, "cached", rec.seconds))
+                return rec
+        tmp = self.root / f".{name}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        self.events(StageEvent(name, "start"))
+        t0 = time.monotonic()
+        try:
+            result = fn(tmp)
+        except BaseException:
+            self.events(StageEvent(name, "failed", time.monotonic() - t0))
+            raise
+        seconds = time.monotonic() - t0
+        _write_json(
+            tmp / MANIFEST,
+            {
+                "stage": name,
+                "key_hash": khash,
+                "key": key,
+                "seconds": round(seconds, 3),
+                "finished": time.time(),
+                "result": result,
+            },
+        )
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(tmp, folder)
+        rec = StageRecord(name, False, seconds, folder, result)
+        self._record(rec)
+        self.events(StageEvent(name, "done", seconds))
+        return rec
+
+    def _record(self, rec: StageRecord) -> None:
+        with self._lock:
+            self.records[rec.name] = rec
+
+
+# --------------------------------------------------------------------------------------------
+# Results
+# --------------------------------------------------------------------------------------------
+@dataclass
+class ModelArtifact:
+    """One deployed cvimodel and what was measured about it."""
+
+    mode: str
+    cvimodel: Path
+    size_bytes: int
+    ion_mb: float
+    cosine: dict[str, float]
+    outputs: dict[str, np.ndarray] = field(repr=False, default_factory=dict)
+    tpu_mlir: Path | None = None  # its quantized MLIR in the work directory (the fast path)
+
+
+@dataclass
+class BuildResult:
+    """What :func:`build` produced: final files, the fp32 reference and the per-mode models."""
+
+    recipe: Recipe
+    out_dir: Path
+    work_dir: Path
+    onnx: Path
+    test_input: dict[str, np.ndarray] = field(repr=False)
+    reference: dict[str, np.ndarray] = field(repr=False)
+    models: dict[str, ModelArtifact]
+    stages: list[StageRecord]
+    manifest: Path
+    recipe_path: Path
+    mix: dict | None = None
+    head: "YoloHead | None" = None
+    test_image_path: Path | None = None
+    inputs_archive: Path | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True when every requested mode was built and verified."""
+        return set(self.recipe.quantize) <= set(self.models) and (
+            self.mix is None or self.mix.get("met", True)
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# The stages
+# --------------------------------------------------------------------------------------------
+def _files_key(paths: list[Path]) -> list[list]:
+    return [[str(p), compiler.file_digest(p)] for p in paths]
+
+
+def _folder_key(paths: list[Path]) -> str:
+    h = hashlib.sha256()
+    for p in paths:
+        st = p.stat()
+        h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def stage_export(wd: WorkDir, r: Recipe) -> StageRecord:
+    src = r.model
+    key = {
+        "source": src.source,
+        "weights": src.weights,
+        "opset": src.opset,
+        "kwargs": src.kwargs,
+        "shape": list(r.inputs[0].shape),
+        "input": r.inputs[0].name,
+        "batch_sizes": list(r.deploy.batch_sizes),
+        "task": r.task,
+        "files": _files_key(export_mod.source_files(src)),
+        "code": compiler.file_digest(Path(export_mod.__file__)),
+        "versions": compiler.versions(),
+    }
+
+    if r.task == "detect":
+        key["detect"] = {"classes": list(r.detect.classes), "anchors": list(r.detect.anchors)}
+        key["code_yolo"] = compiler.file_digest(Path(export_mod.__file__).with_name("yolo.py"))
+
+    def run(folder: Path) -> dict:
+        m = export_mod.export_onnx(
+            src,
+            r.inputs[0].shape,
+            r.inputs[0].name,
+            folder / f"{r.name}.onnx",
+            r.deploy.batch_sizes,
+            task=r.task,
+            detect=r.detect,
+        )
+        res = {"onnx": m.onnx_path.name, "input_name": m.input_name, "output_names": m.output_names}
+        if m.head is not None:
+            m.head.save(folder / "head.json")
+            res["head"] = "head.json"
+            wd.events(
+                StageEvent(
+                    "export",
+                    "info",
+                    message=(
+                        f"detector cut before the box decode: {m.head.kind} head, strides "
+                        f"{m.head.strides}, {m.head.nc} classes; the TPU returns "
+                        f"{len(m.head.outputs)} head maps"
+                    ),
+                )
+            )
+        return res
+
+    return wd.run("export", key, run, lambda res: [res["onnx"]])
+
+
+def exported_head(exported: StageRecord) -> YoloHead | None:
+    """How to decode a detector's outputs (from the export stage), ``None`` for a classifier."""
+    return (
+        YoloHead.load(exported.folder / exported.result["head"])
+        if "head" in exported.result
+        else None
+    )
+
+
+def stage_transform(wd: WorkDir, r: Recipe, exported: StageRecord) -> StageRecord:
+    onnx_path = exported.folder / exported.result["onnx"]
+    test_image = images.resolve_image(r.test_image, wd.root / "inputs")
+    key = {
+        "name": r.name,
+        "onnx": compiler.file_digest(onnx_path),
+        "shape": list(r.inputs[0].shape),
+        "preprocess": asdict(r.preprocess),
+        "test_image": compiler.file_digest(test_image),
+        "tolerance": r.tolerance.transform,
+        "excepts": list(r.tolerance.excepts),
+        "code": compiler.code_digest(),
+        "versions": compiler.versions(),
+    }
+
+    def run(folder: Path) -> dict:
+        files = compiler.transform(
+            r.name,
+            onnx_path,
+            [list(r.inputs[0].shape)],
+            folder,
+            folder / "transform.log",
+            preprocess=r.preprocess,
+            test_input=test_image,
+            tolerance=r.tolerance.transform,
+            excepts=list(r.tolerance.excepts),
+        )
+        return {
+            "mlir": files.mlir.name,
+            "weights": files.weights.name,
+            "test_input": files.test_input.name,
+            "top_outputs": files.top_outputs.name,
+            "onnx": str(onnx_path),
+            "test_image": str(test_image),
+        }
+
+    return wd.run(
+        "transform",
+        key,
+        run,
+        lambda res: [res["mlir"], res["weights"], res["test_input"], res["top_outputs"]],
+    )
+
+
+def stage_reference(wd: WorkDir, transformed: StageRecord) -> StageRecord:
+    """The fp32 ONNX model's outputs on the test input, in ONNX Runtime: the reference every
+    cvimodel is verified against."""
+    t = transformed
+    onnx_path = Path(t.result["onnx"])
+    key = {
+        "onnx": compiler.file_digest(onnx_path),
+        "test_input": compiler.file_digest(t.folder / t.result["test_input"]),
+        "versions": compiler.versions(),
+    }
+
+    def run(folder: Path) -> dict:
+        inputs = dict(np.load(t.folder / t.result["test_input"]))
+        np.savez(folder / "reference.npz", **onnxrt.onnx_reference(onnx_path, inputs))
+        return {"reference": "reference.npz"}
+
+    return wd.run("reference", key, run, lambda res: [res["reference"]])
+
+
+def builtin_calibration_set(wd: WorkDir, r: Recipe) -> Path:
+    """The built-in calibration crops for the recipe's count and seed, made once per work dir."""
+    cal = r.calibration
+    if cal.images != "builtin:natural":
+        raise DataError(
+            f"Unknown calibration set {cal.images!r}: use 'builtin:natural' or a folder of images."
+        )
+    final = wd.root / "calibration-images" / f"natural-n{cal.count}-seed{cal.seed}"
+    if not final.is_dir():
+        tmp = final.with_name(f".{final.name}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        images.write_calibration_set(tmp, cal.count, cal.seed)
+        os.replace(tmp, final)
+    return final
+
+
+def _calibration_images(r: Recipe, folder: Path, wd: WorkDir) -> tuple[Path, int]:
+    """Fill ``folder/images`` with the calibration images; returns (folder, skipped count)."""
+    cal = r.calibration
+    target = folder / "images"
+    if cal.images.startswith("builtin:"):
+        target.symlink_to(builtin_calibration_set(wd, r).resolve())
+        return target, 0
+    scan = (
+        images.scan_images(Path(cal.images))
+        if Path(cal.images).is_dir()
+        else images.scan_list(Path(cal.images))
+    )
+    if not scan.paths:
+        raise DataError(
+            f"The calibration folder {cal.images} has no readable images "
+            f"({len(scan.skipped)} other files). Put JPEG or PNG images of the kind "
+            "the model will see there (100–1000 is typical), or use "
+            "calibration.images = 'builtin:natural'."
+        )
+    target.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(cal.seed)
+    chosen = (
+        scan.paths
+        if len(scan.paths) <= cal.count
+        else [scan.paths[i] for i in sorted(rng.choice(len(scan.paths), cal.count, replace=False))]
+    )
+    for i, p in enumerate(chosen):
+        (target / f"{i:05d}{p.suffix.lower()}").symlink_to(p.resolve())
+    return target, len(scan.skipped)
+
+
+def _calibration_files(spec: Path) -> list[Path]:
+    """The files a calibration spec names: a folder's files, or a list file's lines."""
+    return images.list_files(spec) if spec.is_dir() else [spec, *images.scan_list(spec).paths]
+
+
+def stage_calibrate(wd: WorkDir, r: Recipe, transformed: StageRecord) -> StageRecord:
+    t = transformed
+    cal = r.calibration
+    data_key: Any = (
+        cal.images
+        if cal.images.startswith("builtin:")
+        else {"folder": cal.images, "files": _folder_key(_calibration_files(Path(cal.images)))}
+    )
+    key = {
+        "mlir": compiler.file_digest(t.folder / t.result["mlir"]),
+        "weights": compiler.file_digest(t.folder / t.result["weights"]),
+        "data": data_key,
+        "calibration": asdict(cal),
+        "code": compiler.code_digest(),
+        "versions": compiler.versions(),
+    }
+
+    def run(folder: Path) -> dict:
+        data, skipped = _calibration_images(r, folder, wd)
+        if skipped:
+            wd.events(
+                StageEvent(
+                    "calibrate",
+                    "warning",
+                    message=f"skipped {skipped} file(s) in {cal.images} that are "
+                    "not readable images",
+                )
+            )
+        n = min(cal.count, len(list(data.iterdir())))
+        for name in ("mlir", "weights"):  # run_calibration works next to the MLIR
+            (folder / t.result[name]).symlink_to((t.folder / t.result[name]).resolve())
+        compiler.calibrate(
+            folder / t.result["mlir"],
+            data,
+            n,
+            folder / f"{r.name}_cali_table",
+            folder / "calibrate.log",
+            method=cal.method,
+            histogram_bins=cal.histogram_bins,
+            tune_num=cal.tune_num,
+        )
+        return {"table": f"{r.name}_cali_table", "images": n, "skipped": skipped}
+
+    return wd.run("calibrate", key, run, lambda res: [res["table"]])
+
+
+def deploy_options(r: Recipe, mode: str, test_image: Path | None) -> compiler.DeployOptions:
+    """model_deploy's options for ``mode`` from the recipe — the one place they are assembled,
+    for the deploy stage, every mixed-precision candidate and the old command lines."""
+    d, tol = r.deploy, r.tolerance
+    return compiler.DeployOptions(
+        quantize=mode,
+        chip=r.chip,
+        tolerance=tol.int8 if mode == "int8" else tol.bf16,
+        correctness=tol.correctness,
+        excepts=tuple(tol.excepts),
+        fuse_preprocess=d.pixel_format if d.fuse_preprocess else "",
+        aligned_input=d.aligned_input,
+        test_image=test_image,
+        model_version=d.model_version,
+        inputs_type=d.inputs_type,
+        outputs_type=d.outputs_type,
+    )
+
+
+def stage_deploy(
+    wd: WorkDir,
+    r: Recipe,
+    mode: str,
+    transformed: StageRecord,
+    calibrated: StageRecord | None,
+    background: bool = False,
+) -> StageRecord:
+    t = transformed
+    d = r.deploy
+    opts = deploy_options(r, mode, Path(t.result["test_image"]))
+    table = calibrated.folder / calibrated.result["table"] if calibrated else None
+    key = {
+        "mode": mode,
+        "name": r.name,
+        "options": asdict(opts),
+        "mlir": compiler.file_digest(t.folder / t.result["mlir"]),
+        "weights": compiler.file_digest(t.folder / t.result["weights"]),
+        "test_input": compiler.file_digest(t.folder / t.result["test_input"]),
+        "table": compiler.file_digest(table) if table else None,
+        "batch_sizes": list(d.batch_sizes),
+        "code": compiler.code_digest(),
+        "versions": compiler.versions(),
+    }
+    if d.fuse_preprocess:
+        key["test_image"] = compiler.file_digest(Path(t.result["test_image"]))
+    if d.batch_sizes != (1,):
+        key["onnx"] = compiler.file_digest(Path(t.result["onnx"]))
+        key["preprocess"] = asdict(r.preprocess)
+        key["transform_tolerance"] = r.tolerance.transform
+    suffix = "" if d.batch_sizes == (1,) else "_" + "_".join(f"bs{b}" for b in d.batch_sizes)
+    cvi_name = f"{r.name}_{r.chip}_{mode}{suffix}.cvimodel"
+
+    def run(folder: Path) -> dict:
+        transformed_files = compiler.TransformFiles(t.folder, r.name)
+        if d.batch_sizes == (1,):
+            files = compiler.deploy(
+                transformed_files,
+                folder,
+                folder / "deploy.log",
+                opts,
+                cvimodel_name=cvi_name,
+                calibration_table=table,
+                background=background,
+            )
+        else:
+            files = compiler.deploy_batches(
+                transformed_files,
+                Path(t.result["onnx"]),
+                r.inputs[0].shape,
+                r.preprocess,
+                d.batch_sizes,
+                folder,
+                opts,
+                cvimodel_name=cvi_name,
+                transform_tolerance=r.tolerance.transform,
+                calibration_table=table,
+                background=background,
+            )
+        info = compiler.model_tool_info(files.cvimodel, folder / "model_tool_info.log")
+        return {
+            "cvimodel": cvi_name,
+            "size_bytes": files.cvimodel.stat().st_size,
+            "ion_mb": info.ion_mb,
+            "cvimodel_version": info.version,
+            "model_outputs": files.model_outputs.name,
+            "tpu_mlir": files.tpu_mlir.name,
+        }
+
+    return wd.run(
+        f"deploy-{mode}",
+        key,
+        run,
+        lambda res: [res["cvimodel"], res["model_outputs"], res["tpu_mlir"]],
+    )
+
+
+def validation_images(r: Recipe) -> list:
+    """The images mixed precision is measured on (not the calibration crops)."""
+    mix = r.mix
+    if mix.images.startswith("builtin:"):
+        photos = images.calibration_photos() + [("chelsea", images.builtin_photo("chelsea"))]
+        return [c for _, c in images.random_crops(photos, mix.count, mix.seed + 1000)]
+    scan = images.scan_images(Path(mix.images))
+    if not scan.paths:
+        raise DataError(f"The mixed-precision image folder {mix.images} has no readable images.")
+    return scan.paths[: mix.count]
+
+
+def stage_mix(
+    wd: WorkDir,
+    r: Recipe,
+    transformed: StageRecord,
+    calibrated: StageRecord,
+    dep_int8: StageRecord,
+    dep_bf16: StageRecord | None,
+) -> StageRecord:
+    """Search the fewest BF16 layers for INT8 to reach ``mix.target`` (or measure ``mix.qtable``).
+    Every candidate's cvimodel is kept, so ``mix.pick`` chooses another row without a search."""
+    from duotpu.builder import mixprec
+    from duotpu.core.preprocess import load_bgr, preprocess_image
+
+    t = transformed
+    table = calibrated.folder / calibrated.result["table"]
+    mix = r.mix
+    val_key: Any = (
+        mix.images
+        if mix.images.startswith("builtin:")
+        else _folder_key(images.list_files(Path(mix.images)))
+    )
+    key = {
+        "mix": asdict(mix) | {"pick": None},
+        "val": val_key,
+        "table": compiler.file_digest(table),
+        "mlir": compiler.file_digest(t.folder / t.result["mlir"]),
+        "weights": compiler.file_digest(t.folder / t.result["weights"]),
+        "int8": compiler.file_digest(dep_int8.folder / dep_int8.result["cvimodel"]),
+        "bf16": compiler.file_digest(dep_bf16.folder / dep_bf16.result["cvimodel"])
+        if dep_bf16
+        else None,
+        "qtable_file": compiler.file_digest(Path(mix.qtable)) if mix.qtable else None,
+        "preprocess": asdict(r.preprocess),
+        "tolerance": asdict(r.tolerance),
+        "options": asdict(deploy_options(r, "int8", Path(t.result["test_image"]))),
+        "code": [compiler.file_digest(Path(mixprec.__file__)), compiler.code_digest()],
+        "versions": compiler.versions(),
+    }
+
+    def built(dep: StageRecord) -> "mixprec.Built":
+        return mixprec.Built(
+            *(dep.folder / dep.result[k] for k in ("tpu_mlir", "cvimodel", "model_outputs"))
+        )
+
+    def run(folder: Path) -> dict:
+        shape = r.inputs[0].shape
+        val = validation_images(r)
+        tensors = [preprocess_image(im, r.preprocess, shape) for im in val]
+        fp32 = onnxrt.onnx_outputs(Path(t.result["onnx"]), tensors)
+        head = exported_head(wd.records["export"])
+        hws = (
+            [
+                (im.shape[:2] if isinstance(im, np.ndarray) else load_bgr(im, False).shape[:2])
+                for im in val
+            ]
+            if head is not None
+            else []
+        )  # only detectors map boxes back
+        score = mixprec.scorer(
+            r, parse_target(mix.target)[0] if mix.target else "cos", fp32, hws, head
+        )
+        graph = compiler.mlir_graph(t.folder / t.result["mlir"], folder / "graph.log")
+        transformed_files = compiler.TransformFiles(t.folder, r.name)
+        fast: list[str] = []
+        fast_secs = 0.0
+        if mix.fast_search and mix.target and not mix.qtable:
+            t0 = time.monotonic()
+            wd.events(StageEvent("mix", "info", message="running tpu_mlir's fast_search"))
+            fast = compiler.fast_search(
+                transformed_files,
+                calibrated.folder / "images",
+                calibrated.result["images"],
+                folder / "fast_search",
+                chip=r.chip,
+                expected_cos=fast_search_cos(mix),
+            )
+            wd.events(
+                StageEvent(
+                    "mix", "info", message=f"fast_search keeps {len(fast)} layer(s) in float"
+                )
+            )
+            fast_secs = time.monotonic() - t0
+        options = deploy_options(r, "int8", Path(t.result["test_image"]))
+        rows, chosen = mixprec.search(
+            r,
+            folder,
+            transformed=transformed_files,
+            table=table,
+            options=options,
+            int8=built(dep_int8),
+            bf16=built(dep_bf16) if dep_bf16 else None,
+            val_tensors=tensors,
+            score=score,
+            graph=graph,
+            fast_search_layers=fast,
+            log=lambda m: wd.events(StageEvent("mix", "info", message=m)),
+        )
+        met = any(rr.meets for rr in rows if not rr.all_bf16) if mix.target else True
+        return {
+            "rows": mixprec.rows_json(rows),
+            "chosen": chosen,
+            "target": mix.target,
+            "met": met,
+            "bf16_meets": any(rr.meets for rr in rows if rr.all_bf16),
+            "fast_search_seconds": round(fast_secs, 1),
+        }
+
+    return wd.run("mix", key, run, lambda res: [rw["cvimodel"] for rw in res["rows"]])
+
+
+def fast_search_cos(mix) -> float:
+    """The output cosine tpu_mlir's fast_search is asked for: ``mix.fast_search_cos``, else a
+    ``cos>=X`` target's X, else 0.995 (its own default)."""
+    if mix.fast_search_cos:
+        return float(mix.fast_search_cos)
+    kind, need = parse_target(mix.target) if mix.target else ("", 0.0)
+    return need if kind == "cos" else 0.995
+
+
+def picked_mix(r: Recipe, mixed: StageRecord) -> dict:
+    """The mix stage's result with ``chosen`` set to the row ``mix.pick`` names (1-based, as
+    the trade-off table numbers them), when it names one."""
+    res = dict(mixed.result)
+    rows = res["rows"]
+    if r.mix.pick:
+        if not 1 <= r.mix.pick <= len(rows):
+            raise ConfigError(
+                f"mix.pick = {r.mix.pick}: the trade-off table has rows 1 to "
+                f"{len(rows)}; pick one of those numbers (see {r.name}.mix.md)."
+            )
+        res["chosen"] = r.mix.pick - 1
+        res["picked"] = True
+    return res
+
+
+def match_outputs(
+    reference: dict[str, np.ndarray], produced: dict[str, np.ndarray]
+) -> dict[str, str]:
+    """Map each reference (ONNX) output name to the compiler's name for it.
+
+    The compiler names an output after the op that makes it (``logits`` → ``logits_Gemm_f32``);
+    names are matched by prefix and, failing that, by position.
+    """
+    out, free = {}, list(produced)
+    for i, name in enumerate(reference):
+        hit = next((k for k in free if k == name or k.startswith(name + "_")), None)
+        if hit is None and i < len(produced):
+            hit = list(produced)[i] if list(produced)[i] in free else None
+        if hit is None:
+            raise DuoTpuError(
+                f"Cannot find the model output '{name}' among the compiled "
+                f"model's outputs {list(produced)}."
+            )
+        out[name] = hit
+        free.remove(hit)
+    return out
+
+
+def cosine_to_reference(reference: Path, outputs: Path) -> tuple[dict[str, float], dict[str, str]]:
+    """Cosine of each output in ``outputs`` (a simulator npz) to the fp32 reference npz, and
+    which compiled output each reference output is."""
+    ref = dict(np.load(reference))
+    got = dict(np.load(outputs))
+    names = match_outputs(ref, got)
+    return {n: metrics.cosine(ref[n], got[names[n]]) for n in ref}, names
+
+
+def stage_verify(
+    wd: WorkDir, r: Recipe, mode: str, referenced: StageRecord, deployed: StageRecord
+) -> StageRecord:
+    t, d = referenced, deployed
+    need = r.tolerance.verify_int8 if mode == "int8" else r.tolerance.verify_bf16
+    key = {
+        "cvimodel": compiler.file_digest(d.folder / d.result["cvimodel"]),
+        "outputs": compiler.file_digest(d.folder / d.result["model_outputs"]),
+        "reference": compiler.file_digest(t.folder / t.result["reference"]),
+        "min_cosine": need,
+    }
+
+    def run(folder: Path) -> dict:
+        cos, names = cosine_to_reference(
+            t.folder / t.result["reference"], d.folder / d.result["model_outputs"]
+        )
+        bad = [Mismatch(n, "cosine", c, need) for n, c in cos.items() if not c >= need]
+        if bad:
+            raise ToleranceError(
+                f"the {mode.upper()} cvimodel on the CV18xx simulator against the fp32 ONNX model",
+                bad,
+                compiler.tolerance_advice(mode, f"tolerance.verify_{mode}"),
+            )
+        _write_json(folder / "similarity.json", {"cosine": cos, "required": need})
+        return {"cosine": cos, "required": need, "outputs": names}
+
+    return wd.run(f"verify-{mode}", key, run, lambda res: ["similarity.json"])
+
+
+# --------------------------------------------------------------------------------------------
+# The whole build
+# --------------------------------------------------------------------------------------------
+def default_out_dir(recipe: Recipe) -> Path:
+    """Where a build puts its final files unless told otherwise: ``build/<name>``."""
+    return Path("build") / recipe.name
+
+
+def build(
+    recipe: Recipe,
+    out_dir: Path | None = None,
+    work_dir: Path | None = None,
+    events: EventSink = _no_events,
+) -> BuildResult:
+    """Run the pipeline export → transform → calibrate → deploy (per mode) → verify.
+
+    Final files go to ``out_dir`` (default ``build/<name>``): one cvimodel per mode, the resolved
+    recipe and ``manifest.json``. Intermediate files go to ``work_dir`` (default
+    ``out_dir/work``). Raises a :class:`~duotpu.config.errors.DuoTpuError` subclass on failure.
+    """
+    recipe = recipe.validate()
+    compiler.clear_cancel()
+    out_dir = Path(out_dir) if out_dir else default_out_dir(recipe)
+    wd = WorkDir(Path(work_dir) if work_dir else out_dir / "work", events)
+    _check_inputs_early(recipe)
+    exported = stage_export(wd, recipe)
+    transformed = stage_transform(wd, recipe, exported)
+    if recipe.mix.qtable:
+        _check_qtable(recipe, transformed)
+    # The INT8 branch (calibrate → deploy) is the critical path; the other modes and the fp32
+    # reference run beside it at a lower CPU priority.
+    critical = "int8" if "int8" in recipe.quantize else recipe.quantize[0]
+    with cf.ThreadPoolExecutor(max_workers=1) as ref_pool:
+        ref_future = ref_pool.submit(stage_reference, wd, transformed)
+
+        def branch(mode: str) -> tuple[StageRecord, StageRecord]:
+            cal = stage_calibrate(wd, recipe, transformed) if mode == "int8" else None
+            dep = stage_deploy(wd, recipe, mode, transformed, cal, background=mode != critical)
+            return dep, stage_verify(wd, recipe, mode, ref_future.result(), dep)
+
+        results, errors = _run_branches(branch, recipe.quantize)
+        referenced = ref_future.result() if not errors else None
+    if errors:
+        raise branch_error(errors)
+    mixed = None
+    if recipe.mix.target or recipe.mix.qtable:
+        mixed = stage_mix(
+            wd,
+            recipe,
+            transformed,
+            wd.records["calibrate"],
+            results["int8"][0],
+            results["bf16"][0] if "bf16" in results else None,
+        )
+    result = _finish(recipe, out_dir, wd, exported, transformed, referenced, results, mixed)
+    if recipe.deploy.save_input_files:
+        from duotpu.builder.replay import write_input_archive
+
+        result.inputs_archive = write_input_archive(result)
+    return result
+
+
+def _check_inputs_early(r: Recipe) -> None:
+    """Data problems that would otherwise surface only after the long steps."""
+    cal = r.calibration
+    if "int8" in r.quantize and not cal.images.startswith("builtin:"):
+        folder = Path(cal.images)
+        if folder.is_file():  # a list of image paths (the old --image_list)
+            images.scan_list(folder)
+            return
+        if not folder.is_dir():
+            raise DataError(
+                f"INT8 needs calibration images, and calibration.images = "
+                f"{cal.images} is neither a folder nor a list file. Give a folder "
+                "of images like the ones the model will see, a text file of image "
+                "paths, or 'builtin:natural'."
+            )
+        if not images.list_files(folder):
+            raise DataError(
+                f"The calibration folder {cal.images} is empty: INT8 needs "
+                "calibration images (100–1000 typical)."
+            )
+    if r.mix.qtable and not Path(r.mix.qtable).is_file():
+        raise DataError(f"The mixed-precision table {r.mix.qtable} (mix.qtable) does not exist.")
+
+
+def _check_qtable(r: Recipe, transformed: StageRecord) -> None:
+    """Every layer a hand-written mix table names must be a layer of the model."""
+    from duotpu.builder.mixprec import read_qtable
+
+    t = transformed
+    graph = compiler.mlir_graph(t.folder / t.result["mlir"], t.folder.parent / ".graph.log")
+    unknown = [n for n in read_qtable(Path(r.mix.qtable)) if n not in graph]
+    if unknown:
+        near = ", ".join(list(graph)[:6])
+        raise DataError(
+            f"The mixed-precision table {r.mix.qtable} names {len(unknown)} layer(s) "
+            f"the model does not have: {', '.join(unknown[:5])}. Layer names are the "
+            f"compiler's tensor names (e.g. {near}); see the trade-off table a "
+            "--target build writes."
+        )
+
+
+def _run_branches(branch: Callable[[str], Any], modes) -> tuple[dict, list[BaseException]]:
+    """Run ``branch(mode)`` for every mode at once; (results by mode, errors in mode order).
+    A failing branch does not stop the others (their finished stages are kept); an interrupt
+    stops every child process at once instead of waiting for the running compiler steps."""
+    results: dict[str, tuple[StageRecord, StageRecord]] = {}
+    errors: dict[str, BaseException] = {}
+    with cf.ThreadPoolExecutor(max_workers=len(modes)) as pool:
+        futures = {pool.submit(branch, m): m for m in modes}
+        try:
+            for fut in cf.as_completed(futures):
+                try:
+                    results[futures[fut]] = fut.result()
+                except Exception as e:  # noqa: BLE001 — collected and raised by build()
+                    errors[futures[fut]] = e
+        except BaseException:
+            compiler.stop_children()
+            raise
+    interrupts = [e for e in errors.values() if isinstance(e, KeyboardInterrupt)]
+    if interrupts:
+        raise interrupts[0]
+    return results, [errors[m] for m in modes if m in errors]
+
+
+def branch_error(errors: list[BaseException]) -> BaseException:
+    """The one error a failed build raises: the error itself, or every branch's together."""
+    return errors[0] if len(errors) == 1 else BuildFailed(errors)
+
+
+def _finish(
+    recipe: Recipe,
+    out_dir: Path,
+    wd: WorkDir,
+    exported: StageRecord,
+    transformed: StageRecord,
+    referenced: StageRecord,
+    results: dict,
+    mixed: StageRecord | None = None,
+) -> BuildResult:
+    """Copy the final files into ``out_dir`` atomically and write the build manifest."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    reference = dict(np.load(referenced.folder / referenced.result["reference"]))
+    models = {}
+    for mode in recipe.quantize:
+        dep, ver = results[mode]
+        final = atomic_copy(dep.folder / dep.result["cvimodel"], out_dir / dep.result["cvimodel"])
+        got = dict(np.load(dep.folder / dep.result["model_outputs"]))
+        models[mode] = ModelArtifact(
+            mode,
+            final,
+            dep.result["size_bytes"],
+            dep.result["ion_mb"],
+            ver.result["cosine"],
+            {n: got[k].reshape(reference[n].shape) for n, k in ver.result["outputs"].items()},
+            dep.folder / dep.result["tpu_mlir"],
+        )
+    mix = None
+    if mixed is not None:
+        from duotpu.builder import mixprec
+
+        mix = picked_mix(recipe, mixed)
+        best = mix["rows"][mix["chosen"]]
+        final = atomic_copy(
+            mixed.folder / best["cvimodel"], out_dir / f"{recipe.name}_{recipe.chip}_mix.cvimodel"
+        )
+        outputs = mixed.folder / best["model_outputs"]
+        cos, names = cosine_to_reference(
+            referenced.folder / referenced.result["reference"], outputs
+        )
+        got = dict(np.load(outputs))
+        models["mix"] = ModelArtifact(
+            "mix",
+            final,
+            best["size_bytes"],
+            best["ion_mb"],
+            cos,
+            {n: got[k].reshape(reference[n].shape) for n, k in names.items()},
+            mixed.folder / best["tpu_mlir"],
+        )
+        note = f"{best['label']}: {mix['target'] or 'given table'} -> {best['metric']:.4f}"
+        if best["all_bf16"]:
+            note += " (the whole model in BF16, which a table cannot say: use the BF16 cvimodel)"
+        atomic_write(out_dir / f"{recipe.name}.qtable", mixprec.qtable_text(best["layers"], note))
+        atomic_write(
+            out_dir / f"{recipe.name}.mix.md",
+            mixprec.table_md(mix["rows"], mix["chosen"], mix["target"]),
+        )
+    if "head" in exported.result:
+        atomic_copy(
+            exported.folder / exported.result["head"], out_dir / f"{recipe.name}.detect.json"
+        )
+    recipe_path = atomic_write(out_dir / f"{recipe.name}.recipe.toml", recipe.to_toml())
+    t = transformed
+    stages = [
+        wd.records[n]
+        for n in [
+            "export",
+            "transform",
+            "reference",
+            "calibrate",
+            *[f"deploy-{m}" for m in recipe.quantize],
+            *[f"verify-{m}" for m in recipe.quantize],
+            "mix",
+        ]
+        if n in wd.records
+    ]
+    manifest = out_dir / "manifest.json"
+    _write_json(
+        manifest,
+        {
+            "name": recipe.name,
+            "chip": recipe.chip,
+            "recipe": recipe.to_dict(),
+            "versions": compiler.versions(),
+            "work_dir": str(wd.root.resolve()),
+            "input_name": exported.result["input_name"],
+            # the files other commands need from the work directory, so none of them has to know
+            # its layout or tpu_mlir's file names
+            "onnx": str((exported.folder / exported.result["onnx"]).resolve()),
+            "top_mlir": str((t.folder / t.result["mlir"]).resolve()),
+            "models": {
+                m: {
+                    "cvimodel": a.cvimodel.name,
+                    "size_bytes": a.size_bytes,
+                    "ion_mb": a.ion_mb,
+                    "cosine_vs_fp32": a.cosine,
+                    "sha256": compiler.file_digest(a.cvimodel),
+                    "tpu_mlir": str(a.tpu_mlir.resolve()) if a.tpu_mlir else None,
+                }
+                for m, a in models.items()
+            },
+            "stages": [
+                {
+                    "name": s.name,
+                    "cached": s.cached,
+                    "seconds": round(s.seconds, 3),
+                    "key": json.loads((s.folder / MANIFEST).read_text())["key"],
+                    "result": s.result,
+                }
+                for s in stages
+            ],
+        },
+    )
+    return BuildResult(
+        recipe,
+        out_dir,
+        wd.root,
+        exported.folder / exported.result["onnx"],
+        dict(np.load(t.folder / t.result["test_input"])),
+        reference,
+        models,
+        stages,
+        manifest,
+        recipe_path,
+        mix,
+        exported_head(exported),
+        Path(t.result["test_image"]),
+    )

@@ -1,0 +1,235 @@
+"""The one runner: every child process duotpu starts (tpu_mlir's tools, its worker, flatc) goes
+through :func:`spawn` / :func:`run_argv` here.
+
+Each child runs in its own process group and is registered, so :func:`stop_children` (called on
+SIGINT or SIGTERM) stops all of them and their own children at once, and no new one starts after.
+:func:`run_tool` runs a tpu_mlir tool with :func:`~duotpu.compiler.env.tool_env`, writes its
+output to a log file (first line: the command) and raises :class:`ToolchainError` with the log's
+tail when it fails.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Sequence
+
+from duotpu.config.errors import Interrupted, ToolchainError
+
+from .env import tool_argv, tool_env
+
+
+# --------------------------------------------------------------------------------------------
+# Running a tool
+# --------------------------------------------------------------------------------------------
+def log_tail(log_path: Path, lines: int = 25) -> str:
+    """The last lines of a log, with progress-bar carriage returns folded away."""
+    try:
+        text = Path(log_path).read_text(errors="replace")
+    except OSError:
+        return ""
+    out = []
+    for line in text.splitlines():
+        line = line.rsplit("\r", 1)[-1].rstrip()
+        if line:
+            out.append(line)
+    return "\n".join(out[-lines:])
+
+
+def _diagnose(step: str, log_text: str) -> str:
+    """A plain-words hint for failures we recognise in a tool's log."""
+    if "GLIBC_" in log_text and "not found" in log_text or "stack smashing" in log_text:
+        return (
+            "The compiler loaded tpu_mlir's bundled glibc instead of the system's: "
+            "LD_PRELOAD of the system libc was lost. Run the tool through duotpu."
+        )
+    m = re.search(r"(?:not support|unsupported|Unsupported|not supported)[^\n]*?op[^\n]*", log_text)
+    m = m or re.search(
+        r"[^\n]*(?:op_type|OpType|operator)[^\n]*not (?:support|implement)[^\n]*", log_text
+    )
+    if m:
+        return f"The compiler rejected an operator: {m.group(0).strip()}."
+    return ""
+
+
+# --------------------------------------------------------------------------------------------
+# Child processes: every one is started by :func:`spawn`, in its own process group, and known
+# here, so that a signal to duotpu alone (a supervisor, `timeout`, `kill PID`) stops them all.
+# --------------------------------------------------------------------------------------------
+_children: dict[int, subprocess.Popen] = {}
+_children_lock = threading.Lock()
+_cancelled = threading.Event()
+_cancel_signal = [signal.SIGINT]
+
+
+def spawn(
+    argv: Sequence[str],
+    *,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+    stdout: IO[Any] | int | None = None,
+    stderr: IO[Any] | int | None = None,
+    background: bool = False,
+    text: bool = False,
+) -> subprocess.Popen:
+    """Start a child process in its own process group, registered for :func:`stop_children`.
+    Refuses (raises :class:`Interrupted`) once the run was cancelled, so no stage starts after
+    Ctrl-C or SIGTERM. ``background`` runs it at a lower CPU priority (``nice 10``)."""
+    if _cancelled.is_set():
+        raise Interrupted(_cancel_signal[0])
+    proc = subprocess.Popen(
+        list(argv),
+        cwd=cwd,
+        env=env,
+        stdout=stdout,
+        stderr=stderr,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+        text=text,
+        preexec_fn=(lambda: os.nice(10)) if background else None,
+    )
+    with _children_lock:
+        _children[proc.pid] = proc
+    if _cancelled.is_set():  # cancelled while it started
+        _kill_group(proc, signal.SIGKILL)
+    return proc
+
+
+def finish(proc: subprocess.Popen, timeout: float | None = None) -> int:
+    """Wait for a child from :func:`spawn`; kill its whole group if the wait is interrupted
+    (Ctrl-C in this thread) or times out (returns -9 then). Raises :class:`Interrupted` when the
+    run was cancelled while it ran."""
+    try:
+        rc = proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        _kill_group(proc, signal.SIGKILL)
+        proc.wait()
+        rc = -9
+    except BaseException:
+        _kill_group(proc, signal.SIGKILL)
+        proc.wait()
+        raise
+    finally:
+        with _children_lock:
+            _children.pop(proc.pid, None)
+    if _cancelled.is_set():
+        raise Interrupted(_cancel_signal[0])
+    return rc
+
+
+def _kill_group(proc: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def stop_children(signum: int = signal.SIGINT, grace: float = 1.0) -> None:
+    """Cancel the run: no new child starts, every running one (and its own children) gets
+    SIGTERM, then SIGKILL after ``grace`` seconds. Safe to call from a signal handler."""
+    _cancel_signal[0] = signum
+    _cancelled.set()
+    with _children_lock:
+        procs = list(_children.values())
+    for p in procs:
+        _kill_group(p, signal.SIGTERM)
+
+    def reap() -> None:
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and any(p.poll() is None for p in procs):
+            time.sleep(0.05)
+        for p in procs:
+            if p.poll() is None:
+                _kill_group(p, signal.SIGKILL)
+
+    if procs:
+        threading.Thread(target=reap, daemon=True).start()
+
+
+def clear_cancel() -> None:
+    """Allow children again (a new run after a cancelled one in the same Python process)."""
+    _cancelled.clear()
+
+
+def live_children() -> int:
+    """How many children from :func:`spawn` are running."""
+    with _children_lock:
+        return sum(p.poll() is None for p in _children.values())
+
+
+@dataclass
+class ToolRun:
+    """What one finished tool call left behind."""
+
+    step: str
+    argv: list[str]
+    log_path: Path
+    seconds: float
+
+
+def run_tool(
+    step: str,
+    tool: str,
+    args: Sequence[str],
+    cwd: Path,
+    log_path: Path,
+    env_extra: dict[str, str] | None = None,
+    timeout: float | None = None,
+    background: bool = False,
+) -> ToolRun:
+    """Run one tpu_mlir tool in ``cwd`` with its output in ``log_path``.
+
+    ``background`` runs it at a lower CPU priority (``nice 10``), for work off the critical path
+    of a build (``deploy`` also gives such a run one OpenMP thread). Raises
+    :class:`ToolchainError` (with the tail of the log) when the tool exits non-zero.
+    """
+    return run_argv(
+        step, tool_argv(tool, args), cwd, log_path, tool_env(env_extra), timeout, background
+    )
+
+
+def run_argv(
+    step: str,
+    argv: list[str],
+    cwd: Path,
+    log_path: Path,
+    env: dict[str, str],
+    timeout: float | None = None,
+    background: bool = False,
+    append: bool = False,
+) -> ToolRun:
+    """Run a command line in tpu_mlir's environment ``env`` with its output in ``log_path``
+    (first line: the command; ``append`` keeps what the log held); :class:`ToolchainError`
+    when it fails."""
+    cwd, log_path = Path(cwd), Path(log_path)
+    cwd.mkdir(parents=True, exist_ok=True)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.monotonic()
+    with open(log_path, "a" if append else "w") as log:
+        log.write("$ (cd " + str(cwd) + " && " + " ".join(_quote(a) for a in argv) + ")\n")
+        log.flush()
+        rc = finish(
+            spawn(
+                argv, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, background=background
+            ),
+            timeout,
+        )
+        if rc == -9 and timeout is not None:
+            log.write(f"\n[duotpu] {Path(argv[0]).name} timed out after {timeout} s\n")
+    seconds = time.monotonic() - t0
+    if rc != 0:
+        text = log_path.read_text(errors="replace")
+        raise ToolchainError(step, argv, rc, log_path, log_tail(log_path), _diagnose(step, text))
+    return ToolRun(step, argv, log_path, seconds)
+
+
+def _quote(arg: str) -> str:
+    return (
+        arg if re.fullmatch(r"[\w@%+=:,./\[\]-]+", arg) else "'" + arg.replace("'", "'\\''") + "'"
+    )

@@ -1,0 +1,595 @@
+"""The compiler steps: model_transform, run_calibration (and its fast_search), model_deploy
+(one or several batch sizes), model_tool --info. File names here are tpu_mlir's, derived from the
+model name; failures are turned into typed errors (a failed comparison into a ToleranceError that
+names the tensor, an unsupported operator into a ModelError that names the layers).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from duotpu.config.errors import Mismatch, ModelError, ToleranceError, ToolchainError
+from duotpu.config.recipe import Preprocess
+
+from .inference import fused_input_file, run_cvimodel
+from .runner import run_tool
+
+_COMPARE_FAIL = re.compile(
+    r"\[(?P<name>[^\]]+?)\s*\]\s+NOT_\w+\s+\[FAILED\].*?cosine_similarity\s*=\s*(?P<cos>[-\d.e]+)"
+    r"\s+euclidean_similarity\s*=\s*(?P<euc>[-\d.e]+)",
+    re.S,
+)
+_COMPARE_FILES = re.compile(r"Target\s+(\S+)\s+Reference\s+(\S+)\s+npz compare FAILED")
+
+
+def compare_failures(log_path: Path, tolerance: tuple[float, float]) -> list[Mismatch]:
+    """Tensors a failed ``npz_tool compare`` in a tool's log reports below ``tolerance``."""
+    text = "\n".join(
+        ln.rsplit("\r", 1)[-1] for ln in Path(log_path).read_text(errors="replace").splitlines()
+    )
+    if "npz compare FAILED" not in text:
+        return []
+    out = []
+    for m in _COMPARE_FAIL.finditer(text):
+        cos, euc = float(m.group("cos")), float(m.group("euc"))
+        if cos < tolerance[0]:
+            out.append(Mismatch(m.group("name").strip(), "cosine", cos, tolerance[0]))
+        if euc < tolerance[1]:
+            out.append(Mismatch(m.group("name").strip(), "euclidean similarity", euc, tolerance[1]))
+    return out
+
+
+def failed_comparison(log_path: Path) -> tuple[str, str] | None:
+    """(target, reference) file names of the failed comparison in a tool's log, if any."""
+    text = Path(log_path).read_text(errors="replace")
+    m = _COMPARE_FILES.search(text)
+    return (m.group(1), m.group(2)) if m else None
+
+
+# --------------------------------------------------------------------------------------------
+# The compiler steps. File names are tpu_mlir's, derived from the model name.
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TransformFiles:
+    """Files model_transform leaves in its folder for model ``name``."""
+
+    folder: Path
+    name: str
+
+    @property
+    def mlir(self) -> Path:
+        return self.folder / f"{self.name}.mlir"
+
+    @property
+    def weights(self) -> Path:
+        return self.folder / f"{self.name}_top_f32_all_weight.npz"
+
+    @property
+    def test_input(self) -> Path:
+        return self.folder / f"{self.name}_in_f32.npz"
+
+    @property
+    def top_outputs(self) -> Path:
+        return self.folder / f"{self.name}_top_outputs.npz"
+
+
+def preprocess_args(pre: Preprocess, shape: tuple[int, ...]) -> list[str]:
+    """model_transform's preprocessing flags for a recipe's preprocessing."""
+    from duotpu.core.preprocess import resize_dims, tpu_mean_scale
+
+    mean, scale = tpu_mean_scale(pre, shape[1])
+    h, w = resize_dims(pre, shape)
+    args = [
+        "--resize_dims",
+        f"{h},{w}",
+        "--mean",
+        mean,
+        "--scale",
+        scale,
+        "--pixel_format",
+        pre.pixel_format,
+    ]
+    if pre.resize_mode == "short_side":
+        args += ["--keep_aspect_ratio", "--keep_ratio_mode", "short_side_scale"]
+    elif pre.resize_mode == "letterbox":
+        args += [
+            "--keep_aspect_ratio",
+            "--keep_ratio_mode",
+            "letterbox",
+            "--pad_value",
+            str(pre.pad_value),
+        ]
+    return args
+
+
+def transform(
+    name: str,
+    onnx_path: Path,
+    input_shapes: list[list[int]],
+    folder: Path,
+    log_path: Path,
+    *,
+    preprocess: Preprocess,
+    test_input: Path | None,
+    tolerance: tuple[float, float],
+    excepts: list[str] = (),
+    output_names: list[str] = (),
+) -> TransformFiles:
+    """``model_transform``: ONNX → fp32 top MLIR, with preprocessing and, given a test input,
+    a per-layer similarity check against the ONNX model at ``tolerance`` (cos, euclid)."""
+    files = TransformFiles(Path(folder), name)
+    shapes = "[" + ",".join("[" + ",".join(map(str, s)) + "]" for s in input_shapes) + "]"
+    args = [
+        "--model_name",
+        name,
+        "--model_def",
+        str(Path(onnx_path).resolve()),
+        "--input_shapes",
+        shapes,
+        *preprocess_args(preprocess, tuple(input_shapes[0])),
+        "--mlir",
+        files.mlir.name,
+    ]
+    if output_names:
+        args += ["--output_names", ",".join(output_names)]
+    if test_input is not None:
+        args += [
+            "--test_input",
+            str(Path(test_input).resolve()),
+            "--test_result",
+            files.top_outputs.name,
+            "--tolerance",
+            f"{tolerance[0]},{tolerance[1]}",
+        ]
+        if excepts:
+            args += ["--excepts", ",".join(excepts)]
+    try:
+        run_tool("transform", "model_transform", args, folder, log_path)
+    except ToolchainError as err:
+        ops = [
+            m
+            for m in re.findall(
+                r"Op not support:\s*\{([^}]*)\}", log_path.read_text(errors="replace")
+            )
+            if m.strip()
+        ]
+        if ops:
+            raise _unsupported_ops(onnx_path, ops[-1], log_path) from err
+        bad = compare_failures(log_path, tolerance)
+        if bad:
+            raise ToleranceError(
+                "the fp32 MLIR against the ONNX model (model_transform)",
+                bad,
+                f"The compiler's fp32 translation differs from the ONNX model; lower "
+                f"tolerance.transform only if you accept that, or exclude the tensor with "
+                f"excepts. Log: {log_path}",
+                log_path,
+            ) from None
+        raise
+    return files
+
+
+def _unsupported_ops(onnx_path: Path, ops_text: str, log_path: Path) -> ModelError:
+    import onnx
+
+    ops = [o.strip().strip("'\"") for o in ops_text.split(",") if o.strip()]
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    layers = [f"{n.name or '(unnamed)'} ({n.op_type})" for n in graph.node if n.op_type in ops]
+    return ModelError(
+        f"The compiler (tpu_mlir) does not support the ONNX operator(s) {', '.join(ops)}, used "
+        f"by layer(s) {', '.join(layers[:8])}{' …' if len(layers) > 8 else ''}. Replace them in "
+        f"the model (or cut the graph before them and do that part on the CPU). Log: {log_path}"
+    )
+
+
+def fast_search(
+    transformed: "TransformFiles",
+    dataset: Path,
+    count: int,
+    folder: Path,
+    *,
+    chip: str,
+    expected_cos: float,
+    inference_num: int = 10,
+) -> list[str]:
+    """tpu_mlir's own mixed-precision search (``run_calibration --search fast_search``):
+    the layers it keeps in float to reach ``expected_cos`` at the outputs. Runs on copies of the
+    transform outputs (the search writes next to the MLIR)."""
+    import shutil
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for src in (transformed.mlir, transformed.weights):
+        shutil.copyfile(src, folder / src.name)
+    args = [
+        transformed.mlir.name,
+        "--dataset",
+        str(Path(dataset).resolve()),
+        "--input_num",
+        str(count),
+        "--search",
+        "fast_search",
+        "--chip",
+        chip,
+        "--expected_cos",
+        str(expected_cos),
+        "--inference_num",
+        str(inference_num),
+        "-o",
+        str((folder / "fast_search_cali").resolve()),
+        "--quantize_table",
+        str((folder / "fast_search.qtable").resolve()),
+    ]
+    run_tool("fast_search", "run_calibration", args, folder, folder / "fast_search.log")
+    out = []
+    for line in (folder / "fast_search.qtable").read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            out.append(line.split()[0])
+    return out
+
+
+def calibrate(
+    mlir: Path,
+    dataset: Path,
+    count: int,
+    table: Path,
+    log_path: Path,
+    *,
+    method: str = "kl",
+    histogram_bins: int = 2048,
+    tune_num: int = 5,
+) -> Path:
+    """``run_calibration``: INT8 calibration table from a folder of images."""
+    mlir = Path(mlir)
+    args = [
+        mlir.name,
+        "--dataset",
+        str(Path(dataset).resolve()),
+        "--input_num",
+        str(count),
+        "--cali_method",
+        method,
+        "--histogram_bin_num",
+        str(histogram_bins),
+        "--tune_num",
+        str(tune_num),
+        "-o",
+        str(Path(table).resolve()),
+    ]
+    run_tool("calibrate", "run_calibration", args, mlir.parent, log_path)
+    return Path(table)
+
+
+@dataclass(frozen=True)
+class DeployFiles:
+    """Files model_deploy leaves in its folder (with --debug, nothing is cleaned up)."""
+
+    folder: Path
+    name: str
+    quantize: str
+    chip: str
+    cvimodel: Path
+
+    @property
+    def _prefix(self) -> str:
+        q = self.quantize.lower()
+        return f"{self.name}_{self.chip}_{q}" + ("_sym" if q == "int8" else "")
+
+    @property
+    def tpu_outputs(self) -> Path:
+        return self.folder / f"{self._prefix}_tpu_outputs.npz"
+
+    @property
+    def model_outputs(self) -> Path:
+        return self.folder / f"{self._prefix}_model_outputs.npz"
+
+    @property
+    def tpu_mlir(self) -> Path:
+        return self.folder / f"{self._prefix}_tpu.mlir"
+
+
+#: Fused-preprocess formats tpu_mlir 1.30.2 cannot validate itself: they imply VPSS-aligned
+#: input rows, and its interpreter's Csc op rejects the aligned input its own preprocessing makes
+#: ("wrong shape size", abort); aligned RGB inputs hit a floating point exception on some sizes.
+SELF_VALIDATED_FORMATS = ("YUV420_PLANAR", "YUV_NV21", "YUV_NV12")
+
+
+@dataclass(frozen=True)
+class DeployOptions:
+    """Everything model_deploy takes that comes from the recipe, for one quantize mode.
+    Built in exactly one place (:func:`duotpu.builder.pipeline.deploy_options`) for every
+    caller: the deploy stage, the mixed-precision candidates and the old command lines."""
+
+    quantize: str
+    chip: str
+    tolerance: tuple[float, ...]
+    correctness: tuple[float, ...]
+    excepts: tuple[str, ...] = ()
+    fuse_preprocess: str = ""
+    aligned_input: bool = False
+    test_image: Path | None = None
+    model_version: str = ""
+    inputs_type: str = "AUTO"
+    outputs_type: str = "AUTO"
+
+    @property
+    def self_checked(self) -> bool:
+        """tpu_mlir cannot validate aligned / YUV inputs (SELF_VALIDATED_FORMATS): such models
+        are built without its check and run on the simulator with the raw test input by
+        :func:`deploy` itself."""
+        return self.aligned_input or self.fuse_preprocess in SELF_VALIDATED_FORMATS
+
+    def flags(self) -> list[str]:
+        """model_deploy flags for the format version and quantized inputs / outputs."""
+        args = ["--model_version", self.model_version] if self.model_version else []
+        if self.inputs_type in ("INT8", "BF16"):
+            args += ["--quant_input"]
+        if self.outputs_type in ("INT8", "BF16"):
+            same = (self.outputs_type == "INT8") == (self.quantize.lower() == "int8")
+            args += ["--quant_output" if same else f"--quant_output_{self.outputs_type.lower()}"]
+        return args
+
+
+def deploy(
+    transformed: TransformFiles,
+    folder: Path,
+    log_path: Path,
+    opts: DeployOptions,
+    *,
+    cvimodel_name: str,
+    calibration_table: Path | None = None,
+    quantize_table: Path | None = None,
+    background: bool = False,
+    mlir_name: str | None = None,
+    test_input: Path | None = None,
+    test_reference: Path | None = None,
+    merge_weight: bool = False,
+    copy_inputs: bool = True,
+) -> DeployFiles:
+    """``model_deploy``: top MLIR → cvimodel for ``opts.chip``, validated on the test input: the
+    quantized MLIR against the fp32 outputs (``opts.tolerance``) and the cvimodel on the CV18xx
+    simulator against the quantized MLIR (``opts.correctness``).
+
+    model_deploy must run where ``<name>_top_f32_all_weight.npz`` is (the MLIR names it by a
+    relative path) and its intermediate files are named after the model, so every variant gets
+    its own ``folder`` with copies of the transform outputs.
+    """
+    import shutil
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    quantize, tolerance, correctness = opts.quantize, opts.tolerance, opts.correctness
+    # Copies, not links: model_deploy rewrites <name>_in_f32.npz in its folder, and two deploys
+    # run at once; a shared file would be read half-written by the other.
+    if copy_inputs:
+        for src in (
+            transformed.mlir,
+            transformed.weights,
+            transformed.test_input,
+            transformed.top_outputs,
+        ):
+            dst = folder / src.name
+            if dst.is_symlink() or dst.exists():
+                dst.unlink()
+            shutil.copyfile(src, dst)
+    files = DeployFiles(folder, transformed.name, quantize, opts.chip, folder / cvimodel_name)
+    self_check = opts.self_checked
+    args = [
+        "--mlir",
+        mlir_name or transformed.mlir.name,
+        "--quantize",
+        quantize.upper(),
+        "--chip",
+        opts.chip,
+        "--model",
+        cvimodel_name,
+        "--debug",
+    ]
+    if not self_check:
+        if opts.fuse_preprocess:  # model_deploy then wants the test image itself
+            test = str(Path(opts.test_image or "").resolve())
+        else:
+            test = str(test_input) if test_input else transformed.test_input.name
+        args += [
+            "--test_input",
+            test,
+            "--test_reference",
+            str(test_reference or transformed.top_outputs.name),
+            "--tolerance",
+            f"{tolerance[0]},{tolerance[1]}",
+            "--correctness",
+            f"{correctness[0]},{correctness[1]}",
+        ]
+    if opts.fuse_preprocess:
+        args += ["--fuse_preprocess", "--customization_format", opts.fuse_preprocess]
+    if opts.aligned_input:
+        args += ["--aligned_input"]
+    if merge_weight:
+        args += ["--merge_weight"]
+    args += opts.flags()
+    if calibration_table is not None:
+        args += ["--calibration_table", str(Path(calibration_table).resolve())]
+    if quantize_table is not None:
+        args += ["--quantize_table", str(Path(quantize_table).resolve())]
+    if opts.excepts and not self_check:
+        args += ["--excepts", ",".join(opts.excepts)]
+    try:
+        run_tool(
+            f"deploy {quantize.lower()}",
+            "model_deploy",
+            args,
+            folder,
+            log_path,
+            env_extra={"OMP_NUM_THREADS": "1"} if background else None,
+            background=background,
+        )
+    except ToolchainError:
+        pair = failed_comparison(log_path) or ("", "")
+        if "_model_outputs" in pair[0]:
+            bad = compare_failures(log_path, correctness)
+            what = (
+                f"the {quantize.upper()} cvimodel on the simulator against the quantized "
+                "MLIR (model_deploy --correctness)"
+            )
+            advice = (
+                "The simulator and the quantized MLIR disagree: this points to a compiler "
+                "problem; try another tpu_mlir version or report it to Sophgo."
+            )
+        else:
+            bad = compare_failures(log_path, tolerance)
+            what = f"the {quantize.upper()} model against fp32 (model_deploy --tolerance)"
+            advice = tolerance_advice(quantize, f"tolerance.{quantize.lower()}")
+        if bad:
+            raise ToleranceError(what, bad, advice + f" Log: {log_path}", log_path) from None
+        raise
+    if self_check:
+        raw = fused_input_file(
+            transformed.mlir,
+            Path(opts.test_image or ""),
+            opts.fuse_preprocess,
+            True,
+            opts.chip,
+            folder / f"{files.name}_in_raw.npz",
+            log_path,
+        )
+        run_cvimodel(files.cvimodel, raw, files.model_outputs, log_path.with_name("simulate.log"))
+    return files
+
+
+def tolerance_advice(mode: str, key: str) -> str:
+    """What to do when a ``mode`` model is less similar to fp32 than ``key`` requires. Only
+    INT8 depends on calibration; BF16 does not."""
+    if mode.lower() == "int8":
+        return (
+            "Try more or more typical calibration images (calibration.images / "
+            "calibration.count), another calibration.method, mixed precision (--target) "
+            f"or BF16; or lower {key} if the accuracy is acceptable."
+        )
+    return (
+        "BF16 keeps 8 bits of mantissa and needs no calibration, so calibration settings "
+        "cannot change this. Look for layers with a very large dynamic range or values "
+        "that cancel (a large sum followed by a subtraction, a LayerNorm over wide "
+        f"values); leave such tensors out of the comparison with excepts, or lower {key} "
+        "if the accuracy is acceptable."
+    )
+
+
+def deploy_batches(
+    transformed: TransformFiles,
+    onnx_path: Path,
+    input_shape: tuple[int, ...],
+    preprocess: Preprocess,
+    batch_sizes: tuple[int, ...],
+    folder: Path,
+    opts: DeployOptions,
+    *,
+    cvimodel_name: str,
+    transform_tolerance: tuple[float, ...],
+    **deploy_kw: Any,
+) -> DeployFiles:
+    """One cvimodel with a program per batch size, sharing one copy of the weights.
+
+    Each extra batch size gets its own fp32 MLIR (``model_transform`` of the dynamic-batch ONNX,
+    validated on the test input repeated to that batch); all variants are deployed in one folder
+    with ``--merge_weight`` (batch 1 last, so the folder's debug files are batch 1's), then joined
+    by ``model_tool --combine`` in the order of ``batch_sizes``.
+    """
+    import shutil
+
+    import numpy as np
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    name = transformed.name
+    quantize, chip = opts.quantize, opts.chip
+    mlirs = {1: transformed}
+    for b in sorted(x for x in batch_sizes if x != 1):
+        sub = folder / f"transform-bs{b}"
+        sub.mkdir(exist_ok=True)
+        with np.load(transformed.test_input) as z:
+            np.savez(
+                sub / f"{name}_bs{b}_in_f32.npz", **{k: np.repeat(z[k], b, axis=0) for k in z.files}
+            )
+        mlirs[b] = transform(
+            name,
+            onnx_path,
+            [[b, *input_shape[1:]]],
+            sub,
+            folder / f"transform-bs{b}.log",
+            preprocess=preprocess,
+            test_input=sub / f"{name}_bs{b}_in_f32.npz",
+            tolerance=transform_tolerance,
+        )
+    for src in (transformed.weights, transformed.test_input, transformed.top_outputs):
+        shutil.copyfile(src, folder / src.name)
+    parts = {}
+    for b in sorted(batch_sizes, reverse=True):  # batch 1 last
+        t = mlirs[b]
+        shutil.copyfile(t.mlir, folder / f"{name}_bs{b}.mlir")
+        part = f"{name}_{chip}_{quantize.lower()}_bs{b}.cvimodel"
+        # model_deploy rewrites <name>_in_f32.npz in its folder with each variant's input, so
+        # every variant reads its test input and reference from its own transform folder.
+        extra = {"test_input": t.test_input.resolve(), "test_reference": t.top_outputs.resolve()}
+        deploy(
+            transformed,
+            folder,
+            folder / f"deploy-bs{b}.log",
+            opts,
+            cvimodel_name=part,
+            mlir_name=f"{name}_bs{b}.mlir",
+            merge_weight=True,
+            copy_inputs=False,
+            **extra,
+            **deploy_kw,
+        )
+        parts[b] = part
+    combine = [parts[b] for b in batch_sizes] + ["-o", cvimodel_name]
+    run_tool(
+        "model_tool --combine",
+        "model_tool",
+        ["--combine", *combine],
+        folder,
+        folder / "combine.log",
+    )
+    return DeployFiles(folder, name, quantize, chip, folder / cvimodel_name)
+
+
+def mlir_weight_files(mlir: Path) -> list[Path]:
+    """The weight files an MLIR file names (``module.weight_file``), beside it."""
+    head = Path(mlir).read_text(errors="replace")[:20000]
+    return [Path(mlir).parent / m for m in re.findall(r'module\.weight_file\s*=\s*"([^"]+)"', head)]
+
+
+@dataclass
+class ModelToolInfo:
+    """The parts of ``model_tool --info`` that duotpu uses."""
+
+    ion_mb: float
+    version: str
+    chip: str
+    text: str
+
+
+def model_tool_info(cvimodel: Path, log_path: Path) -> ModelToolInfo:
+    """``model_tool --info``: the compiler's own summary of a cvimodel."""
+    run = run_tool(
+        "model_tool --info",
+        "model_tool",
+        ["--info", str(Path(cvimodel).resolve())],
+        Path(log_path).parent,
+        log_path,
+    )
+    text = run.log_path.read_text(errors="replace")
+    ion = re.search(r"Need ION Memory Size:\s*\(([\d.]+)\s*MB\)", text)
+    ver = re.search(r"Cvimodel Version:\s*(\S+)", text)
+    chip = re.search(r"For (\S+) chip ONLY", text)
+    return ModelToolInfo(
+        float(ion.group(1)) if ion else float("nan"),
+        ver.group(1) if ver else "",
+        chip.group(1) if chip else "",
+        text,
+    )

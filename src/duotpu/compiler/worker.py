@@ -1,0 +1,153 @@
+"""Runs inside a tpu_mlir child process started by :mod:`duotpu.compiler.inference` (never
+imported by duotpu itself): runs many inputs through one model, loaded once.
+
+``--backend cvimodel``: the CV18xx cmodel simulator through ``pyruntime_cvi``, with inputs and
+outputs converted exactly as tpu_mlir's ``model_runner.model_inference`` does; ``--program``
+picks a batch variant. ``--backend mlir``: tpu_mlir's interpreter (``pymlir``) on a quantized or
+fp32 MLIR, as ``model_runner.mlir_inference``. ``--jobs`` is a file of
+``input.npz<TAB>output.npz`` lines. Without ``--outputs``, every tensor is kept.
+"""
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+
+def _cvimodel_runner(path: str, program: int, keep_all: bool):
+    import pyruntime_cvi
+    from tpu_mlir.python.utils.lowering import bf16_to_fp32, lowering
+
+    model = pyruntime_cvi.Model(path, program, keep_all)
+
+    def run(inputs: dict) -> dict:
+        first = next(iter(inputs.values()))
+        for i in model.inputs:
+            x = inputs.get(i.name, first)
+            i.data.reshape(-1)[: x.size] = lowering(
+                x, pdtype=i.dtype, pshape=x.shape, pzero_point=i.qzero_point, pscale=i.qscale
+            ).flatten()
+        model.forward()
+        out = {}
+        for o in model.outputs:
+            if o.data.dtype in (np.int8, np.uint8) and o.qscale != 0:
+                out[o.name] = (o.data.astype(np.float32) - o.qzero_point) * np.float32(o.qscale)
+            elif o.dtype == "bf16":
+                out[o.name] = bf16_to_fp32(o.data)
+            else:
+                out[o.name] = np.array(o.data)
+        return out
+
+    return run
+
+
+def _mlir_runner(path: str):
+    import pymlir
+
+    pymlir.set_mem_mode("value_mem")
+    module = pymlir.module()
+    module.load(path)
+
+    def run(inputs: dict) -> dict:
+        first = next(iter(inputs.values()))
+        for name in module.input_names:
+            x = inputs.get(name, first)
+            if x.dtype in (np.int8, np.uint8):
+                module.set_tensor_from_int(name, x.astype(np.float32), x.shape)
+            else:
+                module.set_tensor(name, x.astype(np.float32), x.shape)
+        module.invoke(True)
+        return {k: np.array(v) for k, v in module.get_all_tensor().items()}
+
+    return run
+
+
+def _fused_input(top_mlir: str, image: str, fmt: str, aligned: bool, chip: str, out: str) -> None:
+    """The raw input of a fused-preprocess cvimodel for ``image``, made by tpu_mlir's own
+    preprocessing exactly as model_deploy makes its test input (VPSS-aligned YUV included)."""
+    from tpu_mlir.python.utils.mlir_parser import MlirParser
+    from tpu_mlir.python.utils.preprocess import preprocess
+
+    parser = MlirParser(top_mlir)
+    op = parser.inputs[0]
+    ppa = preprocess()
+    ppa.load_config(op.op)
+    ppb = preprocess()
+    ppb.config(
+        input_shapes=[op.shape],
+        resize_dims=ppa.resize_dims,
+        fuse_pre=True,
+        keep_aspect_ratio=ppa.keep_aspect_ratio,
+        keep_ratio_mode=ppa.keep_ratio_mode,
+        pixel_format=ppa.pixel_format,
+        customization_format=fmt,
+        aligned=aligned,
+        pad_type=ppa.pad_type,
+        pad_value=ppa.pad_value,
+        chip=chip,
+    )
+    np.savez(out, **{op.name + "_raw": ppb.run(image)})
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--backend", choices=["cvimodel", "mlir"], required=True)
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--jobs")
+    ap.add_argument("--graph", action="store_true", help="write the MLIR's op graph as JSON")
+    ap.add_argument("--graph-out", help="where --graph writes (default: stdout)")
+    ap.add_argument("--program", type=int, default=0)
+    ap.add_argument("--outputs", default="", help="comma-separated output names to keep")
+    ap.add_argument(
+        "--fused-input",
+        nargs=5,
+        metavar=("IMAGE", "FORMAT", "ALIGNED", "CHIP", "OUT"),
+        help="write the raw input of a fused-preprocess model (model: top MLIR)",
+    )
+    args = ap.parse_args()
+    if args.fused_input:
+        image, fmt, aligned, chip, out = args.fused_input
+        _fused_input(args.model, image, fmt, aligned == "1", chip, out)
+        return 0
+    if args.graph:  # the op graph of an MLIR: {op: {"type": ..., "inputs": [...]}}
+        import json
+
+        from tpu_mlir.python.utils.mlir_parser import MlirParser
+
+        parser = MlirParser(args.model)
+        text = json.dumps(
+            {op.name: {"type": op.type, "inputs": list(op.opds)} for op in parser.ops}
+        )
+        if args.graph_out:
+            Path(args.graph_out).write_text(text)
+        else:
+            print(text)
+        return 0
+    keep = [n for n in args.outputs.split(",") if n]
+    jobs = [ln.rstrip("\n").split("\t") for ln in open(args.jobs) if ln.strip()]
+    run = (
+        _cvimodel_runner(args.model, args.program, not keep)
+        if args.backend == "cvimodel"
+        else _mlir_runner(args.model)
+    )
+    for k, (src, dst) in enumerate(jobs):
+        with np.load(src) as z:
+            inputs = {n: z[n] for n in z.files}
+        out = run(inputs)
+        if keep:
+            missing = [n for n in keep if n not in out]
+            if missing:
+                print(f"outputs {missing} not produced; have {list(out)[:20]}", file=sys.stderr)
+                return 3
+            out = {n: out[n] for n in keep}
+        tmp = dst + ".part.npz"
+        np.savez(tmp, **out)
+        os.replace(tmp, dst)
+        print(f"[duotpu] {k + 1}/{len(jobs)} {dst}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,92 @@
+"""Typed errors. Library code raises these; only :mod:`duotpu.cli` turns them into messages."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class DuoTpuError(Exception):
+    """Base class of every error duotpu raises on purpose (a user-facing, one-paragraph message)."""
+
+
+class ConfigError(DuoTpuError, ValueError):
+    """A recipe or a command-line option is wrong: unknown key, wrong type, value out of range."""
+
+
+class ModelError(DuoTpuError):
+    """A model file or model source cannot be loaded, exported or does not match the recipe."""
+
+
+class DataError(DuoTpuError):
+    """Input images or tensors (calibration set, test input) are missing or unreadable."""
+
+
+class SetupError(DuoTpuError):
+    """The toolchain itself is missing or broken (wrong Python, tpu_mlir not installed...)."""
+
+
+class ToolchainError(DuoTpuError):
+    """A compiler step failed. Carries the step name, the command, its log and the log's tail."""
+
+    def __init__(
+        self, step: str, argv: list[str], returncode: int, log_path: Path, tail: str, hint: str = ""
+    ):
+        self.step, self.argv, self.returncode = step, argv, returncode
+        self.log_path, self.tail, self.hint = Path(log_path), tail, hint
+        msg = f"The {step} step failed (exit code {returncode})."
+        if hint:
+            msg += f" {hint}"
+        msg += f" Full log: {log_path}"
+        super().__init__(msg)
+
+
+@dataclass
+class Mismatch:
+    """One tensor whose similarity is below what the recipe requires."""
+
+    tensor: str
+    metric: str
+    measured: float
+    required: float
+
+
+class ToleranceError(DuoTpuError):
+    """A verification found a model output less similar to the fp32 reference than required."""
+
+    def __init__(
+        self, what: str, mismatches: list[Mismatch], advice: str, log_path: Path | None = None
+    ):
+        self.what, self.mismatches, self.advice = what, mismatches, advice
+        self.log_path = log_path
+        parts = ", ".join(
+            f"tensor '{m.tensor}' {m.metric} {m.measured:.6f} < required {m.required}"
+            for m in mismatches
+        )
+        super().__init__(f"Verification of {what} failed: {parts}. {advice}")
+
+
+class BuildFailed(DuoTpuError):
+    """More than one branch of a build failed (e.g. INT8 and BF16): every error, in order."""
+
+    def __init__(self, errors: list[BaseException]):
+        self.errors = list(errors)
+        super().__init__(
+            " ".join(
+                f"({i}) {type(e).__name__ if not str(e) else e}"
+                for i, e in enumerate(self.errors, 1)
+            )
+        )
+
+
+class Interrupted(KeyboardInterrupt):
+    """The run was stopped by a signal (SIGINT: Ctrl-C, SIGTERM: a supervisor or ``kill``);
+    every child process was stopped and the finished stages kept."""
+
+    def __init__(self, signum: int = 2):
+        self.signum = signum
+        super().__init__(f"stopped by signal {signum}")
+
+
+class BoardError(DuoTpuError):
+    """Talking to a board over SSH failed, or the board refused the model."""

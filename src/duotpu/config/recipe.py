@@ -1,0 +1,606 @@
+"""The model recipe: one typed config for everything the compiler steps take.
+
+A recipe is a TOML file (see ``recipes/efficientnet_lite0.toml``) or a :class:`Recipe` built in
+Python. It is the single contract between the CLI, the Python API and the pipeline stages.
+Unknown keys and wrong types are refused with a :class:`ConfigError` that names the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional, Tuple
+
+from duotpu.config.errors import ConfigError
+
+Chip = Literal["cv180x", "cv181x", "cv182x", "cv183x"]
+Mode = Literal["int8", "bf16"]
+ResizeMode = Literal["stretch", "short_side", "letterbox"]
+PixelFormat = Literal["rgb", "bgr", "gray"]
+
+#: Boards and the chip their TPU is (for messages and fit checks).
+BOARDS = {
+    "cv180x": "Milk-V Duo (CV1800B)",
+    "cv181x": "Milk-V Duo 256M / Duo S (SG2002/SG2000)",
+    "cv182x": "CV182x boards",
+    "cv183x": "CV183x boards",
+}
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where the model comes from.
+
+    ``source`` is one of: ``package.module:function`` (a Python factory returning an
+    ``nn.Module``), ``torchvision:NAME``, a TorchScript / pickled-module ``.pt`` file, or an
+    ``.onnx`` file. ``weights`` is, for torchvision, a weights name (``DEFAULT``,
+    ``IMAGENET1K_V1``) loaded by torchvision's own code from its cache, or for any PyTorch model a
+    path to a ``state_dict`` file. ``kwargs`` are passed to the factory.
+    """
+
+    source: str = field(default="", metadata={"path": "file"})
+    weights: Optional[str] = field(default=None, metadata={"path": "file"})
+    opset: int = 13
+    kwargs: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One model input: its name in the exported graph and its shape (NCHW)."""
+
+    name: str = "input"
+    shape: Tuple[int, ...] = (1, 3, 224, 224)
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """Image → input tensor, in the units PyTorch users know.
+
+    ``x = (pixel / 255 - mean) / std`` per channel, after resizing. ``resize`` is (h, w) before a
+    center crop to the input size (``None``: straight to the input size). ``resize_mode``:
+    ``stretch`` ignores the aspect ratio; ``short_side`` scales the short side to ``resize`` and
+    center-crops (the torchvision ``Resize(256) + CenterCrop(224)`` recipe); ``letterbox`` keeps
+    the aspect ratio and pads with 0.
+    """
+
+    resize: Optional[Tuple[int, ...]] = None
+    resize_mode: ResizeMode = "stretch"
+    # one value applies to every channel, so the defaults fit gray and colour inputs alike
+    mean: Tuple[float, ...] = (0.0,)
+    std: Tuple[float, ...] = (1.0,)
+    pixel_format: PixelFormat = "rgb"
+    pad_value: int = 0
+
+
+@dataclass(frozen=True)
+class DetectOptions:
+    """Detectors (``task = "detect"``): the CPU post-processing after the TPU's head maps.
+
+    ``conf``: the lowest class score kept; ``iou``: boxes of one class overlapping more than this
+    are merged by NMS; ``max_det``: at most this many boxes per image. ``classes``: class names
+    (default: the model's own, COCO's for 80 classes). ``anchors``: for an original YOLOv5 whose
+    anchors cannot be read from the graph, per scale ``[w, h, w, h, w, h]`` in input pixels."""
+
+    conf: float = 0.25
+    iou: float = 0.45
+    max_det: int = 300
+    classes: Tuple[str, ...] = ()
+    anchors: Tuple[Tuple[float, ...], ...] = ()
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """INT8 calibration data: ``images`` is a folder of images or ``builtin:natural`` (random
+    crops and flips of the photos that ship with scikit-image and scikit-learn)."""
+
+    images: str = field(default="builtin:natural", metadata={"path": "any"})
+    count: int = 100
+    method: Literal["kl", "mse", "max", "percentile9999"] = "kl"
+    seed: int = 0
+    histogram_bins: int = 2048
+    tune_num: int = 5
+
+
+FusedFormat = Literal[
+    "",
+    "RGB_PLANAR",
+    "RGB_PACKED",
+    "BGR_PLANAR",
+    "BGR_PACKED",
+    "GRAYSCALE",
+    "YUV420_PLANAR",
+    "YUV_NV21",
+    "YUV_NV12",
+    "RGBA_PLANAR",
+]
+IOType = Literal["AUTO", "FP32", "INT8", "BF16"]
+
+
+@dataclass(frozen=True)
+class Deploy:
+    """How the cvimodels are built beyond the quantization mode.
+
+    ``fuse_preprocess``: the TPU does the mean/scale (and channel order) itself; the model takes
+    the resized, cropped image as uint8 in ``pixel_format`` (the SDK's fused-preprocess
+    samples). ``batch_sizes``: one cvimodel holding a program per batch size, sharing one copy of
+    the weights (the SDK's ``mobilenet_v2_bs1_bs4.cvimodel``); the model is exported with a
+    dynamic batch for it. ``aligned_input``: the input rows aligned as the VPSS delivers
+    frames (implied by the YUV formats). ``model_version``: the cvimodel format version for an
+    older board runtime (e.g. ``"1.2"``). ``inputs_type`` / ``outputs_type``: ``INT8`` keeps the
+    model's input / output quantized (no conversion on the board), ``AUTO`` / ``FP32`` float.
+    ``save_input_files``: also write ``NAME_inputs.tar.gz``, the build's inputs and a script
+    that replays the exact compiler commands (:mod:`duotpu.builder.replay`).
+    """
+
+    fuse_preprocess: bool = False
+    pixel_format: FusedFormat = ""
+    aligned_input: bool = False
+    batch_sizes: Tuple[int, ...] = (1,)
+    model_version: str = ""
+    inputs_type: IOType = "AUTO"
+    outputs_type: IOType = "AUTO"
+    save_input_files: bool = False
+
+
+@dataclass(frozen=True)
+class Mix:
+    """Automatic mixed precision: the fewest layers kept in BF16 for the INT8 model to reach
+    ``target`` — ``agree>=X`` (top-1 agreement with fp32 on the decisive validation images),
+    ``cos>=X`` (mean output cosine) or, for detectors, ``map>=X`` (mAP@0.5 against the fp32
+    model's detections). ``qtable``: a table of layers to keep in BF16 (one ``name BF16`` a
+    line), used as is instead of searching. ``pick``: use this row of the trade-off table
+    (numbered from 1, pure INT8 first) instead of the fewest BF16 layers that reach the target;
+    the search is not run again. ``fast_search``: also measure the table tpu_mlir's own
+    ``fast_search`` picks, as one more candidate, asked for an output cosine of
+    ``fast_search_cos`` (0: the target's value for ``cos>=X``, else 0.995). ``regions``: into
+    how many contiguous regions the search cuts the network to find where INT8 hurts;
+    ``max_layers``: the largest BF16 set it builds."""
+
+    target: str = ""
+    qtable: str = field(default="", metadata={"path": "any"})
+    images: str = field(default="builtin:natural", metadata={"path": "any"})
+    count: int = 100
+    seed: int = 1
+    margin: float = 0.05
+    max_layers: int = 48
+    pick: int = 0
+    fast_search: bool = True
+    fast_search_cos: float = 0.0
+    regions: int = 8
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """Similarity thresholds. Pairs are (cosine, euclidean similarity) as tpu_mlir compares them.
+
+    ``transform``: fp32 MLIR vs the ONNX model, every layer. ``int8`` / ``bf16``: the quantized
+    MLIR vs fp32, every layer. ``correctness``: the cvimodel on the simulator vs the quantized
+    MLIR. ``verify_int8`` / ``verify_bf16``: cosine of the cvimodel's outputs on the simulator vs
+    the fp32 ONNX model (ONNX Runtime) — duotpu's final check. ``excepts``: tensors left out of
+    the compiler's per-layer comparisons (the old ``--excepts``).
+    """
+
+    transform: Tuple[float, ...] = (0.99, 0.99)
+    int8: Tuple[float, ...] = (0.85, 0.45)
+    bf16: Tuple[float, ...] = (0.95, 0.85)
+    correctness: Tuple[float, ...] = (0.99, 0.90)
+    verify_int8: float = 0.90
+    verify_bf16: float = 0.98
+    excepts: Tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything a build needs. See the README's recipe reference."""
+
+    name: str = ""
+    chip: Chip = "cv180x"
+    quantize: Tuple[Mode, ...] = ("int8", "bf16")
+    task: Literal["classify", "detect"] = "classify"
+    model: ModelSource = field(default_factory=ModelSource)
+    inputs: Tuple[InputSpec, ...] = (InputSpec(),)
+    preprocess: Preprocess = field(default_factory=Preprocess)
+    calibration: Calibration = field(default_factory=Calibration)
+    tolerance: Tolerance = field(default_factory=Tolerance)
+    deploy: Deploy = field(default_factory=Deploy)
+    mix: Mix = field(default_factory=Mix)
+    detect: DetectOptions = field(default_factory=DetectOptions)
+    test_image: str = field(default="builtin:chelsea", metadata={"path": "any"})
+
+    def validate(self) -> "Recipe":
+        """Check values beyond their types; returns self. Raises :class:`ConfigError`."""
+        if not self.name or not all(c.isalnum() or c in "_-" for c in self.name):
+            raise ConfigError(
+                f"Recipe key 'name' must be a non-empty name of letters, digits, "
+                f"'_' or '-' (it names the compiler's files); got {self.name!r}."
+            )
+        if not self.model.source:
+            raise ConfigError(
+                "Recipe key 'model.source' is empty: give an .onnx or .pt file, "
+                "'torchvision:NAME' or 'package.module:function'."
+            )
+        if not self.quantize:
+            raise ConfigError("Recipe key 'quantize' is empty: choose from 'int8', 'bf16'.")
+        if len(set(self.quantize)) != len(self.quantize):
+            raise ConfigError(f"Recipe key 'quantize' lists a mode twice: {list(self.quantize)}.")
+        if len(self.inputs) != 1:
+            raise ConfigError(
+                "duotpu builds image models with exactly one input; the recipe "
+                f"has {len(self.inputs)} under 'inputs'."
+            )
+        shape = self.inputs[0].shape
+        if len(shape) != 4 or any(d <= 0 for d in shape):
+            raise ConfigError(
+                f"Recipe key 'inputs.shape' must be 4 positive numbers N,C,H,W; got {list(shape)}."
+            )
+        channels = shape[1]
+        if (channels == 1) != (self.preprocess.pixel_format == "gray"):
+            raise ConfigError(
+                f"Recipe key 'preprocess.pixel_format' is "
+                f"'{self.preprocess.pixel_format}' but the input has {channels} "
+                f"channel(s); use 'gray' for 1 channel, 'rgb' or 'bgr' for 3."
+            )
+        for key in ("mean", "std"):
+            vals = getattr(self.preprocess, key)
+            if len(vals) not in (1, channels):
+                raise ConfigError(
+                    f"Recipe key 'preprocess.{key}' has {len(vals)} values; the "
+                    f"input has {channels} channel(s)."
+                )
+        if not 0 <= self.preprocess.pad_value <= 255:
+            raise ConfigError(
+                f"Recipe key 'preprocess.pad_value' must be a pixel value 0–255; "
+                f"got {self.preprocess.pad_value}."
+            )
+        det = self.detect
+        if not (0 < det.conf < 1 and 0 < det.iou <= 1 and det.max_det >= 1):
+            raise ConfigError(
+                f"Recipe keys detect.conf and detect.iou must be in (0, 1) and "
+                f"detect.max_det at least 1; got conf {det.conf}, iou {det.iou}, "
+                f"max_det {det.max_det}."
+            )
+        if any(len(a) < 2 or len(a) % 2 for a in det.anchors):
+            raise ConfigError(
+                "Recipe key 'detect.anchors' must list, per scale, anchor sizes "
+                "as pairs [w, h, w, h, …]."
+            )
+        if any(s == 0 for s in self.preprocess.std):
+            raise ConfigError("Recipe key 'preprocess.std' contains 0.")
+        if self.preprocess.resize is not None:
+            r = self.preprocess.resize
+            if len(r) != 2 or r[0] < shape[2] or r[1] < shape[3]:
+                raise ConfigError(
+                    f"Recipe key 'preprocess.resize' must be [h, w] at least the "
+                    f"input size {shape[2]}x{shape[3]}; got {list(r)}."
+                )
+        d = self.deploy
+        if d.fuse_preprocess and not d.pixel_format:
+            raise ConfigError(
+                "Recipe key 'deploy.fuse_preprocess' needs 'deploy.pixel_format' "
+                "(RGB_PLANAR, RGB_PACKED, BGR_PLANAR, BGR_PACKED, GRAYSCALE, "
+                "YUV420_PLANAR, YUV_NV21, YUV_NV12 or RGBA_PLANAR)."
+            )
+        if d.pixel_format == "RGBA_PLANAR":
+            raise ConfigError(
+                "deploy.pixel_format 'RGBA_PLANAR' cannot be verified with tpu_mlir 1.30.2: it "
+                "builds a cvimodel whose input is 3 planes of H×W bytes, while its own "
+                "preprocessing makes 4 row-aligned planes for that format, and the simulator "
+                "refuses the pair (measured at 40×40: 4800 vs 7680 bytes). Use 'RGB_PLANAR' and "
+                "drop the alpha plane on the CPU, or 'RGB_PACKED'."
+            )
+        if d.pixel_format and not d.fuse_preprocess:
+            raise ConfigError(
+                "Recipe key 'deploy.pixel_format' only applies with deploy.fuse_preprocess = true."
+            )
+        if d.fuse_preprocess and self.test_image.lower().endswith((".npz", ".npy")):
+            raise ConfigError(
+                "With deploy.fuse_preprocess the test input must be an image (the "
+                "TPU does the preprocessing); test_image is a tensor file."
+            )
+        if d.aligned_input and not d.fuse_preprocess:
+            raise ConfigError(
+                "Recipe key 'deploy.aligned_input' only applies with "
+                "deploy.fuse_preprocess = true (the raw image rows are aligned)."
+            )
+        if d.save_input_files and (d.batch_sizes != (1,) or self.mix.target or self.mix.qtable):
+            raise ConfigError(
+                "deploy.save_input_files archives plain builds; it is not combined "
+                "with deploy.batch_sizes or mixed precision yet."
+            )
+        if d.model_version and not all(p.isdigit() for p in d.model_version.split(".")):
+            raise ConfigError(
+                f"Recipe key 'deploy.model_version' must look like '1.2'; got {d.model_version!r}."
+            )
+        if "BF16" in (d.inputs_type, d.outputs_type) and "bf16" not in self.quantize:
+            raise ConfigError("deploy.inputs_type / outputs_type BF16 needs a BF16 model.")
+        if d.pixel_format and (d.pixel_format == "GRAYSCALE") != (channels == 1):
+            raise ConfigError(
+                f"Recipe key 'deploy.pixel_format' is '{d.pixel_format}' but the "
+                f"input has {channels} channel(s)."
+            )
+        if (
+            not d.batch_sizes
+            or 1 not in d.batch_sizes
+            or any(b < 1 for b in d.batch_sizes)
+            or len(set(d.batch_sizes)) != len(d.batch_sizes)
+        ):
+            raise ConfigError(
+                f"Recipe key 'deploy.batch_sizes' must list distinct positive batch "
+                f"sizes including 1, e.g. [1, 4]; got {list(d.batch_sizes)}."
+            )
+        if shape[0] != 1 and d.batch_sizes != (1,):
+            raise ConfigError("With deploy.batch_sizes, give inputs.shape with batch 1.")
+        if self.mix.target or self.mix.qtable:
+            if "int8" not in self.quantize:
+                raise ConfigError(
+                    "Recipe key 'mix' (mixed precision) needs 'int8' in "
+                    "'quantize': it keeps some layers of the INT8 model in BF16."
+                )
+            kind = parse_target(self.mix.target)[0] if self.mix.target else ""
+            if kind == "agree" and self.task == "detect":
+                raise ConfigError(
+                    "Mixed-precision target 'agree>=X' is top-1 agreement, for "
+                    "classifiers; for a detector use 'map>=X' (mAP@0.5 against "
+                    "the fp32 model's detections) or 'cos>=X'."
+                )
+            if kind == "map" and self.task != "detect":
+                raise ConfigError(
+                    "Mixed-precision target 'map>=X' is for detectors "
+                    "(task = \"detect\"); for a classifier use 'agree>=X' or "
+                    "'cos>=X'."
+                )
+            m = self.mix
+            if m.regions < 1 or m.max_layers < 1 or m.pick < 0 or m.count < 1:
+                raise ConfigError(
+                    f"Recipe keys mix.regions, mix.max_layers and mix.count must be "
+                    f"at least 1 and mix.pick at least 0 (0 = the search's "
+                    f"choice); got regions={m.regions}, max_layers={m.max_layers}, "
+                    f"count={m.count}, pick={m.pick}."
+                )
+            if d.batch_sizes != (1,) or d.fuse_preprocess:
+                raise ConfigError(
+                    "Mixed precision is not combined with deploy.batch_sizes or "
+                    "deploy.fuse_preprocess yet; build those separately."
+                )
+        if self.calibration.count < 1:
+            raise ConfigError("Recipe key 'calibration.count' must be at least 1.")
+        for key in ("transform", "int8", "bf16", "correctness"):
+            pair = getattr(self.tolerance, key)
+            if len(pair) != 2 or not all(-1.0 <= v <= 1.0 for v in pair):
+                raise ConfigError(
+                    f"Recipe key 'tolerance.{key}' must be [cosine, euclidean] "
+                    f"between -1 and 1; got {list(pair)}."
+                )
+        for key in ("verify_int8", "verify_bf16"):
+            if not -1.0 <= getattr(self.tolerance, key) <= 1.0:
+                raise ConfigError(f"Recipe key 'tolerance.{key}' must be a cosine in [-1, 1].")
+        return self
+
+    # ---------------------------------------------------------------- conversions
+    def to_dict(self) -> dict:
+        """Plain data (lists, dicts) — the TOML form and the cache-key form."""
+        return _plain(dataclasses.asdict(self))
+
+    def to_toml(self) -> str:
+        """The recipe as TOML text (round-trips through :func:`load_recipe`)."""
+        import tomli_w
+
+        data = self.to_dict()
+        if data["model"].get("weights") is None:
+            data["model"].pop("weights")
+        if data["preprocess"].get("resize") is None:
+            data["preprocess"].pop("resize")
+        return tomli_w.dumps(data)
+
+    def with_overrides(self, overrides: dict[str, Any], where: str = "command line") -> "Recipe":
+        """A copy with dotted keys replaced, e.g. ``{"calibration.count": 10}``."""
+        data = self.to_dict()
+        for dotted, value in overrides.items():
+            if value is not None:
+                set_dotted(data, dotted, value)
+        return recipe_from_dict(data, where)
+
+
+def set_dotted(data: dict, dotted: str, value: Any) -> None:
+    """Set ``calibration.count``-style keys in plain recipe data (checked when it is built)."""
+    node = data
+    *parents, leaf = dotted.split(".")
+    for p in parents:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"Recipe key '{dotted}': '{p}' is not a table of the recipe.")
+    node[leaf] = value
+
+
+def _plain(obj):
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+# --------------------------------------------------------------------------------------------
+# Loading with key and type checks
+# --------------------------------------------------------------------------------------------
+def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Recipe:
+    """Read a TOML recipe (and apply dotted ``overrides``). Relative paths in the recipe
+    (model source, weights, image folders) are taken relative to the recipe's folder."""
+    import tomli
+
+    path = Path(path)
+    try:
+        data = tomli.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"Recipe file {path} does not exist.") from None
+    except (tomli.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(
+            f"Recipe file {path} is not valid TOML: {e}. Fix the syntax and try again."
+        ) from None
+    data = _resolve_paths(data, path.parent)
+    recipe = recipe_from_dict(data, str(path))
+    return recipe.with_overrides(overrides, "command line") if overrides else recipe
+
+
+def path_keys(cls: type = None, prefix: str = "") -> dict[str, str]:  # type: ignore[assignment]
+    """Recipe keys that hold file or folder paths (dotted) → ``"any"`` (always a path unless
+    a ``builtin:`` / ``module:function`` spec) or ``"file"`` (a path only when it looks like
+    one: has a ``/`` or a suffix). Read from the dataclasses' field metadata: the one list the
+    TOML loader and the command line both use."""
+    cls = cls or Recipe
+    out: dict[str, str] = {}
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if "path" in f.metadata:
+            out[prefix + f.name] = f.metadata["path"]
+        elif dataclasses.is_dataclass(hints[f.name]):
+            out.update(path_keys(hints[f.name], f"{prefix}{f.name}."))
+    return out
+
+
+def resolve_path(value: Any, base: Path, kind: str = "any") -> Any:
+    """``value`` taken relative to ``base`` when it is a relative path (see :func:`path_keys`);
+    specs like ``torchvision:x``, ``pkg.mod:fn`` and ``builtin:...`` are returned unchanged."""
+    if (
+        not isinstance(value, str)
+        or not value
+        or ":" in value.split("/")[0]
+        and not value.startswith("/")
+    ):
+        return value
+    p = Path(value).expanduser()
+    if p.is_absolute():
+        return str(p)
+    if kind == "file" and not (("/" in value) or "." in Path(value).name):
+        return value  # "DEFAULT" (a torchvision weights name), a bare module name
+    return str((base / p).resolve())
+
+
+def _resolve_paths(data: dict, base: Path) -> dict:
+    for dotted, kind in path_keys().items():
+        *parents, leaf = dotted.split(".")
+        node: Any = data
+        for p in parents:
+            node = node.get(p) if isinstance(node, dict) else None
+        if isinstance(node, dict) and leaf in node:
+            node[leaf] = resolve_path(node[leaf], base, kind)
+    return data
+
+
+def recipe_from_dict(data: dict, where: str = "recipe") -> Recipe:
+    """Build a validated :class:`Recipe` from plain data; errors name the offending key."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"The recipe in {where} must be a table of keys.")
+    data = dict(data)
+    if "input" in data and "inputs" not in data:  # a single [input] table is allowed
+        data["inputs"] = [data.pop("input")]
+    return _build(Recipe, data, "", where).validate()
+
+
+def _build(cls, data: Any, prefix: str, where: str):
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"Recipe key '{prefix.rstrip('.')}' in {where} must be a table; "
+            f"got {type(data).__name__} {data!r}."
+        )
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = [k for k in data if k not in names]
+    if unknown:
+        raise ConfigError(
+            f"Unknown recipe key '{prefix}{unknown[0]}' in {where}. Valid keys "
+            f"{'under ' + repr(prefix.rstrip('.')) if prefix else 'at the top'}: "
+            f"{', '.join(names)}."
+        )
+    kwargs = {k: _convert(hints[k], v, f"{prefix}{k}", where) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def _convert(tp, value: Any, key: str, where: str):
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+
+    def bad(expected: str):
+        return ConfigError(
+            f"Recipe key '{key}' in {where} must be {expected}; got "
+            f"{type(value).__name__} {value!r}."
+        )
+
+    if origin in (typing.Union, getattr(types, "UnionType", typing.Union)):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _convert(inner[0], value, key, where)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(
+                f"Recipe key '{key}' in {where} must be one of "
+                f"{', '.join(map(repr, args))}; got {value!r}."
+            )
+        return value
+    if origin in (tuple, list) or tp in (tuple, list):
+        if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+            if (
+                origin is tuple
+                and args
+                and args[-1] is Ellipsis
+                and args[0] in (float, int)
+                and isinstance(value, (int, float))
+                and not isinstance(value, bool)
+            ):
+                value = [value]
+            else:
+                raise bad("a list")
+        item_tp = args[0] if args else Any
+        return tuple(_convert(item_tp, v, f"{key}[{i}]", where) for i, v in enumerate(value))
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key + ".", where)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise bad("true or false")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad("a whole number")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad("a number")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise bad("a string")
+        return value
+    if tp is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise bad("a table")
+        return dict(value)
+    return value
+
+
+def parse_override_value(key: str, text: str) -> Any:
+    """Parse a ``--set key=value`` value as TOML (falls back to a plain string)."""
+    import tomli
+
+    try:
+        return tomli.loads(f"v = {text}")["v"]
+    except tomli.TOMLDecodeError:
+        return text
+
+
+def parse_target(text: str) -> tuple[str, float]:
+    """``agree>=0.995`` / ``map>=0.95`` / ``cos>=0.99`` → (metric, threshold)."""
+    import re
+
+    m = re.fullmatch(r"\s*(agree|cos|map)\s*>=\s*([0-9.]+)\s*", text or "")
+    if not m or not 0 < float(m.group(2)) <= 1:
+        raise ConfigError(
+            f"Mixed-precision target {text!r} is not understood: write "
+            "'agree>=0.995' (top-1 agreement with fp32 on decisive images), "
+            "'map>=0.95' (detectors: mAP@0.5 against the fp32 detections) or "
+            "'cos>=0.995' (mean output cosine), with a value in (0, 1]."
+        )
+    return m.group(1), float(m.group(2))

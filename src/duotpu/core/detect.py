@@ -1,0 +1,367 @@
+"""Detections on the CPU: decode the raw YOLO head maps, NMS, boxes back on the image, drawing
+and detection-level accuracy (mAP with pycocotools).
+
+The TPU runs the network up to the head convolutions (see :mod:`duotpu.builder.yolo`);
+:func:`decode` does in numpy what the original model's last layers do, in the same order, so its
+result equals the original model's full output.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from duotpu.config.recipe import DetectOptions, Preprocess
+from duotpu.core.head import YoloHead
+
+#: Detections scored for mAP are kept down to this score (the usual mAP protocol); the
+#: detections taken as fp32 "ground truth" use the recipe's detect.conf.
+MAP_CONF = 0.001
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def decode(head: YoloHead, maps: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Raw head maps (in ``head.outputs`` order, each ``[B, C, h, w]``) → candidate boxes
+    ``[B, N, 4]`` (center x, center y, width, height in input pixels) and class scores
+    ``[B, N, nc]`` (for YOLOv5: objectness × class probability)."""
+    boxes, scores = [], []
+    if head.kind == "anchor_free":
+        for i, s in enumerate(head.strides):
+            box, cls = (np.asarray(m, np.float32) for m in maps[2 * i : 2 * i + 2])
+            b, _, h, w = box.shape
+            dist = box.reshape(b, 4, head.reg_max, h * w)
+            if head.reg_max > 1:  # DFL: the expectation of a softmax over reg_max bins
+                e = np.exp(dist - dist.max(axis=2, keepdims=True))
+                dist = (
+                    e
+                    / e.sum(axis=2, keepdims=True)
+                    * np.arange(head.reg_max, dtype=np.float32)[:, None]
+                ).sum(axis=2)
+            else:
+                dist = dist[:, :, 0]
+            ys, xs = np.meshgrid(
+                np.arange(h, dtype=np.float32) + 0.5,
+                np.arange(w, dtype=np.float32) + 0.5,
+                indexing="ij",
+            )
+            ax, ay = xs.reshape(-1), ys.reshape(-1)
+            x1, y1 = ax - dist[:, 0], ay - dist[:, 1]
+            x2, y2 = ax + dist[:, 2], ay + dist[:, 3]
+            xywh = np.stack([(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1], axis=2) * s
+            boxes.append(xywh)
+            scores.append(_sigmoid(cls.reshape(b, head.nc, h * w)).transpose(0, 2, 1))
+    else:
+        na = len(head.anchors[0]) // 2
+        for i, s in enumerate(head.strides):
+            m = np.asarray(maps[i], np.float32)
+            b, _, h, w = m.shape
+            p = _sigmoid(m.reshape(b, na, 5 + head.nc, h, w).transpose(0, 1, 3, 4, 2))
+            ys, xs = np.meshgrid(
+                np.arange(h, dtype=np.float32), np.arange(w, dtype=np.float32), indexing="ij"
+            )
+            grid = np.stack([xs, ys], axis=-1)[None, None] - 0.5
+            anchor = np.asarray(head.anchors[i], np.float32).reshape(1, na, 1, 1, 2)
+            xy = (p[..., :2] * 2 + grid) * s
+            wh = (p[..., 2:4] * 2) ** 2 * anchor
+            boxes.append(np.concatenate([xy, wh], -1).reshape(b, -1, 4))
+            scores.append((p[..., 5:] * p[..., 4:5]).reshape(b, -1, head.nc))
+    return np.concatenate(boxes, 1), np.concatenate(scores, 1)
+
+
+@dataclass
+class Detection:
+    """One detected object: box corners in image pixels, score, class index and name."""
+
+    box: tuple[float, float, float, float]
+    score: float
+    cls: int
+    name: str
+
+    def to_json(self) -> dict:
+        return {
+            "box": [round(v, 1) for v in self.box],
+            "score": round(self.score, 4),
+            "class": self.cls,
+            "name": self.name,
+        }
+
+
+def nms(
+    boxes_xywh: np.ndarray,
+    scores: np.ndarray,
+    conf: float = 0.25,
+    iou: float = 0.45,
+    max_det: int = 300,
+) -> list[tuple[np.ndarray, float, int]]:
+    """Per-class non-maximum suppression of one image's candidates (``[N, 4]`` xywh,
+    ``[N, nc]`` scores): the best class of each box above ``conf``, boxes of the same class
+    overlapping more than ``iou`` dropped. Returns (xyxy, score, class), best first."""
+    import cv2
+
+    cls = scores.argmax(1)
+    best = scores[np.arange(len(cls)), cls]
+    keep = np.flatnonzero(best >= conf)
+    if keep.size == 0:
+        return []
+    b = boxes_xywh[keep].astype(np.float32)
+    tlwh = np.concatenate([b[:, :2] - b[:, 2:] / 2, b[:, 2:]], 1)
+    idx = cv2.dnn.NMSBoxesBatched(
+        tlwh.tolist(),
+        best[keep].astype(float).tolist(),
+        cls[keep].astype(int).tolist(),
+        float(conf),
+        float(iou),
+    )
+    idx = np.asarray(idx, int).reshape(-1)
+    idx = idx[np.argsort(-best[keep][idx], kind="stable")][:max_det]
+    return [
+        (
+            np.array([*tlwh[k, :2], *(tlwh[k, :2] + tlwh[k, 2:])]),
+            float(best[keep][k]),
+            int(cls[keep][k]),
+        )
+        for k in idx
+    ]
+
+
+def to_image(
+    box: np.ndarray, pre: Preprocess, net_hw: tuple[int, int], image_hw: tuple[int, int]
+) -> tuple[float, float, float, float]:
+    """A box in network-input pixels → the original image's pixels, undoing the recipe's
+    resize (letterbox, stretch or short-side + center crop, as tpu_mlir preprocesses)."""
+    ih, iw = image_hw
+    nh, nw = net_hw
+    rh, rw = tuple(pre.resize) if pre.resize else (nh, nw)
+    if pre.resize_mode == "letterbox":
+        s = min(rw / iw, rh / ih)
+        sx = sy = s
+        ox, oy = (rw - int(iw * s)) // 2, (rh - int(ih * s)) // 2
+    elif pre.resize_mode == "stretch":
+        sx, sy, ox, oy = rw / iw, rh / ih, 0, 0
+    else:
+        s = max(rw / iw, rh / ih)
+        w2 = int(iw * s) if iw * s >= rw else rw
+        h2 = int(ih * s) if ih * s >= rh else rh
+        sx, sy = w2 / iw, h2 / ih
+        ox, oy = -max((w2 - rw) // 2, 0), -max((h2 - rh) // 2, 0)
+    ox -= rw // 2 - nw // 2  # the center crop from the resize size to the input size
+    oy -= rh // 2 - nh // 2
+    x1, y1, x2, y2 = box
+    fx = lambda v: float(np.clip((v - ox) / sx, 0, iw))  # noqa: E731
+    fy = lambda v: float(np.clip((v - oy) / sy, 0, ih))  # noqa: E731
+    return fx(x1), fy(y1), fx(x2), fy(y2)
+
+
+def detections(
+    head: YoloHead,
+    maps: Sequence[np.ndarray],
+    pre: Preprocess,
+    image_hws: Sequence[tuple[int, int]],
+    conf: float = 0.25,
+    iou: float = 0.45,
+    max_det: int = 300,
+) -> list[list[Detection]]:
+    """Raw head maps of a batch → the detections of each image, in image pixels."""
+    boxes, scores = decode(head, maps)
+    out = []
+    for b, hw in enumerate(image_hws):
+        out.append(
+            [
+                Detection(
+                    to_image(xyxy, pre, head.input_hw, hw),
+                    s,
+                    c,
+                    head.names[c] if c < len(head.names) else str(c),
+                )
+                for xyxy, s, c in nms(boxes[b], scores[b], conf, iou, max_det)
+            ]
+        )
+    return out
+
+
+def per_image(
+    head: YoloHead,
+    maps_list: Sequence[Sequence[np.ndarray]],
+    pre: Preprocess,
+    image_hws: Sequence[tuple[int, int]],
+    opt: DetectOptions,
+    conf: float | None = None,
+) -> list[list[Detection]]:
+    """The detections of each image, given one list of head maps per image, with the recipe's
+    detect options (``conf`` replaces ``opt.conf``)."""
+    c = opt.conf if conf is None else conf
+    return [
+        detections(head, maps, pre, [hw], c, opt.iou, opt.max_det)[0]
+        for maps, hw in zip(maps_list, image_hws)
+    ]
+
+
+def as_truth(dets: list[list[Detection]]) -> list[list[tuple[tuple, int]]]:
+    """Detections (e.g. the fp32 model's) as ground truth for :func:`coco_map`."""
+    return [[(d.box, d.cls) for d in ds] for ds in dets]
+
+
+def input_frame(
+    item: str | Path, pre: Preprocess, head: YoloHead
+) -> tuple[Preprocess, tuple[int, int]]:
+    """How boxes map back for one input: an image → the recipe's resize and the image's size;
+    a tensor file (``.npz`` / ``.npy``) → boxes stay in network-input pixels."""
+    from duotpu.core.preprocess import load_bgr
+
+    if Path(item).suffix.lower() in (".npz", ".npy"):
+        return Preprocess(resize_mode="stretch"), head.input_hw
+    return pre, load_bgr(item, False).shape[:2]
+
+
+def maps_in_order(head: YoloHead, outputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """A simulator / board result (by the compiler's output names) → maps in decode order.
+    The compiler names an output after the op making it, e.g. ``/model.22/cv2.0/Conv_output_0``
+    becomes ``/model.22/cv2.0/Conv_output_0_Conv``."""
+    got = list(outputs)
+    maps = []
+    for k, name in enumerate(head.outputs):
+        hit = next((g for g in got if g == name or g.startswith(name + "_")), None)
+        maps.append(outputs[hit] if hit is not None else outputs[got[k]])
+    return maps
+
+
+# --------------------------------------------------------------------------------------------
+def draw(image: str | Path | np.ndarray, dets: list[Detection], out: Path) -> Path:
+    """Draw boxes with class name and score on the image; written atomically to ``out``."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    img = (
+        Image.open(image).convert("RGB")
+        if not isinstance(image, np.ndarray)
+        else Image.fromarray(np.asarray(image, np.uint8)).convert("RGB")
+    )
+    d = ImageDraw.Draw(img)
+    font = ImageFont.load_default()
+    palette = [
+        (255, 56, 56),
+        (72, 249, 10),
+        (0, 194, 255),
+        (255, 157, 151),
+        (146, 204, 23),
+        (255, 178, 29),
+        (52, 69, 147),
+        (207, 210, 49),
+        (132, 56, 255),
+        (255, 55, 199),
+    ]
+    width = max(2, round(sum(img.size) / 600))
+    for det in dets:
+        color = palette[det.cls % len(palette)]
+        d.rectangle(det.box, outline=color, width=width)
+        label = f"{det.name} {det.score:.2f}"
+        x0, y0 = det.box[0], max(det.box[1] - 12, 0)
+        tb = d.textbbox((x0, y0), label, font=font)
+        d.rectangle(tb, fill=color)
+        d.text((x0, y0), label, fill=(255, 255, 255), font=font)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.stem}.part{out.suffix}")
+    img.save(tmp)
+    tmp.replace(out)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Accuracy
+# --------------------------------------------------------------------------------------------
+def read_yolo_labels(path: Path, image_hw: tuple[int, int]) -> list[tuple[tuple, int]]:
+    """A YOLO-format label file (``class cx cy w h`` normalised, a line per object) → (xyxy box
+    in pixels, class) pairs. A missing file means no objects."""
+    h, w = image_hw
+    objs = []
+    if not Path(path).is_file():
+        return objs
+    for ln, line in enumerate(Path(path).read_text().splitlines(), 1):
+        parts = line.split()
+        if not parts:
+            continue
+        try:
+            c, cx, cy, bw, bh = int(parts[0]), *map(float, parts[1:5])
+        except (ValueError, TypeError):
+            from duotpu.config.errors import DataError
+
+            raise DataError(
+                f"{path}, line {ln}: expected 'class cx cy w h' (YOLO format, "
+                f"coordinates 0–1); got {line!r}."
+            ) from None
+        objs.append(
+            (((cx - bw / 2) * w, (cy - bh / 2) * h, (cx + bw / 2) * w, (cy + bh / 2) * h), c)
+        )
+    return objs
+
+
+def coco_map(
+    truth: list[list[tuple[tuple, int]]], found: list[list[Detection]], nc: int
+) -> dict[str, float]:
+    """mAP@0.5 and mAP@0.5:0.95 (COCO's definitions, computed by pycocotools) of ``found``
+    against ``truth``, per image lists of (xyxy, class) and detections."""
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    gt = {
+        "images": [{"id": i} for i in range(len(truth))],
+        "categories": [{"id": c} for c in range(nc)],
+        "annotations": [],
+    }
+    for i, objs in enumerate(truth):
+        for box, c in objs:
+            w, h = box[2] - box[0], box[3] - box[1]
+            gt["annotations"].append(
+                {
+                    "id": len(gt["annotations"]) + 1,
+                    "image_id": i,
+                    "category_id": int(c),
+                    "bbox": [box[0], box[1], w, h],
+                    "area": w * h,
+                    "iscrowd": 0,
+                }
+            )
+    dets = [
+        {
+            "image_id": i,
+            "category_id": d.cls,
+            "score": d.score,
+            "bbox": [d.box[0], d.box[1], d.box[2] - d.box[0], d.box[3] - d.box[1]],
+        }
+        for i, ds in enumerate(found)
+        for d in ds
+    ]
+    if not gt["annotations"]:
+        return {
+            "map50": float("nan"),
+            "map50_95": float("nan"),
+            "objects": 0,
+            "detections": len(dets),
+        }
+    if not dets:
+        return {"map50": 0.0, "map50_95": 0.0, "objects": len(gt["annotations"]), "detections": 0}
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco = COCO()
+        coco.dataset = gt
+        coco.createIndex()
+        res = coco.loadRes(dets)
+        ev = COCOeval(coco, res, "bbox")
+        ev.params.maxDets = [1, 10, max(100, max(len(ds) for ds in found))]
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return {
+        "map50": float(max(ev.stats[1], 0.0)),
+        "map50_95": float(max(ev.stats[0], 0.0)),
+        "objects": len(gt["annotations"]),
+        "detections": len(dets),
+    }

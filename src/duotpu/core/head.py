@@ -1,0 +1,64 @@
+"""How to decode a cut YOLO model's outputs (:class:`YoloHead`, written by the build beside the
+cvimodel as ``NAME.detect.json``), and the COCO class names."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+#: The 80 COCO class names, in the order Ultralytics and YOLOv5 train them.
+COCO_NAMES = (
+    "person bicycle car motorcycle airplane bus train truck boat traffic_light fire_hydrant "
+    "stop_sign parking_meter bench bird cat dog horse sheep cow elephant bear zebra giraffe "
+    "backpack umbrella handbag tie suitcase frisbee skis snowboard sports_ball kite baseball_bat "
+    "baseball_glove skateboard surfboard tennis_racket bottle wine_glass cup fork knife spoon "
+    "bowl banana apple sandwich orange broccoli carrot hot_dog pizza donut cake chair couch "
+    "potted_plant bed dining_table toilet tv laptop mouse remote keyboard cell_phone microwave "
+    "oven toaster sink refrigerator book clock vase scissors teddy_bear hair_drier toothbrush"
+).split()
+COCO_NAMES = tuple(n.replace("_", " ") for n in COCO_NAMES)
+
+
+@dataclass
+class YoloHead:
+    """How to decode the outputs of a cut YOLO model.
+
+    ``outputs`` are the cut model's output names in decode order: for ``anchor_free``
+    ``[box_s8, cls_s8, box_s16, ...]``, for ``anchor`` one map per scale. ``anchors`` (only
+    ``anchor``) are per scale the anchor sizes in input pixels, ``[w0, h0, w1, h1, ...]``.
+    """
+
+    kind: str
+    input_hw: tuple[int, int]
+    strides: list[int]
+    outputs: list[str]
+    nc: int
+    reg_max: int = 16
+    anchors: list[list[float]] = field(default_factory=list)
+    names: list[str] = field(default_factory=list)
+
+    @property
+    def num_boxes(self) -> int:
+        """Candidate boxes per image (8400 for a 640 YOLOv8, 25200 for a 640 YOLOv5)."""
+        h, w = self.input_hw
+        per_cell = len(self.anchors[0]) // 2 if self.kind == "anchor" else 1
+        return sum(per_cell * (h // s) * (w // s) for s in self.strides)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> "YoloHead":
+        data = dict(data)
+        data["input_hw"] = tuple(data["input_hw"])
+        return cls(**data)
+
+    def save(self, path: Path) -> None:
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(self.to_json(), indent=1))
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: Path) -> "YoloHead":
+        return cls.from_json(json.loads(Path(path).read_text()))

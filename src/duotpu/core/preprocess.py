@@ -1,0 +1,125 @@
+"""Image → input tensor, exactly as tpu_mlir's preprocessing computes it.
+
+The numbers a recipe gives in PyTorch units (``(pixel/255 - mean) / std``) become tpu_mlir's
+pixel-unit ``mean`` and ``scale`` (``(pixel - mean255) * scale``). :func:`tpu_mean_scale` does
+that conversion once; the compiler flags and :func:`preprocess_image` both use its strings, so the
+host and the compiler compute with the same float32 numbers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from duotpu.config.errors import DataError
+from duotpu.config.recipe import Preprocess
+
+
+def _fmt(v: float) -> str:
+    return np.format_float_positional(np.float32(v), unique=True, trim="-")
+
+
+def tpu_mean_scale(pre: Preprocess, channels: int) -> tuple[str, str]:
+    """tpu_mlir's ``--mean`` and ``--scale`` strings (pixel units) for a recipe's mean/std."""
+    mean = list(pre.mean) * (channels if len(pre.mean) == 1 else 1)
+    std = list(pre.std) * (channels if len(pre.std) == 1 else 1)
+    if channels == 1:  # tpu_mlir reads three values and uses the first for gray
+        mean, std = mean * 3, std * 3
+    return (",".join(_fmt(m * 255.0) for m in mean), ",".join(_fmt(1.0 / (s * 255.0)) for s in std))
+
+
+def resize_dims(pre: Preprocess, shape: tuple[int, ...]) -> tuple[int, int]:
+    """The (h, w) an image is resized to before the center crop to the input size."""
+    return tuple(pre.resize) if pre.resize else (shape[2], shape[3])
+
+
+def _resize(img: np.ndarray, pre: Preprocess, h: int, w: int) -> np.ndarray:
+    import cv2
+
+    ih, iw = img.shape[:2]
+    if pre.resize_mode == "stretch":
+        return cv2.resize(img, (w, h))
+    if pre.resize_mode == "letterbox":
+        s = min(w / iw, h / ih)
+        rw, rh = int(iw * s), int(ih * s)
+        r = cv2.resize(img, (rw, rh))
+        out = np.full((h, w) + img.shape[2:], pre.pad_value, dtype=img.dtype)
+        y, x = (h - rh) // 2, (w - rw) // 2
+        out[y : y + rh, x : x + rw] = r
+        return out
+    s = max(w / iw, h / ih)  # short_side
+    rw = int(iw * s) if iw * s >= w else w
+    rh = int(ih * s) if ih * s >= h else h
+    r = cv2.resize(img, (rw, rh))
+    y, x = max((rh - h) // 2, 0), max((rw - w) // 2, 0)
+    return r[y : y + h, x : x + w]
+
+
+def load_bgr(image: str | Path | np.ndarray, gray: bool) -> np.ndarray:
+    """An image file (or an RGB array) as tpu_mlir reads it: BGR (or gray) uint8."""
+    import cv2
+
+    if isinstance(image, np.ndarray):
+        img = np.asarray(image)
+        if img.ndim == 2:
+            return img if gray else cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
+        bgr = np.ascontiguousarray(img[:, :, 2::-1])
+        return cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY) if gray else bgr
+    img = cv2.imread(str(image), cv2.IMREAD_GRAYSCALE if gray else cv2.IMREAD_COLOR)
+    if img is None:
+        raise DataError(f"Cannot read the image {image}: the file is missing or not an image.")
+    return img
+
+
+def preprocess_image(
+    image: str | Path | np.ndarray, pre: Preprocess, shape: tuple[int, ...]
+) -> np.ndarray:
+    """One image → a float32 NCHW tensor of ``shape`` (batch filled with copies)."""
+    channels = shape[1]
+    gray = channels == 1
+    img = load_bgr(image, gray)
+    h, w = resize_dims(pre, shape)
+    img = _resize(img, pre, h, w)
+    x = img[None] if gray else img.transpose(2, 0, 1)
+    x = x[None]
+    ih, iw = x.shape[2:]
+    ch, cw = shape[2], shape[3]
+    if (ih, iw) != (ch, cw):
+        y0, x0 = ih // 2 - ch // 2, iw // 2 - cw // 2
+        x = x[:, :, y0 : y0 + ch, x0 : x0 + cw]
+    x = x.astype(np.float32)
+    mean_s, scale_s = tpu_mean_scale(pre, channels)
+    mean = np.array([float(v) for v in mean_s.split(",")], np.float32)[None, :, None, None]
+    scale = np.array([float(v) for v in scale_s.split(",")], np.float32)[None, :, None, None]
+    if gray:
+        mean, scale = mean[:, :1], scale[:, :1]
+    elif pre.pixel_format == "rgb":
+        x = x[:, [2, 1, 0]]
+    x = (x - mean) * scale
+    return np.repeat(x, shape[0], axis=0).astype(np.float32)
+
+
+def fused_input(
+    image: str | Path | np.ndarray, pre: Preprocess, shape: tuple[int, ...], pixel_format: str
+) -> np.ndarray:
+    """The raw uint8 input of a fused-preprocess cvimodel: the image resized and cropped as at
+    build time, in ``pixel_format`` (``RGB_PLANAR``, ``BGR_PACKED``, ``GRAYSCALE``, ...); the
+    TPU does the mean/scale."""
+    gray = pixel_format == "GRAYSCALE"
+    img = load_bgr(image, gray)
+    h, w = resize_dims(pre, (1, 1 if gray else 3, shape[-2], shape[-1]))
+    img = _resize(img, pre, h, w)
+    x = img[None] if gray else img.transpose(2, 0, 1)
+    ch, cw = (
+        (shape[2], shape[3]) if pixel_format.endswith("PLANAR") or gray else (shape[1], shape[2])
+    )
+    ih, iw = x.shape[1:]
+    if (ih, iw) != (ch, cw):
+        y0, x0 = ih // 2 - ch // 2, iw // 2 - cw // 2
+        x = x[:, y0 : y0 + ch, x0 : x0 + cw]
+    if pixel_format.startswith("RGB"):
+        x = x[[2, 1, 0]]
+    if pixel_format.endswith("PACKED"):
+        x = x.transpose(1, 2, 0)
+    return np.ascontiguousarray(x[None]).astype(np.uint8)

@@ -1,0 +1,170 @@
+"""Accuracy of built models against fp32: agreement metrics, labelled accuracy, per-layer view.
+
+Used by ``duotpu eval``. Metrics, for each quantized model against the fp32 ONNX model:
+top-1 agreement overall and on *decisive* images (fp32 top-1 minus top-2 probability ≥ a margin,
+0.05 by default: near-ties flip even in BF16 and say little about quantization), top-5
+containment of the fp32 top-1, mean and worst output cosine, and mean KL(fp32 ‖ quantized) of
+the softmax outputs. With a labelled folder (one subfolder per class), top-1/top-5 accuracy.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from duotpu import compiler
+from duotpu.config.errors import DataError
+from duotpu.core import images as images_mod
+from duotpu.core import metrics
+from duotpu.infer import runtime
+
+
+def labelled_images(
+    folder: Path, class_names: list[str] | None
+) -> tuple[list[Path], list[int] | None]:
+    """Images of ``folder``; when its subfolders name classes (ImageNet index or class name),
+    also their labels."""
+    scan = images_mod.scan_images(folder)
+    if not scan.paths:
+        raise DataError(f"The image folder {folder} has no readable images.")
+    lookup = {n.lower(): i for i, n in enumerate(class_names or [])}
+    labels = []
+    for p in scan.paths:
+        rel = p.relative_to(folder)
+        if len(rel.parts) < 2:
+            return scan.paths, None
+        cls = rel.parts[0]
+        if cls.isdigit():
+            labels.append(int(cls))
+        elif cls.lower().replace("_", " ") in lookup:
+            labels.append(lookup[cls.lower().replace("_", " ")])
+        else:
+            raise DataError(
+                f"The class folder '{cls}' in {folder} is neither a class number nor "
+                "a known class name. Name class folders by ImageNet index (e.g. 285) "
+                "or class name (e.g. Egyptian_cat), or pass --labels FILE."
+            )
+    return scan.paths, labels
+
+
+def per_layer(
+    model: runtime.BuiltModel, top_mlir: Path, tensors: list[np.ndarray]
+) -> list[tuple[str, float]]:
+    """Cosine of every tensor of the quantized MLIR to the same tensor of the fp32 MLIR
+    (mean over ``tensors``), worst first."""
+    quant = compiler.run_tensors("mlir", model.tpu_mlir, model.input_name, tensors, [])
+    fp32 = compiler.run_tensors("mlir", top_mlir, model.input_name, tensors, [])
+    sims: dict[str, list[float]] = {}
+    for q, f in zip(quant, fp32):
+        for name in q:
+            if name in f and q[name].size == f[name].size:
+                sims.setdefault(name, []).append(metrics.cosine(f[name], q[name]))
+    return sorted(((n, float(np.mean(v))) for n, v in sims.items()), key=lambda kv: kv[1])
+
+
+def check_fast_path(model: runtime.BuiltModel, tensors: list[np.ndarray]) -> float:
+    """Largest absolute output difference between the fast path and the CV18xx simulator."""
+    sim = runtime.infer(model, tensors, backend="cvimodel")
+    fast = runtime.infer(model, tensors, backend="mlir")
+    return max(
+        float(np.max(np.abs(a[n].ravel() - b[n].ravel())))
+        for a, b in zip(sim, fast)
+        for n in model.output_names
+    )
+
+
+def timed_infer(model, tensors, backend, progress: Callable[[int], None] | None = None):
+    """Outputs (first output, one row per image) and seconds taken."""
+    t0 = time.monotonic()
+    outs = runtime.infer(model, tensors, backend=backend, progress=progress)
+    first = model.output_names[0]
+    return np.stack([o[first].reshape(-1) for o in outs]), time.monotonic() - t0
+
+
+# --------------------------------------------------------------------------------------------
+# Detectors
+# --------------------------------------------------------------------------------------------
+
+
+def detection_images(folder: Path) -> tuple[list[Path], list[Path] | None]:
+    """Images of a detection folder and, in the YOLO layout (``images/x.jpg`` with
+    ``labels/x.txt``, or ``x.txt`` beside ``x.jpg``), their label files; ``None`` without any
+    label file."""
+    scan = images_mod.scan_images(folder)
+    if not scan.paths:
+        raise DataError(f"The image folder {folder} has no readable images.")
+    labels = []
+    for p in scan.paths:
+        parts = list(p.parts)
+        if "images" in parts:
+            k = len(parts) - 1 - parts[::-1].index("images")
+            parts[k] = "labels"
+        beside = p.with_suffix(".txt")
+        yolo = Path(*parts).with_suffix(".txt")
+        labels.append(yolo if yolo.is_file() else beside)
+    return scan.paths, labels if any(lp.is_file() for lp in labels) else None
+
+
+@dataclass
+class DetectMetrics:
+    """How one quantized detector compares with fp32 (and with labels) on the images."""
+
+    mode: str
+    n: int
+    map50_vs_fp32: float
+    fp32_objects: int
+    detections_per_image: float
+    cosine_mean: dict
+    cosine_worst: dict
+    map50: float | None = None
+    map50_95: float | None = None
+    images_per_second: float = 0.0
+
+
+def compare_detections(
+    mode: str,
+    model: runtime.BuiltModel,
+    fp32_maps: list[list[np.ndarray]],
+    q_outs: list[dict[str, np.ndarray]],
+    image_hws: list[tuple[int, int]],
+    truth: list | None,
+    seconds: float,
+) -> tuple[DetectMetrics, dict | None]:
+    """Detection-level metrics of one quantized detector: mAP@0.5 of its detections taking the
+    fp32 model's detections (at the recipe's ``detect.conf``) as ground truth, per head-map
+    cosine, and with labels mAP@0.5 and mAP@0.5:0.95 (pycocotools). Returns the metrics and,
+    with labels, the fp32 model's own mAP."""
+    from duotpu.core.detect import MAP_CONF, as_truth, coco_map, maps_in_order, per_image
+
+    head, pre, opt = model.head, model.recipe.preprocess, model.recipe.detect
+    q_maps = [maps_in_order(head, o) for o in q_outs]
+    q_low = per_image(head, q_maps, pre, image_hws, opt, MAP_CONF)
+    vs_fp32 = coco_map(as_truth(per_image(head, fp32_maps, pre, image_hws, opt)), q_low, head.nc)
+    cos = {
+        n: [metrics.cosine(f[k], q[k]) for f, q in zip(fp32_maps, q_maps)]
+        for k, n in enumerate(head.outputs)
+    }
+    m = DetectMetrics(
+        mode,
+        len(q_maps),
+        vs_fp32["map50"],
+        vs_fp32["objects"],
+        # NMS keeps a box only for higher-scoring ones: the detections at
+        # detect.conf are those of q_low that score that high
+        float(np.mean([sum(d.score >= opt.conf for d in ds) for ds in q_low])),
+        {n: float(np.mean(c)) for n, c in cos.items()},
+        {n: float(np.min(c)) for n, c in cos.items()},
+        images_per_second=len(q_maps) / seconds if seconds > 0 else 0.0,
+    )
+    fp32_labelled = None
+    if truth is not None:
+        mq = coco_map(truth, q_low, head.nc)
+        m.map50, m.map50_95 = mq["map50"], mq["map50_95"]
+        fp32_labelled = coco_map(
+            truth, per_image(head, fp32_maps, pre, image_hws, opt, MAP_CONF), head.nc
+        )
+    return m, fp32_labelled

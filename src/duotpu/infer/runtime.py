@@ -1,0 +1,205 @@
+"""Host inference of built models: the CV18xx simulator, or tpu_mlir's interpreter on the
+quantized MLIR (the fast path, checked against the simulator), plus the fp32 reference.
+
+A built model is found from its cvimodel: the build folder beside it holds the recipe
+(``NAME.recipe.toml``, with the preprocessing) and ``manifest.json`` (the work directory with the
+fp32 ONNX and the quantized MLIR of each mode).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from duotpu import compiler
+from duotpu.builder.manifest import listed_model
+from duotpu.compiler import cvimodel as cvimodel_mod
+from duotpu.config.errors import ConfigError, ModelError
+from duotpu.config.recipe import Recipe, load_recipe
+from duotpu.core.head import YoloHead
+from duotpu.core.onnxrt import onnx_outputs
+from duotpu.core.preprocess import fused_input, preprocess_image
+
+
+@dataclass
+class BuiltModel:
+    """A cvimodel with what is needed to feed it images and to check it. ``mode`` is the
+    build's name for it (``int8``, ``bf16``, ``mix``); ``onnx``, ``tpu_mlir`` (its quantized
+    MLIR, the fast path) and ``top_mlir`` (the fp32 MLIR) come from the build's manifest and
+    are ``None`` when the work directory is gone or the file was not built by duotpu."""
+
+    cvimodel: Path
+    info: cvimodel_mod.CviModelInfo
+    recipe: Recipe
+    mode: str
+    onnx: Path | None
+    tpu_mlir: Path | None
+    head: YoloHead | None = None
+    top_mlir: Path | None = None
+
+    @property
+    def input_name(self) -> str:
+        return self.info.programs[0].inputs[0].name
+
+    @property
+    def output_names(self) -> list[str]:
+        return [t.name for t in self.info.programs[0].outputs]
+
+
+def open_model(path: str | Path, recipe_path: str | Path | None = None) -> BuiltModel:
+    """Open a cvimodel made by ``duotpu build`` (or any cvimodel, with ``recipe_path``).
+
+    What the build made beside it (mode, fp32 ONNX, quantized MLIR) is read from the build's
+    ``manifest.json``; a cvimodel the manifest does not list is opened without them."""
+    path = Path(path)
+    info = cvimodel_mod.read_cvimodel(path)
+    if recipe_path:
+        recipe = load_recipe(recipe_path)
+    else:
+        candidates = [path.parent / f"{info.name}.recipe.toml", *path.parent.glob("*.recipe.toml")]
+        found = next((c for c in candidates if c.is_file()), None)
+        if found is None:
+            raise ConfigError(
+                f"No recipe found beside {path} (looked for "
+                f"{info.name}.recipe.toml), so the image preprocessing is unknown. "
+                "Give the recipe the model was built with: --recipe FILE."
+            )
+        recipe = load_recipe(found)
+    listed = listed_model(path)
+    if listed is not None:
+        mode, onnx, tpu, top = listed.mode, listed.onnx, listed.tpu_mlir, listed.top_mlir
+    else:  # a cvimodel from elsewhere: no fast path, no fp32 reference
+        dtypes = {t.dtype for p in info.programs for t in p.inputs + p.outputs}
+        mode = "bf16" if "bf16" in dtypes else "int8"
+        onnx = tpu = top = None
+    head_file = path.parent / f"{info.name}.detect.json"
+    head = YoloHead.load(head_file) if recipe.task == "detect" and head_file.is_file() else None
+    if recipe.task == "detect" and head is None:
+        raise ConfigError(
+            f"{path} is a detector but {head_file} (how to decode its outputs, "
+            "written by duotpu build) is missing. Copy it from the build folder "
+            "or rebuild."
+        )
+    return BuiltModel(path, info, recipe, mode, onnx, tpu, head, top)
+
+
+def top_mlir_of(model: BuiltModel) -> Path | None:
+    """The build's fp32 top MLIR (in its work directory), or ``None`` when it is gone."""
+    return model.top_mlir
+
+
+def tensors_for(model: BuiltModel, images: list) -> list[np.ndarray]:
+    """Images (paths or RGB arrays) → batch-1 input tensors, with the build's preprocessing:
+    float32 NCHW, or for a fused-preprocess model the raw uint8 image in its pixel format."""
+    t = model.info.programs[0].inputs[0]
+    shape = tuple(t.shape)
+    if t.pixel_format in compiler.SELF_VALIDATED_FORMATS or t.aligned:
+        return _aligned_inputs(model, t, images)
+    if t.pixel_format and t.dtype in ("uint8", "int8"):
+        return [
+            fused_input(im, model.recipe.preprocess, shape, t.pixel_format).reshape(shape)
+            for im in images
+        ]
+    return [preprocess_image(im, model.recipe.preprocess, shape) for im in images]
+
+
+def _aligned_inputs(model: BuiltModel, t, images: list) -> list[np.ndarray]:
+    """Raw inputs of a YUV / aligned fused-preprocess model, made by tpu_mlir's preprocessing
+    (it needs the build's fp32 MLIR, which holds the resize settings)."""
+    top = top_mlir_of(model)
+    if top is None:
+        raise ModelError(
+            f"{model.cvimodel} takes {t.pixel_format} input"
+            f"{' with aligned rows' if t.aligned else ''}; making it from an "
+            "image needs the build's work directory, which is gone. Rebuild, or "
+            "give the raw input as an npz."
+        )
+    from duotpu.core.images import save_image
+
+    out = []
+    with tempfile.TemporaryDirectory(prefix="duotpu-raw-") as tmp:
+        for i, im in enumerate(images):
+            path = (
+                save_image(Path(tmp) / f"im{i}.png", im) if isinstance(im, np.ndarray) else Path(im)
+            )
+            f = compiler.fused_input_file(
+                top,
+                path,
+                t.pixel_format,
+                t.aligned,
+                model.info.chip,
+                Path(tmp) / f"raw{i}.npz",
+                Path(tmp) / "raw.log",
+            )
+            with np.load(f) as z:
+                out.append(np.array(z[z.files[0]]).reshape(1, -1))
+    return out
+
+
+def infer_batched(
+    model: BuiltModel, tensors: list[np.ndarray], progress: Callable[[int], None] | None = None
+) -> list[dict[str, np.ndarray]]:
+    """Like :func:`infer` on the simulator, but a multi-batch cvimodel runs full batches through
+    its largest program and the rest through its batch-1 program. One result per input."""
+    programs = model.info.programs
+    big = max(range(len(programs)), key=lambda k: programs[k].inputs[0].shape[0])
+    b = programs[big].inputs[0].shape[0]
+    one = next((k for k, p in enumerate(programs) if p.inputs[0].shape[0] == 1), 0)
+    n_full = (len(tensors) // b) * b if b > 1 else 0
+    results: list[dict[str, np.ndarray]] = []
+    if n_full:
+        stacked = [np.concatenate(tensors[i : i + b]) for i in range(0, n_full, b)]
+        names = [t.name for t in programs[big].outputs]
+        for out in infer(model, stacked, program=big, output_names=names, progress=progress):
+            for row in range(b):
+                results.append({n: v[row : row + 1] for n, v in out.items()})
+    if len(tensors) > n_full:
+        results += infer(model, tensors[n_full:], program=one)
+    return results
+
+
+def infer(
+    model: BuiltModel,
+    tensors: list[np.ndarray],
+    backend: str = "cvimodel",
+    workers: int | None = None,
+    progress: Callable[[int], None] | None = None,
+    keep_all: bool = False,
+    program: int = 0,
+    output_names: list[str] | None = None,
+) -> list[dict[str, np.ndarray]]:
+    """Run input tensors through the model on the host.
+
+    ``backend``: ``cvimodel`` (the CV18xx simulator) or ``mlir`` (tpu_mlir's interpreter on the
+    quantized MLIR from the build's work directory: same integer arithmetic, far faster).
+    Returns, per input, the outputs by the cvimodel's output names (fp32).
+    """
+    if backend == "mlir" and model.tpu_mlir is None:
+        raise ModelError(
+            f"The quantized MLIR of {model.cvimodel} is not available (the build's "
+            "work directory is gone); use the simulator backend."
+        )
+    target = model.cvimodel if backend == "cvimodel" else model.tpu_mlir
+    names = [] if keep_all else (output_names or model.output_names)
+    results = compiler.run_tensors(
+        backend, target, model.input_name, tensors, names, workers, progress, program
+    )
+    for r in results:  # the simulator keeps NCHW-padded shapes ([1,10,1,1]); use the cvimodel's
+        for t in model.info.programs[program].outputs:
+            if t.name in r and r[t.name].size == int(np.prod(t.shape)):
+                r[t.name] = r[t.name].reshape(t.shape)
+    return results
+
+
+def fp32_reference(model: BuiltModel, tensors: list[np.ndarray]) -> list[list[np.ndarray]]:
+    """The fp32 ONNX model's outputs (ONNX Runtime), in output order."""
+    if model.onnx is None:
+        raise ModelError(
+            f"The fp32 ONNX model of {model.cvimodel} is not available (the build's "
+            "work directory is gone); rebuild it to compare against fp32."
+        )
+    return onnx_outputs(model.onnx, tensors)

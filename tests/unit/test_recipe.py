@@ -1,0 +1,134 @@
+"""The recipe: TOML loading, key/type checks, overrides, round trip."""
+
+from pathlib import Path
+
+import pytest
+
+from duotpu.config.errors import ConfigError
+from duotpu.config.recipe import load_recipe, recipe_from_dict
+
+DEMO = Path(__file__).parents[2] / "src/duotpu/recipes/efficientnet_lite0.toml"
+
+
+def test_demo_recipe_loads_and_round_trips(tmp_path):
+    r = load_recipe(DEMO)
+    assert r.name == "efficientnet_lite0" and r.chip == "cv180x"
+    assert r.quantize == ("int8", "bf16")
+    assert r.inputs[0].shape == (1, 3, 224, 224)
+    assert r.preprocess.resize_mode == "short_side" and r.preprocess.resize == (256, 256)
+    p = tmp_path / "again.toml"
+    p.write_text(r.to_toml())
+    assert load_recipe(p) == r
+
+
+@pytest.mark.parametrize(
+    "data,key",
+    [
+        ({"nmae": "x"}, "nmae"),
+        ({"calibration": {"cuont": 3}}, "calibration.cuont"),
+        ({"preprocess": {"means": [0, 0, 0]}}, "preprocess.means"),
+    ],
+)
+def test_unknown_key_is_named(data, key):
+    base = {"name": "m", "model": {"source": "m.onnx"}}
+    base.update(data)
+    with pytest.raises(ConfigError, match=f"'{key}'"):
+        recipe_from_dict(base)
+
+
+@pytest.mark.parametrize(
+    "data,key",
+    [
+        ({"calibration": {"count": "many"}}, "calibration.count"),
+        ({"preprocess": {"mean": "0.5"}}, "preprocess.mean"),
+        ({"inputs": [{"shape": [1, 3, "a", 4]}]}, r"inputs\[0\].shape\[2\]"),
+        ({"chip": "cv1800"}, "chip"),
+        ({"quantize": ["int4"]}, r"quantize\[0\]"),
+    ],
+)
+def test_wrong_type_is_named(data, key):
+    base = {"name": "m", "model": {"source": "m.onnx"}}
+    base.update(data)
+    with pytest.raises(ConfigError, match=key):
+        recipe_from_dict(base)
+
+
+def test_value_checks():
+    base = {"name": "m", "model": {"source": "m.onnx"}}
+    with pytest.raises(ConfigError, match="pixel_format"):
+        recipe_from_dict({**base, "inputs": [{"shape": [1, 1, 28, 28]}]})
+    with pytest.raises(ConfigError, match="resize"):
+        recipe_from_dict({**base, "preprocess": {"resize": [100, 100]}})
+    with pytest.raises(ConfigError, match="name"):
+        recipe_from_dict({"name": "bad name!", "model": {"source": "m.onnx"}})
+
+
+def test_overrides_and_relative_paths(tmp_path):
+    (tmp_path / "r.toml").write_text(
+        'name = "m"\n[model]\nsource = "sub/m.onnx"\n[calibration]\nimages = "imgs"\n'
+    )
+    r = load_recipe(tmp_path / "r.toml", {"calibration.count": 7, "chip": "cv181x"})
+    assert r.model.source == str(tmp_path / "sub/m.onnx")
+    assert r.calibration.images == str(tmp_path / "imgs")
+    assert r.calibration.count == 7 and r.chip == "cv181x"
+    with pytest.raises(ConfigError, match="calibration.count"):
+        r.with_overrides({"calibration.count": "x"})
+
+
+def test_bad_toml_is_a_config_error(tmp_path):
+    (tmp_path / "r.toml").write_text("name = \n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_recipe(tmp_path / "r.toml")
+
+
+def test_relative_paths_in_a_toml_recipe_are_taken_from_its_folder(tmp_path, monkeypatch):
+    """Every path key (from the dataclasses' field metadata) resolves against the recipe's
+    folder, not the working directory: mix.qtable and mix.images included."""
+    from duotpu.config.recipe import path_keys
+
+    assert {
+        "model.source",
+        "model.weights",
+        "calibration.images",
+        "test_image",
+        "mix.qtable",
+        "mix.images",
+    } <= set(path_keys())
+    folder = tmp_path / "project"
+    folder.mkdir()
+    (folder / "r.toml").write_text(
+        'name = "m"\ntest_image = "imgs/cat.png"\nquantize = ["int8"]\n'
+        '[model]\nsource = "m.onnx"\nweights = "DEFAULT"\n'
+        '[calibration]\nimages = "calib"\n'
+        '[mix]\ntarget = "cos>=0.99"\nqtable = "my.qtable"\nimages = "val"\n'
+    )
+    monkeypatch.chdir(tmp_path)  # somewhere else
+    r = load_recipe(folder / "r.toml")
+    assert r.model.source == str(folder / "m.onnx") and r.model.weights == "DEFAULT"
+    assert r.calibration.images == str(folder / "calib")
+    assert r.test_image == str(folder / "imgs" / "cat.png")
+    assert r.mix.qtable == str(folder / "my.qtable") and r.mix.images == str(folder / "val")
+    built_in = recipe_from_dict({"name": "m", "model": {"source": "torchvision:resnet18"}})
+    assert built_in.calibration.images == "builtin:natural"
+
+
+def test_gray_input_needs_no_mean_or_std():
+    """Defaults follow the input's channel count; only values the user gave are checked."""
+    r = recipe_from_dict(
+        {
+            "name": "g",
+            "model": {"source": "m.onnx"},
+            "inputs": [{"name": "x", "shape": [1, 1, 64, 256]}],
+            "preprocess": {"pixel_format": "gray"},
+        }
+    )
+    assert r.preprocess.mean == (0.0,) and r.preprocess.std == (1.0,)
+    with pytest.raises(ConfigError, match="preprocess.mean' has 3 values"):
+        recipe_from_dict(
+            {
+                "name": "g",
+                "model": {"source": "m.onnx"},
+                "inputs": [{"name": "x", "shape": [1, 1, 64, 256]}],
+                "preprocess": {"pixel_format": "gray", "mean": [0.1, 0.2, 0.3]},
+            }
+        )
