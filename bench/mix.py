@@ -82,12 +82,12 @@ def main() -> int:
     stages = {s.name: s for s in res.stages}
     mix_stage, tr, cal = stages["mix"], stages["transform"], stages["calibrate"]
     kind, need = parse_target(args.target)
-    rows = res.mix["rows"]
-    search_secs = mix_stage.seconds - res.mix.get("fast_search_seconds", 0.0)
+    rows = res.mix.rows
+    search_secs = mix_stage.seconds - res.mix.fast_search_seconds
 
     # fast_search at every setting, each table built as a real cvimodel
-    transformed = compiler.TransformFiles(tr.folder, recipe.name)
-    opts = pipeline.deploy_options(recipe, "int8", Path(tr.result["test_image"]))
+    transformed = tr.result.files
+    opts = pipeline.deploy_options(recipe, "int8", tr.result.test_image)
     sweep_dir = out.parent / "fast_search_sweep"
     fast = []
     for cos in [float(x) for x in args.sweep.split(",") if x]:
@@ -96,8 +96,8 @@ def main() -> int:
         t1 = time.monotonic()
         layers = compiler.fast_search(
             transformed,
-            cal.folder / "images",
-            cal.result["images"],
+            cal.result.images,
+            cal.result.count,
             sub / "search",
             chip=recipe.chip,
             expected_cos=cos,
@@ -111,7 +111,7 @@ def main() -> int:
                 sub / "deploy.log",
                 opts,
                 cvimodel_name=f"{recipe.name}_fs.cvimodel",
-                calibration_table=cal.folder / cal.result["table"],
+                calibration_table=cal.result.table,
                 quantize_table=qt,
             )
             cvi, tpu = files.cvimodel, files.tpu_mlir
@@ -159,17 +159,13 @@ def main() -> int:
 
     table = []  # every candidate: label, BF16 layers, search metric, held-out metric, ION
     for r in rows:
-        tpu = mix_stage.folder / r["tpu_mlir"]
-        cvi = mix_stage.folder / r["cvimodel"]
-        if r["all_bf16"]:
-            tpu, cvi = res.models["bf16"].tpu_mlir, res.models["bf16"].cvimodel
         table.append(
             {
-                "label": r["label"],
-                "n": "all" if r["all_bf16"] else r["n_bf16"],
-                "search": r["metric"],
-                "held": held_measure(tpu, cvi),
-                "ion": r["ion_mb"],
+                "label": r.label,
+                "n": "all" if r.all_bf16 else r.n_bf16,
+                "search": r.metric,
+                "held": held_measure(r.tpu_mlir, r.cvimodel),
+                "ion": r.ion_mb,
                 "method": "duotpu",
                 "row": r,
             }
@@ -209,9 +205,7 @@ def main() -> int:
             f"{'yes' if t['held'] >= need else 'no'} | {t['ion']:.2f} MB | {when} |"
         )
 
-    own_builds = sum(
-        1 for r in rows[1:] if not r["all_bf16"] and r["label"] != "tpu_mlir fast_search"
-    )
+    own_builds = sum(1 for r in rows[1:] if not r.all_bf16 and r.label != "tpu_mlir fast_search")
     int8 = table[0]
     bf16 = next((t for t in table if t["n"] == "all"), None)
     own = answer("duotpu")
@@ -252,7 +246,7 @@ def main() -> int:
         for i, t in enumerate(table)
     ]
     if own is not None:
-        lines += ["", f"duotpu's BF16 layers: {', '.join(own['row']['layers']) or '(none)'}"]
+        lines += ["", f"duotpu's BF16 layers: {', '.join(own['row'].layers) or '(none)'}"]
     if fs is not None:
         f = next(x for x in fast if x["label"] == fs["label"])
         lines += [

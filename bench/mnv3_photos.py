@@ -91,7 +91,7 @@ def main() -> int:
     val = OUT / "mnv3_val"
     if not val.is_dir():
         val.mkdir()
-        xv, yv = patches(photos, 300, 2)
+        xv, yv = patches(photos, 600, 2)  # 300 the search measures on, 300 held out
         for i, (p, k) in enumerate(zip(xv, yv)):
             save_image(val / f"{i:04d}_c{k}.png", p)
     (OUT / "mnv3_photos.toml").write_text(f'''name = "mnv3_photos"

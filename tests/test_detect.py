@@ -335,13 +335,13 @@ def test_mixed_precision_to_a_map_target(tmp_path):
         ),
         tmp_path,
     )
-    rows = r.mix["rows"]
-    assert rows[0]["label"] == "pure INT8" and not rows[0]["meets"]  # INT8 alone falls short
-    assert rows[0]["metric"] < 0.97
-    chosen = rows[r.mix["chosen"]]
-    assert r.mix["met"] and chosen["meets"] and chosen["metric"] >= 0.97
-    assert 0 < chosen["n_bf16"] and not chosen["all_bf16"]
-    assert not any(x["meets"] for x in rows if x["n_bf16"] < chosen["n_bf16"] and not x["all_bf16"])
+    rows = r.mix.rows
+    assert rows[0].label == "pure INT8" and not rows[0].meets  # INT8 alone falls short
+    assert rows[0].metric < 0.97
+    chosen = rows[r.mix.chosen]
+    assert r.mix.met and chosen.meets and chosen.metric >= 0.97
+    assert 0 < chosen.n_bf16 and not chosen.all_bf16
+    assert not any(x.meets for x in rows if x.n_bf16 < chosen.n_bf16 and not x.all_bf16)
     assert (r.out_dir / "tv5m.qtable").is_file() and "mix" in r.models
     with pytest.raises(Exception, match="for detectors"):
         recipe_from_dict(

@@ -1,6 +1,7 @@
 """Automatic mixed precision on a model with one clearly INT8-sensitive layer."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -36,14 +37,14 @@ MIXED = {
 
 def test_search_finds_the_sensitive_layer(mixed):
     mix = mixed.mix
-    rows = mix["rows"]
-    assert rows[0]["label"] == "pure INT8" and not rows[0]["meets"]  # INT8 alone falls short
-    chosen = rows[mix["chosen"]]
-    assert mix["met"] and chosen["meets"] and chosen["metric"] >= 0.95
-    assert "hot_Relu" in chosen["layers"]  # the layer with the outlier channel
-    all_layers = max(r["n_bf16"] for r in rows if not r["all_bf16"])
-    assert chosen["n_bf16"] < 5 and chosen["n_bf16"] <= all_layers
-    assert rows[-1]["label"] == "pure BF16"
+    rows = mix.rows
+    assert rows[0].label == "pure INT8" and not rows[0].meets  # INT8 alone falls short
+    chosen = rows[mix.chosen]
+    assert mix.met and chosen.meets and chosen.metric >= 0.95
+    assert "hot_Relu" in chosen.layers  # the layer with the outlier channel
+    all_layers = max(r.n_bf16 for r in rows if not r.all_bf16)
+    assert chosen.n_bf16 < 5 and chosen.n_bf16 <= all_layers
+    assert rows[-1].label == "pure BF16"
     # the mixed cvimodel is better than pure INT8 against fp32 on the test image too
     assert mixed.models["mix"].cosine["logits"] > mixed.models["int8"].cosine["logits"]
     assert mixed.models["mix"].cvimodel.name == "outl_cv180x_mix.cvimodel"
@@ -52,7 +53,7 @@ def test_search_finds_the_sensitive_layer(mixed):
 def test_table_round_trips_and_the_cache_is_used(mixed, outlier_onnx, tmp_path):
     qtable = mixed.out_dir / "outl.qtable"
     layers = mixprec.read_qtable(qtable)
-    assert layers == mixed.mix["rows"][mixed.mix["chosen"]]["layers"]
+    assert tuple(layers) == mixed.mix.rows[mixed.mix.chosen].layers
     again = pipeline.build(_recipe(outlier_onnx, **MIXED), mixed.out_dir)
     assert all(s.cached for s in again.stages)
     # a hand-edited table is used as is: keep only the sensitive layer
@@ -62,7 +63,7 @@ def test_table_round_trips_and_the_cache_is_used(mixed, outlier_onnx, tmp_path):
         _recipe(outlier_onnx, **{**MIXED, "mix.target": "", "mix.qtable": str(edited)}),
         mixed.out_dir,
     )
-    assert by_hand.mix["rows"][by_hand.mix["chosen"]]["layers"] == ["hot_Relu"]
+    assert by_hand.mix.rows[by_hand.mix.chosen].layers == ("hot_Relu",)
     assert mixprec.read_qtable(mixed.out_dir / "outl.qtable") == ["hot_Relu"]
 
 
@@ -112,10 +113,10 @@ def test_pick_uses_another_row_without_a_new_search(mixed, outlier_onnx):
     base = pipeline.build(
         _recipe(outlier_onnx, **MIXED), mixed.out_dir
     )  # (another test may have built a hand-made table here)
-    rows = base.mix["rows"]
+    rows = base.mix.rows
     again = pipeline.build(_recipe(outlier_onnx, **MIXED, **{"mix.pick": 1}), mixed.out_dir)
     assert all(s.cached for s in again.stages)  # the search is not run again
-    assert again.mix["chosen"] == 0 and again.mix["picked"]
+    assert again.mix.chosen == 0 and again.mix.picked
     mix_file = again.out_dir / "outl_cv180x_mix.cvimodel"
     assert mix_file.read_bytes() == (again.out_dir / "outl_cv180x_int8.cvimodel").read_bytes()
     assert mixprec.read_qtable(again.out_dir / "outl.qtable") == []
@@ -124,7 +125,7 @@ def test_pick_uses_another_row_without_a_new_search(mixed, outlier_onnx):
         pipeline.build(_recipe(outlier_onnx, **MIXED, **{"mix.pick": len(rows) + 1}), mixed.out_dir)
     # back to the search's own choice
     back = pipeline.build(_recipe(outlier_onnx, **MIXED), mixed.out_dir)
-    assert mixprec.read_qtable(back.out_dir / "outl.qtable") == rows[base.mix["chosen"]]["layers"]
+    assert mixprec.read_qtable(back.out_dir / "outl.qtable") == list(rows[base.mix.chosen].layers)
 
 
 def test_target_syntax_and_regions():
@@ -161,14 +162,14 @@ def test_region_search_narrows_to_the_layers_that_matter():
     def build(layers, label):
         ok = need <= set(layers)
         built[frozenset(layers)] = mixprec.Candidate(
-            label, list(layers), 1.0 if ok else 0.5, ok, 0, 0.0, True
+            label, tuple(layers), 1.0 if ok else 0.5, ok, 0, 0.0, True, Path(), Path(), Path()
         )
         return built[frozenset(layers)]
 
     mix = tiny_recipe("m.onnx", **{"mix.target": "cos>=0.9"}).mix
     mixprec._search_regions(graph, mix, build, 0.5)
     best = min((c for c in built.values() if c.meets), key=lambda c: c.n_bf16)
-    assert best.layers == ["l5", "l6", "l7"]
+    assert list(best.layers) == ["l5", "l6", "l7"]
     assert len(built) < 2 * len(names)
 
 

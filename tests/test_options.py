@@ -224,7 +224,7 @@ def test_calibration_from_an_image_list(tiny_onnx_path, tmp_path):
         tmp_path / "out",
     )
     cal = next(s for s in res.stages if s.name == "calibrate")
-    assert cal.result["images"] == 4
+    assert cal.result.count == 4
     lst.write_text("imgs/missing.jpg\n")
     with pytest.raises(DataError, match="line 1"):
         pipeline.build(

@@ -8,6 +8,7 @@ import signal
 import sys
 import threading
 import traceback
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from duotpu.config.errors import (
     ToleranceError,
     ToolchainError,
 )
+from duotpu.config.recipe import FusedFormat
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2  # interrupted: 128 + the signal (130, 143)
 
@@ -147,17 +149,7 @@ def _add_recipe_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--fuse-preprocess",
         metavar="PIXEL_FORMAT",
-        choices=[
-            "RGB_PLANAR",
-            "RGB_PACKED",
-            "BGR_PLANAR",
-            "BGR_PACKED",
-            "GRAYSCALE",
-            "YUV420_PLANAR",
-            "YUV_NV21",
-            "YUV_NV12",
-            "RGBA_PLANAR",
-        ],
+        choices=[f for f in typing.get_args(FusedFormat) if f],
         help="the TPU does the preprocessing; the model takes uint8 images in this format",
     )
     g.add_argument(
@@ -481,12 +473,12 @@ def _print_mix(console, result, as_json: bool) -> int:
     from duotpu.builder import mixprec
 
     mix = result.mix
-    rows = mix["rows"]
+    rows = mix.rows
     if not as_json:
-        t = Table(title=f"mixed precision: {mix['target'] or 'given table'}")
+        t = Table(title=f"mixed precision: {mix.target or 'given table'}")
         for col in mixprec.TABLE_HEADER:
             t.add_column(col, justify="right" if col not in ("", "candidate") else "left")
-        for cells in mixprec.table_cells(rows, mix["chosen"]):
+        for cells in mixprec.table_cells(rows, mix.chosen):
             t.add_row(*cells)
         console.print(t)
         console.print(
@@ -494,24 +486,23 @@ def _print_mix(console, result, as_json: bool) -> int:
             "(edit it and build with --mix-qtable FILE; --mix-pick N uses row N "
             "instead)"
         )
-    best = rows[mix["chosen"]]
-    if mix.get("picked"):
-        if mix["target"] and not best["meets"]:
+    best = mix.best
+    if mix.picked:
+        if mix.target and not best.meets:
             _err_console().print(
-                f"[yellow]note:[/] row {mix['chosen'] + 1} ('{best['label']}', "
-                f"{best['metric']:.4f}) was picked; it does not meet "
-                f"{mix['target']}."
+                f"[yellow]note:[/] row {mix.chosen + 1} ('{best.label}', "
+                f"{best.metric:.4f}) was picked; it does not meet "
+                f"{mix.target}."
             )
         return EXIT_OK
-    if mix["met"]:
+    if mix.met:
         return EXIT_OK
     _err_console().print(
-        f"[yellow bold]target not reached:[/] no mix reached {mix['target']}; the best found is "
-        f"'{best['label']}' with {best['metric']:.4f} (kept as {result.recipe.name}_"
+        f"[yellow bold]target not reached:[/] no mix reached {mix.target}; the best found is "
+        f"'{best.label}' with {best.metric:.4f} (kept as {result.recipe.name}_"
         f"{result.recipe.chip}_mix.cvimodel). Try more or more typical calibration images "
         "(calibration.images / count), another calibration.method, a larger mix.max_layers, or "
-        "BF16 for the whole model"
-        + (" (pure BF16 reaches the target)." if mix.get("bf16_meets") else ".")
+        "BF16 for the whole model" + (" (pure BF16 reaches the target)." if mix.bf16_meets else ".")
     )
     return EXIT_FAIL
 

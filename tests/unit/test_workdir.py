@@ -1,12 +1,23 @@
-"""The work directory's cache and resume rule, with a stand-in stage (no compiler)."""
+"""The work directory's cache and resume rule, with stand-in stages (no compiler): typed results
+stored in stage.json and read back, paths relative to the stage folder."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
-from duotpu.builder.pipeline import WorkDir
+from duotpu.builder.workdir import StageResult, WorkDir
+
+
+@dataclass(frozen=True)
+class Made(StageResult):
+    out: Path
+    count: int
+    names: tuple[str, ...] = ()
+    extra: Path | None = None
 
 
 def test_a_stage_runs_once_and_is_cached_until_its_key_changes(tmp_path):
@@ -16,31 +27,46 @@ def test_a_stage_runs_once_and_is_cached_until_its_key_changes(tmp_path):
     def stage(folder):
         calls.append(folder)
         (folder / "out.txt").write_text("made")
-        return {"file": "out.txt"}
+        return Made(folder / "out.txt", 3, ("a", "b"))
 
-    first = wd.run("s", {"k": 1}, stage, lambda r: [r["file"]])
-    again = wd.run("s", {"k": 1}, stage, lambda r: [r["file"]])
+    first = wd.run("s", {"k": 1}, stage, Made)
+    again = wd.run("s", {"k": 1}, stage, Made)
     assert not first.cached and again.cached and len(calls) == 1
-    assert (tmp_path / "s" / "out.txt").read_text() == "made"
+    assert first.result == again.result == Made(tmp_path / "s" / "out.txt", 3, ("a", "b"))
+    assert again.result.out.read_text() == "made"
     assert [e.status for e in events] == ["start", "done", "cached"]
-    changed = wd.run("s", {"k": 2}, stage, lambda r: [r["file"]])
+    changed = wd.run("s", {"k": 2}, stage, Made)
     assert not changed.cached and len(calls) == 2
-    manifest = json.loads((tmp_path / "s" / "stage.json").read_text())
-    assert manifest["key"] == {"k": 2} and manifest["result"] == {"file": "out.txt"}
+    record = json.loads((tmp_path / "s" / "stage.json").read_text())
+    assert record["key"] == {"k": 2}
+    assert record["result"] == {"out": "out.txt", "count": 3, "names": ["a", "b"], "extra": None}
 
 
-def test_a_missing_output_reruns_the_stage(tmp_path):
+def test_paths_elsewhere_in_the_work_directory_stay_relative(tmp_path):
+    wd = WorkDir(tmp_path / "work")
+    a = wd.run("a", {}, lambda f: (f / "x").write_text("x") and Made(f / "x", 1), Made)
+    b = wd.run("b", {}, lambda f: Made(a.result.out, 2, extra=a.result.out), Made)
+    record = json.loads((tmp_path / "work" / "b" / "stage.json").read_text())
+    assert record["result"]["out"] == "../a/x"
+    moved = tmp_path / "moved"
+    (tmp_path / "work").rename(moved)
+    again = WorkDir(moved).run("b", {}, lambda f: pytest.fail("should be cached"), Made)
+    assert again.cached and again.result.out == moved / "a" / "x" == again.result.extra
+    assert b.result.out == tmp_path / "work" / "a" / "x"
+
+
+def test_a_missing_file_reruns_the_stage(tmp_path):
     wd = WorkDir(tmp_path)
     calls = []
 
     def stage(folder):
         calls.append(1)
         (folder / "out.txt").write_text("x")
-        return {"file": "out.txt"}
+        return Made(folder / "out.txt", 1)
 
-    wd.run("s", {}, stage, lambda r: [r["file"]])
+    wd.run("s", {}, stage, Made)
     (tmp_path / "s" / "out.txt").unlink()
-    assert not wd.run("s", {}, stage, lambda r: [r["file"]]).cached and len(calls) == 2
+    assert not wd.run("s", {}, stage, Made).cached and len(calls) == 2
 
 
 def test_a_failed_stage_leaves_no_final_folder_and_the_next_run_resumes(tmp_path):
@@ -51,8 +77,22 @@ def test_a_failed_stage_leaves_no_final_folder_and_the_next_run_resumes(tmp_path
         raise RuntimeError("boom")
 
     with pytest.raises(RuntimeError):
-        wd.run("s", {}, broken)
+        wd.run("s", {}, broken, Made)
     assert not (tmp_path / "s").exists()  # only the hidden temporary folder
     assert (tmp_path / ".s.tmp" / "half.txt").exists()
-    ok = wd.run("s", {}, lambda folder: {"n": 1})
-    assert not ok.cached and ok.result == {"n": 1} and not (tmp_path / ".s.tmp").exists()
+
+    def ok(folder):
+        (folder / "o").write_text("o")
+        return Made(folder / "o", 1)
+
+    done = wd.run("s", {}, ok, Made)
+    assert not done.cached and done.result.count == 1 and not (tmp_path / ".s.tmp").exists()
+
+
+def test_a_record_from_an_older_layout_reruns_the_stage(tmp_path):
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "stage.json").write_text(json.dumps({"key_hash": "x", "result": {"a": 1}}))
+    wd = WorkDir(tmp_path)
+    (tmp_path / "f").write_text("f")
+    res = wd.run("s", {}, lambda folder: Made(tmp_path / "f", 5), Made)
+    assert not res.cached and res.result.count == 5

@@ -294,7 +294,7 @@ def _transform(args, cwd: Path, events) -> LegacyResult:
     wd = pipeline.WorkDir(cwd / ".duotpu" / args.model_name, events)
     exported = pipeline.stage_export(wd, recipe)
     transformed = pipeline.stage_transform(wd, recipe, exported)
-    pipeline.atomic_copy(transformed.folder / transformed.result["mlir"], mlir)
+    pipeline.atomic_copy(transformed.result.mlir, mlir)
     state = {"recipe": recipe.to_dict(), "work": str(wd.root.resolve())}
     _sidecar(mlir).write_text(json.dumps(state, indent=1))
     return LegacyResult("model_transform.py", [mlir], recipe, notes)

@@ -5,10 +5,11 @@ layout."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+
+from duotpu import compiler
 
 MANIFEST = "manifest.json"
 
@@ -31,14 +32,6 @@ def _existing(path: str | None) -> Path | None:
     return Path(path) if path and Path(path).is_file() else None
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def listed_model(cvimodel: str | Path) -> ListedModel | None:
     """The manifest beside ``cvimodel``'s entry for it, or ``None`` when no build manifest there
     lists the file."""
@@ -50,7 +43,11 @@ def listed_model(cvimodel: str | Path) -> ListedModel | None:
     for mode, entry in (data.get("models") or {}).items():
         if isinstance(entry, dict) and entry.get("cvimodel") == cvimodel.name:
             tpu = _existing(entry.get("tpu_mlir"))
-            if tpu is not None and entry.get("sha256") and _sha256(cvimodel) != entry["sha256"]:
+            if (
+                tpu is not None
+                and entry.get("sha256")
+                and compiler.file_digest(cvimodel) != entry["sha256"]
+            ):
                 tpu = None  # not the file the build made: its MLIR says nothing about this one
             return ListedModel(
                 mode, cvimodel, _existing(data.get("onnx")), _existing(data.get("top_mlir")), tpu

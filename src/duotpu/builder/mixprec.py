@@ -13,11 +13,10 @@ Duo fit of pure INT8, each candidate, and pure BF16.
 
 from __future__ import annotations
 
-import os
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -50,21 +49,22 @@ class Built:
     model_outputs: Path
 
 
-@dataclass
+@dataclass(frozen=True)
 class Candidate:
-    """One row of the trade-off table (file paths relative to the mix stage's folder)."""
+    """One row of the trade-off table: a real cvimodel, its test outputs and its quantized MLIR
+    (the fast path), and what was measured about it."""
 
     label: str
-    layers: list[str]
+    layers: tuple[str, ...]
     metric: float
     meets: bool
     size_bytes: int
     ion_mb: float
     fits_duo: bool
-    cvimodel: str = ""
-    model_outputs: str = ""
+    cvimodel: Path
+    model_outputs: Path
+    tpu_mlir: Path
     all_bf16: bool = False  # the pure BF16 model (``layers`` is then empty)
-    tpu_mlir: str = ""  # the quantized MLIR (the fast path), relative like cvimodel
 
     @property
     def n_bf16(self) -> int:
@@ -218,16 +218,16 @@ def search(
         m, size, ion = measure(model)
         c = Candidate(
             label,
-            layers,
+            tuple(layers),
             m,
             m >= need,
             size,
             ion,
             ion <= DUO_ION_MB,
-            os.path.relpath(model.cvimodel, folder),
-            os.path.relpath(model.model_outputs, folder),
+            model.cvimodel,
+            model.model_outputs,
+            model.tpu_mlir,
             all_bf16,
-            os.path.relpath(model.tpu_mlir, folder),
         )
         log(
             f"{label}: {kind} {m:.4f} ({'meets' if c.meets else 'below'} {need}), "
@@ -356,32 +356,28 @@ def _span(run: list[str], index: dict[str, int]) -> str:
     return f"layer {a}" if a == b else f"layers {a}–{b}"
 
 
-def rows_json(rows: list[Candidate]) -> list[dict]:
-    return [asdict(r) | {"n_bf16": r.n_bf16} for r in rows]
-
-
 TABLE_HEADER = ("#", "", "candidate", "BF16 layers", "metric", "size", "ION", "fits Duo")
 
 
-def table_cells(rows: list[dict], chosen: int) -> list[list[str]]:
-    """The trade-off table's cells, one list per row (rows as in :func:`rows_json`), under
-    :data:`TABLE_HEADER`; ``#`` is the row number ``mix.pick`` takes."""
+def table_cells(rows: Sequence[Candidate], chosen: int) -> list[list[str]]:
+    """The trade-off table's cells, one list per row, under :data:`TABLE_HEADER`; ``#`` is the
+    row number ``mix.pick`` takes."""
     return [
         [
             str(i + 1),
             "→" if i == chosen else "",
-            r["label"],
-            "all" if r["all_bf16"] else str(r["n_bf16"]),
-            f"{r['metric']:.4f}",
-            f"{r['size_bytes'] / 1e6:.2f} MB",
-            f"{r['ion_mb']:.2f} MB",
-            "yes" if r["fits_duo"] else "no",
+            r.label,
+            r.shown_bf16,
+            f"{r.metric:.4f}",
+            f"{r.size_bytes / 1e6:.2f} MB",
+            f"{r.ion_mb:.2f} MB",
+            "yes" if r.fits_duo else "no",
         ]
         for i, r in enumerate(rows)
     ]
 
 
-def table_md(rows: list[dict], chosen: int, target: str) -> str:
+def table_md(rows: Sequence[Candidate], chosen: int, target: str) -> str:
     """The trade-off table as Markdown, the metric column named after ``target``."""
     header = [target or h if h == "metric" else h for h in TABLE_HEADER]
     lines = [

@@ -1,24 +1,22 @@
-"""The build pipeline: stages, caching and the work directory.
+"""The build pipeline: the stages and the whole build.
 
-Stages run in their own folders of the work directory::
+Stages run in their own folders of the work directory (:mod:`duotpu.builder.workdir`)::
 
-    export/  transform/  calibrate/  deploy-int8/  deploy-bf16/  verify-int8/  verify-bf16/
+    export/  transform/  reference/  calibrate/  deploy-MODE/  verify-MODE/  mix/
 
-Each stage folder holds a ``stage.json`` manifest: the stage's cache key (input hashes, options,
-tool versions), its timing and its results. A stage whose key did not change is skipped. A stage
-runs in a hidden temporary folder that is renamed into place only when it succeeded, so an
-interrupted build resumes at the first unfinished stage and a final name never holds a half-written
-file. The BF16 branch runs concurrently with calibration and INT8 deployment.
+Each stage returns a frozen dataclass (:class:`Exported`, :class:`Transformed`, …) that the work
+directory stores in the stage's ``stage.json`` and reads back, typed, when the stage is cached.
+Every stage that calls the compiler has ``compiler.code_digest()`` in its cache key. The BF16
+branch runs concurrently with calibration and INT8 deployment.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
+import dataclasses
 import hashlib
-import json
 import os
 import shutil
-import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -40,140 +38,123 @@ from duotpu.config.recipe import Recipe, parse_target
 from duotpu.core import images, metrics, onnxrt
 from duotpu.core.head import YoloHead
 
-MANIFEST = "stage.json"
+from .manifest import MANIFEST
+from .mixprec import Candidate
+from .workdir import (
+    EventSink,
+    Stage,
+    StageEvent,
+    StageResult,
+    WorkDir,
+    atomic_copy,
+    atomic_write,
+    no_events,
+    to_json,
+    write_json,
+)
+
+__all__ = [
+    "BuildResult",
+    "ModelArtifact",
+    "StageEvent",
+    "EventSink",
+    "Exported",
+    "Transformed",
+    "Referenced",
+    "Calibrated",
+    "Deployed",
+    "Verified",
+    "Mixed",
+    "build",
+    "deploy_options",
+]
 
 
 # --------------------------------------------------------------------------------------------
-# Events (the CLI renders them; the API ignores them unless asked)
+# What each stage produces
 # --------------------------------------------------------------------------------------------
-@dataclass
-class StageEvent:
-    """A stage started, finished, was found in the cache, failed, or has a warning."""
+@dataclass(frozen=True)
+class Exported(StageResult):
+    """The model as ONNX (a detector: cut before its box decode, ``head`` says how to decode)."""
 
-    stage: str
-    status: str  # "start" | "done" | "cached" | "failed" | "warning" | "info"
-    seconds: float = 0.0
-    message: str = ""
-
-
-EventSink = Callable[[StageEvent], None]
+    onnx: Path
+    input_name: str
+    output_names: tuple[str, ...]
+    head: Path | None = None
 
 
-def _no_events(_: StageEvent) -> None:
-    pass
+@dataclass(frozen=True)
+class Transformed(StageResult):
+    """model_transform's fp32 MLIR with its weights, the test input and the MLIR's outputs on it;
+    the ONNX file and test image it was made from."""
+
+    mlir: Path
+    weights: Path
+    test_input: Path
+    top_outputs: Path
+    onnx: Path
+    test_image: Path
+
+    @property
+    def files(self) -> compiler.TransformFiles:
+        """The same files as the compiler layer names them."""
+        return compiler.TransformFiles(self.mlir.parent, self.mlir.stem)
 
 
-# --------------------------------------------------------------------------------------------
-# The work directory
-# --------------------------------------------------------------------------------------------
-def _key_hash(key: dict) -> str:
-    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
+@dataclass(frozen=True)
+class Referenced(StageResult):
+    """The fp32 ONNX model's outputs on the test input (ONNX Runtime)."""
+
+    reference: Path
 
 
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=str))
-    os.replace(tmp, path)
+@dataclass(frozen=True)
+class Calibrated(StageResult):
+    """The INT8 calibration table and the images it was made from."""
+
+    table: Path
+    images: Path
+    count: int
+    skipped: int
 
 
-def atomic_copy(src: Path, dst: Path) -> Path:
-    """Copy ``src`` to ``dst`` through a temporary name, so ``dst`` is never half-written."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.part")
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
-    return dst
+@dataclass(frozen=True)
+class Deployed(StageResult):
+    """One cvimodel, its outputs on the test input from the simulator, its quantized MLIR."""
+
+    cvimodel: Path
+    size_bytes: int
+    ion_mb: float
+    cvimodel_version: str
+    model_outputs: Path
+    tpu_mlir: Path
 
 
-def atomic_write(dst: Path, text: str) -> Path:
-    """Write ``text`` to ``dst`` through a temporary name."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.part")
-    tmp.write_text(text)
-    os.replace(tmp, dst)
-    return dst
+@dataclass(frozen=True)
+class Verified(StageResult):
+    """Cosine of each output to fp32 (by ONNX output name), and which compiled output it is."""
+
+    cosine: dict[str, float]
+    required: float
+    outputs: dict[str, str]
+    similarity: Path
 
 
-@dataclass
-class StageRecord:
-    """What the manifest says about one stage of a build."""
+@dataclass(frozen=True)
+class Mixed(StageResult):
+    """The mixed-precision trade-off: every candidate built, and the row chosen."""
 
-    name: str
-    cached: bool
-    seconds: float
-    folder: Path
-    result: dict
+    rows: tuple[Candidate, ...]
+    chosen: int
+    target: str
+    met: bool
+    bf16_meets: bool
+    fast_search_seconds: float
+    picked: bool = False
 
-
-class WorkDir:
-    """A build's work directory: one folder per stage, each with its manifest."""
-
-    def __init__(self, root: Path, events: EventSink = _no_events):
-        self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.events = events
-        self.records: dict[str, StageRecord] = {}
-        self._lock = threading.Lock()
-
-    def run(
-        self,
-        name: str,
-        key: dict,
-        fn: Callable[[Path], dict],
-        outputs: Callable[[dict], list[str]] = lambda r: [],
-    ) -> StageRecord:
-        """Run stage ``name`` unless its manifest has the same ``key`` and its outputs exist.
-
-        ``fn(folder)`` does the work in a temporary folder and returns JSON-able results; file
-        names in the results are relative to the stage folder.
-        """
-        folder = self.root / name
-        manifest = folder / MANIFEST
-        khash = _key_hash(key)
-        if manifest.exists():
-            try:
-                old = json.loads(manifest.read_text())
-            except (OSError, ValueError):
-                old = {}
-            if old.get("key_hash") == khash and all(
-                (folder / f).exists() for f in outputs(old.get("result", {}))
-            ):
-                rec = StageRecord(name, True, old.get("seconds", 0.0), folder, old["result"])
-                self._record(rec)
-                self.events(StageEvent(name, "cached", rec.seconds))
-                return rec
-        tmp = self.root / f".{name}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        self.events(StageEvent(name, "start"))
-        t0 = time.monotonic()
-        try:
-            result = fn(tmp)
-        except BaseException:
-            self.events(StageEvent(name, "failed", time.monotonic() - t0))
-            raise
-        seconds = time.monotonic() - t0
-        _write_json(
-            tmp / MANIFEST,
-            {
-                "stage": name,
-                "key_hash": khash,
-                "key": key,
-                "seconds": round(seconds, 3),
-                "finished": time.time(),
-                "result": result,
-            },
-        )
-        shutil.rmtree(folder, ignore_errors=True)
-        os.replace(tmp, folder)
-        rec = StageRecord(name, False, seconds, folder, result)
-        self._record(rec)
-        self.events(StageEvent(name, "done", seconds))
-        return rec
-
-    def _record(self, rec: StageRecord) -> None:
-        with self._lock:
-            self.records[rec.name] = rec
+    @property
+    def best(self) -> Candidate:
+        return self.rows[self.chosen]
 
 
 # --------------------------------------------------------------------------------------------
@@ -203,10 +184,10 @@ class BuildResult:
     test_input: dict[str, np.ndarray] = field(repr=False)
     reference: dict[str, np.ndarray] = field(repr=False)
     models: dict[str, ModelArtifact]
-    stages: list[StageRecord]
+    stages: list[Stage[Any]]
     manifest: Path
     recipe_path: Path
-    mix: dict | None = None
+    mix: Mixed | None = None
     head: "YoloHead | None" = None
     test_image_path: Path | None = None
     inputs_archive: Path | None = None
@@ -214,9 +195,7 @@ class BuildResult:
     @property
     def ok(self) -> bool:
         """True when every requested mode was built and verified."""
-        return set(self.recipe.quantize) <= set(self.models) and (
-            self.mix is None or self.mix.get("met", True)
-        )
+        return set(self.recipe.quantize) <= set(self.models) and (self.mix is None or self.mix.met)
 
 
 # --------------------------------------------------------------------------------------------
@@ -234,7 +213,7 @@ def _folder_key(paths: list[Path]) -> str:
     return h.hexdigest()
 
 
-def stage_export(wd: WorkDir, r: Recipe) -> StageRecord:
+def stage_export(wd: WorkDir, r: Recipe) -> Stage[Exported]:
     src = r.model
     key = {
         "source": src.source,
@@ -254,7 +233,7 @@ def stage_export(wd: WorkDir, r: Recipe) -> StageRecord:
         key["detect"] = {"classes": list(r.detect.classes), "anchors": list(r.detect.anchors)}
         key["code_yolo"] = compiler.file_digest(Path(export_mod.__file__).with_name("yolo.py"))
 
-    def run(folder: Path) -> dict:
+    def run(folder: Path) -> Exported:
         m = export_mod.export_onnx(
             src,
             r.inputs[0].shape,
@@ -264,10 +243,10 @@ def stage_export(wd: WorkDir, r: Recipe) -> StageRecord:
             task=r.task,
             detect=r.detect,
         )
-        res = {"onnx": m.onnx_path.name, "input_name": m.input_name, "output_names": m.output_names}
+        head = None
         if m.head is not None:
-            m.head.save(folder / "head.json")
-            res["head"] = "head.json"
+            head = folder / "head.json"
+            m.head.save(head)
             wd.events(
                 StageEvent(
                     "export",
@@ -279,22 +258,19 @@ def stage_export(wd: WorkDir, r: Recipe) -> StageRecord:
                     ),
                 )
             )
-        return res
+        return Exported(m.onnx_path, m.input_name, tuple(m.output_names), head)
 
-    return wd.run("export", key, run, lambda res: [res["onnx"]])
+    return wd.run("export", key, run, Exported)
 
 
-def exported_head(exported: StageRecord) -> YoloHead | None:
+def exported_head(exported: Stage[Exported]) -> YoloHead | None:
     """How to decode a detector's outputs (from the export stage), ``None`` for a classifier."""
-    return (
-        YoloHead.load(exported.folder / exported.result["head"])
-        if "head" in exported.result
-        else None
-    )
+    head = exported.result.head
+    return YoloHead.load(head) if head is not None else None
 
 
-def stage_transform(wd: WorkDir, r: Recipe, exported: StageRecord) -> StageRecord:
-    onnx_path = exported.folder / exported.result["onnx"]
+def stage_transform(wd: WorkDir, r: Recipe, exported: Stage[Exported]) -> Stage[Transformed]:
+    onnx_path = exported.result.onnx
     test_image = images.resolve_image(r.test_image, wd.root / "inputs")
     key = {
         "name": r.name,
@@ -308,7 +284,7 @@ def stage_transform(wd: WorkDir, r: Recipe, exported: StageRecord) -> StageRecor
         "versions": compiler.versions(),
     }
 
-    def run(folder: Path) -> dict:
+    def run(folder: Path) -> Transformed:
         files = compiler.transform(
             r.name,
             onnx_path,
@@ -320,40 +296,29 @@ def stage_transform(wd: WorkDir, r: Recipe, exported: StageRecord) -> StageRecor
             tolerance=r.tolerance.transform,
             excepts=list(r.tolerance.excepts),
         )
-        return {
-            "mlir": files.mlir.name,
-            "weights": files.weights.name,
-            "test_input": files.test_input.name,
-            "top_outputs": files.top_outputs.name,
-            "onnx": str(onnx_path),
-            "test_image": str(test_image),
-        }
+        return Transformed(
+            files.mlir, files.weights, files.test_input, files.top_outputs, onnx_path, test_image
+        )
 
-    return wd.run(
-        "transform",
-        key,
-        run,
-        lambda res: [res["mlir"], res["weights"], res["test_input"], res["top_outputs"]],
-    )
+    return wd.run("transform", key, run, Transformed)
 
 
-def stage_reference(wd: WorkDir, transformed: StageRecord) -> StageRecord:
+def stage_reference(wd: WorkDir, transformed: Stage[Transformed]) -> Stage[Referenced]:
     """The fp32 ONNX model's outputs on the test input, in ONNX Runtime: the reference every
     cvimodel is verified against."""
-    t = transformed
-    onnx_path = Path(t.result["onnx"])
+    t = transformed.result
     key = {
-        "onnx": compiler.file_digest(onnx_path),
-        "test_input": compiler.file_digest(t.folder / t.result["test_input"]),
+        "onnx": compiler.file_digest(t.onnx),
+        "test_input": compiler.file_digest(t.test_input),
         "versions": compiler.versions(),
     }
 
-    def run(folder: Path) -> dict:
-        inputs = dict(np.load(t.folder / t.result["test_input"]))
-        np.savez(folder / "reference.npz", **onnxrt.onnx_reference(onnx_path, inputs))
-        return {"reference": "reference.npz"}
+    def run(folder: Path) -> Referenced:
+        inputs = dict(np.load(t.test_input))
+        np.savez(folder / "reference.npz", **onnxrt.onnx_reference(t.onnx, inputs))
+        return Referenced(folder / "reference.npz")
 
-    return wd.run("reference", key, run, lambda res: [res["reference"]])
+    return wd.run("reference", key, run, Referenced)
 
 
 def builtin_calibration_set(wd: WorkDir, r: Recipe) -> Path:
@@ -408,8 +373,8 @@ def _calibration_files(spec: Path) -> list[Path]:
     return images.list_files(spec) if spec.is_dir() else [spec, *images.scan_list(spec).paths]
 
 
-def stage_calibrate(wd: WorkDir, r: Recipe, transformed: StageRecord) -> StageRecord:
-    t = transformed
+def stage_calibrate(wd: WorkDir, r: Recipe, transformed: Stage[Transformed]) -> Stage[Calibrated]:
+    t = transformed.result
     cal = r.calibration
     data_key: Any = (
         cal.images
@@ -417,15 +382,15 @@ def stage_calibrate(wd: WorkDir, r: Recipe, transformed: StageRecord) -> StageRe
         else {"folder": cal.images, "files": _folder_key(_calibration_files(Path(cal.images)))}
     )
     key = {
-        "mlir": compiler.file_digest(t.folder / t.result["mlir"]),
-        "weights": compiler.file_digest(t.folder / t.result["weights"]),
+        "mlir": compiler.file_digest(t.mlir),
+        "weights": compiler.file_digest(t.weights),
         "data": data_key,
         "calibration": asdict(cal),
         "code": compiler.code_digest(),
         "versions": compiler.versions(),
     }
 
-    def run(folder: Path) -> dict:
+    def run(folder: Path) -> Calibrated:
         data, skipped = _calibration_images(r, folder, wd)
         if skipped:
             wd.events(
@@ -437,10 +402,10 @@ def stage_calibrate(wd: WorkDir, r: Recipe, transformed: StageRecord) -> StageRe
                 )
             )
         n = min(cal.count, len(list(data.iterdir())))
-        for name in ("mlir", "weights"):  # run_calibration works next to the MLIR
-            (folder / t.result[name]).symlink_to((t.folder / t.result[name]).resolve())
+        for src in (t.mlir, t.weights):  # run_calibration works next to the MLIR
+            (folder / src.name).symlink_to(src.resolve())
         compiler.calibrate(
-            folder / t.result["mlir"],
+            folder / t.mlir.name,
             data,
             n,
             folder / f"{r.name}_cali_table",
@@ -449,9 +414,9 @@ def stage_calibrate(wd: WorkDir, r: Recipe, transformed: StageRecord) -> StageRe
             histogram_bins=cal.histogram_bins,
             tune_num=cal.tune_num,
         )
-        return {"table": f"{r.name}_cali_table", "images": n, "skipped": skipped}
+        return Calibrated(folder / f"{r.name}_cali_table", data, n, skipped)
 
-    return wd.run("calibrate", key, run, lambda res: [res["table"]])
+    return wd.run("calibrate", key, run, Calibrated)
 
 
 def deploy_options(r: Recipe, mode: str, test_image: Path | None) -> compiler.DeployOptions:
@@ -473,41 +438,47 @@ def deploy_options(r: Recipe, mode: str, test_image: Path | None) -> compiler.De
     )
 
 
+def _options_key(opts: compiler.DeployOptions) -> dict[str, Any]:
+    """Deploy options in a cache key: the test image by its content (a fused-preprocess deploy
+    reads it), not by where the work directory happens to be."""
+    return asdict(opts) | {"test_image": None}
+
+
 def stage_deploy(
     wd: WorkDir,
     r: Recipe,
     mode: str,
-    transformed: StageRecord,
-    calibrated: StageRecord | None,
+    transformed: Stage[Transformed],
+    calibrated: Stage[Calibrated] | None,
     background: bool = False,
-) -> StageRecord:
-    t = transformed
+) -> Stage[Deployed]:
+    t = transformed.result
     d = r.deploy
-    opts = deploy_options(r, mode, Path(t.result["test_image"]))
-    table = calibrated.folder / calibrated.result["table"] if calibrated else None
+    opts = deploy_options(r, mode, t.test_image)
+    table = calibrated.result.table if calibrated else None
     key = {
         "mode": mode,
         "name": r.name,
-        "options": asdict(opts),
-        "mlir": compiler.file_digest(t.folder / t.result["mlir"]),
-        "weights": compiler.file_digest(t.folder / t.result["weights"]),
-        "test_input": compiler.file_digest(t.folder / t.result["test_input"]),
+        "options": _options_key(opts),
+        "mlir": compiler.file_digest(t.mlir),
+        "weights": compiler.file_digest(t.weights),
+        "test_input": compiler.file_digest(t.test_input),
         "table": compiler.file_digest(table) if table else None,
         "batch_sizes": list(d.batch_sizes),
         "code": compiler.code_digest(),
         "versions": compiler.versions(),
     }
     if d.fuse_preprocess:
-        key["test_image"] = compiler.file_digest(Path(t.result["test_image"]))
+        key["test_image"] = compiler.file_digest(t.test_image)
     if d.batch_sizes != (1,):
-        key["onnx"] = compiler.file_digest(Path(t.result["onnx"]))
+        key["onnx"] = compiler.file_digest(t.onnx)
         key["preprocess"] = asdict(r.preprocess)
         key["transform_tolerance"] = r.tolerance.transform
     suffix = "" if d.batch_sizes == (1,) else "_" + "_".join(f"bs{b}" for b in d.batch_sizes)
     cvi_name = f"{r.name}_{r.chip}_{mode}{suffix}.cvimodel"
 
-    def run(folder: Path) -> dict:
-        transformed_files = compiler.TransformFiles(t.folder, r.name)
+    def run(folder: Path) -> Deployed:
+        transformed_files = t.files
         if d.batch_sizes == (1,):
             files = compiler.deploy(
                 transformed_files,
@@ -521,7 +492,7 @@ def stage_deploy(
         else:
             files = compiler.deploy_batches(
                 transformed_files,
-                Path(t.result["onnx"]),
+                t.onnx,
                 r.inputs[0].shape,
                 r.preprocess,
                 d.batch_sizes,
@@ -533,21 +504,16 @@ def stage_deploy(
                 background=background,
             )
         info = compiler.model_tool_info(files.cvimodel, folder / "model_tool_info.log")
-        return {
-            "cvimodel": cvi_name,
-            "size_bytes": files.cvimodel.stat().st_size,
-            "ion_mb": info.ion_mb,
-            "cvimodel_version": info.version,
-            "model_outputs": files.model_outputs.name,
-            "tpu_mlir": files.tpu_mlir.name,
-        }
+        return Deployed(
+            files.cvimodel,
+            files.cvimodel.stat().st_size,
+            info.ion_mb,
+            info.version,
+            files.model_outputs,
+            files.tpu_mlir,
+        )
 
-    return wd.run(
-        f"deploy-{mode}",
-        key,
-        run,
-        lambda res: [res["cvimodel"], res["model_outputs"], res["tpu_mlir"]],
-    )
+    return wd.run(f"deploy-{mode}", key, run, Deployed)
 
 
 def validation_images(r: Recipe) -> list:
@@ -565,18 +531,18 @@ def validation_images(r: Recipe) -> list:
 def stage_mix(
     wd: WorkDir,
     r: Recipe,
-    transformed: StageRecord,
-    calibrated: StageRecord,
-    dep_int8: StageRecord,
-    dep_bf16: StageRecord | None,
-) -> StageRecord:
+    transformed: Stage[Transformed],
+    calibrated: Stage[Calibrated],
+    dep_int8: Stage[Deployed],
+    dep_bf16: Stage[Deployed] | None,
+) -> Stage[Mixed]:
     """Search the fewest BF16 layers for INT8 to reach ``mix.target`` (or measure ``mix.qtable``).
     Every candidate's cvimodel is kept, so ``mix.pick`` chooses another row without a search."""
     from duotpu.builder import mixprec
     from duotpu.core.preprocess import load_bgr, preprocess_image
 
-    t = transformed
-    table = calibrated.folder / calibrated.result["table"]
+    t = transformed.result
+    table = calibrated.result.table
     mix = r.mix
     val_key: Any = (
         mix.images
@@ -587,31 +553,27 @@ def stage_mix(
         "mix": asdict(mix) | {"pick": None},
         "val": val_key,
         "table": compiler.file_digest(table),
-        "mlir": compiler.file_digest(t.folder / t.result["mlir"]),
-        "weights": compiler.file_digest(t.folder / t.result["weights"]),
-        "int8": compiler.file_digest(dep_int8.folder / dep_int8.result["cvimodel"]),
-        "bf16": compiler.file_digest(dep_bf16.folder / dep_bf16.result["cvimodel"])
-        if dep_bf16
-        else None,
+        "mlir": compiler.file_digest(t.mlir),
+        "weights": compiler.file_digest(t.weights),
+        "int8": compiler.file_digest(dep_int8.result.cvimodel),
+        "bf16": compiler.file_digest(dep_bf16.result.cvimodel) if dep_bf16 else None,
         "qtable_file": compiler.file_digest(Path(mix.qtable)) if mix.qtable else None,
         "preprocess": asdict(r.preprocess),
         "tolerance": asdict(r.tolerance),
-        "options": asdict(deploy_options(r, "int8", Path(t.result["test_image"]))),
+        "options": _options_key(deploy_options(r, "int8", t.test_image)),
         "code": [compiler.file_digest(Path(mixprec.__file__)), compiler.code_digest()],
         "versions": compiler.versions(),
     }
 
-    def built(dep: StageRecord) -> "mixprec.Built":
-        return mixprec.Built(
-            *(dep.folder / dep.result[k] for k in ("tpu_mlir", "cvimodel", "model_outputs"))
-        )
+    def built(dep: Stage[Deployed]) -> mixprec.Built:
+        return mixprec.Built(dep.result.tpu_mlir, dep.result.cvimodel, dep.result.model_outputs)
 
-    def run(folder: Path) -> dict:
+    def run(folder: Path) -> Mixed:
         shape = r.inputs[0].shape
         val = validation_images(r)
         tensors = [preprocess_image(im, r.preprocess, shape) for im in val]
-        fp32 = onnxrt.onnx_outputs(Path(t.result["onnx"]), tensors)
-        head = exported_head(wd.records["export"])
+        fp32 = onnxrt.onnx_outputs(t.onnx, tensors)
+        head = exported_head(wd.stages["export"])
         hws = (
             [
                 (im.shape[:2] if isinstance(im, np.ndarray) else load_bgr(im, False).shape[:2])
@@ -623,8 +585,8 @@ def stage_mix(
         score = mixprec.scorer(
             r, parse_target(mix.target)[0] if mix.target else "cos", fp32, hws, head
         )
-        graph = compiler.mlir_graph(t.folder / t.result["mlir"], folder / "graph.log")
-        transformed_files = compiler.TransformFiles(t.folder, r.name)
+        graph = compiler.mlir_graph(t.mlir, folder / "graph.log")
+        transformed_files = t.files
         fast: list[str] = []
         fast_secs = 0.0
         if mix.fast_search and mix.target and not mix.qtable:
@@ -632,8 +594,8 @@ def stage_mix(
             wd.events(StageEvent("mix", "info", message="running tpu_mlir's fast_search"))
             fast = compiler.fast_search(
                 transformed_files,
-                calibrated.folder / "images",
-                calibrated.result["images"],
+                calibrated.result.images,
+                calibrated.result.count,
                 folder / "fast_search",
                 chip=r.chip,
                 expected_cos=fast_search_cos(mix),
@@ -644,7 +606,7 @@ def stage_mix(
                 )
             )
             fast_secs = time.monotonic() - t0
-        options = deploy_options(r, "int8", Path(t.result["test_image"]))
+        options = deploy_options(r, "int8", t.test_image)
         rows, chosen = mixprec.search(
             r,
             folder,
@@ -660,16 +622,16 @@ def stage_mix(
             log=lambda m: wd.events(StageEvent("mix", "info", message=m)),
         )
         met = any(rr.meets for rr in rows if not rr.all_bf16) if mix.target else True
-        return {
-            "rows": mixprec.rows_json(rows),
-            "chosen": chosen,
-            "target": mix.target,
-            "met": met,
-            "bf16_meets": any(rr.meets for rr in rows if rr.all_bf16),
-            "fast_search_seconds": round(fast_secs, 1),
-        }
+        return Mixed(
+            tuple(rows),
+            chosen,
+            mix.target,
+            met,
+            any(rr.meets for rr in rows if rr.all_bf16),
+            round(fast_secs, 1),
+        )
 
-    return wd.run("mix", key, run, lambda res: [rw["cvimodel"] for rw in res["rows"]])
+    return wd.run("mix", key, run, Mixed)
 
 
 def fast_search_cos(mix) -> float:
@@ -681,19 +643,17 @@ def fast_search_cos(mix) -> float:
     return need if kind == "cos" else 0.995
 
 
-def picked_mix(r: Recipe, mixed: StageRecord) -> dict:
+def picked_mix(r: Recipe, mixed: Stage[Mixed]) -> Mixed:
     """The mix stage's result with ``chosen`` set to the row ``mix.pick`` names (1-based, as
     the trade-off table numbers them), when it names one."""
-    res = dict(mixed.result)
-    rows = res["rows"]
+    res = mixed.result
     if r.mix.pick:
-        if not 1 <= r.mix.pick <= len(rows):
+        if not 1 <= r.mix.pick <= len(res.rows):
             raise ConfigError(
                 f"mix.pick = {r.mix.pick}: the trade-off table has rows 1 to "
-                f"{len(rows)}; pick one of those numbers (see {r.name}.mix.md)."
+                f"{len(res.rows)}; pick one of those numbers (see {r.name}.mix.md)."
             )
-        res["chosen"] = r.mix.pick - 1
-        res["picked"] = True
+        res = dataclasses.replace(res, chosen=r.mix.pick - 1, picked=True)
     return res
 
 
@@ -730,21 +690,19 @@ def cosine_to_reference(reference: Path, outputs: Path) -> tuple[dict[str, float
 
 
 def stage_verify(
-    wd: WorkDir, r: Recipe, mode: str, referenced: StageRecord, deployed: StageRecord
-) -> StageRecord:
-    t, d = referenced, deployed
+    wd: WorkDir, r: Recipe, mode: str, referenced: Stage[Referenced], deployed: Stage[Deployed]
+) -> Stage[Verified]:
+    t, d = referenced.result, deployed.result
     need = r.tolerance.verify_int8 if mode == "int8" else r.tolerance.verify_bf16
     key = {
-        "cvimodel": compiler.file_digest(d.folder / d.result["cvimodel"]),
-        "outputs": compiler.file_digest(d.folder / d.result["model_outputs"]),
-        "reference": compiler.file_digest(t.folder / t.result["reference"]),
+        "cvimodel": compiler.file_digest(d.cvimodel),
+        "outputs": compiler.file_digest(d.model_outputs),
+        "reference": compiler.file_digest(t.reference),
         "min_cosine": need,
     }
 
-    def run(folder: Path) -> dict:
-        cos, names = cosine_to_reference(
-            t.folder / t.result["reference"], d.folder / d.result["model_outputs"]
-        )
+    def run(folder: Path) -> Verified:
+        cos, names = cosine_to_reference(t.reference, d.model_outputs)
         bad = [Mismatch(n, "cosine", c, need) for n, c in cos.items() if not c >= need]
         if bad:
             raise ToleranceError(
@@ -752,10 +710,10 @@ def stage_verify(
                 bad,
                 compiler.tolerance_advice(mode, f"tolerance.verify_{mode}"),
             )
-        _write_json(folder / "similarity.json", {"cosine": cos, "required": need})
-        return {"cosine": cos, "required": need, "outputs": names}
+        write_json(folder / "similarity.json", {"cosine": cos, "required": need})
+        return Verified(cos, need, names, folder / "similarity.json")
 
-    return wd.run(f"verify-{mode}", key, run, lambda res: ["similarity.json"])
+    return wd.run(f"verify-{mode}", key, run, Verified)
 
 
 # --------------------------------------------------------------------------------------------
@@ -770,7 +728,7 @@ def build(
     recipe: Recipe,
     out_dir: Path | None = None,
     work_dir: Path | None = None,
-    events: EventSink = _no_events,
+    events: EventSink = no_events,
 ) -> BuildResult:
     """Run the pipeline export → transform → calibrate → deploy (per mode) → verify.
 
@@ -793,7 +751,7 @@ def build(
     with cf.ThreadPoolExecutor(max_workers=1) as ref_pool:
         ref_future = ref_pool.submit(stage_reference, wd, transformed)
 
-        def branch(mode: str) -> tuple[StageRecord, StageRecord]:
+        def branch(mode: str) -> tuple[Stage[Deployed], Stage[Verified]]:
             cal = stage_calibrate(wd, recipe, transformed) if mode == "int8" else None
             dep = stage_deploy(wd, recipe, mode, transformed, cal, background=mode != critical)
             return dep, stage_verify(wd, recipe, mode, ref_future.result(), dep)
@@ -808,10 +766,11 @@ def build(
             wd,
             recipe,
             transformed,
-            wd.records["calibrate"],
+            wd.stages["calibrate"],
             results["int8"][0],
             results["bf16"][0] if "bf16" in results else None,
         )
+    assert referenced is not None  # no branch failed
     result = _finish(recipe, out_dir, wd, exported, transformed, referenced, results, mixed)
     if recipe.deploy.save_input_files:
         from duotpu.builder.replay import write_input_archive
@@ -844,12 +803,11 @@ def _check_inputs_early(r: Recipe) -> None:
         raise DataError(f"The mixed-precision table {r.mix.qtable} (mix.qtable) does not exist.")
 
 
-def _check_qtable(r: Recipe, transformed: StageRecord) -> None:
+def _check_qtable(r: Recipe, transformed: Stage[Transformed]) -> None:
     """Every layer a hand-written mix table names must be a layer of the model."""
     from duotpu.builder.mixprec import read_qtable
 
-    t = transformed
-    graph = compiler.mlir_graph(t.folder / t.result["mlir"], t.folder.parent / ".graph.log")
+    graph = compiler.mlir_graph(transformed.result.mlir, transformed.folder.parent / ".graph.log")
     unknown = [n for n in read_qtable(Path(r.mix.qtable)) if n not in graph]
     if unknown:
         near = ", ".join(list(graph)[:6])
@@ -865,7 +823,7 @@ def _run_branches(branch: Callable[[str], Any], modes) -> tuple[dict, list[BaseE
     """Run ``branch(mode)`` for every mode at once; (results by mode, errors in mode order).
     A failing branch does not stop the others (their finished stages are kept); an interrupt
     stops every child process at once instead of waiting for the running compiler steps."""
-    results: dict[str, tuple[StageRecord, StageRecord]] = {}
+    results: dict[str, Any] = {}
     errors: dict[str, BaseException] = {}
     with cf.ThreadPoolExecutor(max_workers=len(modes)) as pool:
         futures = {pool.submit(branch, m): m for m in modes}
@@ -893,81 +851,73 @@ def _finish(
     recipe: Recipe,
     out_dir: Path,
     wd: WorkDir,
-    exported: StageRecord,
-    transformed: StageRecord,
-    referenced: StageRecord,
-    results: dict,
-    mixed: StageRecord | None = None,
+    exported: Stage[Exported],
+    transformed: Stage[Transformed],
+    referenced: Stage[Referenced],
+    results: dict[str, tuple[Stage[Deployed], Stage[Verified]]],
+    mixed: Stage[Mixed] | None = None,
 ) -> BuildResult:
     """Copy the final files into ``out_dir`` atomically and write the build manifest."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    reference = dict(np.load(referenced.folder / referenced.result["reference"]))
+    reference = dict(np.load(referenced.result.reference))
     models = {}
     for mode in recipe.quantize:
-        dep, ver = results[mode]
-        final = atomic_copy(dep.folder / dep.result["cvimodel"], out_dir / dep.result["cvimodel"])
-        got = dict(np.load(dep.folder / dep.result["model_outputs"]))
+        dep, ver = (s.result for s in results[mode])
+        final = atomic_copy(dep.cvimodel, out_dir / dep.cvimodel.name)
+        got = dict(np.load(dep.model_outputs))
         models[mode] = ModelArtifact(
             mode,
             final,
-            dep.result["size_bytes"],
-            dep.result["ion_mb"],
-            ver.result["cosine"],
-            {n: got[k].reshape(reference[n].shape) for n, k in ver.result["outputs"].items()},
-            dep.folder / dep.result["tpu_mlir"],
+            dep.size_bytes,
+            dep.ion_mb,
+            ver.cosine,
+            {n: got[k].reshape(reference[n].shape) for n, k in ver.outputs.items()},
+            dep.tpu_mlir,
         )
     mix = None
     if mixed is not None:
         from duotpu.builder import mixprec
 
         mix = picked_mix(recipe, mixed)
-        best = mix["rows"][mix["chosen"]]
-        final = atomic_copy(
-            mixed.folder / best["cvimodel"], out_dir / f"{recipe.name}_{recipe.chip}_mix.cvimodel"
-        )
-        outputs = mixed.folder / best["model_outputs"]
-        cos, names = cosine_to_reference(
-            referenced.folder / referenced.result["reference"], outputs
-        )
-        got = dict(np.load(outputs))
+        best = mix.best
+        final = atomic_copy(best.cvimodel, out_dir / f"{recipe.name}_{recipe.chip}_mix.cvimodel")
+        cos, names = cosine_to_reference(referenced.result.reference, best.model_outputs)
+        got = dict(np.load(best.model_outputs))
         models["mix"] = ModelArtifact(
             "mix",
             final,
-            best["size_bytes"],
-            best["ion_mb"],
+            best.size_bytes,
+            best.ion_mb,
             cos,
             {n: got[k].reshape(reference[n].shape) for n, k in names.items()},
-            mixed.folder / best["tpu_mlir"],
+            best.tpu_mlir,
         )
-        note = f"{best['label']}: {mix['target'] or 'given table'} -> {best['metric']:.4f}"
-        if best["all_bf16"]:
+        note = f"{best.label}: {mix.target or 'given table'} -> {best.metric:.4f}"
+        if best.all_bf16:
             note += " (the whole model in BF16, which a table cannot say: use the BF16 cvimodel)"
-        atomic_write(out_dir / f"{recipe.name}.qtable", mixprec.qtable_text(best["layers"], note))
         atomic_write(
-            out_dir / f"{recipe.name}.mix.md",
-            mixprec.table_md(mix["rows"], mix["chosen"], mix["target"]),
+            out_dir / f"{recipe.name}.qtable", mixprec.qtable_text(list(best.layers), note)
         )
-    if "head" in exported.result:
-        atomic_copy(
-            exported.folder / exported.result["head"], out_dir / f"{recipe.name}.detect.json"
+        atomic_write(
+            out_dir / f"{recipe.name}.mix.md", mixprec.table_md(mix.rows, mix.chosen, mix.target)
         )
+    head = exported.result.head
+    if head is not None:
+        atomic_copy(head, out_dir / f"{recipe.name}.detect.json")
     recipe_path = atomic_write(out_dir / f"{recipe.name}.recipe.toml", recipe.to_toml())
-    t = transformed
-    stages = [
-        wd.records[n]
-        for n in [
-            "export",
-            "transform",
-            "reference",
-            "calibrate",
-            *[f"deploy-{m}" for m in recipe.quantize],
-            *[f"verify-{m}" for m in recipe.quantize],
-            "mix",
-        ]
-        if n in wd.records
+    t = transformed.result
+    order = [
+        "export",
+        "transform",
+        "reference",
+        "calibrate",
+        *[f"deploy-{m}" for m in recipe.quantize],
+        *[f"verify-{m}" for m in recipe.quantize],
+        "mix",
     ]
-    manifest = out_dir / "manifest.json"
-    _write_json(
+    stages = [wd.stages[n] for n in order if n in wd.stages]
+    manifest = out_dir / MANIFEST
+    write_json(
         manifest,
         {
             "name": recipe.name,
@@ -975,11 +925,11 @@ def _finish(
             "recipe": recipe.to_dict(),
             "versions": compiler.versions(),
             "work_dir": str(wd.root.resolve()),
-            "input_name": exported.result["input_name"],
+            "input_name": exported.result.input_name,
             # the files other commands need from the work directory, so none of them has to know
-            # its layout or tpu_mlir's file names
-            "onnx": str((exported.folder / exported.result["onnx"]).resolve()),
-            "top_mlir": str((t.folder / t.result["mlir"]).resolve()),
+            # its layout or tpu_mlir's file names (read by duotpu.builder.manifest)
+            "onnx": str(exported.result.onnx.resolve()),
+            "top_mlir": str(t.mlir.resolve()),
             "models": {
                 m: {
                     "cvimodel": a.cvimodel.name,
@@ -996,8 +946,8 @@ def _finish(
                     "name": s.name,
                     "cached": s.cached,
                     "seconds": round(s.seconds, 3),
-                    "key": json.loads((s.folder / MANIFEST).read_text())["key"],
-                    "result": s.result,
+                    "key": s.key,
+                    "result": to_json(s.result, s.folder),
                 }
                 for s in stages
             ],
@@ -1007,8 +957,8 @@ def _finish(
         recipe,
         out_dir,
         wd.root,
-        exported.folder / exported.result["onnx"],
-        dict(np.load(t.folder / t.result["test_input"])),
+        exported.result.onnx,
+        dict(np.load(t.test_input)),
         reference,
         models,
         stages,
@@ -1016,5 +966,5 @@ def _finish(
         recipe_path,
         mix,
         exported_head(exported),
-        Path(t.result["test_image"]),
+        t.test_image,
     )

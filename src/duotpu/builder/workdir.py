@@ -1,0 +1,236 @@
+"""A build's work directory: one folder per stage, each with its ``stage.json``.
+
+A stage is a function ``fn(folder) -> R`` where ``R`` is a frozen dataclass of the stage's
+results (:class:`StageResult`). :meth:`WorkDir.run` runs it in a hidden temporary folder that is
+renamed into place only when it succeeded, and records in ``stage.json`` its cache key, its time
+and its result — paths relative to the stage folder, so a work directory can be moved. A stage
+whose key did not change and whose result's files all exist is not run again: its result is read
+back, typed, from ``stage.json``. So an interrupted build resumes at the first unfinished stage
+and a final name never holds a half-written file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import threading
+import time
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Generic, TypeVar
+
+STAGE_FILE = "stage.json"
+
+
+# --------------------------------------------------------------------------------------------
+# Events (the CLI renders them; the API ignores them unless asked)
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class StageEvent:
+    """A stage started, finished, was found in the cache, failed, or has a warning."""
+
+    stage: str
+    status: str  # "start" | "done" | "cached" | "failed" | "warning" | "info"
+    seconds: float = 0.0
+    message: str = ""
+
+
+EventSink = Callable[[StageEvent], None]
+
+
+def no_events(_: StageEvent) -> None:
+    """An :data:`EventSink` that ignores everything."""
+
+
+# --------------------------------------------------------------------------------------------
+# Atomic files
+# --------------------------------------------------------------------------------------------
+def write_json(path: Path, data: Any) -> None:
+    """Write JSON through a temporary name."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=str))
+    os.replace(tmp, path)
+
+
+def atomic_copy(src: Path, dst: Path) -> Path:
+    """Copy ``src`` to ``dst`` through a temporary name, so ``dst`` is never half-written."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.part")
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+    return dst
+
+
+def atomic_write(dst: Path, text: str) -> Path:
+    """Write ``text`` to ``dst`` through a temporary name."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.part")
+    tmp.write_text(text)
+    os.replace(tmp, dst)
+    return dst
+
+
+# --------------------------------------------------------------------------------------------
+# Typed results <-> stage.json
+# --------------------------------------------------------------------------------------------
+class StageResult:
+    """Base of every stage's frozen result dataclass. Its ``Path`` fields (also inside nested
+    dataclasses, tuples and dicts) are the files the stage made or reads; a cached stage is
+    used only while all of them exist."""
+
+
+R = TypeVar("R", bound=StageResult)
+
+
+def to_json(obj: Any, folder: Path) -> Any:
+    """Plain JSON data of a result: paths under the work directory relative to ``folder``."""
+    if isinstance(obj, Path):
+        try:
+            return os.path.relpath(obj, folder) if obj.is_absolute() else str(obj)
+        except ValueError:
+            return str(obj)
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_json(getattr(obj, f.name), folder) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_json(v, folder) for v in obj]
+    if isinstance(obj, dict):
+        return {str(k): to_json(v, folder) for k, v in obj.items()}
+    return obj
+
+
+def from_json(tp: Any, data: Any, folder: Path) -> Any:
+    """The value of type ``tp`` that :func:`to_json` wrote, paths made absolute again."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if data is None:
+            return None
+        return from_json(next(a for a in args if a is not type(None)), data, folder)
+    if tp is Path:
+        return Path(os.path.normpath(folder / data))
+    if dataclasses.is_dataclass(tp):
+        hints = typing.get_type_hints(tp)
+        return tp(
+            **{
+                f.name: from_json(hints[f.name], data[f.name], folder)
+                for f in dataclasses.fields(tp)
+                if f.name in data
+            }
+        )
+    if origin is tuple:
+        inner = args[0] if args else Any
+        return tuple(from_json(inner, v, folder) for v in data)
+    if origin is list:
+        inner = args[0] if args else Any
+        return [from_json(inner, v, folder) for v in data]
+    if origin is dict:
+        inner = args[1] if len(args) == 2 else Any
+        return {k: from_json(inner, v, folder) for k, v in data.items()}
+    return data
+
+
+def result_files(obj: Any) -> list[Path]:
+    """Every path a result holds."""
+    if isinstance(obj, Path):
+        return [obj]
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return [p for f in dataclasses.fields(obj) for p in result_files(getattr(obj, f.name))]
+    if isinstance(obj, (list, tuple)):
+        return [p for v in obj for p in result_files(v)]
+    if isinstance(obj, dict):
+        return [p for v in obj.values() for p in result_files(v)]
+    return []
+
+
+# --------------------------------------------------------------------------------------------
+# The work directory
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Stage(Generic[R]):
+    """One stage of a build: where it ran, whether it came from the cache, its typed result."""
+
+    name: str
+    cached: bool
+    seconds: float
+    folder: Path
+    result: R
+    key: dict[str, Any]
+
+
+def key_hash(key: dict[str, Any]) -> str:
+    """The cache key's digest."""
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
+
+
+class WorkDir:
+    """A build's work directory: one folder per stage, each with its ``stage.json``."""
+
+    def __init__(self, root: Path, events: EventSink = no_events):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.events = events
+        self.stages: dict[str, Stage[Any]] = {}
+        self._lock = threading.Lock()
+
+    def run(
+        self, name: str, key: dict[str, Any], fn: Callable[[Path], R], result_type: type[R]
+    ) -> Stage[R]:
+        """Run stage ``name`` unless its ``stage.json`` has the same ``key`` and every file of its
+        result exists. ``fn(folder)`` does the work in a temporary folder and returns the
+        result, with paths in that folder (or elsewhere in the work directory)."""
+        folder = self.root / name
+        khash = key_hash(key)
+        cached = self._cached(folder, khash, result_type)
+        if cached is not None:
+            seconds, result = cached
+            stage = Stage(name, True, seconds, folder, result, key)
+            self._keep(stage)
+            self.events(StageEvent(name, "cached", seconds))
+            return stage
+        tmp = self.root / f".{name}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        self.events(StageEvent(name, "start"))
+        t0 = time.monotonic()
+        try:
+            made = fn(tmp)
+        except BaseException:
+            self.events(StageEvent(name, "failed", time.monotonic() - t0))
+            raise
+        seconds = time.monotonic() - t0
+        data = to_json(made, tmp)
+        record = {
+            "stage": name,
+            "key_hash": khash,
+            "key": key,
+            "seconds": round(seconds, 3),
+            "finished": time.time(),
+            "result": data,
+        }
+        write_json(tmp / STAGE_FILE, record)
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(tmp, folder)
+        stage = Stage(name, False, seconds, folder, from_json(result_type, data, folder), key)
+        self._keep(stage)
+        self.events(StageEvent(name, "done", seconds))
+        return stage
+
+    def _cached(self, folder: Path, khash: str, result_type: type[R]) -> tuple[float, R] | None:
+        try:
+            old = json.loads((folder / STAGE_FILE).read_text())
+            if old.get("key_hash") != khash:
+                return None
+            result = from_json(result_type, old["result"], folder)
+        except (OSError, ValueError, KeyError, TypeError):
+            return None  # no record, or one an older duotpu wrote: run the stage
+        if not all(p.exists() for p in result_files(result)):
+            return None
+        return float(old.get("seconds", 0.0)), result
+
+    def _keep(self, stage: Stage[Any]) -> None:
+        with self._lock:
+            self.stages[stage.name] = stage
