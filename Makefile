@@ -11,7 +11,7 @@ SSHD  := /usr/sbin/sshd
 help:
 	@echo "make demo   install, then run the built-in demo (EfficientNet-Lite0 -> INT8 + BF16)"
 	@echo "make test   install, then run the test suite"
-	@echo "make lint   ruff (lint + format check) and the layer contract (import-linter)"
+	@echo "make lint   ruff (lint + format check), the layer contract (import-linter), mypy"
 	@echo "make test-unit  the unit tier: no compiler, a few seconds"
 	@echo "make bench  install, then run the benchmarks under bench/"
 
@@ -52,6 +52,7 @@ lint: install
 	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/ruff format --check src tests bench
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy src/duotpu
 
 test-fast: install
 	$(VENV)/bin/python -m pytest -q -m "not slow"

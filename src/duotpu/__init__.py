@@ -131,7 +131,7 @@ def build(
     from duotpu.builder import pipeline
 
     if not isinstance(recipe, Recipe):
-        recipe = load_recipe(recipe)
+        recipe = load_recipe(Path(recipe))
     if overrides:
         recipe = recipe.with_overrides(
             {k.replace("__", "."): v for k, v in overrides.items()}, "build() arguments"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import signal
 import sys
@@ -314,6 +315,11 @@ def _recipe_from_args(args: argparse.Namespace):
     for dotted, value in overrides.items():
         set_dotted(base, dotted, value)
     return recipe_from_dict(base, where)
+
+
+def _advance(prog: Any, task: Any, done: int) -> None:
+    """A progress callback: ``done`` items of ``task`` finished."""
+    prog.update(task, completed=done)
 
 
 def _table(title: str, header: list[str], rows: list[list[str]], numeric_from: int = 1):
@@ -811,7 +817,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         with Progress(console=con, transient=True) as prog:
             task = prog.add_task(f"{b.mode.upper()}", total=len(tensors))
             q, secs = evaluate.timed_infer(
-                b, tensors, args.backend, lambda n, task=task: prog.update(task, completed=n)
+                b, tensors, args.backend, functools.partial(_advance, prog, task)
             )
         m = metrics.compare(b.mode, fp32, q, args.margin, labels, secs)
         data["modes"][b.mode] = m.__dict__
@@ -886,7 +892,7 @@ def _eval_detector(args, built, target: Path) -> int:
     if args.limit:
         paths = paths[: args.limit]
         label_files = label_files[: args.limit] if label_files else None
-    hws = [load_bgr(p, False).shape[:2] for p in paths]
+    hws = [(im.shape[0], im.shape[1]) for im in (load_bgr(p, False) for p in paths)]
     truth = [read_yolo_labels(lf, hw) for lf, hw in zip(label_files, hws)] if label_files else None
     con = _console()
     con.print(
@@ -916,7 +922,7 @@ def _eval_detector(args, built, target: Path) -> int:
                 b,
                 tensors,
                 backend=args.backend,
-                progress=lambda n, task=task: prog.update(task, completed=n),
+                progress=functools.partial(_advance, prog, task),
             )
             secs = time.monotonic() - t0
         m, fp32_lab = evaluate.compare_detections(b.mode, b, fp32, outs, hws, truth, secs)

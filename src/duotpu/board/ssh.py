@@ -173,8 +173,11 @@ class Board:
     ) -> RemoteResult:
         """Run a shell command on the board (``env`` is exported first)."""
         prefix = "".join(f"export {k}={shlex.quote(v)}; " for k, v in (env or {}).items())
+        client = self.client
+        if client is None:
+            raise BoardError("Not connected to the board: use `with Board(profile) as b:`.")
         try:
-            _, out, err = self.client.exec_command(prefix + command, timeout=timeout)
+            _, out, err = client.exec_command(prefix + command, timeout=timeout)
             stdout = out.read().decode(errors="replace")
             stderr = err.read().decode(errors="replace")
             rc = out.channel.recv_exit_status()

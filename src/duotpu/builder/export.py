@@ -10,7 +10,7 @@ import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from duotpu.core.head import YoloHead
@@ -267,12 +267,12 @@ def export_onnx(
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                extra = {}
+                extra: dict[str, Any] = {}
                 if dynamic:
                     extra["dynamic_axes"] = {input_name: {0: "N"}, "output": {0: "N"}}
                 torch.onnx.export(
                     model,
-                    dummy,
+                    (dummy,),
                     str(tmp),
                     opset_version=src.opset,
                     input_names=[input_name],

@@ -94,7 +94,7 @@ def old_to_recipe_preprocess(
         resize_mode="letterbox" if keep_aspect_ratio else "stretch",
         mean=tuple(m / raw_scale for m in mean),
         std=tuple(s / (raw_scale * input_scale) for s in std),
-        pixel_format="gray" if gray else channel_order.lower(),
+        pixel_format="gray" if gray else "bgr" if channel_order.lower() == "bgr" else "rgb",
     )
 
 
@@ -233,7 +233,7 @@ def run_legacy(argv: list[str], cwd: Path, events: Callable = lambda e: None) ->
 def _transform(args, cwd: Path, events) -> LegacyResult:
     from duotpu.builder import pipeline
 
-    notes = []
+    notes: list[str] = []
     if args.model_type not in ("onnx", "pytorch"):
         raise ConfigError(
             f"--model_type {args.model_type}: duotpu takes ONNX and PyTorch "

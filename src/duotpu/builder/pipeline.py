@@ -215,7 +215,7 @@ def _folder_key(paths: list[Path]) -> str:
 
 def stage_export(wd: WorkDir, r: Recipe) -> Stage[Exported]:
     src = r.model
-    key = {
+    key: dict[str, Any] = {
         "source": src.source,
         "weights": src.weights,
         "opset": src.opset,
@@ -272,7 +272,7 @@ def exported_head(exported: Stage[Exported]) -> YoloHead | None:
 def stage_transform(wd: WorkDir, r: Recipe, exported: Stage[Exported]) -> Stage[Transformed]:
     onnx_path = exported.result.onnx
     test_image = images.resolve_image(r.test_image, wd.root / "inputs")
-    key = {
+    key: dict[str, Any] = {
         "name": r.name,
         "onnx": compiler.file_digest(onnx_path),
         "shape": list(r.inputs[0].shape),
@@ -307,7 +307,7 @@ def stage_reference(wd: WorkDir, transformed: Stage[Transformed]) -> Stage[Refer
     """The fp32 ONNX model's outputs on the test input, in ONNX Runtime: the reference every
     cvimodel is verified against."""
     t = transformed.result
-    key = {
+    key: dict[str, Any] = {
         "onnx": compiler.file_digest(t.onnx),
         "test_input": compiler.file_digest(t.test_input),
         "versions": compiler.versions(),
@@ -381,7 +381,7 @@ def stage_calibrate(wd: WorkDir, r: Recipe, transformed: Stage[Transformed]) -> 
         if cal.images.startswith("builtin:")
         else {"folder": cal.images, "files": _folder_key(_calibration_files(Path(cal.images)))}
     )
-    key = {
+    key: dict[str, Any] = {
         "mlir": compiler.file_digest(t.mlir),
         "weights": compiler.file_digest(t.weights),
         "data": data_key,
@@ -456,7 +456,7 @@ def stage_deploy(
     d = r.deploy
     opts = deploy_options(r, mode, t.test_image)
     table = calibrated.result.table if calibrated else None
-    key = {
+    key: dict[str, Any] = {
         "mode": mode,
         "name": r.name,
         "options": _options_key(opts),
@@ -549,7 +549,7 @@ def stage_mix(
         if mix.images.startswith("builtin:")
         else _folder_key(images.list_files(Path(mix.images)))
     )
-    key = {
+    key: dict[str, Any] = {
         "mix": asdict(mix) | {"pick": None},
         "val": val_key,
         "table": compiler.file_digest(table),
@@ -694,7 +694,7 @@ def stage_verify(
 ) -> Stage[Verified]:
     t, d = referenced.result, deployed.result
     need = r.tolerance.verify_int8 if mode == "int8" else r.tolerance.verify_bf16
-    key = {
+    key: dict[str, Any] = {
         "cvimodel": compiler.file_digest(d.cvimodel),
         "outputs": compiler.file_digest(d.model_outputs),
         "reference": compiler.file_digest(t.reference),
@@ -860,9 +860,9 @@ def _finish(
     """Copy the final files into ``out_dir`` atomically and write the build manifest."""
     out_dir.mkdir(parents=True, exist_ok=True)
     reference = dict(np.load(referenced.result.reference))
-    models = {}
+    models: dict[str, ModelArtifact] = {}
     for mode in recipe.quantize:
-        dep, ver = (s.result for s in results[mode])
+        dep, ver = results[mode][0].result, results[mode][1].result
         final = atomic_copy(dep.cvimodel, out_dir / dep.cvimodel.name)
         got = dict(np.load(dep.model_outputs))
         models[mode] = ModelArtifact(

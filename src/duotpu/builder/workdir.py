@@ -112,7 +112,7 @@ def from_json(tp: Any, data: Any, folder: Path) -> Any:
         return from_json(next(a for a in args if a is not type(None)), data, folder)
     if tp is Path:
         return Path(os.path.normpath(folder / data))
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         hints = typing.get_type_hints(tp)
         return tp(
             **{

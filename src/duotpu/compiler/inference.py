@@ -81,7 +81,7 @@ def run_many(
     folder: Path,
     output_names: list[str],
     workers: int = 1,
-    progress: "callable | None" = None,
+    progress: Callable[[int], None] | None = None,
     program: int = 0,
 ) -> list[Path]:
     """Run many input npz files through one model, in ``workers`` parallel processes.
@@ -172,8 +172,8 @@ def run_tensors(
     """Run input tensors through a cvimodel (``backend="cvimodel"``) or an MLIR file (``mlir``)
     with tpu_mlir's tools; per input, the tensors named in ``names`` (every tensor if empty)."""
     workers = workers or min(os.cpu_count() or 1, 2)
-    with tempfile.TemporaryDirectory(prefix="duotpu-infer-") as tmp:
-        tmp = Path(tmp)
+    with tempfile.TemporaryDirectory(prefix="duotpu-infer-") as tmpdir:
+        tmp = Path(tmpdir)
         jobs = []
         for i, x in enumerate(tensors):
             src = tmp / f"in{i:05d}.npz"

@@ -65,7 +65,7 @@ def _diagnose(step: str, log_text: str) -> str:
 _children: dict[int, subprocess.Popen] = {}
 _children_lock = threading.Lock()
 _cancelled = threading.Event()
-_cancel_signal = [signal.SIGINT]
+_cancel_signal: list[int] = [int(signal.SIGINT)]
 
 
 def spawn(

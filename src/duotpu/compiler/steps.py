@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from duotpu.config.errors import Mismatch, ModelError, ToleranceError, ToolchainError
 from duotpu.config.recipe import Preprocess
@@ -25,7 +25,7 @@ _COMPARE_FAIL = re.compile(
 _COMPARE_FILES = re.compile(r"Target\s+(\S+)\s+Reference\s+(\S+)\s+npz compare FAILED")
 
 
-def compare_failures(log_path: Path, tolerance: tuple[float, float]) -> list[Mismatch]:
+def compare_failures(log_path: Path, tolerance: tuple[float, ...]) -> list[Mismatch]:
     """Tensors a failed ``npz_tool compare`` in a tool's log reports below ``tolerance``."""
     text = "\n".join(
         ln.rsplit("\r", 1)[-1] for ln in Path(log_path).read_text(errors="replace").splitlines()
@@ -114,9 +114,9 @@ def transform(
     *,
     preprocess: Preprocess,
     test_input: Path | None,
-    tolerance: tuple[float, float],
-    excepts: list[str] = (),
-    output_names: list[str] = (),
+    tolerance: tuple[float, ...],
+    excepts: Sequence[str] = (),
+    output_names: Sequence[str] = (),
 ) -> TransformFiles:
     """``model_transform``: ONNX → fp32 top MLIR, with preprocessing and, given a test input,
     a per-layer similarity check against the ONNX model at ``tolerance`` (cos, euclid)."""
@@ -533,7 +533,6 @@ def deploy_batches(
         part = f"{name}_{chip}_{quantize.lower()}_bs{b}.cvimodel"
         # model_deploy rewrites <name>_in_f32.npz in its folder with each variant's input, so
         # every variant reads its test input and reference from its own transform folder.
-        extra = {"test_input": t.test_input.resolve(), "test_reference": t.top_outputs.resolve()}
         deploy(
             transformed,
             folder,
@@ -543,7 +542,8 @@ def deploy_batches(
             mlir_name=f"{name}_bs{b}.mlir",
             merge_weight=True,
             copy_inputs=False,
-            **extra,
+            test_input=t.test_input.resolve(),
+            test_reference=t.top_outputs.resolve(),
             **deploy_kw,
         )
         parts[b] = part

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -118,15 +118,15 @@ def nms(
         float(conf),
         float(iou),
     )
-    idx = np.asarray(idx, int).reshape(-1)
-    idx = idx[np.argsort(-best[keep][idx], kind="stable")][:max_det]
+    order = np.asarray(idx, int).reshape(-1)
+    order = order[np.argsort(-best[keep][order], kind="stable")][:max_det]
     return [
         (
             np.array([*tlwh[k, :2], *(tlwh[k, :2] + tlwh[k, 2:])]),
             float(best[keep][k]),
             int(cls[keep][k]),
         )
-        for k in idx
+        for k in order
     ]
 
 
@@ -216,7 +216,8 @@ def input_frame(
 
     if Path(item).suffix.lower() in (".npz", ".npy"):
         return Preprocess(resize_mode="stretch"), head.input_hw
-    return pre, load_bgr(item, False).shape[:2]
+    h, w = load_bgr(item, False).shape[:2]
+    return pre, (h, w)
 
 
 def maps_in_order(head: YoloHead, outputs: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -279,7 +280,7 @@ def read_yolo_labels(path: Path, image_hw: tuple[int, int]) -> list[tuple[tuple,
     """A YOLO-format label file (``class cx cy w h`` normalised, a line per object) → (xyxy box
     in pixels, class) pairs. A missing file means no objects."""
     h, w = image_hw
-    objs = []
+    objs: list[tuple[tuple, int]] = []
     if not Path(path).is_file():
         return objs
     for ln, line in enumerate(Path(path).read_text().splitlines(), 1):
@@ -312,7 +313,7 @@ def coco_map(
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
-    gt = {
+    gt: dict[str, list[dict[str, Any]]] = {
         "images": [{"id": i} for i in range(len(truth))],
         "categories": [{"id": c} for c in range(nc)],
         "annotations": [],

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 #: The 80 COCO class names, in the order Ultralytics and YOLOv5 train them.
-COCO_NAMES = (
+_COCO = (
     "person bicycle car motorcycle airplane bus train truck boat traffic_light fire_hydrant "
     "stop_sign parking_meter bench bird cat dog horse sheep cow elephant bear zebra giraffe "
     "backpack umbrella handbag tie suitcase frisbee skis snowboard sports_ball kite baseball_bat "
@@ -17,7 +17,7 @@ COCO_NAMES = (
     "potted_plant bed dining_table toilet tv laptop mouse remote keyboard cell_phone microwave "
     "oven toaster sink refrigerator book clock vase scissors teddy_bear hair_drier toothbrush"
 ).split()
-COCO_NAMES = tuple(n.replace("_", " ") for n in COCO_NAMES)
+COCO_NAMES: tuple[str, ...] = tuple(n.replace("_", " ") for n in _COCO)
 
 
 @dataclass

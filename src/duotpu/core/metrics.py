@@ -102,7 +102,7 @@ def compare(
 def fp32_metrics(logits: np.ndarray, labels: list[int] | None, margin: float) -> dict:
     """Accuracy of the fp32 model itself (with labels) and how many images are decisive."""
     p = as_probabilities(logits)
-    out = {"n": len(p), "decisive_n": int(decisive_mask(p, margin).sum())}
+    out: dict[str, float] = {"n": len(p), "decisive_n": int(decisive_mask(p, margin).sum())}
     if labels is not None:
         y = np.array(labels)
         top5 = np.argsort(-p, axis=1)[:, :5]

@@ -31,7 +31,7 @@ def tpu_mean_scale(pre: Preprocess, channels: int) -> tuple[str, str]:
 
 def resize_dims(pre: Preprocess, shape: tuple[int, ...]) -> tuple[int, int]:
     """The (h, w) an image is resized to before the center crop to the input size."""
-    return tuple(pre.resize) if pre.resize else (shape[2], shape[3])
+    return (pre.resize[0], pre.resize[1]) if pre.resize else (shape[2], shape[3])
 
 
 def _resize(img: np.ndarray, pre: Preprocess, h: int, w: int) -> np.ndarray:

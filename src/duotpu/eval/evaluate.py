@@ -12,12 +12,12 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
 from duotpu import compiler
-from duotpu.config.errors import DataError
+from duotpu.config.errors import DataError, ModelError
 from duotpu.core import images as images_mod
 from duotpu.core import metrics
 from duotpu.infer import runtime
@@ -56,6 +56,11 @@ def per_layer(
 ) -> list[tuple[str, float]]:
     """Cosine of every tensor of the quantized MLIR to the same tensor of the fp32 MLIR
     (mean over ``tensors``), worst first."""
+    if model.tpu_mlir is None:
+        raise ModelError(
+            f"The quantized MLIR of {model.cvimodel} is not available (the build's work "
+            "directory is gone): the per-layer view needs it. Rebuild the model."
+        )
     quant = compiler.run_tensors("mlir", model.tpu_mlir, model.input_name, tensors, [])
     fp32 = compiler.run_tensors("mlir", top_mlir, model.input_name, tensors, [])
     sims: dict[str, list[float]] = {}
@@ -130,7 +135,7 @@ def compare_detections(
     model: runtime.BuiltModel,
     fp32_maps: list[list[np.ndarray]],
     q_outs: list[dict[str, np.ndarray]],
-    image_hws: list[tuple[int, int]],
+    image_hws: Sequence[tuple[int, int]],
     truth: list | None,
     seconds: float,
 ) -> tuple[DetectMetrics, dict | None]:
@@ -141,6 +146,8 @@ def compare_detections(
     from duotpu.core.detect import MAP_CONF, as_truth, coco_map, maps_in_order, per_image
 
     head, pre, opt = model.head, model.recipe.preprocess, model.recipe.detect
+    if head is None:
+        raise ModelError(f"{model.cvimodel} is not a detector (no decode information).")
     q_maps = [maps_in_order(head, o) for o in q_outs]
     q_low = per_image(head, q_maps, pre, image_hws, opt, MAP_CONF)
     vs_fp32 = coco_map(as_truth(per_image(head, fp32_maps, pre, image_hws, opt)), q_low, head.nc)
@@ -152,7 +159,7 @@ def compare_detections(
         mode,
         len(q_maps),
         vs_fp32["map50"],
-        vs_fp32["objects"],
+        int(vs_fp32["objects"]),
         # NMS keeps a box only for higher-scoring ones: the detections at
         # detect.conf are those of q_low that score that high
         float(np.mean([sum(d.score >= opt.conf for d in ds) for ds in q_low])),

@@ -183,8 +183,8 @@ def infer(
             f"The quantized MLIR of {model.cvimodel} is not available (the build's "
             "work directory is gone); use the simulator backend."
         )
-    target = model.cvimodel if backend == "cvimodel" else model.tpu_mlir
-    names = [] if keep_all else (output_names or model.output_names)
+    target = model.cvimodel if backend == "cvimodel" or model.tpu_mlir is None else model.tpu_mlir
+    names: list[str] = [] if keep_all else (output_names or model.output_names)
     results = compiler.run_tensors(
         backend, target, model.input_name, tensors, names, workers, progress, program
     )
