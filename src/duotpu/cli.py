@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import signal
 import sys
@@ -315,11 +314,6 @@ def _recipe_from_args(args: argparse.Namespace):
     for dotted, value in overrides.items():
         set_dotted(base, dotted, value)
     return recipe_from_dict(base, where)
-
-
-def _advance(prog: Any, task: Any, done: int) -> None:
-    """A progress callback: ``done`` items of ``task`` finished."""
-    prog.update(task, completed=done)
 
 
 def _table(title: str, header: list[str], rows: list[list[str]], numeric_from: int = 1):
@@ -770,64 +764,46 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from rich.progress import Progress
 
-    from duotpu.core import metrics
     from duotpu.eval import evaluate, report
-    from duotpu.infer import runtime
 
     target = Path(args.model)
-    models = sorted(target.glob("*.cvimodel")) if target.is_dir() else [target]
-    if not models:
-        raise ConfigError(f"No cvimodel in {target}. Give a cvimodel or a build folder.")
-    built = [runtime.open_model(m, args.recipe) for m in models]
-    first = built[0]
-    if first.head is not None:
-        return _eval_detector(args, built, target)
-    folder = Path(args.images)
-    names = _class_names(args, 1000 if args.labels is None else 0)
-    paths, labels = evaluate.labelled_images(folder, names)
-    if args.limit:
-        paths, labels = paths[: args.limit], (labels[: args.limit] if labels else None)
     con = _console()
-    con.print(
-        f"evaluating {', '.join(b.cvimodel.name for b in built)} on {len(paths)} images "
-        f"({'labelled' if labels else 'agreement with fp32'}), backend {args.backend}"
-    )
-    tensors = runtime.tensors_for(first, paths)
-    fp32 = np.stack([o[0].reshape(-1) for o in runtime.fp32_reference(first, tensors)])
-    data = {
-        "model": str(target),
-        "image_folder": str(folder),
-        "images": len(paths),
-        "backend": args.backend,
-        "margin": args.margin,
-        "fp32": metrics.fp32_metrics(fp32, labels, args.margin),
-        "modes": {},
-        "per_layer": {},
-        "fast_path_check": {},
-    }
-    for b in built:
-        if args.backend == "mlir" and args.check:
-            k = min(args.check, len(tensors))
-            diff = evaluate.check_fast_path(b, tensors[:k])
-            data["fast_path_check"][b.mode] = {"images": k, "max_abs_diff": diff}
-            con.print(
-                f"  {b.mode.upper()}: fast path vs CV18xx simulator on {k} image(s): "
-                f"largest output difference {diff:g}" + (" (bit-exact)" if diff == 0 else "")
-            )
-        with Progress(console=con, transient=True) as prog:
-            task = prog.add_task(f"{b.mode.upper()}", total=len(tensors))
-            q, secs = evaluate.timed_infer(
-                b, tensors, args.backend, functools.partial(_advance, prog, task)
-            )
-        m = metrics.compare(b.mode, fp32, q, args.margin, labels, secs)
-        data["modes"][b.mode] = m.__dict__
-        if args.layers and b.tpu_mlir is not None:
-            top = runtime.top_mlir_of(b)
-            if top is not None:
-                data["per_layer"][b.mode] = evaluate.per_layer(b, top, tensors[: args.layers])
+    with Progress(console=con, transient=True) as prog:
+        tasks: dict[str, Any] = {}
+
+        def progress(mode: str, done: int, total: int) -> None:
+            if mode not in tasks:
+                tasks[mode] = prog.add_task(mode.upper(), total=total)
+            prog.update(tasks[mode], completed=done)
+
+        data = evaluate.evaluate_build(
+            target,
+            Path(args.images),
+            recipe=args.recipe,
+            backend=args.backend,
+            margin=args.margin,
+            class_names=_class_names(args, 1000 if args.labels is None else 0),
+            limit=args.limit or 0,
+            check=args.check or 0,
+            layers=args.layers or 0,
+            progress=progress,
+            log=con.print,
+        )
+    con.print(_detect_eval_table(data) if data.get("task") == "detect" else _eval_table(data))
+    for mode, layers in data.get("per_layer", {}).items():
+        worst = ", ".join(f"{n} {c:.4f}" for n, c in layers[:5])
+        con.print(f"  {mode.upper()} least similar tensors: {worst}")
+    out = Path(args.out) if args.out else (target if target.is_dir() else target.parent) / "eval"
+    write = report.write_detect_report if data.get("task") == "detect" else report.write_eval_report
+    jpath, hpath = write(out, data)
+    con.print(f"report: {jpath} and {hpath}")
+    return EXIT_OK
+
+
+def _eval_table(data: dict) -> Any:
     rows = []
-    if labels:
-        fpm = data["fp32"]
+    fpm = data["fp32"]
+    if "top1_acc" in fpm:
         rows.append(
             ["fp32", "", "", "", "", "", "", f"{fpm['top1_acc']:.3f}", f"{fpm['top5_acc']:.3f}", ""]
         )
@@ -847,7 +823,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             ]
         )
     t = _table(
-        f"{first.info.name}: quantized vs fp32 on {len(paths)} images",
+        f"{data['name']}: quantized vs fp32 on {data['images']} images",
         [
             "model",
             "top-1 agree",
@@ -863,76 +839,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
         rows,
     )
     t.caption = (
-        f"decisive: images where fp32's top-1 leads by ≥ {args.margin}; "
+        f"decisive: images where fp32's top-1 leads by ≥ {data['margin']}; "
         "top-5 ∋ fp32: the quantized top-5 holds fp32's top-1"
     )
-    con.print(t)
-    for mode, layers in data["per_layer"].items():
-        worst = ", ".join(f"{n} {c:.4f}" for n, c in layers[:5])
-        con.print(f"  {mode.upper()} least similar tensors: {worst}")
-    out = Path(args.out) if args.out else (target if target.is_dir() else target.parent) / "eval"
-    jpath, hpath = report.write_eval_report(out, data)
-    con.print(f"report: {jpath} and {hpath}")
-    return EXIT_OK
+    return t
 
 
-def _eval_detector(args, built, target: Path) -> int:
-    import time
-
-    from rich.progress import Progress
-
-    from duotpu.core.detect import MAP_CONF, read_yolo_labels
-    from duotpu.core.preprocess import load_bgr
-    from duotpu.eval import evaluate, report
-    from duotpu.infer import runtime
-
-    first = built[0]
-    folder = Path(args.images)
-    paths, label_files = evaluate.detection_images(folder)
-    if args.limit:
-        paths = paths[: args.limit]
-        label_files = label_files[: args.limit] if label_files else None
-    hws = [(im.shape[0], im.shape[1]) for im in (load_bgr(p, False) for p in paths)]
-    truth = [read_yolo_labels(lf, hw) for lf, hw in zip(label_files, hws)] if label_files else None
-    con = _console()
-    con.print(
-        f"evaluating detector {', '.join(b.cvimodel.name for b in built)} on "
-        f"{len(paths)} images ({'YOLO labels' if truth else 'agreement with fp32'}), "
-        f"backend {args.backend}"
-    )
-    tensors = runtime.tensors_for(first, paths)
-    fp32 = runtime.fp32_reference(first, tensors)
-    data = {
-        "model": str(target),
-        "task": "detect",
-        "image_folder": str(folder),
-        "images": len(paths),
-        "backend": args.backend,
-        "conf": first.recipe.detect.conf,
-        "iou": first.recipe.detect.iou,
-        "map_conf": MAP_CONF,
-        "modes": {},
-        "fp32": {},
-    }
-    for b in built:
-        with Progress(console=con, transient=True) as prog:
-            task = prog.add_task(f"{b.mode.upper()}", total=len(tensors))
-            t0 = time.monotonic()
-            outs = runtime.infer(
-                b,
-                tensors,
-                backend=args.backend,
-                progress=functools.partial(_advance, prog, task),
-            )
-            secs = time.monotonic() - t0
-        m, fp32_lab = evaluate.compare_detections(b.mode, b, fp32, outs, hws, truth, secs)
-        data["modes"][b.mode] = m.__dict__
-        if fp32_lab is not None:
-            data["fp32"] = {
-                "map50": fp32_lab["map50"],
-                "map50_95": fp32_lab["map50_95"],
-                "objects": fp32_lab["objects"],
-            }
+def _detect_eval_table(data: dict) -> Any:
     rows = []
     if data["fp32"]:
         rows.append(
@@ -961,7 +874,7 @@ def _eval_detector(args, built, target: Path) -> int:
             ]
         )
     t = _table(
-        f"{first.info.name}: quantized detections vs fp32 on {len(paths)} images",
+        f"{data['name']}: quantized detections vs fp32 on {data['images']} images",
         [
             "model",
             "mAP50 vs fp32",
@@ -978,11 +891,7 @@ def _eval_detector(args, built, target: Path) -> int:
         "mAP50 vs fp32: the fp32 detections taken as ground truth; worst map cos: the "
         "lowest mean cosine of a head map; mAP50 / mAP50-95: against the labels"
     )
-    con.print(t)
-    out = Path(args.out) if args.out else (target if target.is_dir() else target.parent) / "eval"
-    jpath, hpath = report.write_detect_report(out, data)
-    con.print(f"report: {jpath} and {hpath}")
-    return EXIT_OK
+    return t
 
 
 # --------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ the softmax outputs. With a labelled folder (one subfolder per class), top-1/top
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -175,3 +176,141 @@ def compare_detections(
             truth, per_image(head, fp32_maps, pre, image_hws, opt, MAP_CONF), head.nc
         )
     return m, fp32_labelled
+
+
+# --------------------------------------------------------------------------------------------
+# A whole evaluation (what `duotpu eval` runs)
+# --------------------------------------------------------------------------------------------
+Progress = Callable[[str, int, int], None]  # (model name, images done, images in all)
+
+
+def _quiet(*_: object) -> None:
+    pass
+
+
+def _count(progress: Progress, mode: str, total: int, done: int) -> None:
+    progress(mode, done, total)
+
+
+def evaluate_build(
+    target: Path,
+    images: Path,
+    *,
+    recipe: Path | None = None,
+    backend: str = "mlir",
+    margin: float = 0.05,
+    class_names: list[str] | None = None,
+    limit: int = 0,
+    check: int = 0,
+    layers: int = 0,
+    progress: Progress = _quiet,
+    log: Callable[[str], None] = _quiet,
+) -> dict:
+    """Evaluate every cvimodel of a build folder (or one cvimodel) against the fp32 model on a
+    folder of images: classifiers by agreement (and accuracy with labelled subfolders),
+    detectors by mAP against the fp32 detections (and against YOLO labels). Returns the
+    report's data (what ``report.json`` holds); ``progress`` and ``log`` report as it goes."""
+    target = Path(target)
+    models = sorted(target.glob("*.cvimodel")) if target.is_dir() else [target]
+    if not models:
+        raise DataError(f"No cvimodel in {target}. Give a cvimodel or a build folder.")
+    built = [runtime.open_model(m, recipe) for m in models]
+    if built[0].head is not None:
+        return _evaluate_detector(target, built, Path(images), backend, limit, progress, log)
+    first = built[0]
+    paths, labels = labelled_images(Path(images), class_names)
+    if limit:
+        paths, labels = paths[:limit], (labels[:limit] if labels else None)
+    log(
+        f"evaluating {', '.join(b.cvimodel.name for b in built)} on {len(paths)} images "
+        f"({'labelled' if labels else 'agreement with fp32'}), backend {backend}"
+    )
+    tensors = runtime.tensors_for(first, paths)
+    fp32 = np.stack([o[0].reshape(-1) for o in runtime.fp32_reference(first, tensors)])
+    data: dict = {
+        "model": str(target),
+        "name": first.info.name,
+        "image_folder": str(images),
+        "images": len(paths),
+        "backend": backend,
+        "margin": margin,
+        "fp32": metrics.fp32_metrics(fp32, labels, margin),
+        "modes": {},
+        "per_layer": {},
+        "fast_path_check": {},
+    }
+    for b in built:
+        if backend == "mlir" and check:
+            k = min(check, len(tensors))
+            diff = check_fast_path(b, tensors[:k])
+            data["fast_path_check"][b.mode] = {"images": k, "max_abs_diff": diff}
+            log(
+                f"  {b.mode.upper()}: fast path vs CV18xx simulator on {k} image(s): "
+                f"largest output difference {diff:g}" + (" (bit-exact)" if diff == 0 else "")
+            )
+        q, secs = timed_infer(
+            b, tensors, backend, functools.partial(_count, progress, b.mode, len(tensors))
+        )
+        m = metrics.compare(b.mode, fp32, q, margin, labels, secs)
+        data["modes"][b.mode] = m.__dict__
+        if layers and b.tpu_mlir is not None and b.top_mlir is not None:
+            data["per_layer"][b.mode] = per_layer(b, b.top_mlir, tensors[:layers])
+    return data
+
+
+def _evaluate_detector(
+    target: Path,
+    built: list[runtime.BuiltModel],
+    folder: Path,
+    backend: str,
+    limit: int,
+    progress: Progress,
+    log: Callable[[str], None],
+) -> dict:
+    from duotpu.core.detect import MAP_CONF, read_yolo_labels
+    from duotpu.core.preprocess import load_bgr
+
+    first = built[0]
+    paths, label_files = detection_images(folder)
+    if limit:
+        paths = paths[:limit]
+        label_files = label_files[:limit] if label_files else None
+    hws = [(im.shape[0], im.shape[1]) for im in (load_bgr(p, False) for p in paths)]
+    truth = [read_yolo_labels(lf, hw) for lf, hw in zip(label_files, hws)] if label_files else None
+    log(
+        f"evaluating detector {', '.join(b.cvimodel.name for b in built)} on "
+        f"{len(paths)} images ({'YOLO labels' if truth else 'agreement with fp32'}), "
+        f"backend {backend}"
+    )
+    tensors = runtime.tensors_for(first, paths)
+    fp32 = runtime.fp32_reference(first, tensors)
+    data: dict = {
+        "model": str(target),
+        "name": first.info.name,
+        "task": "detect",
+        "image_folder": str(folder),
+        "images": len(paths),
+        "backend": backend,
+        "conf": first.recipe.detect.conf,
+        "iou": first.recipe.detect.iou,
+        "map_conf": MAP_CONF,
+        "modes": {},
+        "fp32": {},
+    }
+    for b in built:
+        t0 = time.monotonic()
+        outs = runtime.infer(
+            b,
+            tensors,
+            backend=backend,
+            progress=functools.partial(_count, progress, b.mode, len(tensors)),
+        )
+        m, fp32_lab = compare_detections(b.mode, b, fp32, outs, hws, truth, time.monotonic() - t0)
+        data["modes"][b.mode] = m.__dict__
+        if fp32_lab is not None:
+            data["fp32"] = {
+                "map50": fp32_lab["map50"],
+                "map50_95": fp32_lab["map50_95"],
+                "objects": fp32_lab["objects"],
+            }
+    return data
