@@ -96,3 +96,20 @@ def test_a_record_from_an_older_layout_reruns_the_stage(tmp_path):
     (tmp_path / "f").write_text("f")
     res = wd.run("s", {}, lambda folder: Made(tmp_path / "f", 5), Made)
     assert not res.cached and res.result.count == 5
+
+
+def test_a_relative_work_directory_gives_absolute_result_paths(tmp_path, monkeypatch):
+    """`duotpu build` puts its work directory under the relative build/NAME by default."""
+    monkeypatch.chdir(tmp_path)
+    wd = WorkDir(Path("build") / "w")
+
+    def stage(folder):
+        (folder / "x").write_text("x")
+        return Made(folder / "x", 1)
+
+    made = wd.run("s", {}, stage, Made)
+    assert made.result.out == tmp_path / "build" / "w" / "s" / "x" and made.result.out.is_file()
+    record = json.loads((tmp_path / "build" / "w" / "s" / "stage.json").read_text())
+    assert record["result"]["out"] == "x"
+    again = WorkDir(Path("build") / "w").run("s", {}, stage, Made)
+    assert again.cached and again.result == made.result

@@ -90,10 +90,7 @@ R = TypeVar("R", bound=StageResult)
 def to_json(obj: Any, folder: Path) -> Any:
     """Plain JSON data of a result: paths under the work directory relative to ``folder``."""
     if isinstance(obj, Path):
-        try:
-            return os.path.relpath(obj, folder) if obj.is_absolute() else str(obj)
-        except ValueError:
-            return str(obj)
+        return os.path.relpath(obj.absolute(), Path(folder).absolute())
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return {f.name: to_json(getattr(obj, f.name), folder) for f in dataclasses.fields(obj)}
     if isinstance(obj, (list, tuple)):
@@ -170,7 +167,7 @@ class WorkDir:
     """A build's work directory: one folder per stage, each with its ``stage.json``."""
 
     def __init__(self, root: Path, events: EventSink = no_events):
-        self.root = Path(root)
+        self.root = Path(root).absolute()  # results hold absolute paths, whatever the cwd
         self.root.mkdir(parents=True, exist_ok=True)
         self.events = events
         self.stages: dict[str, Stage[Any]] = {}
