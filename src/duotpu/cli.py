@@ -911,17 +911,8 @@ def _open_board(args):
 
 def _checked(b, models, force: bool, con) -> None:
     from duotpu import board
-    from duotpu.compiler import cvimodel
 
-    d = board.doctor(b)
-    problems = []
-    for m in models:
-        problems += board.check_model_for_board(cvimodel.read_cvimodel(m), d)
-    if problems and not force:
-        from duotpu.config.errors import BoardError
-
-        raise BoardError(" ".join(problems) + " (--force to try anyway)")
-    for p in problems:
+    for p in board.check_models(b, [Path(m) for m in models], force):
         con.print(f"[yellow]warning (--force):[/] {p}")
 
 

@@ -3,7 +3,16 @@ benchmarking models with the SDK's ``model_runner``. The CLI and the tests use t
 
 from __future__ import annotations
 
-from .checks import Doctor, check_model_for_board, chip_of_soc, doctor, runtime_version, sdk_usable
+from .checks import (
+    Doctor,
+    check_model_for_board,
+    check_models,
+    chip_of_soc,
+    doctor,
+    model_problems,
+    runtime_version,
+    sdk_usable,
+)
 from .profiles import (
     DEFAULT_ION_PATH,
     PASSWORD_ENV,
@@ -53,6 +62,8 @@ __all__ = [
     "doctor",
     "sdk_usable",
     "check_model_for_board",
+    "check_models",
+    "model_problems",
     "PushReport",
     "push",
     "remote_hashes",

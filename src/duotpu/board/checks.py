@@ -8,6 +8,8 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from duotpu.config.errors import BoardError
+
 from .ssh import Board
 
 
@@ -171,3 +173,19 @@ def check_model_for_board(info, d: Doctor) -> list[str]:
             "image with a bigger ION carveout."
         )
     return out
+
+
+def model_problems(models: list[Path], d: Doctor) -> list[str]:
+    """Reasons any of the cvimodels ``models`` cannot run on the board ``d`` describes."""
+    from duotpu.compiler.cvimodel import read_cvimodel
+
+    return [p for m in models for p in check_model_for_board(read_cvimodel(m), d)]
+
+
+def check_models(b: Board, models: list[Path], force: bool = False) -> list[str]:
+    """Check ``models`` against the board before they are run: raises :class:`BoardError`
+    with every problem, or with ``force`` returns them."""
+    problems = model_problems(models, doctor(b))
+    if problems and not force:
+        raise BoardError(" ".join(problems) + " (--force to try anyway)")
+    return problems

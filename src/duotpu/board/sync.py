@@ -11,7 +11,7 @@ from typing import Callable
 from duotpu.compiler import file_digest
 from duotpu.config.errors import BoardError, ConfigError
 
-from .checks import Doctor, check_model_for_board, doctor
+from .checks import Doctor, doctor, model_problems
 from .ssh import Board
 
 
@@ -37,25 +37,19 @@ def push(
     the board's, or with ``sdk`` the new SDK's (uploaded first, then asked). Models are never
     uploaded before all their checks pass; ``force`` uploads anyway and returns the problems.
     Raises :class:`BoardError` with every problem otherwise."""
-    from duotpu.compiler.cvimodel import read_cvimodel
-
     if not models and sdk is None:
         raise ConfigError("Nothing to push: give cvimodel files and/or --sdk FOLDER.")
-    infos = [read_cvimodel(m) for m in models]
     d = doctor(b) if models else Doctor()
     if sdk is not None:
         d.runtime_version = ""  # the board's runtime is about to be replaced
-    problems = [p for info in infos for p in check_model_for_board(info, d)]
+    problems = model_problems(models, d)
     if problems and not force:
         raise BoardError(" ".join(problems) + " Nothing was uploaded (--force to try anyway).")
     sent = PushResult([], [], 0)
     if sdk is not None:
         sent = push_files(b, sdk_files(Path(sdk), b.profile.sdk_dir), progress)
         if models:
-            new = doctor(b)
-            late = [
-                p for info in infos for p in check_model_for_board(info, new) if p not in problems
-            ]
+            late = [p for p in model_problems(models, doctor(b)) if p not in problems]
             if late and not force:
                 raise BoardError(
                     " ".join(late) + " The SDK was uploaded; the models were not "

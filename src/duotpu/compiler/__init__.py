@@ -25,7 +25,6 @@ from .inference import fused_input_file, mlir_graph, run_cvimodel, run_many, run
 from .runner import (
     ToolRun,
     clear_cancel,
-    live_children,
     log_tail,
     run_argv,
     run_tool,
@@ -67,7 +66,6 @@ __all__ = [
     "run_tensors",
     "ToolRun",
     "clear_cancel",
-    "live_children",
     "log_tail",
     "run_argv",
     "run_tool",

@@ -63,7 +63,9 @@ def _diagnose(step: str, log_text: str) -> str:
 # here, so that a signal to duotpu alone (a supervisor, `timeout`, `kill PID`) stops them all.
 # --------------------------------------------------------------------------------------------
 _children: dict[int, subprocess.Popen] = {}
-_children_lock = threading.Lock()
+# re-entrant: stop_children runs in a signal handler, which may interrupt the main thread
+# while it holds the lock in spawn or finish
+_children_lock = threading.RLock()
 _cancelled = threading.Event()
 _cancel_signal: list[int] = [int(signal.SIGINT)]
 
@@ -76,7 +78,6 @@ def spawn(
     stdout: IO[Any] | int | None = None,
     stderr: IO[Any] | int | None = None,
     background: bool = False,
-    text: bool = False,
 ) -> subprocess.Popen:
     """Start a child process in its own process group, registered for :func:`stop_children`.
     Refuses (raises :class:`Interrupted`) once the run was cancelled, so no stage starts after
@@ -91,7 +92,6 @@ def spawn(
         stderr=stderr,
         stdin=subprocess.DEVNULL,
         start_new_session=True,
-        text=text,
         preexec_fn=(lambda: os.nice(10)) if background else None,
     )
     with _children_lock:
@@ -155,12 +155,6 @@ def stop_children(signum: int = signal.SIGINT, grace: float = 1.0) -> None:
 def clear_cancel() -> None:
     """Allow children again (a new run after a cancelled one in the same Python process)."""
     _cancelled.clear()
-
-
-def live_children() -> int:
-    """How many children from :func:`spawn` are running."""
-    with _children_lock:
-        return sum(p.poll() is None for p in _children.values())
 
 
 @dataclass

@@ -87,11 +87,6 @@ def open_model(path: str | Path, recipe_path: str | Path | None = None) -> Built
     return BuiltModel(path, info, recipe, mode, onnx, tpu, head, top)
 
 
-def top_mlir_of(model: BuiltModel) -> Path | None:
-    """The build's fp32 top MLIR (in its work directory), or ``None`` when it is gone."""
-    return model.top_mlir
-
-
 def tensors_for(model: BuiltModel, images: list) -> list[np.ndarray]:
     """Images (paths or RGB arrays) → batch-1 input tensors, with the build's preprocessing:
     float32 NCHW, or for a fused-preprocess model the raw uint8 image in its pixel format."""
@@ -110,7 +105,7 @@ def tensors_for(model: BuiltModel, images: list) -> list[np.ndarray]:
 def _aligned_inputs(model: BuiltModel, t, images: list) -> list[np.ndarray]:
     """Raw inputs of a YUV / aligned fused-preprocess model, made by tpu_mlir's preprocessing
     (it needs the build's fp32 MLIR, which holds the resize settings)."""
-    top = top_mlir_of(model)
+    top = model.top_mlir
     if top is None:
         raise ModelError(
             f"{model.cvimodel} takes {t.pixel_format} input"
