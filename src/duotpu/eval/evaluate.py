@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from duotpu import compiler
-from duotpu.config.errors import DataError, ModelError
+from duotpu.config.errors import ConfigError, DataError, ModelError
 from duotpu.core import images as images_mod
 from duotpu.core import metrics
 from duotpu.infer import runtime
@@ -213,7 +213,7 @@ def evaluate_build(
     target = Path(target)
     models = sorted(target.glob("*.cvimodel")) if target.is_dir() else [target]
     if not models:
-        raise DataError(f"No cvimodel in {target}. Give a cvimodel or a build folder.")
+        raise ConfigError(f"No cvimodel in {target}. Give a cvimodel or a build folder.")
     built = [runtime.open_model(m, recipe) for m in models]
     if built[0].head is not None:
         return _evaluate_detector(target, built, Path(images), backend, limit, progress, log)
