@@ -251,3 +251,26 @@ def lively_yolov8(cfg: str = "yolov8n.yaml", nc: int = 3, seed: int = 0, size: i
         model.train()
         model(x)
     return model.eval()
+
+
+def current_export_onnx(path: Path, size: int = 32) -> Path:
+    """The tiny model as a current exporter writes it: IR version 10, opset 21, a ``Gelu``, free
+    ``batch``/``height``/``width`` dims and Ultralytics' ``imgsz`` metadata (what
+    ``model.export(format="onnx", dynamic=True)`` with onnx ≥ 1.16 gives)."""
+    import onnx
+
+    model = onnx.load(str(tiny_onnx(path, size=size)))
+    for n in model.graph.node:
+        if n.name == "relu1":
+            n.op_type, n.name = "Gelu", "gelu1"
+    model.opset_import[0].version = 21
+    model.ir_version = 10
+    for v in (*model.graph.input, *model.graph.output):
+        dims = v.type.tensor_type.shape.dim
+        for d, name in zip(dims, ["batch", None, "height", "width"]):
+            if name:
+                d.ClearField("dim_value")
+                d.dim_param = name
+    model.metadata_props.add(key="imgsz", value=f"[{size}, {size}]")
+    path.write_bytes(model.SerializeToString())
+    return path

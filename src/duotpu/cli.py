@@ -18,12 +18,14 @@ from duotpu.config.errors import (
     BuildFailed,
     ConfigError,
     DuoTpuError,
+    PartialBuild,
     ToleranceError,
     ToolchainError,
 )
 from duotpu.config.recipe import FusedFormat
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2  # interrupted: 128 + the signal (130, 143)
+EXIT_PARTIAL = 3  # some modes delivered (verified), others failed
 
 
 def _console():
@@ -54,6 +56,8 @@ class StageProgress:
         self.started = False
 
     def __call__(self, ev) -> None:
+        from rich.markup import escape as markup_escape
+
         with self.lock:
             if ev.status == "start":
                 self.running.append(ev.stage)
@@ -68,9 +72,9 @@ class StageProgress:
             elif ev.status == "failed":
                 self.console.print(f"[red]✗[/] {ev.stage:<14} {ev.seconds:6.1f} s")
             elif ev.status == "warning":
-                self.console.print(f"[yellow]![/] {ev.stage:<14} {ev.message}")
+                self.console.print(f"[yellow]![/] {ev.stage:<14} {markup_escape(ev.message)}")
             elif ev.status == "info":
-                self.console.print(f"[dim]·[/] {ev.stage:<14} [dim]{ev.message}[/]")
+                self.console.print(f"[dim]·[/] {ev.stage:<14} [dim]{markup_escape(ev.message)}[/]")
             self._refresh()
 
     def _refresh(self) -> None:
@@ -444,6 +448,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         f"building [bold]{recipe.name}[/] for {recipe.chip}: "
         f"{', '.join(m.upper() for m in recipe.quantize)}"
     )
+    partial: PartialBuild | None = None
     try:
         result = pipeline.build(
             recipe,
@@ -451,6 +456,8 @@ def cmd_build(args: argparse.Namespace) -> int:
             Path(args.work_dir) if args.work_dir else None,
             progress,
         )
+    except PartialBuild as e:
+        partial, result = e, e.result
     finally:
         progress.close()
     labels = (
@@ -463,7 +470,24 @@ def cmd_build(args: argparse.Namespace) -> int:
         console.print(f"inputs and replay script: {result.inputs_archive}")
     if result.mix is not None:
         code = _print_mix(console, result, args.json) or code
+    if partial is not None:
+        return _print_partial(partial)
     return code
+
+
+def _print_partial(e: PartialBuild) -> int:
+    """What was delivered and what failed; the exit code of a partial build."""
+    from rich.markup import escape
+
+    con = _err_console()
+    got = ", ".join(m.upper() for m in e.result.models)
+    for mode, err in e.failed.items():
+        con.print(f"[red bold]{mode.upper()} failed:[/] {escape(str(err))}", highlight=False)
+    con.print(
+        f"[yellow bold]partial build:[/] delivered {got} (verified); not delivered: "
+        f"{', '.join(m.upper() for m in e.failed)}. Exit code {EXIT_PARTIAL}."
+    )
+    return EXIT_PARTIAL
 
 
 def _print_mix(console, result, as_json: bool) -> int:
@@ -1415,26 +1439,28 @@ def _stop_on_signals() -> dict:
 
 
 def _report_error(e: BaseException, debug: bool) -> int:
+    from rich.markup import escape
+
     con = _err_console()
     if debug:
         con.print(traceback.format_exc(), markup=False, highlight=False)
     if isinstance(e, ToolchainError):
-        con.print(f"[red bold]error:[/] {e}", markup=True)
+        con.print(f"[red bold]error:[/] {escape(str(e))}")
         if e.tail:
             con.print(f"[dim]last lines of {e.log_path}:[/]")
             con.print(e.tail, markup=False, highlight=False)
     elif isinstance(e, ToleranceError):
-        con.print(f"[red bold]verification failed:[/] {e}")
+        con.print(f"[red bold]verification failed:[/] {escape(str(e))}")
     elif isinstance(e, BuildFailed):
         con.print(f"[red bold]{len(e.errors)} parts of the build failed:[/]")
         for i, sub in enumerate(e.errors, 1):
-            con.print(f"[red]({i})[/] {sub}", highlight=False)
+            con.print(f"[red]({i})[/] {escape(str(sub))}", highlight=False)
         return EXIT_FAIL
     elif isinstance(e, DuoTpuError):
-        con.print(f"[red bold]error:[/] {e}")
+        con.print(f"[red bold]error:[/] {escape(str(e))}")
     else:
         con.print(
-            f"[red bold]internal error:[/] {type(e).__name__}: {e}. Run again with "
+            f"[red bold]internal error:[/] {type(e).__name__}: {escape(str(e))}. Run again with "
             "--debug for the traceback and report it."
         )
     return EXIT_USAGE if isinstance(e, ConfigError) else EXIT_FAIL

@@ -58,7 +58,11 @@ def test_value_checks():
     with pytest.raises(ConfigError, match="pixel_format"):
         recipe_from_dict({**base, "inputs": [{"shape": [1, 1, 28, 28]}]})
     with pytest.raises(ConfigError, match="resize"):
-        recipe_from_dict({**base, "preprocess": {"resize": [100, 100]}})
+        recipe_from_dict(
+            {**base, "inputs": [{"shape": [1, 3, 224, 224]}], "preprocess": {"resize": [100, 100]}}
+        )
+    # no shape yet: it is settled from the model, and the resize checked then
+    assert recipe_from_dict({**base, "preprocess": {"resize": [100, 100]}}).inputs[0].shape == ()
     with pytest.raises(ConfigError, match="name"):
         recipe_from_dict({"name": "bad name!", "model": {"source": "m.onnx"}})
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib
 import os
 import re
-import shutil
 import sys
 import warnings
 from dataclasses import dataclass
@@ -15,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from duotpu.core.head import YoloHead
 
+from duotpu.builder import intake
 from duotpu.config.errors import ConfigError, ModelError
 from duotpu.config.recipe import DetectOptions, ModelSource
 
@@ -27,6 +27,7 @@ class ExportedModel:
     input_name: str
     output_names: list[str]
     head: "YoloHead | None" = None
+    notes: tuple[str, ...] = ()
 
 
 def source_kind(source: str) -> str:
@@ -241,11 +242,9 @@ def export_onnx(
     tmp = out.with_name(out.name + ".part")
     kind = source_kind(src.source)
     names: list[str] = []
+    notes: tuple[str, ...] = ()
     if kind == "onnx":
-        _check_onnx_file(Path(src.source))
-        shutil.copyfile(src.source, tmp)
-        if dynamic:
-            _make_batch_dynamic(tmp)
+        notes = intake.normalise(Path(src.source), tmp, shape, batch_dynamic=dynamic)
     else:
         import torch
 
@@ -303,7 +302,7 @@ def export_onnx(
         tmp.unlink(missing_ok=True)
         raise
     os.replace(tmp, out)
-    return ExportedModel(out, info[0], info[1], head)
+    return ExportedModel(out, info[0], info[1], head, notes)
 
 
 def _last_line(e: Exception) -> str:
@@ -311,67 +310,43 @@ def _last_line(e: Exception) -> str:
     return (lines[-1] if lines else repr(e))[:300]
 
 
-def _check_onnx_file(path: Path) -> None:
-    import onnx
-
-    if not path.is_file():
-        raise ModelError(f"The model file {path} does not exist.")
-    try:
-        model = onnx.load(str(path))
-        onnx.checker.check_model(model)
-    except Exception as e:
-        raise ModelError(
-            f"The ONNX file {path} is corrupt or not an ONNX model "
-            f"({type(e).__name__}: {_last_line(e)}). Export it again."
-        ) from None
-
-
-def _make_batch_dynamic(path: Path) -> None:
-    """Give an ONNX file's inputs and outputs a symbolic batch dimension."""
-    import onnx
-
-    model = onnx.load(str(path))
-    inits = {i.name for i in model.graph.initializer}
-    for v in [*[i for i in model.graph.input if i.name not in inits], *model.graph.output]:
-        dims = v.type.tensor_type.shape.dim
-        if dims:
-            dims[0].ClearField("dim_value")
-            dims[0].dim_param = "N"
-    del model.graph.value_info[:]
-    onnx.save(model, str(path))
-
-
 def check_onnx_runs(path: Path, shape: tuple[int, ...]) -> tuple[str, list[str]]:
     """Check the ONNX model has one input compatible with ``shape`` and runs on it in ONNX
     Runtime. Returns (input name, output names)."""
     import numpy as np
-    import onnx
 
-    model = onnx.load(str(path), load_external_data=False)
-    inits = {i.name for i in model.graph.initializer}
-    inputs = [i for i in model.graph.input if i.name not in inits]
-    if len(inputs) != 1:
-        raise ModelError(
-            f"The ONNX model has {len(inputs)} inputs; duotpu builds image models with exactly one."
-        )
-    dims = [
-        d.dim_value if d.HasField("dim_value") else None
-        for d in inputs[0].type.tensor_type.shape.dim
-    ]
-    if len(dims) != len(shape) or any(d is not None and d != s for d, s in zip(dims, shape)):
-        shown = [d if d is not None else "?" for d in dims]
+    model = intake.load(path, weights=False)
+    info = intake.input_info(model, path)
+    if len(info.dims) != len(shape) or any(
+        isinstance(d, int) and d != s for d, s in zip(info.dims, shape)
+    ):
         raise ModelError(
             f"The recipe's input shape {list(shape)} (inputs.shape) does not match "
-            f"the model's input '{inputs[0].name}' of shape {shown}. Set inputs."
+            f"the model's input '{info.name}' of shape {info.shown()}. Set inputs."
             "shape to the model's shape."
         )
     import onnxruntime as ort
 
     try:
         sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        sess.run(None, {inputs[0].name: np.zeros(shape, np.float32)})
+        sess.run(None, {info.name: np.zeros(shape, np.float32)})
     except Exception as e:
         raise ModelError(
             f"ONNX Runtime cannot run the model on an input of shape {list(shape)}: {_last_line(e)}"
         ) from None
-    return inputs[0].name, [o.name for o in model.graph.output]
+    return info.name, [o.name for o in model.graph.output]
+
+
+def tensor_before(path: Path, layer: str, op: str) -> str:
+    """The model tensor that feeds the compiler's layer ``layer`` (tpu_mlir names a layer
+    ``<ONNX output>_<op type>``), or "" when it is the model's input or not found."""
+    model = intake.load(path, weights=False)
+    inits = {i.name for i in model.graph.initializer}
+    graph_inputs = {i.name for i in model.graph.input}
+    for node in model.graph.node:
+        if any(layer in (out, f"{out}_{op}", f"{out}_{node.op_type}") for out in node.output):
+            feeds = [i for i in node.input if i and i not in inits]
+            if feeds and feeds[0] not in graph_inputs:
+                return feeds[0]
+            return ""
+    return ""

@@ -15,10 +15,11 @@ from __future__ import annotations
 import concurrent.futures as cf
 import dataclasses
 import hashlib
+import json
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -26,12 +27,15 @@ import numpy as np
 
 from duotpu import compiler
 from duotpu.builder import export as export_mod
+from duotpu.builder import intake
 from duotpu.config.errors import (
     BuildFailed,
+    CompilerFailure,
     ConfigError,
     DataError,
     DuoTpuError,
     Mismatch,
+    PartialBuild,
     ToleranceError,
 )
 from duotpu.config.recipe import Recipe, parse_target
@@ -81,6 +85,7 @@ class Exported(StageResult):
     input_name: str
     output_names: tuple[str, ...]
     head: Path | None = None
+    notes: tuple[str, ...] = ()  # what intake changed in a user's ONNX file
 
 
 @dataclass(frozen=True)
@@ -191,6 +196,7 @@ class BuildResult:
     head: "YoloHead | None" = None
     test_image_path: Path | None = None
     inputs_archive: Path | None = None
+    failed: dict[str, str] = field(default_factory=dict)  # mode → why it was not delivered
 
     @property
     def ok(self) -> bool:
@@ -225,7 +231,7 @@ def stage_export(wd: WorkDir, r: Recipe) -> Stage[Exported]:
         "batch_sizes": list(r.deploy.batch_sizes),
         "task": r.task,
         "files": _files_key(export_mod.source_files(src)),
-        "code": compiler.file_digest(Path(export_mod.__file__)),
+        "code": [compiler.file_digest(Path(str(m.__file__))) for m in (export_mod, intake)],
         "versions": compiler.versions(),
     }
 
@@ -243,6 +249,8 @@ def stage_export(wd: WorkDir, r: Recipe) -> Stage[Exported]:
             task=r.task,
             detect=r.detect,
         )
+        for note in m.notes:
+            wd.events(StageEvent("export", "info", message=note))
         head = None
         if m.head is not None:
             head = folder / "head.json"
@@ -258,7 +266,7 @@ def stage_export(wd: WorkDir, r: Recipe) -> Stage[Exported]:
                     ),
                 )
             )
-        return Exported(m.onnx_path, m.input_name, tuple(m.output_names), head)
+        return Exported(m.onnx_path, m.input_name, tuple(m.output_names), head, m.notes)
 
     return wd.run("export", key, run, Exported)
 
@@ -480,15 +488,18 @@ def stage_deploy(
     def run(folder: Path) -> Deployed:
         transformed_files = t.files
         if d.batch_sizes == (1,):
-            files = compiler.deploy(
-                transformed_files,
-                folder,
-                folder / "deploy.log",
-                opts,
-                cvimodel_name=cvi_name,
-                calibration_table=table,
-                background=background,
-            )
+            try:
+                files = compiler.deploy(
+                    transformed_files,
+                    folder,
+                    folder / "deploy.log",
+                    opts,
+                    cvimodel_name=cvi_name,
+                    calibration_table=table,
+                    background=background,
+                )
+            except CompilerFailure as e:
+                raise _ways_around(e, r, mode, t, table, folder, background) from None
         else:
             files = compiler.deploy_batches(
                 transformed_files,
@@ -514,6 +525,43 @@ def stage_deploy(
         )
 
     return wd.run(f"deploy-{mode}", key, run, Deployed)
+
+
+def _ways_around(
+    e: CompilerFailure,
+    r: Recipe,
+    mode: str,
+    t: Transformed,
+    table: Path | None,
+    folder: Path,
+    background: bool,
+) -> CompilerFailure:
+    """The failure explained with the ways around that were checked: a cv180x layer too large
+    for its local memory is deployed for cv181x (one model_deploy, no new transform), and a
+    failing last layer gets the model tensor to cut the TPU model at."""
+    failure = e.failure
+    works: bool | None = None
+    if r.chip == "cv180x" and failure.kind in ("kernel", "local-memory", "tiu-parameter"):
+        opts = replace(deploy_options(r, mode, t.test_image), chip="cv181x")
+        try:
+            compiler.deploy(
+                t.files,
+                folder / "try-cv181x",
+                folder / "try-cv181x" / "deploy.log",
+                opts,
+                cvimodel_name=f"{r.name}_cv181x_{mode}.cvimodel",
+                calibration_table=table,
+                background=background,
+            )
+            works = True
+        except DuoTpuError:
+            works = False
+    cut = ""
+    tail = failure.tail_layer
+    if tail is not None:
+        cut = export_mod.tensor_before(t.onnx, tail.name, tail.op)
+    text = compiler.diagnose.explain(failure, r.chip, mode, other_chip_works=works, cut_at=cut)
+    return CompilerFailure(e, text, failure)
 
 
 def validation_images(r: Recipe) -> list:
@@ -736,10 +784,13 @@ def build(
     recipe and ``manifest.json``. Intermediate files go to ``work_dir`` (default
     ``out_dir/work``). Raises a :class:`~duotpu.config.errors.DuoTpuError` subclass on failure.
     """
+    recipe, note = settle_input_shape(recipe.validate())
     recipe = recipe.validate()
     compiler.clear_cancel()
     out_dir = Path(out_dir) if out_dir else default_out_dir(recipe)
     wd = WorkDir(Path(work_dir) if work_dir else out_dir / "work", events)
+    if note:
+        events(StageEvent("export", "info", message=note))
     _check_inputs_early(recipe)
     exported = stage_export(wd, recipe)
     transformed = stage_transform(wd, recipe, exported)
@@ -757,9 +808,28 @@ def build(
             return dep, stage_verify(wd, recipe, mode, ref_future.result(), dep)
 
         results, errors = _run_branches(branch, recipe.quantize)
-        referenced = ref_future.result() if not errors else None
-    if errors:
+        referenced = None
+        if results:  # the reference of a partial build is still the reference
+            try:
+                referenced = ref_future.result()
+            except DuoTpuError as e:
+                errors.append(e)
+                results = {}
+    if errors and not results:
         raise branch_error(errors)
+    if errors:
+        # deliver what verified, and say what did not
+        assert referenced is not None
+        failed: dict[str, BaseException] = dict(
+            zip([m for m in recipe.quantize if m not in results], errors)
+        )
+        partial = _finish(recipe, out_dir, wd, exported, transformed, referenced, results, None)
+        partial.failed = {m: str(e) for m, e in failed.items()}
+        for m in failed:  # a file an earlier build left under a failed mode's name is not this
+            for stale in out_dir.glob(f"{recipe.name}_{recipe.chip}_{m}*.cvimodel"):
+                stale.unlink()
+        _write_failures(partial)
+        raise PartialBuild(partial, failed)
     mixed = None
     if recipe.mix.target or recipe.mix.qtable:
         mixed = stage_mix(
@@ -777,6 +847,25 @@ def build(
 
         result.inputs_archive = write_input_archive(result)
     return result
+
+
+def settle_input_shape(r: Recipe) -> tuple[Recipe, str]:
+    """The recipe with its input shape settled (see :class:`~duotpu.config.recipe.InputSpec`)
+    and a note saying where the shape came from ("" when the recipe gave it and it fits)."""
+    given = tuple(r.inputs[0].shape)
+    kind = export_mod.source_kind(r.model.source)
+    if kind == "onnx":
+        export_mod.source_files(r.model)  # a missing file is named before the shape is asked
+        shape, note = intake.settle_shape(Path(r.model.source), given)
+    elif given:
+        return r, ""
+    else:
+        shape = (1, 3, 640, 640) if kind == "ultralytics" else intake.TORCH_DEFAULT_SHAPE
+        note = f"input shape {list(shape)} (the default for a {kind} model; --input-shape sets it)"
+    if shape == given:
+        return r, note
+    inputs = (replace(r.inputs[0], shape=shape), *r.inputs[1:])
+    return replace(r, inputs=inputs), note
 
 
 def _check_inputs_early(r: Recipe) -> None:
@@ -847,6 +936,13 @@ def branch_error(errors: list[BaseException]) -> BaseException:
     return errors[0] if len(errors) == 1 else BuildFailed(errors)
 
 
+def _write_failures(result: BuildResult) -> None:
+    """Record in the manifest which modes were not delivered, and why."""
+    data = json.loads(result.manifest.read_text())
+    data["failed"] = result.failed
+    write_json(result.manifest, data)
+
+
 def _finish(
     recipe: Recipe,
     out_dir: Path,
@@ -861,7 +957,7 @@ def _finish(
     out_dir.mkdir(parents=True, exist_ok=True)
     reference = dict(np.load(referenced.result.reference))
     models: dict[str, ModelArtifact] = {}
-    for mode in recipe.quantize:
+    for mode in [m for m in recipe.quantize if m in results]:
         dep, ver = results[mode][0].result, results[mode][1].result
         final = atomic_copy(dep.cvimodel, out_dir / dep.cvimodel.name)
         got = dict(np.load(dep.model_outputs))
@@ -911,8 +1007,8 @@ def _finish(
         "transform",
         "reference",
         "calibrate",
-        *[f"deploy-{m}" for m in recipe.quantize],
-        *[f"verify-{m}" for m in recipe.quantize],
+        *[f"deploy-{m}" for m in recipe.quantize if m in results],
+        *[f"verify-{m}" for m in recipe.quantize if m in results],
         "mix",
     ]
     stages = [wd.stages[n] for n in order if n in wd.stages]

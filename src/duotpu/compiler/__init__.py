@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+from . import diagnose
 from .env import (
     TPU_MLIR_VERSION,
     cvimodel_schema,
@@ -51,6 +52,7 @@ from .steps import (
 )
 
 __all__ = [
+    "diagnose",
     "TPU_MLIR_VERSION",
     "cvimodel_schema",
     "file_digest",

@@ -11,9 +11,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from duotpu.config.errors import Mismatch, ModelError, ToleranceError, ToolchainError
+from duotpu.config.errors import (
+    CompilerFailure,
+    Mismatch,
+    ModelError,
+    ToleranceError,
+    ToolchainError,
+)
 from duotpu.config.recipe import Preprocess
 
+from . import diagnose
 from .inference import fused_input_file, run_cvimodel
 from .runner import run_tool
 
@@ -427,7 +434,7 @@ def deploy(
             env_extra={"OMP_NUM_THREADS": "1"} if background else None,
             background=background,
         )
-    except ToolchainError:
+    except ToolchainError as e:
         pair = failed_comparison(log_path) or ("", "")
         if "_model_outputs" in pair[0]:
             bad = compare_failures(log_path, correctness)
@@ -445,6 +452,13 @@ def deploy(
             advice = tolerance_advice(quantize, f"tolerance.{quantize.lower()}")
         if bad:
             raise ToleranceError(what, bad, advice + f" Log: {log_path}", log_path) from None
+        text = log_path.read_text(errors="replace")
+        failure = diagnose.recognise(text)
+        if failure is not None:
+            failure = diagnose.locate(failure, folder, text)
+            raise CompilerFailure(
+                e, diagnose.explain(failure, opts.chip, quantize), failure
+            ) from None
         raise
     if self_check:
         raw = fused_input_file(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 
 class DuoTpuError(Exception):
@@ -39,6 +40,18 @@ class ToolchainError(DuoTpuError):
             msg += f" {hint}"
         msg += f" Full log: {log_path}"
         super().__init__(msg)
+
+
+class CompilerFailure(ToolchainError):
+    """A compiler or simulator failure duotpu recognised (an op the chip cannot run, a layer
+    too large for its local memory): the message names the layer, op, chip limit and the ways
+    around; ``failure`` holds them (a :class:`duotpu.compiler.diagnose.Failure`)."""
+
+    def __init__(self, base: ToolchainError, explanation: str, failure: Any):
+        super().__init__(
+            base.step, base.argv, base.returncode, base.log_path, base.tail, explanation
+        )
+        self.failure = failure
 
 
 @dataclass
@@ -77,6 +90,16 @@ class BuildFailed(DuoTpuError):
                 for i, e in enumerate(self.errors, 1)
             )
         )
+
+
+class PartialBuild(BuildFailed):
+    """Some modes failed, the others were built and verified and are delivered: ``result`` is
+    the build of the delivered modes (a :class:`duotpu.builder.pipeline.BuildResult`), ``errors``
+    the failures by mode in recipe order."""
+
+    def __init__(self, result: Any, failed: dict[str, BaseException]):
+        super().__init__(list(failed.values()))
+        self.result, self.failed = result, dict(failed)
 
 
 class Interrupted(KeyboardInterrupt):

@@ -49,10 +49,14 @@ class ModelSource:
 
 @dataclass(frozen=True)
 class InputSpec:
-    """One model input: its name in the exported graph and its shape (NCHW)."""
+    """One model input: its name in the exported graph and its shape (NCHW).
+
+    An empty shape means "the model's own": an ONNX file's fixed shape (free dims: batch 1, and
+    height/width from Ultralytics' ``imgsz`` metadata), 1×3×224×224 for a PyTorch model,
+    1×3×640×640 for an Ultralytics yaml. The build settles it before anything runs."""
 
     name: str = "input"
-    shape: Tuple[int, ...] = (1, 3, 224, 224)
+    shape: Tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -231,13 +235,14 @@ class Recipe:
                 "duotpu builds image models with exactly one input; the recipe "
                 f"has {len(self.inputs)} under 'inputs'."
             )
+        # an empty shape is settled from the model by the build, which validates again then
         shape = self.inputs[0].shape
-        if len(shape) != 4 or any(d <= 0 for d in shape):
+        if shape and (len(shape) != 4 or any(d <= 0 for d in shape)):
             raise ConfigError(
                 f"Recipe key 'inputs.shape' must be 4 positive numbers N,C,H,W; got {list(shape)}."
             )
-        channels = shape[1]
-        if (channels == 1) != (self.preprocess.pixel_format == "gray"):
+        channels = shape[1] if shape else (1 if self.preprocess.pixel_format == "gray" else 3)
+        if shape and (channels == 1) != (self.preprocess.pixel_format == "gray"):
             raise ConfigError(
                 f"Recipe key 'preprocess.pixel_format' is "
                 f"'{self.preprocess.pixel_format}' but the input has {channels} "
@@ -271,10 +276,11 @@ class Recipe:
             raise ConfigError("Recipe key 'preprocess.std' contains 0.")
         if self.preprocess.resize is not None:
             r = self.preprocess.resize
-            if len(r) != 2 or r[0] < shape[2] or r[1] < shape[3]:
+            if len(r) != 2 or (shape and (r[0] < shape[2] or r[1] < shape[3])):
                 raise ConfigError(
                     f"Recipe key 'preprocess.resize' must be [h, w] at least the "
-                    f"input size {shape[2]}x{shape[3]}; got {list(r)}."
+                    f"input size {'x'.join(map(str, shape[2:])) or '(from the model)'}; "
+                    f"got {list(r)}."
                 )
         d = self.deploy
         if d.fuse_preprocess and not d.pixel_format:
@@ -331,7 +337,7 @@ class Recipe:
                 f"Recipe key 'deploy.batch_sizes' must list distinct positive batch "
                 f"sizes including 1, e.g. [1, 4]; got {list(d.batch_sizes)}."
             )
-        if shape[0] != 1 and d.batch_sizes != (1,):
+        if shape and shape[0] != 1 and d.batch_sizes != (1,):
             raise ConfigError("With deploy.batch_sizes, give inputs.shape with batch 1.")
         if self.mix.target or self.mix.qtable:
             if "int8" not in self.quantize:

@@ -1,0 +1,416 @@
+"""ONNX intake: whatever exporter wrote the file, make it a file the compiler and ONNX Runtime take.
+
+Real exports differ from the files duotpu makes itself: a newer IR version than the installed
+onnx reads (a current onnx writes IR 10), an opset past 19, free input dims (``batch``,
+``height``, ``width``, or unnamed ``?``), weights in external-data files, an already quantized
+graph. :func:`settle_shape` decides the input shape before anything runs (cheap: the graph's
+header only); :func:`normalise` writes the file every later stage uses.
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from duotpu.config.errors import ModelError
+
+if TYPE_CHECKING:
+    import onnx
+
+#: the default input shape of a PyTorch source when the recipe gives none
+TORCH_DEFAULT_SHAPE = (1, 3, 224, 224)
+
+# tpu_mlir 1.30.2 ships onnx 1.14.1 (IR 9, opset 19) and onnxruntime 1.16.3 (opset 19).
+MAX_OPSET = 19
+
+#: Ops of the default domain whose meaning changed (or that were added) after opset 19, with the
+#: opset of the change. A model using none of them means the same at opset 19: the later opsets
+#: only admit more element types (int4, float8, bfloat16) for the other ops.
+CHANGED_AFTER_19 = {
+    "AffineGrid": 20,
+    "DFT": 20,
+    "Gelu": 20,
+    "GridSample": 20,
+    "ImageDecoder": 20,
+    "RegexFullMatch": 20,
+    "StringConcat": 20,
+    "StringSplit": 20,
+    "GroupNormalization": 21,
+    "Attention": 23,
+    "RMSNormalization": 23,
+    "RotaryEmbedding": 23,
+    "Swish": 24,
+    "TensorScatter": 24,
+}
+
+#: ops that mark an already quantized ONNX graph (onnxruntime.quantization, QDQ exports)
+QUANTIZED_OPS = {
+    "ConvInteger",
+    "MatMulInteger",
+    "DynamicQuantizeLinear",
+    "QLinearConv",
+    "QLinearMatMul",
+    "QLinearAdd",
+    "QLinearMul",
+    "QLinearGlobalAveragePool",
+    "QLinearSigmoid",
+    "QLinearLeakyRelu",
+    "QLinearConcat",
+    "QuantizeLinear",
+    "DequantizeLinear",
+}
+
+Dim = int | str | None  # a fixed size, a named free dim, an unnamed free dim
+
+
+@dataclass(frozen=True)
+class InputInfo:
+    """The one image input of an ONNX graph as the file declares it."""
+
+    name: str
+    dims: tuple[Dim, ...]
+    imgsz: tuple[int, int] | None  # Ultralytics' ``imgsz`` metadata, when present
+
+    @property
+    def free(self) -> list[int]:
+        """Positions of the dims that are not fixed."""
+        return [i for i, d in enumerate(self.dims) if not isinstance(d, int)]
+
+    def shown(self) -> str:
+        return "[" + ", ".join(str(d) if d is not None else "'?'" for d in self.dims) + "]"
+
+
+def load(path: Path, *, weights: bool = True) -> "onnx.ModelProto":
+    """Parse an ONNX file (with its external-data files when ``weights``).
+
+    Raises :class:`ModelError`: "corrupt" only when the bytes do not parse as ONNX.
+    """
+    import onnx
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"The model file {path} does not exist.")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # noqa: BLE001 — protobuf raises DecodeError and others
+        raise ModelError(
+            f"The ONNX file {path} is corrupt: its bytes do not parse as an ONNX model "
+            f"({type(e).__name__}: {str(e)[:120]}). Is the file complete? Export it again."
+        ) from None
+    if not model.graph.node:
+        raise ModelError(f"{path} parses as ONNX but has no graph nodes: it is not a model file.")
+    if weights and _has_external_data(model):
+        from onnx.external_data_helper import load_external_data_for_model
+
+        try:
+            load_external_data_for_model(model, str(path.parent))
+        except (FileNotFoundError, OSError) as e:
+            missing = getattr(e, "filename", None) or str(e)
+            raise ModelError(
+                f"The ONNX file {path} keeps its weights in external data files, and "
+                f"{missing} cannot be read. Copy the data files that were exported with the "
+                "model into the same folder as the .onnx file."
+            ) from None
+    return model
+
+
+def _has_external_data(model: "onnx.ModelProto") -> bool:
+    import onnx
+
+    return any(
+        t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer
+    ) or any(
+        a.t.data_location == onnx.TensorProto.EXTERNAL
+        for n in model.graph.node
+        for a in n.attribute
+        if a.HasField("t")
+    )
+
+
+def input_info(model: "onnx.ModelProto", where: Path | str = "the model") -> InputInfo:
+    """The graph's one input (initializers listed as inputs are not inputs)."""
+    inits = {i.name for i in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in inits]
+    if len(inputs) != 1:
+        listed = ", ".join(f"'{i.name}' {_dims_text(i)}" for i in inputs)
+        raise ModelError(
+            f"The ONNX model {where} has {len(inputs)} inputs ({listed}); duotpu builds models "
+            "that take one image. If the other inputs are constants (an image size, a scale "
+            "factor), export the model with them fixed: wrap it in a module whose forward takes "
+            "the image only and passes the constants, or set them as initializers with "
+            "onnx-graphsurgeon. A model that needs several real inputs cannot be built yet."
+        )
+    dims: list[Dim] = []
+    for d in inputs[0].type.tensor_type.shape.dim:
+        if d.HasField("dim_value") and d.dim_value > 0:
+            dims.append(int(d.dim_value))
+        elif d.HasField("dim_param") and d.dim_param:
+            dims.append(d.dim_param)
+        else:
+            dims.append(None)
+    return InputInfo(inputs[0].name, tuple(dims), _imgsz(model))
+
+
+def _dims_text(value_info) -> str:
+    out = []
+    for d in value_info.type.tensor_type.shape.dim:
+        out.append(str(d.dim_value) if d.HasField("dim_value") else (d.dim_param or "?"))
+    return "[" + ", ".join(out) + "]"
+
+
+def _imgsz(model: "onnx.ModelProto") -> tuple[int, int] | None:
+    for p in model.metadata_props:
+        if p.key == "imgsz":
+            try:
+                v = ast.literal_eval(p.value)
+            except (ValueError, SyntaxError):
+                return None
+            if isinstance(v, int):
+                return (v, v)
+            if isinstance(v, (list, tuple)) and len(v) == 2 and all(isinstance(x, int) for x in v):
+                return (int(v[0]), int(v[1]))
+    return None
+
+
+def settle_shape(
+    path: Path, shape: Sequence[int], *, where: str = "model.source"
+) -> tuple[tuple[int, ...], str]:
+    """The input shape to build an ONNX model at, and a note saying where it came from ("" when
+    the recipe gave it and it fits). ``shape`` is the recipe's (empty: not given).
+
+    Free dims take the recipe's sizes; without one, a fixed model keeps its own shape, a free
+    batch becomes 1 and free height/width come from Ultralytics' ``imgsz`` metadata. Raises
+    :class:`ModelError` when the recipe contradicts a fixed dim or nothing settles a free one.
+    """
+    info = input_info(load(path, weights=False), path)
+    dims = info.dims
+    if shape:
+        if len(shape) != len(dims) or any(
+            isinstance(d, int) and d != s for d, s in zip(dims, shape)
+        ):
+            raise ModelError(
+                f"The recipe's input shape {list(shape)} (inputs.shape) does not match the "
+                f"model's input '{info.name}' of shape {info.shown()} ({where}): its fixed "
+                "dims must be kept. Set inputs.shape (--input-shape) to the model's shape."
+            )
+        if info.free:
+            return tuple(shape), (
+                f"input '{info.name}' {info.shown()}: free dims fixed to {list(shape)}"
+            )
+        return tuple(shape), ""
+    if not info.free:
+        return tuple(int(d) for d in dims), ""  # type: ignore[arg-type]
+    settled = list(dims)
+    if 0 in info.free:
+        settled[0] = 1
+    rest = [i for i in info.free if i != 0]
+    source = "batch 1"
+    if rest and len(dims) == 4 and set(rest) <= {2, 3} and info.imgsz:
+        settled[2], settled[3] = info.imgsz
+        source = f"the model's imgsz metadata {list(info.imgsz)}"
+        rest = []
+    if rest or len(dims) != 4 or not isinstance(settled[1], int):
+        names = ", ".join(f"dim {i} ({dims[i] if dims[i] is not None else '?'})" for i in rest)
+        channels = settled[1] if isinstance(settled[1], int) else 3
+        raise ModelError(
+            f"The model's input '{info.name}' has the shape {info.shown()}, whose free "
+            f"{names or 'dims'} the recipe does not settle. Give the size the model should run "
+            f"at with --input-shape 1,{channels},H,W (recipe key inputs.shape), e.g. "
+            f"1,{channels},224,224 for a classifier or 1,{channels},640,640 for a detector; "
+            "the TPU runs one fixed shape."
+        )
+    return tuple(int(d) for d in settled), (  # type: ignore[arg-type]
+        f"input '{info.name}' {info.shown()}: free dims fixed to {settled} ({source})"
+    )
+
+
+def _check_ops(model: "onnx.ModelProto", where: Path) -> int:
+    """The default-domain opset; refuses quantized graphs and ops newer than opset 19."""
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    ops = {n.op_type for n in model.graph.node if n.domain in ("", "ai.onnx")}
+    quantized = sorted(ops & QUANTIZED_OPS)
+    if quantized:
+        raise ModelError(
+            f"The ONNX model {where} is already quantized (it has {', '.join(quantized)}). "
+            "The TPU's INT8 model is made by tpu_mlir's own calibration, which needs the float "
+            "model: give the model before quantization (the fp32 ONNX or PyTorch file)."
+        )
+    if opset > MAX_OPSET:
+        changed = sorted(o for o in ops if o in CHANGED_AFTER_19 and o != "Gelu")
+        if changed:
+            raise ModelError(
+                f"The ONNX model {where} has opset {opset} and uses "
+                f"{', '.join(f'{o} (changed in opset {CHANGED_AFTER_19[o]})' for o in changed)}; "
+                f"the compiler (tpu_mlir 1.30.2, onnx 1.14.1) takes opsets up to {MAX_OPSET}. "
+                "Export again with opset 17 (torch.onnx.export(..., opset_version=17); "
+                "Ultralytics: model.export(format='onnx', opset=17))."
+            )
+    return opset
+
+
+ERF_TANH = (1.1283791671, 0.1009109)  # erf(z) ≈ tanh(a z + b z³), |error| ≤ 3.6e-4
+
+
+def _rewrite_erf_gelu(model: "onnx.ModelProto") -> tuple[int, int]:
+    """Replace ``Gelu`` (opset 20) and ``Erf`` nodes by Tanh arithmetic; (Gelu, Erf) counts.
+
+    CV18xx has no Erf kernel (tpu_mlir 1.30.2 stops with "unimplemented tpu dialect" when it
+    lowers ``top.Erf``), and PyTorch writes GELU as Erf arithmetic; ``tanh(a z + b z³)`` is
+    GELU's tanh form and runs as a lookup table.
+    """
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    g = model.graph
+    counts = {"Gelu": 0, "Erf": 0}
+    new = []
+    for n in list(g.node):
+        if n.op_type not in counts or n.domain not in ("", "ai.onnx"):
+            new.append(n)
+            continue
+        counts[n.op_type] += 1
+        x, y = n.input[0], n.output[0]
+        p = f"{n.name or n.op_type.lower()}_{sum(counts.values())}"
+
+        def const(name: str, value: float, p: str = p) -> str:
+            arr = np.array(value, np.float32)
+            g.initializer.append(numpy_helper.from_array(arr, f"{p}_{name}"))
+            return f"{p}_{name}"
+
+        if n.op_type == "Gelu":  # 0.5 x (1 + erf(x / sqrt 2))
+            z, t = f"{p}_z", f"{p}_erf"
+            new.append(helper.make_node("Mul", [x, const("r", float(1 / np.sqrt(2)))], [z]))
+        else:
+            z, t = x, y
+        a, b = ERF_TANH
+        new += [
+            helper.make_node("Mul", [z, z], [f"{p}_z2"]),
+            helper.make_node("Mul", [f"{p}_z2", const("b", b)], [f"{p}_bz2"]),
+            helper.make_node("Add", [f"{p}_bz2", const("a", a)], [f"{p}_poly"]),
+            helper.make_node("Mul", [z, f"{p}_poly"], [f"{p}_arg"]),
+            helper.make_node("Tanh", [f"{p}_arg"], [t], name=n.name if t == y else ""),
+        ]
+        if n.op_type == "Gelu":
+            new += [
+                helper.make_node("Add", [t, const("one", 1.0)], [f"{p}_1t"]),
+                helper.make_node("Mul", [x, f"{p}_1t"], [f"{p}_x1t"]),
+                helper.make_node("Mul", [f"{p}_x1t", const("half", 0.5)], [y], name=n.name),
+            ]
+    if any(counts.values()):
+        del g.node[:]
+        g.node.extend(new)
+    return counts["Gelu"], counts["Erf"]
+
+
+def normalise(
+    src: Path, out: Path, shape: Sequence[int], *, batch_dynamic: bool = False
+) -> tuple[str, ...]:
+    """Write ``src`` to ``out`` as a file tpu_mlir 1.30.2 and onnxruntime 1.16.3 take; the notes
+    say what was changed. Weights are stored inside ``out`` (no external data).
+
+    IR versions newer than the installed onnx reads are rewritten down (the IR version only
+    describes the file format; the opset decides the meaning); opsets past 19 are lowered when no
+    op's meaning changed; ``Gelu`` and ``Erf`` become Tanh arithmetic (CV18xx has no Erf); free
+    input dims are fixed to ``shape`` (the batch stays free with ``batch_dynamic``), and the
+    graph is simplified at that shape so ONNX Runtime and the compiler see static shapes.
+    """
+    import onnx
+
+    src, out = Path(src), Path(out)
+    model = load(src)
+    notes: list[str] = []
+    opset = _check_ops(model, src)
+    if model.ir_version > onnx.IR_VERSION:
+        notes.append(
+            f"IR version {model.ir_version} rewritten to {onnx.IR_VERSION} (the newest the "
+            f"installed onnx {onnx.__version__} reads; the opset keeps the meaning)"
+        )
+        model.ir_version = onnx.IR_VERSION
+    gelus, erfs = _rewrite_erf_gelu(model)
+    if gelus or erfs:
+        notes.append(
+            f"{gelus + erfs} {'Gelu' if gelus else 'Erf'}"
+            f"{' and Erf' if gelus and erfs else ''} node(s) written as tanh(a·z + b·z³) (CV18xx "
+            "has no Erf; the largest difference in erf is 3.6e-4)"
+        )
+    if opset > MAX_OPSET:
+        for o in model.opset_import:
+            if o.domain in ("", "ai.onnx"):
+                o.version = MAX_OPSET
+        notes.append(
+            f"opset {opset} lowered to {MAX_OPSET} (no op of the model changed meaning since)"
+        )
+    info = input_info(model, src)
+    if len(info.dims) != len(shape):
+        raise ModelError(
+            f"The input shape {list(shape)} has {len(shape)} dims; the model's input "
+            f"'{info.name}' has {len(info.dims)}: {info.shown()}."
+        )
+    if info.free or batch_dynamic:
+        model = _fix_dims(model, info, tuple(shape), batch_dynamic, notes)
+    _save(model, out)
+    return tuple(notes)
+
+
+def _fix_dims(
+    model: "onnx.ModelProto",
+    info: InputInfo,
+    shape: tuple[int, ...],
+    batch_dynamic: bool,
+    notes: list[str],
+) -> "onnx.ModelProto":
+    """Fixed input dims, fresh shape inference, and (static shapes only) onnxsim at that shape."""
+    import onnx
+
+    inp = next(i for i in model.graph.input if i.name == info.name)
+    dims = inp.type.tensor_type.shape.dim
+    for i, d in enumerate(dims):
+        if i == 0 and batch_dynamic:
+            d.ClearField("dim_value")
+            d.dim_param = "N"
+        else:
+            d.ClearField("dim_param")
+            d.dim_value = int(shape[i])
+    # shapes the exporter inferred with free dims are stale now
+    del model.graph.value_info[:]
+    for o in model.graph.output:
+        if batch_dynamic:
+            od = o.type.tensor_type.shape.dim
+            if od:
+                od[0].ClearField("dim_value")
+                od[0].dim_param = "N"
+        else:
+            o.type.tensor_type.ClearField("shape")
+    if batch_dynamic:
+        return model
+    try:
+        import onnxsim
+
+        simplified, ok = onnxsim.simplify(
+            copy.deepcopy(model), overwrite_input_shapes={info.name: list(shape)}, check_n=0
+        )
+        if not ok:
+            raise RuntimeError("onnxsim's check failed")
+        model = simplified
+    except Exception as e:  # noqa: BLE001 — the fixed-dim model still stands; say so
+        notes.append(f"onnxsim could not simplify the fixed-shape graph ({str(e)[:100]})")
+        try:
+            model = onnx.shape_inference.infer_shapes(model)
+        except Exception:  # noqa: BLE001 — ONNX Runtime infers them itself
+            pass
+    return model
+
+
+def _save(model: "onnx.ModelProto", out: Path) -> None:
+    import onnx
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if model.ByteSize() > 2_000_000_000:
+        raise ModelError(
+            "The model's weights are over 2 GB; a Duo has 64 MB of memory for the TPU at most."
+        )
+    onnx.save(model, str(out))

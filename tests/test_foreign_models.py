@@ -1,0 +1,75 @@
+"""Models other exporters wrote, built end to end with the real compiler."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import tinymodels
+from conftest import run_cli
+
+
+def test_a_current_ultralytics_style_export_builds_without_a_shape(tmp_path: Path) -> None:
+    src = tinymodels.current_export_onnx(tmp_path / "exported.onnx")
+    out = tmp_path / "b"
+    r = run_cli(
+        "build", str(src), "--name", "cur", "--out", str(out), "--quantize", "int8,bf16",
+        "--calib-count", "8", "--mean", "0.5", "--std", "0.25",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr + r.stdout
+    said = " ".join(r.stdout.split())
+    assert "IR version 10 rewritten" in said
+    assert "imgsz metadata [32, 32]" in said
+    assert "Gelu" in said and "opset 21 lowered to 19" in said
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["recipe"]["inputs"][0]["shape"] == [1, 3, 32, 32]
+    for mode in ("int8", "bf16"):
+        cos = manifest["models"][mode]["cosine_vs_fp32"]["logits"]
+        assert cos > 0.99, (mode, cos)
+    export = next(s for s in manifest["stages"] if s["name"] == "export")
+    assert any("IR version 10" in n for n in export["result"]["notes"])
+
+
+def test_a_softmax_too_large_for_cv180x_is_explained_and_the_ways_checked(
+    tmp_path: Path,
+) -> None:
+    from conftest import tiny_recipe
+    from duotpu.builder import pipeline
+    from duotpu.config.errors import BuildFailed, CompilerFailure
+
+    src = tinymodels.tiny_onnx(tmp_path / "sm.onnx", classes=6600, extra_op="Softmax")
+    try:
+        pipeline.build(tiny_recipe(src), tmp_path / "b")
+        raise AssertionError("a 6600-way Softmax compiled for cv180x")
+    except BuildFailed as e:
+        errors = e.errors
+    assert len(errors) == 2  # INT8 and BF16 both stop in the same kernel
+    for err, mode in zip(errors, ("INT8", "BF16")):
+        assert isinstance(err, CompilerFailure), err
+        assert err.failure.op == "Softmax"
+        assert [ly.name for ly in err.failure.layers] == ["logits_Softmax"]
+        text = str(err)
+        assert f"in its {mode} kernel" in text and "32 KB" in text
+        assert "cv181x" in text and "tried, it compiles" in text  # the deploy for cv181x ran
+        assert "--cut-at pre" in text  # the tensor before the Softmax
+    assert not list((tmp_path / "b").glob("*.cvimodel"))
+
+
+def test_a_partial_build_delivers_the_verified_mode(tmp_path: Path) -> None:
+    src = tinymodels.tiny_onnx(tmp_path / "t.onnx")
+    out = tmp_path / "b"
+    stale = out / "t_cv180x_int8.cvimodel"
+    out.mkdir()
+    stale.write_bytes(b"from an earlier build")
+    r = run_cli(
+        "build", str(src), "--name", "t", "--out", str(out), "--calib-count", "8",
+        "--verify-int8", "0.9999999",
+    )  # fmt: skip
+    assert r.returncode == 3, r.stderr
+    assert "partial build: delivered BF16" in " ".join(r.stderr.split())
+    assert (out / "t_cv180x_bf16.cvimodel").is_file() and not stale.exists()
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert list(manifest["models"]) == ["bf16"]
+    assert "cosine" in manifest["failed"]["int8"]
+    info = run_cli("info", str(out / "t_cv180x_bf16.cvimodel"))
+    assert info.returncode == 0 and "bf16" in info.stdout.lower()

@@ -1,0 +1,73 @@
+"""Compiler failure signatures → the op, the layer and the ways around (log text from real runs)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from duotpu.compiler import diagnose
+
+SOFTMAX_LOG = """\
+[Running]: tpuc-opt sm_cv180x_int8_sym_final.mlir --codegen="model_file=sm.cvimodel" -o /dev/null
+tpuc-opt: /__w/tpu-mlir/tpu-mlir/lib/Backend/CV18xx/Kernel/TgBf16SoftmaxKernel.cpp:252: void \
+tpu_mlir::backend::TgSoftmaxKernel::softmaxLargeSizeHandler(): \
+Assertion `tl_lut_reciprocal_result' \
+failed.
+PLEASE submit a bug report
+"""
+
+ERF_LOG = """\
+%9 = "top.Erf"(%8) : (tensor<1x8x32x32xbf16>) -> tensor<1x8x32x32xf32> loc("gelu_1_t_Erf")
+unimplemented tpu dialect!
+UNREACHABLE executed at /__w/tpu-mlir/tpu-mlir/lib/Conversion/TopToTpu/TopToTpuPass.cpp:1921!
+"""
+
+CMDBUF_LOG = """\
+model_runner: /work/cviruntime/src/cmodel/cmodel_cmdbuf.cpp:168: bmerr_t cmodel_cmdbuf(...): \
+Assertion `tdma_sz + tiu_sz <= sz && tdma_sz <= g_tdma_cmdbuf_reserved_size' failed.
+"""
+
+FINAL_MLIR = """\
+#loc1 = loc("x")
+#loc7 = loc("logits_Gemm")
+#loc8 = loc("prob_Softmax")
+module @sm {
+    %0 = "top.Input"(%arg0) : (tensor<1x3x32x32xf32>) -> tensor<1x3x32x32xf32> loc(#loc1)
+    %1 = "top.Weight"() : () -> tensor<6600x8xbf16> loc(#loc2)
+    %5 = "tpu.MatMul"(%4, %1) : (tensor<1x8xi8>) -> tensor<1x6600xbf16, 4096 : i64> loc(#loc7)
+    %6 = "tpu.Softmax"(%5, %1) : (tensor<1x6600xbf16>) -> tensor<1x6600xbf16, 8192 : i64> loc(#loc8)
+    %7 = "tpu.Cast"(%6) : (tensor<1x6600xbf16>) -> tensor<1x6600xf32> loc("prob_Softmax_f32")
+}
+"""
+
+
+def test_a_kernel_assertion_names_the_op_and_its_layer(tmp_path: Path) -> None:
+    (tmp_path / "sm_cv180x_int8_sym_final.mlir").write_text(FINAL_MLIR)
+    f = diagnose.recognise(SOFTMAX_LOG)
+    assert f is not None and f.kind == "kernel" and f.op == "Softmax"
+    f = diagnose.locate(f, tmp_path, SOFTMAX_LOG)
+    assert [ly.name for ly in f.layers] == ["prob_Softmax"] and f.layers[0].shape == (1, 6600)
+    assert f.tail_layer is not None  # one op after it: a cut before it is offered
+    text = diagnose.explain(f, "cv180x", "int8", other_chip_works=True, cut_at="logits")
+    assert "'prob_Softmax'" in text and "2 lanes with 32 KB" in text
+    assert "tried, it compiles" in text and "--cut-at logits" in text
+    assert "cv181x" not in diagnose.explain(f, "cv181x", "bf16").split("Ways around")[1][:40]
+
+
+def test_a_missing_lowering_names_the_op_and_layer() -> None:
+    f = diagnose.recognise(ERF_LOG)
+    assert f is not None and f.kind == "lowering" and f.op == "Erf"
+    f = diagnose.locate(f, Path("/nonexistent"), ERF_LOG)
+    assert f.layers[0].name == "gelu_1_t_Erf"
+    assert "no cv180x BF16 implementation of Erf" in diagnose.explain(f, "cv180x", "bf16")
+
+
+def test_the_simulators_command_buffer_limit_is_explained() -> None:
+    f = diagnose.recognise(CMDBUF_LOG)
+    assert f is not None and f.kind == "simulator-cmdbuf"
+    text = diagnose.explain(f, "cv180x", "bf16")
+    assert "cannot load it" in text and "smaller input size" in text and "INT8 mode" in text
+
+
+def test_unknown_failures_are_not_guessed() -> None:
+    assert diagnose.recognise("Traceback\nValueError: something else\n") is None
+    assert diagnose.kernel_op("TgInt8PoolingKernel") == "Pooling"

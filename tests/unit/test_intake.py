@@ -1,0 +1,188 @@
+"""ONNX intake: files from other exporters (newer IR, free dims, newer opsets, external data)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from duotpu.builder import intake
+from duotpu.config.errors import ModelError
+
+
+def _graph_model(
+    dims: list,
+    *,
+    ir: int = 8,
+    opset: int = 13,
+    act: str = "Relu",
+    extra_inputs: int = 0,
+    meta: dict[str, str] | None = None,
+    act_attrs: dict | None = None,
+) -> onnx.ModelProto:
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.normal(0, 0.5, (4, 3, 3, 3)).astype(np.float32), "w")
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1], name="conv"),
+        helper.make_node(act, ["c"], ["a"], name="act", **(act_attrs or {})),
+        helper.make_node("GlobalAveragePool", ["a"], ["p"], name="pool"),
+        helper.make_node("Flatten", ["p"], ["y"], name="flat"),
+    ]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, dims)]
+    inputs += [
+        helper.make_tensor_value_info(f"extra{i}", TensorProto.FLOAT, [1, 2])
+        for i in range(extra_inputs)
+    ]
+    g = helper.make_graph(
+        nodes, "g", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w]
+    )
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+    m.ir_version = ir
+    for k, v in (meta or {}).items():
+        m.metadata_props.add(key=k, value=v)
+    return m
+
+
+def _save(m: onnx.ModelProto, path: Path) -> Path:
+    path.write_bytes(m.SerializeToString())  # no checker: IR 10 is past the installed onnx's
+    return path
+
+
+def _run(path: Path, x: np.ndarray) -> np.ndarray:
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return sess.run(None, {sess.get_inputs()[0].name: x})[0]
+
+
+def test_ir10_with_named_free_dims_takes_ultralytics_imgsz_and_runs(tmp_path: Path) -> None:
+    src = _save(
+        _graph_model(["batch", 3, "height", "width"], ir=10, opset=17, meta={"imgsz": "[24, 40]"}),
+        tmp_path / "yolo.onnx",
+    )
+    shape, note = intake.settle_shape(src, ())
+    assert shape == (1, 3, 24, 40) and "imgsz" in note
+    out = tmp_path / "out.onnx"
+    notes = intake.normalise(src, out, shape)
+    fixed = onnx.load(str(out))
+    assert fixed.ir_version == onnx.IR_VERSION
+    assert any("IR version 10" in n for n in notes)
+    dims = [d.dim_value for d in fixed.graph.input[0].type.tensor_type.shape.dim]
+    assert dims == [1, 3, 24, 40]
+    onnx.checker.check_model(fixed)
+    # same numbers as the same graph written with static dims at IR 8
+    ref = _save(_graph_model([1, 3, 24, 40]), tmp_path / "ref.onnx")
+    x = np.random.default_rng(1).normal(size=shape).astype(np.float32)
+    np.testing.assert_allclose(_run(out, x), _run(ref, x), rtol=1e-5, atol=1e-6)
+
+
+def test_unnamed_free_dims_take_the_recipes_shape_or_ask_for_one(tmp_path: Path) -> None:
+    m = _graph_model([1, 3, 8, 8], ir=7, opset=11)
+    dims = m.graph.input[0].type.tensor_type.shape.dim
+    dims[0].dim_value = -1  # paddle2onnx writes -1 for a free batch, and no name for H and W
+    for d in dims[2:]:
+        d.Clear()
+    src = _save(m, tmp_path / "paddle.onnx")
+    shape, note = intake.settle_shape(src, (1, 3, 48, 192))
+    assert shape == (1, 3, 48, 192) and "free dims fixed" in note
+    with pytest.raises(ModelError) as e:
+        intake.settle_shape(src, ())
+    msg = str(e.value)
+    assert "dim 2" in msg and "dim 3" in msg and "--input-shape 1,3,H,W" in msg
+    with pytest.raises(ModelError, match="fixed dims must be kept"):
+        intake.settle_shape(src, (1, 1, 48, 192))  # channels are fixed at 3
+    out = tmp_path / "out.onnx"
+    intake.normalise(src, out, shape)
+    assert _run(out, np.zeros(shape, np.float32)).shape == (1, 4)
+
+
+def test_fixed_model_keeps_its_own_shape_when_the_recipe_gives_none(tmp_path: Path) -> None:
+    src = _save(_graph_model([1, 3, 20, 30]), tmp_path / "m.onnx")
+    assert intake.settle_shape(src, ()) == ((1, 3, 20, 30), "")
+    with pytest.raises(ModelError, match=r"\[1, 3, 20, 30\]"):
+        intake.settle_shape(src, (1, 3, 224, 224))
+
+
+def test_gelu_at_opset_21_is_lowered_and_stays_gelu(tmp_path: Path) -> None:
+    src = _save(_graph_model([1, 3, 8, 8], ir=10, opset=21, act="Gelu"), tmp_path / "g.onnx")
+    out = tmp_path / "out.onnx"
+    notes = intake.normalise(src, out, (1, 3, 8, 8))
+    fixed = onnx.load(str(out))
+    ops = {n.op_type for n in fixed.graph.node}
+    assert "Gelu" not in ops and "Erf" not in ops and "Tanh" in ops
+    assert fixed.opset_import[0].version == intake.MAX_OPSET
+    assert any("opset 21 lowered" in n for n in notes) and any("Gelu" in n for n in notes)
+    # the rewritten activation is GELU within the tanh form's error, checked against math.erf
+    x = np.random.default_rng(2).normal(0, 2, (1, 3, 8, 8)).astype(np.float32)
+    fixed.graph.output.append(helper.make_tensor_value_info("c", TensorProto.FLOAT, None))
+    both = _save(fixed, tmp_path / "both.onnx")
+    y, cmap = ort.InferenceSession(str(both), providers=["CPUExecutionProvider"]).run(
+        ["y", "c"], {"x": x}
+    )
+    exact = np.vectorize(lambda v: 0.5 * v * (1 + math.erf(v / math.sqrt(2))))(cmap)
+    np.testing.assert_allclose(y, exact.mean(axis=(2, 3)), atol=2e-3)
+
+
+def test_erf_from_a_pytorch_gelu_export_becomes_tanh(tmp_path: Path) -> None:
+    src = _save(_graph_model([1, 3, 8, 8], act="Erf"), tmp_path / "erf.onnx")
+    out = tmp_path / "out.onnx"
+    intake.normalise(src, out, (1, 3, 8, 8))
+    assert "Erf" not in {n.op_type for n in onnx.load(str(out)).graph.node}
+    x = np.random.default_rng(3).normal(0, 1, (1, 3, 8, 8)).astype(np.float32)
+    np.testing.assert_allclose(_run(out, x), _run(src, x), atol=4e-4)
+
+
+def test_ops_changed_after_opset_19_are_refused_by_name(tmp_path: Path) -> None:
+    m = _graph_model([1, 3, 8, 8], opset=21, act="GroupNormalization")
+    src = _save(m, tmp_path / "gn.onnx")
+    with pytest.raises(ModelError, match=r"GroupNormalization \(changed in opset 21\)"):
+        intake.normalise(src, tmp_path / "out.onnx", (1, 3, 8, 8))
+    assert not (tmp_path / "out.onnx").exists()
+
+
+def test_quantized_graph_is_refused_and_the_float_model_asked_for(tmp_path: Path) -> None:
+    m = _graph_model([1, 3, 8, 8], act="DynamicQuantizeLinear")
+    src = _save(m, tmp_path / "q.onnx")
+    with pytest.raises(ModelError, match="already quantized.*DynamicQuantizeLinear.*float model"):
+        intake.normalise(src, tmp_path / "out.onnx", (1, 3, 8, 8))
+
+
+def test_corrupt_means_the_bytes_do_not_parse(tmp_path: Path) -> None:
+    good = _save(_graph_model([1, 3, 8, 8]), tmp_path / "good.onnx")
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(good.read_bytes()[: len(good.read_bytes()) // 2])
+    with pytest.raises(ModelError, match="corrupt"):
+        intake.load(bad)
+    # IR 10 is not corrupt, only newer than the installed checker
+    newer = _save(_graph_model([1, 3, 8, 8], ir=10), tmp_path / "ir10.onnx")
+    assert intake.load(newer).ir_version == 10
+
+
+def test_external_data_is_read_and_a_missing_file_named(tmp_path: Path) -> None:
+    m = _graph_model([1, 3, 8, 8])
+    folder = tmp_path / "ext"
+    folder.mkdir()
+    onnx.save(
+        m,
+        str(folder / "m.onnx"),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="m.weights",
+        size_threshold=0,
+    )
+    out = tmp_path / "out.onnx"
+    intake.normalise(folder / "m.onnx", out, (1, 3, 8, 8))
+    x = np.ones((1, 3, 8, 8), np.float32)
+    np.testing.assert_allclose(_run(out, x), _run(folder / "m.onnx", x), rtol=1e-6)
+    (folder / "m.weights").unlink()
+    with pytest.raises(ModelError, match="m.weights"):
+        intake.normalise(folder / "m.onnx", tmp_path / "out2.onnx", (1, 3, 8, 8))
+
+
+def test_several_inputs_are_refused_with_what_to_do(tmp_path: Path) -> None:
+    src = _save(_graph_model([1, 3, 8, 8], extra_inputs=1), tmp_path / "two.onnx")
+    with pytest.raises(ModelError, match="2 inputs.*'extra0'.*forward takes the image only"):
+        intake.settle_shape(src, ())
