@@ -73,3 +73,31 @@ def test_a_partial_build_delivers_the_verified_mode(tmp_path: Path) -> None:
     assert "cosine" in manifest["failed"]["int8"]
     info = run_cli("info", str(out / "t_cv180x_bf16.cvimodel"))
     assert info.returncode == 0 and "bf16" in info.stdout.lower()
+
+
+def test_verification_uses_the_users_own_images(tmp_path: Path) -> None:
+    from conftest import tiny_recipe
+
+    from duotpu.builder import pipeline
+    from duotpu.core import images
+
+    own = tmp_path / "own"
+    images.write_calibration_set(own, 6, seed=5)
+    (own / "notes.txt").write_text("not an image")
+    r = pipeline.build(
+        tiny_recipe(tinymodels.tiny_onnx(tmp_path / "t.onnx"), **{"calibration.images": str(own)}),
+        tmp_path / "b",
+    )
+    assert r.test_image_path is not None and r.test_image_path.parent == own
+    for mode, art in r.models.items():
+        assert len(art.per_image) == pipeline.VERIFY_IMAGES, mode
+        assert min(art.per_image) <= min(art.cosine.values()) <= max(art.per_image)
+    manifest = json.loads(r.manifest.read_text())
+    assert manifest["models"]["int8"]["verified_images"] == pipeline.VERIFY_IMAGES
+    # a folder given as the test image: the same, from that folder; the cat only when asked for
+    folder = tmp_path / "pages"
+    images.write_calibration_set(folder, 2, seed=9)
+    picked = pipeline.test_images(tiny_recipe(tmp_path / "t.onnx", test_image=str(folder)), own)
+    assert [p.parent for p in picked] == [folder, folder]
+    cat = pipeline.test_images(tiny_recipe(tmp_path / "t.onnx"), tmp_path / "inputs")
+    assert [p.name for p in cat] == ["chelsea.png"]

@@ -417,16 +417,10 @@ def _print_build(console, result, labels, as_json: bool) -> int:
         report.classification_table(
             rows,
             labels,
-            f"{result.recipe.name} on the test image ({Path(str(result.recipe.test_image)).name})",
+            f"{result.recipe.name} on the test image ({Path(str(result.test_image_path)).name})",
         )
     )
-    for mode, art in result.models.items():
-        console.print(
-            f"[bold]{mode.upper()}[/] {art.cvimodel}  "
-            f"(verified on the CV18xx simulator, cosine vs fp32 "
-            f"{min(art.cosine.values()):.4f})"
-        )
-    console.print(f"manifest: {result.manifest}")
+    _print_verified(console, result)
     if not report.top1_agrees(rows):
         console.print("[yellow]note:[/] the models' top-1 classes differ on the test image.")
     return EXIT_OK
@@ -473,6 +467,22 @@ def cmd_build(args: argparse.Namespace) -> int:
     if partial is not None:
         return _print_partial(partial)
     return code
+
+
+def _print_verified(console, result) -> None:
+    """One line per delivered cvimodel: where it is and how it verified."""
+    for mode, art in result.models.items():
+        if len(art.per_image) > 1:
+            how = (
+                f"on {len(art.per_image)} images: mean cosine vs fp32 "
+                f"{min(art.cosine.values()):.4f}, worst image {min(art.per_image):.4f}"
+            )
+        else:
+            how = f"cosine vs fp32 {min(art.cosine.values()):.4f}"
+        console.print(
+            f"[bold]{mode.upper()}[/] {art.cvimodel}  (verified on the CV18xx simulator, {how})"
+        )
+    console.print(f"manifest: {result.manifest}")
 
 
 def _print_partial(e: PartialBuild) -> int:
@@ -1077,7 +1087,11 @@ def cmd_board_bench(args) -> int:
     from duotpu import board
 
     model = _board_model(args)
-    image = args.image or model.recipe.test_image
+    image = args.image or model.recipe.test_image or "builtin:chelsea"
+    if Path(image).is_dir():
+        from duotpu.core.images import list_files
+
+        image = str(list_files(Path(image))[0])
     if image.startswith("builtin:"):
         from duotpu.core.images import builtin_photo
         from duotpu.infer import runtime

@@ -39,7 +39,7 @@ from duotpu.config.errors import (
     ToleranceError,
 )
 from duotpu.config.recipe import Recipe, parse_target
-from duotpu.core import images, metrics, onnxrt
+from duotpu.core import images, metrics, onnxrt, preprocess
 from duotpu.core.head import YoloHead
 
 from .manifest import MANIFEST
@@ -139,10 +139,16 @@ class Deployed(StageResult):
 class Verified(StageResult):
     """Cosine of each output to fp32 (by ONNX output name), and which compiled output it is."""
 
-    cosine: dict[str, float]
+    cosine: dict[str, float]  # per output, the mean over the images verified on
     required: float
     outputs: dict[str, str]
     similarity: Path
+    per_image: tuple[float, ...] = ()  # per image, its least similar output
+
+    @property
+    def worst(self) -> float:
+        """The cosine of the least similar output on the least similar image."""
+        return min(self.per_image) if self.per_image else min(self.cosine.values())
 
 
 @dataclass(frozen=True)
@@ -176,6 +182,7 @@ class ModelArtifact:
     cosine: dict[str, float]
     outputs: dict[str, np.ndarray] = field(repr=False, default_factory=dict)
     tpu_mlir: Path | None = None  # its quantized MLIR in the work directory (the fast path)
+    per_image: tuple[float, ...] = ()  # verified on several images: each one's worst cosine
 
 
 @dataclass
@@ -277,9 +284,44 @@ def exported_head(exported: Stage[Exported]) -> YoloHead | None:
     return YoloHead.load(head) if head is not None else None
 
 
+#: how many images a build is verified on when they come from a folder (the calibration images,
+#: or a --test-image folder)
+VERIFY_IMAGES = 4
+
+
+def test_images(r: Recipe, folder: Path) -> list[Path]:
+    """The images a build is verified on; the first is also the compiler's test input.
+
+    ``test_image`` names one image (or tensor file), or a folder to take a few from; when it is
+    empty, a few of the user's calibration images are used (images of the model's own domain),
+    and the built-in cat photo only when the calibration set is built in too.
+    """
+    spec = r.test_image
+    pool: list[Path] = []
+    where = ""
+    if spec and Path(spec).is_dir():
+        pool, where = images.list_files(Path(spec)), f"the test image folder {spec}"
+    elif not spec and not r.calibration.images.startswith("builtin:"):
+        cal = Path(r.calibration.images)
+        if cal.is_file():
+            pool = images.scan_list(cal).paths
+        elif cal.is_dir():
+            pool = images.list_files(cal)
+        where = f"the calibration images {cal}"
+    pool = [p for p in pool if p.suffix.lower() in images.IMAGE_SUFFIXES]
+    if where and not pool:
+        raise DataError(f"{where[0].upper()}{where[1:]} hold no images to verify the model on.")
+    if not pool:
+        return [images.resolve_image(spec or "builtin:chelsea", folder)]
+    n = min(VERIFY_IMAGES, len(pool))
+    picks = sorted({round(i * (len(pool) - 1) / max(n - 1, 1)) for i in range(n)})
+    chosen = [images.resolve_image(str(pool[i]), folder) for i in picks]
+    return chosen if not r.deploy.fuse_preprocess else chosen[:1]
+
+
 def stage_transform(wd: WorkDir, r: Recipe, exported: Stage[Exported]) -> Stage[Transformed]:
     onnx_path = exported.result.onnx
-    test_image = images.resolve_image(r.test_image, wd.root / "inputs")
+    test_image = test_images(r, wd.root / "inputs")[0]
     key: dict[str, Any] = {
         "name": r.name,
         "onnx": compiler.file_digest(onnx_path),
@@ -738,8 +780,17 @@ def cosine_to_reference(reference: Path, outputs: Path) -> tuple[dict[str, float
 
 
 def stage_verify(
-    wd: WorkDir, r: Recipe, mode: str, referenced: Stage[Referenced], deployed: Stage[Deployed]
+    wd: WorkDir,
+    r: Recipe,
+    mode: str,
+    referenced: Stage[Referenced],
+    deployed: Stage[Deployed],
+    transformed: Stage[Transformed] | None = None,
+    extra_images: list[Path] | tuple[Path, ...] = (),
 ) -> Stage[Verified]:
+    """The cvimodel's outputs on the CV18xx simulator against fp32 ONNX Runtime: on the test
+    input (from model_deploy), and on ``extra_images`` (run here) when there are any. Each
+    output's cosine is its mean over the images; the worst image is recorded."""
     t, d = referenced.result, deployed.result
     need = r.tolerance.verify_int8 if mode == "int8" else r.tolerance.verify_bf16
     key: dict[str, Any] = {
@@ -747,19 +798,30 @@ def stage_verify(
         "outputs": compiler.file_digest(d.model_outputs),
         "reference": compiler.file_digest(t.reference),
         "min_cosine": need,
+        "images": [compiler.file_digest(p) for p in extra_images],
+        "preprocess": asdict(r.preprocess),
     }
 
     def run(folder: Path) -> Verified:
         cos, names = cosine_to_reference(t.reference, d.model_outputs)
-        bad = [Mismatch(n, "cosine", c, need) for n, c in cos.items() if not c >= need]
+        per_image = [cos]
+        if extra_images and transformed is not None:
+            per_image += _extra_cosines(r, transformed.result, d, names, list(extra_images))
+        mean = {n: float(np.mean([c[n] for c in per_image])) for n in cos}
+        worst = [min(c.values()) for c in per_image]
+        bad = [Mismatch(n, "cosine", c, need) for n, c in mean.items() if not c >= need]
+        what = f"the {mode.upper()} cvimodel on the CV18xx simulator against the fp32 ONNX model"
+        if len(per_image) > 1:
+            what += f" (mean over {len(per_image)} images; worst image {min(worst):.4f})"
         if bad:
             raise ToleranceError(
-                f"the {mode.upper()} cvimodel on the CV18xx simulator against the fp32 ONNX model",
-                bad,
-                compiler.tolerance_advice(mode, f"tolerance.verify_{mode}"),
+                what, bad, compiler.tolerance_advice(mode, f"tolerance.verify_{mode}")
             )
-        write_json(folder / "similarity.json", {"cosine": cos, "required": need})
-        return Verified(cos, need, names, folder / "similarity.json")
+        write_json(
+            folder / "similarity.json",
+            {"cosine": mean, "required": need, "per_image": worst},
+        )
+        return Verified(mean, need, names, folder / "similarity.json", tuple(worst))
 
     return wd.run(f"verify-{mode}", key, run, Verified)
 
@@ -767,6 +829,27 @@ def stage_verify(
 # --------------------------------------------------------------------------------------------
 # The whole build
 # --------------------------------------------------------------------------------------------
+def _extra_cosines(
+    r: Recipe, t: Transformed, d: Deployed, names: dict[str, str], paths: list[Path]
+) -> list[dict[str, float]]:
+    """Per image, each output's cosine of the cvimodel (simulator) to fp32 (ONNX Runtime)."""
+    input_name = next(iter(np.load(t.test_input).files))
+    tensors = [preprocess.preprocess_image(p, r.preprocess, r.inputs[0].shape) for p in paths]
+    got = compiler.run_tensors("cvimodel", d.cvimodel, input_name, tensors, list(names.values()))
+    refs = onnxrt.onnx_outputs(t.onnx, tensors)
+    import onnxruntime as ort
+
+    order = [
+        o.name
+        for o in ort.InferenceSession(str(t.onnx), providers=["CPUExecutionProvider"]).get_outputs()
+    ]
+    out = []
+    for g, ref in zip(got, refs):
+        by_name = dict(zip(order, ref))
+        out.append({n: metrics.cosine(by_name[n], g[k]) for n, k in names.items()})
+    return out
+
+
 def default_out_dir(recipe: Recipe) -> Path:
     """Where a build puts its final files unless told otherwise: ``build/<name>``."""
     return Path("build") / recipe.name
@@ -794,6 +877,16 @@ def build(
     _check_inputs_early(recipe)
     exported = stage_export(wd, recipe)
     transformed = stage_transform(wd, recipe, exported)
+    verify_images = test_images(recipe, wd.root / "inputs")
+    if len(verify_images) > 1:
+        events(
+            StageEvent(
+                "verify",
+                "info",
+                message=f"verifying on {len(verify_images)} images: "
+                + ", ".join(p.name for p in verify_images),
+            )
+        )
     if recipe.mix.qtable:
         _check_qtable(recipe, transformed)
     # The INT8 branch (calibrate → deploy) is the critical path; the other modes and the fp32
@@ -805,7 +898,9 @@ def build(
         def branch(mode: str) -> tuple[Stage[Deployed], Stage[Verified]]:
             cal = stage_calibrate(wd, recipe, transformed) if mode == "int8" else None
             dep = stage_deploy(wd, recipe, mode, transformed, cal, background=mode != critical)
-            return dep, stage_verify(wd, recipe, mode, ref_future.result(), dep)
+            return dep, stage_verify(
+                wd, recipe, mode, ref_future.result(), dep, transformed, verify_images[1:]
+            )
 
         results, errors = _run_branches(branch, recipe.quantize)
         referenced = None
@@ -969,6 +1064,7 @@ def _finish(
             ver.cosine,
             {n: got[k].reshape(reference[n].shape) for n, k in ver.outputs.items()},
             dep.tpu_mlir,
+            ver.per_image,
         )
     mix = None
     if mixed is not None:
@@ -1034,6 +1130,8 @@ def _finish(
                     "cosine_vs_fp32": a.cosine,
                     "sha256": compiler.file_digest(a.cvimodel),
                     "tpu_mlir": str(a.tpu_mlir.resolve()) if a.tpu_mlir else None,
+                    "verified_images": max(len(a.per_image), 1),
+                    "worst_image_cosine": min(a.per_image) if a.per_image else None,
                 }
                 for m, a in models.items()
             },

@@ -212,7 +212,9 @@ class Recipe:
     deploy: Deploy = field(default_factory=Deploy)
     mix: Mix = field(default_factory=Mix)
     detect: DetectOptions = field(default_factory=DetectOptions)
-    test_image: str = field(default="builtin:chelsea", metadata={"path": "any"})
+    # "": a few of calibration.images when that is the user's own, else builtin:chelsea; a
+    # folder: a few images from it; a file or builtin:NAME: that one
+    test_image: str = field(default="", metadata={"path": "any"})
 
     def validate(self) -> "Recipe":
         """Check values beyond their types; returns self. Raises :class:`ConfigError`."""
