@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import tinymodels
-from conftest import run_cli
+from conftest import run_cli, tiny_recipe
 
 
 def test_a_current_ultralytics_style_export_builds_without_a_shape(tmp_path: Path) -> None:
@@ -76,8 +76,6 @@ def test_a_partial_build_delivers_the_verified_mode(tmp_path: Path) -> None:
 
 
 def test_verification_uses_the_users_own_images(tmp_path: Path) -> None:
-    from conftest import tiny_recipe
-
     from duotpu.builder import pipeline
     from duotpu.core import images
 
