@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+
 import tinymodels
 from conftest import run_cli, tiny_recipe
 
@@ -99,3 +101,68 @@ def test_verification_uses_the_users_own_images(tmp_path: Path) -> None:
     assert [p.parent for p in picked] == [folder, folder]
     cat = pipeline.test_images(tiny_recipe(tmp_path / "t.onnx"), tmp_path / "inputs")
     assert [p.name for p in cat] == ["chelsea.png"]
+
+
+def test_cut_at_runs_the_tail_on_the_cpu_and_checks_the_whole_model(tmp_path: Path) -> None:
+    import onnxruntime as ort
+
+    from duotpu.builder import pipeline
+    from duotpu.infer import runtime
+
+    # the 6600-way Softmax cv180x cannot compile (see above), cut off and run on the CPU
+    src = tinymodels.tiny_onnx(tmp_path / "sm.onnx", classes=6600, extra_op="Softmax")
+    r = pipeline.build(tiny_recipe(src, **{"model.outputs": ["pre"]}), tmp_path / "b")
+    tail = tmp_path / "b" / "tiny.tail.onnx"
+    assert tail.is_file()
+    assert [i.name for i in ort.InferenceSession(str(tail)).get_inputs()] == ["pre"]
+    manifest = json.loads(r.manifest.read_text())
+    assert manifest["tail"] == "tiny.tail.onnx"
+    for mode, art in r.models.items():  # verified on the whole model's output
+        assert list(art.cosine) == ["logits"] and art.cosine["logits"] > 0.99, mode
+        assert np.isclose(art.outputs["logits"].sum(), 1.0, atol=1e-3)  # the Softmax ran
+    # predict: the cvimodel on the simulator, then the tail: the whole model's outputs
+    model = runtime.open_model(tmp_path / "b" / "tiny_cv180x_int8.cvimodel")
+    assert model.output_names == ["logits"] and model.compiled_output_names != ["logits"]
+    x = runtime.tensors_for(model, [r.test_image_path])
+    got = runtime.infer(model, x)[0]["logits"]
+    ref = runtime.fp32_reference(model, x)[0][0]
+    assert got.shape == ref.shape == (1, 6600)
+    assert (
+        float(np.dot(got.ravel(), ref.ravel())) / (np.linalg.norm(got) * np.linalg.norm(ref)) > 0.99
+    )
+    # a cut at a tensor the graph does not have names near ones
+    bad = run_cli("build", str(src), "--cut-at", "prre", "--out", str(tmp_path / "c"))
+    assert bad.returncode == 1 and "'prre'" in bad.stderr and "pre" in bad.stderr
+
+
+def test_a_model_that_is_not_a_classifier_is_shown_as_tensors(tmp_path: Path) -> None:
+    src = tinymodels.two_output_onnx(tmp_path / "two.onnx")
+    out = tmp_path / "b"
+    r = run_cli("build", str(src), "--name", "two", "--out", str(out), "--calib-count", "8")
+    assert r.returncode == 0, r.stderr
+    said = " ".join(r.stdout.split())
+    assert "task: generic" in said and "class" not in said.replace("class scores", "")
+    assert "mask" in said and "1×4×32×32" in said and "INT8 cos" in said
+    assert 'task = "generic"' in (out / "two.recipe.toml").read_text()
+    img = out / "work" / "inputs" / "chelsea.png"
+    p = run_cli(
+        "predict", str(out / "two_cv180x_int8.cvimodel"), str(img), "--save",
+        str(tmp_path / "o.npz"), "--json",
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    res = json.loads(p.stdout)["results"][0]
+    assert [o["name"] for o in res["outputs"]] == ["mask", "box"]
+    assert all(o["cosine_vs_fp32"] > 0.99 for o in res["outputs"])
+    with np.load(tmp_path / "o.npz") as z:
+        assert {k: z[k].shape for k in z.files} == {"mask": (1, 4, 32, 32), "box": (1, 4)}
+    imgs = tmp_path / "imgs"
+    from duotpu.core import images
+
+    images.write_calibration_set(imgs, 3, seed=2)
+    e = run_cli("eval", str(out), "--images", str(imgs))
+    assert e.returncode == 0, e.stderr
+    data = json.loads((out / "eval" / "report.json").read_text())
+    assert data["task"] == "generic" and set(data["modes"]) == {"int8", "bf16"}
+    for d in data["modes"].values():
+        assert set(d["cosine_mean"]) == {"mask", "box"}
+        assert all(d["cosine_worst"][n] <= d["cosine_mean"][n] for n in d["cosine_mean"])

@@ -274,3 +274,38 @@ def current_export_onnx(path: Path, size: int = 32) -> Path:
     model.metadata_props.add(key="imgsz", value=f"[{size}, {size}]")
     path.write_bytes(model.SerializeToString())
     return path
+
+
+def two_output_onnx(path: Path, size: int = 32) -> Path:
+    """Not a classifier: a 4-channel mask map and a 4-value box regression (a generic model)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [
+        numpy_helper.from_array(rng.normal(0, 0.3, (8, 3, 3, 3)).astype(np.float32), "w"),
+        numpy_helper.from_array(rng.normal(0, 0.3, (4, 8, 1, 1)).astype(np.float32), "wm"),
+        numpy_helper.from_array(rng.normal(0, 0.3, (4, 8)).astype(np.float32), "wb"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["input", "w"], ["c"], pads=[1, 1, 1, 1], name="conv"),
+        helper.make_node("Relu", ["c"], ["r"], name="relu"),
+        helper.make_node("Conv", ["r", "wm"], ["mask"], name="mask_head"),
+        helper.make_node("GlobalAveragePool", ["r"], ["p"], name="gap"),
+        helper.make_node("Flatten", ["p"], ["f"], name="flat"),
+        helper.make_node("Gemm", ["f", "wb"], ["box"], transB=1, name="box_head"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "two",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, size, size])],
+        [
+            helper.make_tensor_value_info("mask", TensorProto.FLOAT, [1, 4, size, size]),
+            helper.make_tensor_value_info("box", TensorProto.FLOAT, [1, 4]),
+        ],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return Path(path)

@@ -115,6 +115,10 @@ def _ints(text: str) -> list[int]:
         ) from None
 
 
+def _names(text: str) -> list[str]:
+    return [m.strip() for m in text.split(",") if m.strip()]
+
+
 def _modes(text: str) -> list[str]:
     return [m.strip().lower() for m in text.split(",") if m.strip()]
 
@@ -140,7 +144,11 @@ def _add_recipe_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--calib-images", help="folder of calibration images, or builtin:natural")
     g.add_argument("--calib-count", type=int, help="number of calibration images")
     g.add_argument("--calib-method", choices=["kl", "mse", "max", "percentile9999"])
-    g.add_argument("--test-image", help="image the build is verified on (path or builtin:NAME)")
+    g.add_argument(
+        "--test-image",
+        help="image (or folder of images) the build is verified on; default: 4 of your "
+        "calibration images, or builtin:chelsea",
+    )
     g.add_argument("--tolerance-int8", type=_floats, metavar="COS,EUCLID")
     g.add_argument("--tolerance-bf16", type=_floats, metavar="COS,EUCLID")
     g.add_argument(
@@ -162,7 +170,17 @@ def _add_recipe_flags(p: argparse.ArgumentParser) -> None:
         default=None,
         help="with --fuse-preprocess: rows aligned as the VPSS delivers frames",
     )
-    g.add_argument("--task", choices=["classify", "detect"])
+    g.add_argument(
+        "--task",
+        choices=["auto", "classify", "detect", "generic"],
+        help="auto (default): classify when the output looks like class scores, else generic",
+    )
+    g.add_argument(
+        "--cut-at",
+        type=_names,
+        metavar="TENSOR[,TENSOR]",
+        help="end the TPU model at these ONNX tensors; the rest runs on the CPU (ONNX Runtime)",
+    )
     g.add_argument("--pad-value", type=int, help="letterbox border colour (114 for YOLO)")
     g.add_argument("--histogram-bins", type=int, help="calibration histogram bins (2048)")
     g.add_argument("--tune-num", type=int, help="calibration tune images (5)")
@@ -254,6 +272,7 @@ _FLAG_KEYS = {
     "mix_count": "mix.count",
     "aligned_input": "deploy.aligned_input",
     "task": "task",
+    "cut_at": "model.outputs",
     "pad_value": "preprocess.pad_value",
     "histogram_bins": "calibration.histogram_bins",
     "tune_num": "calibration.tune_num",
@@ -393,11 +412,60 @@ def _print_detect_build(console, result, as_json: bool) -> int:
     return EXIT_OK
 
 
+def _print_generic_build(console, result, as_json: bool) -> int:
+    """A model that is neither a classifier nor a detector: its outputs as tensors."""
+    from rich.table import Table
+
+    from duotpu.infer import runtime
+
+    rows = {
+        m: runtime.describe_outputs(a.outputs, result.reference) for m, a in result.models.items()
+    }
+    if as_json:
+        fp32 = runtime.describe_outputs(result.reference)
+        print(
+            json.dumps(
+                {
+                    "name": result.recipe.name,
+                    "out_dir": str(result.out_dir),
+                    "manifest": str(result.manifest),
+                    "models": {m: str(a.cvimodel) for m, a in result.models.items()},
+                    "outputs": {"fp32": fp32, **rows},
+                },
+                indent=2,
+            )
+        )
+        return EXIT_OK
+    t = Table(
+        title=f"{result.recipe.name} on the test image ({Path(str(result.test_image_path)).name})"
+    )
+    t.add_column("output")
+    t.add_column("shape", justify="right")
+    t.add_column("fp32 range", justify="right")
+    for m in result.models:
+        t.add_column(f"{m.upper()} cos", justify="right")
+    for o in runtime.describe_outputs(result.reference):
+        t.add_row(
+            o["name"],
+            "×".join(map(str, o["shape"])),
+            f"{o['min']:.3g} … {o['max']:.3g}",
+            *[
+                f"{next(x for x in rows[m] if x['name'] == o['name'])['cosine_vs_fp32']:.4f}"
+                for m in result.models
+            ],
+        )
+    console.print(t)
+    _print_verified(console, result)
+    return EXIT_OK
+
+
 def _print_build(console, result, labels, as_json: bool) -> int:
     from duotpu.eval import report
 
     if result.head is not None:
         return _print_detect_build(console, result, as_json)
+    if result.recipe.task == "generic":
+        return _print_generic_build(console, result, as_json)
     rows = report.classify_build(result)
     if as_json:
         print(
@@ -733,15 +801,64 @@ def _print_detections(con, results: list[dict], key: str, where: str) -> None:
             con.print(f"drawn: {r['saved']}")
 
 
-def _results(args, model, items, outs, key: str) -> list[dict]:
+def _results(args, model, items, outs, key: str, tensors=None) -> list[dict]:
     if model.head is not None:
         return _detect_results(args, model, items, outs, key)
+    if model.recipe.task == "generic":
+        return _generic_results(args, model, items, outs, key, tensors)
     if getattr(args, "save", None):
         raise ConfigError(
             '--save draws boxes; it is for detectors (task = "detect"), and '
             f"{model.cvimodel.name} is a classifier."
         )
     return _top_k(args, model, items, outs, key)
+
+
+def _generic_results(args, model, items, outs, key: str, tensors) -> list[dict]:
+    """Per input: each output's shape, range and cosine to fp32; with --save, an npz each."""
+    from duotpu.infer import runtime
+
+    refs = None
+    if tensors is not None and model.onnx is not None:
+        names = runtime.fp32_output_names(model)
+        refs = [dict(zip(names, r)) for r in runtime.fp32_reference(model, tensors)]
+    results = []
+    for i, (item, out) in enumerate(zip(items, outs)):
+        if refs:
+            out = runtime.as_reference_outputs(out, refs[i])
+        row: dict[str, Any] = {
+            key: str(item),
+            "outputs": runtime.describe_outputs(out, refs[i] if refs else None),
+        }
+        if getattr(args, "save", None):
+            target = Path(args.save)
+            if len(items) > 1 or target.is_dir() or target.suffix != ".npz":
+                target = target / f"{Path(str(item)).stem}.npz"
+            row["saved"] = str(runtime.save_outputs(out, target))
+        results.append(row)
+    return results
+
+
+def _print_generic(con, results: list[dict], key: str, where: str) -> None:
+    from rich.table import Table
+
+    for r in results:
+        t = Table(title=f"{r[key]} ({where})", title_justify="left")
+        for col in ("output", "shape", "min", "max", "mean", "cos vs fp32"):
+            t.add_column(col, justify="left" if col == "output" else "right")
+        for o in r["outputs"]:
+            cos = o.get("cosine_vs_fp32")
+            t.add_row(
+                o["name"],
+                "×".join(map(str, o["shape"])),
+                f"{o['min']:.4g}",
+                f"{o['max']:.4g}",
+                f"{o['mean']:.4g}",
+                f"{cos:.4f}" if cos is not None else "—",
+            )
+        con.print(t)
+        if "saved" in r:
+            con.print(f"outputs: {r['saved']}")
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -759,7 +876,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             raise ConfigError(f"The image {im} does not exist.")
     tensors = runtime.tensors_for(model, args.images)
     outs = runtime.infer_batched(model, tensors)
-    results = _results(args, model, args.images, outs, "image")
+    results = _results(args, model, args.images, outs, "image", tensors)
     if args.json:
         print(
             json.dumps(
@@ -783,6 +900,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     )
     if model.head is not None:
         _print_detections(con, results, "image", "CV18xx simulator")
+        return EXIT_OK
+    if model.recipe.task == "generic":
+        _print_generic(con, results, "image", "CV18xx simulator")
         return EXIT_OK
     for r in results:
         t = Table(title=r["image"], title_justify="left")
@@ -823,15 +943,38 @@ def cmd_eval(args: argparse.Namespace) -> int:
             progress=progress,
             log=con.print,
         )
-    con.print(_detect_eval_table(data) if data.get("task") == "detect" else _eval_table(data))
+    task = str(data.get("task", ""))
+    tables = {"detect": _detect_eval_table, "generic": _generic_eval_table}
+    con.print(tables.get(task, _eval_table)(data))
     for mode, layers in data.get("per_layer", {}).items():
         worst = ", ".join(f"{n} {c:.4f}" for n, c in layers[:5])
         con.print(f"  {mode.upper()} least similar tensors: {worst}")
     out = Path(args.out) if args.out else (target if target.is_dir() else target.parent) / "eval"
-    write = report.write_detect_report if data.get("task") == "detect" else report.write_eval_report
+    write = {"detect": report.write_detect_report, "generic": report.write_generic_report}.get(
+        task, report.write_eval_report
+    )
     jpath, hpath = write(out, data)
     con.print(f"report: {jpath} and {hpath}")
     return EXIT_OK
+
+
+def _generic_eval_table(data: dict) -> Any:
+    from rich.table import Table
+
+    t = Table(title=f"{data['name']}: {data['images']} images, each output against fp32")
+    for col in ("model", "output", "shape", "cos mean", "cos worst", "img/s"):
+        t.add_column(col, justify="left" if col in ("model", "output") else "right")
+    for mode, d in data["modes"].items():
+        for n, c in d["cosine_mean"].items():
+            t.add_row(
+                mode.upper(),
+                n,
+                "×".join(map(str, data["fp32"][n]["shape"])),
+                f"{c:.4f}",
+                f"{d['cosine_worst'][n]:.4f}",
+                f"{d['images_per_second']:.2f}",
+            )
+    return t
 
 
 def _eval_table(data: dict) -> Any:
@@ -1056,6 +1199,7 @@ def _board_inputs(model, items):
 
 def cmd_board_run(args) -> int:
     from duotpu import board
+    from duotpu.infer import runtime
 
     model = _board_model(args)
     tensors = _board_inputs(model, args.inputs)
@@ -1063,7 +1207,8 @@ def cmd_board_run(args) -> int:
     with _open_board(args) as b:
         _checked(b, [args.model], args.force, con)
         outs = board.run_model(b, model.cvimodel, model.info, tensors, model.input_name)
-    results = _results(args, model, args.inputs, outs, "input")
+    outs = [runtime.apply_tail(model, o) for o in outs]  # a cut model: the rest on this CPU
+    results = _results(args, model, args.inputs, outs, "input", tensors)
     if args.json:
         print(
             json.dumps(
@@ -1074,6 +1219,9 @@ def cmd_board_run(args) -> int:
         return EXIT_OK
     if model.head is not None:
         _print_detections(con, results, "input", f"on {b.profile.host}")
+        return EXIT_OK
+    if model.recipe.task == "generic":
+        _print_generic(con, results, "input", f"on {b.profile.host}")
         return EXIT_OK
     for r in results:
         con.print(
@@ -1194,8 +1342,9 @@ def cmd_legacy(args: argparse.Namespace) -> int:
 def _add_detect_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--save",
-        metavar="OUT.jpg|DIR",
-        help="detectors: draw the boxes on the image (a folder for several images)",
+        metavar="OUT|DIR",
+        help="detectors: draw the boxes on the image (OUT.jpg); generic models: the outputs "
+        "as OUT.npz (a folder for several inputs)",
     )
     p.add_argument(
         "--conf",

@@ -28,6 +28,7 @@ class ExportedModel:
     output_names: list[str]
     head: "YoloHead | None" = None
     notes: tuple[str, ...] = ()
+    tail: Path | None = None  # with model.outputs: the rest of the model, run on the CPU
 
 
 def source_kind(source: str) -> str:
@@ -286,6 +287,7 @@ def export_onnx(
                 f"{type(e).__name__}: {_last_line(e)}"
             ) from None
     head = None
+    tail = None
     try:
         if task == "detect":
             from duotpu.builder.yolo import cut_head
@@ -296,13 +298,24 @@ def export_onnx(
             head = cut_head(
                 full, tmp, list(detect.classes) or names, [list(a) for a in detect.anchors] or None
             )
+        elif src.outputs:
+            whole = out.with_name(out.stem + "_full.onnx")
+            os.replace(tmp, whole)
+            tail = out.with_name(out.stem + ".tail.onnx")
+            cut_graph(whole, tmp, tail, tuple(src.outputs))
+            check_onnx_runs(whole, shape)
         for b in sorted(set(batch_sizes) | {shape[0]}):
             info = check_onnx_runs(tmp, (b, *shape[1:]))
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     os.replace(tmp, out)
-    return ExportedModel(out, info[0], info[1], head, notes)
+    if tail is not None:
+        notes += (
+            f"TPU model cut at {', '.join(src.outputs)}; the rest runs on the CPU "
+            f"({tail.name}, ONNX Runtime)",
+        )
+    return ExportedModel(out, info[0], info[1], head, notes, tail)
 
 
 def _last_line(e: Exception) -> str:
@@ -350,3 +363,48 @@ def tensor_before(path: Path, layer: str, op: str) -> str:
                 return feeds[0]
             return ""
     return ""
+
+
+def cut_graph(full: Path, head: Path, tail: Path, tensors: tuple[str, ...]) -> None:
+    """Split the ONNX model ``full`` at ``tensors``: ``head`` (input → tensors) is what the TPU
+    runs, ``tail`` (tensors → the model's outputs) runs on the CPU. Raises :class:`ModelError`
+    naming a tensor the graph does not have, or a tail that also reads something before the
+    cut."""
+    import difflib
+
+    import onnx
+    import onnx.utils
+
+    model = intake.load(full)
+    inits = {i.name for i in model.graph.initializer}
+    produced = [o for n in model.graph.node for o in n.output if o]
+    missing = [t for t in tensors if t not in produced]
+    if missing:
+        near = difflib.get_close_matches(missing[0], produced, n=5, cutoff=0.3) or produced[-5:]
+        raise ModelError(
+            f"--cut-at (model.outputs) names {', '.join(repr(m) for m in missing)}, which the "
+            f"ONNX graph does not produce. Tensor names are the ONNX graph's (see it in Netron); "
+            f"near ones: {', '.join(near)}."
+        )
+    graph_input = intake.input_info(model, full).name
+    outputs = [o.name for o in model.graph.output]
+    extractor = onnx.utils.Extractor(model)
+    head_model = extractor.extract_model([graph_input], list(tensors))
+    tail_model = extractor.extract_model(list(tensors), outputs)
+    made = set(tensors) | inits | {o for n in tail_model.graph.node for o in n.output}
+    inits |= {i.name for i in tail_model.graph.initializer}
+    reads = [i for n in tail_model.graph.node for i in n.input if i and i not in made | inits]
+    if reads or not tail_model.graph.node:
+        raise ModelError(
+            f"The model after {', '.join(tensors)} also reads {', '.join(sorted(set(reads)))} "
+            "(computed before the cut, or the input itself), so it cannot run on the CPU from "
+            "the cut tensors alone. Cut later, or add those tensors to --cut-at."
+            if reads
+            else f"Nothing of the model comes after {', '.join(tensors)}: there is no tail to cut."
+        )
+    for m in (head_model, tail_model):
+        m.ir_version = model.ir_version
+        del m.opset_import[:]
+        m.opset_import.extend(model.opset_import)
+    onnx.save(head_model, str(head))
+    onnx.save(tail_model, str(tail))

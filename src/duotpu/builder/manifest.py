@@ -16,7 +16,8 @@ MANIFEST = "manifest.json"
 
 @dataclass(frozen=True)
 class ListedModel:
-    """One cvimodel as its build's manifest lists it. ``onnx`` (the exported fp32 model),
+    """One cvimodel as its build's manifest lists it. ``onnx`` (the fp32 model its outputs are
+    checked against: for a model cut with ``model.outputs``, the whole model),
     ``top_mlir`` (the fp32 MLIR) and ``tpu_mlir`` (the model's quantized MLIR: the fast path)
     are ``None`` when the file is gone (the work directory was deleted) or, for ``tpu_mlir``,
     when the cvimodel is not the file the build made."""
@@ -49,7 +50,6 @@ def listed_model(cvimodel: str | Path) -> ListedModel | None:
                 and compiler.file_digest(cvimodel) != entry["sha256"]
             ):
                 tpu = None  # not the file the build made: its MLIR says nothing about this one
-            return ListedModel(
-                mode, cvimodel, _existing(data.get("onnx")), _existing(data.get("top_mlir")), tpu
-            )
+            onnx = _existing(data.get("reference_onnx")) or _existing(data.get("onnx"))
+            return ListedModel(mode, cvimodel, onnx, _existing(data.get("top_mlir")), tpu)
     return None

@@ -21,7 +21,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 import numpy as np
 
@@ -86,6 +86,13 @@ class Exported(StageResult):
     output_names: tuple[str, ...]
     head: Path | None = None
     notes: tuple[str, ...] = ()  # what intake changed in a user's ONNX file
+    tail: Path | None = None  # cut with model.outputs: the rest of the model, run on the CPU
+    whole: Path | None = None  # cut: the whole model (the fp32 reference)
+
+    @property
+    def reference_onnx(self) -> Path:
+        """The ONNX model whose outputs a build's models are checked against."""
+        return self.whole or self.onnx
 
 
 @dataclass(frozen=True)
@@ -144,6 +151,7 @@ class Verified(StageResult):
     outputs: dict[str, str]
     similarity: Path
     per_image: tuple[float, ...] = ()  # per image, its least similar output
+    whole_outputs: Path | None = None  # a cut model: the TPU's outputs run through the tail
 
     @property
     def worst(self) -> float:
@@ -237,6 +245,7 @@ def stage_export(wd: WorkDir, r: Recipe) -> Stage[Exported]:
         "input": r.inputs[0].name,
         "batch_sizes": list(r.deploy.batch_sizes),
         "task": r.task,
+        "outputs": list(src.outputs),
         "files": _files_key(export_mod.source_files(src)),
         "code": [compiler.file_digest(Path(str(m.__file__))) for m in (export_mod, intake)],
         "versions": compiler.versions(),
@@ -273,7 +282,10 @@ def stage_export(wd: WorkDir, r: Recipe) -> Stage[Exported]:
                     ),
                 )
             )
-        return Exported(m.onnx_path, m.input_name, tuple(m.output_names), head, m.notes)
+        whole = m.onnx_path.with_name(m.onnx_path.stem + "_full.onnx") if m.tail else None
+        return Exported(
+            m.onnx_path, m.input_name, tuple(m.output_names), head, m.notes, m.tail, whole
+        )
 
     return wd.run("export", key, run, Exported)
 
@@ -298,24 +310,36 @@ def test_images(r: Recipe, folder: Path) -> list[Path]:
     """
     spec = r.test_image
     pool: list[Path] = []
-    where = ""
     if spec and Path(spec).is_dir():
-        pool, where = images.list_files(Path(spec)), f"the test image folder {spec}"
+        pool = [
+            p for p in images.list_files(Path(spec)) if p.suffix.lower() in images.IMAGE_SUFFIXES
+        ]
+        if not pool:
+            raise DataError(
+                f"The test image folder {spec} has no readable images to verify the model on."
+            )
     elif not spec and not r.calibration.images.startswith("builtin:"):
+        # (an empty calibration folder is reported by the calibration, with its own advice)
         cal = Path(r.calibration.images)
         if cal.is_file():
             pool = images.scan_list(cal).paths
         elif cal.is_dir():
             pool = images.list_files(cal)
-        where = f"the calibration images {cal}"
-    pool = [p for p in pool if p.suffix.lower() in images.IMAGE_SUFFIXES]
-    if where and not pool:
-        raise DataError(f"{where[0].upper()}{where[1:]} hold no images to verify the model on.")
+        pool = [p for p in pool if p.suffix.lower() in images.IMAGE_SUFFIXES]
     if not pool:
         return [images.resolve_image(spec or "builtin:chelsea", folder)]
     n = min(VERIFY_IMAGES, len(pool))
     picks = sorted({round(i * (len(pool) - 1) / max(n - 1, 1)) for i in range(n)})
-    chosen = [images.resolve_image(str(pool[i]), folder) for i in picks]
+    chosen: list[Path] = []
+    for i in picks + [i for i in range(len(pool)) if i not in picks]:
+        if len(chosen) == n:
+            break
+        try:
+            chosen.append(images.resolve_image(str(pool[i]), folder))
+        except DataError:  # an unreadable file among the images: the next one
+            continue
+    if not chosen:
+        return [images.resolve_image("builtin:chelsea", folder)]
     return chosen if not r.deploy.fuse_preprocess else chosen[:1]
 
 
@@ -353,19 +377,22 @@ def stage_transform(wd: WorkDir, r: Recipe, exported: Stage[Exported]) -> Stage[
     return wd.run("transform", key, run, Transformed)
 
 
-def stage_reference(wd: WorkDir, transformed: Stage[Transformed]) -> Stage[Referenced]:
+def stage_reference(
+    wd: WorkDir, transformed: Stage[Transformed], whole: Path | None = None
+) -> Stage[Referenced]:
     """The fp32 ONNX model's outputs on the test input, in ONNX Runtime: the reference every
-    cvimodel is verified against."""
+    cvimodel is verified against (``whole``: the model before a cut, whose outputs count)."""
     t = transformed.result
+    onnx_path = whole or t.onnx
     key: dict[str, Any] = {
-        "onnx": compiler.file_digest(t.onnx),
+        "onnx": compiler.file_digest(onnx_path),
         "test_input": compiler.file_digest(t.test_input),
         "versions": compiler.versions(),
     }
 
     def run(folder: Path) -> Referenced:
         inputs = dict(np.load(t.test_input))
-        np.savez(folder / "reference.npz", **onnxrt.onnx_reference(t.onnx, inputs))
+        np.savez(folder / "reference.npz", **onnxrt.onnx_reference(onnx_path, inputs))
         return Referenced(folder / "reference.npz")
 
     return wd.run("reference", key, run, Referenced)
@@ -747,27 +774,7 @@ def picked_mix(r: Recipe, mixed: Stage[Mixed]) -> Mixed:
     return res
 
 
-def match_outputs(
-    reference: dict[str, np.ndarray], produced: dict[str, np.ndarray]
-) -> dict[str, str]:
-    """Map each reference (ONNX) output name to the compiler's name for it.
-
-    The compiler names an output after the op that makes it (``logits`` → ``logits_Gemm_f32``);
-    names are matched by prefix and, failing that, by position.
-    """
-    out, free = {}, list(produced)
-    for i, name in enumerate(reference):
-        hit = next((k for k in free if k == name or k.startswith(name + "_")), None)
-        if hit is None and i < len(produced):
-            hit = list(produced)[i] if list(produced)[i] in free else None
-        if hit is None:
-            raise DuoTpuError(
-                f"Cannot find the model output '{name}' among the compiled "
-                f"model's outputs {list(produced)}."
-            )
-        out[name] = hit
-        free.remove(hit)
-    return out
+match_outputs = onnxrt.match_outputs  # the rule lives with the other output handling
 
 
 def cosine_to_reference(reference: Path, outputs: Path) -> tuple[dict[str, float], dict[str, str]]:
@@ -787,11 +794,13 @@ def stage_verify(
     deployed: Stage[Deployed],
     transformed: Stage[Transformed] | None = None,
     extra_images: list[Path] | tuple[Path, ...] = (),
+    exported: Exported | None = None,
 ) -> Stage[Verified]:
     """The cvimodel's outputs on the CV18xx simulator against fp32 ONNX Runtime: on the test
     input (from model_deploy), and on ``extra_images`` (run here) when there are any. Each
     output's cosine is its mean over the images; the worst image is recorded."""
     t, d = referenced.result, deployed.result
+    tail = exported.tail if exported else None
     need = r.tolerance.verify_int8 if mode == "int8" else r.tolerance.verify_bf16
     key: dict[str, Any] = {
         "cvimodel": compiler.file_digest(d.cvimodel),
@@ -800,13 +809,20 @@ def stage_verify(
         "min_cosine": need,
         "images": [compiler.file_digest(p) for p in extra_images],
         "preprocess": asdict(r.preprocess),
+        "tail": compiler.file_digest(tail) if tail else None,
     }
 
     def run(folder: Path) -> Verified:
-        cos, names = cosine_to_reference(t.reference, d.model_outputs)
+        outputs = d.model_outputs
+        if tail is not None:  # the whole model's outputs: the TPU part, then the CPU part
+            outputs = folder / "outputs.npz"
+            np.savez(outputs, **onnxrt.run_tail(tail, dict(np.load(d.model_outputs))))
+        cos, names = cosine_to_reference(t.reference, outputs)
         per_image = [cos]
         if extra_images and transformed is not None:
-            per_image += _extra_cosines(r, transformed.result, d, names, list(extra_images))
+            per_image += _extra_cosines(
+                r, transformed.result, d, list(extra_images), exported, names
+            )
         mean = {n: float(np.mean([c[n] for c in per_image])) for n in cos}
         worst = [min(c.values()) for c in per_image]
         bad = [Mismatch(n, "cosine", c, need) for n, c in mean.items() if not c >= need]
@@ -821,7 +837,14 @@ def stage_verify(
             folder / "similarity.json",
             {"cosine": mean, "required": need, "per_image": worst},
         )
-        return Verified(mean, need, names, folder / "similarity.json", tuple(worst))
+        return Verified(
+            mean,
+            need,
+            names,
+            folder / "similarity.json",
+            tuple(worst),
+            outputs if tail is not None else None,
+        )
 
     return wd.run(f"verify-{mode}", key, run, Verified)
 
@@ -830,23 +853,28 @@ def stage_verify(
 # The whole build
 # --------------------------------------------------------------------------------------------
 def _extra_cosines(
-    r: Recipe, t: Transformed, d: Deployed, names: dict[str, str], paths: list[Path]
+    r: Recipe,
+    t: Transformed,
+    d: Deployed,
+    paths: list[Path],
+    exported: Exported | None,
+    names: dict[str, str],
 ) -> list[dict[str, float]]:
-    """Per image, each output's cosine of the cvimodel (simulator) to fp32 (ONNX Runtime)."""
+    """Per image, each output's cosine of the cvimodel (simulator, and the tail on the CPU for a
+    cut model) to the fp32 model (ONNX Runtime)."""
     input_name = next(iter(np.load(t.test_input).files))
     tensors = [preprocess.preprocess_image(p, r.preprocess, r.inputs[0].shape) for p in paths]
-    got = compiler.run_tensors("cvimodel", d.cvimodel, input_name, tensors, list(names.values()))
-    refs = onnxrt.onnx_outputs(t.onnx, tensors)
-    import onnxruntime as ort
-
-    order = [
-        o.name
-        for o in ort.InferenceSession(str(t.onnx), providers=["CPUExecutionProvider"]).get_outputs()
-    ]
+    with np.load(d.model_outputs) as z:
+        compiled = list(z.files)
+    got = compiler.run_tensors("cvimodel", d.cvimodel, input_name, tensors, compiled)
+    whole = exported.reference_onnx if exported else t.onnx
+    tail = exported.tail if exported else None
+    refs = onnxrt.onnx_reference_many(whole, tensors)
     out = []
     for g, ref in zip(got, refs):
-        by_name = dict(zip(order, ref))
-        out.append({n: metrics.cosine(by_name[n], g[k]) for n, k in names.items()})
+        if tail is not None:
+            g = onnxrt.run_tail(tail, g)
+        out.append({n: metrics.cosine(ref[n], g[k]) for n, k in names.items()})
     return out
 
 
@@ -876,6 +904,9 @@ def build(
         events(StageEvent("export", "info", message=note))
     _check_inputs_early(recipe)
     exported = stage_export(wd, recipe)
+    recipe, note = settle_task(recipe, exported.result)
+    if note:
+        events(StageEvent("export", "info", message=note))
     transformed = stage_transform(wd, recipe, exported)
     verify_images = test_images(recipe, wd.root / "inputs")
     if len(verify_images) > 1:
@@ -893,13 +924,20 @@ def build(
     # reference run beside it at a lower CPU priority.
     critical = "int8" if "int8" in recipe.quantize else recipe.quantize[0]
     with cf.ThreadPoolExecutor(max_workers=1) as ref_pool:
-        ref_future = ref_pool.submit(stage_reference, wd, transformed)
+        ref_future = ref_pool.submit(stage_reference, wd, transformed, exported.result.whole)
 
         def branch(mode: str) -> tuple[Stage[Deployed], Stage[Verified]]:
             cal = stage_calibrate(wd, recipe, transformed) if mode == "int8" else None
             dep = stage_deploy(wd, recipe, mode, transformed, cal, background=mode != critical)
             return dep, stage_verify(
-                wd, recipe, mode, ref_future.result(), dep, transformed, verify_images[1:]
+                wd,
+                recipe,
+                mode,
+                ref_future.result(),
+                dep,
+                transformed,
+                verify_images[1:],
+                exported.result,
             )
 
         results, errors = _run_branches(branch, recipe.quantize)
@@ -961,6 +999,28 @@ def settle_input_shape(r: Recipe) -> tuple[Recipe, str]:
         return r, note
     inputs = (replace(r.inputs[0], shape=shape), *r.inputs[1:])
     return replace(r, inputs=inputs), note
+
+
+def settle_task(r: Recipe, exported: Exported) -> tuple[Recipe, str]:
+    """The recipe with ``task = "auto"`` settled from the model's outputs: ``classify`` when it
+    has one output of class scores (``[N, K]`` or ``[N, K, 1, 1]``, K ≥ 10), else ``generic``
+    (segmentation maps, boxes, embeddings, several outputs: shown as tensors, never as
+    classes). Returns the note to show ("" when nothing was settled)."""
+    if r.task != "auto":
+        return r, ""
+    graph = intake.load(exported.reference_onnx, weights=False).graph
+    shapes = {
+        o.name: tuple(d.dim_value for d in o.type.tensor_type.shape.dim) for o in graph.output
+    }
+    classes = [
+        s for s in shapes.values() if len(s) >= 2 and all(d == 1 for d in s[2:]) and s[1] >= 10
+    ]
+    task: Literal["classify", "generic"] = "classify" if len(shapes) == 1 and classes else "generic"
+    shown = ", ".join(f"{n} {list(s)}" for n, s in shapes.items())
+    note = f"task: {task} (outputs {shown}" + (
+        ": class scores)" if task == "classify" else ": not class scores; --task sets it)"
+    )
+    return replace(r, task=task).validate(), note
 
 
 def _check_inputs_early(r: Recipe) -> None:
@@ -1055,7 +1115,7 @@ def _finish(
     for mode in [m for m in recipe.quantize if m in results]:
         dep, ver = results[mode][0].result, results[mode][1].result
         final = atomic_copy(dep.cvimodel, out_dir / dep.cvimodel.name)
-        got = dict(np.load(dep.model_outputs))
+        got = dict(np.load(ver.whole_outputs or dep.model_outputs))
         models[mode] = ModelArtifact(
             mode,
             final,
@@ -1073,8 +1133,13 @@ def _finish(
         mix = picked_mix(recipe, mixed)
         best = mix.best
         final = atomic_copy(best.cvimodel, out_dir / f"{recipe.name}_{recipe.chip}_mix.cvimodel")
-        cos, names = cosine_to_reference(referenced.result.reference, best.model_outputs)
-        got = dict(np.load(best.model_outputs))
+        best_outputs = best.model_outputs
+        if exported.result.tail is not None:
+            best_outputs = wd.root / "mix" / "outputs-whole.npz"
+            produced = dict(np.load(best.model_outputs))
+            np.savez(best_outputs, **onnxrt.run_tail(exported.result.tail, produced))
+        cos, names = cosine_to_reference(referenced.result.reference, best_outputs)
+        got = dict(np.load(best_outputs))
         models["mix"] = ModelArtifact(
             "mix",
             final,
@@ -1096,6 +1161,9 @@ def _finish(
     head = exported.result.head
     if head is not None:
         atomic_copy(head, out_dir / f"{recipe.name}.detect.json")
+    tail = exported.result.tail
+    if tail is not None:
+        tail = atomic_copy(tail, out_dir / f"{recipe.name}.tail.onnx")
     recipe_path = atomic_write(out_dir / f"{recipe.name}.recipe.toml", recipe.to_toml())
     t = transformed.result
     order = [
@@ -1121,6 +1189,10 @@ def _finish(
             # the files other commands need from the work directory, so none of them has to know
             # its layout or tpu_mlir's file names (read by duotpu.builder.manifest)
             "onnx": str(exported.result.onnx.resolve()),
+            # the model the outputs are checked against (a cut model: the whole one)
+            "reference_onnx": str(exported.result.reference_onnx.resolve()),
+            "tail": tail.name if tail is not None else None,
+            "task": recipe.task,
             "top_mlir": str(t.mlir.resolve()),
             "models": {
                 m: {

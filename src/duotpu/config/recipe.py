@@ -45,6 +45,9 @@ class ModelSource:
     weights: Optional[str] = field(default=None, metadata={"path": "file"})
     opset: int = 13
     kwargs: dict = field(default_factory=dict)
+    # end the TPU model at these tensors of the (exported) ONNX graph; the rest of the model
+    # runs on the CPU in ONNX Runtime (NAME.tail.onnx beside the cvimodel)
+    outputs: Tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -203,7 +206,8 @@ class Recipe:
     name: str = ""
     chip: Chip = "cv180x"
     quantize: Tuple[Mode, ...] = ("int8", "bf16")
-    task: Literal["classify", "detect"] = "classify"
+    # auto: classify when the model's one output looks like class scores, else generic
+    task: Literal["auto", "classify", "detect", "generic"] = "auto"
     model: ModelSource = field(default_factory=ModelSource)
     inputs: Tuple[InputSpec, ...] = (InputSpec(),)
     preprocess: Preprocess = field(default_factory=Preprocess)
@@ -341,6 +345,16 @@ class Recipe:
             )
         if shape and shape[0] != 1 and d.batch_sizes != (1,):
             raise ConfigError("With deploy.batch_sizes, give inputs.shape with batch 1.")
+        if self.model.outputs and d.batch_sizes != (1,):
+            raise ConfigError(
+                "model.outputs (--cut-at) is not combined with deploy.batch_sizes yet: build "
+                "the cut model with batch 1."
+            )
+        if self.model.outputs and self.task == "detect":
+            raise ConfigError(
+                'model.outputs (--cut-at) and task = "detect" do not go together: a detector '
+                "is already cut before its box decode, which runs on the CPU."
+            )
         if self.mix.target or self.mix.qtable:
             if "int8" not in self.quantize:
                 raise ConfigError(
@@ -348,7 +362,7 @@ class Recipe:
                     "'quantize': it keeps some layers of the INT8 model in BF16."
                 )
             kind = parse_target(self.mix.target)[0] if self.mix.target else ""
-            if kind == "agree" and self.task == "detect":
+            if kind == "agree" and self.task in ("detect", "generic"):
                 raise ConfigError(
                     "Mixed-precision target 'agree>=X' is top-1 agreement, for "
                     "classifiers; for a detector use 'map>=X' (mAP@0.5 against "

@@ -217,6 +217,8 @@ def evaluate_build(
     built = [runtime.open_model(m, recipe) for m in models]
     if built[0].head is not None:
         return _evaluate_detector(target, built, Path(images), backend, limit, progress, log)
+    if built[0].recipe.task == "generic":
+        return _evaluate_generic(target, built, Path(images), backend, limit, progress, log)
     first = built[0]
     paths, labels = labelled_images(Path(images), class_names)
     if limit:
@@ -313,4 +315,68 @@ def _evaluate_detector(
                 "map50_95": fp32_lab["map50_95"],
                 "objects": fp32_lab["objects"],
             }
+    return data
+
+
+def _evaluate_generic(
+    target: Path,
+    built: list[runtime.BuiltModel],
+    folder: Path,
+    backend: str,
+    limit: int,
+    progress: Progress,
+    log: Callable[[str], None],
+) -> dict:
+    """A model that is neither classifier nor detector: every output's cosine to fp32 over the
+    images (mean and worst), and its value range."""
+    scan = images_mod.scan_images(folder)
+    if not scan.paths:
+        raise DataError(f"The image folder {folder} has no readable images.")
+    paths = scan.paths[:limit] if limit else scan.paths
+    first = built[0]
+    log(
+        f"evaluating {', '.join(b.cvimodel.name for b in built)} on {len(paths)} images "
+        f"(each output against fp32), backend {backend}"
+    )
+    tensors = runtime.tensors_for(first, paths)
+    names = runtime.fp32_output_names(first)
+    refs = [dict(zip(names, r)) for r in runtime.fp32_reference(first, tensors)]
+    data: dict = {
+        "model": str(target),
+        "name": first.info.name,
+        "task": "generic",
+        "image_folder": str(folder),
+        "images": len(paths),
+        "backend": backend,
+        "fp32": {
+            n: {
+                "shape": list(refs[0][n].shape),
+                "min": float(min(r[n].min() for r in refs)),
+                "max": float(max(r[n].max() for r in refs)),
+            }
+            for n in names
+        },
+        "modes": {},
+    }
+    for b in built:
+        t0 = time.monotonic()
+        outs = runtime.infer(
+            b,
+            tensors,
+            backend=backend,
+            progress=functools.partial(_count, progress, b.mode, len(tensors)),
+        )
+        secs = time.monotonic() - t0
+        per: dict[str, list[float]] = {n: [] for n in names}
+        for out, ref in zip(outs, refs):
+            named = runtime.as_reference_outputs(out, ref)
+            for n in names:
+                per[n].append(metrics.cosine(ref[n], named[n]))
+        data["modes"][b.mode] = {
+            "n": len(paths),
+            "cosine_mean": {n: float(np.mean(v)) for n, v in per.items()},
+            "cosine_worst": {n: float(np.min(v)) for n, v in per.items()},
+            "worst_image": {n: str(paths[int(np.argmin(v))].name) for n, v in per.items()},
+            "images_per_second": len(paths) / secs if secs > 0 else 0.0,
+        }
     return data

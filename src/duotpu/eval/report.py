@@ -307,3 +307,28 @@ def write_detect_report(folder, data: dict) -> tuple:
         f"<th>worst</th></tr>{cos_rows}</table>"
     )
     return _write_report(folder, data, body)
+
+
+def write_generic_report(folder, data: dict) -> tuple:
+    """A generic model's eval: ``report.json`` and a ``report.html`` table of every output's
+    cosine to fp32 (mean, worst image) per mode."""
+    import html
+
+    rows = "".join(
+        f"<tr><td>{m.upper()}</td><td>{html.escape(n)}</td>"
+        f"<td>{'×'.join(map(str, data['fp32'][n]['shape']))}</td><td>{c:.4f}</td>"
+        f"<td>{d['cosine_worst'][n]:.4f} ({html.escape(d['worst_image'][n])})</td>"
+        f"<td>{d['images_per_second']:.2f}</td></tr>"
+        for m, d in data["modes"].items()
+        for n, c in d["cosine_mean"].items()
+    )
+    body = (
+        f"<h1>duotpu eval: {html.escape(data['model'])}</h1>"
+        f"<p>{data['images']} images from {html.escape(data['image_folder'])}; backend "
+        f"{html.escape(data['backend'])}; each output of each cvimodel against the fp32 ONNX "
+        "model (ONNX Runtime).</p>"
+        "<table border=1 cellpadding=4><tr><th>model</th><th>output</th><th>shape</th>"
+        "<th>cosine mean</th><th>worst (image)</th><th>images/s</th></tr>"
+        f"{rows}</table>"
+    )
+    return _write_report(folder, data, body)

@@ -40,14 +40,25 @@ class BuiltModel:
     tpu_mlir: Path | None
     head: YoloHead | None = None
     top_mlir: Path | None = None
+    tail: Path | None = None  # cut with model.outputs: the rest of the model, run on the CPU
 
     @property
     def input_name(self) -> str:
         return self.info.programs[0].inputs[0].name
 
     @property
-    def output_names(self) -> list[str]:
+    def compiled_output_names(self) -> list[str]:
+        """The cvimodel's own outputs (for a cut model: the tensors the tail reads)."""
         return [t.name for t in self.info.programs[0].outputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        """The outputs :func:`infer` returns: the whole model's, after the tail of a cut one."""
+        if self.tail is None:
+            return self.compiled_output_names
+        import onnx
+
+        return [o.name for o in onnx.load(str(self.tail), load_external_data=False).graph.output]
 
 
 def open_model(path: str | Path, recipe_path: str | Path | None = None) -> BuiltModel:
@@ -84,7 +95,16 @@ def open_model(path: str | Path, recipe_path: str | Path | None = None) -> Built
             "written by duotpu build) is missing. Copy it from the build folder "
             "or rebuild."
         )
-    return BuiltModel(path, info, recipe, mode, onnx, tpu, head, top)
+    tail = None
+    if recipe.model.outputs:
+        tail = path.parent / f"{info.name}.tail.onnx"
+        if not tail.is_file():
+            raise ConfigError(
+                f"{path} is the first part of a model cut at {', '.join(recipe.model.outputs)}; "
+                f"the rest, {tail.name} (written by duotpu build beside it), is missing. Copy "
+                "it from the build folder or rebuild."
+            )
+    return BuiltModel(path, info, recipe, mode, onnx, tpu, head, top, tail)
 
 
 def tensors_for(model: BuiltModel, images: list) -> list[np.ndarray]:
@@ -179,7 +199,7 @@ def infer(
             "work directory is gone); use the simulator backend."
         )
     target = model.cvimodel if backend == "cvimodel" or model.tpu_mlir is None else model.tpu_mlir
-    names: list[str] = [] if keep_all else (output_names or model.output_names)
+    names: list[str] = [] if keep_all else (output_names or model.compiled_output_names)
     results = compiler.run_tensors(
         backend, target, model.input_name, tensors, names, workers, progress, program
     )
@@ -187,7 +207,26 @@ def infer(
         for t in model.info.programs[program].outputs:
             if t.name in r and r[t.name].size == int(np.prod(t.shape)):
                 r[t.name] = r[t.name].reshape(t.shape)
-    return results
+    return [apply_tail(model, r) for r in results] if not keep_all else results
+
+
+def apply_tail(model: BuiltModel, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A cut model's TPU outputs → the whole model's outputs (its tail in ONNX Runtime); the
+    outputs unchanged for a model that was not cut."""
+    if model.tail is None:
+        return outputs
+    from duotpu.core.onnxrt import run_tail
+
+    return run_tail(model.tail, outputs)
+
+
+def fp32_output_names(model: BuiltModel) -> list[str]:
+    """The fp32 ONNX model's output names, in the order :func:`fp32_reference` returns them."""
+    import onnx
+
+    if model.onnx is None:
+        return []
+    return [o.name for o in onnx.load(str(model.onnx), load_external_data=False).graph.output]
 
 
 def fp32_reference(model: BuiltModel, tensors: list[np.ndarray]) -> list[list[np.ndarray]]:
@@ -198,3 +237,55 @@ def fp32_reference(model: BuiltModel, tensors: list[np.ndarray]) -> list[list[np
             "work directory is gone); rebuild it to compare against fp32."
         )
     return onnx_outputs(model.onnx, tensors)
+
+
+def describe_outputs(
+    outputs: dict[str, np.ndarray], reference: dict[str, np.ndarray] | None = None
+) -> list[dict]:
+    """A generic model's outputs as a person reads them: each output's name, shape, value
+    range and mean, and its cosine to the fp32 model's when ``reference`` is given."""
+    from duotpu.core.metrics import cosine
+    from duotpu.core.onnxrt import match_outputs
+
+    # the compiler names outputs after their op (y → y_Gemm_f32): show the model's names
+    onnx_name = {v: k for k, v in match_outputs(reference, outputs).items()} if reference else {}
+    rows = []
+    for name, v in outputs.items():
+        v = np.asarray(v, np.float32)
+        shown = onnx_name.get(name, name)
+        row = {
+            "name": shown,
+            "shape": list(v.shape),
+            "min": float(v.min()) if v.size else 0.0,
+            "max": float(v.max()) if v.size else 0.0,
+            "mean": float(v.mean()) if v.size else 0.0,
+        }
+        if reference is not None and shown in reference:
+            row["cosine_vs_fp32"] = round(cosine(reference[shown], v), 6)
+        rows.append(row)
+    return rows
+
+
+def as_reference_outputs(
+    outputs: dict[str, np.ndarray], reference: dict[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    """The compiled model's outputs under the fp32 model's names and shapes (the simulator
+    names them after their op and pads them to 4-D: ``box`` [1,4] → ``box_Gemm_f32`` [1,4,1,1])."""
+    from duotpu.core.onnxrt import match_outputs
+
+    names = match_outputs(reference, outputs)
+    out = {}
+    for n, k in names.items():
+        v = outputs[k]
+        out[n] = v.reshape(reference[n].shape) if v.size == reference[n].size else v
+    return out
+
+
+def save_outputs(outputs: dict[str, np.ndarray], target: Path) -> Path:
+    """Write one input's outputs as an npz (atomically)."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.part.npz")
+    np.savez(tmp, **outputs)
+    tmp.replace(target)
+    return target
