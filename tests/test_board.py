@@ -326,3 +326,32 @@ def test_push_with_sdk_checks_the_models_before_uploading_them(emu, profile, tin
     proc = run_cli("board", "push", "--sdk", str(sdk), str(art.cvimodel), "--board", "pushy")
     assert proc.returncode == 0, proc.stderr
     assert remote_model.is_file()
+
+
+def test_a_cut_generic_model_on_the_board_is_finished_on_the_host(profile, tmp_path):
+    """`board run` of a model cut with --cut-at: the board runs the cvimodel, duotpu pulls its
+    outputs back and runs the tail here; a generic model's outputs are shown as tensors."""
+    import tinymodels
+
+    src = tinymodels.two_output_onnx(tmp_path / "two.onnx")
+    out = tmp_path / "b"
+    # cut before the box head's Gemm: the mask stays on the TPU, the box regression runs here
+    b = run_cli(
+        "build", str(src), "--name", "two", "--out", str(out), "--quantize", "int8",
+        "--calib-count", "8", "--cut-at", "mask,f",
+    )  # fmt: skip
+    assert b.returncode == 0, b.stderr
+    assert (out / "two.tail.onnx").is_file()
+    model = str(out / "two_cv180x_int8.cvimodel")
+    image = str(out / "work" / "inputs" / "chelsea.png")
+    host = run_cli("predict", model, image, "--json")
+    on_board = run_cli("board", "run", model, image, "--board", profile.name, "--json")
+    assert host.returncode == 0 and on_board.returncode == 0, on_board.stderr
+    h = json.loads(host.stdout)["results"][0]["outputs"]
+    o = json.loads(on_board.stdout)["results"][0]["outputs"]
+    assert [x["name"] for x in o] == ["mask", "box"] and [x["shape"] for x in o] == [
+        [1, 4, 32, 32],
+        [1, 4],
+    ]
+    for a, c in zip(h, o):
+        assert abs(a["mean"] - c["mean"]) < 1e-3 and c["cosine_vs_fp32"] > 0.99

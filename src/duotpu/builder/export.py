@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 from duotpu.builder import intake
 from duotpu.config.errors import ConfigError, ModelError
-from duotpu.config.recipe import DetectOptions, ModelSource
+from duotpu.config.recipe import DetectOptions, ModelSource, Preprocess
 
 
 @dataclass
@@ -37,6 +37,8 @@ def source_kind(source: str) -> str:
         return "torchvision"
     if source.startswith("ultralytics:"):
         return "ultralytics"
+    if source.startswith("timm:"):
+        return "timm"
     suffix = Path(source).suffix.lower()
     if suffix == ".onnx":
         return "onnx"
@@ -46,7 +48,7 @@ def source_kind(source: str) -> str:
         return "factory"
     raise ConfigError(
         f"Cannot tell what model.source {source!r} is. Give an .onnx file, a "
-        "TorchScript/PyTorch .pt file, 'torchvision:NAME', "
+        "TorchScript/PyTorch .pt file, 'torchvision:NAME', 'timm:NAME', "
         "'ultralytics:yolov8n.yaml' or 'package.module:function'."
     )
 
@@ -98,6 +100,8 @@ def load_torch_module(src: ModelSource):
         model = ultralytics_model(src.source.split(":", 1)[1], **src.kwargs)
         if src.weights:
             _load_state_dict(model, Path(src.weights))
+    elif kind == "timm":
+        model = _timm_model(src)
     elif kind == "factory":
         module_name, fn_name = src.source.split(":")
         try:
@@ -125,6 +129,26 @@ def load_torch_module(src: ModelSource):
         if src.weights:
             _load_state_dict(model, Path(src.weights))
     return model.eval()
+
+
+def _timm_model(src: ModelSource):
+    """``timm:NAME``: the architecture from timm (never downloaded: random weights, or
+    model.weights as a state_dict file)."""
+    try:
+        import timm
+    except ImportError:
+        raise ConfigError(
+            f"model.source {src.source!r} needs timm: pip install timm (it is in duotpu's "
+            "requirements.lock)."
+        ) from None
+    name = src.source.split(":", 1)[1]
+    if name not in timm.list_models():
+        near = timm.list_models(f"*{name.split('_')[0]}*")[:6]
+        raise ConfigError(f"timm has no model '{name}'. Near: {', '.join(near) or 'none'}.")
+    model = timm.create_model(name, pretrained=False, **src.kwargs)
+    if src.weights:
+        _load_state_dict(model, Path(src.weights))
+    return model
 
 
 def _torchvision_model(src: ModelSource):
@@ -229,6 +253,7 @@ def export_onnx(
     batch_sizes: tuple[int, ...] = (1,),
     task: str = "classify",
     detect: DetectOptions | None = None,
+    preprocess: Preprocess | None = None,
 ) -> ExportedModel:
     """Write the model as ONNX to ``out`` (atomically) and check it runs at ``shape``.
 
@@ -250,6 +275,8 @@ def export_onnx(
         import torch
 
         model = load_torch_module(src)
+        if kind in ("torchvision", "ultralytics", "timm") and not src.weights:
+            notes += (reestimate_batchnorm(model, shape, preprocess),)
         if task == "detect":
             from duotpu.builder.yolo import prepare_for_export
 
@@ -316,6 +343,46 @@ def export_onnx(
             f"({tail.name}, ONNX Runtime)",
         )
     return ExportedModel(out, info[0], info[1], head, notes, tail)
+
+
+BN_CROPS = 32  # natural crops the statistics of a random-weight model are re-estimated on
+
+
+def reestimate_batchnorm(
+    model, shape: tuple[int, ...], preprocess: Preprocess | None, seed: int = 0
+) -> str:
+    """Give a randomly initialised network realistic activations: its BatchNorm statistics
+    re-estimated on natural photo crops, preprocessed as the recipe says. With fresh statistics
+    (mean 0, variance 1) the activations of deep networks shrink layer by layer (random
+    MobileNetV2: mean |x| 1e-9 at the last layer), so INT8 quantizes them to zero and every
+    accuracy number would be meaningless. Returns the note to show."""
+    import numpy as np
+    import torch
+    from torch import nn
+
+    from duotpu.core.images import calibration_photos, random_crops
+    from duotpu.core.preprocess import preprocess_image
+
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return "random weights (no BatchNorm layers to re-estimate)"
+    pre = preprocess or Preprocess()
+    one = (1, *shape[1:])
+    crops = [c for _, c in random_crops(calibration_photos(), BN_CROPS, seed + 7)]
+    x = torch.from_numpy(np.concatenate([preprocess_image(c, pre, one) for c in crops]))
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # a plain average over the batches seen
+    model.train()
+    with torch.no_grad():
+        for i in range(0, len(x), 8):
+            model(x[i : i + 8])
+    model.eval()
+    return (
+        f"random weights: BatchNorm statistics of {len(bns)} layers re-estimated on "
+        f"{BN_CROPS} natural crops (else the activations vanish); accuracy numbers of this "
+        "model describe quantization only"
+    )
 
 
 def _last_line(e: Exception) -> str:
@@ -388,9 +455,19 @@ def cut_graph(full: Path, head: Path, tail: Path, tensors: tuple[str, ...]) -> N
         )
     graph_input = intake.input_info(model, full).name
     outputs = [o.name for o in model.graph.output]
-    extractor = onnx.utils.Extractor(model)
-    head_model = extractor.extract_model([graph_input], list(tensors))
-    tail_model = extractor.extract_model(list(tensors), outputs)
+    model = onnx.shape_inference.infer_shapes(model)
+    # the extractor looks tensors up in value_info only: a cut at a model output needs its entry
+    known = {v.name for v in model.graph.value_info}
+    model.graph.value_info.extend(o for o in model.graph.output if o.name not in known)
+    try:
+        extractor = onnx.utils.Extractor(model)
+        head_model = extractor.extract_model([graph_input], list(tensors))
+        tail_model = extractor.extract_model(list(tensors), outputs)
+    except (KeyError, ValueError) as e:
+        raise ModelError(
+            f"The ONNX graph cannot be cut at {', '.join(tensors)}: the shape of {e} is not "
+            "known after shape inference. Cut at another tensor (the input of the next op)."
+        ) from None
     made = set(tensors) | inits | {o for n in tail_model.graph.node for o in n.output}
     inits |= {i.name for i in tail_model.graph.initializer}
     reads = [i for n in tail_model.graph.node for i in n.input if i and i not in made | inits]

@@ -246,6 +246,7 @@ def stage_export(wd: WorkDir, r: Recipe) -> Stage[Exported]:
         "batch_sizes": list(r.deploy.batch_sizes),
         "task": r.task,
         "outputs": list(src.outputs),
+        "preprocess": asdict(r.preprocess),  # random weights: BatchNorm statistics from it
         "files": _files_key(export_mod.source_files(src)),
         "code": [compiler.file_digest(Path(str(m.__file__))) for m in (export_mod, intake)],
         "versions": compiler.versions(),
@@ -264,6 +265,7 @@ def stage_export(wd: WorkDir, r: Recipe) -> Stage[Exported]:
             r.deploy.batch_sizes,
             task=r.task,
             detect=r.detect,
+            preprocess=r.preprocess,
         )
         for note in m.notes:
             wd.events(StageEvent("export", "info", message=note))
@@ -630,7 +632,7 @@ def _ways_around(
     if tail is not None:
         cut = export_mod.tensor_before(t.onnx, tail.name, tail.op)
     text = compiler.diagnose.explain(failure, r.chip, mode, other_chip_works=works, cut_at=cut)
-    return CompilerFailure(e, text, failure)
+    return CompilerFailure(e, text, failure, cut)
 
 
 def validation_images(r: Recipe) -> list:

@@ -47,11 +47,12 @@ class CompilerFailure(ToolchainError):
     too large for its local memory): the message names the layer, op, chip limit and the ways
     around; ``failure`` holds them (a :class:`duotpu.compiler.diagnose.Failure`)."""
 
-    def __init__(self, base: ToolchainError, explanation: str, failure: Any):
+    def __init__(self, base: ToolchainError, explanation: str, failure: Any, cut_at: str = ""):
         super().__init__(
             base.step, base.argv, base.returncode, base.log_path, base.tail, explanation
         )
         self.failure = failure
+        self.cut_at = cut_at  # the model tensor to end the TPU model at, when that is a way
 
 
 @dataclass

@@ -1,0 +1,290 @@
+"""Conformance benchmark: public architectures built INT8 + BF16 for a chip, one row each.
+
+Torchvision classics and small timm models (random weights, BatchNorm statistics re-estimated on
+natural crops by duotpu itself), Ultralytics detect / segment / pose / classify models exported
+by Ultralytics' own exporter with dynamic axes (the file's IR version set to 10, what onnx ≥ 1.16
+writes; the installed onnx 1.14.1 cannot write it), and a DBNet-like text detector and CRNN- /
+SVTR-like recognizers (bench/zoo_models.py). Each model is built as a user would: `duotpu.build`
+with no other help; when the build fails in one of its last layers and the error suggests
+--cut-at, the suggested cut is built as well (a way around duotpu suggests).
+
+Rows are kept in bench/results/zoo.json as they finish (a rerun skips finished rows; --force
+rebuilds), and the table is written to bench/results/zoo.md after each row. Build folders stay in
+bench/work/zoo (cached: a rerun of a row reuses its finished stages).
+
+Run: `.venv/bin/python bench/zoo.py [--only resnet18,yolov8n] [--chip cv180x] [--calib-count 20]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE))
+
+from _report import emit  # noqa: E402
+from duotpu.builder import pipeline  # noqa: E402
+from duotpu.builder.mixprec import DUO_ION_MB  # noqa: E402
+from duotpu.config.errors import CompilerFailure, DuoTpuError, PartialBuild  # noqa: E402
+from duotpu.config.recipe import recipe_from_dict  # noqa: E402
+
+WORK = HERE / "work" / "zoo"
+RESULTS = HERE / "results"
+IMAGENET = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+HALF = {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}
+UNIT = {"mean": [0.0], "std": [1.0]}
+
+
+@dataclass
+class Row:
+    """One model of the benchmark: where it comes from and how it is fed."""
+
+    name: str
+    group: str
+    source: str  # a duotpu model.source, or "ultralytics-export:CFG"
+    size: tuple[int, int] = (224, 224)
+    pre: dict = field(default_factory=lambda: dict(IMAGENET))
+    extra: dict = field(default_factory=dict)  # more recipe keys
+
+
+ROWS = [
+    *[
+        Row(n, "torchvision", f"torchvision:{n}", (s, s))
+        for n, s in [
+            ("resnet18", 224),
+            ("resnet50", 224),
+            ("mobilenet_v2", 224),
+            ("mobilenet_v3_small", 224),
+            ("mobilenet_v3_large", 224),
+            ("shufflenet_v2_x1_0", 224),
+            ("squeezenet1_1", 224),
+            ("mnasnet1_0", 224),
+            ("efficientnet_b0", 224),
+            ("regnet_x_400mf", 224),
+            ("regnet_y_400mf", 224),
+            ("googlenet", 224),
+            ("densenet121", 224),
+            ("resnext50_32x4d", 224),
+            ("inception_v3", 299),
+            ("convnext_tiny", 224),
+        ]
+    ],
+    *[
+        Row(n, "timm", f"timm:{n}", (s, s))
+        for n, s in [
+            ("ghostnet_100", 224),
+            ("lcnet_050", 224),
+            ("mobilevit_xxs", 256),
+            ("efficientvit_b0", 224),
+            ("repvit_m0_9", 224),
+            ("vit_tiny_patch16_224", 224),
+            ("mobilenetv4_conv_small", 224),
+            ("fastvit_t8", 256),
+            ("mixnet_s", 224),
+            ("edgenext_xx_small", 256),
+        ]
+    ],
+    Row("yolov8n", "ultralytics", "ultralytics-export:yolov8n.yaml", (320, 320), dict(UNIT),
+        {"task": "detect", "preprocess": {"resize_mode": "letterbox", "pad_value": 114}}),
+    Row("yolo11n", "ultralytics", "ultralytics-export:yolo11n.yaml", (320, 320), dict(UNIT),
+        {"task": "detect", "preprocess": {"resize_mode": "letterbox", "pad_value": 114}}),
+    Row("yolov8n-seg", "ultralytics", "ultralytics-export:yolov8n-seg.yaml", (320, 320),
+        dict(UNIT), {"preprocess": {"resize_mode": "letterbox", "pad_value": 114}}),
+    Row("yolov8n-pose", "ultralytics", "ultralytics-export:yolov8n-pose.yaml", (320, 320),
+        dict(UNIT), {"preprocess": {"resize_mode": "letterbox", "pad_value": 114}}),
+    Row("yolov8n-cls", "ultralytics", "ultralytics-export:yolov8n-cls.yaml", (224, 224),
+        dict(UNIT)),
+    Row("dbnet_lite_640", "text", "zoo_models:dbnet_lite", (640, 640)),
+    Row("crnn_lstm", "text", "zoo_models:crnn", (32, 320), dict(HALF)),
+    Row("svtr_tiny", "text", "zoo_models:svtr_tiny", (48, 320), dict(HALF)),
+]  # fmt: skip
+
+
+def ultralytics_export(cfg: str, size: int, folder: Path) -> Path:
+    """Ultralytics' own ONNX export with dynamic axes, as a user runs it, of the yaml
+    architecture (random weights; BatchNorm statistics re-estimated first); IR version 10."""
+    import onnx
+    from ultralytics import YOLO
+
+    from duotpu.builder.export import reestimate_batchnorm
+    from duotpu.config.recipe import Preprocess
+
+    out = folder / f"{Path(cfg).stem}.onnx"
+    if out.is_file():
+        return out
+    folder.mkdir(parents=True, exist_ok=True)
+    yolo = YOLO(cfg)
+    reestimate_batchnorm(yolo.model, (1, 3, size, size), Preprocess())
+    made = Path(yolo.export(format="onnx", dynamic=True, imgsz=size, simplify=False))
+    model = onnx.load(str(made))
+    model.ir_version = 10  # what a current onnx writes (1.16+); the installed 1.14.1 writes 8
+    tmp = out.with_suffix(".part")
+    tmp.write_bytes(model.SerializeToString())
+    tmp.replace(out)
+    made.unlink()
+    return out
+
+
+def recipe_for(row: Row, chip: str, calib: int, cut: list[str] | None = None):
+    source = row.source
+    if source.startswith("ultralytics-export:"):
+        source = str(ultralytics_export(source.split(":", 1)[1], row.size[0], WORK / "exports"))
+    shape = [1, 3, *row.size] if not source.endswith(".onnx") else []
+    data: dict[str, Any] = {
+        "name": row.name.replace("-", "_"),
+        "chip": chip,
+        "model": {"source": source, **({"outputs": cut} if cut else {})},
+        "inputs": [{"name": "input", "shape": shape}],
+        "preprocess": dict(row.pre),
+        "calibration": {"count": calib},
+    }
+    for k, v in row.extra.items():
+        if isinstance(v, dict):
+            data.setdefault(k, {}).update(v)
+        else:
+            data[k] = v
+    if row.pre is UNIT or row.pre.get("mean") == [0.0]:
+        data["preprocess"].update(UNIT)
+    return recipe_from_dict(data, f"bench/zoo.py {row.name}")
+
+
+def measure(result, seconds: float, calib: int) -> dict:
+    """The numbers of one finished build."""
+    stages = {s.name: s for s in result.stages}
+    cal = stages.get("calibrate")
+    models = result.models
+    ion = max((a.ion_mb for a in models.values()), default=0.0)
+    return {
+        "ion_mb": round(ion, 2),
+        "fits_duo": ion <= DUO_ION_MB,
+        "int8_cos": round(min(models["int8"].cosine.values()), 4) if "int8" in models else None,
+        "bf16_cos": round(min(models["bf16"].cosine.values()), 4) if "bf16" in models else None,
+        "build_s": round(seconds, 1),
+        "calib_s_per_image": round(cal.seconds / calib, 2) if cal and not cal.cached else None,
+        "task": result.recipe.task,
+    }
+
+
+def one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return text[:300]
+
+
+def run_row(row: Row, chip: str, calib: int) -> dict:
+    folder = WORK / chip / row.name
+    out: dict[str, Any] = {"name": row.name, "group": row.group, "chip": chip}
+    t0 = time.monotonic()
+    try:
+        r = pipeline.build(recipe_for(row, chip, calib), folder, events=_progress(row.name))
+        out.update(outcome="built", **measure(r, time.monotonic() - t0, calib))
+        return out
+    except PartialBuild as e:
+        out.update(measure(e.result, time.monotonic() - t0, calib))
+        failed = ", ".join(f"{m.upper()}: {one_line(err)}" for m, err in e.failed.items())
+        out.update(outcome="partial", reason=failed)
+        return out
+    except DuoTpuError as e:
+        errors = getattr(e, "errors", [e])
+        tensor = next(
+            (err.cut_at for err in errors if isinstance(err, CompilerFailure) and err.cut_at),
+            "",
+        )
+        if tensor:
+            try:
+                r = pipeline.build(
+                    recipe_for(row, chip, calib, [tensor]),
+                    WORK / chip / f"{row.name}-cut",
+                    events=_progress(row.name),
+                )
+                out.update(
+                    outcome="built with a way around",
+                    way=f"--cut-at {tensor} (the last layers on the CPU)",
+                    reason=one_line(errors[0]),
+                    **measure(r, time.monotonic() - t0, calib),
+                )
+                return out
+            except DuoTpuError as e2:
+                errors = [*errors, e2]
+        out.update(
+            outcome="refused",
+            reason=" | ".join(one_line(err) for err in errors[:2]),
+            build_s=round(time.monotonic() - t0, 1),
+        )
+        return out
+    except Exception as e:  # noqa: BLE001 — an internal error is a row too, with its trace
+        out.update(
+            outcome="internal error",
+            reason=f"{type(e).__name__}: {one_line(e)}",
+            trace=traceback.format_exc()[-2000:],
+            build_s=round(time.monotonic() - t0, 1),
+        )
+        return out
+
+
+def _progress(name: str):
+    def show(ev) -> None:
+        if ev.status in ("done", "failed"):
+            print(f"  {name}: {ev.stage} {ev.status} {ev.seconds:.1f} s", flush=True)
+
+    return show
+
+
+def table(rows: list[dict], chip: str, calib: int) -> list[str]:
+    def f(v, spec=".4f"):
+        return "—" if v is None else format(v, spec)
+
+    ok = [r for r in rows if r["outcome"] in ("built", "built with a way around", "partial")]
+    lines = [
+        f"# Conformance: public architectures built for {chip} (INT8 + BF16)",
+        "",
+        f"{len(rows)} of {len(ROWS)} rows measured; {len(ok)} built (directly, partially or "
+        f"with a way around duotpu suggests). Calibration: {calib} built-in natural crops; "
+        "cosines: each cvimodel on the CV18xx simulator vs fp32 ONNX Runtime on the test "
+        "image. Random weights, BatchNorm statistics re-estimated on natural crops.",
+        "",
+        "| model | group | outcome | ION MB | fits Duo | INT8 cos | BF16 cos | build s "
+        "| calib s/img | notes |",
+        "|---|---|---|---:|---|---:|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        note = r.get("way") or r.get("reason") or r.get("task", "")
+        lines.append(
+            f"| {r['name']} | {r['group']} | {r['outcome']} | {f(r.get('ion_mb'), '.1f')} | "
+            f"{'' if r.get('fits_duo') is None else ('yes' if r['fits_duo'] else 'no')} | "
+            f"{f(r.get('int8_cos'))} | {f(r.get('bf16_cos'))} | {f(r.get('build_s'), '.0f')} | "
+            f"{f(r.get('calib_s_per_image'), '.2f')} | {note.replace('|', '/')[:160]} |"
+        )
+    return lines
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--only", help="comma-separated row names")
+    ap.add_argument("--chip", default="cv180x")
+    ap.add_argument("--calib-count", type=int, default=20)
+    ap.add_argument("--force", action="store_true", help="rebuild rows already measured")
+    args = ap.parse_args()
+    store = RESULTS / f"zoo_{args.chip}.json"
+    done = {r["name"]: r for r in json.loads(store.read_text())} if store.is_file() else {}
+    wanted = [r for r in ROWS if not args.only or r.name in args.only.split(",")]
+    for row in wanted:
+        if row.name in done and not args.force:
+            continue
+        print(f"== {row.name}", flush=True)
+        done[row.name] = run_row(row, args.chip, args.calib_count)
+        print(f"   {done[row.name]['outcome']}: {done[row.name].get('reason', '')[:200]}")
+        ordered = [done[r.name] for r in ROWS if r.name in done]
+        RESULTS.mkdir(exist_ok=True)
+        store.write_text(json.dumps(ordered, indent=1))
+        emit(table(ordered, args.chip, args.calib_count), RESULTS / f"zoo_{args.chip}.md")
+
+
+if __name__ == "__main__":
+    main()
