@@ -52,7 +52,7 @@ def test_host_preprocessing_equals_the_compilers(tiny_build):
     """duotpu's numpy preprocessing of the test image == tpu_mlir's own (its _in_f32.npz)."""
     r = tiny_build
     ours = preprocess_image(
-        r.recipe.test_image and (r.work_dir / "inputs" / "chelsea.png"),
+        r.test_image_path,
         r.recipe.preprocess,
         r.recipe.inputs[0].shape,
     )
@@ -79,8 +79,8 @@ def test_rebuild_is_cached_and_a_tolerance_change_reruns_only_its_stages(
     out = _copy_build(tiny_build, tmp_path)
     events = []
     again = pipeline.build(tiny_recipe(tiny_onnx_path), out, events=events.append)
-    assert all(s.cached for s in again.stages)
-    assert {e.status for e in events} == {"cached"}
+    assert [s.name for s in again.stages if not s.cached] == []
+    assert {e.status for e in events} - {"info"} == {"cached"}
     events.clear()
     changed = tiny_recipe(tiny_onnx_path, **{"tolerance.int8": [0.8, 0.4]})
     res = pipeline.build(changed, out, events=events.append)

@@ -1,0 +1,270 @@
+"""How long a cvimodel takes on the board's TPU, estimated from its command buffers.
+
+Every TIU command is costed in cycles from its kind and shape (the structure of tpu-mlir's
+CV18xx cycle model, ``lib/Backend/CV18xx/CV18xx_profiling.cpp``: lanes × EU lanes in parallel, a
+loop over the kernel and input channels per output position, fixed per-command latencies), every
+TDMA command from the DRAM bytes it moves (64-byte granules, each row or plane a burst) and the
+local-memory cycles it takes. Unlike tpu-mlir's model, which adds TIU and TDMA time, the two
+engines run side by side here: each command starts when its engine is free and the command of the
+other engine it waits for (its ``cmd_id`` dependency) is done.
+
+The constants of each chip live in :data:`CHIPS`, with their sources; ``board bench --calibrate``
+fits the DDR bandwidth and the per-command overheads of a user's board and stores them in its
+profile (see :func:`estimate`'s ``constants``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from .cmdbuf import Routine, TdmaCommand, TiuCommand, routines
+
+
+@dataclass(frozen=True)
+class ChipConstants:
+    """The numbers the estimate uses for one chip."""
+
+    chip: str
+    lanes: int  # NPU_NUM (cvikernel cv18xx_tpu_cfg.h)
+    eu_bytes: int  # EU_NUM: INT8 elements per lane per cycle (BF16: half)
+    clock_mhz: float  # TPU clock (tpu-mlir's profiling code; the board's PMU line)
+    ddr_bytes_per_cycle: float  # sustained DRAM bytes per TPU cycle
+    tdma_overhead: float  # cycles per TDMA command (descriptor fetch, DRAM latency)
+    tiu_overhead: float  # cycles per TIU command beyond its compute
+    lmem_bytes_per_cycle: int = 16  # local memory width (LOCAL_MEM_WIDTH)
+    sources: str = ""
+
+
+#: Per chip. DRAM: tpu-mlir's model assumes 1886 MT/s × 4 bytes; measured boards reach about half
+#: of a bus's peak, and the cv180x's 16-bit DDR2 (Duo) is narrower than cv181x's DDR3 (Duo 256M).
+#: The bandwidth and overheads were set from the published cv180x table (resnet18,
+#: mobilenet_v2, squeezenet_v1.1, efficientnet-lite_b0, latency-facts.md) and are refitted per
+#: board by ``duotpu board bench --calibrate``.
+CHIPS: dict[str, ChipConstants] = {
+    "cv180x": ChipConstants(
+        "cv180x",
+        lanes=2,
+        eu_bytes=16,
+        clock_mhz=500.0,
+        ddr_bytes_per_cycle=2.0,
+        tdma_overhead=60.0,
+        tiu_overhead=20.0,
+        sources="lanes/EU: cvikernel cv180x_tpu_cfg.h; clock: tpu-mlir CV18xx_profiling.cpp",
+    ),
+    "cv181x": ChipConstants(
+        "cv181x",
+        lanes=8,
+        eu_bytes=16,
+        clock_mhz=500.0,
+        ddr_bytes_per_cycle=4.0,
+        tdma_overhead=60.0,
+        tiu_overhead=20.0,
+        sources="lanes/EU: cvikernel cv181x_tpu_cfg.h; clock: tpu-mlir CV18xx_profiling.cpp",
+    ),
+}
+
+_ELTWISE = {  # cycles per EU step, (INT8, BF16): tpu-mlir's element-wise latencies
+    "mul": (5.5, 4.5),
+    "mac": (9, 11),
+    "add": (5, 7),
+    "sub": (5, 7),
+    "max": (3, 5),
+    "min": (3, 5),
+    "shift": (4, 4),
+    "and": (3, 5),
+    "or": (3, 5),
+    "xor": (3, 5),
+    "copy": (2, 4),
+    "ge": (3, 5),
+}
+
+
+def tiu_cycles(t: TiuCommand, k: ChipConstants) -> float:
+    """Cycles of one TIU command."""
+    eu = k.eu_bytes // 2 if t.bf16 else k.eu_bytes
+    n, c, h, w = t.out
+    lanes_used = math.ceil((t.lane_start + c) / k.lanes)
+    spatial = math.ceil(h * w / eu) if h * w else 0
+    kh, kw = t.kernel
+    shift = 2 if t.bf16 else (1 if t.per_channel else 4)
+    bias = 2 if t.operands == 3 and not t.per_channel else 0
+    psum = {0: 0, 1: 4, 2: 4}.get(t.ps32, 8)
+    post = 31 if t.per_channel else 12
+    if t.kind == "conv":
+        ic = t.inp[1]
+        per_cycle = 2 if t.double_conv and not t.bf16 else 1
+        fetch = math.ceil(((k.eu_bytes - 1) * t.stride[1] / (t.x_insert + 1) + 1) / k.eu_bytes) + 1
+        bubble = kh * kw * (fetch - ic) if fetch > ic else 0
+        loop = kh * kw * math.ceil(ic / per_cycle) + bubble + bias + shift + psum
+        if t.per_channel and not t.bf16:
+            loop = max(loop, k.eu_bytes)
+        return 41 + n * lanes_used * spatial * loop + post
+    if t.kind in ("depthwise", "avg_pool", "max_pool", "min_pool"):
+        ow = min(w, k.eu_bytes) if w else 1
+        rows = 1 if w >= k.eu_bytes else k.eu_bytes / max(w, 1)
+        misc = ((ow - 1) * t.stride[1] / (t.x_insert + 1) + 1) / k.eu_bytes * rows
+        misc += (k.eu_bytes - 1) / k.eu_bytes
+        misc = 1.0 if kh * kw == 1 or h * w == 1 else max(misc, 1.0)
+        loop = kh * kw * misc
+        if t.kind in ("max_pool", "min_pool"):
+            return n * lanes_used * spatial * (loop + 2)
+        if t.per_channel:
+            loop = max(loop, k.eu_bytes)
+        return n * lanes_used * spatial * (loop + bias + 3) + post
+    if t.kind == "matmul":
+        rows = math.ceil(c / k.lanes)
+        return 41 + n * rows * math.ceil(w / eu) * (kh + bias + shift + psum) + post
+    if t.kind == "lut":
+        return n * lanes_used * spatial * (3 + t.kernel[0]) + 26 + post
+    lat8, lat16 = _ELTWISE.get(t.kind, (4, 6))
+    return n * lanes_used * spatial * (lat16 if t.bf16 else lat8) + 26 + post
+
+
+def _dram_bytes(shape: tuple[int, int, int, int], stride: tuple[int, int, int], esize: int) -> int:
+    """DRAM bytes a transfer touches: 64-byte granules of every contiguous run."""
+    n, c, h, w = (max(v, 1) for v in shape)
+    row = w * esize
+    ns, cs, hs = stride
+    if hs == row and cs == h * row:  # whole planes are contiguous
+        runs, length = n, c * h * row
+    elif hs == row:
+        runs, length = n * c, h * row
+    else:
+        runs, length = n * c * h, row
+    return runs * (math.ceil(length / 64) * 64 + (32 if length % 64 else 0))
+
+
+def tdma_cycles(t: TdmaCommand, k: ChipConstants) -> float:
+    """Cycles of one TDMA command: the larger of its DRAM and local-memory time."""
+    n, c, h, w = (max(v, 1) for v in t.dst)
+    sram = n * c * math.ceil(h * w * t.element_bytes / k.lmem_bytes_per_cycle)
+    if t.direction == "load":
+        dram = _dram_bytes(t.src, t.src_stride, t.element_bytes) if t.special != 4 else 0
+    elif t.direction == "store":
+        dram = _dram_bytes(t.dst, t.dst_stride, t.element_bytes)
+    elif t.direction == "global":
+        dram = 2 * _dram_bytes(t.src, t.src_stride, t.element_bytes)
+    else:
+        dram = 0
+    return max(dram / k.ddr_bytes_per_cycle, sram) + k.tdma_overhead
+
+
+@dataclass(frozen=True)
+class LayerTime:
+    """The commands of one compiler layer (by id) and their busy time."""
+
+    layer: int
+    tiu_ms: float
+    tdma_ms: float
+    macs: int
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A cvimodel's estimated time on the board's TPU for one inference (batch of its input)."""
+
+    chip: str
+    ms: float  # wall time of the TPU routines, TIU and TDMA overlapped
+    tiu_ms: float  # busy time of the compute engine
+    tdma_ms: float  # busy time of the memory engine
+    macs: int
+    peak_gmacs: float
+    routines: int
+    cpu_routines: int
+    layers: tuple[LayerTime, ...] = field(repr=False, default=())
+    constants: ChipConstants | None = field(repr=False, default=None)
+
+    @property
+    def fps(self) -> float:
+        return 1000.0 / self.ms if self.ms > 0 else 0.0
+
+    @property
+    def bound(self) -> str:
+        """``compute`` when the TIU is the busier engine, else ``memory``."""
+        return "compute" if self.tiu_ms >= self.tdma_ms else "memory"
+
+    @property
+    def mac_utilization(self) -> float:
+        """MACs done per second against the chip's INT8 peak (lanes × EU × 2 per cycle)."""
+        return self.macs / (self.ms * 1e-3) / (self.peak_gmacs * 1e9) if self.ms > 0 else 0.0
+
+    def top_layers(self, n: int = 10) -> list[LayerTime]:
+        """The layers with the most busy time (TIU + TDMA)."""
+        return sorted(self.layers, key=lambda lt: lt.tiu_ms + lt.tdma_ms, reverse=True)[:n]
+
+
+def simulate(r: Routine, k: ChipConstants) -> tuple[float, float, float, dict[int, list[float]]]:
+    """(wall, TIU busy, TDMA busy) cycles of one routine, the engines overlapped as their
+    dependencies allow, and per layer id [TIU cycles, TDMA cycles]."""
+    tiu_end: dict[int, float] = {}
+    tdma_end: dict[int, float] = {}
+    free = {0: 0.0, 2: 0.0}
+    busy = {0: 0.0, 2: 0.0}
+    per_layer: dict[int, list[float]] = {}
+    order = r.order or tuple(
+        [(0, i) for i in range(len(r.tiu))] + [(2, i) for i in range(len(r.tdma))]
+    )
+    for engine, i in order:
+        if engine == 0:
+            t = r.tiu[i]
+            cyc = tiu_cycles(t, k) + k.tiu_overhead
+            ready = tdma_end.get(t.wait_tdma, 0.0) if t.wait_tdma else 0.0
+            start = max(free[0], ready)
+            free[0] = start + cyc
+            tiu_end[t.cmd_id] = free[0]
+            per_layer.setdefault(t.layer, [0.0, 0.0])[0] += cyc
+        else:
+            d = r.tdma[i]
+            cyc = tdma_cycles(d, k)
+            ready = tiu_end.get(d.wait_tiu, 0.0) if d.wait_tiu else 0.0
+            start = max(free[2], ready)
+            free[2] = start + cyc
+            tdma_end[d.cmd_id] = free[2]
+            per_layer.setdefault(d.layer, [0.0, 0.0])[1] += cyc
+        busy[engine] += cyc
+    return max(free.values()), busy[0], busy[2], per_layer
+
+
+def estimate(path: str | Path, constants: ChipConstants | None = None) -> Estimate:
+    """The estimated board time of a cvimodel's first program (its TPU routines; CPU routines
+    are counted, not timed). ``constants``: a board's fitted constants, else the chip's."""
+    from .cvimodel import read_cvimodel
+
+    info = read_cvimodel(path)
+    rs = routines(path)
+    chip = rs[0].chip if rs else info.chip
+    k = constants or CHIPS.get(chip) or CHIPS["cv180x"]
+    if constants is None and chip not in CHIPS:
+        k = replace(CHIPS["cv181x"], chip=chip)
+    wall = tiu = tdma = 0.0
+    macs = 0
+    layers: dict[int, list[float]] = {}
+    for r in rs:
+        w, a, b, per = simulate(r, k)
+        wall, tiu, tdma = wall + w, tiu + a, tdma + b
+        macs += sum(t.macs for t in r.tiu if t.kind in ("conv", "depthwise", "matmul"))
+        for lid, (x, y) in per.items():
+            acc = layers.setdefault(lid, [0.0, 0.0, 0.0])
+            acc[0] += x
+            acc[1] += y
+        for t in r.tiu:
+            if t.kind in ("conv", "depthwise", "matmul"):
+                layers[t.layer][2] += t.macs
+    to_ms = 1e-3 / k.clock_mhz
+    cpu = sum(1 for p in info.programs[:1] for name in p.routines if name == "cpu")
+    return Estimate(
+        chip=chip,
+        ms=wall * to_ms,
+        tiu_ms=tiu * to_ms,
+        tdma_ms=tdma * to_ms,
+        macs=macs,
+        peak_gmacs=k.lanes * k.eu_bytes * 2 * k.clock_mhz / 1000,
+        routines=len(rs),
+        cpu_routines=cpu,
+        layers=tuple(
+            LayerTime(lid, v[0] * to_ms, v[1] * to_ms, int(v[2])) for lid, v in layers.items()
+        ),
+        constants=k,
+    )
