@@ -160,10 +160,11 @@ def measure(result, seconds: float, calib: int) -> dict:
     stages = {s.name: s for s in result.stages}
     cal = stages.get("calibrate")
     models = result.models
-    ion = max((a.ion_mb for a in models.values()), default=0.0)
+    ion = {m: round(a.ion_mb, 2) for m, a in models.items()}
+    smallest = min(ion.values(), default=0.0)
     return {
-        "ion_mb": round(ion, 2),
-        "fits_duo": ion <= DUO_ION_MB,
+        "ion_mb": ion,
+        "fits_duo": smallest <= DUO_ION_MB,
         "int8_cos": round(min(models["int8"].cosine.values()), 4) if "int8" in models else None,
         "bf16_cos": round(min(models["bf16"].cosine.values()), 4) if "bf16" in models else None,
         "build_s": round(seconds, 1),
@@ -245,18 +246,21 @@ def table(rows: list[dict], chip: str, calib: int) -> list[str]:
         f"# Conformance: public architectures built for {chip} (INT8 + BF16)",
         "",
         f"{len(rows)} of {len(ROWS)} rows measured; {len(ok)} built (directly, partially or "
-        f"with a way around duotpu suggests). Calibration: {calib} built-in natural crops; "
+        f"with a way around duotpu suggests). Fits Duo: the smaller cvimodel's ION need ≤ "
+        f"{DUO_ION_MB:g} MB. Calibration: {calib} built-in natural crops; "
         "cosines: each cvimodel on the CV18xx simulator vs fp32 ONNX Runtime on the test "
         "image. Random weights, BatchNorm statistics re-estimated on natural crops.",
         "",
-        "| model | group | outcome | ION MB | fits Duo | INT8 cos | BF16 cos | build s "
-        "| calib s/img | notes |",
+        "| model | group | outcome | ION MB INT8 / BF16 | fits Duo | INT8 cos | BF16 cos "
+        "| build s | calib s/img | notes |",
         "|---|---|---|---:|---|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         note = r.get("way") or r.get("reason") or r.get("task", "")
+        ion = r.get("ion_mb") or {}
+        ion_text = " / ".join(f(ion.get(m), ".1f") for m in ("int8", "bf16")) if ion else "—"
         lines.append(
-            f"| {r['name']} | {r['group']} | {r['outcome']} | {f(r.get('ion_mb'), '.1f')} | "
+            f"| {r['name']} | {r['group']} | {r['outcome']} | {ion_text} | "
             f"{'' if r.get('fits_duo') is None else ('yes' if r['fits_duo'] else 'no')} | "
             f"{f(r.get('int8_cos'))} | {f(r.get('bf16_cos'))} | {f(r.get('build_s'), '.0f')} | "
             f"{f(r.get('calib_s_per_image'), '.2f')} | {note.replace('|', '/')[:160]} |"

@@ -648,18 +648,27 @@ def _ion_overrides(items: list[str]) -> dict[str, float]:
 def cmd_info(args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    from duotpu.compiler import cvimodel
+    from duotpu.builder.manifest import listed_model
+    from duotpu.compiler import cvimodel, latency
 
     ion = _ion_overrides(args.ion)
     infos = [cvimodel.read_cvimodel(Path(m)) for m in args.models]
+    estimates = []
     for info in infos:
         info.fit = cvimodel.board_fit(info, ion)
+        listed = listed_model(info.path)
+        names = latency.layer_names(listed.tensor_info if listed else None)
+        est = latency.estimate(info.path)
+        estimates.append((est, names))
     if args.json:
-        data = [i.to_dict() for i in infos]
+        data = [
+            i.to_dict() | {"estimate": latency.as_dict(e, n, args.layers or 10)}
+            for i, (e, n) in zip(infos, estimates)
+        ]
         print(json.dumps(data[0] if len(data) == 1 else data, indent=2))
         return EXIT_OK
     con = _console()
-    for info in infos:
+    for info, (est, names) in zip(infos, estimates):
         con.print(f"[bold]{info.path}[/]  ({info.file_size / 1e6:.2f} MB, md5 {info.md5_status})")
         con.print(
             f"  model {info.name}, chip [bold]{info.chip}[/], cvimodel {info.version}, "
@@ -718,12 +727,38 @@ def cmd_info(args: argparse.Namespace) -> int:
                 ("[green]" if f["fits"] else "[red]") + f["verdict"] + "[/]",
             )
         con.print(ft)
+        _print_estimate(con, est, names, args.layers)
         con.print(
             "[dim]ION assumed from the boards' stock images; set yours with --ion "
             "duo=MB (read it on the board from "
             "/sys/kernel/debug/ion/cvi_carveout_heap_dump/total_mem).[/]"
         )
     return EXIT_OK
+
+
+def _print_estimate(con, est, names: dict[int, str], layers: int | None) -> None:
+    """The board-free latency estimate: time, fps, compute vs memory, utilization."""
+    from rich.table import Table
+
+    con.print(
+        f"  estimated on the board's TPU: [bold]{est.ms:.2f} ms[/] ({est.fps:.1f} fps) — "
+        f"compute (TIU) {est.tiu_ms:.2f} ms, memory (TDMA) {est.tdma_ms:.2f} ms, "
+        f"{est.bound}-bound; {est.macs / 1e9:.3f} GMAC at {est.mac_utilization * 100:.0f} % of "
+        f"the {est.peak_gmacs:g} GMAC/s peak"
+        + (f"; {est.cpu_routines} CPU routine(s) not timed" if est.cpu_routines else "")
+    )
+    if layers:
+        t = Table(title=f"the {layers} most expensive layers (estimate)", title_justify="left")
+        for col in ("layer", "TIU ms", "TDMA ms", "MMAC"):
+            t.add_column(col, justify="left" if col == "layer" else "right")
+        for lt in est.top_layers(layers):
+            t.add_row(
+                names.get(lt.layer, f"#{lt.layer}"),
+                f"{lt.tiu_ms:.3f}",
+                f"{lt.tdma_ms:.3f}",
+                f"{lt.macs / 1e6:.1f}",
+            )
+        con.print(t)
 
 
 def _class_names(args, n_classes: int):
@@ -1407,6 +1442,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     i.add_argument("models", nargs="+", metavar="MODEL.cvimodel")
     i.add_argument("--json", action="store_true", help="print JSON")
+    i.add_argument(
+        "--layers",
+        type=int,
+        nargs="?",
+        const=10,
+        metavar="N",
+        help="the N (10) most expensive layers of the latency estimate",
+    )
     i.add_argument(
         "--ion",
         action="append",

@@ -27,6 +27,7 @@ class ListedModel:
     onnx: Path | None
     top_mlir: Path | None
     tpu_mlir: Path | None
+    tensor_info: Path | None = None  # model_deploy's layer id → tensor name table
 
 
 def _existing(path: str | None) -> Path | None:
@@ -51,5 +52,12 @@ def listed_model(cvimodel: str | Path) -> ListedModel | None:
             ):
                 tpu = None  # not the file the build made: its MLIR says nothing about this one
             onnx = _existing(data.get("reference_onnx")) or _existing(data.get("onnx"))
-            return ListedModel(mode, cvimodel, onnx, _existing(data.get("top_mlir")), tpu)
+            return ListedModel(
+                mode,
+                cvimodel,
+                onnx,
+                _existing(data.get("top_mlir")),
+                tpu,
+                _existing(entry.get("tensor_info")),
+            )
     return None

@@ -1204,6 +1204,12 @@ def _finish(
                     "cosine_vs_fp32": a.cosine,
                     "sha256": compiler.file_digest(a.cvimodel),
                     "tpu_mlir": str(a.tpu_mlir.resolve()) if a.tpu_mlir else None,
+                    # layer id → name, for the latency estimate's per-layer view
+                    "tensor_info": (
+                        str((a.tpu_mlir.parent / f"{a.cvimodel.stem}_tensor_info.txt").resolve())
+                        if a.tpu_mlir
+                        else None
+                    ),
                     "verified_images": max(len(a.per_image), 1),
                     "worst_image_cosine": min(a.per_image) if a.per_image else None,
                 }
