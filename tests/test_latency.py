@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from conftest import run_cli, tiny_recipe
 from onnx import TensorProto, helper, numpy_helper
 
+from conftest import run_cli, tiny_recipe
 from duotpu.builder import pipeline
 from duotpu.compiler import cmdbuf, latency
 

@@ -547,9 +547,12 @@ def _print_verified(console, result) -> None:
             )
         else:
             how = f"cosine vs fp32 {min(art.cosine.values()):.4f}"
-        console.print(
-            f"[bold]{mode.upper()}[/] {art.cvimodel}  (verified on the CV18xx simulator, {how})"
+        where = (
+            "the CV18xx simulator"
+            if art.simulated
+            else "its quantized MLIR: the simulator cannot load it"
         )
+        console.print(f"[bold]{mode.upper()}[/] {art.cvimodel}  (verified on {where}, {how})")
     console.print(f"manifest: {result.manifest}")
 
 
@@ -930,8 +933,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     fused = model.info.programs[0].inputs[0].pixel_format
     con.print(
         f"[bold]{model.cvimodel.name}[/] ({model.mode.upper()}, {model.info.chip}, "
-        f"batch {batches}{', fused preprocess ' + fused if fused else ''}) on the CV18xx "
-        "simulator"
+        f"batch {batches}{', fused preprocess ' + fused if fused else ''}) on "
+        + (
+            "the CV18xx simulator"
+            if model.simulable
+            else "its quantized MLIR (the CV18xx simulator cannot load it)"
+        )
     )
     if model.head is not None:
         _print_detections(con, results, "image", "CV18xx simulator")

@@ -28,6 +28,7 @@ class ListedModel:
     top_mlir: Path | None
     tpu_mlir: Path | None
     tensor_info: Path | None = None  # model_deploy's layer id → tensor name table
+    simulable: bool = True  # False: the CV18xx simulator cannot load it (checked on its MLIR)
 
 
 def _existing(path: str | None) -> Path | None:
@@ -59,5 +60,6 @@ def listed_model(cvimodel: str | Path) -> ListedModel | None:
                 _existing(data.get("top_mlir")),
                 tpu,
                 _existing(entry.get("tensor_info")),
+                not str(entry.get("verified_on", "CV18xx")).startswith("quantized"),
             )
     return None

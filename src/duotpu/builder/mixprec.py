@@ -65,6 +65,7 @@ class Candidate:
     model_outputs: Path
     tpu_mlir: Path
     all_bf16: bool = False  # the pure BF16 model (``layers`` is then empty)
+    est_ms: float = 0.0  # the board-free latency estimate (0: not estimated)
 
     @property
     def n_bf16(self) -> int:
@@ -228,10 +229,11 @@ def search(
             model.model_outputs,
             model.tpu_mlir,
             all_bf16,
+            compiler.latency.estimate(model.cvimodel).ms,
         )
         log(
             f"{label}: {kind} {m:.4f} ({'meets' if c.meets else 'below'} {need}), "
-            f"{c.shown_bf16} BF16 layer(s), ION {ion:.2f} MB"
+            f"{c.shown_bf16} BF16 layer(s), ION {ion:.2f} MB, est. {c.est_ms:.3g} ms"
         )
         return c
 
@@ -356,7 +358,17 @@ def _span(run: list[str], index: dict[str, int]) -> str:
     return f"layer {a}" if a == b else f"layers {a}–{b}"
 
 
-TABLE_HEADER = ("#", "", "candidate", "BF16 layers", "metric", "size", "ION", "fits Duo")
+TABLE_HEADER = (
+    "#",
+    "",
+    "candidate",
+    "BF16 layers",
+    "metric",
+    "size",
+    "ION",
+    "fits Duo",
+    "est. ms",
+)
 
 
 def table_cells(rows: Sequence[Candidate], chosen: int) -> list[list[str]]:
@@ -372,6 +384,7 @@ def table_cells(rows: Sequence[Candidate], chosen: int) -> list[list[str]]:
             f"{r.size_bytes / 1e6:.2f} MB",
             f"{r.ion_mb:.2f} MB",
             "yes" if r.fits_duo else "no",
+            f"{r.est_ms:.3g}" if r.est_ms else "—",
         ]
         for i, r in enumerate(rows)
     ]
@@ -382,7 +395,7 @@ def table_md(rows: Sequence[Candidate], chosen: int, target: str) -> str:
     header = [target or h if h == "metric" else h for h in TABLE_HEADER]
     lines = [
         "| " + " | ".join(header) + " |",
-        "| ---: | --- | --- | ---: | ---: | ---: | ---: | --- |",
+        "| ---: | --- | --- | ---: | ---: | ---: | ---: | --- | ---: |",
     ]
     lines += ["| " + " | ".join(cells) + " |" for cells in table_cells(rows, chosen)]
     return "\n".join(lines) + "\n"

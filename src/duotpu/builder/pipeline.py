@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import shutil
+import struct
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -140,6 +141,8 @@ class Deployed(StageResult):
     cvimodel_version: str
     model_outputs: Path
     tpu_mlir: Path
+    # False: the simulator could not load it; its outputs are the quantized MLIR's
+    simulated: bool = True
 
 
 @dataclass(frozen=True)
@@ -191,6 +194,8 @@ class ModelArtifact:
     outputs: dict[str, np.ndarray] = field(repr=False, default_factory=dict)
     tpu_mlir: Path | None = None  # its quantized MLIR in the work directory (the fast path)
     per_image: tuple[float, ...] = ()  # verified on several images: each one's worst cosine
+    estimate: Any = None  # compiler.latency.Estimate: the board-free latency estimate
+    simulated: bool = True  # False: the simulator could not load it; checked on its MLIR
 
 
 @dataclass
@@ -558,6 +563,7 @@ def stage_deploy(
 
     def run(folder: Path) -> Deployed:
         transformed_files = t.files
+        simulated = True
         if d.batch_sizes == (1,):
             try:
                 files = compiler.deploy(
@@ -570,7 +576,33 @@ def stage_deploy(
                     background=background,
                 )
             except CompilerFailure as e:
-                raise _ways_around(e, r, mode, t, table, folder, background) from None
+                files = compiler.DeployFiles(
+                    folder, t.files.name, mode.upper(), r.chip, folder / cvi_name
+                )
+                if not (
+                    e.failure.kind == "simulator-cmdbuf"
+                    and files.cvimodel.is_file()
+                    and files.tpu_outputs.is_file()
+                ):
+                    raise _ways_around(e, r, mode, t, table, folder, background) from None
+                # the board's runtime loads what the host simulator cannot: check the model on
+                # its quantized MLIR instead (INT8: bit-exact with the simulator)
+                from duotpu.compiler.cvimodel import read_cvimodel
+
+                outs = read_cvimodel(files.cvimodel).programs[0].outputs
+                compiler.outputs_without_simulator(files, [o.name for o in outs])
+                simulated = False
+                wd.events(
+                    StageEvent(
+                        f"deploy-{mode}",
+                        "warning",
+                        message=(
+                            "the CV18xx simulator cannot load this cvimodel (a command buffer "
+                            "larger than it reserves; the board has no such limit): verified on "
+                            "the quantized MLIR instead"
+                        ),
+                    )
+                )
         else:
             files = compiler.deploy_batches(
                 transformed_files,
@@ -593,6 +625,7 @@ def stage_deploy(
             info.version,
             files.model_outputs,
             files.tpu_mlir,
+            simulated,
         )
 
     return wd.run(f"deploy-{mode}", key, run, Deployed)
@@ -1093,6 +1126,14 @@ def branch_error(errors: list[BaseException]) -> BaseException:
     return errors[0] if len(errors) == 1 else BuildFailed(errors)
 
 
+def _estimate(cvimodel: Path) -> Any:
+    """The board-free latency estimate of a delivered cvimodel (None if it cannot be read)."""
+    try:
+        return compiler.latency.estimate(cvimodel)
+    except (ValueError, KeyError, IndexError, struct.error):
+        return None
+
+
 def _write_failures(result: BuildResult) -> None:
     """Record in the manifest which modes were not delivered, and why."""
     data = json.loads(result.manifest.read_text())
@@ -1127,6 +1168,8 @@ def _finish(
             {n: got[k].reshape(reference[n].shape) for n, k in ver.outputs.items()},
             dep.tpu_mlir,
             ver.per_image,
+            _estimate(final),
+            dep.simulated,
         )
     mix = None
     if mixed is not None:
@@ -1150,6 +1193,8 @@ def _finish(
             cos,
             {n: got[k].reshape(reference[n].shape) for n, k in names.items()},
             best.tpu_mlir,
+            (),
+            _estimate(final),
         )
         note = f"{best.label}: {mix.target or 'given table'} -> {best.metric:.4f}"
         if best.all_bf16:
@@ -1209,6 +1254,14 @@ def _finish(
                         str((a.tpu_mlir.parent / f"{a.cvimodel.stem}_tensor_info.txt").resolve())
                         if a.tpu_mlir
                         else None
+                    ),
+                    "estimate": (
+                        compiler.latency.as_dict(a.estimate, top=0) if a.estimate else None
+                    ),
+                    "verified_on": (
+                        "CV18xx simulator"
+                        if a.simulated
+                        else "quantized MLIR (the simulator cannot load this cvimodel)"
                     ),
                     "verified_images": max(len(a.per_image), 1),
                     "worst_image_cosine": min(a.per_image) if a.per_image else None,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from . import diagnose
+from . import diagnose, latency
 from .env import (
     TPU_MLIR_VERSION,
     cvimodel_schema,
@@ -46,6 +46,7 @@ from .steps import (
     fast_search,
     mlir_weight_files,
     model_tool_info,
+    outputs_without_simulator,
     preprocess_args,
     tolerance_advice,
     transform,
@@ -53,6 +54,7 @@ from .steps import (
 
 __all__ = [
     "diagnose",
+    "latency",
     "TPU_MLIR_VERSION",
     "cvimodel_schema",
     "file_digest",
@@ -86,6 +88,7 @@ __all__ = [
     "fast_search",
     "mlir_weight_files",
     "model_tool_info",
+    "outputs_without_simulator",
     "preprocess_args",
     "tolerance_advice",
     "transform",

@@ -299,6 +299,28 @@ class DeployFiles:
         return self.folder / f"{self._prefix}_tpu.mlir"
 
 
+def outputs_without_simulator(files: DeployFiles, output_names: list[str]) -> Path:
+    """When the CV18xx simulator cannot load a cvimodel (its command buffer is larger than the
+    simulator reserves; the board's runtime has no such limit), the model's outputs on the test
+    input from the quantized MLIR that model_deploy already ran (``*_tpu_outputs.npz``: INT8
+    bit-exact with the simulator on every model checked) are written where the simulator's
+    would be. Raises :class:`ModelError` when that file does not hold the outputs."""
+    import numpy as np
+
+    with np.load(files.tpu_outputs) as z:
+        got = {}
+        for name in output_names:
+            key = next((k for k in (name, name.removesuffix("_f32")) if k in z.files), None)
+            if key is None:
+                raise ModelError(
+                    f"{files.tpu_outputs.name} has no output {name!r}: the model cannot be "
+                    "verified without the simulator."
+                )
+            got[name] = np.array(z[key], np.float32)
+    np.savez(files.model_outputs, **got)
+    return files.model_outputs
+
+
 #: Fused-preprocess formats tpu_mlir 1.30.2 cannot validate itself: they imply VPSS-aligned
 #: input rows, and its interpreter's Csc op rejects the aligned input its own preprocessing makes
 #: ("wrong shape size", abort); aligned RGB inputs hit a floating point exception on some sizes.

@@ -19,6 +19,7 @@ class Classified:
     cosine: float | None
     size_bytes: int | None
     ion_mb: float | None
+    est_ms: float | None = None  # the board-free latency estimate
 
 
 def classify_build(result, k: int = 5) -> list[Classified]:
@@ -42,6 +43,7 @@ def classify_build(result, k: int = 5) -> list[Classified]:
                 art.cosine[ref_name],
                 art.size_bytes,
                 art.ion_mb,
+                art.estimate.ms if art.estimate is not None else None,
             )
         )
     return rows
@@ -74,6 +76,13 @@ def classification_table(rows: list[Classified], labels: list[str] | None, title
     table.add_row("file size", *[_mb(r.size_bytes) for r in rows])
     table.add_row(
         "board memory (ION)", *["—" if r.ion_mb is None else f"{r.ion_mb:.2f} MB" for r in rows]
+    )
+    table.add_row(
+        "est. board time",
+        *[
+            "—" if r.est_ms is None else f"{r.est_ms:.1f} ms ({1000 / r.est_ms:.0f} fps)"
+            for r in rows
+        ],
     )
     return table
 
@@ -109,6 +118,7 @@ class Detected:
     cosine_min: float | None
     size_bytes: int | None
     ion_mb: float | None
+    est_ms: float | None = None  # the board-free latency estimate
 
 
 def detect_build(result) -> list[Detected]:
@@ -131,6 +141,7 @@ def detect_build(result) -> list[Detected]:
                 min(art.cosine.values()),
                 art.size_bytes,
                 art.ion_mb,
+                art.estimate.ms if art.estimate is not None else None,
             )
         )
     return rows
@@ -163,6 +174,13 @@ def detection_table(rows: list[Detected], title: str, k: int = 5) -> Table:
     table.add_row("file size", *[_mb(r.size_bytes) for r in rows])
     table.add_row(
         "board memory (ION)", *["—" if r.ion_mb is None else f"{r.ion_mb:.2f} MB" for r in rows]
+    )
+    table.add_row(
+        "est. board time",
+        *[
+            "—" if r.est_ms is None else f"{r.est_ms:.1f} ms ({1000 / r.est_ms:.0f} fps)"
+            for r in rows
+        ],
     )
     return table
 

@@ -41,6 +41,7 @@ class BuiltModel:
     head: YoloHead | None = None
     top_mlir: Path | None = None
     tail: Path | None = None  # cut with model.outputs: the rest of the model, run on the CPU
+    simulable: bool = True  # False: the simulator cannot load it; infer runs its quantized MLIR
 
     @property
     def input_name(self) -> str:
@@ -81,8 +82,10 @@ def open_model(path: str | Path, recipe_path: str | Path | None = None) -> Built
             )
         recipe = load_recipe(found)
     listed = listed_model(path)
+    simulable = True
     if listed is not None:
         mode, onnx, tpu, top = listed.mode, listed.onnx, listed.tpu_mlir, listed.top_mlir
+        simulable = listed.simulable
     else:  # a cvimodel from elsewhere: no fast path, no fp32 reference
         dtypes = {t.dtype for p in info.programs for t in p.inputs + p.outputs}
         mode = "bf16" if "bf16" in dtypes else "int8"
@@ -104,7 +107,7 @@ def open_model(path: str | Path, recipe_path: str | Path | None = None) -> Built
                 f"the rest, {tail.name} (written by duotpu build beside it), is missing. Copy "
                 "it from the build folder or rebuild."
             )
-    return BuiltModel(path, info, recipe, mode, onnx, tpu, head, top, tail)
+    return BuiltModel(path, info, recipe, mode, onnx, tpu, head, top, tail, simulable)
 
 
 def tensors_for(model: BuiltModel, images: list) -> list[np.ndarray]:
@@ -193,6 +196,8 @@ def infer(
     quantized MLIR from the build's work directory: same integer arithmetic, far faster).
     Returns, per input, the outputs by the cvimodel's output names (fp32).
     """
+    if backend == "cvimodel" and not model.simulable and model.tpu_mlir is not None:
+        backend = "mlir"  # the simulator cannot load this model; its MLIR is bit-exact (INT8)
     if backend == "mlir" and model.tpu_mlir is None:
         raise ModelError(
             f"The quantized MLIR of {model.cvimodel} is not available (the build's "
