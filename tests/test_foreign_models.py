@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 import tinymodels
 from conftest import run_cli, tiny_recipe
@@ -166,3 +167,28 @@ def test_a_model_that_is_not_a_classifier_is_shown_as_tensors(tmp_path: Path) ->
     for d in data["modes"].values():
         assert set(d["cosine_mean"]) == {"mask", "box"}
         assert all(d["cosine_worst"][n] <= d["cosine_mean"][n] for n in d["cosine_mean"])
+
+
+@pytest.mark.slow
+def test_a_model_the_simulator_cannot_load_is_checked_on_its_mlir(tmp_path: Path) -> None:
+    """ResNet50 for cv180x: model_deploy writes the cvimodel, then the CV18xx simulator aborts
+    loading it (a command buffer beyond its reserve). duotpu verifies it on the quantized MLIR
+    model_deploy already ran, says so, and predict runs there too."""
+    out = tmp_path / "b"
+    r = run_cli(
+        "build", "torchvision:resnet50", "--name", "r50", "--out", str(out), "--quantize",
+        "int8", "--calib-count", "2", "--mean", "0.485,0.456,0.406", "--std",
+        "0.229,0.224,0.225",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    said = " ".join((r.stdout + r.stderr).split())
+    assert "simulator cannot load this cvimodel" in said
+    entry = json.loads((out / "manifest.json").read_text())["models"]["int8"]
+    assert (
+        entry["verified_on"].startswith("quantized MLIR")
+        and entry["cosine_vs_fp32"]["output"] > 0.9
+    )
+    p = run_cli(
+        "predict", str(out / "r50_cv180x_int8.cvimodel"), str(out / "work/inputs/chelsea.png")
+    )
+    assert p.returncode == 0 and "quantized MLIR" in p.stdout, p.stderr
