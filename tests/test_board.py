@@ -355,3 +355,39 @@ def test_a_cut_generic_model_on_the_board_is_finished_on_the_host(profile, tmp_p
     ]
     for a, c in zip(h, o):
         assert abs(a["mean"] - c["mean"]) < 1e-3 and c["cosine_vs_fp32"] > 0.99
+
+
+@emulator_only
+def test_bench_calibrate_fits_the_boards_constants(emu, profile, tiny_build):
+    """The emulated board's TPU times come from the estimate with other constants (a board
+    that computes 1.3× slower, with 3 bytes/cycle of DDR and 120 cycles per TDMA command);
+    `board bench --calibrate` recovers them, saves them in the profile, and the estimates for
+    that board then match its times."""
+    truth = {"tiu_scale": 1.3, "ddr_bytes_per_cycle": 3.0, "tdma_overhead": 120.0}
+    emu.configure(latency=truth)
+    models = [str(tiny_build.models[m].cvimodel) for m in ("int8", "bf16")]
+    before = run_cli("board", "bench", *models, "--board", profile.name, "--count", "3", "--json")
+    assert before.returncode == 0, before.stderr
+    first = json.loads(before.stdout)
+    assert first["fitted"] is None
+    errors = [m["estimate"]["ms"] / m["median_ms"] - 1 for m in first["models"]]
+    assert max(abs(e) for e in errors) > 0.05  # the chip's constants miss this board
+    r = run_cli(
+        "board", "bench", *models, "--board", profile.name, "--count", "3", "--calibrate",
+        "--json",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)
+    fit = data["fitted"]
+    assert abs(fit["tiu_scale"] / truth["tiu_scale"] - 1) < 0.03, fit
+    assert abs(fit["ddr_bytes_per_cycle"] / truth["ddr_bytes_per_cycle"] - 1) < 0.2, fit
+    assert abs(fit["tdma_overhead"] - truth["tdma_overhead"]) <= 20, fit
+    saved = board.load_profiles()[profile.name]
+    assert (saved.tiu_scale, saved.ddr_bytes_per_cycle) == (
+        fit["tiu_scale"],
+        fit["ddr_bytes_per_cycle"],
+    )
+    for m in data["models"]:
+        assert abs(m["estimate"]["ms"] / m["median_ms"] - 1) < 0.03, m
+    text = run_cli("board", "bench", models[0], "--board", profile.name, "--count", "2")
+    assert "estimate (this board)" in text.stdout, text.stderr

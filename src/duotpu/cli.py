@@ -1275,48 +1275,82 @@ def cmd_board_run(args) -> int:
 
 def cmd_board_bench(args) -> int:
     from duotpu import board
+    from duotpu.infer import runtime
 
-    model = _board_model(args)
-    image = args.image or model.recipe.test_image or "builtin:chelsea"
-    if Path(image).is_dir():
-        from duotpu.core.images import list_files
-
-        image = str(list_files(Path(image))[0])
-    if image.startswith("builtin:"):
-        from duotpu.core.images import builtin_photo
-        from duotpu.infer import runtime
-
-        tensor = runtime.tensors_for(model, [builtin_photo(image.split(":", 1)[1])])[0]
-    else:
-        tensor = _board_inputs(model, [image])[0]
     con = _console()
+    measured = []
     with _open_board(args) as b:
-        _checked(b, [args.model], args.force, con)
-        r = board.bench(b, model.cvimodel, tensor, model.input_name, args.count)
+        _checked(b, args.model, args.force, con)
+        for path in args.model:
+            model = runtime.open_model(path, getattr(args, "recipe", None))
+            image = args.image or model.recipe.test_image or "builtin:chelsea"
+            if Path(image).is_dir():
+                from duotpu.core.images import list_files
+
+                image = str(list_files(Path(image))[0])
+            if image.startswith("builtin:"):
+                from duotpu.core.images import builtin_photo
+
+                tensor = runtime.tensors_for(model, [builtin_photo(image.split(":", 1)[1])])[0]
+            else:
+                tensor = _board_inputs(model, [image])[0]
+            r = board.bench(b, model.cvimodel, tensor, model.input_name, args.count)
+            measured.append((model.cvimodel, r, board.estimate_for(b.profile, model.cvimodel)))
+        profile = b.profile
+    fit = None
+    if args.calibrate:
+        profile, fit = board.calibrate(profile, [(p, r) for p, r, _ in measured])
+        measured = [(p, r, board.estimate_for(profile, p)) for p, r, _ in measured]
     if args.json:
         print(
             json.dumps(
                 {
-                    "runs": r.runs,
-                    "mean_ms": r.mean_ms,
-                    "fps": r.fps,
-                    "median_ms": r.median_ms,
-                    "p90_ms": r.p90_ms,
-                    "inference_ms": r.inference_ms,
-                    "tdma_ms": r.tdma_ms,
-                    "tiu_ms": r.tiu_ms,
+                    "board": profile.name,
+                    "models": [
+                        {
+                            "model": str(p),
+                            "runs": r.runs,
+                            "mean_ms": r.mean_ms,
+                            "fps": r.fps,
+                            "median_ms": r.median_ms,
+                            "p90_ms": r.p90_ms,
+                            "inference_ms": r.inference_ms,
+                            "tdma_ms": r.tdma_ms,
+                            "tiu_ms": r.tiu_ms,
+                            "estimate": {
+                                "ms": e.ms,
+                                "tiu_ms": e.tiu_ms,
+                                "tdma_ms": e.tdma_ms,
+                            },
+                        }
+                        for p, r, e in measured
+                    ],
+                    "fitted": fit,
                 },
                 indent=2,
             )
         )
         return EXIT_OK
-    con.print(
-        f"[bold]{model.cvimodel.name}[/] on {b.profile.host}: {r.runs} runs, median "
-        f"{r.median_ms:.2f} ms, p90 {r.p90_ms:.2f} ms, mean {r.mean_ms:.2f} ms, "
-        f"{r.fps:.1f} fps"
-    )
-    if r.tpu_split:
-        con.print("  TPU time: " + r.tpu_split)
+    for p, r, e in measured:
+        con.print(
+            f"[bold]{p.name}[/] on {profile.host}: {r.runs} runs, median "
+            f"{r.median_ms:.2f} ms, p90 {r.p90_ms:.2f} ms, mean {r.mean_ms:.2f} ms, "
+            f"{r.fps:.1f} fps"
+        )
+        if r.tpu_split:
+            con.print("  TPU time: " + r.tpu_split)
+        err = e.ms / r.median_ms - 1 if r.median_ms else 0.0
+        con.print(
+            f"  estimate{' (this board)' if any(board.fitted(profile).values()) else ''}: "
+            f"{e.ms:.2f} ms (TIU {e.tiu_ms:.2f}, TDMA {e.tdma_ms:.2f}), {err * 100:+.0f} % vs "
+            "the measured median"
+        )
+    if fit is not None:
+        con.print(
+            f"fitted to {profile.name}: compute scale {fit['tiu_scale']:g}, DDR "
+            f"{fit['ddr_bytes_per_cycle']:g} bytes/cycle, {fit['tdma_overhead']:g} cycles per "
+            "TDMA command — saved in its profile; later estimates for this board use them"
+        )
     return EXIT_OK
 
 
@@ -1613,8 +1647,13 @@ def build_parser() -> argparse.ArgumentParser:
     ru.set_defaults(func=cmd_board_run)
     be = bsub.add_parser("bench", help="latency on the board: median, p90, TPU time split")
     board_args(be, models=True)
-    be.add_argument("model", metavar="MODEL.cvimodel")
+    be.add_argument("model", metavar="MODEL.cvimodel", nargs="+")
     be.add_argument("--count", type=int, default=50)
+    be.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="fit the latency estimate's constants to this board and save them in its profile",
+    )
     be.add_argument("--image", help="input image (default: the build's test image)")
     be.add_argument("--json", action="store_true")
     be.set_defaults(func=cmd_board_bench)

@@ -44,8 +44,12 @@ from .sync import (
     remote_model_path,
     sdk_files,
 )
+from .timing import calibrate, estimate_for, fitted
 
 __all__ = [
+    "calibrate",
+    "estimate_for",
+    "fitted",
     "DEFAULT_ION_PATH",
     "PASSWORD_ENV",
     "BoardProfile",

@@ -33,6 +33,11 @@ class BoardProfile:
     ion_path: str = DEFAULT_ION_PATH
     tpu_device: str = "/dev/cvi-tpu0"
     soc_path: str = "/proc/device-tree/compatible"
+    # the latency estimate's constants fitted to this board (`board bench --calibrate`;
+    # 0: the chip's defaults)
+    tiu_scale: float = 0.0
+    ddr_bytes_per_cycle: float = 0.0
+    tdma_overhead: float = 0.0
 
 
 def config_dir() -> Path:

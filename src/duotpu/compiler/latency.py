@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from .cmdbuf import Routine, TdmaCommand, TiuCommand, routines
 
@@ -38,6 +39,7 @@ class ChipConstants:
     # pointwise-heavy EfficientNet-Lite0), larger kernels do not (ResNet18's 3x3)
     double_conv_gain: float = 1.0
     double_conv_gain_1x1: float = 2.0
+    tiu_scale: float = 1.0  # a board's measured compute time over the model's (fitted)
     lmem_bytes_per_cycle: int = 16  # local memory width (LOCAL_MEM_WIDTH)
     sources: str = ""
 
@@ -221,7 +223,7 @@ def simulate(r: Routine, k: ChipConstants) -> tuple[float, float, float, dict[in
     for engine, i in order:
         if engine == 0:
             t = r.tiu[i]
-            cyc = tiu_cycles(t, k) + k.tiu_overhead
+            cyc = tiu_cycles(t, k) * k.tiu_scale + k.tiu_overhead
             ready = tdma_end.get(t.wait_tdma, 0.0) if t.wait_tdma else 0.0
             start = max(free[0], ready)
             free[0] = start + cyc
@@ -318,4 +320,69 @@ def as_dict(e: Estimate, names: dict[int, str] | None = None, top: int = 10) -> 
             }
             for lt in e.top_layers(top)
         ],
+    }
+
+
+#: the constants a board profile may override (fitted by ``board bench --calibrate``)
+FITTED = ("tiu_scale", "ddr_bytes_per_cycle", "tdma_overhead")
+
+
+def constants_for(chip: str, overrides: dict[str, float] | None = None) -> ChipConstants:
+    """The chip's constants with a board's fitted values (zero or missing: the chip's)."""
+    k = CHIPS.get(chip) or replace(CHIPS["cv181x"], chip=chip)
+    given: dict[str, Any] = {n: float(v) for n, v in (overrides or {}).items() if n in FITTED and v}
+    return replace(k, **given) if given else k
+
+
+@dataclass(frozen=True)
+class Measured:
+    """One model's times on a board: the PMU's busy times of the two engines, per inference."""
+
+    cvimodel: Path
+    tiu_ms: float
+    tdma_ms: float
+
+
+def fit(measured: list[Measured], chip: str) -> dict[str, float]:
+    """Constants that make the estimate match a board's measurements: the TIU scale from the
+    compute times (least squares through 0), the DDR bandwidth and per-command TDMA overhead
+    from the memory times (a grid search on the relative error; with one model only the
+    bandwidth is fitted, the overhead stays the chip's)."""
+    import numpy as np
+
+    base = constants_for(chip)
+    rs = [routines(m.cvimodel) for m in measured]
+    one = replace(base, tiu_scale=1.0, tiu_overhead=0.0)
+    tiu_est = np.array([sum(simulate(r, one)[1] for r in x) / base.clock_mhz / 1e3 for x in rs])
+    tiu_meas = np.array([m.tiu_ms for m in measured])
+    n_tiu = np.array([sum(len(r.tiu) for r in x) for x in rs], float)
+    # measured = scale * compute + overhead * commands (ms): overhead kept, scale fitted
+    over_ms = n_tiu * base.tiu_overhead / base.clock_mhz / 1e3
+    scale = float(np.dot(tiu_est, tiu_meas - over_ms) / max(np.dot(tiu_est, tiu_est), 1e-12))
+    tdma_meas = np.array([m.tdma_ms for m in measured])
+
+    def tdma_ms(bw: float, ovh: float) -> np.ndarray:
+        k = replace(base, ddr_bytes_per_cycle=bw, tdma_overhead=ovh)
+        return np.array(
+            [sum(tdma_cycles(d, k) for r in x for d in r.tdma) / base.clock_mhz / 1e3 for x in rs]
+        )
+
+    bws = np.geomspace(0.25, 32, 60)
+    ovhs = np.linspace(0, 400, 41) if len(measured) > 1 else np.array([base.tdma_overhead])
+    best = (np.inf, base.ddr_bytes_per_cycle, base.tdma_overhead)
+    for bw in bws:
+        for ovh in ovhs:
+            err = float(np.sum((tdma_ms(bw, ovh) / tdma_meas - 1) ** 2))
+            if err < best[0]:
+                best = (err, float(bw), float(ovh))
+    # refine the bandwidth around the best grid point
+    _, bw0, ovh0 = best
+    for bw in np.geomspace(bw0 / 1.1, bw0 * 1.1, 41):
+        err = float(np.sum((tdma_ms(bw, ovh0) / tdma_meas - 1) ** 2))
+        if err < best[0]:
+            best = (err, float(bw), ovh0)
+    return {
+        "tiu_scale": round(scale, 4),
+        "ddr_bytes_per_cycle": round(best[1], 3),
+        "tdma_overhead": round(best[2], 1),
     }
