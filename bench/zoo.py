@@ -161,9 +161,11 @@ def measure(result, seconds: float, calib: int) -> dict:
     cal = stages.get("calibrate")
     models = result.models
     ion = {m: round(a.ion_mb, 2) for m, a in models.items()}
+    est = {m: round(a.estimate.ms, 2) for m, a in models.items() if a.estimate is not None}
     smallest = min(ion.values(), default=0.0)
     return {
         "ion_mb": ion,
+        "est_ms": est,
         "fits_duo": smallest <= DUO_ION_MB,
         "int8_cos": round(min(models["int8"].cosine.values()), 4) if "int8" in models else None,
         "bf16_cos": round(min(models["bf16"].cosine.values()), 4) if "bf16" in models else None,
@@ -251,21 +253,37 @@ def table(rows: list[dict], chip: str, calib: int) -> list[str]:
         "cosines: each cvimodel on the CV18xx simulator vs fp32 ONNX Runtime on the test "
         "image. Random weights, BatchNorm statistics re-estimated on natural crops.",
         "",
-        "| model | group | outcome | ION MB INT8 / BF16 | fits Duo | INT8 cos | BF16 cos "
-        "| build s | calib s/img | notes |",
-        "|---|---|---|---:|---|---:|---:|---:|---:|---|",
+        "| model | group | outcome | ION MB INT8 / BF16 | fits Duo | est. ms INT8 / BF16 "
+        "| INT8 cos | BF16 cos | build s | calib s/img | notes |",
+        "|---|---|---|---:|---|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         note = r.get("way") or r.get("reason") or r.get("task", "")
         ion = r.get("ion_mb") or {}
         ion_text = " / ".join(f(ion.get(m), ".1f") for m in ("int8", "bf16")) if ion else "—"
+        est = r.get("est_ms") or estimates(r)
+        est_text = " / ".join(f(est.get(m), ".1f") for m in ("int8", "bf16")) if est else "—"
         lines.append(
             f"| {r['name']} | {r['group']} | {r['outcome']} | {ion_text} | "
             f"{'' if r.get('fits_duo') is None else ('yes' if r['fits_duo'] else 'no')} | "
+            f"{est_text} | "
             f"{f(r.get('int8_cos'))} | {f(r.get('bf16_cos'))} | {f(r.get('build_s'), '.0f')} | "
             f"{f(r.get('calib_s_per_image'), '.2f')} | {note.replace('|', '/')[:160]} |"
         )
     return lines
+
+
+def estimates(row: dict) -> dict[str, float]:
+    """The latency estimate of a row's delivered cvimodels (rows measured before the
+    estimate was recorded): from the files in its build folder."""
+    from duotpu.compiler import latency
+
+    out = {}
+    for folder in (WORK / row["chip"] / row["name"], WORK / row["chip"] / f"{row['name']}-cut"):
+        for m in ("int8", "bf16"):
+            for cvi in folder.glob(f"*_{row['chip']}_{m}.cvimodel"):
+                out.setdefault(m, round(latency.estimate(cvi).ms, 2))
+    return out
 
 
 def main() -> None:

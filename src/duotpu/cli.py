@@ -906,6 +906,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         args.inputs = args.images
         return cmd_board_run(args)
 
+    from duotpu.compiler import latency
     from duotpu.infer import runtime
 
     model = runtime.open_model(args.model, args.recipe)
@@ -921,8 +922,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 {
                     "model": str(model.cvimodel),
                     "mode": model.mode,
-                    "backend": "cv18xx simulator",
+                    "backend": "cv18xx simulator" if model.simulable else "quantized MLIR",
                     "results": results,
+                    "estimate": latency.as_dict(latency.estimate(model.cvimodel), top=0),
                 },
                 indent=2,
             )
