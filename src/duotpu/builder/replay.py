@@ -1,9 +1,9 @@
 """``save_input_files``: an archive with a build's inputs and a shell script that replays the
 exact compiler commands it ran (the old tool's ``--save_input_files``).
 
-The commands are read back from the stage logs (each starts with ``$ (cd DIR && COMMAND)``,
-written by :func:`duotpu.compiler.runner.run_tool`), so the script holds what really ran, with the
-machine's absolute paths rewritten to the archive's own layout::
+The commands come from the stages' records (every command a stage runs goes through
+:func:`duotpu.compiler.runner.run_argv`, which records it), so the script holds what really ran,
+with the machine's absolute paths rewritten to the archive's own layout::
 
     NAME_inputs/
       NAME.onnx  inputs/TEST_IMAGE  calibration/*.jpg  replay.sh  README.txt
@@ -24,14 +24,19 @@ from pathlib import Path
 
 from duotpu.config.errors import DataError
 
+_TOOLS = {"transform": "model_transform", "calibrate": "run_calibration", "deploy": "model_deploy"}
 
-def _command(log: Path) -> tuple[str, list[str]]:
-    first = log.read_text(errors="replace").splitlines()[0]
-    if not first.startswith("$ (cd "):
-        raise DataError(f"{log} does not start with the command duotpu ran; rebuild.")
-    inner = first[len("$ (cd ") :].rstrip(")")
-    cwd, cmd = inner.split(" && ", 1)
-    return cwd, shlex.split(cmd)
+
+def _command(stage) -> tuple[str, list[str]]:
+    """The compiler command a stage ran, from its record (``Stage.commands``)."""
+    tool = _TOOLS[stage.name.split("-")[0]]
+    for c in stage.commands:
+        if any(Path(a).name.startswith(tool) for a in c.argv[:2]):
+            return str(c.cwd), list(c.argv)
+    raise DataError(
+        f"The {stage.name} stage's record holds no {tool} command (it was made by an older "
+        "duotpu); rebuild without the cache to archive it."
+    )
 
 
 def write_input_archive(result, out: Path | None = None) -> Path:
@@ -41,16 +46,16 @@ def write_input_archive(result, out: Path | None = None) -> Path:
     work = Path(result.work_dir).resolve()
     name = r.name
     out = Path(out) if out else result.out_dir / f"{name}_inputs.tar.gz"
-    steps: list[tuple[str, Path]] = [("transform", work / "transform" / "transform.log")]
-    if "int8" in r.quantize:
-        steps.append(("calibrate", work / "calibrate" / "calibrate.log"))
-    steps += [(f"deploy-{m}", work / f"deploy-{m}" / "deploy.log") for m in r.quantize]
-    for _, log in steps:
-        if not log.is_file():
-            raise DataError(
-                f"{log} is missing: the archive needs every stage's log (a "
-                "multi-batch or mixed build is not archived); rebuild."
-            )
+    by_name = {s.name: s for s in result.stages}
+    names = ["transform", *(["calibrate"] if "int8" in r.quantize else [])]
+    names += [f"deploy-{m}" for m in r.quantize]
+    missing = [n for n in names if n not in by_name]
+    if missing:
+        raise DataError(
+            f"The build has no {', '.join(missing)} stage to archive (a multi-batch or mixed "
+            "build is not archived); rebuild."
+        )
+    steps = [(n, _command(by_name[n])) for n in names]
     onnx = Path(result.onnx).resolve()
     test_image = result.test_image_path.resolve()
     cal_dir = (work / "calibrate" / "images").resolve() if "int8" in r.quantize else None
@@ -78,8 +83,7 @@ def write_input_archive(result, out: Path | None = None) -> Path:
             'cd "$(dirname "$0")"',
             "mkdir -p transform calibrate " + " ".join(f"deploy-{m}" for m in r.quantize),
         ]
-        for stage, log in steps:
-            cwd, argv = _command(log)
+        for stage, (_cwd, argv) in steps:
             tool = (
                 Path(argv[1]).name
                 if argv[0].endswith(("python", "python3"))

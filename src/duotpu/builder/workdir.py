@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Generic, TypeVar
 
+from duotpu.compiler.runner import recording
+
 STAGE_FILE = "stage.json"
 
 
@@ -147,8 +149,17 @@ def result_files(obj: Any) -> list[Path]:
 # The work directory
 # --------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
+class Command:
+    """One external command a stage ran: its working folder and argument list."""
+
+    cwd: Path
+    argv: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Stage(Generic[R]):
-    """One stage of a build: where it ran, whether it came from the cache, its typed result."""
+    """One stage of a build: where it ran, whether it came from the cache, its typed result,
+    and the commands it ran (from the record when cached)."""
 
     name: str
     cached: bool
@@ -156,6 +167,7 @@ class Stage(Generic[R]):
     folder: Path
     result: R
     key: dict[str, Any]
+    commands: tuple[Command, ...] = ()
 
 
 def key_hash(key: dict[str, Any]) -> str:
@@ -183,8 +195,8 @@ class WorkDir:
         khash = key_hash(key)
         cached = self._cached(folder, khash, result_type)
         if cached is not None:
-            seconds, result = cached
-            stage = Stage(name, True, seconds, folder, result, key)
+            seconds, result, commands = cached
+            stage = Stage(name, True, seconds, folder, result, key, commands)
             self._keep(stage)
             self.events(StageEvent(name, "cached", seconds))
             return stage
@@ -194,12 +206,21 @@ class WorkDir:
         self.events(StageEvent(name, "start"))
         t0 = time.monotonic()
         try:
-            made = fn(tmp)
+            with recording() as runs:
+                made = fn(tmp)
         except BaseException:
             self.events(StageEvent(name, "failed", time.monotonic() - t0))
             raise
         seconds = time.monotonic() - t0
         data = to_json(made, tmp)
+        # the commands as they will read once the temporary folder is renamed into place
+        moved = [
+            (
+                str(run.cwd).replace(str(tmp), str(folder)),
+                [a.replace(str(tmp), str(folder)) for a in run.argv],
+            )
+            for run in runs
+        ]
         record = {
             "stage": name,
             "key_hash": khash,
@@ -207,26 +228,34 @@ class WorkDir:
             "seconds": round(seconds, 3),
             "finished": time.time(),
             "result": data,
+            "commands": [{"cwd": cwd, "argv": argv} for cwd, argv in moved],
         }
         write_json(tmp / STAGE_FILE, record)
         shutil.rmtree(folder, ignore_errors=True)
         os.replace(tmp, folder)
-        stage = Stage(name, False, seconds, folder, from_json(result_type, data, folder), key)
+        commands = tuple(Command(Path(cwd), tuple(argv)) for cwd, argv in moved)
+        result = from_json(result_type, data, folder)
+        stage = Stage(name, False, seconds, folder, result, key, commands)
         self._keep(stage)
         self.events(StageEvent(name, "done", seconds))
         return stage
 
-    def _cached(self, folder: Path, khash: str, result_type: type[R]) -> tuple[float, R] | None:
+    def _cached(
+        self, folder: Path, khash: str, result_type: type[R]
+    ) -> tuple[float, R, tuple[Command, ...]] | None:
         try:
             old = json.loads((folder / STAGE_FILE).read_text())
             if old.get("key_hash") != khash:
                 return None
             result = from_json(result_type, old["result"], folder)
+            commands = tuple(
+                Command(Path(c["cwd"]), tuple(c["argv"])) for c in old.get("commands", [])
+            )
         except (OSError, ValueError, KeyError, TypeError):
             return None  # no record, or one an older duotpu wrote: run the stage
         if not all(p.exists() for p in result_files(result)):
             return None
-        return float(old.get("seconds", 0.0)), result
+        return float(old.get("seconds", 0.0)), result, commands
 
     def _keep(self, stage: Stage[Any]) -> None:
         with self._lock:

@@ -10,6 +10,7 @@ tail when it fails.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -18,7 +19,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Sequence
+from typing import IO, Any, Iterator, Sequence
 
 from duotpu.config.errors import Interrupted, ToolchainError
 
@@ -165,6 +166,25 @@ class ToolRun:
     argv: list[str]
     log_path: Path
     seconds: float
+    cwd: Path = Path(".")
+
+
+_recording = threading.local()
+
+
+@contextlib.contextmanager
+def recording() -> Iterator[list[ToolRun]]:
+    """Collect every tool this thread runs inside the block (the commands a stage ran, kept in
+    its record so nothing has to read them back from log text)."""
+    stack = getattr(_recording, "stack", None)
+    if stack is None:
+        stack = _recording.stack = []
+    runs: list[ToolRun] = []
+    stack.append(runs)
+    try:
+        yield runs
+    finally:
+        stack.remove(runs)
 
 
 def run_tool(
@@ -220,7 +240,10 @@ def run_argv(
     if rc != 0:
         text = log_path.read_text(errors="replace")
         raise ToolchainError(step, argv, rc, log_path, log_tail(log_path), _diagnose(step, text))
-    return ToolRun(step, argv, log_path, seconds)
+    run = ToolRun(step, argv, log_path, seconds, cwd)
+    for runs in getattr(_recording, "stack", []):
+        runs.append(run)
+    return run
 
 
 def _quote(arg: str) -> str:
