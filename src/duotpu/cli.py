@@ -1357,39 +1357,34 @@ def cmd_board_bench(args) -> int:
 
 
 def cmd_board_compare(args) -> int:
+    from dataclasses import asdict
+
     from duotpu import board
-    from duotpu.core import metrics
-    from duotpu.infer import runtime
 
     model = _board_model(args)
-    tensors = _board_inputs(model, [args.input])
+    tensor = _board_inputs(model, [args.input])[0]
     con = _console()
     with _open_board(args) as b:
         _checked(b, [args.model], args.force, con)
-        on_board = board.run_model(b, model.cvimodel, model.info, tensors, model.input_name)[0]
-    sim = runtime.infer(model, tensors)[0]
-    fp32 = runtime.fp32_reference(model, tensors)[0] if model.onnx else None
-    rows = []
-    for k, name in enumerate(model.output_names):
-        row = {"output": name, "board_vs_simulator": metrics.cosine(on_board[name], sim[name])}
-        if fp32 is not None:
-            row["board_vs_fp32"] = metrics.cosine(on_board[name], fp32[k])
-            row["simulator_vs_fp32"] = metrics.cosine(sim[name], fp32[k])
-        rows.append(row)
+        rows = board.compare(b, model, tensor)
     if args.json:
-        print(json.dumps({"model": str(model.cvimodel), "outputs": rows}, indent=2))
+        print(
+            json.dumps(
+                {"model": str(model.cvimodel), "outputs": [asdict(r) for r in rows]}, indent=2
+            )
+        )
         return EXIT_OK
     for row in rows:
         con.print(
-            f"{row['output']}: board vs simulator cosine {row['board_vs_simulator']:.6f}"
+            f"{row.output}: board vs simulator cosine {row.board_vs_simulator:.6f}"
             + (
-                f", board vs fp32 {row['board_vs_fp32']:.6f}, simulator vs fp32 "
-                f"{row['simulator_vs_fp32']:.6f}"
-                if "board_vs_fp32" in row
+                f", board vs fp32 {row.board_vs_fp32:.6f}, simulator vs fp32 "
+                f"{row.simulator_vs_fp32:.6f}"
+                if row.board_vs_fp32 is not None and row.simulator_vs_fp32 is not None
                 else ""
             )
         )
-        if row["board_vs_simulator"] < 0.999:
+        if not row.agrees:
             con.print(
                 "[red]  the board disagrees with the simulator[/]: check the SDK version "
                 "and the input preprocessing."

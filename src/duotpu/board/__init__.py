@@ -13,6 +13,7 @@ from .checks import (
     runtime_version,
     sdk_usable,
 )
+from .compare import OutputComparison, compare
 from .profiles import (
     DEFAULT_ION_PATH,
     PASSWORD_ENV,
@@ -47,6 +48,8 @@ from .sync import (
 from .timing import calibrate, estimate_for, fitted
 
 __all__ = [
+    "OutputComparison",
+    "compare",
     "calibrate",
     "estimate_for",
     "fitted",
