@@ -35,9 +35,7 @@ class ChipConstants:
     tdma_overhead: float  # cycles per TDMA command (descriptor fetch, DRAM latency)
     tiu_overhead: float  # cycles per TIU command beyond its compute
     # how much faster a conv with double_conv = 1 (two input channels per cycle) runs: 2 in
-    # tpu-mlir's cycle model; fitted on the published cv180x times (smallest largest error):
-    # 1.5 for 1x1 kernels (pointwise-heavy EfficientNet-Lite0, MobileNetV2), none for larger
-    # ones (ResNet18's 3x3 convs match the board without it)
+    # tpu-mlir's cycle model; fitted per chip on published times (see CHIPS)
     double_conv_gain: float = 1.0
     double_conv_gain_1x1: float = 1.5
     tiu_scale: float = 1.0  # a board's measured compute time over the model's (fitted)
@@ -45,35 +43,39 @@ class ChipConstants:
     sources: str = ""
 
 
-#: Per chip. DRAM: tpu-mlir's model assumes 1886 MT/s × 4 bytes; measured boards reach about half
-#: of a bus's peak, and the cv180x's 16-bit DDR2 (Duo) is narrower than cv181x's DDR3 (Duo 256M).
-#: The bandwidth and overheads were set from the published cv180x table (resnet18,
-#: mobilenet_v2, squeezenet_v1.1, efficientnet-lite_b0, latency-facts.md) and are refitted per
-#: board by ``duotpu board bench --calibrate``.
+#: Per chip. Lanes, EU width and clock come from the chip headers and tpu-mlir; the DDR bandwidth
+#: and how much ``double_conv`` speeds a convolution up are fitted per chip (``bench/latency.py
+#: --fit``) on the published times of resnet18, mobilenet_v2, squeezenet_v1.1 and
+#: efficientnet-lite_b0 (latency-facts.md), and refitted per board by ``duotpu board bench
+#: --calibrate``. The published cv181x times are ~1.8× faster per lane than cv180x's: a faster
+#: clock or a working double_conv on cv181x, which the fit cannot tell apart.
 CHIPS: dict[str, ChipConstants] = {
     "cv180x": ChipConstants(
         "cv180x",
         lanes=2,
         eu_bytes=16,
         clock_mhz=500.0,
-        ddr_bytes_per_cycle=4.0,
+        ddr_bytes_per_cycle=6.0,
         tdma_overhead=60.0,
         tiu_overhead=20.0,
         double_conv_gain=1.0,
+        double_conv_gain_1x1=1.2,
         sources="lanes/EU: cvikernel cv180x_tpu_cfg.h; clock: tpu-mlir CV18xx_profiling.cpp; "
-        "DDR and double_conv gain: fitted on the published cv180x times",
+        "DDR and double_conv gains: `bench/latency.py --fit` on the 4 published cv180x rows",
     ),
     "cv181x": ChipConstants(
         "cv181x",
         lanes=8,
         eu_bytes=16,
         clock_mhz=500.0,
-        ddr_bytes_per_cycle=4.0,
+        ddr_bytes_per_cycle=8.0,
         tdma_overhead=60.0,
         tiu_overhead=20.0,
-        double_conv_gain=1.0,
+        double_conv_gain=1.7,
+        double_conv_gain_1x1=1.7,
         sources="lanes/EU: cvikernel cv181x_tpu_cfg.h; clock: tpu-mlir CV18xx_profiling.cpp; "
-        "DDR and double_conv gain: cv180x's (not fitted on cv181x)",
+        "DDR and double_conv gains: `bench/latency.py --fit` on the cv181x rows of the same 4 "
+        "models (the other published cv181x rows check it)",
     ),
 }
 
@@ -135,18 +137,28 @@ def tiu_cycles(t: TiuCommand, k: ChipConstants) -> float:
     return n * lanes_used * spatial * (lat16 if t.bf16 else lat8) + 26 + post
 
 
-def _dram_bytes(shape: tuple[int, int, int, int], stride: tuple[int, int, int], esize: int) -> int:
-    """DRAM bytes a transfer touches: 64-byte granules of every contiguous run."""
-    n, c, h, w = (max(v, 1) for v in shape)
-    row = w * esize
+def _dram_bytes(
+    dram_shape: tuple[int, int, int, int],
+    stride: tuple[int, int, int],
+    esize: int,
+    total: int,
+) -> int:
+    """DRAM bytes a transfer of ``total`` bytes touches: 64-byte granules of every contiguous
+    run, the runs read off the DRAM side's shape and strides (a row of W elements; rows
+    contiguous when the h-stride is a row; planes when the c-stride is a plane — a matrix load
+    is C rows of W with a c-stride of one row)."""
+    _, c, h, w = (max(v, 1) for v in dram_shape)
     ns, cs, hs = stride
-    if hs == row and cs == h * row:  # whole planes are contiguous
-        runs, length = n, c * h * row
-    elif hs == row:
-        runs, length = n * c, h * row
-    else:
-        runs, length = n * c * h, row
-    return runs * (math.ceil(length / 64) * 64 + (32 if length % 64 else 0))
+    # strides count bytes, except in BF16 transfers, whose descriptors count elements
+    run = w
+    if h == 1 or hs in (run, run * esize):
+        run *= h
+        if cs in (run, run * esize):
+            run *= c
+    run *= esize
+    run = max(min(run, total), 1)
+    runs = math.ceil(total / run)
+    return runs * (math.ceil(run / 64) * 64 + (32 if run % 64 else 0))
 
 
 def tdma_cycles(t: TdmaCommand, k: ChipConstants) -> float:
@@ -156,13 +168,17 @@ def tdma_cycles(t: TdmaCommand, k: ChipConstants) -> float:
     local = t.dst if t.direction in ("load", "local") else t.src
     n, c, h, w = (max(v, 1) for v in local)
     sram = n * c * math.ceil(h * w * t.element_bytes / k.lmem_bytes_per_cycle)
+    total = n * c * h * w * t.element_bytes
     if t.direction == "local" or (t.direction == "load" and t.special == 4):
         dram = 0
+    elif t.direction == "load":
+        dram = _dram_bytes(t.src, t.src_stride, t.element_bytes, total)
+    elif t.direction == "store":
+        dram = _dram_bytes(t.dst, t.dst_stride, t.element_bytes, total)
     else:
-        stride = t.src_stride if t.direction == "load" else t.dst_stride
-        dram = _dram_bytes((n, c, h, w), stride, t.element_bytes)
-        if t.direction == "global":
-            dram *= 2
+        total = max(1, math.prod(max(v, 1) for v in t.src)) * t.element_bytes
+        dram = _dram_bytes(t.src, t.src_stride, t.element_bytes, total)
+        dram += _dram_bytes(t.dst, t.dst_stride, t.element_bytes, total)
     return max(dram / k.ddr_bytes_per_cycle, sram) + k.tdma_overhead
 
 
