@@ -291,28 +291,45 @@ def export_onnx(
                 f"(recipe key inputs.shape): {type(e).__name__}: "
                 f"{_last_line(e)}. Set the shape the model was built for."
             ) from None
-        try:
+        extra: dict[str, Any] = {}
+        if dynamic:
+            extra["dynamic_axes"] = {input_name: {0: "N"}, "output": {0: "N"}}
+
+        def export(opset: int) -> None:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                extra: dict[str, Any] = {}
-                if dynamic:
-                    extra["dynamic_axes"] = {input_name: {0: "N"}, "output": {0: "N"}}
                 torch.onnx.export(
                     model,
                     (dummy,),
                     str(tmp),
-                    opset_version=src.opset,
+                    opset_version=opset,
                     input_names=[input_name],
                     output_names=["output"],
                     dynamo=False,
                     **extra,
                 )
+
+        try:
+            export(src.opset)
         except Exception as e:
             tmp.unlink(missing_ok=True)
-            raise ModelError(
-                f"Exporting {src.source} to ONNX (opset {src.opset}) failed: "
-                f"{type(e).__name__}: {_last_line(e)}"
-            ) from None
+            # an op the requested opset lacks (scaled_dot_product_attention needs 14): the
+            # newest opset tpu_mlir takes, said in a note
+            if "opset" in str(e).lower() and src.opset < intake.MAX_OPSET:
+                try:
+                    export(17)
+                except Exception:  # noqa: BLE001 — the first error is the one to report
+                    tmp.unlink(missing_ok=True)
+                else:
+                    notes += (
+                        f"exported with opset 17: opset {src.opset} (model.opset) has no "
+                        f"{_unsupported_op(e)}",
+                    )
+            if not tmp.exists():
+                raise ModelError(
+                    f"Exporting {src.source} to ONNX (opset {src.opset}) failed: "
+                    f"{type(e).__name__}: {_last_line(e)}"
+                ) from None
     head = None
     tail = None
     try:
@@ -383,6 +400,11 @@ def reestimate_batchnorm(
         f"{BN_CROPS} natural crops (else the activations vanish); accuracy numbers of this "
         "model describe quantization only"
     )
+
+
+def _unsupported_op(e: Exception) -> str:
+    m = re.search(r"operator '([\w:]+)'", str(e))
+    return m.group(1) if m else "an op the model uses"
 
 
 def _last_line(e: Exception) -> str:
