@@ -62,6 +62,13 @@ def test_a_missing_lowering_names_the_op_and_layer() -> None:
 
 
 def test_the_simulators_command_buffer_limit_is_explained() -> None:
+    tiu = (
+        "python: /work/externals/cviruntime/src/cmodel/cmodel_cmdbuf.cpp:164: virtual bmerr_t "
+        "CModelCmdbuf::rt_load_cmdbuf(...): Assertion `tiu_sz <= (int)sz && tiu_sz <= "
+        "(int)g_tiu_cmdbuf_reserved_size' failed.\n"
+    )
+    t = diagnose.recognise(tiu)
+    assert t is not None and t.kind == "simulator-cmdbuf"  # ResNeXt50 BF16 on cv180x
     f = diagnose.recognise(CMDBUF_LOG)
     assert f is not None and f.kind == "simulator-cmdbuf"
     text = diagnose.explain(f, "cv180x", "bf16")

@@ -53,7 +53,8 @@ _KERNEL = re.compile(
 )
 _KERNEL_LOOSE = re.compile(r"(Tg\w*?Kernel)\.cpp:(\d+)[^\n]*Assertion [`'](.+?)' failed")
 _UNREACHABLE_OP = re.compile(r'"top\.(\w+)"\([^\n]*loc\("([^"]+)"\)\s*\n[^\n]*\n?[^\n]*UNREACHABLE')
-_CMDBUF = re.compile(r"cmodel_cmdbuf[^\n]*Assertion [`'](tdma_sz \+ tiu_sz[^']*)' failed")
+# the TDMA (line 168) or the TIU (line 164) command buffer beyond what the simulator reserves
+_CMDBUF = re.compile(r"cmodel_cmdbuf[^\n]*Assertion [`']((?:tdma|tiu)_sz[^']*)' failed")
 _LMEM = re.compile(
     r"[^\n]*(?:lmem|local ?mem(?:ory)?)[^\n]*(?:fail|exceed|not enough|overflow|too large)[^\n]*",
     re.IGNORECASE,
