@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import io
 import os
 import re
 import sys
@@ -310,7 +312,9 @@ def export_onnx(
                 )
 
         try:
-            export(src.opset)
+            # a failing export prints the whole graph: keep it off the user's terminal
+            with contextlib.redirect_stdout(io.StringIO()):
+                export(src.opset)
         except Exception as e:
             tmp.unlink(missing_ok=True)
             # an op the requested opset lacks (scaled_dot_product_attention needs 14): the
