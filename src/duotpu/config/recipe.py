@@ -44,7 +44,7 @@ class ModelSource:
     source: str = field(default="", metadata={"path": "file"})
     weights: Optional[str] = field(default=None, metadata={"path": "file"})
     opset: int = 13
-    kwargs: dict = field(default_factory=dict)
+    kwargs: dict[str, Any] = field(default_factory=dict)
     # end the TPU model at these tensors of the (exported) ONNX graph; the rest of the model
     # runs on the CPU in ONNX Runtime (NAME.tail.onnx beside the cvimodel)
     outputs: Tuple[str, ...] = ()
@@ -402,9 +402,10 @@ class Recipe:
         return self
 
     # ---------------------------------------------------------------- conversions
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         """Plain data (lists, dicts) — the TOML form and the cache-key form."""
-        return _plain(dataclasses.asdict(self))
+        plain: dict[str, Any] = _plain(dataclasses.asdict(self))
+        return plain
 
     def to_toml(self) -> str:
         """The recipe as TOML text (round-trips through :func:`load_recipe`)."""
@@ -426,7 +427,7 @@ class Recipe:
         return recipe_from_dict(data, where)
 
 
-def set_dotted(data: dict, dotted: str, value: Any) -> None:
+def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
     """Set ``calibration.count``-style keys in plain recipe data (checked when it is built)."""
     node = data
     *parents, leaf = dotted.split(".")
@@ -437,7 +438,7 @@ def set_dotted(data: dict, dotted: str, value: Any) -> None:
     node[leaf] = value
 
 
-def _plain(obj):
+def _plain(obj: Any) -> Any:
     if isinstance(obj, dict):
         return {k: _plain(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
@@ -501,7 +502,7 @@ def resolve_path(value: Any, base: Path, kind: str = "any") -> Any:
     return str((base / p).resolve())
 
 
-def _resolve_paths(data: dict, base: Path) -> dict:
+def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
     for dotted, kind in path_keys().items():
         *parents, leaf = dotted.split(".")
         node: Any = data
@@ -512,17 +513,18 @@ def _resolve_paths(data: dict, base: Path) -> dict:
     return data
 
 
-def recipe_from_dict(data: dict, where: str = "recipe") -> Recipe:
+def recipe_from_dict(data: dict[str, Any], where: str = "recipe") -> Recipe:
     """Build a validated :class:`Recipe` from plain data; errors name the offending key."""
     if not isinstance(data, dict):
         raise ConfigError(f"The recipe in {where} must be a table of keys.")
     data = dict(data)
     if "input" in data and "inputs" not in data:  # a single [input] table is allowed
         data["inputs"] = [data.pop("input")]
-    return _build(Recipe, data, "", where).validate()
+    recipe: Recipe = _build(Recipe, data, "", where)
+    return recipe.validate()
 
 
-def _build(cls, data: Any, prefix: str, where: str):
+def _build(cls: Any, data: Any, prefix: str, where: str) -> Any:
     if not isinstance(data, dict):
         raise ConfigError(
             f"Recipe key '{prefix.rstrip('.')}' in {where} must be a table; "
@@ -541,11 +543,11 @@ def _build(cls, data: Any, prefix: str, where: str):
     return cls(**kwargs)
 
 
-def _convert(tp, value: Any, key: str, where: str):
+def _convert(tp: Any, value: Any, key: str, where: str) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
 
-    def bad(expected: str):
+    def bad(expected: str) -> ConfigError:
         return ConfigError(
             f"Recipe key '{key}' in {where} must be {expected}; got "
             f"{type(value).__name__} {value!r}."
