@@ -19,11 +19,13 @@ from typing import TYPE_CHECKING, Any
 from duotpu.config.errors import (
     BoardError,
     BuildFailed,
+    CompilerFailure,
     ConfigError,
     DataError,
     DuoTpuError,
     Interrupted,
     ModelError,
+    PartialBuild,
     SetupError,
     ToleranceError,
     ToolchainError,
@@ -106,6 +108,8 @@ __all__ = [
     "ToolchainError",
     "ToleranceError",
     "BuildFailed",
+    "PartialBuild",
+    "CompilerFailure",
     "BoardError",
     "Interrupted",
 ]
