@@ -14,6 +14,8 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+from .cvimodel import CviModelInfo, read_cvimodel, section_data
+
 MAGIC_CHIP = {0xA8: "cv180x", 0xA7: "cv181x", 0xA6: "cv182x", 0xA5: "cv183x"}
 ENGINE_TIU, ENGINE_TDMA = 0, 2
 
@@ -194,16 +196,13 @@ def decode(buf: bytes, name: str = "") -> Routine:
     return Routine(name, chip, tuple(tiu), tuple(tdma), tuple(order))
 
 
-def routines(path: str | Path) -> list[Routine]:
-    """Every TPU routine's commands in a cvimodel (its ``cmdbuf`` sections, in file order)."""
-    from .cvimodel import _HEADER, HEADER_SIZE, read_cvimodel
-
-    info = read_cvimodel(path)
+def routines(path: str | Path, info: CviModelInfo | None = None) -> list[Routine]:
+    """Every TPU routine's commands in a cvimodel (its ``cmdbuf`` sections, in file order);
+    ``info``: the file's description when the caller has read it already."""
+    info = info or read_cvimodel(path)
     data = Path(path).read_bytes()
-    body = _HEADER.unpack_from(data, 0)[1]
-    base = HEADER_SIZE + body
-    out = []
-    for s in info.sections:
-        if s.type == "cmdbuf" and not s.compressed and not s.encrypted:
-            out.append(decode(data[base + s.offset : base + s.offset + s.size], s.name))
-    return out
+    return [
+        decode(section_data(data, s), s.name)
+        for s in info.sections
+        if s.type == "cmdbuf" and not s.compressed and not s.encrypted
+    ]

@@ -236,6 +236,13 @@ def read_cvimodel(path: str | Path) -> CviModelInfo:
     return info
 
 
+def section_data(data: bytes, section: SectionInfo) -> bytes:
+    """The bytes of one section of a cvimodel file's contents (``data``: the whole file)."""
+    body_size = _HEADER.unpack_from(data, 0)[1]
+    start = HEADER_SIZE + body_size + section.offset
+    return data[start : start + section.size]
+
+
 def _s(b) -> str:
     return b.decode(errors="replace") if isinstance(b, bytes) else (b or "")
 

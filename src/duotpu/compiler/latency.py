@@ -264,11 +264,9 @@ def estimate(path: str | Path, constants: ChipConstants | None = None) -> Estima
     from .cvimodel import read_cvimodel
 
     info = read_cvimodel(path)
-    rs = routines(path)
+    rs = routines(path, info)
     chip = rs[0].chip if rs else info.chip
-    k = constants or CHIPS.get(chip) or CHIPS["cv180x"]
-    if constants is None and chip not in CHIPS:
-        k = replace(CHIPS["cv181x"], chip=chip)
+    k = constants or constants_for(chip)
     wall = tiu = tdma = 0.0
     macs = 0
     layers: dict[int, list[float]] = {}
