@@ -35,25 +35,23 @@ def compare(b: Board, model: runtime.BuiltModel, tensor: np.ndarray) -> list[Out
         model, run_model(b, model.cvimodel, model.info, [tensor], model.input_name)[0]
     )
     sim = runtime.infer(model, [tensor])[0]
-    fp32 = None
-    if model.onnx is not None:
-        names = runtime.fp32_output_names(model)
-        ref = dict(zip(names, runtime.fp32_reference(model, [tensor])[0]))
-        fp32 = ref
+    if model.onnx is None:
+        return [
+            OutputComparison(n, metrics.cosine(on_board[n], sim[n])) for n in model.output_names
+        ]
+    fp32 = dict(zip(runtime.fp32_output_names(model), runtime.fp32_reference(model, [tensor])[0]))
+    # under the fp32 model's names and shapes (a compiled output is named after its op)
+    board_named = runtime.as_reference_outputs(on_board, fp32)
+    sim_named = runtime.as_reference_outputs(sim, fp32)
     rows = []
     for name in model.output_names:
-        row = OutputComparison(name, metrics.cosine(on_board[name], sim[name]))
-        if fp32 is not None:
-            named_board = runtime.as_reference_outputs(on_board, fp32)
-            named_sim = runtime.as_reference_outputs(sim, fp32)
-            ref_name = next(
-                (n for n in fp32 if name == n or name.startswith(n + "_")), next(iter(fp32))
-            )
-            row = OutputComparison(
+        ref = next((n for n in fp32 if name == n or name.startswith(n + "_")), next(iter(fp32)))
+        rows.append(
+            OutputComparison(
                 name,
-                row.board_vs_simulator,
-                metrics.cosine(named_board[ref_name], fp32[ref_name]),
-                metrics.cosine(named_sim[ref_name], fp32[ref_name]),
+                metrics.cosine(on_board[name], sim[name]),
+                metrics.cosine(board_named[ref], fp32[ref]),
+                metrics.cosine(sim_named[ref], fp32[ref]),
             )
-        rows.append(row)
+        )
     return rows

@@ -8,6 +8,7 @@ fp32 ONNX and the quantized MLIR of each mode).
 
 from __future__ import annotations
 
+import functools
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,7 +53,7 @@ class BuiltModel:
         """The cvimodel's own outputs (for a cut model: the tensors the tail reads)."""
         return [t.name for t in self.info.programs[0].outputs]
 
-    @property
+    @functools.cached_property
     def output_names(self) -> list[str]:
         """The outputs :func:`infer` returns: the whole model's, after the tail of a cut one."""
         if self.tail is None:
