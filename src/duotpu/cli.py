@@ -361,6 +361,16 @@ def _table(title: str, header: list[str], rows: list[list[str]], numeric_from: i
 # --------------------------------------------------------------------------------------------
 # Commands
 # --------------------------------------------------------------------------------------------
+def _build_json_head(result) -> dict[str, Any]:
+    """What every ``build --json`` starts with: the build's name, folders and cvimodels."""
+    return {
+        "name": result.recipe.name,
+        "out_dir": str(result.out_dir),
+        "manifest": str(result.manifest),
+        "models": {m: str(a.cvimodel) for m, a in result.models.items()},
+    }
+
+
 def _print_detect_build(console, result, as_json: bool) -> int:
     from duotpu.eval import report
 
@@ -369,10 +379,7 @@ def _print_detect_build(console, result, as_json: bool) -> int:
         print(
             json.dumps(
                 {
-                    "name": result.recipe.name,
-                    "out_dir": str(result.out_dir),
-                    "manifest": str(result.manifest),
-                    "models": {m: str(a.cvimodel) for m, a in result.models.items()},
+                    **_build_json_head(result),
                     "detection": [
                         {
                             "model": r.model,
@@ -426,10 +433,7 @@ def _print_generic_build(console, result, as_json: bool) -> int:
         print(
             json.dumps(
                 {
-                    "name": result.recipe.name,
-                    "out_dir": str(result.out_dir),
-                    "manifest": str(result.manifest),
-                    "models": {m: str(a.cvimodel) for m, a in result.models.items()},
+                    **_build_json_head(result),
                     "outputs": {"fp32": fp32, **rows},
                 },
                 indent=2,
@@ -471,10 +475,7 @@ def _print_build(console, result, labels, as_json: bool) -> int:
         print(
             json.dumps(
                 {
-                    "name": result.recipe.name,
-                    "out_dir": str(result.out_dir),
-                    "manifest": str(result.manifest),
-                    "models": {m: str(a.cvimodel) for m, a in result.models.items()},
+                    **_build_json_head(result),
                     "classification": report.as_json(rows, labels),
                 },
                 indent=2,

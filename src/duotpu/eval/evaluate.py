@@ -83,6 +83,20 @@ def check_fast_path(model: runtime.BuiltModel, tensors: list[np.ndarray]) -> flo
     )
 
 
+def _infer_timed(
+    model: runtime.BuiltModel, tensors: list, backend: str, progress: Progress
+) -> tuple[list[dict[str, np.ndarray]], float]:
+    """Every image's outputs and the seconds they took, counting progress per model."""
+    t0 = time.monotonic()
+    outs = runtime.infer(
+        model,
+        tensors,
+        backend=backend,
+        progress=functools.partial(_count, progress, model.mode, len(tensors)),
+    )
+    return outs, time.monotonic() - t0
+
+
 def timed_infer(model, tensors, backend, progress: Callable[[int], None] | None = None):
     """Outputs (first output, one row per image) and seconds taken."""
     t0 = time.monotonic()
@@ -300,14 +314,8 @@ def _evaluate_detector(
         "fp32": {},
     }
     for b in built:
-        t0 = time.monotonic()
-        outs = runtime.infer(
-            b,
-            tensors,
-            backend=backend,
-            progress=functools.partial(_count, progress, b.mode, len(tensors)),
-        )
-        m, fp32_lab = compare_detections(b.mode, b, fp32, outs, hws, truth, time.monotonic() - t0)
+        outs, secs = _infer_timed(b, tensors, backend, progress)
+        m, fp32_lab = compare_detections(b.mode, b, fp32, outs, hws, truth, secs)
         data["modes"][b.mode] = m.__dict__
         if fp32_lab is not None:
             data["fp32"] = {
@@ -359,14 +367,7 @@ def _evaluate_generic(
         "modes": {},
     }
     for b in built:
-        t0 = time.monotonic()
-        outs = runtime.infer(
-            b,
-            tensors,
-            backend=backend,
-            progress=functools.partial(_count, progress, b.mode, len(tensors)),
-        )
-        secs = time.monotonic() - t0
+        outs, secs = _infer_timed(b, tensors, backend, progress)
         per: dict[str, list[float]] = {n: [] for n in names}
         for out, ref in zip(outs, refs):
             named = runtime.as_reference_outputs(out, ref)
