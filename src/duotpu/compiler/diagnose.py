@@ -12,12 +12,12 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-#: local memory and lanes per chip (sophgo/cvikernel ``cv18xx_tpu_cfg.h``)
+from .latency import LANES, LOCAL_MEMORY_KB
+
+#: local memory and lanes per chip, as the messages say them
 CHIP_LIMITS = {
-    "cv180x": "2 lanes with 32 KB of local memory each",
-    "cv181x": "8 lanes with 32 KB of local memory each",
-    "cv182x": "8 lanes with 32 KB of local memory each",
-    "cv183x": "32 lanes with 32 KB of local memory each",
+    chip: f"{lanes} lanes with {LOCAL_MEMORY_KB} KB of local memory each"
+    for chip, lanes in LANES.items()
 }
 
 

@@ -22,6 +22,10 @@ from typing import Any
 
 from .cmdbuf import Routine, TdmaCommand, TiuCommand, routines
 
+#: TPU lanes (NPU_NUM) per chip and local memory per lane (sophgo/cvikernel cv18xx_tpu_cfg.h)
+LANES = {"cv180x": 2, "cv181x": 8, "cv182x": 8, "cv183x": 32}
+LOCAL_MEMORY_KB = 32
+
 
 @dataclass(frozen=True)
 class ChipConstants:
@@ -52,7 +56,7 @@ class ChipConstants:
 CHIPS: dict[str, ChipConstants] = {
     "cv180x": ChipConstants(
         "cv180x",
-        lanes=2,
+        lanes=LANES["cv180x"],
         eu_bytes=16,
         clock_mhz=500.0,
         ddr_bytes_per_cycle=6.0,
@@ -65,7 +69,7 @@ CHIPS: dict[str, ChipConstants] = {
     ),
     "cv181x": ChipConstants(
         "cv181x",
-        lanes=8,
+        lanes=LANES["cv181x"],
         eu_bytes=16,
         clock_mhz=500.0,
         ddr_bytes_per_cycle=8.0,
