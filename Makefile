@@ -5,6 +5,7 @@ PY    := $(VENV)/bin/python
 # The install is redone only when one of these changes.
 STAMP := $(VENV)/.installed-$(shell cat requirements.lock requirements-nodeps.lock pyproject.toml | sha256sum | cut -c1-16)
 SSHD  := /usr/sbin/sshd
+CHROMIUM := /usr/bin/chromium
 
 .PHONY: install demo test test-fast test-unit lint bench clean help
 
@@ -42,19 +43,24 @@ $(SSHD):
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends openssh-server openssh-client >/dev/null; rc=$$?; \
 	if [ -n "$$made" ]; then rm -f /usr/sbin/policy-rc.d; fi; exit $$rc
 
-test: install $(SSHD)
+# Debian's Chromium, for the report tests (they open each report headless, over its DevTools
+# pipe: no port, no service).
+$(CHROMIUM):
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core >/dev/null
+
+test: install $(SSHD) $(CHROMIUM)
 	$(VENV)/bin/python -m pytest -q
 
 test-unit: install
 	$(VENV)/bin/python -m pytest -q -m unit
 
 lint: install
-	$(VENV)/bin/ruff check src tests bench
-	$(VENV)/bin/ruff format --check src tests bench
+	$(VENV)/bin/ruff check src tests bench scripts
+	$(VENV)/bin/ruff format --check src tests bench scripts
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/mypy src/duotpu
 
-test-fast: install
+test-fast: install $(SSHD) $(CHROMIUM)
 	$(VENV)/bin/python -m pytest -q -m "not slow"
 
 bench: install

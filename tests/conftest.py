@@ -100,7 +100,7 @@ def run_cli(
     e["PYTHONPATH"] = os.pathsep.join([str(TESTS), e.get("PYTHONPATH", "")])
     if env:
         e.update(env)
-    return subprocess.run(
+    proc = subprocess.run(
         [sys.executable, "-m", "duotpu.cli", *args],
         cwd=cwd,
         env=e,
@@ -108,6 +108,17 @@ def run_cli(
         text=True,
         timeout=900,
     )
+    if "--json" not in args:
+        fits_100_columns(proc.stdout)
+    return proc
+
+
+def fits_100_columns(text: str) -> None:
+    """Every line of a command's output fits 100 columns, and no table cuts a cell or header
+    short (rich's "…")."""
+    for line in text.splitlines():
+        assert len(line) <= 100, f"{len(line)} columns: {line}"
+        assert not ("…" in line and any(c in line for c in "│┃")), f"a cut cell: {line}"
 
 
 def pytest_collection_modifyitems(items):
@@ -115,3 +126,15 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if "tests/unit/" in str(item.fspath):
             item.add_marker(pytest.mark.unit)
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Headless Chromium (Debian's, installed by `make test`), driven over its DevTools pipe."""
+    sys.path.insert(0, str(TESTS.parent / "scripts"))
+    from browser import Browser, chromium_path
+
+    if chromium_path() is None:
+        pytest.fail("chromium is not installed: `make test` installs it (apt-get install chromium)")
+    with Browser() as b:
+        yield b

@@ -17,6 +17,7 @@ from duotpu.builder.yolo import COCO_NAMES, YoloHead
 from duotpu.config.errors import ModelError
 from duotpu.config.recipe import DetectOptions, ModelSource, Preprocess, recipe_from_dict
 from duotpu.core import detect
+from reportcheck import look, numbers_match
 
 
 def _ort(path: Path, x: np.ndarray) -> list[np.ndarray]:
@@ -249,7 +250,7 @@ def test_v5_end_to_end(tiny_detector_build, tmp_path):
     assert text.returncode == 0 and "object(s)" in text.stdout
 
 
-def test_eval_detector_against_labels_and_fp32(tiny_detector_build, tmp_path):
+def test_eval_detector_against_labels_and_fp32(tiny_detector_build, tmp_path, browser):
     """duotpu eval on a tiny labelled set in the YOLO layout: mAP vs fp32 detections and vs
     the labels, per-map cosines, report files. The labels are the fp32 model's own detections,
     so the numbers are known: fp32 scores ~1 against them, and the INT8 model's mAP against the
@@ -293,7 +294,16 @@ def test_eval_detector_against_labels_and_fp32(tiny_detector_build, tmp_path):
     assert rep["fp32"]["map50"] > 0.99
     assert m["map50"] == pytest.approx(m["map50_vs_fp32"], abs=0.02)
     assert m["map50_vs_fp32"] > 0.3  # INT8 finds the fp32 boxes (loose: random weights)
-    assert (tmp_path / "rep" / "report.html").read_text().count("<tr>") >= 3
+    # the report, as a person sees it: the images whose boxes differ most, fp32 beside INT8
+    facts = look(browser, tmp_path / "rep" / "report.html", tmp_path, {"summary", "depth"})
+    assert numbers_match(facts, tmp_path / "rep" / "report.json") >= 6
+    worst = rep["disagreement"]["int8"]
+    assert all(0 <= w["agreement"] < 1 for w in worst)
+    assert "disagreement" in facts["sections"] and facts["cards"] == 2 * len(worst)
+    # the build report draws fp32's and INT8's boxes on the test image
+    facts = look(browser, tiny_detector_build.report, tmp_path, {"models", "test-image"})
+    assert facts["cards"] == 1 + len(tiny_detector_build.models)
+    assert numbers_match(facts, tiny_detector_build.manifest) >= 3
     lines = p.stdout.splitlines()
     assert max(map(len, lines)) <= 100 and not any("…" in ln for ln in lines), p.stdout
 

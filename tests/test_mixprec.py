@@ -35,6 +35,18 @@ MIXED = {
 }
 
 
+def test_the_build_report_plots_the_trade_off(mixed, browser, tmp_path):
+    """The mixed build's report plots every candidate (hover: its numbers) and marks the one
+    chosen; its numbers are the manifest's."""
+    from reportcheck import look, numbers_match
+
+    facts = look(browser, mixed.report, tmp_path, {"models", "mix", "test-image"})
+    assert numbers_match(facts, mixed.manifest) >= 3 * len(mixed.models)
+    tips = [t for t in facts["tooltips"] if "BF16 layers" in t]
+    assert len(tips) == len(mixed.mix.rows)
+    assert f"{mixed.mix.best.label}: {mixed.mix.best.shown_bf16} BF16 layers" in "\n".join(tips)
+
+
 def test_search_finds_the_sensitive_layer(mixed):
     mix = mixed.mix
     rows = mix.rows

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import run_cli
+from duotpu import compiler
 from duotpu.config.errors import ConfigError
 from duotpu.core import metrics
 from duotpu.core.images import write_calibration_set
@@ -101,9 +102,15 @@ def test_eval_on_a_labelled_folder(tiny_build, tmp_path):
     paths, labels = evaluate.labelled_images(folder, None)
     ref = np.stack([o[0].ravel() for o in runtime.fp32_reference(m, runtime.tensors_for(m, paths))])
     assert data["fp32"]["top1_acc"] == pytest.approx(float(np.mean(ref.argmax(1) == labels)))
+    # every tensor of the network, in graph order: the fp32 MLIR's own order
     layers = data["per_layer"]["int8"]
-    assert layers and all(layers[i][1] <= layers[i + 1][1] for i in range(len(layers) - 1))
-    assert "<img src='data:image/png;base64," in (out / "report.html").read_text()
+    top = compiler.run_tensors(
+        "mlir", m.top_mlir, m.input_name, runtime.tensors_for(m, paths[:1]), []
+    )
+    names = [n for n, _ in layers]
+    assert len(names) >= 4 and [n for n in top[0] if n in names] == names
+    assert all(0 < c <= 1.0 + 1e-6 for _, c in layers)
+    assert "<svg" in (out / "report.html").read_text()
     assert f"{data['fp32']['top1_acc']:.3f}" in proc.stdout.split("fp32", 1)[1]
 
 

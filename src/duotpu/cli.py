@@ -992,13 +992,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     tables = {"detect": _detect_eval_table, "generic": _generic_eval_table}
     con.print(tables.get(task, _eval_table)(data))
     for mode, layers in data.get("per_layer", {}).items():
-        worst = ", ".join(f"{n} {c:.4f}" for n, c in layers[:5])
+        worst = ", ".join(f"{n} {c:.4f}" for n, c in evaluate.least_similar(layers))
         con.print(f"  {mode.upper()} least similar tensors: {worst}")
     out = Path(args.out) if args.out else (target if target.is_dir() else target.parent) / "eval"
-    write = {"detect": report.write_detect_report, "generic": report.write_generic_report}.get(
-        task, report.write_eval_report
-    )
-    jpath, hpath = write(out, data)
+    jpath, hpath = report.write_eval_report(out, data)
     con.print(f"report: {jpath} and {hpath}")
     return EXIT_OK
 
@@ -1041,28 +1038,28 @@ def _eval_table(data: dict) -> Any:
                 f"{d['kl_mean']:.4f}",
                 "" if d["top1_acc"] is None else f"{d['top1_acc']:.3f}",
                 "" if d["top5_acc"] is None else f"{d['top5_acc']:.3f}",
-                f"{d['images_per_second']:.2f}",
+                f"{d['images_per_second']:.1f}",
             ]
         )
     t = _table(
         f"{data['name']}: quantized vs fp32 on {data['images']} images",
         [
             "model",
-            "top-1 agree",
+            "agree",
             "decisive (n)",
-            "top-5 ∋ fp32",
-            "mean cos",
-            "worst cos",
-            "mean KL",
-            "top-1 acc",
-            "top-5 acc",
+            "top-5 ∋",
+            "cos mean",
+            "cos worst",
+            "KL",
+            "acc@1",
+            "acc@5",
             "img/s",
         ],
         rows,
     )
     t.caption = (
-        f"decisive: images where fp32's top-1 leads by ≥ {data['margin']}; "
-        "top-5 ∋ fp32: the quantized top-5 holds fp32's top-1"
+        f"agree: top-1 equals fp32's; decisive: on images where fp32's top-1 leads by ≥ "
+        f"{data['margin']}; top-5 ∋: the top-5 holds fp32's top-1; acc: against the labels"
     )
     return t
 

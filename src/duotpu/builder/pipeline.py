@@ -45,6 +45,7 @@ from duotpu.core.head import YoloHead
 
 from .manifest import MANIFEST
 from .mixprec import Candidate
+from .report import write_build_report
 from .workdir import (
     EventSink,
     Stage,
@@ -217,6 +218,7 @@ class BuildResult:
     test_image_path: Path | None = None
     inputs_archive: Path | None = None
     failed: dict[str, str] = field(default_factory=dict)  # mode → why it was not delivered
+    report: Path | None = None  # report.html beside the cvimodels
 
     @property
     def ok(self) -> bool:
@@ -997,6 +999,7 @@ def build(
             for stale in out_dir.glob(f"{recipe.name}_{recipe.chip}_{m}*.cvimodel"):
                 stale.unlink()
         _write_failures(partial)
+        partial.report = write_build_report(partial)
         raise PartialBuild(partial, failed)
     mixed = None
     if recipe.mix.target or recipe.mix.qtable:
@@ -1014,6 +1017,7 @@ def build(
         from duotpu.builder.replay import write_input_archive
 
         result.inputs_archive = write_input_archive(result)
+    result.report = write_build_report(result)
     return result
 
 

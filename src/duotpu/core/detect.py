@@ -233,8 +233,48 @@ def maps_in_order(head: YoloHead, outputs: dict[str, np.ndarray]) -> list[np.nda
 
 
 # --------------------------------------------------------------------------------------------
+def agreement(a: list[Detection], b: list[Detection], iou: float = 0.5) -> float:
+    """How alike two detection sets of one image are: F1 of matching boxes of the same class
+    at IoU ≥ ``iou`` (greedy, best score first); 1.0 when both are empty."""
+    if not a and not b:
+        return 1.0
+    used: set[int] = set()
+    matched = 0
+    for d in sorted(a, key=lambda d: -d.score):
+        best, best_iou = -1, iou
+        for j, e in enumerate(b):
+            if j in used or e.cls != d.cls:
+                continue
+            v = _iou(d.box, e.box)
+            if v >= best_iou:
+                best, best_iou = j, v
+        if best >= 0:
+            used.add(best)
+            matched += 1
+    return 2 * matched / (len(a) + len(b))
+
+
+def _iou(p: Sequence[float], q: Sequence[float]) -> float:
+    w = max(0.0, min(p[2], q[2]) - max(p[0], q[0]))
+    h = max(0.0, min(p[3], q[3]) - max(p[1], q[1]))
+    inter = w * h
+    union = (p[2] - p[0]) * (p[3] - p[1]) + (q[2] - q[0]) * (q[3] - q[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
 def draw(image: str | Path | np.ndarray, dets: list[Detection], out: Path) -> Path:
     """Draw boxes with class name and score on the image; written atomically to ``out``."""
+    img = draw_boxes(image, dets)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.stem}.part{out.suffix}")
+    img.save(tmp)
+    tmp.replace(out)
+    return out
+
+
+def draw_boxes(image: str | Path | np.ndarray, dets: list[Detection]) -> Any:
+    """The image (path or RGB array) as a PIL image with boxes, class names and scores."""
     from PIL import Image, ImageDraw, ImageFont
 
     img = (
@@ -265,12 +305,7 @@ def draw(image: str | Path | np.ndarray, dets: list[Detection], out: Path) -> Pa
         tb = d.textbbox((x0, y0), label, font=font)
         d.rectangle(tb, fill=color)
         d.text((x0, y0), label, fill=(255, 255, 255), font=font)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.part{out.suffix}")
-    img.save(tmp)
-    tmp.replace(out)
-    return out
+    return img
 
 
 # --------------------------------------------------------------------------------------------

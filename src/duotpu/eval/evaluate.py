@@ -55,8 +55,8 @@ def labelled_images(
 def per_layer(
     model: runtime.BuiltModel, top_mlir: Path, tensors: list[np.ndarray]
 ) -> list[tuple[str, float]]:
-    """Cosine of every tensor of the quantized MLIR to the same tensor of the fp32 MLIR
-    (mean over ``tensors``), worst first."""
+    """Cosine of every tensor of the quantized MLIR to the same tensor of the fp32 MLIR (mean
+    over ``tensors``), in graph order (the order the interpreter computes them)."""
     if model.tpu_mlir is None:
         raise ModelError(
             f"The quantized MLIR of {model.cvimodel} is not available (the build's work "
@@ -67,9 +67,25 @@ def per_layer(
     sims: dict[str, list[float]] = {}
     for q, f in zip(quant, fp32):
         for name in q:
-            if name in f and q[name].size == f[name].size:
+            if name in f and q[name].size == f[name].size and name != model.input_name:
                 sims.setdefault(name, []).append(metrics.cosine(f[name], q[name]))
-    return sorted(((n, float(np.mean(v))) for n, v in sims.items()), key=lambda kv: kv[1])
+    return [(n, float(np.mean(v))) for n, v in sims.items()]
+
+
+def least_similar(layers: list[tuple[str, float]], n: int = 5) -> list[tuple[str, float]]:
+    """The ``n`` layers of a per-layer view least similar to fp32, worst first."""
+    return sorted(layers, key=lambda kv: kv[1])[:n]
+
+
+def _layer_views(
+    built: list[runtime.BuiltModel], tensors: list[np.ndarray], layers: int
+) -> dict[str, list[tuple[str, float]]]:
+    """Per model, the per-layer view on the first ``layers`` images (none when 0)."""
+    return {
+        b.mode: per_layer(b, b.top_mlir, tensors[:layers])
+        for b in built
+        if layers and b.tpu_mlir is not None and b.top_mlir is not None
+    }
 
 
 def check_fast_path(model: runtime.BuiltModel, tensors: list[np.ndarray]) -> float:
@@ -143,6 +159,7 @@ class DetectMetrics:
     map50: float | None = None
     map50_95: float | None = None
     images_per_second: float = 0.0
+    agreement_mean: float = 1.0  # mean per-image F1 of its boxes against fp32's (IoU 0.5)
 
 
 def compare_detections(
@@ -196,6 +213,8 @@ def compare_detections(
 # A whole evaluation (what `duotpu eval` runs)
 # --------------------------------------------------------------------------------------------
 Progress = Callable[[str, int, int], None]  # (model name, images done, images in all)
+CHANGED_KEPT = 48  # images whose top-1 changed, kept for the report's gallery
+DISAGREE_KEPT = 6  # per model, the detector images least like fp32's, kept for the report
 
 
 def _quiet(*_: object) -> None:
@@ -230,9 +249,13 @@ def evaluate_build(
         raise ConfigError(f"No cvimodel in {target}. Give a cvimodel or a build folder.")
     built = [runtime.open_model(m, recipe) for m in models]
     if built[0].head is not None:
-        return _evaluate_detector(target, built, Path(images), backend, limit, progress, log)
+        found = _evaluate_detector(target, built, Path(images), backend, limit, progress, log)
+        found["per_layer"] = _layer_views(built, found.pop("_tensors"), layers)
+        return found
     if built[0].recipe.task == "generic":
-        return _evaluate_generic(target, built, Path(images), backend, limit, progress, log)
+        found = _evaluate_generic(target, built, Path(images), backend, limit, progress, log)
+        found["per_layer"] = _layer_views(built, found.pop("_tensors"), layers)
+        return found
     first = built[0]
     paths, labels = labelled_images(Path(images), class_names)
     if limit:
@@ -255,6 +278,7 @@ def evaluate_build(
         "per_layer": {},
         "fast_path_check": {},
     }
+    quantized: dict[str, np.ndarray] = {}
     for b in built:
         if backend == "mlir" and check:
             k = min(check, len(tensors))
@@ -269,9 +293,44 @@ def evaluate_build(
         )
         m = metrics.compare(b.mode, fp32, q, margin, labels, secs)
         data["modes"][b.mode] = m.__dict__
-        if layers and b.tpu_mlir is not None and b.top_mlir is not None:
-            data["per_layer"][b.mode] = per_layer(b, b.top_mlir, tensors[:layers])
+        quantized[b.mode] = metrics.as_probabilities(q)
+    data["per_layer"] = _layer_views(built, tensors, layers)
+    data["changed"] = changed_top1(paths, metrics.as_probabilities(fp32), quantized, class_names)
     return data
+
+
+def changed_top1(
+    paths: list[Path],
+    p_fp32: np.ndarray,
+    quantized: dict[str, np.ndarray],
+    class_names: list[str] | None,
+    keep: int = CHANGED_KEPT,
+) -> list[dict]:
+    """The images on which some quantized model's top-1 class differs from fp32's, the most
+    confident fp32 answers first (those flips matter most): each with the fp32 and every
+    model's top-3 (class, name, probability)."""
+    from duotpu.core.labels import class_name
+
+    t1f = p_fp32.argmax(1)
+    flipped = sorted(
+        {i for p in quantized.values() for i in np.flatnonzero(p.argmax(1) != t1f)},
+        key=lambda i: -float(np.max(p_fp32[i])),
+    )[:keep]
+
+    def top3(p: np.ndarray) -> list[dict]:
+        return [
+            {"class": c, "name": class_name(class_names, c), "probability": round(v, 4)}
+            for c, v in metrics.topk(p, 3)
+        ]
+
+    return [
+        {
+            "image": str(paths[i]),
+            "fp32": top3(p_fp32[i]),
+            "modes": {m: top3(p[i]) for m, p in quantized.items()},
+        }
+        for i in flipped
+    ]
 
 
 def _evaluate_detector(
@@ -283,7 +342,13 @@ def _evaluate_detector(
     progress: Progress,
     log: Callable[[str], None],
 ) -> dict:
-    from duotpu.core.detect import MAP_CONF, read_yolo_labels
+    from duotpu.core.detect import (
+        MAP_CONF,
+        agreement,
+        maps_in_order,
+        per_image,
+        read_yolo_labels,
+    )
     from duotpu.core.preprocess import load_bgr
 
     first = built[0]
@@ -313,6 +378,10 @@ def _evaluate_detector(
         "modes": {},
         "fp32": {},
     }
+    head, pre, opt = first.head, first.recipe.preprocess, first.recipe.detect
+    assert head is not None
+    fp32_dets = per_image(head, fp32, pre, hws, opt)
+    data["disagreement"] = {}
     for b in built:
         outs, secs = _infer_timed(b, tensors, backend, progress)
         m, fp32_lab = compare_detections(b.mode, b, fp32, outs, hws, truth, secs)
@@ -323,6 +392,20 @@ def _evaluate_detector(
                 "map50_95": fp32_lab["map50_95"],
                 "objects": fp32_lab["objects"],
             }
+        q_dets = per_image(head, [maps_in_order(head, o) for o in outs], pre, hws, opt)
+        scores = [agreement(f, q) for f, q in zip(fp32_dets, q_dets)]
+        m.agreement_mean = float(np.mean(scores))
+        data["disagreement"][b.mode] = [
+            {
+                "image": str(paths[i]),
+                "agreement": round(scores[i], 4),
+                "fp32": [d.to_json() for d in fp32_dets[i]],
+                "quantized": [d.to_json() for d in q_dets[i]],
+            }
+            for i in np.argsort(scores, kind="stable")[:DISAGREE_KEPT]
+            if scores[i] < 1.0
+        ]
+    data["_tensors"] = tensors
     return data
 
 
@@ -379,5 +462,8 @@ def _evaluate_generic(
             "cosine_worst": {n: float(np.min(v)) for n, v in per.items()},
             "worst_image": {n: str(paths[int(np.argmin(v))].name) for n, v in per.items()},
             "images_per_second": len(paths) / secs if secs > 0 else 0.0,
+            # per image, its least similar output (the distribution the report plots)
+            "cosines": [float(min(c)) for c in zip(*per.values())],
         }
+    data["_tensors"] = tensors
     return data

@@ -1,52 +1,26 @@
-"""Human-readable summaries of a build (rich tables) — used by the CLI."""
+"""What a person reads about a build or an evaluation: the CLI's rich tables, and ``duotpu
+eval``'s ``report.json`` + self-contained ``report.html`` (where accuracy is lost: cosine along
+the network, per-image cosines, the images whose answer changed)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from pathlib import Path
+from typing import Any
 
+import numpy as np
 from rich.table import Table
 
-from duotpu.core import metrics
+from duotpu.builder.summary import (  # noqa: F401 (the CLI's names for them)
+    Classified,
+    Detected,
+    as_json,
+    classify_build,
+    detect_build,
+    top1_agrees,
+)
+from duotpu.core import htmlpage as hp
 from duotpu.core.labels import class_name
-
-
-@dataclass
-class Classified:
-    """Top-k classes of one model's output on one image."""
-
-    model: str
-    top: list[tuple[int, float]]
-    cosine: float | None
-    size_bytes: int | None
-    ion_mb: float | None
-    est_ms: float | None = None  # the board-free latency estimate
-
-
-def classify_build(result, k: int = 5) -> list[Classified]:
-    """fp32 (ONNX Runtime) and every cvimodel's top-k on the build's test image."""
-    ref_name = next(iter(result.reference))
-    rows = [
-        Classified(
-            "fp32 ONNX",
-            metrics.topk(metrics.as_probabilities(result.reference[ref_name])[0], k),
-            1.0,
-            result.onnx.stat().st_size,
-            None,
-        )
-    ]
-    for mode, art in result.models.items():
-        out = art.outputs[ref_name]
-        rows.append(
-            Classified(
-                f"{mode.upper()} cvimodel",
-                metrics.topk(metrics.as_probabilities(out)[0], k),
-                art.cosine[ref_name],
-                art.size_bytes,
-                art.ion_mb,
-                art.estimate.ms if art.estimate is not None else None,
-            )
-        )
-    return rows
 
 
 def _mb(n: float | None) -> str:
@@ -85,66 +59,6 @@ def classification_table(rows: list[Classified], labels: list[str] | None, title
         ],
     )
     return table
-
-
-def top1_agrees(rows: list[Classified]) -> bool:
-    """True when every model's top-1 class equals the fp32 model's."""
-    return len({r.top[0][0] for r in rows}) == 1
-
-
-def as_json(rows: list[Classified], labels: list[str] | None) -> list[dict]:
-    """The rows as plain data."""
-    return [
-        {
-            "model": r.model,
-            "cosine_vs_fp32": r.cosine,
-            "size_bytes": r.size_bytes,
-            "ion_mb": r.ion_mb,
-            "top": [
-                {"class": i, "name": class_name(labels, i), "probability": round(p, 6)}
-                for i, p in r.top
-            ],
-        }
-        for r in rows
-    ]
-
-
-@dataclass
-class Detected:
-    """One model's detections on the build's test image."""
-
-    model: str
-    detections: list
-    cosine_min: float | None
-    size_bytes: int | None
-    ion_mb: float | None
-    est_ms: float | None = None  # the board-free latency estimate
-
-
-def detect_build(result) -> list[Detected]:
-    """fp32 (ONNX Runtime) and every cvimodel's detections on the build's test image, decoded
-    and NMS-ed on the CPU with the recipe's detect options."""
-    from duotpu.core.detect import input_frame, per_image
-
-    head, r = result.head, result.recipe
-    pre, hw = input_frame(result.test_image_path, r.preprocess, head)
-
-    def dets(outs):
-        return per_image(head, [[outs[n] for n in head.outputs]], pre, [hw], r.detect)[0]
-
-    rows = [Detected("fp32 ONNX", dets(result.reference), 1.0, result.onnx.stat().st_size, None)]
-    for mode, art in result.models.items():
-        rows.append(
-            Detected(
-                f"{mode.upper()} cvimodel",
-                dets(art.outputs),
-                min(art.cosine.values()),
-                art.size_bytes,
-                art.ion_mb,
-                art.estimate.ms if art.estimate is not None else None,
-            )
-        )
-    return rows
 
 
 def detection_table(rows: list[Detected], title: str, k: int = 5) -> Table:
@@ -188,165 +102,379 @@ def detection_table(rows: list[Detected], title: str, k: int = 5) -> Table:
 # --------------------------------------------------------------------------------------------
 # duotpu eval: report.json + a self-contained report.html
 # --------------------------------------------------------------------------------------------
-def _png_b64(fig) -> str:
-    import base64
-    import io
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
-    return base64.b64encode(buf.getvalue()).decode()
+COLORS = {"int8": "#d1242f", "bf16": "#0969da", "mix": "#8250df"}
 
 
-def write_eval_report(folder, data: dict) -> tuple:
-    """Write ``report.json`` and ``report.html`` (plots embedded) into ``folder``."""
-    import html
+def write_eval_report(folder: Path, data: dict) -> tuple[Path, Path]:
+    """Write ``report.json`` (the data) and ``report.html`` into ``folder``: a classifier's,
+    a detector's or a generic model's evaluation, by ``data["task"]``."""
+    task = data.get("task", "classify")
+    modes = data["modes"]
+    if task == "detect":
+        sections = [_detect_summary(data)]
+    elif task == "generic":
+        sections = [_generic_summary(data)]
+    else:
+        sections = [_classify_summary(data)]
+    if data.get("per_layer"):
+        sections.append(_depth(data["per_layer"]))
+    if any(d.get("cosines") for d in modes.values()):
+        sections.append(_cosine_distribution(modes))
+    if task == "classify":
+        sections.append(_changed_gallery(data))
+    if task == "detect":
+        sections.append(_disagreement(data))
+    lead = (
+        f"{data['images']} images from <code>{hp.esc(data['image_folder'])}</code>; every "
+        f"cvimodel against the fp32 ONNX model (ONNX Runtime); backend {hp.esc(data['backend'])}."
+    )
+    doc = hp.page(f"duotpu eval: {data['name']}", f"duotpu eval: {data['name']}", lead, sections)
+    html_path = hp.write(folder, data, doc)
+    return html_path.with_suffix(".json"), html_path
 
+
+def _k(*path: Any) -> str:
+    return json.dumps(list(path))
+
+
+def _classify_summary(data: dict) -> str:
+    rows = []
+    for m, d in data["modes"].items():
+        rows.append(
+            [
+                f"<b>{hp.esc(m.upper())}</b>",
+                hp.num(d["n"], "d"),
+                hp.num(d["top1_agree"], ".3f", _k("modes", m, "top1_agree")),
+                hp.num(d["decisive_top1_agree"], ".3f", _k("modes", m, "decisive_top1_agree"))
+                + f" <small>({d['decisive_n']})</small>",
+                hp.num(
+                    d["top5_contains_fp32_top1"], ".3f", _k("modes", m, "top5_contains_fp32_top1")
+                ),
+                hp.num(d["cosine_mean"], ".4f", _k("modes", m, "cosine_mean")),
+                hp.num(d["cosine_worst"], ".4f", _k("modes", m, "cosine_worst")),
+                hp.num(d["kl_mean"], ".4f", _k("modes", m, "kl_mean")),
+                hp.num(d.get("top1_acc"), ".3f", _k("modes", m, "top1_acc")),
+                hp.num(d.get("top5_acc"), ".3f", _k("modes", m, "top5_acc")),
+                hp.num(d["images_per_second"], ".1f"),
+            ]
+        )
+    fp = data.get("fp32", {})
+    if "top1_acc" in fp:
+        rows.insert(
+            0,
+            [
+                "<b>fp32</b>",
+                hp.num(fp["n"], "d"),
+                *["—"] * 6,
+                hp.num(fp["top1_acc"], ".3f", _k("fp32", "top1_acc")),
+                hp.num(fp["top5_acc"], ".3f", _k("fp32", "top5_acc")),
+                "—",
+            ],
+        )
+    table = hp.table(
+        [
+            "model",
+            "images",
+            "top-1 agrees",
+            "decisive agree (n)",
+            "top-5 holds it",
+            "mean cosine",
+            "worst cosine",
+            "mean KL",
+            "top-1 acc",
+            "top-5 acc",
+            "images/s",
+        ],
+        rows,
+        numeric=range(1, 11),
+    )
+    return hp.section(
+        "summary",
+        "Agreement with fp32",
+        table,
+        f"Decisive images are those whose fp32 top-1 beats its top-2 by at least "
+        f"{data['margin']} ({fp.get('decisive_n', '?')} of {data['images']}): near-ties flip "
+        "even in BF16. Top-5 holds it: the model's top-5 contains fp32's top-1. Accuracy "
+        "columns appear when the image folder is labelled (one subfolder per class).",
+    )
+
+
+def _detect_summary(data: dict) -> str:
+    rows = [
+        [
+            f"<b>{hp.esc(m.upper())}</b>",
+            hp.num(d["n"], "d"),
+            hp.num(d["map50_vs_fp32"], ".3f", _k("modes", m, "map50_vs_fp32")),
+            hp.num(d.get("agreement_mean"), ".3f", _k("modes", m, "agreement_mean")),
+            hp.num(d["detections_per_image"], ".2f", _k("modes", m, "detections_per_image")),
+            hp.num(d.get("map50"), ".3f", _k("modes", m, "map50")),
+            hp.num(d.get("map50_95"), ".3f", _k("modes", m, "map50_95")),
+            hp.num(d["images_per_second"], ".1f"),
+        ]
+        for m, d in data["modes"].items()
+    ]
+    fp = data.get("fp32") or {}
+    if fp:
+        rows.insert(
+            0,
+            [
+                "<b>fp32</b>",
+                hp.num(data["images"], "d"),
+                "—",
+                "—",
+                "—",
+                hp.num(fp["map50"], ".3f", _k("fp32", "map50")),
+                hp.num(fp["map50_95"], ".3f", _k("fp32", "map50_95")),
+                "—",
+            ],
+        )
+    table = hp.table(
+        [
+            "model",
+            "images",
+            "mAP@0.5 vs fp32",
+            "box agreement",
+            "detections/image",
+            "mAP@0.5 (labels)",
+            "mAP@0.5:0.95 (labels)",
+            "images/s",
+        ],
+        rows,
+        numeric=range(1, 8),
+    )
+    cos = hp.table(
+        ["model", "head map", "mean cosine", "worst cosine"],
+        [
+            [
+                hp.esc(m.upper()),
+                hp.esc(n),
+                hp.num(c, ".4f", _k("modes", m, "cosine_mean", n)),
+                hp.num(d["cosine_worst"][n], ".4f", _k("modes", m, "cosine_worst", n)),
+            ]
+            for m, d in data["modes"].items()
+            for n, c in d["cosine_mean"].items()
+        ],
+        numeric=(2, 3),
+    )
+    return hp.section(
+        "summary",
+        "Agreement with fp32",
+        table + cos,
+        f"The fp32 detections at score ≥ {data['conf']} are the reference; quantized detections "
+        f"down to {data['map_conf']} are scored (NMS IoU {data['iou']}). Box agreement: per "
+        "image, F1 of the boxes that match fp32's (same class, IoU ≥ 0.5), averaged."
+        + (f" Against the labels: {fp['objects']} objects." if fp else ""),
+    )
+
+
+def _generic_summary(data: dict) -> str:
+    rows = [
+        [
+            f"<b>{hp.esc(m.upper())}</b>",
+            hp.esc(n),
+            "×".join(map(str, data["fp32"][n]["shape"])),
+            f"{data['fp32'][n]['min']:.3g} … {data['fp32'][n]['max']:.3g}",
+            hp.num(c, ".4f", _k("modes", m, "cosine_mean", n)),
+            hp.num(d["cosine_worst"][n], ".4f", _k("modes", m, "cosine_worst", n))
+            + f" <small>{hp.esc(d['worst_image'][n])}</small>",
+            hp.num(d["images_per_second"], ".1f"),
+        ]
+        for m, d in data["modes"].items()
+        for n, c in d["cosine_mean"].items()
+    ]
+    return hp.section(
+        "summary",
+        "Each output against fp32",
+        hp.table(
+            ["model", "output", "shape", "fp32 range", "mean cosine", "worst (image)", "images/s"],
+            rows,
+            numeric=(4, 5, 6),
+        ),
+    )
+
+
+def _plt() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figs = []
-    modes = data["modes"]
-    if modes:
-        fig, ax = plt.subplots(figsize=(6, 3))
-        for m, d in modes.items():
-            ax.hist(d["cosines"], bins=30, alpha=0.6, label=m.upper())
-        ax.set_xlabel("output cosine vs fp32")
-        ax.set_ylabel("images")
-        ax.legend()
-        figs.append(("Output cosine similarity to fp32, per image", _png_b64(fig)))
-        plt.close(fig)
-    for m, layers in data.get("per_layer", {}).items():
-        worst = layers[:20]
-        if not worst:
-            continue
-        fig, ax = plt.subplots(figsize=(7, 0.25 * len(worst) + 1))
-        ax.barh([n[-40:] for n, _ in worst][::-1], [c for _, c in worst][::-1])
-        ax.set_xlabel("cosine vs fp32 (mean over checked images)")
-        figs.append((f"{m.upper()}: the 20 least similar tensors", _png_b64(fig)))
-        plt.close(fig)
-    rows = "".join(
-        f"<tr><td>{m.upper()}</td><td>{d['n']}</td><td>{d['top1_agree']:.3f}</td>"
-        f"<td>{d['decisive_top1_agree']:.3f} ({d['decisive_n']})</td>"
-        f"<td>{d['top5_contains_fp32_top1']:.3f}</td><td>{d['cosine_mean']:.4f}</td>"
-        f"<td>{d['cosine_worst']:.4f}</td><td>{d['kl_mean']:.4f}</td>"
-        f"<td>{'' if d.get('top1_acc') is None else format(d['top1_acc'], '.3f')}</td>"
-        f"<td>{'' if d.get('top5_acc') is None else format(d['top5_acc'], '.3f')}</td>"
-        f"<td>{d['images_per_second']:.2f}</td></tr>"
-        for m, d in modes.items()
-    )
-    fp = data.get("fp32", {})
-    body = (
-        f"<h1>duotpu eval: {html.escape(data['model'])}</h1>"
-        f"<p>{data['images']} images from {html.escape(data['image_folder'])}; backend "
-        f"{html.escape(data['backend'])}; decisive margin {data['margin']}."
-        + (
-            f" fp32 accuracy: top-1 {fp['top1_acc']:.3f}, top-5 {fp['top5_acc']:.3f}."
-            if "top1_acc" in fp
-            else ""
-        )
-        + "</p>"
-        "<table border=1 cellpadding=4><tr><th>model</th><th>images</th>"
-        "<th>top-1 agreement</th><th>decisive top-1 agreement (n)</th>"
-        "<th>top-5 contains fp32 top-1</th><th>mean cosine</th><th>worst cosine</th>"
-        "<th>mean KL</th><th>top-1 acc</th><th>top-5 acc</th><th>images/s</th></tr>"
-        f"{rows}</table>"
-        + "".join(
-            f"<h2>{html.escape(t)}</h2><img src='data:image/png;base64,{b}'>" for t, b in figs
-        )
-    )
-    return _write_report(folder, data, body)
+    return plt
 
 
-def _write_report(folder, data: dict, body: str) -> tuple:
-    """``report.json`` (the data) and a self-contained ``report.html`` (the body), atomically."""
-    import json
-    import os
-    from pathlib import Path
+def _depth(per_layer: dict[str, list]) -> str:
+    """Cosine to fp32 of every tensor, in graph order, one line per model: where the error
+    starts and how it grows."""
+    plt = _plt()
+    order: list[str] = []
+    for layers in per_layer.values():
+        for name, _ in layers:
+            if name not in order:
+                order.append(name)
+    x_of = {n: i for i, n in enumerate(order)}
+    fig, ax = plt.subplots(figsize=(9, 3.6))
+    tips: dict[str, str] = {}
+    values: list[float] = []
+    for m, layers in per_layer.items():
+        xs = [x_of[n] for n, _ in layers]
+        ys = [c for _, c in layers]
+        values += ys
+        color = COLORS.get(m, None)
+        ax.plot(xs, ys, lw=1.2, color=color, label=m.upper())
+        for j, (x, (n, c)) in enumerate(zip(xs, layers)):
+            pt = ax.scatter([x], [c], s=9, color=color, zorder=3)
+            gid = f"L-{m}-{j}"
+            pt.set_gid(gid)
+            tips[gid] = f"{m.upper()} · #{x} {n}: cosine {c:.5f}"
+    hp.zoom(ax, values)
+    from matplotlib.ticker import MaxNLocator
 
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    jpath, hpath = folder / "report.json", folder / "report.html"
-    for path, text in (
-        (jpath, json.dumps(data, indent=2)),
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("tensor, in graph order (input → output)")
+    ax.set_ylabel("cosine vs fp32")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower left")
+    plot = hp.svg(fig, tips)
+    worst_names: list[str] = []
+    for layers in per_layer.values():
+        for n, _ in sorted(layers, key=lambda kv: kv[1])[:10]:
+            if n not in worst_names:
+                worst_names.append(n)
+    cos = {m: dict(layers) for m, layers in per_layer.items()}
+    rows = sorted(
         (
-            hpath,
-            "<!doctype html><html><head><meta charset='utf-8'><title>duotpu "
-            "eval</title></head><body style='font-family:sans-serif'>"
-            f"{body}</body></html>",
+            [f"{x_of[n]}", f"<code>{hp.esc(n)}</code>"]
+            + [f"{cos[m][n]:.4f}" if n in cos[m] else "—" for m in per_layer]
+            for n in worst_names
         ),
-    ):
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    return jpath, hpath
-
-
-def write_detect_report(folder, data: dict) -> tuple:
-    """A detector's eval: ``report.json`` and a ``report.html`` table (mAP, cosines)."""
-    import html
-
-    def f(v, spec=".3f"):
-        return "" if v is None else format(v, spec)
-
-    rows = "".join(
-        f"<tr><td>{m.upper()}</td><td>{d['n']}</td><td>{f(d['map50_vs_fp32'])}</td>"
-        f"<td>{d['fp32_objects']}</td><td>{f(d['detections_per_image'], '.2f')}</td>"
-        f"<td>{f(d['map50'])}</td><td>{f(d['map50_95'])}</td>"
-        f"<td>{f(d['images_per_second'], '.2f')}</td></tr>"
-        for m, d in data["modes"].items()
+        key=lambda r: min(float(v) for v in r[2:] if v != "—"),
+    )[:10]
+    table = hp.table(
+        ["#", "least similar tensors", *[m.upper() for m in per_layer]],
+        rows,
+        numeric=range(2, 2 + len(per_layer)),
     )
-    cos_rows = "".join(
-        f"<tr><td>{m.upper()}</td><td>{html.escape(n)}</td><td>{c:.4f}</td>"
-        f"<td>{d['cosine_worst'][n]:.4f}</td></tr>"
-        for m, d in data["modes"].items()
-        for n, c in d["cosine_mean"].items()
+    return hp.section(
+        "depth",
+        "Where accuracy is lost: cosine to fp32 along the network",
+        plot + table,
+        "Every tensor of the quantized model against the same tensor of the fp32 model (mean over "
+        "the first images), in the order the network computes them. A drop shows the layer where "
+        "error enters; hover a point for the tensor's full name.",
     )
-    fp = data.get("fp32") or {}
-    body = (
-        f"<h1>duotpu eval (detector): {html.escape(data['model'])}</h1>"
-        f"<p>{data['images']} images from {html.escape(data['image_folder'])}; backend "
-        f"{html.escape(data['backend'])}; fp32 detections at score ≥ {data['conf']} are "
-        f"the reference, quantized detections down to {data['map_conf']} are scored; NMS "
-        f"IoU {data['iou']}."
-        + (
-            f" fp32 against the labels: mAP@0.5 {fp['map50']:.3f}, mAP@0.5:0.95 "
-            f"{fp['map50_95']:.3f} ({fp['objects']} objects)."
-            if fp
-            else ""
+
+
+def _cosine_distribution(modes: dict) -> str:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 3))
+    everything = [c for d in modes.values() for c in d.get("cosines", [])]
+    lo, hi = hp.zoomed_limits(everything)
+    bins = np.linspace(lo, min(hi, 1.0 + 1e-9), 40)
+    for m, d in modes.items():
+        if d.get("cosines"):
+            ax.hist(
+                np.clip(d["cosines"], lo, 1.0),
+                bins=bins,
+                histtype="step",
+                lw=1.8,
+                color=COLORS.get(m),
+                label=f"{m.upper()} (worst {min(d['cosines']):.4f})",
+            )
+    hp.zoom(ax, everything, axis="x")
+    ax.set_xlabel("output cosine vs fp32, per image")
+    ax.set_ylabel("images")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left")
+    return hp.section(
+        "cosines",
+        "Output cosine per image",
+        hp.svg(fig),
+        "How similar each image's output is to fp32's (a generic model: its least similar "
+        "output). The axis starts just under the worst image.",
+    )
+
+
+def _top3(entries: list[dict], against: int | None = None) -> str:
+    return "<br>".join(
+        ("<b>" if against is not None and e["class"] != against and i == 0 else "")
+        + f"{hp.esc(e['name'])} {e['probability']:.2f}"
+        + ("</b>" if against is not None and e["class"] != against and i == 0 else "")
+        for i, e in enumerate(entries)
+    )
+
+
+def _changed_gallery(data: dict, shown: int = 24) -> str:
+    changed = data.get("changed", [])
+    if not changed:
+        return hp.section(
+            "changed",
+            "Images whose top-1 changed",
+            "<p class=good>None: every model gives every image fp32's top-1 class.</p>",
         )
-        + "</p>"
-        "<table border=1 cellpadding=4><tr><th>model</th><th>images</th>"
-        "<th>mAP@0.5 vs fp32 detections</th><th>fp32 objects</th><th>detections/image</th>"
-        "<th>mAP@0.5 (labels)</th><th>mAP@0.5:0.95 (labels)</th><th>images/s</th></tr>"
-        f"{rows}</table><h2>Head maps: cosine to fp32 (mean, worst over images)</h2>"
-        "<table border=1 cellpadding=4><tr><th>model</th><th>output</th><th>mean</th>"
-        f"<th>worst</th></tr>{cos_rows}</table>"
+    cards = []
+    for e in changed[:shown]:
+        t1 = e["fp32"][0]["class"]
+        thumb = _thumb(e["image"], 150)
+        cards.append(
+            "<div class=card>"
+            + thumb
+            + f"<h3>{hp.esc(Path(e['image']).name)}</h3><table><tr><td><small>fp32</small><br>"
+            + _top3(e["fp32"])
+            + "</td>"
+            + "".join(
+                f"<td><small>{hp.esc(m.upper())}</small><br>{_top3(t, t1)}</td>"
+                for m, t in e["modes"].items()
+            )
+            + "</tr></table></div>"
+        )
+    n_all = {m: round(d["n"] * (1 - d["top1_agree"])) for m, d in data["modes"].items()}
+    return hp.section(
+        "changed",
+        "Images whose top-1 changed",
+        f"<div class=cards>{''.join(cards)}</div>",
+        "Top-1 changed on "
+        + ", ".join(f"{n} images in {m.upper()}" for m, n in n_all.items())
+        + f"; the {min(shown, len(changed))} with the most confident fp32 answer are shown "
+        "(a changed answer in bold).",
     )
-    return _write_report(folder, data, body)
 
 
-def write_generic_report(folder, data: dict) -> tuple:
-    """A generic model's eval: ``report.json`` and a ``report.html`` table of every output's
-    cosine to fp32 (mean, worst image) per mode."""
-    import html
+def _thumb(path: str, side: int) -> str:
+    from duotpu.core.images import read_rgb
 
-    rows = "".join(
-        f"<tr><td>{m.upper()}</td><td>{html.escape(n)}</td>"
-        f"<td>{'×'.join(map(str, data['fp32'][n]['shape']))}</td><td>{c:.4f}</td>"
-        f"<td>{d['cosine_worst'][n]:.4f} ({html.escape(d['worst_image'][n])})</td>"
-        f"<td>{d['images_per_second']:.2f}</td></tr>"
-        for m, d in data["modes"].items()
-        for n, c in d["cosine_mean"].items()
+    rgb = read_rgb(Path(path))
+    if rgb is None:
+        return f"<small>({hp.esc(Path(path).name)} is no longer readable)</small>"
+    return hp.img(hp.thumbnail(rgb, side), Path(path).name)
+
+
+def _disagreement(data: dict) -> str:
+    from duotpu.core.detect import Detection, draw_boxes
+    from duotpu.core.images import read_rgb
+
+    def dets(items: list[dict]) -> list[Detection]:
+        return [Detection(tuple(d["box"]), d["score"], d["class"], d["name"]) for d in items]
+
+    blocks = []
+    for m, worst in data.get("disagreement", {}).items():
+        for e in worst:
+            rgb = read_rgb(Path(e["image"]))
+            if rgb is None:
+                continue
+            pair = "".join(
+                f"<div class=card><h3>{label}: {len(items)} boxes</h3>"
+                + hp.img(hp.thumbnail(draw_boxes(rgb, dets(items)), 360), f"{label} boxes")
+                + "</div>"
+                for label, items in (("fp32", e["fp32"]), (m.upper(), e["quantized"]))
+            )
+            blocks.append(
+                f"<h3>{hp.esc(Path(e['image']).name)} — {m.upper()} box agreement "
+                f"{e['agreement']:.2f}</h3><div class=side>{pair}</div>"
+            )
+    body = "".join(blocks) or "<p class=good>Every model finds fp32's boxes on every image.</p>"
+    return hp.section(
+        "disagreement",
+        "Images where the boxes differ most",
+        body,
+        "Per model, the images whose detections agree least with fp32's, drawn side by side.",
     )
-    body = (
-        f"<h1>duotpu eval: {html.escape(data['model'])}</h1>"
-        f"<p>{data['images']} images from {html.escape(data['image_folder'])}; backend "
-        f"{html.escape(data['backend'])}; each output of each cvimodel against the fp32 ONNX "
-        "model (ONNX Runtime).</p>"
-        "<table border=1 cellpadding=4><tr><th>model</th><th>output</th><th>shape</th>"
-        "<th>cosine mean</th><th>worst (image)</th><th>images/s</th></tr>"
-        f"{rows}</table>"
-    )
-    return _write_report(folder, data, body)

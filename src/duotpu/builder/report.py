@@ -1,0 +1,346 @@
+"""The build report: ``build/NAME/report.html``, written by every build beside its manifest.
+
+A model card (source, chip, recipe highlights, each cvimodel's size, board memory and fit, its
+verification, the latency estimate, stage times), what every model says on the test image
+(top-5 classes, boxes, or each output's agreement), and the mixed-precision trade-off when a mix
+ran. Numbers taken from ``manifest.json`` carry their place in it (``data-json``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from duotpu import compiler
+from duotpu.compiler.cvimodel import BOARDS
+from duotpu.core import htmlpage as hp
+from duotpu.core import metrics
+from duotpu.core.images import read_rgb
+from duotpu.core.labels import class_name, imagenet_classes
+
+if TYPE_CHECKING:
+    from duotpu.builder.mixprec import Candidate
+    from duotpu.builder.pipeline import BuildResult
+
+REPORT = "report.html"
+
+
+def write_build_report(result: BuildResult) -> Path:
+    """Write the build's ``report.html`` into its output folder; returns its path."""
+    manifest = json.loads(result.manifest.read_text())
+    r = result.recipe
+    sections = [_models(result, manifest)]
+    if result.failed:
+        sections.append(
+            hp.section(
+                "failed",
+                "Not delivered",
+                "".join(
+                    f"<p><b>{hp.esc(m.upper())}</b>: {hp.esc(why)}</p>"
+                    for m, why in result.failed.items()
+                ),
+            )
+        )
+    sections.append(_test_image(result))
+    if result.mix is not None:
+        sections.append(_mix(result))
+    slow = _slowest_layers(result)
+    if slow:
+        sections.append(slow)
+    sections += [_recipe(result), _stages(result)]
+    when = dt.datetime.now().strftime("%Y-%m-%d %H:%M")
+    lead = (
+        f"{hp.esc(r.chip)} · task {hp.esc(r.task)} · source <code>{hp.esc(r.model.source)}</code>"
+        f" · built {when} with tpu_mlir {hp.esc(manifest.get('versions', {}).get('tpu_mlir', '?'))}"
+    )
+    doc = hp.page(f"duotpu build: {r.name}", f"duotpu build: {r.name}", lead, sections)
+    return hp.write(result.out_dir, None, doc, stem=Path(REPORT).stem)
+
+
+def _key(*path: Any) -> str:
+    return json.dumps(list(path))
+
+
+def _fit(chip: str, ion_mb: float) -> str:
+    """Which Duo boards of the model's chip hold it (their usual ION heap)."""
+    out = []
+    for label, board_chip, ion in BOARDS.values():
+        if board_chip == chip:
+            short = label.split(" (")[0].replace("Milk-V ", "")
+            cls = "good" if ion_mb <= ion else "bad"
+            out.append(f"<span class={cls}>{hp.esc(short)} {'✓' if ion_mb <= ion else '✗'}</span>")
+    return " ".join(out) or "—"
+
+
+def _models(result: BuildResult, manifest: dict) -> str:
+    rows = []
+    for mode, art in result.models.items():
+        entry = manifest["models"][mode]
+        worst_out = min(art.cosine, key=lambda n: art.cosine[n])
+        est = entry.get("estimate") or {}
+        rows.append(
+            [
+                f"<b>{hp.esc(mode.upper())}</b><br><small>{hp.esc(art.cvimodel.name)}</small>",
+                hp.num(art.size_bytes / 1e6, ".2f") + " MB",
+                hp.num(entry["ion_mb"], ".2f", _key("models", mode, "ion_mb")) + " MB",
+                _fit(result.recipe.chip, art.ion_mb),
+                hp.num(
+                    entry["cosine_vs_fp32"][worst_out],
+                    ".4f",
+                    _key("models", mode, "cosine_vs_fp32", worst_out),
+                )
+                + (f"<br><small>{hp.esc(worst_out)}</small>" if len(art.cosine) > 1 else ""),
+                hp.num(
+                    entry.get("worst_image_cosine"),
+                    ".4f",
+                    _key("models", mode, "worst_image_cosine"),
+                )
+                + f"<br><small>of {entry.get('verified_images', 1)}</small>",
+                hp.esc(entry.get("verified_on", "")),
+                (
+                    hp.num(est["ms"], ".2f", _key("models", mode, "estimate", "ms"))
+                    + f" ms<br><small>{est['fps']:.0f} fps, {hp.esc(est['bound'])}-bound</small>"
+                    if est
+                    else "—"
+                ),
+            ]
+        )
+    body = hp.table(
+        [
+            "model",
+            "file size",
+            "board memory (ION)",
+            "fits",
+            "cosine vs fp32",
+            "worst image",
+            "verified on",
+            "est. board time",
+        ],
+        rows,
+        numeric=(1, 2),
+    )
+    return hp.section(
+        "models",
+        "Models",
+        body,
+        "Each cvimodel against the fp32 ONNX model on the test images (mean output cosine, and "
+        "the least similar image); ION is the board memory it needs; the board time is "
+        "estimated from its command buffers (no board needed; <code>duotpu info</code> explains).",
+    )
+
+
+def _labels(n_classes: int) -> list[str] | None:
+    return imagenet_classes() if n_classes == 1000 else None
+
+
+def _test_image(result: BuildResult) -> str:
+    from duotpu.builder import summary
+
+    path = result.test_image_path
+    rgb = read_rgb(path) if path is not None else None
+    name = path.name if path is not None else "the test input"
+    photo = hp.img(hp.thumbnail(rgb, 260), f"test image {name}") if rgb is not None else ""
+    if result.head is not None and rgb is not None:
+        from duotpu.core.detect import draw_boxes
+
+        cards = []
+        for det in summary.detect_build(result):
+            drawn = draw_boxes(rgb, det.detections)
+            cards.append(
+                f"<div class=card><h3>{hp.esc(det.model)}</h3>"
+                + hp.img(hp.thumbnail(drawn, 420), f"{det.model} detections")
+                + f"<small>{len(det.detections)} detections"
+                + (
+                    f", head maps' lowest cosine {det.cosine_min:.4f}"
+                    if det.cosine_min is not None and det.model != "fp32 ONNX"
+                    else ""
+                )
+                + "</small></div>"
+            )
+        body = f"<div class=side>{''.join(cards)}</div>"
+        lead = f"Boxes of the fp32 model and of each cvimodel on {hp.esc(name)}."
+    elif result.recipe.task == "classify":
+        ref = next(iter(result.reference))
+        labels = _labels(int(result.reference[ref].size))
+        cards = []
+        for row in summary.classify_build(result):
+            lines = "".join(
+                f"<tr><td>{hp.esc(class_name(labels, c))}</td><td class=num>{p:.3f}</td>"
+                f"<td style='width:40%'><div class=bar style='width:{100 * p:.0f}%'></div></td>"
+                "</tr>"
+                for c, p in row.top
+            )
+            cards.append(
+                f"<div class=card><h3>{hp.esc(row.model)}</h3><table>{lines}</table></div>"
+            )
+        same = summary.top1_agrees(summary.classify_build(result, 1))
+        body = (
+            f"<div class=side><div class=card>{photo}<small>{hp.esc(name)}</small></div>"
+            + "".join(cards)
+            + "</div>"
+            + (
+                ""
+                if same
+                else "<p class=bad>The models do not agree on the top-1 class of this image.</p>"
+            )
+        )
+        lead = "Top-5 classes (softmax probabilities) of fp32 and of each cvimodel."
+    else:
+        rows = []
+        for n, ref_out in result.reference.items():
+            rows.append(
+                [
+                    hp.esc(n),
+                    "×".join(map(str, ref_out.shape)),
+                    f"{ref_out.min():.3g} … {ref_out.max():.3g}",
+                ]
+                + [
+                    f"{metrics.cosine(ref_out, art.outputs[n]):.4f}" if n in art.outputs else "—"
+                    for art in result.models.values()
+                ]
+            )
+        body = (
+            f"<div class=side><div class=card>{photo}<small>{hp.esc(name)}</small></div></div>"
+            if photo
+            else ""
+        ) + hp.table(
+            ["output", "shape", "fp32 range", *[f"{m.upper()} cosine" for m in result.models]],
+            rows,
+        )
+        lead = "Each output of each cvimodel against the fp32 model on the test input."
+    return hp.section("test-image", "On the test image", body, lead)
+
+
+def _mix(result: BuildResult) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    mix = result.mix
+    assert mix is not None
+    rows: list[Candidate] = list(mix.rows)
+    fig, ax = plt.subplots(figsize=(7, 3.4))
+    xs = [c.n_bf16 if not c.all_bf16 else max(r.n_bf16 for r in rows) + 2 for c in rows]
+    ys = [c.metric for c in rows]
+    sizes = [20 + 12 * c.ion_mb for c in rows]
+    tips = {}
+    for i, (x, y, s, c) in enumerate(zip(xs, ys, sizes, rows)):
+        color = "#1a7f37" if c.meets else "#888"
+        pt = ax.scatter([x], [y], s=s, color=color, alpha=0.8, zorder=3)
+        pt.set_gid(f"mix-{i}")
+        tips[f"mix-{i}"] = (
+            f"{c.label}: {c.shown_bf16} BF16 layers, metric {c.metric:.4f}, ION {c.ion_mb:.2f} MB"
+            + (f", est. {c.est_ms:.1f} ms" if c.est_ms else "")
+        )
+    best = mix.best
+    bx = xs[mix.chosen]
+    ax.scatter([bx], [best.metric], s=160, facecolors="none", edgecolors="#cf222e", zorder=4)
+    ax.annotate("chosen", (bx, best.metric), textcoords="offset points", xytext=(8, -12))
+    order = sorted(range(len(rows)), key=lambda i: xs[i])
+    ax.plot([xs[i] for i in order], [ys[i] for i in order], color="#bbb", zorder=1, lw=1)
+    ax.set_xlabel("layers in BF16 (rightmost: the whole model)")
+    ax.set_ylabel(mix.target.split(">=")[0] if mix.target else "metric")
+    hp.zoom(ax, ys, top=max(ys))
+    ax.grid(alpha=0.3)
+    plot = hp.svg(fig, tips)
+    table = hp.table(
+        ["candidate", "BF16 layers", "metric", "meets", "ION", "est. ms"],
+        [
+            [
+                ("<b>" if i == mix.chosen else "") + hp.esc(c.label),
+                c.shown_bf16,
+                f"{c.metric:.4f}",
+                "yes" if c.meets else "no",
+                f"{c.ion_mb:.2f} MB",
+                f"{c.est_ms:.1f}" if c.est_ms else "—",
+            ]
+            for i, c in enumerate(rows)
+        ],
+        numeric=(1, 2, 4, 5),
+    )
+    lead = (
+        f"Target {hp.esc(mix.target or 'a given quantize table')}: "
+        + ("met" if mix.met else "<span class=bad>not met</span>")
+        + f" by {hp.esc(best.label)} ({best.shown_bf16} BF16 layers, {best.metric:.4f}). "
+        "Green points meet the target; a point's area grows with its board memory (ION); "
+        "hover a point for its numbers."
+    )
+    return hp.section("mix", "Mixed precision: accuracy against BF16 layers", plot + table, lead)
+
+
+def _slowest_layers(result: BuildResult, n: int = 8) -> str:
+    art = next((a for a in result.models.values() if a.estimate is not None), None)
+    if art is None or not art.estimate.layers:
+        return ""
+    names: dict[int, str] = {}
+    if art.tpu_mlir is not None:
+        names = compiler.latency.layer_names(
+            art.tpu_mlir.parent / f"{art.cvimodel.stem}_tensor_info.txt"
+        )
+    total = art.estimate.ms or 1.0
+    rows = [
+        [
+            hp.esc(names.get(lt.layer, f"layer {lt.layer}")),
+            f"{lt.tiu_ms:.3f}",
+            f"{lt.tdma_ms:.3f}",
+            f"{100 * max(lt.tiu_ms, lt.tdma_ms) / total:.0f} %",
+        ]
+        for lt in art.estimate.top_layers(n)
+    ]
+    return hp.section(
+        "latency",
+        f"Where the time goes ({art.mode.upper()}, estimated)",
+        hp.table(["layer", "TIU ms", "TDMA ms", "share"], rows, numeric=(1, 2, 3)),
+        f"The {n} layers with the most estimated engine time of {art.estimate.ms:.2f} ms in all "
+        "(TIU computes, TDMA moves data; the two overlap).",
+    )
+
+
+def _recipe(result: BuildResult) -> str:
+    r = result.recipe
+    pre = r.preprocess
+    shape = r.inputs[0].shape if r.inputs else ()
+    pairs = [
+        ("chip", hp.esc(r.chip)),
+        ("quantize", hp.esc(", ".join(m.upper() for m in r.quantize))),
+        ("input", f"{hp.esc(r.inputs[0].name)} {'×'.join(map(str, shape))}"),
+        (
+            "preprocess",
+            hp.esc(
+                f"resize {pre.resize or 'to the input'} ({pre.resize_mode}), {pre.pixel_format}, "
+                f"mean {list(pre.mean)}, std {list(pre.std)}"
+            ),
+        ),
+        (
+            "calibration",
+            hp.esc(
+                f"{r.calibration.count} images from {r.calibration.images}, "
+                f"{r.calibration.method}, tune_num {r.calibration.tune_num}"
+            ),
+        ),
+    ]
+    if r.mix.target or r.mix.qtable:
+        pairs.append(("mixed precision", hp.esc(r.mix.target or r.mix.qtable)))
+    if r.model.outputs:
+        pairs.append(("cut at", hp.esc(", ".join(r.model.outputs))))
+    if r.deploy.fuse_preprocess:
+        pairs.append(("fused preprocessing", hp.esc(r.deploy.pixel_format)))
+    pairs.append(("recipe file", f"<code>{hp.esc(result.recipe_path.name)}</code>"))
+    return hp.section("recipe", "Recipe", hp.key_values(pairs))
+
+
+def _stages(result: BuildResult) -> str:
+    rows = [
+        [hp.esc(s.name), f"{s.seconds:.1f} s", "cached" if s.cached else "ran"]
+        for s in result.stages
+    ]
+    total = sum(s.seconds for s in result.stages if not s.cached)
+    return hp.section(
+        "stages",
+        "Stages",
+        hp.table(["stage", "time", ""], rows, numeric=(1,)),
+        f"{total:.1f} s of work in this build; a cached stage shows the time it took when it ran.",
+    )
