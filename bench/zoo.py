@@ -12,13 +12,15 @@ Rows are kept in bench/results/zoo.json as they finish (a rerun skips finished r
 rebuilds), and the table is written to bench/results/zoo.md after each row. Build folders stay in
 bench/work/zoo (cached: a rerun of a row reuses its finished stages).
 
-Run: `.venv/bin/python bench/zoo.py [--only resnet18,yolov8n] [--chip cv180x] [--calib-count 20]`.
+Run: `.venv/bin/python bench/zoo.py [--only resnet18,yolov8n] [--chip cv180x] [--calib-count 20]
+[--workers N | --ray-address HOST:PORT]` (rows as parallel Ray tasks).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import traceback
@@ -32,6 +34,7 @@ sys.path.insert(0, str(HERE))
 from _report import emit  # noqa: E402
 from duotpu.builder import pipeline  # noqa: E402
 from duotpu.builder.mixprec import DUO_ION_MB  # noqa: E402
+from duotpu.compiler.executor import Outcome, executor  # noqa: E402
 from duotpu.config.errors import CompilerFailure, DuoTpuError, PartialBuild  # noqa: E402
 from duotpu.config.recipe import recipe_from_dict  # noqa: E402
 
@@ -286,26 +289,56 @@ def estimates(row: dict) -> dict[str, float]:
     return out
 
 
+def _row_task(job: tuple[Row, str, int]) -> dict:
+    return run_row(*job)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--only", help="comma-separated row names")
     ap.add_argument("--chip", default="cv180x")
     ap.add_argument("--calib-count", type=int, default=20)
     ap.add_argument("--force", action="store_true", help="rebuild rows already measured")
+    ap.add_argument("--workers", type=int, default=0, help="rows as parallel Ray tasks")
+    ap.add_argument("--ray-address", help="run the rows on this Ray cluster")
     args = ap.parse_args()
     store = RESULTS / f"zoo_{args.chip}.json"
     done = {r["name"]: r for r in json.loads(store.read_text())} if store.is_file() else {}
     wanted = [r for r in ROWS if not args.only or r.name in args.only.split(",")]
-    for row in wanted:
-        if row.name in done and not args.force:
-            continue
-        print(f"== {row.name}", flush=True)
-        done[row.name] = run_row(row, args.chip, args.calib_count)
-        print(f"   {done[row.name]['outcome']}: {done[row.name].get('reason', '')[:200]}")
+    todo = [row for row in wanted if row.name not in done or args.force]
+    # Ray workers import this module by name
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")])
+    )
+
+    def finished(o: Outcome[dict]) -> None:  # kept as each row finishes: a rerun resumes
+        row = todo[o.index]
+        done[row.name] = (
+            o.value
+            if o.value is not None
+            else {
+                "name": row.name,
+                "group": row.group,
+                "chip": args.chip,
+                "outcome": "failed",
+                "reason": o.failed.error if o.failed else "",
+            }
+        )
+        print(
+            f"== {row.name}: {done[row.name]['outcome']} {done[row.name].get('reason', '')[:200]}"
+        )
         ordered = [done[r.name] for r in ROWS if r.name in done]
         RESULTS.mkdir(exist_ok=True)
         store.write_text(json.dumps(ordered, indent=1))
         emit(table(ordered, args.chip, args.calib_count), RESULTS / f"zoo_{args.chip}.md")
+
+    with executor(args.workers, args.ray_address) as ex:
+        ex.map(
+            _row_task,
+            [(row, args.chip, args.calib_count) for row in todo],
+            labels=[r.name for r in todo],
+            on_done=finished,
+        )
 
 
 if __name__ == "__main__":

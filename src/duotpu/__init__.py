@@ -45,8 +45,10 @@ from duotpu.config.recipe import (
 )
 
 if TYPE_CHECKING:
+    from duotpu.builder.many import build_many
     from duotpu.builder.pipeline import BuildResult, EventSink, ModelArtifact, StageEvent
     from duotpu.compiler.cvimodel import CviModelInfo, read_cvimodel
+    from duotpu.compiler.executor import Executor, executor
     from duotpu.infer.runtime import BuiltModel, infer, open_model, tensors_for
 
 # Loaded on first use: `import duotpu` (and the compiler's worker processes, which import the
@@ -57,6 +59,9 @@ _LAZY = {
     "ModelArtifact": "duotpu.builder.pipeline",
     "StageEvent": "duotpu.builder.pipeline",
     "CviModelInfo": "duotpu.compiler.cvimodel",
+    "Executor": "duotpu.compiler.executor",
+    "executor": "duotpu.compiler.executor",
+    "build_many": "duotpu.builder.many",
     "read_cvimodel": "duotpu.compiler.cvimodel",
     "BuiltModel": "duotpu.infer.runtime",
     "infer": "duotpu.infer.runtime",
@@ -100,6 +105,9 @@ __all__ = [
     "infer",
     "read_cvimodel",
     "CviModelInfo",
+    "Executor",
+    "executor",
+    "build_many",
     "DuoTpuError",
     "ConfigError",
     "ModelError",
@@ -121,14 +129,16 @@ def build(
     out_dir: str | PathLike[str] | None = None,
     work_dir: str | PathLike[str] | None = None,
     events: EventSink | None = None,
+    executor: Executor | None = None,
     **overrides: Any,
 ) -> BuildResult:
     """Build ``recipe`` (a :class:`Recipe` or a TOML path) into verified cvimodels.
 
     Keyword ``overrides`` use dotted recipe keys with ``__`` for dots, e.g.
     ``build("r.toml", calibration__count=20)``. ``events`` receives a :class:`StageEvent` as
-    each stage starts, finishes or is found in the cache. Raises a :class:`DuoTpuError`
-    subclass on failure.
+    each stage starts, finishes or is found in the cache. ``executor``
+    (``duotpu.compiler.executor.executor(workers=N)``) builds the mixed-precision search's
+    sensitivity candidates as parallel tasks. Raises a :class:`DuoTpuError` subclass on failure.
     """
     from pathlib import Path
 
@@ -145,4 +155,5 @@ def build(
         Path(out_dir) if out_dir else None,
         Path(work_dir) if work_dir else None,
         events or (lambda e: None),
+        executor=executor,
     )

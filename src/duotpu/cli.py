@@ -367,6 +367,7 @@ def _build_json_head(result) -> dict[str, Any]:
         "name": result.recipe.name,
         "out_dir": str(result.out_dir),
         "manifest": str(result.manifest),
+        "report": str(result.report) if result.report else None,
         "models": {m: str(a.cvimodel) for m, a in result.models.items()},
     }
 
@@ -416,6 +417,8 @@ def _print_detect_build(console, result, as_json: bool) -> int:
         )
     console.print(f"decode info: {result.out_dir / (result.recipe.name + '.detect.json')}")
     console.print(f"manifest: {result.manifest}")
+    if result.report is not None:
+        console.print(f"report: {result.report}")
     return EXIT_OK
 
 
@@ -495,6 +498,99 @@ def _print_build(console, result, labels, as_json: bool) -> int:
     return EXIT_OK
 
 
+def _add_scale_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        metavar="N",
+        help="run independent work as N parallel tasks on a local Ray instance "
+        "(started and stopped here)",
+    )
+    p.add_argument(
+        "--ray-address",
+        metavar="HOST:PORT",
+        help="join this Ray cluster instead (default $RAY_ADDRESS); its nodes need duotpu",
+    )
+
+
+def _executor(args: argparse.Namespace):
+    """The executor the flags ask for (serial without them; demo has none)."""
+    from duotpu.compiler.executor import executor
+
+    return executor(getattr(args, "workers", 0) or 0, getattr(args, "ray_address", None))
+
+
+def cmd_build_many(args: argparse.Namespace) -> int:
+    from duotpu.builder.many import build_many
+    from duotpu.config.recipe import load_recipe, parse_override_value
+
+    overrides = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set {item!r}: give KEY=VALUE, e.g. --set calibration.count=50.")
+        overrides[key.strip()] = parse_override_value(key.strip(), value)
+    recipes = [load_recipe(Path(r), overrides) for r in args.recipes]
+    con = _console()
+    with _executor(args) as ex:
+        con.print(
+            f"building {len(recipes)} recipe(s) "
+            + (f"on Ray, {ex.workers} worker(s)" if ex.name == "ray" else "one after another")
+        )
+
+        def done(b) -> None:
+            mark = "[green]✓[/]" if b.ok else "[red]✗[/]"
+            why = b.error.splitlines()[0][:60] if b.error else ""
+            con.print(f"{mark} {b.name:<24} {b.seconds:7.1f} s  {why}")
+
+        results = build_many(
+            recipes,
+            out_root=Path(args.out_root) if args.out_root else None,
+            executor=ex,
+            on_done=done,
+        )
+    if args.json:
+        print(json.dumps([_jsonable(b.__dict__) for b in results], indent=2))
+    else:
+        con.print(_many_table(results))
+    return EXIT_OK if all(b.ok for b in results) else EXIT_FAIL
+
+
+def _jsonable(d: dict) -> dict:
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in d.items()}
+
+
+def _many_table(results) -> Any:
+    def cell(b, mode: str, key: str, spec: str) -> str:
+        v = b.models.get(mode, {}).get(key)
+        return "" if v is None else format(v, spec)
+
+    rows = [
+        [
+            b.name,
+            "built" if b.ok else ("partial" if b.models else "failed"),
+            f"{b.seconds:.0f}" + (" (cached)" if b.cached else ""),
+            cell(b, "int8", "cosine", ".4f"),
+            cell(b, "bf16", "cosine", ".4f"),
+            cell(b, "int8", "ion_mb", ".1f"),
+            cell(b, "int8", "est_ms", ".1f"),
+            b.node,
+        ]
+        for b in results
+    ]
+    t = _table(
+        f"{len(results)} builds",
+        ["recipe", "outcome", "build s", "INT8 cos", "BF16 cos", "ION MB", "est. ms", "node"],
+        rows,
+        numeric_from=2,
+    )
+    failed = [b for b in results if b.error]
+    if failed:
+        t.caption = "; ".join(f"{b.name}: {b.error.splitlines()[0]}" for b in failed)
+    return t
+
+
 def cmd_build(args: argparse.Namespace) -> int:
     from duotpu.builder import pipeline
     from duotpu.core import labels as labels_mod
@@ -513,12 +609,14 @@ def cmd_build(args: argparse.Namespace) -> int:
     )
     partial: PartialBuild | None = None
     try:
-        result = pipeline.build(
-            recipe,
-            Path(args.out) if args.out else None,
-            Path(args.work_dir) if args.work_dir else None,
-            progress,
-        )
+        with _executor(args) as ex:
+            result = pipeline.build(
+                recipe,
+                Path(args.out) if args.out else None,
+                Path(args.work_dir) if args.work_dir else None,
+                progress,
+                executor=ex,
+            )
     except PartialBuild as e:
         partial, result = e, e.result
     finally:
@@ -555,6 +653,8 @@ def _print_verified(console, result) -> None:
         )
         console.print(f"[bold]{mode.upper()}[/] {art.cvimodel}  (verified on {where}, {how})")
     console.print(f"manifest: {result.manifest}")
+    if result.report is not None:
+        console.print(f"report: {result.report}")
 
 
 def _print_partial(e: PartialBuild) -> int:
@@ -967,7 +1067,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     target = Path(args.model)
     con = _console()
-    with Progress(console=con, transient=True) as prog:
+    with _executor(args) as ex, Progress(console=con, transient=True) as prog:
         tasks: dict[str, Any] = {}
 
         def progress(mode: str, done: int, total: int) -> None:
@@ -987,6 +1087,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             layers=args.layers or 0,
             progress=progress,
             log=con.print,
+            executor=ex,
         )
     task = str(data.get("task", ""))
     tables = {"detect": _detect_eval_table, "generic": _generic_eval_table}
@@ -1453,7 +1554,28 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", action="store_true", help="print the result as JSON")
     b.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
     _add_recipe_flags(b)
+    _add_scale_flags(b)
     b.set_defaults(func=cmd_build)
+
+    bm = sub.add_parser(
+        "build-many",
+        help="build several recipes, in parallel with --workers N or on a Ray cluster",
+        description="Build every RECIPE (TOML) into OUT_ROOT/NAME, as `duotpu build` would; "
+        "a failed recipe does not stop the others. A table of every build at the end.",
+    )
+    bm.add_argument("recipes", nargs="+", metavar="RECIPE", help="recipe TOML files")
+    bm.add_argument("--out-root", help="folder for the builds' folders (default build/)")
+    bm.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a recipe field in every recipe",
+    )
+    bm.add_argument("--json", action="store_true", help="print the results as JSON")
+    bm.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
+    _add_scale_flags(bm)
+    bm.set_defaults(func=cmd_build_many)
 
     d = sub.add_parser(
         "demo",
@@ -1564,6 +1686,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--limit", type=int, default=0, help="use at most this many images")
     ev.add_argument("--out", help="report folder (default BUILD_DIR/eval)")
     ev.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
+    _add_scale_flags(ev)
     ev.set_defaults(func=cmd_eval)
 
     lg = sub.add_parser(

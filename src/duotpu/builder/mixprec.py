@@ -16,12 +16,14 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from duotpu import compiler
 from duotpu.compiler import cvimodel as cvimodel_mod
+from duotpu.compiler.executor import Executor
+from duotpu.config.errors import ModelError
 from duotpu.config.recipe import Recipe, parse_target
 from duotpu.core import metrics
 
@@ -190,6 +192,7 @@ def search(
     graph: dict[str, dict],
     fast_search_layers: list[str] | None = None,
     log: Callable[[str], None] = lambda m: None,
+    executor: Executor | None = None,
 ) -> tuple[list[Candidate], int]:
     """Run the search; returns the trade-off rows and the index of the row that meets the
     target with the fewest BF16 layers (or, when none does, of the best one).
@@ -202,76 +205,62 @@ def search(
     3. Each region of that set is dropped if the others meet the target without it, else
        trimmed by bisection: first its shortest head, then its latest start, that still meets.
     tpu_mlir's ``fast_search`` table, when given, is one more candidate. Every candidate is a
-    real cvimodel measured on the validation set.
+    real cvimodel measured on the validation set. With a parallel ``executor`` the candidates of
+    step 1 are built as parallel tasks (steps 2–3 depend on each other's results).
     """
     mix = recipe.mix
     kind, need = parse_target(mix.target) if mix.target else ("cos", 0.0)
 
-    def measure(model: Built) -> tuple[float, int, float]:
-        info = cvimodel_mod.read_cvimodel(model.cvimodel)
-        prog = info.programs[0]
-        got = compiler.run_tensors(
-            "mlir", model.tpu_mlir, prog.inputs[0].name, val_tensors, [t.name for t in prog.outputs]
-        )
-        return score(got), info.file_size, info.ion_mb
-
     def row(label: str, layers: list[str], model: Built, all_bf16: bool = False) -> Candidate:
-        m, size, ion = measure(model)
-        c = Candidate(
-            label,
-            tuple(layers),
-            m,
-            m >= need,
-            size,
-            ion,
-            ion <= DUO_ION_MB,
-            model.cvimodel,
-            model.model_outputs,
-            model.tpu_mlir,
-            all_bf16,
-            compiler.latency.estimate(model.cvimodel).ms,
-        )
-        log(
-            f"{label}: {kind} {m:.4f} ({'meets' if c.meets else 'below'} {need}), "
-            f"{c.shown_bf16} BF16 layer(s), ION {ion:.2f} MB, est. {c.est_ms:.3g} ms"
-        )
+        c = _candidate(label, tuple(layers), model, val_tensors, score, need, all_bf16)
+        _log_row(log, kind, need, c)
         return c
 
     built: dict[frozenset, Candidate] = {}
 
+    def job(layers: list[str], label: str, number: int) -> _CandidateJob:
+        return _CandidateJob(
+            label,
+            tuple(layers),
+            folder / f"c{number:03d}",
+            recipe.name,
+            transformed,
+            table,
+            options,
+            val_tensors,
+            score,
+            need,
+        )
+
     def build(layers: list[str], label: str) -> Candidate:
         key = frozenset(layers)
         if key not in built:
-            sub = folder / f"c{len(built) + 1:03d}"
-            shutil.rmtree(sub, ignore_errors=True)
-            sub.mkdir(parents=True)
-            qt = write_qtable(sub / "qtable.txt", layers)
-            files = compiler.deploy(
-                transformed,
-                sub,
-                sub / "deploy.log",
-                options,
-                cvimodel_name=f"{recipe.name}_mix.cvimodel",
-                calibration_table=table,
-                quantize_table=qt,
-            )
-            built[key] = row(
-                label, layers, Built(files.tpu_mlir, files.cvimodel, files.model_outputs)
-            )
-            # the rest is intermediate (tens of MB per candidate); the quantized MLIR and its
-            # weights stay for the fast path (`duotpu eval` of the picked candidate)
-            keep = {
-                files.cvimodel,
-                files.model_outputs,
-                qt,
-                sub / "deploy.log",
-                files.tpu_mlir,
-                *compiler.mlir_weight_files(files.tpu_mlir),
-            }
-            for f in sub.iterdir():
-                if f not in keep:
-                    shutil.rmtree(f) if f.is_dir() else f.unlink()
+            built[key] = _build_candidate(job(layers, label, len(built) + 1))
+            _log_row(log, kind, need, built[key])
         return built[key]
+
+    def prebuild(specs: list[tuple[list[str], str]]) -> None:
+        """Build candidates that do not depend on each other as parallel tasks (the
+        sensitivity pass); later ``build`` calls find them done. Numbered as a serial run
+        numbers them, so both runs leave the same folders."""
+        if executor is None or executor.workers <= 1:
+            return
+        jobs: list[_CandidateJob] = []
+        keys: list[frozenset] = []
+        for layers, label in specs:
+            key = frozenset(layers)
+            if key not in built and key not in keys:
+                keys.append(key)
+                jobs.append(job(layers, label, len(built) + len(jobs) + 1))
+        outcomes = executor.map(_build_candidate, jobs, labels=[j.label for j in jobs])
+        for key, o in zip(keys, outcomes):
+            if o.failed is not None:
+                raise o.failed.exception or ModelError(
+                    f"The mixed-precision candidate {o.failed.label} failed: {o.failed.error}"
+                )
+            assert o.value is not None
+            built[key] = o.value
+            _log_row(log, kind, need, o.value)
 
     rows = [row("pure INT8", [], int8)]
     if mix.qtable:
@@ -279,7 +268,7 @@ def search(
     elif not rows[0].meets:
         if fast_search_layers:
             build(fast_search_layers, "tpu_mlir fast_search")
-        _search_regions(graph, mix, build, rows[0].metric)
+        _search_regions(graph, mix, build, rows[0].metric, prebuild)
     rows += list(built.values())
     meeting = [i for i, r in enumerate(rows) if r.meets]
     if mix.qtable:
@@ -293,8 +282,106 @@ def search(
     return rows, chosen
 
 
+def _log_row(log: Callable[[str], None], kind: str, need: float, c: Candidate) -> None:
+    log(
+        f"{c.label}: {kind} {c.metric:.4f} ({'meets' if c.meets else 'below'} {need}), "
+        f"{c.shown_bf16} BF16 layer(s), ION {c.ion_mb:.2f} MB, est. {c.est_ms:.3g} ms"
+    )
+
+
+def _candidate(
+    label: str,
+    layers: tuple[str, ...],
+    model: Built,
+    val_tensors: list[np.ndarray],
+    score: Scorer,
+    need: float,
+    all_bf16: bool = False,
+) -> Candidate:
+    """A built model measured: the task metric on the validation set, size, ION, estimate."""
+    info = cvimodel_mod.read_cvimodel(model.cvimodel)
+    prog = info.programs[0]
+    got = compiler.run_tensors(
+        "mlir", model.tpu_mlir, prog.inputs[0].name, val_tensors, [t.name for t in prog.outputs]
+    )
+    m = score(got)
+    return Candidate(
+        label,
+        layers,
+        m,
+        m >= need,
+        info.file_size,
+        info.ion_mb,
+        info.ion_mb <= DUO_ION_MB,
+        model.cvimodel,
+        model.model_outputs,
+        model.tpu_mlir,
+        all_bf16,
+        compiler.latency.estimate(model.cvimodel).ms,
+    )
+
+
+@dataclass(frozen=True)
+class _CandidateJob:
+    """One candidate to build: everything a task needs, wherever it runs (a shared disk)."""
+
+    label: str
+    layers: tuple[str, ...]
+    folder: Path
+    name: str
+    transformed: Any
+    table: Path
+    options: compiler.DeployOptions
+    val_tensors: list
+    score: Scorer
+    need: float
+
+
+def _build_candidate(job: _CandidateJob) -> Candidate:
+    """Deploy an INT8 model with ``job.layers`` in BF16 and measure it."""
+    sub = job.folder
+    shutil.rmtree(sub, ignore_errors=True)
+    sub.mkdir(parents=True)
+    qt = write_qtable(sub / "qtable.txt", list(job.layers))
+    files = compiler.deploy(
+        job.transformed,
+        sub,
+        sub / "deploy.log",
+        job.options,
+        cvimodel_name=f"{job.name}_mix.cvimodel",
+        calibration_table=job.table,
+        quantize_table=qt,
+    )
+    c = _candidate(
+        job.label,
+        job.layers,
+        Built(files.tpu_mlir, files.cvimodel, files.model_outputs),
+        job.val_tensors,
+        job.score,
+        job.need,
+    )
+    # the rest is intermediate (tens of MB per candidate); the quantized MLIR and its weights
+    # stay for the fast path (`duotpu eval` of the picked candidate)
+    keep = {
+        files.cvimodel,
+        files.model_outputs,
+        qt,
+        sub / "deploy.log",
+        files.tpu_mlir,
+        *compiler.mlir_weight_files(files.tpu_mlir),
+    }
+    for f in sub.iterdir():
+        if f not in keep:
+            shutil.rmtree(f) if f.is_dir() else f.unlink()
+    return c
+
+
 def _search_regions(
-    graph: dict[str, dict], mix, build: Callable[[list[str], str], Candidate], int8_metric: float
+    graph: dict[str, dict],
+    mix,
+    build: Callable[[list[str], str], Candidate],
+    int8_metric: float,
+    prebuild: Callable[[list[tuple[list[str], str]]], None] = lambda specs: None,
 ) -> None:
     """Steps 1–3 of :func:`search`; every candidate goes through ``build`` (which remembers)."""
     order, consumers = graph_order(graph)
@@ -304,6 +391,7 @@ def _search_regions(
         for no, run in enumerate(regions(order, consumers, mix.regions), 1)
         if len(run) <= mix.max_layers
     }
+    prebuild([(run, f"sensitivity: region {no} ({_span(run, index)})") for no, run in runs.items()])
     gain = {
         no: build(run, f"sensitivity: region {no} ({_span(run, index)})").metric - int8_metric
         for no, run in runs.items()

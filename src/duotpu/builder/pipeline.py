@@ -29,6 +29,7 @@ import numpy as np
 from duotpu import compiler
 from duotpu.builder import export as export_mod
 from duotpu.builder import intake
+from duotpu.compiler.executor import Executor
 from duotpu.config.errors import (
     BuildFailed,
     CompilerFailure,
@@ -689,6 +690,7 @@ def stage_mix(
     calibrated: Stage[Calibrated],
     dep_int8: Stage[Deployed],
     dep_bf16: Stage[Deployed] | None,
+    executor: Executor | None = None,
 ) -> Stage[Mixed]:
     """Search the fewest BF16 layers for INT8 to reach ``mix.target`` (or measure ``mix.qtable``).
     Every candidate's cvimodel is kept, so ``mix.pick`` chooses another row without a search."""
@@ -774,6 +776,7 @@ def stage_mix(
             graph=graph,
             fast_search_layers=fast,
             log=lambda m: wd.events(StageEvent("mix", "info", message=m)),
+            executor=executor,
         )
         met = any(rr.meets for rr in rows if not rr.all_bf16) if mix.target else True
         return Mixed(
@@ -925,6 +928,7 @@ def build(
     out_dir: Path | None = None,
     work_dir: Path | None = None,
     events: EventSink = no_events,
+    executor: Executor | None = None,
 ) -> BuildResult:
     """Run the pipeline export → transform → calibrate → deploy (per mode) → verify.
 
@@ -1010,6 +1014,7 @@ def build(
             wd.stages["calibrate"],
             results["int8"][0],
             results["bf16"][0] if "bf16" in results else None,
+            executor,
         )
     assert referenced is not None  # no branch failed
     result = _finish(recipe, out_dir, wd, exported, transformed, referenced, results, mixed)

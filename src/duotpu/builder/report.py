@@ -147,7 +147,7 @@ def _test_image(result: BuildResult) -> str:
 
         cards = []
         for det in summary.detect_build(result):
-            drawn = draw_boxes(rgb, det.detections)
+            drawn = draw_boxes(rgb, det.detections, 420)
             cards.append(
                 f"<div class=card><h3>{hp.esc(det.model)}</h3>"
                 + hp.img(hp.thumbnail(drawn, 420), f"{det.model} detections")
@@ -239,8 +239,10 @@ def _mix(result: BuildResult) -> str:
     bx = xs[mix.chosen]
     ax.scatter([bx], [best.metric], s=160, facecolors="none", edgecolors="#cf222e", zorder=4)
     ax.annotate("chosen", (bx, best.metric), textcoords="offset points", xytext=(8, -12))
-    order = sorted(range(len(rows)), key=lambda i: xs[i])
-    ax.plot([xs[i] for i in order], [ys[i] for i in order], color="#bbb", zorder=1, lw=1)
+    # the best metric reached with at most n BF16 layers: the trade-off's frontier
+    steps = sorted(set(xs))
+    best_at = [max(y for x, y in zip(xs, ys) if x <= s) for s in steps]
+    ax.step(steps, best_at, where="post", color="#999", lw=1, zorder=1, label="best so far")
     ax.set_xlabel("layers in BF16 (rightmost: the whole model)")
     ax.set_ylabel(mix.target.split(">=")[0] if mix.target else "metric")
     hp.zoom(ax, ys, top=max(ys))

@@ -273,8 +273,9 @@ def draw(image: str | Path | np.ndarray, dets: list[Detection], out: Path) -> Pa
     return out
 
 
-def draw_boxes(image: str | Path | np.ndarray, dets: list[Detection]) -> Any:
-    """The image (path or RGB array) as a PIL image with boxes, class names and scores."""
+def draw_boxes(image: str | Path | np.ndarray, dets: list[Detection], min_side: int = 0) -> Any:
+    """The image (path or RGB array) as a PIL image with boxes, class names and scores; an
+    image smaller than ``min_side`` is enlarged first, so small inputs stay legible."""
     from PIL import Image, ImageDraw, ImageFont
 
     img = (
@@ -282,6 +283,13 @@ def draw_boxes(image: str | Path | np.ndarray, dets: list[Detection]) -> Any:
         if not isinstance(image, np.ndarray)
         else Image.fromarray(np.asarray(image, np.uint8)).convert("RGB")
     )
+    scale = max(1.0, min_side / max(img.size)) if min_side else 1.0
+    if scale > 1.0:
+        img = img.resize((round(img.width * scale), round(img.height * scale)), Image.NEAREST)
+        dets = [
+            Detection(tuple(v * scale for v in d.box), d.score, d.cls, d.name)  # type: ignore[arg-type]
+            for d in dets
+        ]
     d = ImageDraw.Draw(img)
     font = ImageFont.load_default()
     palette = [

@@ -18,6 +18,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from duotpu import compiler
+from duotpu.compiler.executor import Executor, Outcome
 from duotpu.config.errors import ConfigError, DataError, ModelError
 from duotpu.core import images as images_mod
 from duotpu.core import metrics
@@ -99,17 +100,66 @@ def check_fast_path(model: runtime.BuiltModel, tensors: list[np.ndarray]) -> flo
     )
 
 
+@dataclass(frozen=True)
+class _Shard:
+    """Some images of an evaluation, for one task: the model is opened again where it runs."""
+
+    cvimodel: str
+    recipe: str | None
+    tensors: list
+    backend: str
+
+
+def _infer_shard(shard: _Shard) -> list[dict[str, np.ndarray]]:
+    model = runtime.open_model(shard.cvimodel, shard.recipe)
+    # one interpreter per task: the executor already runs a task per core
+    return runtime.infer(model, shard.tensors, backend=shard.backend, workers=1)
+
+
 def _infer_timed(
-    model: runtime.BuiltModel, tensors: list, backend: str, progress: Progress
+    model: runtime.BuiltModel,
+    tensors: list,
+    backend: str,
+    progress: Progress,
+    executor: Executor | None = None,
+    recipe: Path | None = None,
 ) -> tuple[list[dict[str, np.ndarray]], float]:
-    """Every image's outputs and the seconds they took, counting progress per model."""
+    """Every image's outputs and the seconds they took, counting progress per model. With a
+    parallel executor the images go out in shards (two per worker), the outputs come back in
+    the images' order."""
     t0 = time.monotonic()
-    outs = runtime.infer(
-        model,
-        tensors,
-        backend=backend,
-        progress=functools.partial(_count, progress, model.mode, len(tensors)),
+    if executor is None or executor.workers <= 1:
+        outs = runtime.infer(
+            model,
+            tensors,
+            backend=backend,
+            progress=functools.partial(_count, progress, model.mode, len(tensors)),
+        )
+        return outs, time.monotonic() - t0
+    size = max(1, -(-len(tensors) // (2 * executor.workers)))
+    shards = [
+        _Shard(str(model.cvimodel), str(recipe) if recipe else None, tensors[i : i + size], backend)
+        for i in range(0, len(tensors), size)
+    ]
+    done = [0]
+
+    def finished(o: Outcome[list[dict[str, np.ndarray]]]) -> None:
+        done[0] += len(shards[o.index].tensors)
+        progress(model.mode, done[0], len(tensors))
+
+    outcomes = executor.map(
+        _infer_shard,
+        shards,
+        labels=[
+            f"{model.mode} images {i * size + 1}–{i * size + len(sh.tensors)}"
+            for i, sh in enumerate(shards)
+        ],
+        on_done=finished,
     )
+    failed = [o.failed for o in outcomes if o.failed is not None]
+    if failed:
+        raise ModelError(f"{failed[0].label} did not run: {failed[0].error}")
+    outs = [r for o in outcomes for r in (o.value or [])]
     return outs, time.monotonic() - t0
 
 
@@ -238,22 +288,28 @@ def evaluate_build(
     layers: int = 0,
     progress: Progress = _quiet,
     log: Callable[[str], None] = _quiet,
+    executor: Executor | None = None,
 ) -> dict:
     """Evaluate every cvimodel of a build folder (or one cvimodel) against the fp32 model on a
     folder of images: classifiers by agreement (and accuracy with labelled subfolders),
     detectors by mAP against the fp32 detections (and against YOLO labels). Returns the
-    report's data (what ``report.json`` holds); ``progress`` and ``log`` report as it goes."""
+    report's data (what ``report.json`` holds); ``progress`` and ``log`` report as it goes.
+    ``executor`` (:mod:`duotpu.compiler.executor`) spreads the images over Ray workers."""
     target = Path(target)
     models = sorted(target.glob("*.cvimodel")) if target.is_dir() else [target]
     if not models:
         raise ConfigError(f"No cvimodel in {target}. Give a cvimodel or a build folder.")
     built = [runtime.open_model(m, recipe) for m in models]
     if built[0].head is not None:
-        found = _evaluate_detector(target, built, Path(images), backend, limit, progress, log)
+        found = _evaluate_detector(
+            target, built, Path(images), backend, limit, progress, log, executor, recipe
+        )
         found["per_layer"] = _layer_views(built, found.pop("_tensors"), layers)
         return found
     if built[0].recipe.task == "generic":
-        found = _evaluate_generic(target, built, Path(images), backend, limit, progress, log)
+        found = _evaluate_generic(
+            target, built, Path(images), backend, limit, progress, log, executor, recipe
+        )
         found["per_layer"] = _layer_views(built, found.pop("_tensors"), layers)
         return found
     first = built[0]
@@ -288,9 +344,8 @@ def evaluate_build(
                 f"  {b.mode.upper()}: fast path vs CV18xx simulator on {k} image(s): "
                 f"largest output difference {diff:g}" + (" (bit-exact)" if diff == 0 else "")
             )
-        q, secs = timed_infer(
-            b, tensors, backend, functools.partial(_count, progress, b.mode, len(tensors))
-        )
+        outs, secs = _infer_timed(b, tensors, backend, progress, executor, recipe)
+        q = np.stack([o[b.output_names[0]].reshape(-1) for o in outs])
         m = metrics.compare(b.mode, fp32, q, margin, labels, secs)
         data["modes"][b.mode] = m.__dict__
         quantized[b.mode] = metrics.as_probabilities(q)
@@ -341,6 +396,8 @@ def _evaluate_detector(
     limit: int,
     progress: Progress,
     log: Callable[[str], None],
+    executor: Executor | None = None,
+    recipe: Path | None = None,
 ) -> dict:
     from duotpu.core.detect import (
         MAP_CONF,
@@ -383,7 +440,7 @@ def _evaluate_detector(
     fp32_dets = per_image(head, fp32, pre, hws, opt)
     data["disagreement"] = {}
     for b in built:
-        outs, secs = _infer_timed(b, tensors, backend, progress)
+        outs, secs = _infer_timed(b, tensors, backend, progress, executor, recipe)
         m, fp32_lab = compare_detections(b.mode, b, fp32, outs, hws, truth, secs)
         data["modes"][b.mode] = m.__dict__
         if fp32_lab is not None:
@@ -417,6 +474,8 @@ def _evaluate_generic(
     limit: int,
     progress: Progress,
     log: Callable[[str], None],
+    executor: Executor | None = None,
+    recipe: Path | None = None,
 ) -> dict:
     """A model that is neither classifier nor detector: every output's cosine to fp32 over the
     images (mean and worst), and its value range."""
@@ -450,7 +509,7 @@ def _evaluate_generic(
         "modes": {},
     }
     for b in built:
-        outs, secs = _infer_timed(b, tensors, backend, progress)
+        outs, secs = _infer_timed(b, tensors, backend, progress, executor, recipe)
         per: dict[str, list[float]] = {n: [] for n in names}
         for out, ref in zip(outs, refs):
             named = runtime.as_reference_outputs(out, ref)

@@ -463,7 +463,7 @@ def _disagreement(data: dict) -> str:
                 continue
             pair = "".join(
                 f"<div class=card><h3>{label}: {len(items)} boxes</h3>"
-                + hp.img(hp.thumbnail(draw_boxes(rgb, dets(items)), 360), f"{label} boxes")
+                + hp.img(hp.thumbnail(draw_boxes(rgb, dets(items), 360), 360), f"{label} boxes")
                 + "</div>"
                 for label, items in (("fp32", e["fp32"]), (m.upper(), e["quantized"]))
             )
