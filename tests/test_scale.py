@@ -316,3 +316,50 @@ def test_build_many_refuses_two_recipes_of_one_name(tiny_onnx_path, tmp_path):
     files += _write_recipes(tiny_onnx_path, tmp_path / "b", ["same"])
     p = run_cli("build-many", *files, "--out-root", str(tmp_path / "o"))
     assert p.returncode == 2 and "Several recipes are named same" in p.stderr
+
+
+def test_an_interrupted_mix_search_resumes_without_rebuilding(tmp_path):
+    """Ctrl-C in the middle of the mixed-precision search, then the same command again: the
+    candidates that had finished are taken as they are (not deployed again), the search ends
+    with them in its table."""
+    import tinymodels
+
+    onnx = tinymodels.outlier_onnx(tmp_path / "outlier.onnx")
+    r = tiny_recipe(
+        onnx,
+        name="rs",
+        quantize=["int8"],
+        **{
+            "mix.count": 40,
+            "calibration.count": 16,
+            "mix.target": "agree>=0.95",
+            "mix.fast_search": False,
+        },
+    )
+    recipe = tmp_path / "rs.toml"
+    recipe.write_text(r.to_toml())
+    out = tmp_path / "out"
+    argv = [sys.executable, "-m", "duotpu.cli", "build", "--recipe", str(recipe), "--out", str(out)]
+    proc = subprocess.Popen(
+        argv, env={**os.environ, **ENV}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    pending = out / "work" / ".mix.tmp"
+    deadline = time.monotonic() + 300
+    while len(list(pending.glob("c*/candidate.json"))) < 2 and time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    stdout, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stdout
+    finished = {
+        p.parent.name: p.stat().st_mtime_ns
+        for p in pending.glob("c*/*.cvimodel")
+        if (p.parent / "candidate.json").is_file()
+    }
+    assert len(finished) >= 2
+    p = run_cli("build", "--recipe", str(recipe), "--out", str(out))
+    assert p.returncode == 0, p.stdout + p.stderr
+    mix = out / "work" / "mix"
+    for name, mtime in finished.items():
+        (cvi,) = (mix / name).glob("*.cvimodel")
+        assert cvi.stat().st_mtime_ns == mtime, f"{name} was built again"

@@ -13,6 +13,7 @@ Duo fit of pure INT8, each candidate, and pure BF16.
 
 from __future__ import annotations
 
+import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -337,8 +338,33 @@ class _CandidateJob:
     need: float
 
 
+CANDIDATE_FILE = "candidate.json"  # written last: the candidate is complete
+
+
+def _finished(job: _CandidateJob) -> Candidate | None:
+    """The candidate an interrupted run of the same search finished in ``job.folder``."""
+    from .workdir import from_json
+
+    try:
+        c: Candidate = from_json(
+            Candidate, json.loads((job.folder / CANDIDATE_FILE).read_text()), job.folder
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    paths = (c.cvimodel, c.model_outputs, c.tpu_mlir)
+    if (c.label, c.layers) != (job.label, job.layers) or not all(p.is_file() for p in paths):
+        return None
+    return c
+
+
 def _build_candidate(job: _CandidateJob) -> Candidate:
-    """Deploy an INT8 model with ``job.layers`` in BF16 and measure it."""
+    """Deploy an INT8 model with ``job.layers`` in BF16 and measure it (or take it from an
+    interrupted run of the same search: a rerun does not rebuild finished candidates)."""
+    from .workdir import to_json, write_json
+
+    done = _finished(job)
+    if done is not None:
+        return done
     sub = job.folder
     shutil.rmtree(sub, ignore_errors=True)
     sub.mkdir(parents=True)
@@ -373,6 +399,7 @@ def _build_candidate(job: _CandidateJob) -> Candidate:
     for f in sub.iterdir():
         if f not in keep:
             shutil.rmtree(f) if f.is_dir() else f.unlink()
+    write_json(sub / CANDIDATE_FILE, to_json(c, sub))
     return c
 
 

@@ -788,7 +788,7 @@ def stage_mix(
             round(fast_secs, 1),
         )
 
-    return wd.run("mix", key, run, Mixed)
+    return wd.run("mix", key, run, Mixed, resumable=True)
 
 
 def fast_search_cos(mix) -> float:

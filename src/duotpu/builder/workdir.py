@@ -26,6 +26,7 @@ from typing import Any, Callable, Generic, TypeVar
 
 from duotpu.compiler.runner import recording
 
+RESUME_FILE = ".resume-key"  # in an unfinished resumable stage: the key its work is for
 STAGE_FILE = "stage.json"
 
 
@@ -186,11 +187,18 @@ class WorkDir:
         self._lock = threading.Lock()
 
     def run(
-        self, name: str, key: dict[str, Any], fn: Callable[[Path], R], result_type: type[R]
+        self,
+        name: str,
+        key: dict[str, Any],
+        fn: Callable[[Path], R],
+        result_type: type[R],
+        resumable: bool = False,
     ) -> Stage[R]:
         """Run stage ``name`` unless its ``stage.json`` has the same ``key`` and every file of its
         result exists. ``fn(folder)`` does the work in a temporary folder and returns the
-        result, with paths in that folder (or elsewhere in the work directory)."""
+        result, with paths in that folder (or elsewhere in the work directory). A
+        ``resumable`` stage finds in that folder what an interrupted run with the same key
+        finished (its own markers say what is complete)."""
         folder = self.root / name
         khash = key_hash(key)
         cached = self._cached(folder, khash, result_type)
@@ -201,8 +209,12 @@ class WorkDir:
             self.events(StageEvent(name, "cached", seconds))
             return stage
         tmp = self.root / f".{name}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+        marker = tmp / RESUME_FILE
+        if not (resumable and marker.is_file() and marker.read_text() == khash):
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            if resumable:
+                marker.write_text(khash)
         self.events(StageEvent(name, "start"))
         t0 = time.monotonic()
         try:
