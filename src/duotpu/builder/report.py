@@ -70,7 +70,8 @@ def _fit(chip: str, ion_mb: float) -> str:
         if board_chip == chip:
             short = label.split(" (")[0].replace("Milk-V ", "")
             cls = "good" if ion_mb <= ion else "bad"
-            out.append(f"<span class={cls}>{hp.esc(short)} {'✓' if ion_mb <= ion else '✗'}</span>")
+            mark = "✓" if ion_mb <= ion else "✗"
+            out.append(f"<span class='{cls} nowrap'>{hp.esc(short)} {mark}</span>")
     return " ".join(out) or "—"
 
 

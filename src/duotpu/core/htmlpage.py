@@ -31,7 +31,7 @@ table{border-collapse:collapse;font-variant-numeric:tabular-nums;margin:.4em 0}
 th,td{border-bottom:1px solid var(--line);padding:4px 10px;text-align:left;vertical-align:top}
 th{background:var(--bg);font-weight:600;font-size:.92em;min-width:4.5em}
 td.num{text-align:right;white-space:nowrap}
-.good{color:var(--good)} .bad{color:var(--bad);font-weight:600}
+.good{color:var(--good)} .bad{color:var(--bad);font-weight:600} .nowrap{white-space:nowrap}
 figure{margin:.6em 0} figcaption{color:var(--mute);font-size:.9em}
 svg,img{max-width:100%;height:auto}
 .cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(min(230px,100%),1fr));gap:10px}

@@ -119,7 +119,7 @@ def write_eval_report(folder: Path, data: dict) -> tuple[Path, Path]:
     if data.get("per_layer"):
         sections.append(_depth(data["per_layer"]))
     if any(d.get("cosines") for d in modes.values()):
-        sections.append(_cosine_distribution(modes))
+        sections.append(_cosine_distribution(modes, task))
     if task == "classify":
         sections.append(_changed_gallery(data))
     if task == "detect":
@@ -364,7 +364,7 @@ def _depth(per_layer: dict[str, list]) -> str:
     )
 
 
-def _cosine_distribution(modes: dict) -> str:
+def _cosine_distribution(modes: dict, task: str) -> str:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 3))
     everything = [c for d in modes.values() for c in d.get("cosines", [])]
@@ -389,8 +389,13 @@ def _cosine_distribution(modes: dict) -> str:
         "cosines",
         "Output cosine per image",
         hp.svg(fig),
-        "How similar each image's output is to fp32's (a generic model: its least similar "
-        "output). The axis starts just under the worst image.",
+        (
+            "How similar each image's class scores are to fp32's."
+            if task == "classify"
+            else "How similar each image's outputs are to fp32's (per image, its least similar "
+            "output)."
+        )
+        + " The axis starts just under the worst image.",
     )
 
 
