@@ -49,7 +49,7 @@ if TYPE_CHECKING:
     from duotpu.builder.pipeline import BuildResult, EventSink, ModelArtifact, StageEvent
     from duotpu.compiler.cvimodel import CviModelInfo, read_cvimodel
     from duotpu.compiler.executor import Executor, executor
-    from duotpu.infer.runtime import BuiltModel, infer, open_model, tensors_for
+    from duotpu.infer.runtime import BuiltModel, detect, infer, open_model, tensors_for, top_k
 
 # Loaded on first use: `import duotpu` (and the compiler's worker processes, which import the
 # package) stays light; the build and inference modules pull in numpy, onnx and torch.
@@ -59,6 +59,8 @@ _LAZY = {
     "ModelArtifact": "duotpu.builder.pipeline",
     "StageEvent": "duotpu.builder.pipeline",
     "CviModelInfo": "duotpu.compiler.cvimodel",
+    "top_k": "duotpu.infer.runtime",
+    "detect": "duotpu.infer.runtime",
     "Executor": "duotpu.compiler.executor",
     "executor": "duotpu.compiler.executor",
     "build_many": "duotpu.builder.many",
@@ -103,6 +105,8 @@ __all__ = [
     "BuiltModel",
     "tensors_for",
     "infer",
+    "top_k",
+    "detect",
     "read_cvimodel",
     "CviModelInfo",
     "Executor",

@@ -875,41 +875,23 @@ def _class_names(args, n_classes: int):
 
 def _top_k(args, model, items, outs, key: str) -> list[dict]:
     """Per input: the top-k classes of the model's first output, with names."""
-    from duotpu.core import metrics
-    from duotpu.core.labels import class_name
+    from duotpu.infer import runtime
 
-    first = model.output_names[0]
-    names = _class_names(args, int(np.prod(outs[0][first].shape[1:])) if outs else 0)
-    results = []
-    for item, out in zip(items, outs):
-        probs = metrics.as_probabilities(out[first].reshape(out[first].shape[0], -1))[0]
-        results.append(
-            {
-                key: str(item),
-                "top": [
-                    {"class": i, "name": class_name(names, i), "probability": round(p, 6)}
-                    for i, p in metrics.topk(probs, args.topk)
-                ],
-            }
-        )
-    return results
+    names = _class_names(args, 0) if getattr(args, "labels", None) else None
+    tops = runtime.top_k(model, outs, args.topk, names)
+    return [{key: str(item), "top": top} for item, top in zip(items, tops)]
 
 
 def _detect_results(args, model, items, outs, key: str) -> list[dict]:
     """Per input: the detector's boxes (decoded and NMS-ed on the CPU, in image pixels); with
     ``--save``, the images with their boxes drawn."""
-    from duotpu.core.detect import detections, draw, input_frame, maps_in_order
+    from duotpu.core.detect import draw
+    from duotpu.infer import runtime
 
-    opts = model.recipe.detect
-    conf = args.conf if args.conf is not None else opts.conf
-    iou = args.iou if args.iou is not None else opts.iou
+    found = runtime.detect(model, [Path(i) for i in items], outs, conf=args.conf, iou=args.iou)
     results = []
-    for item, out in zip(items, outs):
+    for item, dets in zip(items, found):
         p = Path(item)
-        pre, hw = input_frame(p, model.recipe.preprocess, model.head)
-        dets = detections(
-            model.head, maps_in_order(model.head, out), pre, [hw], conf, iou, opts.max_det
-        )[0]
         results.append({key: str(item), "detections": [d.to_json() for d in dets]})
         if args.save and p.suffix.lower() not in (".npz", ".npy"):
             target = Path(args.save)

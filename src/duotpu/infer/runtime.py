@@ -12,7 +12,7 @@ import functools
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -295,3 +295,62 @@ def save_outputs(outputs: dict[str, np.ndarray], target: Path) -> Path:
     np.savez(tmp, **outputs)
     tmp.replace(target)
     return target
+
+
+def top_k(
+    model: BuiltModel,
+    outputs: list[dict[str, np.ndarray]],
+    k: int = 5,
+    class_names: list[str] | None = None,
+) -> list[list[dict[str, Any]]]:
+    """Per input, the ``k`` best classes of the model's first output (softmax probabilities
+    unless it already gives probabilities): ``{"class", "name", "probability"}`` each. Without
+    ``class_names``, a 1000-class output is named with ImageNet's classes."""
+    from duotpu.core import labels, metrics
+
+    first = model.output_names[0]
+    if class_names is None and outputs:
+        n = int(np.prod(outputs[0][first].shape[1:]))
+        class_names = labels.imagenet_classes() if n == 1000 else None
+    out = []
+    for o in outputs:
+        probs = metrics.as_probabilities(o[first].reshape(o[first].shape[0], -1))[0]
+        out.append(
+            [
+                {"class": i, "name": labels.class_name(class_names, i), "probability": round(p, 6)}
+                for i, p in metrics.topk(probs, k)
+            ]
+        )
+    return out
+
+
+def detect(
+    model: BuiltModel,
+    images: list[Path],
+    outputs: list[dict[str, np.ndarray]],
+    *,
+    conf: float | None = None,
+    iou: float | None = None,
+) -> list[list[Any]]:
+    """Per image, a detector's objects (decoded and NMS-ed on the CPU, boxes in the image's
+    pixels), at the recipe's ``detect.conf`` / ``detect.iou`` unless given."""
+    from duotpu.core.detect import detections, input_frame, maps_in_order
+
+    if model.head is None:
+        raise ModelError(f"{model.cvimodel.name} is not a detector (no decode information).")
+    opts = model.recipe.detect
+    found = []
+    for image, out in zip(images, outputs):
+        pre, hw = input_frame(Path(image), model.recipe.preprocess, model.head)
+        found.append(
+            detections(
+                model.head,
+                maps_in_order(model.head, out),
+                pre,
+                [hw],
+                opts.conf if conf is None else conf,
+                opts.iou if iou is None else iou,
+                opts.max_det,
+            )[0]
+        )
+    return found
