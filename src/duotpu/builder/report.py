@@ -244,6 +244,12 @@ def _mix(result: BuildResult) -> str:
     steps = sorted(set(xs))
     best_at = [max(y for x, y in zip(xs, ys) if x <= s) for s in steps]
     ax.step(steps, best_at, where="post", color="#999", lw=1, zorder=1, label="best so far")
+    if mix.target:
+        from duotpu.config.recipe import parse_target
+
+        need = parse_target(mix.target)[1]
+        ax.axhline(need, ls="--", lw=0.8, color="#1a7f37", zorder=0)
+        ys = [*ys, need]  # keep the target line in view
     ax.set_xlabel("layers in BF16 (rightmost: the whole model)")
     ax.set_ylabel(mix.target.split(">=")[0] if mix.target else "metric")
     hp.zoom(ax, ys, top=max(ys))
