@@ -6,7 +6,8 @@ Rows, each run serially (duotpu's default) and on a local Ray instance of 2 work
       else a small model with one INT8-sensitive layer (tests/tinymodels.py:outlier_onnx);
   (b) `build-many` of 6 recipes (torchvision models with random weights with --real, else
       6 variants of a tiny CNN);
-  (c) `duotpu eval` of 200 images of the demo build (with --demo), else of a tiny build;
+  (c) `duotpu eval` of 200 images of a build: --eval-build DIR, the demo's with --demo, else a
+      tiny build;
   (d) Ray's own overhead: starting and stopping the local instance, and 20 empty tasks.
 Prints a table and writes it to bench/results/scale.md. Target: ≤ 0.6 × serial on 2 cores.
 """
@@ -89,6 +90,7 @@ def main() -> int:
     ap.add_argument("--demo", action="store_true", help="the demo model's mix search and eval")
     ap.add_argument("--real", action="store_true", help="6 torchvision models for build-many")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--eval-build", help="a build folder to evaluate for (c), e.g. the demo's")
     ap.add_argument("--out", default=str(HERE / "results" / "scale.md"))
     args = ap.parse_args()
     rows = []
@@ -117,8 +119,8 @@ def main() -> int:
             f"(b) build-many, {len(recipes)} recipes",
             lambda e, f: build_many(recipes, out_root=f, executor=e),
         )
-        if args.demo:
-            build_dir = HERE.parent / "build" / "efficientnet_lite0"
+        if args.eval_build or args.demo:
+            build_dir = Path(args.eval_build or HERE.parent / "build" / "efficientnet_lite0")
         else:
             import tinymodels
 
@@ -140,6 +142,7 @@ def main() -> int:
         f"Serial vs a local Ray instance of {args.workers} workers (`bench/scale.py"
         + (" --demo" if args.demo else "")
         + (" --real" if args.real else "")
+        + (f" --eval-build {args.eval_build}" if args.eval_build else "")
         + "`), cold, this machine:",
         "",
         "| work | serial s | Ray s | Ray / serial | target |",
