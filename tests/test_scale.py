@@ -43,6 +43,36 @@ def recipes(onnx: Path, names: list[str]):
     return [tiny_recipe(onnx, name=n, **{"calibration.seed": i}) for i, n in enumerate(names)]
 
 
+def _start_duotpu(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """The real `duotpu` command in the background, its output (stdout and stderr) piped."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "duotpu.cli", *args],
+        env={**os.environ, **ENV, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def _outlier_recipe(tmp_path: Path, name: str, **over):
+    """The small model with one INT8-sensitive layer, with a mixed-precision target."""
+    import tinymodels
+
+    onnx = tinymodels.outlier_onnx(tmp_path / "outlier.onnx")
+    return tiny_recipe(
+        onnx,
+        name=name,
+        quantize=["int8"],
+        **{
+            "mix.count": 40,
+            "calibration.count": 16,
+            "mix.target": "agree>=0.95",
+            "mix.fast_search": False,
+            **over,
+        },
+    )
+
+
 def test_parallel_builds_equal_serial_ones(tiny_onnx_path, tmp_path):
     """build_many on a local Ray instance of 2 workers gives the serial run's cvimodels and
     numbers; a second run is all cache."""
@@ -65,23 +95,10 @@ def test_a_parallel_mix_search_and_eval_equal_serial_ones(tmp_path, tiny_build):
     """The mixed-precision search with its sensitivity candidates built as parallel tasks keeps
     the serial search's rows (labels, layers, metrics, same models) and choice; an eval
     spread over 2 workers in shards gives the serial eval's numbers."""
-    import tinymodels
     from duotpu.builder import pipeline
     from duotpu.eval.evaluate import evaluate_build
 
-    onnx = tinymodels.outlier_onnx(tmp_path / "outlier.onnx")
-    recipe = tiny_recipe(
-        onnx,
-        name="pm",
-        quantize=["int8"],
-        **{
-            "mix.count": 40,
-            "calibration.count": 16,
-            "mix.target": "agree>=0.95",
-            "mix.fast_search": False,
-            "mix.regions": 4,
-        },
-    )
+    recipe = _outlier_recipe(tmp_path, "pm", **{"mix.regions": 4})
     serial = pipeline.build(recipe, tmp_path / "serial")
     folder = tmp_path / "imgs"
     write_calibration_set(folder, 6, seed=4)
@@ -169,27 +186,18 @@ def test_a_two_node_cluster_builds_and_survives_a_lost_node(cluster, tiny_onnx_p
     folder. Then the second node is taken down mid-run: what had finished stays, the lost task
     runs again on the head, every recipe is built."""
     address, second = cluster
-    env = {**os.environ, **ENV, "DUOTPU_NODE_DIR": str(tmp_path / "nodes")}
     out = tmp_path / "out"
 
     def start(names: list[str]) -> subprocess.Popen:
         files = _write_recipes(tiny_onnx_path, tmp_path / "r", names)
-        return subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "duotpu.cli",
-                "build-many",
-                *files,
-                "--out-root",
-                str(out),
-                "--ray-address",
-                address,
-            ],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
+        return _start_duotpu(
+            "build-many",
+            *files,
+            "--out-root",
+            str(out),
+            "--ray-address",
+            address,
+            env={"DUOTPU_NODE_DIR": str(tmp_path / "nodes")},
         )
 
     proc = start(["na", "nb"])
@@ -224,23 +232,7 @@ def test_a_killed_worker_is_retried_once_then_reported(tiny_onnx_path, tmp_path)
 
     def run(kills: int) -> tuple[subprocess.CompletedProcess | None, str]:
         out = tmp_path / f"out{kills}"
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "duotpu.cli",
-                "build-many",
-                *files,
-                "--out-root",
-                str(out),
-                "--workers",
-                "2",
-            ],
-            env={**os.environ, **ENV},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
+        proc = _start_duotpu("build-many", *files, "--out-root", str(out), "--workers", "2")
         killed = 0
         deadline = time.monotonic() + 300
         while killed < kills and time.monotonic() < deadline and proc.poll() is None:
@@ -269,22 +261,8 @@ def test_ctrl_c_stops_every_task(tiny_onnx_path, tmp_path):
     """Ctrl-C during a parallel build-many: exit 130 within seconds, and no task, tool process
     or local Ray process is left."""
     files = _write_recipes(tiny_onnx_path, tmp_path / "r", ["ca", "cb"])
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "duotpu.cli",
-            "build-many",
-            *files,
-            "--out-root",
-            str(tmp_path / "out"),
-            "--workers",
-            "2",
-        ],
-        env={**os.environ, **ENV},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+    proc = _start_duotpu(
+        "build-many", *files, "--out-root", str(tmp_path / "out"), "--workers", "2"
     )
     deadline = time.monotonic() + 120
     while (
@@ -322,27 +300,10 @@ def test_an_interrupted_mix_search_resumes_without_rebuilding(tmp_path):
     """Ctrl-C in the middle of the mixed-precision search, then the same command again: the
     candidates that had finished are taken as they are (not deployed again), the search ends
     with them in its table."""
-    import tinymodels
-
-    onnx = tinymodels.outlier_onnx(tmp_path / "outlier.onnx")
-    r = tiny_recipe(
-        onnx,
-        name="rs",
-        quantize=["int8"],
-        **{
-            "mix.count": 40,
-            "calibration.count": 16,
-            "mix.target": "agree>=0.95",
-            "mix.fast_search": False,
-        },
-    )
     recipe = tmp_path / "rs.toml"
-    recipe.write_text(r.to_toml())
+    recipe.write_text(_outlier_recipe(tmp_path, "rs").to_toml())
     out = tmp_path / "out"
-    argv = [sys.executable, "-m", "duotpu.cli", "build", "--recipe", str(recipe), "--out", str(out)]
-    proc = subprocess.Popen(
-        argv, env={**os.environ, **ENV}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
+    proc = _start_duotpu("build", "--recipe", str(recipe), "--out", str(out))
     pending = out / "work" / ".mix.tmp"
     deadline = time.monotonic() + 300
     while len(list(pending.glob("c*/candidate.json"))) < 2 and time.monotonic() < deadline:

@@ -523,14 +523,9 @@ def _executor(args: argparse.Namespace):
 
 def cmd_build_many(args: argparse.Namespace) -> int:
     from duotpu.builder.many import build_many
-    from duotpu.config.recipe import load_recipe, parse_override_value
+    from duotpu.config.recipe import load_recipe
 
-    overrides = {}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigError(f"--set {item!r}: give KEY=VALUE, e.g. --set calibration.count=50.")
-        overrides[key.strip()] = parse_override_value(key.strip(), value)
+    overrides = _overrides(args)  # --set, as `duotpu build` reads it
     recipes = [load_recipe(Path(r), overrides) for r in args.recipes]
     con = _console()
     with _executor(args) as ex:

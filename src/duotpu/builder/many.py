@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from duotpu.compiler.executor import Executor, Outcome, Serial
-from duotpu.config.errors import DuoTpuError, PartialBuild
+from duotpu.config.errors import ConfigError, PartialBuild
 from duotpu.config.recipe import Recipe
+from duotpu.core.files import atomic_write
 
 from .pipeline import BuildResult, build, default_out_dir
 
@@ -100,11 +101,8 @@ def _build_one(job: _Job) -> _Shipped:
 
 def _receive(out_dir: Path, files: dict[str, bytes]) -> None:
     """Write files a task built on another node into the caller's build folder, atomically."""
-    out_dir.mkdir(parents=True, exist_ok=True)
     for name, data in files.items():
-        tmp = out_dir / f".{name}.part"
-        tmp.write_bytes(data)
-        os.replace(tmp, out_dir / name)
+        atomic_write(out_dir / name, data)
 
 
 def build_many(
@@ -120,8 +118,6 @@ def build_many(
     names = [r.name for r in recipes]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
-        from duotpu.config.errors import ConfigError
-
         raise ConfigError(
             f"Several recipes are named {', '.join(dupes)}: each builds into a folder of its "
             "name. Give them different names (--set name=…, or the recipe's `name`)."
@@ -133,14 +129,16 @@ def build_many(
         for r in recipes
     ]
 
+    finished: dict[int, Built] = {}
+
     def done(o: Outcome[_Shipped]) -> None:
-        b = _outcome_built(o, jobs)
+        b = finished[o.index] = _outcome_built(o, jobs)
         if o.value is not None and o.value.files:
             _receive(b.out_dir, o.value.files)
         on_done(b)
 
-    outcomes = ex.map(_build_one, jobs, labels=names, on_done=done)
-    return [_outcome_built(o, jobs) for o in outcomes]
+    ex.map(_build_one, jobs, labels=names, on_done=done)
+    return [finished[i] for i in range(len(jobs))]
 
 
 def _outcome_built(o: Outcome[_Shipped], jobs: list[_Job]) -> Built:
@@ -150,6 +148,3 @@ def _outcome_built(o: Outcome[_Shipped], jobs: list[_Job]) -> Built:
         return Built(**{**b.__dict__, "node": o.node[:12], "seconds": b.seconds or o.seconds})
     assert o.failed is not None
     return Built(job.recipe.name, Path(job.out_dir), False, o.failed.error, o.node[:12])
-
-
-__all__ = ["Built", "DuoTpuError", "build_many"]

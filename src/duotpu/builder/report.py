@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from duotpu import compiler
 from duotpu.compiler.cvimodel import BOARDS
@@ -46,7 +46,7 @@ def write_build_report(result: BuildResult) -> Path:
     sections.append(_test_image(result))
     if result.mix is not None:
         sections.append(_mix(result))
-    slow = _slowest_layers(result)
+    slow = _slowest_layers(result, manifest)
     if slow:
         sections.append(slow)
     sections += [_recipe(result), _stages(result)]
@@ -57,10 +57,6 @@ def write_build_report(result: BuildResult) -> Path:
     )
     doc = hp.page(f"duotpu build: {r.name}", f"duotpu build: {r.name}", lead, sections)
     return hp.write(result.out_dir, None, doc, stem=Path(REPORT).stem)
-
-
-def _key(*path: Any) -> str:
-    return json.dumps(list(path))
 
 
 def _fit(chip: str, ion_mb: float) -> str:
@@ -85,23 +81,15 @@ def _models(result: BuildResult, manifest: dict) -> str:
             [
                 f"<b>{hp.esc(mode.upper())}</b><br><small>{hp.esc(art.cvimodel.name)}</small>",
                 hp.num(art.size_bytes / 1e6, ".2f") + " MB",
-                hp.num(entry["ion_mb"], ".2f", _key("models", mode, "ion_mb")) + " MB",
+                hp.at(manifest, ".2f", "models", mode, "ion_mb") + " MB",
                 _fit(result.recipe.chip, art.ion_mb),
-                hp.num(
-                    entry["cosine_vs_fp32"][worst_out],
-                    ".4f",
-                    _key("models", mode, "cosine_vs_fp32", worst_out),
-                )
+                hp.at(manifest, ".4f", "models", mode, "cosine_vs_fp32", worst_out)
                 + (f"<br><small>{hp.esc(worst_out)}</small>" if len(art.cosine) > 1 else ""),
-                hp.num(
-                    entry.get("worst_image_cosine"),
-                    ".4f",
-                    _key("models", mode, "worst_image_cosine"),
-                )
+                hp.at(manifest, ".4f", "models", mode, "worst_image_cosine")
                 + f"<br><small>of {entry.get('verified_images', 1)}</small>",
                 hp.esc(entry.get("verified_on", "")),
                 (
-                    hp.num(est["ms"], ".2f", _key("models", mode, "estimate", "ms"))
+                    hp.at(manifest, ".2f", "models", mode, "estimate", "ms")
                     + f" ms<br><small>{est['fps']:.0f} fps, {hp.esc(est['bound'])}-bound</small>"
                     if est
                     else "—"
@@ -166,7 +154,8 @@ def _test_image(result: BuildResult) -> str:
         ref = next(iter(result.reference))
         labels = _labels(int(result.reference[ref].size))
         cards = []
-        for row in summary.classify_build(result):
+        tops = summary.classify_build(result)
+        for row in tops:
             lines = "".join(
                 f"<tr><td>{hp.esc(class_name(labels, c))}</td><td class=num>{p:.3f}</td>"
                 f"<td style='width:40%'><div class=bar style='width:{100 * p:.0f}%'></div></td>"
@@ -176,7 +165,7 @@ def _test_image(result: BuildResult) -> str:
             cards.append(
                 f"<div class=card><h3>{hp.esc(row.model)}</h3><table>{lines}</table></div>"
             )
-        same = summary.top1_agrees(summary.classify_build(result, 1))
+        same = summary.top1_agrees(tops)
         body = (
             f"<div class=side><div class=card>{photo}<small>{hp.esc(name)}</small></div>"
             + "".join(cards)
@@ -280,15 +269,12 @@ def _mix(result: BuildResult) -> str:
     return hp.section("mix", "Mixed precision: accuracy against BF16 layers", plot + table, lead)
 
 
-def _slowest_layers(result: BuildResult, n: int = 8) -> str:
+def _slowest_layers(result: BuildResult, manifest: dict, n: int = 8) -> str:
     art = next((a for a in result.models.values() if a.estimate is not None), None)
     if art is None or not art.estimate.layers:
         return ""
-    names: dict[int, str] = {}
-    if art.tpu_mlir is not None:
-        names = compiler.latency.layer_names(
-            art.tpu_mlir.parent / f"{art.cvimodel.stem}_tensor_info.txt"
-        )
+    info = manifest["models"][art.mode].get("tensor_info")
+    names = compiler.latency.layer_names(Path(info) if info else None)
     total = art.estimate.ms or 1.0
     rows = [
         [

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Generic, TypeVar
 
 from duotpu.compiler.runner import recording
+from duotpu.core.files import atomic_write  # noqa: F401 (the builder's name for it)
 
 RESUME_FILE = ".resume-key"  # in an unfinished resumable stage: the key its work is for
 STAGE_FILE = "stage.json"
@@ -65,15 +66,6 @@ def atomic_copy(src: Path, dst: Path) -> Path:
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(f".{dst.name}.part")
     shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
-    return dst
-
-
-def atomic_write(dst: Path, text: str) -> Path:
-    """Write ``text`` to ``dst`` through a temporary name."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.part")
-    tmp.write_text(text)
     os.replace(tmp, dst)
     return dst
 

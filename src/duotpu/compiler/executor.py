@@ -154,7 +154,6 @@ class RayExecutor(Executor):
                 "without --workers / --ray-address."
             ) from None
         self._ray = ray
-        self._started = False
         if address:
             try:
                 ray.init(
@@ -177,7 +176,6 @@ class RayExecutor(Executor):
                 configure_logging=False,
                 runtime_env={"env_vars": _forwarded_env()},
             )
-            self._started = True
         self.workers = int(ray.cluster_resources().get("CPU", 1))
         self.node_id = ray.get_runtime_context().get_node_id()
         self._task = ray.remote(num_cpus=1, max_retries=RETRIES, retry_exceptions=False)(_run_task)
@@ -227,14 +225,9 @@ class RayExecutor(Executor):
         except TaskCancelledError:
             return Outcome(i, None, TaskFailed(_label(labels, i), "cancelled"), "", 0.0)
         except RayTaskError as e:
-            cause = e.as_instanceof_cause()
-            msg = str(cause).split("\n", 1)[-1] if "\n" in str(cause) else str(cause)
-            err = getattr(e, "cause", None)
-            failed = TaskFailed(
-                _label(labels, i),
-                str(err or msg),
-                exception=err if isinstance(err, Exception) else None,
-            )
+            # the task's own exception (a typed duotpu error keeps its type and message)
+            err = e.cause if isinstance(e.cause, Exception) else None
+            failed = TaskFailed(_label(labels, i), str(err or e), exception=err)
             return Outcome(i, None, failed, "", 0.0)
         return Outcome(i, value, None, node, seconds)
 

@@ -18,6 +18,8 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from duotpu.core.files import atomic_write
+
 CSS = """
 :root{--fg:#1d2430;--mute:#5b6472;--line:#d9dee5;--bg:#f6f8fa;--good:#1a7f37;--bad:#cf222e}
 *{box-sizing:border-box}
@@ -59,6 +61,19 @@ def num(value: float | int | None, spec: str = ".4f", key: str | None = None) ->
         return "—"
     text = format(value, spec)
     return f'<span data-json="{esc(key)}">{text}</span>' if key else text
+
+
+def at(data: Any, spec: str, *path: str | int) -> str:
+    """The number at ``path`` in ``data`` (a report's JSON), shown with ``spec`` and marked
+    with that path, so the page and the file cannot disagree; "—" where the data has none."""
+    value = data
+    for part in path:
+        try:
+            value = value[part]
+        except (KeyError, IndexError, TypeError):
+            value = None
+            break
+    return num(value, spec, json.dumps(list(path)))
 
 
 def table(
@@ -152,15 +167,9 @@ def write(folder: Path, data: dict | None, document: str, stem: str = "report") 
     """Write ``stem.html`` (and ``stem.json`` = ``data`` when given) atomically; returns the
     HTML's path."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    files = [(folder / f"{stem}.html", document)]
     if data is not None:
-        files.insert(0, (folder / f"{stem}.json", json.dumps(data, indent=2)))
-    for path, text in files:
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    return files[-1][0]
+        atomic_write(folder / f"{stem}.json", json.dumps(data, indent=2))
+    return atomic_write(folder / f"{stem}.html", document)
 
 
 def zoom(ax: Any, values: Sequence[float], axis: str = "y", top: float = 1.0) -> None:

@@ -163,12 +163,17 @@ def _infer_timed(
     return outs, time.monotonic() - t0
 
 
-def timed_infer(model, tensors, backend, progress: Callable[[int], None] | None = None):
-    """Outputs (first output, one row per image) and seconds taken."""
-    t0 = time.monotonic()
-    outs = runtime.infer(model, tensors, backend=backend, progress=progress)
-    first = model.output_names[0]
-    return np.stack([o[first].reshape(-1) for o in outs]), time.monotonic() - t0
+def timed_infer(
+    model: runtime.BuiltModel,
+    tensors: list,
+    backend: str,
+    progress: Progress | None = None,
+    executor: Executor | None = None,
+    recipe: Path | None = None,
+) -> tuple[np.ndarray, float]:
+    """A classifier's outputs (first output, one row per image) and the seconds taken."""
+    outs, secs = _infer_timed(model, tensors, backend, progress or _quiet, executor, recipe)
+    return np.stack([o[model.output_names[0]].reshape(-1) for o in outs]), secs
 
 
 # --------------------------------------------------------------------------------------------
@@ -301,17 +306,13 @@ def evaluate_build(
         raise ConfigError(f"No cvimodel in {target}. Give a cvimodel or a build folder.")
     built = [runtime.open_model(m, recipe) for m in models]
     if built[0].head is not None:
-        found = _evaluate_detector(
-            target, built, Path(images), backend, limit, progress, log, executor, recipe
+        return _evaluate_detector(
+            target, built, Path(images), backend, limit, layers, progress, log, executor, recipe
         )
-        found["per_layer"] = _layer_views(built, found.pop("_tensors"), layers)
-        return found
     if built[0].recipe.task == "generic":
-        found = _evaluate_generic(
-            target, built, Path(images), backend, limit, progress, log, executor, recipe
+        return _evaluate_generic(
+            target, built, Path(images), backend, limit, layers, progress, log, executor, recipe
         )
-        found["per_layer"] = _layer_views(built, found.pop("_tensors"), layers)
-        return found
     first = built[0]
     paths, labels = labelled_images(Path(images), class_names)
     if limit:
@@ -344,8 +345,7 @@ def evaluate_build(
                 f"  {b.mode.upper()}: fast path vs CV18xx simulator on {k} image(s): "
                 f"largest output difference {diff:g}" + (" (bit-exact)" if diff == 0 else "")
             )
-        outs, secs = _infer_timed(b, tensors, backend, progress, executor, recipe)
-        q = np.stack([o[b.output_names[0]].reshape(-1) for o in outs])
+        q, secs = timed_infer(b, tensors, backend, progress, executor, recipe)
         m = metrics.compare(b.mode, fp32, q, margin, labels, secs)
         data["modes"][b.mode] = m.__dict__
         quantized[b.mode] = metrics.as_probabilities(q)
@@ -394,6 +394,7 @@ def _evaluate_detector(
     folder: Path,
     backend: str,
     limit: int,
+    layers: int,
     progress: Progress,
     log: Callable[[str], None],
     executor: Executor | None = None,
@@ -462,7 +463,7 @@ def _evaluate_detector(
             for i in np.argsort(scores, kind="stable")[:DISAGREE_KEPT]
             if scores[i] < 1.0
         ]
-    data["_tensors"] = tensors
+    data["per_layer"] = _layer_views(built, tensors, layers)
     return data
 
 
@@ -472,6 +473,7 @@ def _evaluate_generic(
     folder: Path,
     backend: str,
     limit: int,
+    layers: int,
     progress: Progress,
     log: Callable[[str], None],
     executor: Executor | None = None,
@@ -524,5 +526,5 @@ def _evaluate_generic(
             # per image, its least similar output (the distribution the report plots)
             "cosines": [float(min(c)) for c in zip(*per.values())],
         }
-    data["_tensors"] = tensors
+    data["per_layer"] = _layer_views(built, tensors, layers)
     return data

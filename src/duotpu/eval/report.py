@@ -4,7 +4,6 @@ the network, per-image cosines, the images whose answer changed)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -133,10 +132,6 @@ def write_eval_report(folder: Path, data: dict) -> tuple[Path, Path]:
     return html_path.with_suffix(".json"), html_path
 
 
-def _k(*path: Any) -> str:
-    return json.dumps(list(path))
-
-
 def _classify_summary(data: dict) -> str:
     rows = []
     for m, d in data["modes"].items():
@@ -144,17 +139,15 @@ def _classify_summary(data: dict) -> str:
             [
                 f"<b>{hp.esc(m.upper())}</b>",
                 hp.num(d["n"], "d"),
-                hp.num(d["top1_agree"], ".3f", _k("modes", m, "top1_agree")),
-                hp.num(d["decisive_top1_agree"], ".3f", _k("modes", m, "decisive_top1_agree"))
+                hp.at(data, ".3f", "modes", m, "top1_agree"),
+                hp.at(data, ".3f", "modes", m, "decisive_top1_agree")
                 + f" <small>({d['decisive_n']})</small>",
-                hp.num(
-                    d["top5_contains_fp32_top1"], ".3f", _k("modes", m, "top5_contains_fp32_top1")
-                ),
-                hp.num(d["cosine_mean"], ".4f", _k("modes", m, "cosine_mean")),
-                hp.num(d["cosine_worst"], ".4f", _k("modes", m, "cosine_worst")),
-                hp.num(d["kl_mean"], ".4f", _k("modes", m, "kl_mean")),
-                hp.num(d.get("top1_acc"), ".3f", _k("modes", m, "top1_acc")),
-                hp.num(d.get("top5_acc"), ".3f", _k("modes", m, "top5_acc")),
+                hp.at(data, ".3f", "modes", m, "top5_contains_fp32_top1"),
+                hp.at(data, ".4f", "modes", m, "cosine_mean"),
+                hp.at(data, ".4f", "modes", m, "cosine_worst"),
+                hp.at(data, ".4f", "modes", m, "kl_mean"),
+                hp.at(data, ".3f", "modes", m, "top1_acc"),
+                hp.at(data, ".3f", "modes", m, "top5_acc"),
                 hp.num(d["images_per_second"], ".1f"),
             ]
         )
@@ -166,8 +159,8 @@ def _classify_summary(data: dict) -> str:
                 "<b>fp32</b>",
                 hp.num(fp["n"], "d"),
                 *["—"] * 6,
-                hp.num(fp["top1_acc"], ".3f", _k("fp32", "top1_acc")),
-                hp.num(fp["top5_acc"], ".3f", _k("fp32", "top5_acc")),
+                hp.at(data, ".3f", "fp32", "top1_acc"),
+                hp.at(data, ".3f", "fp32", "top5_acc"),
                 "—",
             ],
         )
@@ -204,11 +197,11 @@ def _detect_summary(data: dict) -> str:
         [
             f"<b>{hp.esc(m.upper())}</b>",
             hp.num(d["n"], "d"),
-            hp.num(d["map50_vs_fp32"], ".3f", _k("modes", m, "map50_vs_fp32")),
-            hp.num(d.get("agreement_mean"), ".3f", _k("modes", m, "agreement_mean")),
-            hp.num(d["detections_per_image"], ".2f", _k("modes", m, "detections_per_image")),
-            hp.num(d.get("map50"), ".3f", _k("modes", m, "map50")),
-            hp.num(d.get("map50_95"), ".3f", _k("modes", m, "map50_95")),
+            hp.at(data, ".3f", "modes", m, "map50_vs_fp32"),
+            hp.at(data, ".3f", "modes", m, "agreement_mean"),
+            hp.at(data, ".2f", "modes", m, "detections_per_image"),
+            hp.at(data, ".3f", "modes", m, "map50"),
+            hp.at(data, ".3f", "modes", m, "map50_95"),
             hp.num(d["images_per_second"], ".1f"),
         ]
         for m, d in data["modes"].items()
@@ -223,8 +216,8 @@ def _detect_summary(data: dict) -> str:
                 "—",
                 "—",
                 "—",
-                hp.num(fp["map50"], ".3f", _k("fp32", "map50")),
-                hp.num(fp["map50_95"], ".3f", _k("fp32", "map50_95")),
+                hp.at(data, ".3f", "fp32", "map50"),
+                hp.at(data, ".3f", "fp32", "map50_95"),
                 "—",
             ],
         )
@@ -248,11 +241,11 @@ def _detect_summary(data: dict) -> str:
             [
                 hp.esc(m.upper()),
                 hp.esc(n),
-                hp.num(c, ".4f", _k("modes", m, "cosine_mean", n)),
-                hp.num(d["cosine_worst"][n], ".4f", _k("modes", m, "cosine_worst", n)),
+                hp.at(data, ".4f", "modes", m, "cosine_mean", n),
+                hp.at(data, ".4f", "modes", m, "cosine_worst", n),
             ]
             for m, d in data["modes"].items()
-            for n, c in d["cosine_mean"].items()
+            for n in d["cosine_mean"]
         ],
         numeric=(2, 3),
     )
@@ -274,13 +267,13 @@ def _generic_summary(data: dict) -> str:
             hp.esc(n),
             "×".join(map(str, data["fp32"][n]["shape"])),
             f"{data['fp32'][n]['min']:.3g} … {data['fp32'][n]['max']:.3g}",
-            hp.num(c, ".4f", _k("modes", m, "cosine_mean", n)),
-            hp.num(d["cosine_worst"][n], ".4f", _k("modes", m, "cosine_worst", n))
+            hp.at(data, ".4f", "modes", m, "cosine_mean", n),
+            hp.at(data, ".4f", "modes", m, "cosine_worst", n)
             + f" <small>{hp.esc(d['worst_image'][n])}</small>",
             hp.num(d["images_per_second"], ".1f"),
         ]
         for m, d in data["modes"].items()
-        for n, c in d["cosine_mean"].items()
+        for n in d["cosine_mean"]
     ]
     return hp.section(
         "summary",
