@@ -6,7 +6,8 @@ by Ultralytics' own exporter with dynamic axes (the file's IR version set to 10,
 writes; the installed onnx 1.14.1 cannot write it), and a DBNet-like text detector and CRNN- /
 SVTR-like recognizers (bench/zoo_models.py). Each model is built as a user would: `duotpu.build`
 with no other help; when the build fails in one of its last layers and the error suggests
---cut-at, the suggested cut is built as well (a way around duotpu suggests).
+--cut-at, the suggested cut is built as well, and when the INT8 model misses its verification the
+mixed precision the error suggests (--target cos>=0.99) is built (ways around duotpu suggests).
 
 Rows are kept in bench/results/zoo.json as they finish (a rerun skips finished rows; --force
 rebuilds), and the table is written to bench/results/zoo.md after each row. Build folders stay in
@@ -35,7 +36,12 @@ from _report import emit  # noqa: E402
 from duotpu.builder import pipeline  # noqa: E402
 from duotpu.builder.mixprec import DUO_ION_MB  # noqa: E402
 from duotpu.compiler.executor import Outcome, executor  # noqa: E402
-from duotpu.config.errors import CompilerFailure, DuoTpuError, PartialBuild  # noqa: E402
+from duotpu.config.errors import (  # noqa: E402
+    CompilerFailure,
+    DuoTpuError,
+    PartialBuild,
+    ToleranceError,
+)
 from duotpu.config.recipe import recipe_from_dict  # noqa: E402
 
 WORK = HERE / "work" / "zoo"
@@ -135,7 +141,10 @@ def ultralytics_export(cfg: str, size: int, folder: Path) -> Path:
     return out
 
 
-def recipe_for(row: Row, chip: str, calib: int, cut: list[str] | None = None):
+MIX_TARGET = "cos>=0.99"  # what the INT8 verification error suggests
+
+
+def recipe_for(row: Row, chip: str, calib: int, cut: list[str] | None = None, mix: str = ""):
     source = row.source
     if source.startswith("ultralytics-export:"):
         source = str(ultralytics_export(source.split(":", 1)[1], row.size[0], WORK / "exports"))
@@ -147,6 +156,7 @@ def recipe_for(row: Row, chip: str, calib: int, cut: list[str] | None = None):
         "inputs": [{"name": "input", "shape": shape}],
         "preprocess": dict(row.pre),
         "calibration": {"count": calib},
+        **({"quantize": ["int8"], "mix": {"target": mix}} if mix else {}),
     }
     for k, v in row.extra.items():
         if isinstance(v, dict):
@@ -195,6 +205,13 @@ def run_row(row: Row, chip: str, calib: int) -> dict:
         out.update(measure(e.result, time.monotonic() - t0, calib))
         failed = ", ".join(f"{m.upper()}: {one_line(err)}" for m, err in e.failed.items())
         out.update(outcome="partial", reason=failed)
+        if isinstance(e.failed.get("int8"), ToleranceError):
+            way = mixed_way(row, chip, calib, folder, t0)
+            if "ion_int8" in way:  # the mixed model takes INT8's columns
+                out["ion_mb"]["int8"] = way.pop("ion_int8")
+                out["est_ms"]["int8"] = way.pop("est_int8")
+                out["fits_duo"] = min(out["ion_mb"].values()) <= DUO_ION_MB
+            out.update(way)
         return out
     except DuoTpuError as e:
         errors = getattr(e, "errors", [e])
@@ -234,6 +251,41 @@ def run_row(row: Row, chip: str, calib: int) -> dict:
         return out
 
 
+def mixed_way(row: Row, chip: str, calib: int, folder: Path, t0: float) -> dict:
+    """The way around an INT8 model that misses verification: mixed precision to
+    ``MIX_TARGET`` (INT8 only, in the row's own work directory: the export, the transform and the
+    calibration are reused). Row fields to update: the mixed model takes INT8's columns."""
+    try:
+        r = pipeline.build(
+            recipe_for(row, chip, calib, mix=MIX_TARGET),
+            WORK / chip / f"{row.name}-mix",
+            folder / "work",
+            events=_progress(row.name),
+        )
+    except PartialBuild as e:  # INT8 itself is not delivered: the mixed model is
+        r = e.result
+    except DuoTpuError as e:
+        return {"way_failed": f"--target {MIX_TARGET}: {one_line(e)}"}
+    mix, model = r.mix, r.models.get("mix")
+    if mix is None or model is None:
+        return {"way_failed": f"--target {MIX_TARGET}: no mixed model"}
+    best = mix.best
+    if not mix.met:
+        return {
+            "way_failed": f"--target {MIX_TARGET}: not reached (best {best.metric:.4f} with "
+            f"{best.shown_bf16} BF16 layers)"
+        }
+    return {
+        "outcome": "built with a way around",
+        "way": f"--target {MIX_TARGET}: {best.shown_bf16} of the layers in BF16 "
+        f"(INT8 alone missed verification)",
+        "int8_cos": round(min(model.cosine.values()), 4),
+        "ion_int8": round(model.ion_mb, 2),
+        "est_int8": round(model.estimate.ms, 2) if model.estimate is not None else None,
+        "build_s": round(time.monotonic() - t0, 1),
+    }
+
+
 def _progress(name: str):
     def show(ev) -> None:
         if ev.status in ("done", "failed"):
@@ -242,16 +294,23 @@ def _progress(name: str):
     return show
 
 
+OUTCOMES = ("built", "built with a way around", "partial", "refused", "internal error")
+
+
 def table(rows: list[dict], chip: str, calib: int) -> list[str]:
     def f(v, spec=".4f"):
         return "—" if v is None else format(v, spec)
 
-    ok = [r for r in rows if r["outcome"] in ("built", "built with a way around", "partial")]
+    count = {k: sum(r["outcome"] == k for r in rows) for k in OUTCOMES}
     lines = [
         f"# Conformance: public architectures built for {chip} (INT8 + BF16)",
         "",
-        f"{len(rows)} of {len(ROWS)} rows measured; {len(ok)} built (directly, partially or "
-        f"with a way around duotpu suggests). Fits Duo: the smaller cvimodel's ION need ≤ "
+        f"{len(rows)} of {len(ROWS)} rows measured: {count['built']} built directly, "
+        f"{count['built with a way around']} with a way around duotpu suggests "
+        f"({(count['built'] + count['built with a way around']) / max(len(rows), 1):.0%} "
+        f"together), {count['partial']} partial (one mode delivered), {count['refused']} "
+        f"refused, {count['internal error']} internal errors. "
+        f"Fits Duo: the smaller cvimodel's ION need ≤ "
         f"{DUO_ION_MB:g} MB. Calibration: {calib} built-in natural crops; "
         "cosines: each cvimodel on the CV18xx simulator vs fp32 ONNX Runtime on the test "
         "image. Random weights, BatchNorm statistics re-estimated on natural crops.",
@@ -262,6 +321,8 @@ def table(rows: list[dict], chip: str, calib: int) -> list[str]:
     ]
     for r in rows:
         note = r.get("way") or r.get("reason") or r.get("task", "")
+        if r.get("way_failed"):
+            note = f"{note}; way around {r['way_failed']}"
         ion = r.get("ion_mb") or {}
         ion_text = " / ".join(f(ion.get(m), ".1f") for m in ("int8", "bf16")) if ion else "—"
         est = r.get("est_ms") or estimates(r)

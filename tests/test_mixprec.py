@@ -237,3 +237,45 @@ def test_eval_scores_the_mix_model_as_itself(mixed, tmp_path):
     lines = p.stdout.splitlines()
     assert max(map(len, lines)) <= 100 and not any("…" in ln for ln in lines), p.stdout
     assert "top-1 acc" not in p.stdout and "decisive (n)" in p.stdout
+
+
+def test_a_target_rescues_an_int8_model_below_tolerance(outlier_onnx, tmp_path):
+    """The way around an INT8 model that misses model_deploy's tolerance, which its error names
+    (--target), works: the search starts from that model, the mixed model that meets the target
+    is delivered beside BF16, and INT8 is reported as not delivered (a partial build, exit 3)."""
+    out = tmp_path / "o"
+    args = [
+        "build",
+        str(outlier_onnx),
+        "--name",
+        "outl",
+        "--input-shape",
+        "1,3,32,32",
+        "--calib-count",
+        "16",
+        "--mix-count",
+        "40",
+        "--mean",
+        "0.5,0.5,0.5",
+        "--std",
+        "0.25,0.25,0.25",
+        "--tolerance-int8",
+        "0.9999,0.999",  # the pure INT8 model cannot pass this
+        "--out",
+        str(out),
+    ]
+    plain = run_cli(*args)
+    assert plain.returncode == 3, plain.stdout + plain.stderr
+    assert "--target" in plain.stdout + plain.stderr  # the way around it names
+    proc = run_cli(*args, "--target", "agree>=0.95")
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert (out / "outl_cv180x_mix.cvimodel").is_file()
+    assert (out / "outl_cv180x_bf16.cvimodel").is_file()
+    assert not (out / "outl_cv180x_int8.cvimodel").exists()
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert set(manifest["failed"]) == {"int8"} and "mix" in manifest["models"]
+    rows = next(s for s in manifest["stages"] if s["name"] == "mix")["result"]["rows"]
+    assert rows[0]["label"] == "pure INT8" and not rows[0]["meets"]
+    chosen = next(s for s in manifest["stages"] if s["name"] == "mix")["result"]["chosen"]
+    assert rows[chosen]["meets"] and 0 < len(rows[chosen]["layers"]) < 10

@@ -136,3 +136,44 @@ def test_gray_input_needs_no_mean_or_std():
                 "preprocess": {"pixel_format": "gray", "mean": [0.1, 0.2, 0.3]},
             }
         )
+
+
+def test_every_recipe_flag_comes_from_field_metadata_and_sets_its_field():
+    """The command line's recipe flags are read from the dataclasses: each one parses its text
+    into a value the recipe takes, lands on its own key, and is listed in the README's recipe
+    table (the one list: a field with a flag cannot be left out of --help or the README)."""
+    from duotpu.config.recipe import Recipe, flag_overrides, recipe_flags
+
+    flags = recipe_flags()
+    assert len({f.option for f in flags}) == len(flags) and len(flags) >= 30
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    table = readme[readme.index("### The recipe") : readme.index("### Python API")]
+    missing = [f.option for f in flags if f"`{f.option}" not in table]
+    assert not missing, f"flags missing from the README's recipe table: {missing}"
+    samples = {"int": "7", "float": "0.5", "ints": "1,3,32x32", "floats": "0.1,0.2", "bool": ""}
+    by_key = {f.key: f for f in flags}
+    assert by_key["calibration.count"].parse("7") == 7
+    assert by_key["inputs.shape"].parse("1x3x48x192") == [1, 3, 48, 192]
+    assert by_key["quantize"].parse("INT8, bf16") == ["int8", "bf16"]
+    assert by_key["model.outputs"].parse("a/b:0,c") == ["a/b:0", "c"]
+    with pytest.raises(ValueError, match="whole number"):
+        by_key["calibration.count"].parse("many")
+    for f in flags:
+        if f.kind in samples and f.kind != "bool":
+            assert f.parse(samples[f.kind]) is not None
+    base = Recipe(name="m", model=Recipe().model.__class__(source="m.onnx"))
+    over = flag_overrides(
+        {
+            "calibration.count": 7,
+            "inputs.shape": [1, 3, 48, 192],
+            "deploy.pixel_format": "BGR_PACKED",
+            "tolerance.verify_int8": 0.5,
+            "preprocess.mean": None,  # not given
+        }
+    )
+    assert over["deploy.fuse_preprocess"] is True  # --fuse-preprocess implies it
+    assert "preprocess.mean" not in over
+    r = base.with_overrides(over)
+    assert r.calibration.count == 7 and r.inputs[0].shape == (1, 3, 48, 192)
+    assert r.deploy.fuse_preprocess and r.deploy.pixel_format == "BGR_PACKED"
+    assert r.tolerance.verify_int8 == 0.5 and r.inputs[0].name == "input"

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import torch
+
     from duotpu.core.head import YoloHead
 
 from duotpu.builder import intake
@@ -89,7 +91,7 @@ def source_files(src: ModelSource) -> list[Path]:
 
 
 # --------------------------------------------------------------------------------------------
-def load_torch_module(src: ModelSource):
+def load_torch_module(src: ModelSource) -> torch.nn.Module:
     """The ``nn.Module`` a PyTorch source names, in eval mode, with its weights loaded."""
     import torch
 
@@ -133,7 +135,7 @@ def load_torch_module(src: ModelSource):
     return model.eval()
 
 
-def _timm_model(src: ModelSource):
+def _timm_model(src: ModelSource) -> torch.nn.Module:
     """``timm:NAME``: the architecture from timm (never downloaded: random weights, or
     model.weights as a state_dict file)."""
     try:
@@ -153,7 +155,7 @@ def _timm_model(src: ModelSource):
     return model
 
 
-def _torchvision_model(src: ModelSource):
+def _torchvision_model(src: ModelSource) -> torch.nn.Module:
     import torchvision
 
     name = src.source.split(":", 1)[1]
@@ -166,7 +168,7 @@ def _torchvision_model(src: ModelSource):
         ) from None
     weights = src.weights
     if weights and Path(weights).suffix:  # a file of weights: build, then load them
-        model = builder(weights=None, **src.kwargs)
+        model: torch.nn.Module = builder(weights=None, **src.kwargs)
         _load_state_dict(model, Path(weights))
         return model
     if weights:
@@ -185,7 +187,8 @@ def _torchvision_model(src: ModelSource):
             / Path(w.url).name
         )
         try:
-            return builder(weights=w, **src.kwargs)  # torchvision's own loading code
+            loaded: torch.nn.Module = builder(weights=w, **src.kwargs)  # torchvision's code
+            return loaded
         except Exception as e:  # offline: the download fails
             raise ModelError(
                 f"torchvision could not load the weights {name}.{w.name}: {str(e)[:200]}. This "
@@ -193,16 +196,18 @@ def _torchvision_model(src: ModelSource):
                 "(torchvision reads it from there), or give model.weights as the path of a "
                 "state_dict file."
             ) from None
-    return builder(weights=None, **src.kwargs)
+    plain: torch.nn.Module = builder(weights=None, **src.kwargs)
+    return plain
 
 
-def _load_pt(path: Path):
+def _load_pt(path: Path) -> torch.nn.Module:
     import torch
 
     if not path.is_file():
         raise ModelError(f"The model file {path} does not exist.")
     try:
-        return torch.jit.load(str(path), map_location="cpu")
+        scripted: torch.nn.Module = torch.jit.load(str(path), map_location="cpu")  # type: ignore[no-untyped-call]
+        return scripted
     except Exception:
         pass
     try:
@@ -229,7 +234,7 @@ def _load_pt(path: Path):
     raise ModelError(f"{path} holds a {type(obj).__name__}, not a PyTorch model.")
 
 
-def _load_state_dict(model, path: Path) -> None:
+def _load_state_dict(model: torch.nn.Module, path: Path) -> None:
     import torch
 
     if not path.is_file():
@@ -370,7 +375,7 @@ BN_CROPS = 32  # natural crops the statistics of a random-weight model are re-es
 
 
 def reestimate_batchnorm(
-    model, shape: tuple[int, ...], preprocess: Preprocess | None, seed: int = 0
+    model: torch.nn.Module, shape: tuple[int, ...], preprocess: Preprocess | None, seed: int = 0
 ) -> str:
     """Give a randomly initialised network realistic activations: its BatchNorm statistics
     re-estimated on natural photo crops, preprocessed as the recipe says. With fresh statistics
@@ -453,7 +458,7 @@ def tensor_before(path: Path, layer: str, op: str) -> str:
         if any(layer in (out, f"{out}_{op}", f"{out}_{node.op_type}") for out in node.output):
             feeds = [i for i in node.input if i and i not in inits]
             if feeds and feeds[0] not in graph_inputs:
-                return feeds[0]
+                return str(feeds[0])
             return ""
     return ""
 

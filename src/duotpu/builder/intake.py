@@ -155,7 +155,7 @@ def input_info(model: "onnx.ModelProto", where: Path | str = "the model") -> Inp
     return InputInfo(inputs[0].name, tuple(dims), _imgsz(model))
 
 
-def _dims_text(value_info) -> str:
+def _dims_text(value_info: onnx.ValueInfoProto) -> str:
     out = []
     for d in value_info.type.tensor_type.shape.dim:
         out.append(str(d.dim_value) if d.HasField("dim_value") else (d.dim_param or "?"))

@@ -23,10 +23,12 @@ import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any
 
 from duotpu.config.errors import ConfigError
 from duotpu.config.recipe import Preprocess, Recipe, recipe_from_dict
+
+from .workdir import EventSink, WorkDir, atomic_copy, no_events
 
 TOOLS = ("model_transform.py", "run_calibration.py", "model_deploy.py")
 
@@ -197,14 +199,15 @@ def _sidecar(mlir: Path) -> Path:
     return mlir.with_name(mlir.name + ".duotpu.json")
 
 
-def _load_state(mlir: Path) -> dict:
+def _load_state(mlir: Path) -> dict[str, Any]:
     side = _sidecar(mlir)
     if not side.is_file():
         raise ConfigError(
             f"{mlir} was not made by 'duotpu legacy model_transform.py' (no "
             f"{side.name} beside it). Run that step first, in this folder."
         )
-    return json.loads(side.read_text())
+    state: dict[str, Any] = json.loads(side.read_text())
+    return state
 
 
 def _excepts(text: str) -> list[str]:
@@ -212,7 +215,7 @@ def _excepts(text: str) -> list[str]:
 
 
 # --------------------------------------------------------------------------------------------
-def run_legacy(argv: list[str], cwd: Path, events: Callable = lambda e: None) -> LegacyResult:
+def run_legacy(argv: list[str], cwd: Path, events: EventSink = no_events) -> LegacyResult:
     """Run one old command line (``argv[0]`` is the tool name) in ``cwd``."""
     if not argv or Path(argv[0]).name not in TOOLS:
         raise ConfigError(
@@ -230,7 +233,7 @@ def run_legacy(argv: list[str], cwd: Path, events: Callable = lambda e: None) ->
     }[tool](args, Path(cwd), events)
 
 
-def _transform(args, cwd: Path, events) -> LegacyResult:
+def _transform(args: argparse.Namespace, cwd: Path, events: EventSink) -> LegacyResult:
     from duotpu.builder import pipeline
 
     notes: list[str] = []
@@ -291,18 +294,17 @@ def _transform(args, cwd: Path, events) -> LegacyResult:
         "the model_transform.py options",
     )
     mlir = (cwd / args.mlir).resolve()
-    wd = pipeline.WorkDir(cwd / ".duotpu" / args.model_name, events)
+    wd = WorkDir(cwd / ".duotpu" / args.model_name, events)
     exported = pipeline.stage_export(wd, recipe)
     transformed = pipeline.stage_transform(wd, recipe, exported)
-    pipeline.atomic_copy(transformed.result.mlir, mlir)
+    atomic_copy(transformed.result.mlir, mlir)
     state = {"recipe": recipe.to_dict(), "work": str(wd.root.resolve())}
     _sidecar(mlir).write_text(json.dumps(state, indent=1))
     return LegacyResult("model_transform.py", [mlir], recipe, notes)
 
 
-def _calibrate(args, cwd: Path, events) -> LegacyResult:
+def _calibrate(args: argparse.Namespace, cwd: Path, events: EventSink) -> LegacyResult:
     from duotpu import compiler
-    from duotpu.builder import pipeline
     from duotpu.core import images
 
     mlir = (cwd / args.mlir_file).resolve()
@@ -312,7 +314,7 @@ def _calibrate(args, cwd: Path, events) -> LegacyResult:
         raise ConfigError(
             "run_calibration.py needs exactly one of --dataset DIR or --image_list FILE."
         )
-    wd = pipeline.WorkDir(Path(state["work"]), events)
+    wd = WorkDir(Path(state["work"]), events)
     folder = wd.root / "legacy-calibrate"
     shutil.rmtree(folder, ignore_errors=True)
     (folder / "images").mkdir(parents=True)
@@ -361,13 +363,13 @@ def _calibrate(args, cwd: Path, events) -> LegacyResult:
         histogram_bins=args.histogram_bin_num,
         tune_num=args.tune_num,
     )
-    pipeline.atomic_copy(tmp, table)
+    atomic_copy(tmp, table)
     state["recipe"] = recipe.to_dict()
     _sidecar(mlir).write_text(json.dumps(state, indent=1))
     return LegacyResult("run_calibration.py", [table], recipe, notes)
 
 
-def _deploy(args, cwd: Path, events) -> LegacyResult:
+def _deploy(args: argparse.Namespace, cwd: Path, events: EventSink) -> LegacyResult:
     from duotpu import compiler
     from duotpu.builder import pipeline
 
@@ -451,5 +453,5 @@ def _deploy(args, cwd: Path, events) -> LegacyResult:
         quantize_table=(cwd / args.qtable).resolve() if args.qtable else None,
         merge_weight=args.merge_weight,
     )
-    pipeline.atomic_copy(files.cvimodel, cvi)
+    atomic_copy(files.cvimodel, cvi)
     return LegacyResult("model_deploy.py", [cvi], recipe, notes)

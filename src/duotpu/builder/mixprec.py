@@ -17,16 +17,20 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 import numpy as np
+from numpy.typing import NDArray
 
 from duotpu import compiler
 from duotpu.compiler import cvimodel as cvimodel_mod
 from duotpu.compiler.executor import Executor
-from duotpu.config.errors import ModelError
-from duotpu.config.recipe import Recipe, parse_target
+from duotpu.config.errors import ModelError, ToleranceError, ToolchainError
+from duotpu.config.recipe import Mix, Recipe, parse_target
 from duotpu.core import metrics
+
+if TYPE_CHECKING:
+    from duotpu.core.head import YoloHead
 
 #: Ops whose precision can be chosen (the rest follow their inputs or hold no arithmetic).
 _SKIP_TYPES = {
@@ -69,6 +73,8 @@ class Candidate:
     tpu_mlir: Path
     all_bf16: bool = False  # the pure BF16 model (``layers`` is then empty)
     est_ms: float = 0.0  # the board-free latency estimate (0: not estimated)
+    # why the compiler could not make this candidate (its files do not exist; never a row)
+    failed: str = ""
 
     @property
     def n_bf16(self) -> int:
@@ -103,7 +109,7 @@ def write_qtable(path: Path, layers: list[str], note: str = "") -> Path:
     return Path(path)
 
 
-def metric(kind: str, fp32: np.ndarray, q: np.ndarray, margin: float) -> float:
+def metric(kind: str, fp32: NDArray[Any], q: NDArray[Any], margin: float) -> float:
     """The target metric of a classifier's quantized outputs ``q`` against ``fp32`` (rows are
     images)."""
     m = metrics.compare("q", fp32, q, margin, None, 1.0)
@@ -113,10 +119,16 @@ def metric(kind: str, fp32: np.ndarray, q: np.ndarray, margin: float) -> float:
     return m.decisive_top1_agree if m.decisive_n else m.top1_agree
 
 
-Scorer = Callable[[list[dict[str, np.ndarray]]], float]
+Scorer = Callable[[list[dict[str, NDArray[Any]]]], float]
 
 
-def scorer(recipe: Recipe, kind: str, fp32: list[list[np.ndarray]], image_hws, head=None) -> Scorer:
+def scorer(
+    recipe: Recipe,
+    kind: str,
+    fp32: list[list[NDArray[Any]]],
+    image_hws: Sequence[tuple[int, int]],
+    head: YoloHead | None = None,
+) -> Scorer:
     """The target metric as a function of a candidate's outputs (one dict per validation image,
     by the cvimodel's output names). Classifiers: ``agree`` / ``cos`` on the first output.
     Detectors (``head``): ``map`` — mAP@0.5 of the candidate's detections taking the fp32
@@ -124,7 +136,7 @@ def scorer(recipe: Recipe, kind: str, fp32: list[list[np.ndarray]], image_hws, h
     if head is None:
         ref = np.stack([o[0].reshape(-1) for o in fp32])
 
-        def classify(outs):
+        def classify(outs: list[dict[str, NDArray[Any]]]) -> float:
             first = next(iter(outs[0]))
             return metric(
                 kind, ref, np.stack([o[first].reshape(-1) for o in outs]), recipe.mix.margin
@@ -137,7 +149,7 @@ def scorer(recipe: Recipe, kind: str, fp32: list[list[np.ndarray]], image_hws, h
     opt, pre = recipe.detect, recipe.preprocess
     truth = as_truth(per_image(head, fp32, pre, image_hws, opt))
 
-    def detect(outs):
+    def detect(outs: list[dict[str, NDArray[Any]]]) -> float:
         maps = [maps_in_order(head, o) for o in outs]
         if kind == "cos":
             return float(np.mean([cosine(a, b) for f, q in zip(fp32, maps) for a, b in zip(f, q)]))
@@ -147,7 +159,7 @@ def scorer(recipe: Recipe, kind: str, fp32: list[list[np.ndarray]], image_hws, h
     return detect
 
 
-def graph_order(graph: dict[str, dict]) -> tuple[list[str], dict[str, list[str]]]:
+def graph_order(graph: dict[str, dict[str, Any]]) -> tuple[list[str], dict[str, list[str]]]:
     """The layers whose precision can be chosen, in graph order, and each one's consumers
     among them (looking through reshapes and the like, which hold no arithmetic)."""
     direct: dict[str, list[str]] = {}
@@ -183,14 +195,14 @@ def search(
     recipe: Recipe,
     folder: Path,
     *,
-    transformed,
+    transformed: compiler.TransformFiles,
     table: Path,
     options: compiler.DeployOptions,
-    int8: Built,
+    int8: Built | None,
     bf16: Built | None,
-    val_tensors: list[np.ndarray],
+    val_tensors: list[NDArray[Any]],
     score: Scorer,
-    graph: dict[str, dict],
+    graph: dict[str, dict[str, Any]],
     fast_search_layers: list[str] | None = None,
     log: Callable[[str], None] = lambda m: None,
     executor: Executor | None = None,
@@ -217,7 +229,7 @@ def search(
         _log_row(log, kind, need, c)
         return c
 
-    built: dict[frozenset, Candidate] = {}
+    built: dict[frozenset[str], Candidate] = {}
 
     def job(layers: list[str], label: str, number: int) -> _CandidateJob:
         return _CandidateJob(
@@ -247,7 +259,7 @@ def search(
         if executor is None or executor.workers <= 1:
             return
         jobs: list[_CandidateJob] = []
-        keys: list[frozenset] = []
+        keys: list[frozenset[str]] = []
         for layers, label in specs:
             key = frozenset(layers)
             if key not in built and key not in keys:
@@ -263,14 +275,22 @@ def search(
             built[key] = o.value
             _log_row(log, kind, need, o.value)
 
-    rows = [row("pure INT8", [], int8)]
+    # no pure INT8 model from the deploy stage (it missed model_deploy's tolerance): build it as
+    # the search's first candidate
+    rows = [row("pure INT8", [], int8) if int8 is not None else build([], "pure INT8")]
     if mix.qtable:
         build(read_qtable(Path(mix.qtable)), f"table {Path(mix.qtable).name}")
     elif not rows[0].meets:
         if fast_search_layers:
             build(fast_search_layers, "tpu_mlir fast_search")
         _search_regions(graph, mix, build, rows[0].metric, prebuild)
-    rows += list(built.values())
+    rows += [c for c in built.values() if c is not rows[0]]
+    rows = [c for c in rows if not c.failed]
+    if not rows:
+        raise ModelError(
+            "No mixed-precision candidate could be built: "
+            + "; ".join(f"{c.label}: {c.failed}" for c in built.values())
+        )
     meeting = [i for i, r in enumerate(rows) if r.meets]
     if mix.qtable:
         chosen = 1  # the given table is the answer, met or not
@@ -284,6 +304,9 @@ def search(
 
 
 def _log_row(log: Callable[[str], None], kind: str, need: float, c: Candidate) -> None:
+    if c.failed:
+        log(f"{c.label}: not built, {c.n_bf16} BF16 layer(s): {c.failed}")
+        return
     log(
         f"{c.label}: {kind} {c.metric:.4f} ({'meets' if c.meets else 'below'} {need}), "
         f"{c.shown_bf16} BF16 layer(s), ION {c.ion_mb:.2f} MB, est. {c.est_ms:.3g} ms"
@@ -294,7 +317,7 @@ def _candidate(
     label: str,
     layers: tuple[str, ...],
     model: Built,
-    val_tensors: list[np.ndarray],
+    val_tensors: list[NDArray[Any]],
     score: Scorer,
     need: float,
     all_bf16: bool = False,
@@ -333,7 +356,7 @@ class _CandidateJob:
     transformed: Any
     table: Path
     options: compiler.DeployOptions
-    val_tensors: list
+    val_tensors: list[NDArray[Any]]
     score: Scorer
     need: float
 
@@ -352,9 +375,9 @@ def _finished(job: _CandidateJob) -> Candidate | None:
     except (OSError, ValueError, KeyError, TypeError):
         return None
     paths = (c.cvimodel, c.model_outputs, c.tpu_mlir)
-    if (c.label, c.layers) != (job.label, job.layers) or not all(p.is_file() for p in paths):
+    if (c.label, c.layers) != (job.label, job.layers):
         return None
-    return c
+    return c if c.failed or all(p.is_file() for p in paths) else None
 
 
 def _build_candidate(job: _CandidateJob) -> Candidate:
@@ -369,15 +392,26 @@ def _build_candidate(job: _CandidateJob) -> Candidate:
     shutil.rmtree(sub, ignore_errors=True)
     sub.mkdir(parents=True)
     qt = write_qtable(sub / "qtable.txt", list(job.layers))
-    files = compiler.deploy(
-        job.transformed,
-        sub,
-        sub / "deploy.log",
-        job.options,
-        cvimodel_name=f"{job.name}_mix.cvimodel",
-        calibration_table=job.table,
-        quantize_table=qt,
-    )
+    try:
+        files = compiler.deploy(
+            job.transformed,
+            sub,
+            sub / "deploy.log",
+            job.options,
+            cvimodel_name=f"{job.name}_mix.cvimodel",
+            calibration_table=job.table,
+            quantize_table=qt,
+        )
+    except (ToleranceError, ToolchainError) as e:
+        # this set of BF16 layers cannot be compiled, or its cvimodel disagrees with its own
+        # quantized MLIR on the simulator: the search goes on without it
+        reason = " ".join(str(e).split())
+        gone = sub / "failed"
+        c = Candidate(
+            job.label, job.layers, -1.0, False, 0, 0.0, False, gone, gone, gone, failed=reason[:400]
+        )
+        write_json(sub / CANDIDATE_FILE, to_json(c, sub))
+        return c
     c = _candidate(
         job.label,
         job.layers,
@@ -404,8 +438,8 @@ def _build_candidate(job: _CandidateJob) -> Candidate:
 
 
 def _search_regions(
-    graph: dict[str, dict],
-    mix,
+    graph: dict[str, dict[str, Any]],
+    mix: Mix,
     build: Callable[[list[str], str], Candidate],
     int8_metric: float,
     prebuild: Callable[[list[tuple[list[str], str]]], None] = lambda specs: None,
@@ -463,7 +497,7 @@ def _search_regions(
         chosen[no] = run[lo:end]
 
 
-def _union(runs, index: dict[str, int]) -> list[str]:
+def _union(runs: Iterable[Sequence[str]], index: dict[str, int]) -> list[str]:
     return sorted({n for r in runs for n in r}, key=index.__getitem__)
 
 

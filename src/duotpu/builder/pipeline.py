@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Literal
 
 import numpy as np
+from numpy.typing import NDArray
 
 from duotpu import compiler
 from duotpu.builder import export as export_mod
@@ -40,8 +41,9 @@ from duotpu.config.errors import (
     PartialBuild,
     ToleranceError,
 )
-from duotpu.config.recipe import Recipe, parse_target
+from duotpu.config.recipe import Mix, Recipe, parse_target
 from duotpu.core import images, metrics, onnxrt, preprocess
+from duotpu.core.files import atomic_write
 from duotpu.core.head import YoloHead
 
 from .manifest import MANIFEST
@@ -54,7 +56,6 @@ from .workdir import (
     StageResult,
     WorkDir,
     atomic_copy,
-    atomic_write,
     no_events,
     to_json,
     write_json,
@@ -193,7 +194,7 @@ class ModelArtifact:
     size_bytes: int
     ion_mb: float
     cosine: dict[str, float]
-    outputs: dict[str, np.ndarray] = field(repr=False, default_factory=dict)
+    outputs: dict[str, NDArray[Any]] = field(repr=False, default_factory=dict)
     tpu_mlir: Path | None = None  # its quantized MLIR in the work directory (the fast path)
     per_image: tuple[float, ...] = ()  # verified on several images: each one's worst cosine
     estimate: Any = None  # compiler.latency.Estimate: the board-free latency estimate
@@ -208,8 +209,8 @@ class BuildResult:
     out_dir: Path
     work_dir: Path
     onnx: Path
-    test_input: dict[str, np.ndarray] = field(repr=False)
-    reference: dict[str, np.ndarray] = field(repr=False)
+    test_input: dict[str, NDArray[Any]] = field(repr=False)
+    reference: dict[str, NDArray[Any]] = field(repr=False)
     models: dict[str, ModelArtifact]
     stages: list[Stage[Any]]
     manifest: Path
@@ -230,7 +231,7 @@ class BuildResult:
 # --------------------------------------------------------------------------------------------
 # The stages
 # --------------------------------------------------------------------------------------------
-def _files_key(paths: list[Path]) -> list[list]:
+def _files_key(paths: list[Path]) -> list[list[Any]]:
     return [[str(p), compiler.file_digest(p)] for p in paths]
 
 
@@ -671,7 +672,11 @@ def _ways_around(
     return CompilerFailure(e, text, failure, cut)
 
 
-def validation_images(r: Recipe) -> list:
+def _hw(image: NDArray[Any]) -> tuple[int, int]:
+    return int(image.shape[0]), int(image.shape[1])
+
+
+def validation_images(r: Recipe) -> list[Path | NDArray[Any]]:
     """The images mixed precision is measured on (not the calibration crops)."""
     mix = r.mix
     if mix.images.startswith("builtin:"):
@@ -680,7 +685,7 @@ def validation_images(r: Recipe) -> list:
     scan = images.scan_images(Path(mix.images))
     if not scan.paths:
         raise DataError(f"The mixed-precision image folder {mix.images} has no readable images.")
-    return scan.paths[: mix.count]
+    return list(scan.paths[: mix.count])
 
 
 def stage_mix(
@@ -688,12 +693,14 @@ def stage_mix(
     r: Recipe,
     transformed: Stage[Transformed],
     calibrated: Stage[Calibrated],
-    dep_int8: Stage[Deployed],
+    dep_int8: Stage[Deployed] | None,
     dep_bf16: Stage[Deployed] | None,
     executor: Executor | None = None,
 ) -> Stage[Mixed]:
     """Search the fewest BF16 layers for INT8 to reach ``mix.target`` (or measure ``mix.qtable``).
-    Every candidate's cvimodel is kept, so ``mix.pick`` chooses another row without a search."""
+    Every candidate's cvimodel is kept, so ``mix.pick`` chooses another row without a search.
+    ``dep_int8`` is None when the pure INT8 model missed model_deploy's per-layer tolerance: the
+    search builds it as its first row and starts from there."""
     from duotpu.builder import mixprec
     from duotpu.core.preprocess import load_bgr, preprocess_image
 
@@ -711,7 +718,7 @@ def stage_mix(
         "table": compiler.file_digest(table),
         "mlir": compiler.file_digest(t.mlir),
         "weights": compiler.file_digest(t.weights),
-        "int8": compiler.file_digest(dep_int8.result.cvimodel),
+        "int8": compiler.file_digest(dep_int8.result.cvimodel) if dep_int8 else None,
         "bf16": compiler.file_digest(dep_bf16.result.cvimodel) if dep_bf16 else None,
         "qtable_file": compiler.file_digest(Path(mix.qtable)) if mix.qtable else None,
         "preprocess": asdict(r.preprocess),
@@ -731,10 +738,7 @@ def stage_mix(
         fp32 = onnxrt.onnx_outputs(t.onnx, tensors)
         head = exported_head(wd.stages["export"])
         hws = (
-            [
-                (im.shape[:2] if isinstance(im, np.ndarray) else load_bgr(im, False).shape[:2])
-                for im in val
-            ]
+            [_hw(im if isinstance(im, np.ndarray) else load_bgr(im, False)) for im in val]
             if head is not None
             else []
         )  # only detectors map boxes back
@@ -762,14 +766,18 @@ def stage_mix(
                 )
             )
             fast_secs = time.monotonic() - t0
-        options = deploy_options(r, "int8", t.test_image)
+        # each candidate is measured on the target's metric; model_deploy's per-layer check
+        # against fp32 would stop the search at the layers it is looking for
+        options = dataclasses.replace(
+            deploy_options(r, "int8", t.test_image), tolerance=compiler.NO_TOLERANCE
+        )
         rows, chosen = mixprec.search(
             r,
             folder,
             transformed=transformed_files,
             table=table,
             options=options,
-            int8=built(dep_int8),
+            int8=built(dep_int8) if dep_int8 else None,
             bf16=built(dep_bf16) if dep_bf16 else None,
             val_tensors=tensors,
             score=score,
@@ -791,7 +799,7 @@ def stage_mix(
     return wd.run("mix", key, run, Mixed, resumable=True)
 
 
-def fast_search_cos(mix) -> float:
+def fast_search_cos(mix: Mix) -> float:
     """The output cosine tpu_mlir's fast_search is asked for: ``mix.fast_search_cos``, else a
     ``cos>=X`` target's X, else 0.995 (its own default)."""
     if mix.fast_search_cos:
@@ -982,22 +990,51 @@ def build(
             )
 
         results, errors = _run_branches(branch, recipe.quantize)
+        failed: dict[str, BaseException] = dict(
+            zip([m for m in recipe.quantize if m not in results], errors)
+        )
+        # with a mixed-precision target, an INT8 model below model_deploy's tolerance is where
+        # the search starts: it keeps the layers where INT8 hurts in BF16
+        rescue = (
+            bool(recipe.mix.target)
+            and set(failed) == {"int8"}
+            and isinstance(failed["int8"], ToleranceError)
+            and "calibrate" in wd.stages
+        )
         referenced = None
-        if results:  # the reference of a partial build is still the reference
+        if results or rescue:  # the reference of a partial build is still the reference
             try:
                 referenced = ref_future.result()
             except DuoTpuError as e:
                 errors.append(e)
-                results = {}
-    if errors and not results:
+                results, rescue = {}, False
+    if errors and not results and not rescue:
         raise branch_error(errors)
-    if errors:
-        # deliver what verified, and say what did not
-        assert referenced is not None
-        failed: dict[str, BaseException] = dict(
-            zip([m for m in recipe.quantize if m not in results], errors)
+    mixed = None
+    if (recipe.mix.target or recipe.mix.qtable) and ("int8" in results or rescue):
+        if rescue:
+            events(
+                StageEvent(
+                    "mix",
+                    "warning",
+                    message="the pure INT8 model misses model_deploy's tolerance; searching "
+                    "for the layers to keep in BF16",
+                )
+            )
+        mixed = stage_mix(
+            wd,
+            recipe,
+            transformed,
+            wd.stages["calibrate"],
+            # a pure INT8 model that deployed but missed verification is the search's first row
+            results["int8"][0] if "int8" in results else wd.stages.get("deploy-int8"),
+            results["bf16"][0] if "bf16" in results else None,
+            executor,
         )
-        partial = _finish(recipe, out_dir, wd, exported, transformed, referenced, results, None)
+    assert referenced is not None  # no branch failed, or the mix search took INT8's place
+    if errors:
+        # deliver what verified (and the mixed model), and say what did not
+        partial = _finish(recipe, out_dir, wd, exported, transformed, referenced, results, mixed)
         partial.failed = {m: str(e) for m, e in failed.items()}
         for m in failed:  # a file an earlier build left under a failed mode's name is not this
             for stale in out_dir.glob(f"{recipe.name}_{recipe.chip}_{m}*.cvimodel"):
@@ -1005,18 +1042,6 @@ def build(
         _write_failures(partial)
         partial.report = write_build_report(partial)
         raise PartialBuild(partial, failed)
-    mixed = None
-    if recipe.mix.target or recipe.mix.qtable:
-        mixed = stage_mix(
-            wd,
-            recipe,
-            transformed,
-            wd.stages["calibrate"],
-            results["int8"][0],
-            results["bf16"][0] if "bf16" in results else None,
-            executor,
-        )
-    assert referenced is not None  # no branch failed
     result = _finish(recipe, out_dir, wd, exported, transformed, referenced, results, mixed)
     if recipe.deploy.save_input_files:
         from duotpu.builder.replay import write_input_archive
@@ -1107,7 +1132,9 @@ def _check_qtable(r: Recipe, transformed: Stage[Transformed]) -> None:
         )
 
 
-def _run_branches(branch: Callable[[str], Any], modes) -> tuple[dict, list[BaseException]]:
+def _run_branches(
+    branch: Callable[[str], Any], modes: tuple[str, ...]
+) -> tuple[dict[str, Any], list[BaseException]]:
     """Run ``branch(mode)`` for every mode at once; (results by mode, errors in mode order).
     A failing branch does not stop the others (their finished stages are kept); an interrupt
     stops every child process at once instead of waiting for the running compiler steps."""

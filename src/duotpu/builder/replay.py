@@ -21,13 +21,18 @@ import shutil
 import tarfile
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from duotpu.config.errors import DataError
+
+if TYPE_CHECKING:
+    from duotpu.builder.pipeline import BuildResult
+    from duotpu.builder.workdir import Stage
 
 _TOOLS = {"transform": "model_transform", "calibrate": "run_calibration", "deploy": "model_deploy"}
 
 
-def _command(stage) -> tuple[str, list[str]]:
+def _command(stage: Stage[Any]) -> tuple[str, list[str]]:
     """The compiler command a stage ran, from its record (``Stage.commands``)."""
     tool = _TOOLS[stage.name.split("-")[0]]
     for c in stage.commands:
@@ -39,7 +44,7 @@ def _command(stage) -> tuple[str, list[str]]:
     )
 
 
-def write_input_archive(result, out: Path | None = None) -> Path:
+def write_input_archive(result: BuildResult, out: Path | None = None) -> Path:
     """Write ``NAME_inputs.tar.gz`` (beside the build's cvimodels unless ``out``) for a
     :class:`~duotpu.builder.pipeline.BuildResult` of a plain (batch 1) build."""
     r = result.recipe
@@ -57,6 +62,8 @@ def write_input_archive(result, out: Path | None = None) -> Path:
         )
     steps = [(n, _command(by_name[n])) for n in names]
     onnx = Path(result.onnx).resolve()
+    if result.test_image_path is None:
+        raise DataError("The build has no test image to archive; rebuild it with test_image set.")
     test_image = result.test_image_path.resolve()
     cal_dir = (work / "calibrate" / "images").resolve() if "int8" in r.quantize else None
     with tempfile.TemporaryDirectory(prefix="duotpu-archive-") as tmp:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from duotpu import compiler
 from duotpu.compiler.cvimodel import BOARDS
@@ -71,7 +71,7 @@ def _fit(chip: str, ion_mb: float) -> str:
     return " ".join(out) or "—"
 
 
-def _models(result: BuildResult, manifest: dict) -> str:
+def _models(result: BuildResult, manifest: dict[str, Any]) -> str:
     rows = []
     for mode, art in result.models.items():
         entry = manifest["models"][mode]
@@ -269,7 +269,7 @@ def _mix(result: BuildResult) -> str:
     return hp.section("mix", "Mixed precision: accuracy against BF16 layers", plot + table, lead)
 
 
-def _slowest_layers(result: BuildResult, manifest: dict, n: int = 8) -> str:
+def _slowest_layers(result: BuildResult, manifest: dict[str, Any], n: int = 8) -> str:
     art = next((a for a in result.models.values() if a.estimate is not None), None)
     if art is None or not art.estimate.layers:
         return ""

@@ -5,13 +5,16 @@ report are drawn from these."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from duotpu.core import metrics
 from duotpu.core.labels import class_name
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from duotpu.builder.pipeline import BuildResult
+    from duotpu.core.detect import Detection
 
 
 @dataclass
@@ -58,7 +61,7 @@ def top1_agrees(rows: list[Classified]) -> bool:
     return len({r.top[0][0] for r in rows}) == 1
 
 
-def as_json(rows: list[Classified], labels: list[str] | None) -> list[dict]:
+def as_json(rows: list[Classified], labels: list[str] | None) -> list[dict[str, Any]]:
     """The rows as plain data."""
     return [
         {
@@ -80,7 +83,7 @@ class Detected:
     """One model's detections on the build's test image."""
 
     model: str
-    detections: list
+    detections: list[Detection]
     cosine_min: float | None
     size_bytes: int | None
     ion_mb: float | None
@@ -97,7 +100,7 @@ def detect_build(result: BuildResult) -> list[Detected]:
         raise ValueError(f"{r.name} is not a detector built on a test image")
     pre, hw = input_frame(result.test_image_path, r.preprocess, head)
 
-    def dets(outs):
+    def dets(outs: dict[str, np.ndarray[Any, Any]]) -> list[Detection]:
         return per_image(head, [[outs[n] for n in head.outputs]], pre, [hw], r.detect)[0]
 
     rows = [Detected("fp32 ONNX", dets(result.reference), 1.0, result.onnx.stat().st_size, None)]

@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any, Callable, Generic, TypeVar
 
 from duotpu.compiler.runner import recording
-from duotpu.core.files import atomic_write  # noqa: F401 (the builder's name for it)
 
 RESUME_FILE = ".resume-key"  # in an unfinished resumable stage: the key its work is for
 STAGE_FILE = "stage.json"

@@ -21,17 +21,22 @@ from __future__ import annotations
 
 import ast
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from duotpu.config.errors import ModelError
 from duotpu.core.head import COCO_NAMES, YoloHead  # noqa: F401  (what the cut produces)
 
+if TYPE_CHECKING:
+    import onnx
+    import torch
+
 
 # --------------------------------------------------------------------------------------------
 # PyTorch side
 # --------------------------------------------------------------------------------------------
-def ultralytics_model(cfg: str, nc: int | None = None):
+def ultralytics_model(cfg: str, nc: int | None = None) -> torch.nn.Module:
     """An Ultralytics detection model built from its yaml (``yolov8n.yaml``, ``yolov5s.yaml``,
     ``yolo11n.yaml`` …, shipped in the package), with random weights."""
     try:
@@ -39,7 +44,8 @@ def ultralytics_model(cfg: str, nc: int | None = None):
     except ImportError as e:
         raise ModelError(f"The 'ultralytics' package is needed for {cfg!r}: {e}.") from None
     try:
-        return DetectionModel(cfg, nc=nc, verbose=False)
+        model: torch.nn.Module = DetectionModel(cfg, nc=nc, verbose=False)  # type: ignore[no-untyped-call]
+        return model
     except FileNotFoundError:
         raise ModelError(
             f"Ultralytics has no model yaml {cfg!r}. Examples: yolov8n.yaml, "
@@ -48,7 +54,7 @@ def ultralytics_model(cfg: str, nc: int | None = None):
         ) from None
 
 
-def from_checkpoint(obj):
+def from_checkpoint(obj: object) -> torch.nn.Module | None:
     """The model inside a training checkpoint dict (Ultralytics and YOLOv5 save
     ``{"model": ..., "ema": ...}``), as float32; ``None`` if ``obj`` is not one."""
     import torch
@@ -61,7 +67,7 @@ def from_checkpoint(obj):
     return model.float()
 
 
-def _detect_heads(model) -> list:
+def _detect_heads(model: torch.nn.Module) -> list[Any]:
     return [
         m
         for m in model.modules()
@@ -69,7 +75,7 @@ def _detect_heads(model) -> list:
     ]
 
 
-def prepare_for_export(model) -> list[str]:
+def prepare_for_export(model: torch.nn.Module) -> list[str]:
     """Put a YOLO model's detection head in export mode (one decoded output tensor) and return
     its class names ([] if the model has none)."""
     for m in _detect_heads(model):
@@ -87,7 +93,7 @@ def prepare_for_export(model) -> list[str]:
     return []
 
 
-def is_detector(model) -> bool:
+def is_detector(model: torch.nn.Module) -> bool:
     """Whether a PyTorch model has a YOLO detection head."""
     return bool(_detect_heads(model))
 
@@ -95,7 +101,7 @@ def is_detector(model) -> bool:
 # --------------------------------------------------------------------------------------------
 # ONNX side: find the head and cut
 # --------------------------------------------------------------------------------------------
-def _constants(model) -> dict[str, np.ndarray]:
+def _constants(model: onnx.ModelProto) -> dict[str, np.ndarray[Any, Any]]:
     from onnx import numpy_helper
 
     consts = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
@@ -107,7 +113,7 @@ def _constants(model) -> dict[str, np.ndarray]:
     return consts
 
 
-def _is_dfl(node, consts) -> bool:
+def _is_dfl(node: onnx.NodeProto, consts: dict[str, np.ndarray[Any, Any]]) -> bool:
     """The DFL's 1x1 convolution: fixed weights 0, 1, …, reg_max-1."""
     w = consts.get(node.input[1]) if len(node.input) > 1 else None
     if w is None or w.ndim != 4 or w.shape[0] != 1 or w.shape[2:] != (1, 1):
@@ -115,7 +121,7 @@ def _is_dfl(node, consts) -> bool:
     return np.allclose(w.reshape(-1), np.arange(w.shape[1]))
 
 
-def names_from_metadata(model) -> list[str]:
+def names_from_metadata(model: onnx.ModelProto) -> list[str]:
     """Class names an Ultralytics ONNX export keeps in its metadata (``names``)."""
     for p in model.metadata_props:
         if p.key == "names":
@@ -144,14 +150,14 @@ def cut_head(
     in_shape = [d.dim_value or 1 for d in inp.type.tensor_type.shape.dim]
     shapes = _conv_shapes(model, inp.name, in_shape)
     consts = _constants(model)
-    consumers: dict[str, list] = {}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
     for n in model.graph.node:
         for i in n.input:
             consumers.setdefault(i, []).append(n)
     convs = [n for n in model.graph.node if n.op_type == "Conv" and not _is_dfl(n, consts)]
     dfl = [n for n in model.graph.node if n.op_type == "Conv" and _is_dfl(n, consts)]
 
-    def feeds_conv(node) -> bool:
+    def feeds_conv(node: onnx.NodeProto) -> bool:
         seen, todo = set(), list(node.output)
         while todo:
             t = todo.pop()
@@ -176,7 +182,7 @@ def cut_head(
             "YOLOv8 / YOLOv5u / YOLO11 and the original YOLOv5."
         )
     H, W = in_shape[2], in_shape[3]
-    levels: dict[int, list] = {}
+    levels: dict[int, list[onnx.NodeProto]] = {}
     for n in last:
         h = shapes[n.output[0]][2]
         levels.setdefault(H // h, []).append(n)
@@ -265,8 +271,12 @@ def cut_head(
 
 
 def _probe(
-    model, input_name: str, in_shape: list[int], names: list[str], fill: float = 0.0
-) -> list[np.ndarray]:
+    model: onnx.ModelProto,
+    input_name: str,
+    in_shape: list[int],
+    names: list[str],
+    fill: float = 0.0,
+) -> list[np.ndarray[Any, Any]]:
     """The values of inner tensors ``names`` for a constant input, by running the model once
     in ONNX Runtime with them as extra outputs (ONNX's static shape inference and constant
     folding give up inside YOLO graphs)."""
@@ -280,17 +290,26 @@ def _probe(
         onnx.helper.make_empty_tensor_value_info(n) for n in dict.fromkeys(names) if n not in have
     )
     sess = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
-    return sess.run(names, {input_name: np.full(in_shape, fill, np.float32)})
+    got: list[np.ndarray[Any, Any]] = sess.run(
+        names, {input_name: np.full(in_shape, fill, np.float32)}
+    )
+    return got
 
 
-def _conv_shapes(model, input_name: str, in_shape: list[int]) -> dict[str, list[int]]:
+def _conv_shapes(
+    model: onnx.ModelProto, input_name: str, in_shape: list[int]
+) -> dict[str, list[int]]:
     """The output shape of every Conv."""
     names = [n.output[0] for n in model.graph.node if n.op_type == "Conv"]
     return {n: list(o.shape) for n, o in zip(names, _probe(model, input_name, in_shape, names))}
 
 
 def _find_anchors(
-    model, consumers, heads, input_name: str, in_shape: list[int]
+    model: onnx.ModelProto,
+    consumers: dict[str, list[onnx.NodeProto]],
+    heads: list[onnx.NodeProto],
+    input_name: str,
+    in_shape: list[int],
 ) -> list[list[float]]:
     """YOLOv5 multiplies ``(2 * sigmoid(wh)) ** 2`` by an anchor grid of shape
     ``[1, na, ny, nx, 2]`` (pixels) that does not depend on the image and is the same in every
@@ -333,7 +352,7 @@ def _find_anchors(
 
 
 def _extract(
-    model,
+    model: onnx.ModelProto,
     out: Path,
     input_name: str,
     outputs: list[str],

@@ -33,6 +33,7 @@ from .runner import (
     stop_children,
 )
 from .steps import (
+    NO_TOLERANCE,
     SELF_VALIDATED_FORMATS,
     DeployFiles,
     DeployOptions,
@@ -75,6 +76,7 @@ __all__ = [
     "run_tool",
     "spawn",
     "stop_children",
+    "NO_TOLERANCE",
     "SELF_VALIDATED_FORMATS",
     "DeployFiles",
     "DeployOptions",

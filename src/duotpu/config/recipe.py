@@ -16,6 +16,26 @@ from typing import Any, Literal, Optional, Tuple
 
 from duotpu.config.errors import ConfigError
 
+
+def meta(
+    flag: str = "",
+    help: str = "",
+    *,
+    metavar: str | None = None,
+    path: str = "",
+    implies: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A recipe field's metadata: its command-line ``flag`` (with ``help`` and ``metavar``) and,
+    for paths, ``path`` = ``"any"`` or ``"file"`` (see :func:`path_keys`). The dataclasses below
+    are the one list the TOML loader, the command line and its help read."""
+    out: dict[str, Any] = {}
+    if flag:
+        out.update(flag=flag, help=help, metavar=metavar, implies=implies or {})
+    if path:
+        out["path"] = path
+    return out
+
+
 Chip = Literal["cv180x", "cv181x", "cv182x", "cv183x"]
 Mode = Literal["int8", "bf16"]
 ResizeMode = Literal["stretch", "short_side", "letterbox"]
@@ -41,13 +61,27 @@ class ModelSource:
     path to a ``state_dict`` file. ``kwargs`` are passed to the factory.
     """
 
-    source: str = field(default="", metadata={"path": "file"})
-    weights: Optional[str] = field(default=None, metadata={"path": "file"})
-    opset: int = 13
+    source: str = field(default="", metadata=meta(path="file"))
+    weights: Optional[str] = field(
+        default=None,
+        metadata=meta(
+            "--weights",
+            "torchvision weights name (DEFAULT, IMAGENET1K_V1) or a state_dict file",
+            path="file",
+        ),
+    )
+    opset: int = field(default=13, metadata=meta("--opset", "ONNX opset for PyTorch export (13)"))
     kwargs: dict[str, Any] = field(default_factory=dict)
     # end the TPU model at these tensors of the (exported) ONNX graph; the rest of the model
     # runs on the CPU in ONNX Runtime (NAME.tail.onnx beside the cvimodel)
-    outputs: Tuple[str, ...] = ()
+    outputs: Tuple[str, ...] = field(
+        default=(),
+        metadata=meta(
+            "--cut-at",
+            "end the TPU model at these ONNX tensors; the rest runs on the CPU (ONNX Runtime)",
+            metavar="TENSOR[,TENSOR]",
+        ),
+    )
 
 
 @dataclass(frozen=True)
@@ -58,8 +92,8 @@ class InputSpec:
     height/width from Ultralytics' ``imgsz`` metadata), 1×3×224×224 for a PyTorch model,
     1×3×640×640 for an Ultralytics yaml. The build settles it before anything runs."""
 
-    name: str = "input"
-    shape: Tuple[int, ...] = ()
+    name: str = field(default="input", metadata=meta("--input-name", "input name in the ONNX"))
+    shape: Tuple[int, ...] = field(default=(), metadata=meta("--input-shape", metavar="N,C,H,W"))
 
 
 @dataclass(frozen=True)
@@ -73,13 +107,21 @@ class Preprocess:
     the aspect ratio and pads with 0.
     """
 
-    resize: Optional[Tuple[int, ...]] = None
-    resize_mode: ResizeMode = "stretch"
+    resize: Optional[Tuple[int, ...]] = field(
+        default=None, metadata=meta("--resize", "resize before center crop", metavar="H,W")
+    )
+    resize_mode: ResizeMode = field(default="stretch", metadata=meta("--resize-mode"))
     # one value applies to every channel, so the defaults fit gray and colour inputs alike
-    mean: Tuple[float, ...] = (0.0,)
-    std: Tuple[float, ...] = (1.0,)
-    pixel_format: PixelFormat = "rgb"
-    pad_value: int = 0
+    mean: Tuple[float, ...] = field(
+        default=(0.0,), metadata=meta("--mean", "per-channel mean, 0–1 units")
+    )
+    std: Tuple[float, ...] = field(
+        default=(1.0,), metadata=meta("--std", "per-channel std, 0–1 units")
+    )
+    pixel_format: PixelFormat = field(default="rgb", metadata=meta("--pixel-format"))
+    pad_value: int = field(
+        default=0, metadata=meta("--pad-value", "letterbox border colour (114 for YOLO)")
+    )
 
 
 @dataclass(frozen=True)
@@ -103,12 +145,21 @@ class Calibration:
     """INT8 calibration data: ``images`` is a folder of images or ``builtin:natural`` (random
     crops and flips of the photos that ship with scikit-image and scikit-learn)."""
 
-    images: str = field(default="builtin:natural", metadata={"path": "any"})
-    count: int = 100
-    method: Literal["kl", "mse", "max", "percentile9999"] = "kl"
+    images: str = field(
+        default="builtin:natural",
+        metadata=meta(
+            "--calib-images", "folder of calibration images, or builtin:natural", path="any"
+        ),
+    )
+    count: int = field(default=100, metadata=meta("--calib-count", "number of calibration images"))
+    method: Literal["kl", "mse", "max", "percentile9999"] = field(
+        default="kl", metadata=meta("--calib-method")
+    )
     seed: int = 0
-    histogram_bins: int = 2048
-    tune_num: int = 5
+    histogram_bins: int = field(
+        default=2048, metadata=meta("--histogram-bins", "calibration histogram bins (2048)")
+    )
+    tune_num: int = field(default=5, metadata=meta("--tune-num", "calibration tune images (5)"))
 
 
 FusedFormat = Literal[
@@ -143,13 +194,43 @@ class Deploy:
     """
 
     fuse_preprocess: bool = False
-    pixel_format: FusedFormat = ""
-    aligned_input: bool = False
-    batch_sizes: Tuple[int, ...] = (1,)
-    model_version: str = ""
-    inputs_type: IOType = "AUTO"
-    outputs_type: IOType = "AUTO"
-    save_input_files: bool = False
+    pixel_format: FusedFormat = field(
+        default="",
+        metadata=meta(
+            "--fuse-preprocess",
+            "the TPU does the preprocessing; the model takes uint8 images in this format",
+            metavar="PIXEL_FORMAT",
+            implies={"fuse_preprocess": True},
+        ),
+    )
+    aligned_input: bool = field(
+        default=False,
+        metadata=meta(
+            "--aligned-input", "with --fuse-preprocess: rows aligned as the VPSS delivers frames"
+        ),
+    )
+    batch_sizes: Tuple[int, ...] = field(
+        default=(1,),
+        metadata=meta(
+            "--batch-sizes",
+            "one cvimodel with a program per batch size, sharing the weights",
+            metavar="1,4",
+        ),
+    )
+    model_version: str = field(
+        default="",
+        metadata=meta("--model-version", "cvimodel format for an older board runtime (1.2)"),
+    )
+    inputs_type: IOType = field(default="AUTO", metadata=meta("--inputs-type"))
+    outputs_type: IOType = field(default="AUTO", metadata=meta("--outputs-type"))
+    save_input_files: bool = field(
+        default=False,
+        metadata=meta(
+            "--save-input-files",
+            "also write NAME_inputs.tar.gz: the inputs and a script replaying the exact "
+            "compiler commands",
+        ),
+    )
 
 
 @dataclass(frozen=True)
@@ -166,14 +247,48 @@ class Mix:
     how many contiguous regions the search cuts the network to find where INT8 hurts;
     ``max_layers``: the largest BF16 set it builds."""
 
-    target: str = ""
-    qtable: str = field(default="", metadata={"path": "any"})
-    images: str = field(default="builtin:natural", metadata={"path": "any"})
-    count: int = 100
+    target: str = field(
+        default="",
+        metadata=meta(
+            "--target",
+            "mixed precision: keep the fewest layers in BF16 for INT8 to reach e.g. "
+            "'agree>=0.995' (decisive top-1 agreement), 'map>=0.95' (detectors: mAP@0.5 vs "
+            "the fp32 detections) or 'cos>=0.995'",
+            metavar="METRIC>=X",
+        ),
+    )
+    qtable: str = field(
+        default="",
+        metadata=meta(
+            "--mix-qtable",
+            "mixed precision from this table of BF16 layers (no search)",
+            metavar="FILE",
+            path="any",
+        ),
+    )
+    images: str = field(
+        default="builtin:natural",
+        metadata=meta(
+            "--mix-images",
+            "validation images for the search (folder or builtin:natural)",
+            path="any",
+        ),
+    )
+    count: int = field(
+        default=100, metadata=meta("--mix-count", "number of validation images (100)")
+    )
     seed: int = 1
     margin: float = 0.05
     max_layers: int = 48
-    pick: int = 0
+    pick: int = field(
+        default=0,
+        metadata=meta(
+            "--mix-pick",
+            "use row N of the trade-off table (its # column) instead of the fewest BF16 layers "
+            "that meet the target; no new search",
+            metavar="N",
+        ),
+    )
     fast_search: bool = True
     fast_search_cos: float = 0.0
     regions: int = 8
@@ -190,24 +305,61 @@ class Tolerance:
     the compiler's per-layer comparisons (the old ``--excepts``).
     """
 
-    transform: Tuple[float, ...] = (0.99, 0.99)
-    int8: Tuple[float, ...] = (0.85, 0.45)
-    bf16: Tuple[float, ...] = (0.95, 0.85)
-    correctness: Tuple[float, ...] = (0.99, 0.90)
-    verify_int8: float = 0.90
-    verify_bf16: float = 0.98
-    excepts: Tuple[str, ...] = ()
+    transform: Tuple[float, ...] = field(
+        default=(0.99, 0.99), metadata=meta("--tolerance-transform", metavar="COS,EUCLID")
+    )
+    int8: Tuple[float, ...] = field(
+        default=(0.85, 0.45), metadata=meta("--tolerance-int8", metavar="COS,EUCLID")
+    )
+    bf16: Tuple[float, ...] = field(
+        default=(0.95, 0.85), metadata=meta("--tolerance-bf16", metavar="COS,EUCLID")
+    )
+    correctness: Tuple[float, ...] = field(
+        default=(0.99, 0.90),
+        metadata=meta(
+            "--correctness", "cvimodel on the simulator vs the quantized MLIR", metavar="COS,EUCLID"
+        ),
+    )
+    verify_int8: float = field(
+        default=0.90,
+        metadata=meta(
+            "--verify-int8", "minimum output cosine of the INT8 cvimodel vs fp32", metavar="COS"
+        ),
+    )
+    verify_bf16: float = field(
+        default=0.98,
+        metadata=meta(
+            "--verify-bf16", "minimum output cosine of the BF16 cvimodel vs fp32", metavar="COS"
+        ),
+    )
+    excepts: Tuple[str, ...] = field(
+        default=(),
+        metadata=meta(
+            "--excepts", "tensors left out of the per-layer comparisons", metavar="NAME,..."
+        ),
+    )
 
 
 @dataclass(frozen=True)
 class Recipe:
     """Everything a build needs. See the README's recipe reference."""
 
-    name: str = ""
-    chip: Chip = "cv180x"
-    quantize: Tuple[Mode, ...] = ("int8", "bf16")
+    name: str = field(default="", metadata=meta("--name", "model name (names the output files)"))
+    chip: Chip = field(
+        default="cv180x",
+        metadata=meta("--chip", "cv180x (Duo, default), cv181x (Duo 256M / Duo S), cv182x, cv183x"),
+    )
+    quantize: Tuple[Mode, ...] = field(
+        default=("int8", "bf16"), metadata=meta("--quantize", "modes to build, e.g. int8,bf16")
+    )
     # auto: classify when the model's one output looks like class scores, else generic
-    task: Literal["auto", "classify", "detect", "generic"] = "auto"
+    task: Literal["auto", "classify", "detect", "generic"] = field(
+        default="auto",
+        metadata=meta(
+            "--task",
+            "auto (default): classify when the output looks like class scores, else generic",
+        ),
+    )
     model: ModelSource = field(default_factory=ModelSource)
     inputs: Tuple[InputSpec, ...] = (InputSpec(),)
     preprocess: Preprocess = field(default_factory=Preprocess)
@@ -218,7 +370,15 @@ class Recipe:
     detect: DetectOptions = field(default_factory=DetectOptions)
     # "": a few of calibration.images when that is the user's own, else builtin:chelsea; a
     # folder: a few images from it; a file or builtin:NAME: that one
-    test_image: str = field(default="", metadata={"path": "any"})
+    test_image: str = field(
+        default="",
+        metadata=meta(
+            "--test-image",
+            "image (or folder of images) the build is verified on; default: 4 of your "
+            "calibration images, or builtin:chelsea",
+            path="any",
+        ),
+    )
 
     def validate(self) -> "Recipe":
         """Check values beyond their types; returns self. Raises :class:`ConfigError`."""
@@ -428,14 +588,111 @@ class Recipe:
 
 
 def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
-    """Set ``calibration.count``-style keys in plain recipe data (checked when it is built)."""
-    node = data
+    """Set ``calibration.count``-style keys in plain recipe data (checked when it is built).
+    ``inputs.shape`` sets the shape of the one input."""
+    node: Any = data
     *parents, leaf = dotted.split(".")
     for p in parents:
         node = node.setdefault(p, {})
+        if p == "inputs" and isinstance(node, list):
+            if not node:
+                node.append({})
+            node = node[0]
         if not isinstance(node, dict):
             raise ConfigError(f"Recipe key '{dotted}': '{p}' is not a table of the recipe.")
     node[leaf] = value
+
+
+FlagKind = Literal["str", "int", "float", "bool", "ints", "floats", "names"]
+
+
+@dataclass(frozen=True)
+class RecipeFlag:
+    """A command-line flag that sets one recipe field (from the field's :func:`meta`)."""
+
+    key: str  # dotted recipe key, e.g. "calibration.count"
+    option: str  # "--calib-count"
+    help: str
+    metavar: Optional[str]
+    kind: FlagKind
+    choices: Tuple[str, ...] = ()
+    # other recipe keys the flag sets (--fuse-preprocess FORMAT also sets fuse_preprocess)
+    implies: Tuple[Tuple[str, Any], ...] = ()
+
+    def parse(self, text: str) -> Any:
+        """The flag's text as the field's value; ``ValueError`` names what was expected."""
+        parts = [t for t in text.replace(" ", "").split(",") if t]
+        try:
+            if self.kind == "int":
+                return int(text)
+            if self.kind == "float":
+                return float(text)
+            if self.kind == "ints":
+                return [int(v) for v in text.replace("x", ",").split(",") if v]
+            if self.kind == "floats":
+                return [float(v) for v in parts]
+        except ValueError:
+            what = {"int": "a whole number", "float": "a number"}.get(
+                self.kind, f"{self.kind[:-1]}s separated by commas"
+            )
+            raise ValueError(f"expected {what}, got {text!r}") from None
+        if self.kind == "names":
+            return [v.lower() if self.choices else v for v in parts]
+        return text
+
+
+def recipe_flags(cls: Any = None, prefix: str = "") -> list[RecipeFlag]:
+    """Every recipe field with a command-line flag, in declaration order."""
+    out: list[RecipeFlag] = []
+    hints = typing.get_type_hints(cls or Recipe)
+    for f in dataclasses.fields(cls or Recipe):
+        tp = hints[f.name]
+        args = typing.get_args(tp)
+        item = args[0] if typing.get_origin(tp) is tuple and args else None
+        sub: Any = tp if dataclasses.is_dataclass(tp) else item
+        if sub is not None and dataclasses.is_dataclass(sub):  # a table, or inputs' one table
+            out += recipe_flags(sub, f"{prefix}{f.name}.")
+            continue
+        if "flag" not in f.metadata:
+            continue
+        if typing.get_origin(tp) is typing.Union:
+            tp = next(a for a in typing.get_args(tp) if a is not type(None))
+            args = typing.get_args(tp)
+            item = args[0] if typing.get_origin(tp) is tuple and args else None
+        choices: tuple[str, ...] = ()
+        kind: FlagKind
+        if typing.get_origin(tp) is Literal:
+            kind, choices = "str", tuple(a for a in typing.get_args(tp) if a)
+        elif item is not None:
+            kind = {int: "ints", float: "floats"}.get(item, "names")  # type: ignore[assignment]
+            if typing.get_origin(item) is Literal:
+                choices = typing.get_args(item)
+        else:
+            kind = {bool: "bool", int: "int", float: "float"}.get(tp, "str")  # type: ignore[assignment]
+        out.append(
+            RecipeFlag(
+                prefix + f.name,
+                f.metadata["flag"],
+                f.metadata["help"],
+                f.metadata["metavar"],
+                kind,
+                choices,
+                tuple(f.metadata["implies"].items()),
+            )
+        )
+    return out
+
+
+def flag_overrides(values: dict[str, Any]) -> dict[str, Any]:
+    """Dotted recipe overrides from parsed flag values (keyed by recipe key; ``None`` = not
+    given), with the keys each flag implies."""
+    out: dict[str, Any] = {}
+    for f in recipe_flags():
+        if values.get(f.key) is not None:
+            out[f.key] = values[f.key]
+            table = f.key.rpartition(".")[0]
+            out.update({f"{table}.{k}" if table else k: v for k, v in f.implies})
+    return out
 
 
 def _plain(obj: Any) -> Any:

@@ -1,0 +1,206 @@
+"""``duotpu info`` and ``duotpu predict``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from duotpu.cli.board import cmd_board_run
+from duotpu.cli.common import EXIT_OK, _console, _print_detections, _print_generic, _results
+from duotpu.config.errors import (
+    ConfigError,
+)
+
+
+def _ion_overrides(items: list[str]) -> dict[str, float]:
+    from duotpu.compiler.cvimodel import BOARDS
+
+    out = {}
+    for item in items:
+        key, _, val = item.partition("=")
+        if key not in BOARDS or not val:
+            raise ConfigError(
+                f"--ion takes BOARD=MB with BOARD one of {', '.join(BOARDS)}; got {item!r}."
+            )
+        try:
+            out[key] = float(val)
+        except ValueError:
+            raise ConfigError(f"--ion {item!r}: {val!r} is not a number of MB.") from None
+    return out
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from duotpu.builder.manifest import listed_model
+    from duotpu.compiler import cvimodel, latency
+
+    ion = _ion_overrides(args.ion)
+    infos = [cvimodel.read_cvimodel(Path(m)) for m in args.models]
+    estimates = []
+    for info in infos:
+        info.fit = cvimodel.board_fit(info, ion)
+        listed = listed_model(info.path)
+        names = latency.layer_names(listed.tensor_info if listed else None)
+        est = latency.estimate(info.path)
+        estimates.append((est, names))
+    if args.json:
+        data = [
+            i.to_dict() | {"estimate": latency.as_dict(e, n, args.layers or 10)}
+            for i, (e, n) in zip(infos, estimates)
+        ]
+        print(json.dumps(data[0] if len(data) == 1 else data, indent=2))
+        return EXIT_OK
+    con = _console()
+    for info, (est, names) in zip(infos, estimates):
+        con.print(f"[bold]{info.path}[/]  ({info.file_size / 1e6:.2f} MB, md5 {info.md5_status})")
+        con.print(
+            f"  model {info.name}, chip [bold]{info.chip}[/], cvimodel {info.version}, "
+            f"built {info.build_time} by tpu_mlir {info.mlir_version}"
+        )
+        con.print(
+            f"  board memory (ION) needed: [bold]{info.ion_mb:.2f} MB[/] "
+            f"({info.ion_bytes} bytes): weights {info.weight_bytes} B, sections "
+            f"{sum(s.size for s in info.sections)} B"
+        )
+        for k, p in enumerate(info.programs):
+            t = Table(
+                title=f"program {k}: batch {p.batch_num}, shared gmem {p.shared_gmem} B, "
+                f"private gmem {p.private_gmem} B, io {p.io_bytes} B, routines "
+                f"{'+'.join(p.routines)}",
+                title_justify="left",
+            )
+            for col in (
+                "",
+                "name",
+                "shape",
+                "dtype",
+                "qscale",
+                "zero point",
+                "pixel format",
+                "aligned",
+            ):
+                t.add_column(col)
+            for kind, tensors in (("in", p.inputs), ("out", p.outputs)):
+                for x in tensors:
+                    t.add_row(
+                        kind,
+                        x.name,
+                        "x".join(map(str, x.shape)),
+                        x.dtype,
+                        f"{x.qscale:.6g}",
+                        f"{x.zero_point:g}",
+                        x.pixel_format or "—",
+                        "yes" if x.aligned else "no",
+                    )
+            con.print(t)
+        st = Table(title="sections", title_justify="left")
+        for col in ("type", "name", "size", "offset"):
+            st.add_column(col)
+        for s in info.sections:
+            st.add_row(s.type, s.name, str(s.size), str(s.offset))
+        con.print(st)
+        ft = Table(title="fits the board?", title_justify="left")
+        for col in ("board", "chip", "ION assumed", "verdict"):
+            ft.add_column(col)
+        for f in info.fit.values():
+            ft.add_row(
+                f["board"],
+                f["chip"],
+                f"{f['ion_mb_assumed']:g} MB",
+                ("[green]" if f["fits"] else "[red]") + f["verdict"] + "[/]",
+            )
+        con.print(ft)
+        _print_estimate(con, est, names, args.layers)
+        con.print(
+            "[dim]ION assumed from the boards' stock images; set yours with --ion "
+            "duo=MB (read it on the board from "
+            "/sys/kernel/debug/ion/cvi_carveout_heap_dump/total_mem).[/]"
+        )
+    return EXIT_OK
+
+
+def _print_estimate(con, est, names: dict[int, str], layers: int | None) -> None:
+    """The board-free latency estimate: time, fps, compute vs memory, utilization."""
+    from rich.table import Table
+
+    con.print(
+        f"  estimated on the board's TPU: [bold]{est.ms:.2f} ms[/] ({est.fps:.1f} fps) — "
+        f"compute (TIU) {est.tiu_ms:.2f} ms, memory (TDMA) {est.tdma_ms:.2f} ms, "
+        f"{est.bound}-bound; {est.macs / 1e9:.3f} GMAC at {est.mac_utilization * 100:.0f} % of "
+        f"the {est.peak_gmacs:g} GMAC/s peak"
+        + (f"; {est.cpu_routines} CPU routine(s) not timed" if est.cpu_routines else "")
+    )
+    if layers:
+        t = Table(title=f"the {layers} most expensive layers (estimate)", title_justify="left")
+        for col in ("layer", "TIU ms", "TDMA ms", "MMAC"):
+            t.add_column(col, justify="left" if col == "layer" else "right")
+        for lt in est.top_layers(layers):
+            t.add_row(
+                names.get(lt.layer, f"#{lt.layer}"),
+                f"{lt.tiu_ms:.3f}",
+                f"{lt.tdma_ms:.3f}",
+                f"{lt.macs / 1e6:.1f}",
+            )
+        con.print(t)
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    if args.board:  # the same, on a board over SSH
+        args.inputs = args.images
+        return cmd_board_run(args)
+
+    from duotpu.compiler import latency
+    from duotpu.infer import runtime
+
+    model = runtime.open_model(args.model, args.recipe)
+    for im in args.images:
+        if not Path(im).is_file():
+            raise ConfigError(f"The image {im} does not exist.")
+    tensors = runtime.tensors_for(model, args.images)
+    outs = runtime.infer_batched(model, tensors)
+    results = _results(args, model, args.images, outs, "image", tensors)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "model": str(model.cvimodel),
+                    "mode": model.mode,
+                    "backend": "cv18xx simulator" if model.simulable else "quantized MLIR",
+                    "results": results,
+                    "estimate": latency.as_dict(latency.estimate(model.cvimodel), top=0),
+                },
+                indent=2,
+            )
+        )
+        return EXIT_OK
+    con = _console()
+    batches = "+".join(str(p.inputs[0].shape[0]) for p in model.info.programs)
+    fused = model.info.programs[0].inputs[0].pixel_format
+    con.print(
+        f"[bold]{model.cvimodel.name}[/] ({model.mode.upper()}, {model.info.chip}, "
+        f"batch {batches}{', fused preprocess ' + fused if fused else ''}) on "
+        + (
+            "the CV18xx simulator"
+            if model.simulable
+            else "its quantized MLIR (the CV18xx simulator cannot load it)"
+        )
+    )
+    if model.head is not None:
+        _print_detections(con, results, "image", "CV18xx simulator")
+        return EXIT_OK
+    if model.recipe.task == "generic":
+        _print_generic(con, results, "image", "CV18xx simulator")
+        return EXIT_OK
+    for r in results:
+        t = Table(title=r["image"], title_justify="left")
+        t.add_column("#", justify="right")
+        t.add_column("class")
+        t.add_column("probability", justify="right")
+        for k, x in enumerate(r["top"], 1):
+            t.add_row(str(k), f"{x['name']} ({x['class']})", f"{x['probability']:.4f}")
+        con.print(t)
+    return EXIT_OK

@@ -1,0 +1,64 @@
+"""The package as a user installs it: the built wheel in a fresh Python 3.10 venv.
+
+`pyproject.toml` must declare every runtime dependency (tpu_mlir's wheel does not declare torch,
+onnx, onnxruntime or onnxsim); this installs the wheel with the `[board]` extra into an empty
+venv — nothing from the project's `.venv`, no `PYTHONPATH` — and runs `duotpu build` and
+`duotpu info` there. The other extras are resolved (pip's dry run) against the same pins.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import tinymodels
+
+REPO = Path(__file__).parents[1]
+
+
+def _run(cmd: list[str], cwd: Path | None = None, timeout: int = 900) -> str:
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, (
+        f"{' '.join(cmd)} exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    )
+    return proc.stdout
+
+
+@pytest.mark.slow
+def test_the_wheel_installs_into_a_fresh_venv_and_builds_a_model(tmp_path):
+    dist = tmp_path / "dist"
+    _run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(dist), str(REPO)])
+    wheel = next(dist.glob("duotpu-*.whl"))
+    venv = tmp_path / "venv"
+    base = getattr(sys, "_base_executable", sys.executable)
+    _run([base, "-m", "venv", str(venv)])
+    pip = [str(venv / "bin/python"), "-m", "pip"]
+    _run([*pip, "install", "-q", f"{wheel}[board]"], timeout=1800)
+    # every extra resolves against the same pins (not installed: ultralytics, timm, ray)
+    _run([*pip, "install", "-q", "--dry-run", f"{wheel}[all,dev]"], timeout=600)
+
+    work = tmp_path / "user"
+    work.mkdir()
+    model = tinymodels.tiny_onnx(work / "tiny.onnx")
+    duotpu = str(venv / "bin/duotpu")
+    out = _run(
+        [duotpu, "build", str(model), "--calib-count", "4", "--mean", "0.5", "--std", "0.5"],
+        cwd=work,
+    )
+    assert "verified on the CV18xx simulator" in out
+    cvimodel = work / "build/tiny/tiny_cv180x_int8.cvimodel"
+    assert cvimodel.is_file() and (work / "build/tiny/report.html").is_file()
+    info = json.loads(_run([duotpu, "info", str(cvimodel), "--json"], cwd=work))
+    assert info["chip"] == "cv180x" and info["md5_status"] == "ok"
+    # the library imports from the venv itself, with the board extra
+    where = _run(
+        [str(venv / "bin/python"), "-c", "import duotpu, paramiko; print(duotpu.__file__)"],
+        cwd=work,
+    )
+    assert where.strip().startswith(str(venv))
