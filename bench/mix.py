@@ -81,7 +81,8 @@ def main() -> int:
     build_secs = time.monotonic() - t0
     stages = {s.name: s for s in res.stages}
     mix_stage, tr, cal = stages["mix"], stages["transform"], stages["calibrate"]
-    kind, need = parse_target(args.target)
+    goal = parse_target(args.target)
+    kind, need = goal.metric, goal.value
     rows = res.mix.rows
     search_secs = mix_stage.seconds - res.mix.fast_search_seconds
 

@@ -190,3 +190,42 @@ def test_a_gray_model_builds_with_the_defaults(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr + proc.stdout
     assert (tmp_path / "g" / "gray_cv180x_bf16.cvimodel").is_file()
+
+
+def test_calibration_data_given_as_arrays(tiny_onnx_path, tmp_path):
+    """duotpu.build(calibration_data=...) calibrates on preprocessed arrays (an iterable, or
+    ONNX Runtime's get_next() reader), verifies on the first of them, and a rerun with the same
+    arrays is a cache hit; arrays of the wrong shape are refused with the item named."""
+    import numpy as np
+
+    import duotpu
+    from duotpu.config.errors import DataError
+
+    rng = np.random.default_rng(3)
+    arrays = [rng.normal(0, 1, (1, 3, 32, 32)).astype(np.float32) for _ in range(6)]
+    recipe = tiny_recipe(tiny_onnx_path, quantize=["int8"])
+    r = duotpu.build(recipe, out_dir=tmp_path / "a", calibration_data=arrays)
+    stages = {s.name: s for s in r.stages}
+    used = sorted(p.name for p in stages["calibrate"].result.images.iterdir())
+    assert used == [f"{i:05d}.npz" for i in range(6)] and stages["calibrate"].result.count == 6
+    assert r.test_image_path is not None and r.test_image_path.suffix == ".npz"
+    assert np.array_equal(r.test_input[next(iter(r.test_input))], arrays[0])
+    assert min(r.models["int8"].cosine.values()) > 0.95
+
+    class Reader:
+        def __init__(self):
+            self.left = list(arrays)
+
+        def get_next(self):
+            return {"input": self.left.pop(0)} if self.left else None
+
+    again = duotpu.build(
+        recipe, out_dir=tmp_path / "a", work_dir=r.work_dir, calibration_data=Reader()
+    )
+    assert {s.name: s.cached for s in again.stages}["calibrate"]
+    with pytest.raises(DataError, match="item 2 has shape"):
+        duotpu.build(
+            recipe,
+            out_dir=tmp_path / "b",
+            calibration_data=[*arrays[:2], np.zeros((1, 3, 16, 16), np.float32)],
+        )

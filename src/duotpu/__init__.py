@@ -39,12 +39,15 @@ from duotpu.config.recipe import (
     ModelSource,
     Preprocess,
     Recipe,
+    Target,
     Tolerance,
     load_recipe,
+    parse_target,
     recipe_from_dict,
 )
 
 if TYPE_CHECKING:
+    from duotpu.builder.calibdata import CalibrationData, CalibrationDataReader
     from duotpu.builder.many import build_many
     from duotpu.builder.pipeline import BuildResult, EventSink, ModelArtifact, StageEvent
     from duotpu.compiler.cvimodel import CviModelInfo, read_cvimodel
@@ -54,6 +57,8 @@ if TYPE_CHECKING:
 # Loaded on first use: `import duotpu` (and the compiler's worker processes, which import the
 # package) stays light; the build and inference modules pull in numpy, onnx and torch.
 _LAZY = {
+    "CalibrationDataReader": "duotpu.builder.calibdata",
+    "CalibrationData": "duotpu.builder.calibdata",
     "BuildResult": "duotpu.builder.pipeline",
     "EventSink": "duotpu.builder.pipeline",
     "ModelArtifact": "duotpu.builder.pipeline",
@@ -98,7 +103,12 @@ __all__ = [
     "Tolerance",
     "Deploy",
     "Mix",
+    "Target",
+    "parse_target",
     "DetectOptions",
+    "CalibrationData",
+    "CalibrationDataReader",
+    "evaluate",
     "load_recipe",
     "recipe_from_dict",
     "open_model",
@@ -134,6 +144,7 @@ def build(
     work_dir: str | PathLike[str] | None = None,
     events: EventSink | None = None,
     executor: Executor | None = None,
+    calibration_data: CalibrationData | None = None,
     **overrides: Any,
 ) -> BuildResult:
     """Build ``recipe`` (a :class:`Recipe` or a TOML path) into verified cvimodels.
@@ -142,7 +153,12 @@ def build(
     ``build("r.toml", calibration__count=20)``. ``events`` receives a :class:`StageEvent` as
     each stage starts, finishes or is found in the cache. ``executor``
     (``duotpu.compiler.executor.executor(workers=N)``) builds the mixed-precision search's
-    sensitivity candidates as parallel tasks. Raises a :class:`DuoTpuError` subclass on failure.
+    sensitivity candidates as parallel tasks. ``calibration_data``: calibrate on these
+    preprocessed inputs instead of ``calibration.images`` — an iterable of NCHW float32 arrays
+    (or ``{input_name: array}`` dicts), or an object with ONNX Runtime's one-method
+    ``CalibrationDataReader`` protocol (``get_next()``, ``None`` when done); without a
+    ``test_image`` the build is verified on the first of them. Raises a :class:`DuoTpuError`
+    subclass on failure.
     """
     from pathlib import Path
 
@@ -160,4 +176,24 @@ def build(
         Path(work_dir) if work_dir else None,
         events or (lambda e: None),
         executor=executor,
+        calibration_data=calibration_data,
     )
+
+
+def evaluate(
+    build: str | PathLike[str],
+    images: str | PathLike[str],
+    **options: Any,
+) -> dict[str, Any]:
+    """Evaluate every cvimodel of a build folder (or one cvimodel) against the fp32 model on a
+    folder of images — what ``duotpu eval`` prints and writes to ``report.json``: classifiers by
+    agreement (and accuracy with labelled subfolders), detectors by mAP against the fp32
+    detections, other models by output cosine. ``options``: the keyword arguments of
+    :func:`duotpu.eval.evaluate.evaluate_build` (``backend``, ``limit``, ``layers``,
+    ``executor``, …). Write the HTML report with
+    ``duotpu.eval.report.write_eval_report(folder, data)``."""
+    from pathlib import Path
+
+    from duotpu.eval.evaluate import evaluate_build
+
+    return evaluate_build(Path(build), Path(images), **options)

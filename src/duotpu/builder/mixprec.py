@@ -26,7 +26,7 @@ from duotpu import compiler
 from duotpu.compiler import cvimodel as cvimodel_mod
 from duotpu.compiler.executor import Executor
 from duotpu.config.errors import ModelError, ToleranceError, ToolchainError
-from duotpu.config.recipe import Mix, Recipe, parse_target
+from duotpu.config.recipe import Mix, Recipe
 from duotpu.core import metrics
 
 if TYPE_CHECKING:
@@ -222,7 +222,7 @@ def search(
     step 1 are built as parallel tasks (steps 2–3 depend on each other's results).
     """
     mix = recipe.mix
-    kind, need = parse_target(mix.target) if mix.target else ("cos", 0.0)
+    kind, need = (mix.goal.metric, mix.goal.value) if mix.goal else ("cos", 0.0)
 
     def row(label: str, layers: list[str], model: Built, all_bf16: bool = False) -> Candidate:
         c = _candidate(label, tuple(layers), model, val_tensors, score, need, all_bf16)

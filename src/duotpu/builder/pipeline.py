@@ -28,8 +28,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from duotpu import compiler
+from duotpu.builder import calibdata, intake
 from duotpu.builder import export as export_mod
-from duotpu.builder import intake
 from duotpu.compiler.executor import Executor
 from duotpu.config.errors import (
     BuildFailed,
@@ -41,11 +41,12 @@ from duotpu.config.errors import (
     PartialBuild,
     ToleranceError,
 )
-from duotpu.config.recipe import Mix, Recipe, parse_target
+from duotpu.config.recipe import Mix, Recipe
 from duotpu.core import images, metrics, onnxrt, preprocess
 from duotpu.core.files import atomic_write
 from duotpu.core.head import YoloHead
 
+from .calibdata import CalibrationData
 from .manifest import MANIFEST
 from .mixprec import Candidate
 from .report import write_build_report
@@ -425,12 +426,43 @@ def builtin_calibration_set(wd: WorkDir, r: Recipe) -> Path:
     return final
 
 
+def _with_calibration_arrays(
+    r: Recipe, data: CalibrationData, wd: WorkDir, exported: Exported
+) -> Recipe:
+    """The recipe calibrating on arrays given in Python (see :mod:`.calibdata`), written once
+    into the work directory; verified on the first of them unless it names a test image."""
+    if r.deploy.fuse_preprocess:
+        raise ConfigError(
+            "Calibration arrays are preprocessed inputs, but with deploy.fuse_preprocess the "
+            "model takes raw images: calibrate on a folder of images (calibration.images)."
+        )
+    folder = calibdata.write_arrays(
+        data,
+        wd.root / "calibration-data",
+        exported.input_name,
+        r.inputs[0].shape,
+        r.calibration.count,
+    )
+    first = calibdata.array_files(folder)[0]
+    return replace(
+        r,
+        calibration=replace(r.calibration, images=str(folder)),
+        test_image=r.test_image or str(first),
+    )
+
+
 def _calibration_images(r: Recipe, folder: Path, wd: WorkDir) -> tuple[Path, int]:
     """Fill ``folder/images`` with the calibration images; returns (folder, skipped count)."""
     cal = r.calibration
     target = folder / "images"
     if cal.images.startswith("builtin:"):
         target.symlink_to(builtin_calibration_set(wd, r).resolve())
+        return target, 0
+    arrays = calibdata.array_files(Path(cal.images))
+    if arrays:  # preprocessed inputs (calibration_data): tpu_mlir reads .npz as model inputs
+        target.mkdir(parents=True, exist_ok=True)
+        for p in arrays[: cal.count]:
+            (target / p.name).symlink_to(p.resolve())
         return target, 0
     scan = (
         images.scan_images(Path(cal.images))
@@ -742,9 +774,7 @@ def stage_mix(
             if head is not None
             else []
         )  # only detectors map boxes back
-        score = mixprec.scorer(
-            r, parse_target(mix.target)[0] if mix.target else "cos", fp32, hws, head
-        )
+        score = mixprec.scorer(r, mix.goal.metric if mix.goal else "cos", fp32, hws, head)
         graph = compiler.mlir_graph(t.mlir, folder / "graph.log")
         transformed_files = t.files
         fast: list[str] = []
@@ -804,8 +834,7 @@ def fast_search_cos(mix: Mix) -> float:
     ``cos>=X`` target's X, else 0.995 (its own default)."""
     if mix.fast_search_cos:
         return float(mix.fast_search_cos)
-    kind, need = parse_target(mix.target) if mix.target else ("", 0.0)
-    return need if kind == "cos" else 0.995
+    return mix.goal.value if mix.goal and mix.goal.metric == "cos" else 0.995
 
 
 def picked_mix(r: Recipe, mixed: Stage[Mixed]) -> Mixed:
@@ -937,6 +966,7 @@ def build(
     work_dir: Path | None = None,
     events: EventSink = no_events,
     executor: Executor | None = None,
+    calibration_data: CalibrationData | None = None,
 ) -> BuildResult:
     """Run the pipeline export → transform → calibrate → deploy (per mode) → verify.
 
@@ -953,6 +983,8 @@ def build(
         events(StageEvent("export", "info", message=note))
     _check_inputs_early(recipe)
     exported = stage_export(wd, recipe)
+    if calibration_data is not None:
+        recipe = _with_calibration_arrays(recipe, calibration_data, wd, exported.result)
     recipe, note = settle_task(recipe, exported.result)
     if note:
         events(StageEvent("export", "info", message=note))

@@ -236,7 +236,7 @@ def _mix(result: BuildResult) -> str:
     if mix.target:
         from duotpu.config.recipe import parse_target
 
-        need = parse_target(mix.target)[1]
+        need = parse_target(mix.target).value
         ax.axhline(need, ls="--", lw=0.8, color="#1a7f37", zorder=0)
         ys = [*ys, need]  # keep the target line in view
     ax.set_xlabel("layers in BF16 (rightmost: the whole model)")

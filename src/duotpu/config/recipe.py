@@ -293,6 +293,11 @@ class Mix:
     fast_search_cos: float = 0.0
     regions: int = 8
 
+    @property
+    def goal(self) -> Target | None:
+        """``target`` parsed (None without one); raises :class:`ConfigError` if malformed."""
+        return parse_target(self.target) if self.target else None
+
 
 @dataclass(frozen=True)
 class Tolerance:
@@ -521,7 +526,7 @@ class Recipe:
                     "Recipe key 'mix' (mixed precision) needs 'int8' in "
                     "'quantize': it keeps some layers of the INT8 model in BF16."
                 )
-            kind = parse_target(self.mix.target)[0] if self.mix.target else ""
+            kind = self.mix.goal.metric if self.mix.goal else ""
             if kind == "agree" and self.task in ("detect", "generic"):
                 raise ConfigError(
                     "Mixed-precision target 'agree>=X' is top-1 agreement, for "
@@ -872,8 +877,24 @@ def parse_override_value(key: str, text: str) -> Any:
         return text
 
 
-def parse_target(text: str) -> tuple[str, float]:
-    """``agree>=0.995`` / ``map>=0.95`` / ``cos>=0.99`` → (metric, threshold)."""
+TargetMetric = Literal["agree", "cos", "map"]
+
+
+@dataclass(frozen=True)
+class Target:
+    """A mixed-precision target, parsed: ``metric`` (``agree``: decisive top-1 agreement,
+    ``cos``: mean output cosine, ``map``: detectors' mAP@0.5 against fp32) must reach
+    ``value``."""
+
+    metric: TargetMetric
+    value: float
+
+    def __str__(self) -> str:
+        return f"{self.metric}>={self.value:g}"
+
+
+def parse_target(text: str) -> Target:
+    """``agree>=0.995`` / ``map>=0.95`` / ``cos>=0.99`` → a :class:`Target`."""
     import re
 
     m = re.fullmatch(r"\s*(agree|cos|map)\s*>=\s*([0-9.]+)\s*", text or "")
@@ -884,4 +905,5 @@ def parse_target(text: str) -> tuple[str, float]:
             "'map>=0.95' (detectors: mAP@0.5 against the fp32 detections) or "
             "'cos>=0.995' (mean output cosine), with a value in (0, 1]."
         )
-    return m.group(1), float(m.group(2))
+    metric = typing.cast(TargetMetric, m.group(1))  # one of the pattern's choices
+    return Target(metric, float(m.group(2)))

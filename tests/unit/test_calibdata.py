@@ -1,0 +1,53 @@
+"""Calibration data given in Python: arrays, dicts, or ONNX Runtime's reader protocol."""
+
+import numpy as np
+import pytest
+
+from duotpu.builder import calibdata
+from duotpu.config.errors import DataError
+from duotpu.config.recipe import Mix, Target, parse_target
+
+SHAPE = (1, 3, 8, 8)
+
+
+class Reader:
+    """ONNX Runtime's CalibrationDataReader shape: get_next() until None."""
+
+    def __init__(self, arrays):
+        self.it = iter(arrays)
+
+    def get_next(self):
+        a = next(self.it, None)
+        return None if a is None else {"input": a}
+
+
+def test_arrays_dicts_and_readers_become_the_same_npz_inputs(tmp_path):
+    rng = np.random.default_rng(0)
+    batch = [rng.normal(size=SHAPE).astype(np.float32) for _ in range(5)]
+    a = calibdata.write_arrays(batch, tmp_path, "input", SHAPE, limit=3)
+    files = calibdata.array_files(a)
+    assert [f.name for f in files] == ["00000.npz", "00001.npz", "00002.npz"]  # limit kept
+    got = np.load(files[1])
+    assert got.files == ["input"] and np.array_equal(got["input"], batch[1])
+    # CHW items get their batch axis; a reader and dicts give the same folder (same content)
+    assert calibdata.write_arrays([x[0] for x in batch], tmp_path, "input", SHAPE, 3) == a
+    assert calibdata.write_arrays(Reader(batch), tmp_path, "input", SHAPE, 3) == a
+    assert calibdata.write_arrays(Reader(batch[:2]), tmp_path, "input", SHAPE, 3) != a
+    assert isinstance(Reader([]), calibdata.CalibrationDataReader)
+
+
+def test_wrong_calibration_items_are_named(tmp_path):
+    good = np.zeros(SHAPE, np.float32)
+    with pytest.raises(DataError, match=r"item 1 has shape \[1, 3, 4, 4\].*\[1, 3, 8, 8\]"):
+        calibdata.write_arrays([good, np.zeros((1, 3, 4, 4))], tmp_path, "input", SHAPE, 9)
+    with pytest.raises(DataError, match="feeds 2 inputs"):
+        calibdata.write_arrays([{"a": good, "b": good}], tmp_path, "input", SHAPE, 9)
+    with pytest.raises(DataError, match="no arrays"):
+        calibdata.write_arrays([], tmp_path, "input", SHAPE, 9)
+    assert not list(tmp_path.iterdir())  # nothing half-written
+
+
+def test_a_target_is_parsed_once_into_a_typed_value():
+    t = parse_target(" cos >= 0.99 ")
+    assert t == Target("cos", 0.99) and str(t) == "cos>=0.99"
+    assert Mix(target="map>=0.5").goal == Target("map", 0.5) and Mix().goal is None
