@@ -89,8 +89,9 @@ def build_row(row: Row) -> Path:
         "inputs": [{"name": "input", "shape": [1, 3, row.size, row.size]}],
         "preprocess": pre,
         "calibration": {"count": 2, "tune_num": 1},
-        # the time does not depend on the weights: no accuracy gate
-        "tolerance": {"int8": [0.0, 0.0], "verify_int8": 0.0, "correctness": [0.0, 0.0]},
+        # the time does not depend on the weights: no accuracy gate (model_deploy passes its
+        # tolerance on a shell line, so the cosine part cannot be negative: NOTES.md)
+        "tolerance": {"int8": [0.0, -1.0], "verify_int8": -1.0, "correctness": [0.0, -1.0]},
     }
     out = WORK / name
     result = pipeline.build(recipe_from_dict(data, f"bench/latency.py {name}"), out)

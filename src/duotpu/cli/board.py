@@ -16,9 +16,7 @@ from duotpu.cli.common import (
     _print_generic,
     _results,
 )
-from duotpu.config.errors import (
-    ConfigError,
-)
+from duotpu.config.errors import ConfigError
 
 
 # --------------------------------------------------------------------------------------------

@@ -8,13 +8,9 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from duotpu.config.errors import (
-    ConfigError,
-)
+from duotpu.config.errors import ConfigError
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2  # interrupted: 128 + the signal (130, 143)
-
-
 EXIT_PARTIAL = 3  # some modes delivered (verified), others failed
 
 

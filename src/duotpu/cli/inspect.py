@@ -8,9 +8,7 @@ from pathlib import Path
 
 from duotpu.cli.board import cmd_board_run
 from duotpu.cli.common import EXIT_OK, _console, _print_detections, _print_generic, _results
-from duotpu.config.errors import (
-    ConfigError,
-)
+from duotpu.config.errors import ConfigError
 
 
 def _ion_overrides(items: list[str]) -> dict[str, float]:
