@@ -215,20 +215,21 @@ def table(rows: list[dict]) -> list[str]:
         f"{k181.ddr_bytes_per_cycle} B/cycle, double_conv gain {k181.double_conv_gain} "
         f"(1x1: {k181.double_conv_gain_1x1}).",
         "",
-        "| model | chip | input | estimate ms | published ms | error | TIU ms | TDMA ms "
+        "| model | chip | input | GMAC | estimate ms | published ms | error | TIU ms | TDMA ms "
         "| bound | MAC util. |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---|---:|",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|",
     ]
     for r in rows:
         if "estimate_ms" not in r:
             why = r.get("failed") or "not rebuilt here (no package provides the model)"
             lines.append(
-                f"| {r['name']} | {r['chip']} | {r['size']} | — | {r['published_ms']} | — | — "
-                f"| — | {why[:80]} | — |"
+                f"| {r['name']} | {r['chip']} | {r['size']} | — | — | {r['published_ms']} | — "
+                f"| — | — | {why[:80]} | — |"
             )
             continue
         lines.append(
-            f"| {r['name']} | {r['chip']} | {r['size']} | {r['estimate_ms']:.2f} | "
+            f"| {r['name']} | {r['chip']} | {r['size']} | {r['gmac']:.2f} | "
+            f"{r['estimate_ms']:.2f} | "
             f"{r['published_ms']} | {r['error'] * 100:+.0f} % | {r['tiu_ms']:.2f} | "
             f"{r['tdma_ms']:.2f} | {r['bound']} | {r['utilization'] * 100:.0f} % |"
         )

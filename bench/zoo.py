@@ -270,6 +270,12 @@ def mixed_way(row: Row, chip: str, calib: int, folder: Path, t0: float) -> dict:
     if mix is None or model is None:
         return {"way_failed": f"--target {MIX_TARGET}: no mixed model"}
     best = mix.best
+    worst = min(model.cosine.values())
+    if mix.met and worst < r.recipe.tolerance.verify_int8:
+        return {
+            "way_failed": f"--target {MIX_TARGET}: met on the validation crops, but the mixed "
+            f"model's cosine on the test image is {worst:.4f}"
+        }
     if not mix.met:
         return {
             "way_failed": f"--target {MIX_TARGET}: not reached (best {best.metric:.4f} with "

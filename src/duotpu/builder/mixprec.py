@@ -131,8 +131,26 @@ def scorer(
 ) -> Scorer:
     """The target metric as a function of a candidate's outputs (one dict per validation image,
     by the cvimodel's output names). Classifiers: ``agree`` / ``cos`` on the first output.
+    Other models with several outputs: ``cos`` is the mean over images of the least similar
+    output's cosine (what verification checks), so no output is left out.
     Detectors (``head``): ``map`` — mAP@0.5 of the candidate's detections taking the fp32
     model's (at ``detect.conf``) as ground truth — or ``cos``, the mean cosine of the head maps."""
+    from duotpu.core.metrics import cosine
+
+    if head is None and kind == "cos" and len(fp32[0]) > 1:
+
+        def every_output(outs: list[dict[str, NDArray[Any]]]) -> float:
+            # the cvimodel's outputs come in the ONNX model's output order
+            return float(
+                np.mean(
+                    [
+                        min(cosine(f.reshape(-1), q.reshape(-1)) for f, q in zip(f32, o.values()))
+                        for f32, o in zip(fp32, outs)
+                    ]
+                )
+            )
+
+        return every_output
     if head is None:
         ref = np.stack([o[0].reshape(-1) for o in fp32])
 
@@ -144,7 +162,6 @@ def scorer(
 
         return classify
     from duotpu.core.detect import MAP_CONF, as_truth, coco_map, maps_in_order, per_image
-    from duotpu.core.metrics import cosine
 
     opt, pre = recipe.detect, recipe.preprocess
     truth = as_truth(per_image(head, fp32, pre, image_hws, opt))
