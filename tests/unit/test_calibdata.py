@@ -51,3 +51,19 @@ def test_a_target_is_parsed_once_into_a_typed_value():
     t = parse_target(" cos >= 0.99 ")
     assert t == Target("cos", 0.99) and str(t) == "cos>=0.99"
     assert Mix(target="map>=0.5").goal == Target("map", 0.5) and Mix().goal is None
+
+
+def test_a_cos_target_weighs_every_output_of_a_multi_output_model():
+    """A segmentation model's second output (mask prototypes) counts: the metric is the least
+    similar output's cosine per image, so a candidate that keeps only the first output right does
+    not meet ``cos>=0.99``."""
+    from duotpu.builder import mixprec
+    from duotpu.config.recipe import Recipe
+
+    rng = np.random.default_rng(1)
+    fp32 = [[rng.normal(size=(1, 8)), rng.normal(size=(1, 4, 4))] for _ in range(3)]
+    score = mixprec.scorer(Recipe(), "cos", fp32, [])
+    same = [{"a": f[0], "b": f[1]} for f in fp32]
+    assert score(same) > 0.999
+    second_off = [{"a": f[0], "b": f[1] + rng.normal(size=f[1].shape)} for f in fp32]
+    assert score(second_off) < 0.9
