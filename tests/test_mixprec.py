@@ -79,8 +79,9 @@ def test_table_round_trips_and_the_cache_is_used(mixed, outlier_onnx, tmp_path):
     assert mixprec.read_qtable(mixed.out_dir / "outl.qtable") == ["hot_Relu"]
 
 
-def test_no_solution_is_reported(outlier_onnx, tmp_path):
-    args = [
+def _outlier_build(outlier_onnx) -> list[str]:
+    """`duotpu build` of the outlier model with the settings `_recipe` gives it."""
+    return [
         "build",
         str(outlier_onnx),
         "--name",
@@ -95,6 +96,12 @@ def test_no_solution_is_reported(outlier_onnx, tmp_path):
         "0.5,0.5,0.5",
         "--std",
         "0.25,0.25,0.25",
+    ]
+
+
+def test_no_solution_is_reported(outlier_onnx, tmp_path):
+    args = [
+        *_outlier_build(outlier_onnx),
         "--target",
         "agree>=0.95",
         "--set",
@@ -245,20 +252,7 @@ def test_a_target_rescues_an_int8_model_below_tolerance(outlier_onnx, tmp_path):
     is delivered beside BF16, and INT8 is reported as not delivered (a partial build, exit 3)."""
     out = tmp_path / "o"
     args = [
-        "build",
-        str(outlier_onnx),
-        "--name",
-        "outl",
-        "--input-shape",
-        "1,3,32,32",
-        "--calib-count",
-        "16",
-        "--mix-count",
-        "40",
-        "--mean",
-        "0.5,0.5,0.5",
-        "--std",
-        "0.25,0.25,0.25",
+        *_outlier_build(outlier_onnx),
         "--tolerance-int8",
         "0.9999,0.999",  # the pure INT8 model cannot pass this
         "--out",

@@ -1049,8 +1049,8 @@ def build(
                 StageEvent(
                     "mix",
                     "warning",
-                    message="the pure INT8 model misses model_deploy's tolerance; searching "
-                    "for the layers to keep in BF16",
+                    message="the pure INT8 model failed verification; searching for the "
+                    "layers to keep in BF16",
                 )
             )
         mixed = stage_mix(

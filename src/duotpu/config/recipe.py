@@ -12,7 +12,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional, Tuple
+from typing import Any, Iterator, Literal, Optional, Tuple
 
 from duotpu.config.errors import ConfigError
 
@@ -650,20 +650,30 @@ class RecipeFlag:
         return text
 
 
-def recipe_flags(cls: Any = None, prefix: str = "") -> list[RecipeFlag]:
-    """Every recipe field with a command-line flag, in declaration order."""
-    out: list[RecipeFlag] = []
+def _leaf_fields(
+    cls: Any = None, prefix: str = ""
+) -> Iterator[tuple[str, dataclasses.Field[Any], Any]]:
+    """(dotted key, field, type) of every recipe field that is not a table, in declaration
+    order; ``inputs`` counts as its one table."""
     hints = typing.get_type_hints(cls or Recipe)
     for f in dataclasses.fields(cls or Recipe):
         tp = hints[f.name]
         args = typing.get_args(tp)
-        item = args[0] if typing.get_origin(tp) is tuple and args else None
-        sub: Any = tp if dataclasses.is_dataclass(tp) else item
-        if sub is not None and dataclasses.is_dataclass(sub):  # a table, or inputs' one table
-            out += recipe_flags(sub, f"{prefix}{f.name}.")
-            continue
+        sub: Any = args[0] if typing.get_origin(tp) is tuple and args else tp
+        if dataclasses.is_dataclass(sub):
+            yield from _leaf_fields(sub, f"{prefix}{f.name}.")
+        else:
+            yield prefix + f.name, f, tp
+
+
+def recipe_flags() -> list[RecipeFlag]:
+    """Every recipe field with a command-line flag, in declaration order."""
+    out: list[RecipeFlag] = []
+    for key, f, tp in _leaf_fields():
         if "flag" not in f.metadata:
             continue
+        args = typing.get_args(tp)
+        item = args[0] if typing.get_origin(tp) is tuple and args else None
         if typing.get_origin(tp) is typing.Union:
             tp = next(a for a in typing.get_args(tp) if a is not type(None))
             args = typing.get_args(tp)
@@ -680,7 +690,7 @@ def recipe_flags(cls: Any = None, prefix: str = "") -> list[RecipeFlag]:
             kind = {bool: "bool", int: "int", float: "float"}.get(tp, "str")  # type: ignore[assignment]
         out.append(
             RecipeFlag(
-                prefix + f.name,
+                key,
                 f.metadata["flag"],
                 f.metadata["help"],
                 f.metadata["metavar"],
@@ -734,20 +744,12 @@ def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Re
     return recipe.with_overrides(overrides, "command line") if overrides else recipe
 
 
-def path_keys(cls: type = None, prefix: str = "") -> dict[str, str]:  # type: ignore[assignment]
+def path_keys() -> dict[str, str]:
     """Recipe keys that hold file or folder paths (dotted) → ``"any"`` (always a path unless
     a ``builtin:`` / ``module:function`` spec) or ``"file"`` (a path only when it looks like
     one: has a ``/`` or a suffix). Read from the dataclasses' field metadata: the one list the
     TOML loader and the command line both use."""
-    cls = cls or Recipe
-    out: dict[str, str] = {}
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        if "path" in f.metadata:
-            out[prefix + f.name] = f.metadata["path"]
-        elif dataclasses.is_dataclass(hints[f.name]):
-            out.update(path_keys(hints[f.name], f"{prefix}{f.name}."))
-    return out
+    return {key: f.metadata["path"] for key, f, _ in _leaf_fields() if "path" in f.metadata}
 
 
 def resolve_path(value: Any, base: Path, kind: str = "any") -> Any:
