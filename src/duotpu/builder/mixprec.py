@@ -73,6 +73,9 @@ class Candidate:
     tpu_mlir: Path
     all_bf16: bool = False  # the pure BF16 model (``layers`` is then empty)
     est_ms: float = 0.0  # the board-free latency estimate (0: not estimated)
+    # where ``metric`` was measured: the quantized MLIR (fast), or the cvimodel on the
+    # simulator when the two disagreed on the test input
+    measured_on: str = "mlir"
     # why the compiler could not make this candidate (its files do not exist; never a row)
     failed: str = ""
 
@@ -223,9 +226,11 @@ def search(
     fast_search_layers: list[str] | None = None,
     log: Callable[[str], None] = lambda m: None,
     executor: Executor | None = None,
-) -> tuple[list[Candidate], int]:
-    """Run the search; returns the trade-off rows and the index of the row that meets the
-    target with the fewest BF16 layers (or, when none does, of the best one).
+    agree: float = 0.99,
+) -> tuple[list[Candidate], int, list[Candidate]]:
+    """Run the search; returns the trade-off rows, the index of the row that meets the
+    target with the fewest BF16 layers (or, when none does, of the best one), and the
+    candidates the compiler could not make.
 
     1. Sensitivity: the choosable layers, in graph order, are cut into ``mix.regions``
        contiguous regions (see :func:`regions`); an INT8 model with one region in BF16 is built
@@ -235,8 +240,10 @@ def search(
     3. Each region of that set is dropped if the others meet the target without it, else
        trimmed by bisection: first its shortest head, then its latest start, that still meets.
     tpu_mlir's ``fast_search`` table, when given, is one more candidate. Every candidate is a
-    real cvimodel measured on the validation set. With a parallel ``executor`` the candidates of
-    step 1 are built as parallel tasks (steps 2–3 depend on each other's results).
+    real cvimodel measured on the validation set: through its quantized MLIR when the two agree
+    on the test input (every output's cosine at least ``agree``), else on the simulator. With a
+    parallel ``executor`` the candidates of step 1 are built as parallel tasks (steps 2–3
+    depend on each other's results).
     """
     mix = recipe.mix
     kind, need = (mix.goal.metric, mix.goal.value) if mix.goal else ("cos", 0.0)
@@ -260,6 +267,7 @@ def search(
             val_tensors,
             score,
             need,
+            agree,
         )
 
     def build(layers: list[str], label: str) -> Candidate:
@@ -302,6 +310,7 @@ def search(
             build(fast_search_layers, "tpu_mlir fast_search")
         _search_regions(graph, mix, build, rows[0].metric, prebuild)
     rows += [c for c in built.values() if c is not rows[0]]
+    failed = [c for c in rows if c.failed]
     rows = [c for c in rows if not c.failed]
     if not rows:
         raise ModelError(
@@ -317,7 +326,7 @@ def search(
         chosen = max(range(len(rows)), key=lambda i: (rows[i].metric, -rows[i].n_bf16))
     if bf16 is not None:
         rows.append(row("pure BF16", [], bf16, all_bf16=True))
-    return rows, chosen
+    return rows, chosen, failed
 
 
 def _log_row(log: Callable[[str], None], kind: str, need: float, c: Candidate) -> None:
@@ -327,6 +336,7 @@ def _log_row(log: Callable[[str], None], kind: str, need: float, c: Candidate) -
     log(
         f"{c.label}: {kind} {c.metric:.4f} ({'meets' if c.meets else 'below'} {need}), "
         f"{c.shown_bf16} BF16 layer(s), ION {c.ion_mb:.2f} MB, est. {c.est_ms:.3g} ms"
+        + (" (measured on the simulator)" if c.measured_on == "simulator" else "")
     )
 
 
@@ -338,12 +348,15 @@ def _candidate(
     score: Scorer,
     need: float,
     all_bf16: bool = False,
+    on_simulator: bool = False,
 ) -> Candidate:
-    """A built model measured: the task metric on the validation set, size, ION, estimate."""
+    """A built model measured: the task metric on the validation set (through its quantized
+    MLIR, or ``on_simulator`` through the cvimodel itself), size, ION, estimate."""
     info = cvimodel_mod.read_cvimodel(model.cvimodel)
     prog = info.programs[0]
+    backend, target = ("cvimodel", model.cvimodel) if on_simulator else ("mlir", model.tpu_mlir)
     got = compiler.run_tensors(
-        "mlir", model.tpu_mlir, prog.inputs[0].name, val_tensors, [t.name for t in prog.outputs]
+        backend, target, prog.inputs[0].name, val_tensors, [t.name for t in prog.outputs]
     )
     m = score(got)
     return Candidate(
@@ -359,6 +372,7 @@ def _candidate(
         model.tpu_mlir,
         all_bf16,
         compiler.latency.estimate(model.cvimodel).ms,
+        "simulator" if on_simulator else "mlir",
     )
 
 
@@ -376,6 +390,7 @@ class _CandidateJob:
     val_tensors: list[NDArray[Any]]
     score: Scorer
     need: float
+    agree: float = 0.99
 
 
 CANDIDATE_FILE = "candidate.json"  # written last: the candidate is complete
@@ -420,8 +435,7 @@ def _build_candidate(job: _CandidateJob) -> Candidate:
             quantize_table=qt,
         )
     except (ToleranceError, ToolchainError) as e:
-        # this set of BF16 layers cannot be compiled, or its cvimodel disagrees with its own
-        # quantized MLIR on the simulator: the search goes on without it
+        # this set of BF16 layers cannot be compiled: the search goes on without it
         reason = " ".join(str(e).split())
         gone = sub / "failed"
         c = Candidate(
@@ -436,6 +450,7 @@ def _build_candidate(job: _CandidateJob) -> Candidate:
         job.val_tensors,
         job.score,
         job.need,
+        on_simulator=agreement(files.model_outputs, files.tpu_outputs) < job.agree,
     )
     # the rest is intermediate (tens of MB per candidate); the quantized MLIR and its weights
     # stay for the fast path (`duotpu eval` of the picked candidate)
@@ -452,6 +467,22 @@ def _build_candidate(job: _CandidateJob) -> Candidate:
             shutil.rmtree(f) if f.is_dir() else f.unlink()
     write_json(sub / CANDIDATE_FILE, to_json(c, sub))
     return c
+
+
+def agreement(model_outputs: Path, tpu_outputs: Path) -> float:
+    """The lowest cosine between the cvimodel's outputs on the simulator and its quantized
+    MLIR's, on the test input (1.0 when model_deploy wrote no MLIR outputs to compare).
+
+    With BF16 layers among INT8 ones the two can disagree (tpu_mlir 1.30, cv180x: cosine
+    0.97 on MobileNetV4 with its first layers in BF16, while pure INT8 and pure BF16 agree);
+    the cvimodel is what the board runs, so such a candidate is measured on the simulator."""
+    from duotpu.core.metrics import cosine
+
+    if not tpu_outputs.is_file():
+        return 1.0
+    with np.load(model_outputs) as got, np.load(tpu_outputs) as ref:
+        common = [k for k in got.files if k in ref.files and got[k].size == ref[k].size]
+        return min((cosine(ref[k], got[k]) for k in common), default=1.0)
 
 
 def _search_regions(
@@ -537,31 +568,45 @@ TABLE_HEADER = (
 )
 
 
-def table_cells(rows: Sequence[Candidate], chosen: int) -> list[list[str]]:
+def table_cells(
+    rows: Sequence[Candidate], chosen: int, failed: Sequence[Candidate] = ()
+) -> list[list[str]]:
     """The trade-off table's cells, one list per row, under :data:`TABLE_HEADER`; ``#`` is the
-    row number ``mix.pick`` takes."""
+    row number ``mix.pick`` takes. A metric measured on the simulator (its MLIR disagreed)
+    is marked ``sim``; candidates the compiler could not make follow, unnumbered."""
     return [
         [
             str(i + 1),
             "→" if i == chosen else "",
             r.label,
             r.shown_bf16,
-            f"{r.metric:.4f}",
+            f"{r.metric:.4f}" + (" sim" if r.measured_on == "simulator" else ""),
             f"{r.size_bytes / 1e6:.2f} MB",
             f"{r.ion_mb:.2f} MB",
             "yes" if r.fits_duo else "no",
             f"{r.est_ms:.3g}" if r.est_ms else "—",
         ]
         for i, r in enumerate(rows)
-    ]
+    ] + [["—", "", r.label, r.shown_bf16, "not built", "—", "—", "—", "—"] for r in failed]
 
 
-def table_md(rows: Sequence[Candidate], chosen: int, target: str) -> str:
+def failed_notes(failed: Sequence[Candidate]) -> list[str]:
+    """One line per candidate the compiler could not make: its label and why."""
+    return [f"{r.label}: {r.failed}" for r in failed]
+
+
+def table_md(
+    rows: Sequence[Candidate], chosen: int, target: str, failed: Sequence[Candidate] = ()
+) -> str:
     """The trade-off table as Markdown, the metric column named after ``target``."""
     header = [target or h if h == "metric" else h for h in TABLE_HEADER]
     lines = [
         "| " + " | ".join(header) + " |",
         "| ---: | --- | --- | ---: | ---: | ---: | ---: | --- | ---: |",
     ]
-    lines += ["| " + " | ".join(cells) + " |" for cells in table_cells(rows, chosen)]
+    lines += ["| " + " | ".join(cells) + " |" for cells in table_cells(rows, chosen, failed)]
+    if any(r.measured_on == "simulator" for r in rows):
+        lines += ["", "sim: measured on the simulator (its quantized MLIR disagreed with it)."]
+    if failed:
+        lines += ["", "Not built:", *(f"- {n}" for n in failed_notes(failed))]
     return "\n".join(lines) + "\n"

@@ -177,6 +177,7 @@ class Mixed(StageResult):
     bf16_meets: bool
     fast_search_seconds: float
     picked: bool = False
+    failed: tuple[Candidate, ...] = ()  # candidates the compiler could not make (not rows)
 
     @property
     def best(self) -> Candidate:
@@ -200,6 +201,11 @@ class ModelArtifact:
     per_image: tuple[float, ...] = ()  # verified on several images: each one's worst cosine
     estimate: Any = None  # compiler.latency.Estimate: the board-free latency estimate
     simulated: bool = True  # False: the simulator could not load it; checked on its MLIR
+
+    @property
+    def worst(self) -> float:
+        """The cosine of the least similar output on the least similar test image."""
+        return min(self.per_image) if self.per_image else min(self.cosine.values())
 
 
 @dataclass
@@ -227,6 +233,20 @@ class BuildResult:
     def ok(self) -> bool:
         """True when every requested mode was built and verified."""
         return set(self.recipe.quantize) <= set(self.models) and (self.mix is None or self.mix.met)
+
+    def unverified(self, mode: str) -> str:
+        """Why a delivered model is not verified ("" when it is). INT8 and BF16 are delivered
+        only when verified; the mixed model is delivered as the search's best even when it
+        misses its target or the INT8 tolerance on the test image."""
+        art, mix = self.models.get(mode), self.mix
+        if mode != "mix" or art is None or mix is None:
+            return ""
+        if mix.target and not mix.met:
+            return f"target {mix.target} not met (best {mix.best.metric:.4f})"
+        need = self.recipe.tolerance.verify_int8
+        if art.worst < need:
+            return f"cosine vs fp32 {art.worst:.4f} < {need} (tolerance.verify_int8)"
+        return ""
 
 
 # --------------------------------------------------------------------------------------------
@@ -797,11 +817,15 @@ def stage_mix(
             )
             fast_secs = time.monotonic() - t0
         # each candidate is measured on the target's metric; model_deploy's per-layer check
-        # against fp32 would stop the search at the layers it is looking for
+        # against fp32 would stop the search at the layers it is looking for. Its
+        # cvimodel-vs-MLIR check is made by the search itself: with BF16 layers among INT8 ones
+        # the simulator can disagree with tpu_mlir's interpreter, and such a candidate is
+        # measured on the simulator instead of being ruled out (mixprec.agreement)
+        base = deploy_options(r, "int8", t.test_image)
         options = dataclasses.replace(
-            deploy_options(r, "int8", t.test_image), tolerance=compiler.NO_TOLERANCE
+            base, tolerance=compiler.NO_TOLERANCE, correctness=compiler.NO_TOLERANCE
         )
-        rows, chosen = mixprec.search(
+        rows, chosen, failed = mixprec.search(
             r,
             folder,
             transformed=transformed_files,
@@ -815,6 +839,7 @@ def stage_mix(
             fast_search_layers=fast,
             log=lambda m: wd.events(StageEvent("mix", "info", message=m)),
             executor=executor,
+            agree=base.correctness[0],
         )
         met = any(rr.meets for rr in rows if not rr.all_bf16) if mix.target else True
         return Mixed(
@@ -824,6 +849,7 @@ def stage_mix(
             met,
             any(rr.meets for rr in rows if rr.all_bf16),
             round(fast_secs, 1),
+            failed=tuple(failed),
         )
 
     return wd.run("mix", key, run, Mixed, resumable=True)
@@ -1025,10 +1051,10 @@ def build(
         failed: dict[str, BaseException] = dict(
             zip([m for m in recipe.quantize if m not in results], errors)
         )
-        # with a mixed-precision target, an INT8 model below model_deploy's tolerance is where
-        # the search starts: it keeps the layers where INT8 hurts in BF16
+        # with a mixed-precision target (or table), an INT8 model below model_deploy's
+        # tolerance is where the search starts: it keeps the layers where INT8 hurts in BF16
         rescue = (
-            bool(recipe.mix.target)
+            bool(recipe.mix.target or recipe.mix.qtable)
             and set(failed) == {"int8"}
             and isinstance(failed["int8"], ToleranceError)
             and "calibrate" in wd.stages
@@ -1049,8 +1075,12 @@ def build(
                 StageEvent(
                     "mix",
                     "warning",
-                    message="the pure INT8 model failed verification; searching for the "
-                    "layers to keep in BF16",
+                    message="the pure INT8 model failed verification; "
+                    + (
+                        "building the given quantize table"
+                        if recipe.mix.qtable
+                        else "searching for the layers to keep in BF16"
+                    ),
                 )
             )
         mixed = stage_mix(
@@ -1271,7 +1301,8 @@ def _finish(
             out_dir / f"{recipe.name}.qtable", mixprec.qtable_text(list(best.layers), note)
         )
         atomic_write(
-            out_dir / f"{recipe.name}.mix.md", mixprec.table_md(mix.rows, mix.chosen, mix.target)
+            out_dir / f"{recipe.name}.mix.md",
+            mixprec.table_md(mix.rows, mix.chosen, mix.target, mix.failed),
         )
     head = exported.result.head
     if head is not None:

@@ -209,6 +209,8 @@ def _mix(result: BuildResult) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from duotpu.builder import mixprec
+
     mix = result.mix
     assert mix is not None
     rows: list[Candidate] = list(mix.rows)
@@ -250,15 +252,22 @@ def _mix(result: BuildResult) -> str:
             [
                 ("<b>" if i == mix.chosen else "") + hp.esc(c.label),
                 c.shown_bf16,
-                f"{c.metric:.4f}",
+                f"{c.metric:.4f}" + (" (simulator)" if c.measured_on == "simulator" else ""),
                 "yes" if c.meets else "no",
                 f"{c.ion_mb:.2f} MB",
                 f"{c.est_ms:.1f}" if c.est_ms else "—",
             ]
             for i, c in enumerate(rows)
-        ],
+        ]
+        + [[hp.esc(c.label), c.shown_bf16, "not built", "—", "—", "—"] for c in mix.failed],
         numeric=(1, 2, 4, 5),
     )
+    if mix.failed:
+        table += (
+            "<p>Not built:</p><ul>"
+            + "".join(f"<li>{hp.esc(n)}</li>" for n in mixprec.failed_notes(mix.failed))
+            + "</ul>"
+        )
     lead = (
         f"Target {hp.esc(mix.target or 'a given quantize table')}: "
         + ("met" if mix.met else "<span class=bad>not met</span>")

@@ -328,7 +328,13 @@ def _print_verified(console, result) -> None:
             if art.simulated
             else "its quantized MLIR: the simulator cannot load it"
         )
-        console.print(f"[bold]{mode.upper()}[/] {art.cvimodel}  (verified on {where}, {how})")
+        why = result.unverified(mode)
+        checked = (
+            f"checked on {where}, {how}; NOT verified: {why}"
+            if why
+            else f"verified on {where}, {how}"
+        )
+        console.print(f"[bold]{mode.upper()}[/] {art.cvimodel}  ({checked})")
     console.print(f"manifest: {result.manifest}")
     if result.report is not None:
         console.print(f"report: {result.report}")
@@ -339,11 +345,14 @@ def _print_partial(e: PartialBuild) -> int:
     from rich.markup import escape
 
     con = _err_console()
-    got = ", ".join(m.upper() for m in e.result.models)
+    why = {m: e.result.unverified(m) for m in e.result.models}
+    got = ", ".join(
+        m.upper() + (f" (not verified: {w})" if w else " (verified)") for m, w in why.items()
+    )
     for mode, err in e.failed.items():
         con.print(f"[red bold]{mode.upper()} failed:[/] {escape(str(err))}", highlight=False)
     con.print(
-        f"[yellow bold]partial build:[/] delivered {got} (verified); not delivered: "
+        f"[yellow bold]partial build:[/] delivered {escape(got)}; not delivered: "
         f"{', '.join(m.upper() for m in e.failed)}. Exit code {EXIT_PARTIAL}."
     )
     return EXIT_PARTIAL
@@ -351,6 +360,7 @@ def _print_partial(e: PartialBuild) -> int:
 
 def _print_mix(console, result, as_json: bool) -> int:
     """The mixed-precision trade-off table; non-zero when the target was not reached."""
+    from rich.markup import escape
     from rich.table import Table
 
     from duotpu.builder import mixprec
@@ -361,9 +371,13 @@ def _print_mix(console, result, as_json: bool) -> int:
         t = Table(title=f"mixed precision: {mix.target or 'given table'}")
         for col in mixprec.TABLE_HEADER:
             t.add_column(col, justify="right" if col not in ("", "candidate") else "left")
-        for cells in mixprec.table_cells(rows, mix.chosen):
+        for cells in mixprec.table_cells(rows, mix.chosen, mix.failed):
             t.add_row(*cells)
         console.print(t)
+        if any(r.measured_on == "simulator" for r in rows):
+            console.print("sim: measured on the simulator (its quantized MLIR disagreed with it)")
+        for note in mixprec.failed_notes(mix.failed):
+            console.print(f"not built: {escape(note)}", highlight=False)
         console.print(
             f"BF16 layers: {result.out_dir / (result.recipe.name + '.qtable')} "
             "(edit it and build with --mix-qtable FILE; --mix-pick N uses row N "
