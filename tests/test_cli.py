@@ -54,6 +54,9 @@ def test_recipe_unknown_key_and_wrong_type(tmp_path):
     )
     proc = run_cli("build", "--recipe", str(tmp_path / "r.toml"))
     _assert_clean_failure(proc, 2, "calibration.count", "whole number")
+    # a recipe given where a model goes is read as the recipe
+    proc = run_cli("build", str(tmp_path / "r.toml"))
+    _assert_clean_failure(proc, 2, "calibration.count", "whole number")
 
 
 def test_input_shape_mismatch(tmp_path, tiny_onnx_path):

@@ -273,3 +273,11 @@ def test_a_target_rescues_an_int8_model_below_tolerance(outlier_onnx, tmp_path):
     assert rows[0]["label"] == "pure INT8" and not rows[0]["meets"]
     chosen = next(s for s in manifest["stages"] if s["name"] == "mix")["result"]["chosen"]
     assert rows[chosen]["meets"] and 0 < len(rows[chosen]["layers"]) < 10
+    assert "MIX (verified)" in " ".join(proc.stderr.split())
+    # a hand-written table starts from the failed INT8 model the same way
+    table = tmp_path / "hand.qtable"
+    table.write_text("".join(f"{name} BF16\n" for name in rows[chosen]["layers"]))
+    hand = run_cli(*args, "--mix-qtable", str(table), "--out", str(tmp_path / "q"))
+    assert hand.returncode == 3, hand.stdout + hand.stderr
+    assert (tmp_path / "q" / "outl_cv180x_mix.cvimodel").is_file()
+    assert "table hand.qtable" in hand.stdout

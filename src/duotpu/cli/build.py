@@ -45,6 +45,9 @@ def _recipe_from_args(args: argparse.Namespace):
     from duotpu.config.recipe import Recipe, load_recipe, recipe_from_dict, set_dotted
 
     overrides = _overrides(args)
+    if args.source and args.source.endswith(".toml") and not args.recipe:
+        # `duotpu build recipe.toml`: a recipe, not a model
+        args.recipe, args.source = args.source, None
     if args.recipe:
         base = load_recipe(args.recipe).to_dict()
     else:
