@@ -232,3 +232,26 @@ def test_a_multi_program_file_with_a_wrong_md5_is_corrupt(variant_builds, tmp_pa
     bad.write_bytes(bytes(data))
     with pytest.raises(ModelError, match="corrupt"):
         cvimodel.read_cvimodel(bad)
+
+
+def test_the_fast_path_gives_each_input_its_own_answer(tmp_path):
+    """tpu_mlir's interpreter keeps state between invocations of one loaded module in an INT8
+    constant Pad (EfficientViT's attention): the fast path must answer each input as a fresh
+    run does — and as the simulator does."""
+    import tinymodels
+    from conftest import tiny_recipe
+    from duotpu.builder import pipeline
+
+    onnx_path = tinymodels.padded_onnx(tmp_path / "padded.onnx")
+    recipe = tiny_recipe(onnx_path, name="padded", quantize=["int8"], task="generic")
+    art = pipeline.build(recipe, tmp_path / "o").models["int8"]
+    assert art.tpu_mlir is not None
+    rng = np.random.default_rng(1)
+    xs = [rng.normal(size=(1, 3, 32, 32)).astype(np.float32) for _ in range(3)]
+    out = ["logits_Gemm_f32"]
+    together = compiler.run_tensors("mlir", art.tpu_mlir, "input", xs, out, workers=1)
+    alone = [compiler.run_tensors("mlir", art.tpu_mlir, "input", [x], out)[0] for x in xs]
+    sim = compiler.run_tensors("cvimodel", art.cvimodel, "input", xs, out, workers=1)
+    for t, a, s in zip(together, alone, sim):
+        np.testing.assert_array_equal(t[out[0]], a[out[0]])
+        assert metrics.cosine(t[out[0]], s[out[0]]) > 0.999

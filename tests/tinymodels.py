@@ -309,3 +309,44 @@ def two_output_onnx(path: Path, size: int = 32) -> Path:
     model.ir_version = 8
     onnx.save(model, str(path))
     return Path(path)
+
+
+def padded_onnx(path: Path, seed: int = 0) -> Path:
+    """Conv → Relu → Pad(constant 1, one column) → Mul → Flatten → Gemm: the shape of
+    EfficientViT's linear attention, whose INT8 Pad tpu_mlir's interpreter (pymlir) computes
+    right only on a module's first invocation."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    arrays = {
+        "w1": rng.normal(0, 0.3, (8, 3, 3, 3)).astype(np.float32),
+        "b1": rng.normal(0, 0.1, 8).astype(np.float32),
+        "pads": np.array([0, 0, 0, 0, 0, 0, 0, 1], np.int64),
+        "one": np.array(1.0, np.float32),
+        "two": np.array(2.0, np.float32),
+        "wf": rng.normal(0, 0.05, (10, 8 * 16 * 17)).astype(np.float32),
+        "bf": rng.normal(0, 0.1, 10).astype(np.float32),
+    }
+    nodes = [
+        helper.make_node(
+            "Conv", ["input", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1], strides=[2, 2]
+        ),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("Pad", ["r1", "pads", "one"], ["p"], name="pad", mode="constant"),
+        helper.make_node("Mul", ["p", "two"], ["m"], name="mul"),
+        helper.make_node("Flatten", ["m"], ["flat"], name="flatten"),
+        helper.make_node("Gemm", ["flat", "wf", "bf"], ["logits"], name="fc", transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "padded",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 32, 32])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 10])],
+        [numpy_helper.from_array(a, n) for n, a in arrays.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return Path(path)

@@ -249,7 +249,7 @@ def search(
     kind, need = (mix.goal.metric, mix.goal.value) if mix.goal else ("cos", 0.0)
 
     def row(label: str, layers: list[str], model: Built, all_bf16: bool = False) -> Candidate:
-        c = _candidate(label, tuple(layers), model, val_tensors, score, need, all_bf16)
+        c = _candidate(label, tuple(layers), model, val_tensors, score, need, all_bf16, agree=agree)
         _log_row(log, kind, need, c)
         return c
 
@@ -329,6 +329,21 @@ def search(
     return rows, chosen, failed
 
 
+#: validation inputs on which every candidate's cvimodel is checked against its quantized MLIR
+#: before the MLIR (three times faster) measures it: the test image alone once missed a fast
+#: path that was wrong on every input after the first (NOTES.md, session 22)
+SIM_CHECK = 2
+
+
+def _disagree(
+    mlir: list[dict[str, NDArray[Any]]], sim: list[dict[str, NDArray[Any]]], agree: float
+) -> bool:
+    """True when some output of some input is less similar than ``agree`` between the two."""
+    from duotpu.core.metrics import cosine
+
+    return any(cosine(m[k], s[k]) < agree for m, s in zip(mlir, sim) for k in s if k in m)
+
+
 def _log_row(log: Callable[[str], None], kind: str, need: float, c: Candidate) -> None:
     if c.failed:
         log(f"{c.label}: not built, {c.n_bf16} BF16 layer(s): {c.failed}")
@@ -348,16 +363,25 @@ def _candidate(
     score: Scorer,
     need: float,
     all_bf16: bool = False,
+    *,
+    agree: float = 0.99,
     on_simulator: bool = False,
 ) -> Candidate:
-    """A built model measured: the task metric on the validation set (through its quantized
-    MLIR, or ``on_simulator`` through the cvimodel itself), size, ION, estimate."""
+    """A built model measured: the task metric on the validation set, size, ION, estimate.
+
+    The metric comes from the quantized MLIR (fast) when the cvimodel on the simulator agrees
+    with it on the first :data:`SIM_CHECK` validation inputs (every output's cosine at least
+    ``agree``), else — or ``on_simulator`` — from the cvimodel itself."""
     info = cvimodel_mod.read_cvimodel(model.cvimodel)
     prog = info.programs[0]
-    backend, target = ("cvimodel", model.cvimodel) if on_simulator else ("mlir", model.tpu_mlir)
-    got = compiler.run_tensors(
-        backend, target, prog.inputs[0].name, val_tensors, [t.name for t in prog.outputs]
-    )
+    name, outs = prog.inputs[0].name, [t.name for t in prog.outputs]
+    got: list[dict[str, NDArray[Any]]] = []
+    if not on_simulator:
+        got = compiler.run_tensors("mlir", model.tpu_mlir, name, val_tensors, outs)
+        sim = compiler.run_tensors("cvimodel", model.cvimodel, name, val_tensors[:SIM_CHECK], outs)
+        on_simulator = _disagree(got, sim, agree)
+    if on_simulator:
+        got = compiler.run_tensors("cvimodel", model.cvimodel, name, val_tensors, outs)
     m = score(got)
     return Candidate(
         label,
@@ -450,6 +474,7 @@ def _build_candidate(job: _CandidateJob) -> Candidate:
         job.val_tensors,
         job.score,
         job.need,
+        agree=job.agree,
         on_simulator=agreement(files.model_outputs, files.tpu_outputs) < job.agree,
     )
     # the rest is intermediate (tens of MB per candidate); the quantized MLIR and its weights

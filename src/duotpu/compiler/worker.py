@@ -1,5 +1,6 @@
 """Runs inside a tpu_mlir child process started by :mod:`duotpu.compiler.inference` (never
-imported by duotpu itself): runs many inputs through one model, loaded once.
+imported by duotpu itself): runs many inputs through one model, a cvimodel loaded once, an MLIR
+loaded per input (see ``_mlir_runner``).
 
 ``--backend cvimodel``: the CV18xx cmodel simulator through ``pyruntime_cvi``, with inputs and
 outputs converted exactly as tpu_mlir's ``model_runner.model_inference`` does; ``--program``
@@ -47,10 +48,13 @@ def _mlir_runner(path: str):
     import pymlir
 
     pymlir.set_mem_mode("value_mem")
-    module = pymlir.module()
-    module.load(path)
 
     def run(inputs: dict) -> dict:
+        # a module loaded once and invoked again keeps state from the earlier input in some
+        # ops (EfficientViT-B0 INT8: the second input's output has cosine 0.09 to its own
+        # fresh run, in every mem mode); loading it anew per input costs ~20 ms there
+        module = pymlir.module()
+        module.load(path)
         first = next(iter(inputs.values()))
         for name in module.input_names:
             x = inputs.get(name, first)
