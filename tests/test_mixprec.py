@@ -269,6 +269,8 @@ def test_a_target_rescues_an_int8_model_below_tolerance(outlier_onnx, tmp_path):
     assert not (out / "outl_cv180x_int8.cvimodel").exists()
     manifest = json.loads((out / "manifest.json").read_text())
     assert set(manifest["failed"]) == {"int8"} and "mix" in manifest["models"]
+    # the mixed model's layer names, for the estimate's per-layer view, are kept
+    assert Path(manifest["models"]["mix"]["tensor_info"]).is_file()
     rows = next(s for s in manifest["stages"] if s["name"] == "mix")["result"]["rows"]
     assert rows[0]["label"] == "pure INT8" and not rows[0]["meets"]
     chosen = next(s for s in manifest["stages"] if s["name"] == "mix")["result"]["chosen"]

@@ -481,6 +481,7 @@ def _build_candidate(job: _CandidateJob) -> Candidate:
     # stay for the fast path (`duotpu eval` of the picked candidate)
     keep = {
         files.cvimodel,
+        files.cvimodel.with_name(f"{files.cvimodel.stem}_tensor_info.txt"),  # layer names
         files.model_outputs,
         qt,
         sub / "deploy.log",

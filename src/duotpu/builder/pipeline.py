@@ -1322,6 +1322,18 @@ def _finish(
         "mix",
     ]
     stages = [wd.stages[n] for n in order if n in wd.stages]
+    # layer id → name files, for the latency estimate's per-layer view (the mixed model's
+    # files carry its candidate's name)
+    infos = {
+        m: str(
+            (
+                a.tpu_mlir.parent / f"{(mix.best if m == 'mix' and mix else a).cvimodel.stem}"
+                "_tensor_info.txt"
+            ).resolve()
+        )
+        for m, a in models.items()
+        if a.tpu_mlir
+    }
     manifest = out_dir / MANIFEST
     write_json(
         manifest,
@@ -1349,11 +1361,7 @@ def _finish(
                     "sha256": compiler.file_digest(a.cvimodel),
                     "tpu_mlir": str(a.tpu_mlir.resolve()) if a.tpu_mlir else None,
                     # layer id → name, for the latency estimate's per-layer view
-                    "tensor_info": (
-                        str((a.tpu_mlir.parent / f"{a.cvimodel.stem}_tensor_info.txt").resolve())
-                        if a.tpu_mlir
-                        else None
-                    ),
+                    "tensor_info": infos.get(m),
                     "estimate": (
                         compiler.latency.as_dict(a.estimate, top=0) if a.estimate else None
                     ),
