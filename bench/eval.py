@@ -2,9 +2,9 @@
 
 (a) plain: `model_runner.py --model M --input x.npz --output y.npz`, one process per image, one
     after another — how the seed's tools evaluate a cvimodel on the host;
-(b) duotpu: the eval path — tpu_mlir's interpreter on the quantized MLIR, loaded anew per image
-    in one process per worker, two workers — on the same images, checked against (a): INT8 must
-    be bit-exact; for BF16 the largest difference is reported.
+(b) duotpu: the eval path — tpu_mlir's interpreter on the quantized MLIR, the model loaded once
+    per worker (once more for its second image, a check), two workers — on the same images,
+    checked against (a): INT8 must be bit-exact; for BF16 the largest difference is reported.
 
 Needs a demo build (`make demo`, or pass --build DIR). Prints a table and writes it to
 bench/results/eval.md.
