@@ -88,8 +88,7 @@ def outlier_onnx(path: Path, seed: int = 0) -> Path:
     """A small CNN with one clearly INT8-sensitive layer: ``hot`` (a 1x1 conv) adds a huge
     constant (+400) to one channel, so one INT8 scale cannot hold both that channel and the
     small ones, which carry the signal the next layers use."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper, numpy_helper
 
     rng = np.random.default_rng(seed)
     w1 = rng.normal(0, 0.3, (8, 3, 3, 3)).astype(np.float32)
@@ -126,18 +125,7 @@ def outlier_onnx(path: Path, seed: int = 0) -> Path:
         helper.make_node("Flatten", ["gap"], ["flat"], name="flatten"),
         helper.make_node("Gemm", ["flat", "wf", "bf"], ["logits"], name="fc", transB=1),
     ]
-    graph = helper.make_graph(
-        nodes,
-        "outlier",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 32, 32])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 10])],
-        inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-    return Path(path)
+    return _save_classifier(nodes, "outlier", inits, path)
 
 
 def yolov5_classic(nc: int = 3, seed: int = 0):
@@ -315,8 +303,7 @@ def padded_onnx(path: Path, seed: int = 0) -> Path:
     """Conv → Relu → Pad(constant 1, one column) → Mul → Flatten → Gemm: the shape of
     EfficientViT's linear attention, whose INT8 Pad tpu_mlir's interpreter (pymlir) computes
     right only on a module's first invocation."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper, numpy_helper
 
     rng = np.random.default_rng(seed)
     arrays = {
@@ -338,12 +325,22 @@ def padded_onnx(path: Path, seed: int = 0) -> Path:
         helper.make_node("Flatten", ["m"], ["flat"], name="flatten"),
         helper.make_node("Gemm", ["flat", "wf", "bf"], ["logits"], name="fc", transB=1),
     ]
+    inits = [numpy_helper.from_array(a, n) for n, a in arrays.items()]
+    return _save_classifier(nodes, "padded", inits, path)
+
+
+def _save_classifier(nodes: list, name: str, inits: list, path: Path) -> Path:
+    """Save a graph from ``input`` [1, 3, 32, 32] to ``logits`` [1, 10] (opset 13, IR 8),
+    checked by onnx."""
+    import onnx
+    from onnx import TensorProto, helper
+
     graph = helper.make_graph(
         nodes,
-        "padded",
+        name,
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 32, 32])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 10])],
-        [numpy_helper.from_array(a, n) for n, a in arrays.items()],
+        inits,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8

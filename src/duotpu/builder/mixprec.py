@@ -17,7 +17,7 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 from numpy.typing import NDArray
@@ -339,9 +339,15 @@ def _disagree(
     mlir: list[dict[str, NDArray[Any]]], sim: list[dict[str, NDArray[Any]]], agree: float
 ) -> bool:
     """True when some output of some input is less similar than ``agree`` between the two."""
+    return any(_lowest_cosine(m, s) < agree for m, s in zip(mlir, sim))
+
+
+def _lowest_cosine(a: Mapping[str, NDArray[Any]], b: Mapping[str, NDArray[Any]]) -> float:
+    """The lowest cosine over the tensors both hold with the same size (1.0 if none)."""
     from duotpu.core.metrics import cosine
 
-    return any(cosine(m[k], s[k]) < agree for m, s in zip(mlir, sim) for k in s if k in m)
+    common = [k for k in a if k in b and a[k].size == b[k].size]
+    return min((cosine(a[k], b[k]) for k in common), default=1.0)
 
 
 def _log_row(log: Callable[[str], None], kind: str, need: float, c: Candidate) -> None:
@@ -502,13 +508,10 @@ def agreement(model_outputs: Path, tpu_outputs: Path) -> float:
     With BF16 layers among INT8 ones the two can disagree (tpu_mlir 1.30, cv180x: cosine
     0.97 on MobileNetV4 with its first layers in BF16, while pure INT8 and pure BF16 agree);
     the cvimodel is what the board runs, so such a candidate is measured on the simulator."""
-    from duotpu.core.metrics import cosine
-
     if not tpu_outputs.is_file():
         return 1.0
     with np.load(model_outputs) as got, np.load(tpu_outputs) as ref:
-        common = [k for k in got.files if k in ref.files and got[k].size == ref[k].size]
-        return min((cosine(ref[k], got[k]) for k in common), default=1.0)
+        return _lowest_cosine(dict(got), dict(ref))
 
 
 def _search_regions(
