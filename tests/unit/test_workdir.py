@@ -113,3 +113,28 @@ def test_a_relative_work_directory_gives_absolute_result_paths(tmp_path, monkeyp
     assert record["result"]["out"] == "x"
     again = WorkDir(Path("build") / "w").run("s", {}, stage, Made)
     assert again.cached and again.result == made.result
+
+
+def test_tool_names_are_what_tpu_mlir_can_take():
+    from duotpu.builder.workdir import tool_name
+
+    assert tool_name("MyNet") == "mynet"
+    assert tool_name("YOLOv8n") == "yolov8n"
+    assert tool_name("my nét 猫") == "my_net"
+    assert tool_name("猫") == "model"
+    assert tool_name("50layers") == "model_50layers"
+    assert tool_name("a$(touch X)") == "a_touch_x"
+
+
+def test_an_unsafe_output_path_moves_only_the_work_folder(tmp_path, monkeypatch):
+    from duotpu.builder.workdir import unsafe_characters, work_root
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert work_root(tmp_path / "out", None, "n") == (tmp_path / "out" / "work", "")
+    root, note = work_root(tmp_path / "out dir $x", None, "Net")
+    assert root.parent == tmp_path / "cache" / "duotpu" / "work"
+    assert not unsafe_characters(root)
+    assert "a space" in note and "'$'" in note
+    # the same output folder always gets the same work folder (a rebuild resumes)
+    assert work_root(tmp_path / "out dir $x", None, "Net")[0] == root
+    assert unsafe_characters(Path("/a b/ü;")) == " ü;"

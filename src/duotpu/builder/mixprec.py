@@ -29,6 +29,8 @@ from duotpu.config.errors import ModelError, ToleranceError, ToolchainError
 from duotpu.config.recipe import Mix, Recipe
 from duotpu.core import metrics
 
+from .workdir import tool_name
+
 if TYPE_CHECKING:
     from duotpu.core.head import YoloHead
 
@@ -460,7 +462,7 @@ def _build_candidate(job: _CandidateJob) -> Candidate:
             sub,
             sub / "deploy.log",
             job.options,
-            cvimodel_name=f"{job.name}_mix.cvimodel",
+            cvimodel_name=f"{tool_name(job.name)}_mix.cvimodel",
             calibration_table=job.table,
             quantize_table=qt,
         )

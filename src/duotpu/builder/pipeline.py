@@ -57,8 +57,11 @@ from .workdir import (
     StageResult,
     WorkDir,
     atomic_copy,
+    check_writable,
     no_events,
     to_json,
+    tool_name,
+    work_root,
     write_json,
 )
 
@@ -291,7 +294,7 @@ def stage_export(wd: WorkDir, r: Recipe) -> Stage[Exported]:
             src,
             r.inputs[0].shape,
             r.inputs[0].name,
-            folder / f"{r.name}.onnx",
+            folder / f"{tool_name(r.name)}.onnx",
             r.deploy.batch_sizes,
             task=r.task,
             detect=r.detect,
@@ -392,7 +395,7 @@ def stage_transform(wd: WorkDir, r: Recipe, exported: Stage[Exported]) -> Stage[
 
     def run(folder: Path) -> Transformed:
         files = compiler.transform(
-            r.name,
+            tool_name(r.name),
             onnx_path,
             [list(r.inputs[0].shape)],
             folder,
@@ -548,13 +551,13 @@ def stage_calibrate(wd: WorkDir, r: Recipe, transformed: Stage[Transformed]) -> 
             folder / t.mlir.name,
             data,
             n,
-            folder / f"{r.name}_cali_table",
+            folder / f"{tool_name(r.name)}_cali_table",
             folder / "calibrate.log",
             method=cal.method,
             histogram_bins=cal.histogram_bins,
             tune_num=cal.tune_num,
         )
-        return Calibrated(folder / f"{r.name}_cali_table", data, n, skipped)
+        return Calibrated(folder / f"{tool_name(r.name)}_cali_table", data, n, skipped)
 
     return wd.run("calibrate", key, run, Calibrated)
 
@@ -615,7 +618,7 @@ def stage_deploy(
         key["preprocess"] = asdict(r.preprocess)
         key["transform_tolerance"] = r.tolerance.transform
     suffix = "" if d.batch_sizes == (1,) else "_" + "_".join(f"bs{b}" for b in d.batch_sizes)
-    cvi_name = f"{r.name}_{r.chip}_{mode}{suffix}.cvimodel"
+    cvi_name = f"{tool_name(r.name)}_{r.chip}_{mode}{suffix}.cvimodel"
 
     def run(folder: Path) -> Deployed:
         transformed_files = t.files
@@ -709,7 +712,7 @@ def _ways_around(
                 folder / "try-cv181x",
                 folder / "try-cv181x" / "deploy.log",
                 opts,
-                cvimodel_name=f"{r.name}_cv181x_{mode}.cvimodel",
+                cvimodel_name=f"{tool_name(r.name)}_cv181x_{mode}.cvimodel",
                 calibration_table=table,
                 background=background,
             )
@@ -981,6 +984,14 @@ def _extra_cosines(
     return out
 
 
+def delivered_name(recipe: Recipe, mode: str) -> str:
+    """The file name of a delivered cvimodel: the user's model name, the chip, the mode and the
+    batch sizes (``MyNet_cv180x_int8.cvimodel``, ``net_cv180x_bf16_bs1_bs4.cvimodel``)."""
+    sizes = recipe.deploy.batch_sizes
+    suffix = "" if sizes == (1,) else "_" + "_".join(f"bs{b}" for b in sizes)
+    return f"{recipe.name}_{recipe.chip}_{mode}{suffix}.cvimodel"
+
+
 def default_out_dir(recipe: Recipe) -> Path:
     """Where a build puts its final files unless told otherwise: ``build/<name>``."""
     return Path("build") / recipe.name
@@ -1004,9 +1015,12 @@ def build(
     recipe = recipe.validate()
     compiler.clear_cancel()
     out_dir = Path(out_dir) if out_dir else default_out_dir(recipe)
-    wd = WorkDir(Path(work_dir) if work_dir else out_dir / "work", events)
-    if note:
-        events(StageEvent("export", "info", message=note))
+    check_writable(out_dir)
+    root, moved = work_root(out_dir, Path(work_dir) if work_dir else None, recipe.name)
+    wd = WorkDir(root, events)
+    for line in (moved, note):
+        if line:
+            events(StageEvent("export", "info", message=line))
     _check_inputs_early(recipe)
     exported = stage_export(wd, recipe)
     if calibration_data is not None:
@@ -1255,7 +1269,7 @@ def _finish(
     models: dict[str, ModelArtifact] = {}
     for mode in [m for m in recipe.quantize if m in results]:
         dep, ver = results[mode][0].result, results[mode][1].result
-        final = atomic_copy(dep.cvimodel, out_dir / dep.cvimodel.name)
+        final = atomic_copy(dep.cvimodel, out_dir / delivered_name(recipe, mode))
         got = dict(np.load(ver.whole_outputs or dep.model_outputs))
         models[mode] = ModelArtifact(
             mode,

@@ -15,16 +15,19 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import shutil
 import threading
 import time
 import types
 import typing
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Generic, TypeVar
 
 from duotpu.compiler.runner import recording
+from duotpu.config.errors import ConfigError
 
 RESUME_FILE = ".resume-key"  # in an unfinished resumable stage: the key its work is for
 STAGE_FILE = "stage.json"
@@ -48,6 +51,83 @@ EventSink = Callable[[StageEvent], None]
 
 def no_events(_: StageEvent) -> None:
     """An :data:`EventSink` that ignores everything."""
+
+
+# --------------------------------------------------------------------------------------------
+# Names and paths the compiler can take
+# --------------------------------------------------------------------------------------------
+# tpu_mlir joins its commands into shell lines without quoting and lower-cases some of the file
+# names it derives from the model name: the compiler sees only these characters.
+_SHELL_SAFE = re.compile(r"[A-Za-z0-9_./+,=@%:-]")
+
+
+def unsafe_characters(path: Path) -> str:
+    """The characters of ``path`` (made absolute) that tpu_mlir's shell lines cannot take."""
+    chars = (c for c in str(Path(path).absolute()) if not _SHELL_SAFE.fullmatch(c))
+    return "".join(dict.fromkeys(chars))
+
+
+def tool_name(name: str) -> str:
+    """The name tpu_mlir's files get for a model called ``name``: lower-case ASCII letters,
+    digits and ``_`` (``MyNet`` → ``mynet``, ``my nét 猫`` → ``my_net``). The user's name is
+    kept for every delivered file."""
+    plain = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
+    safe = re.sub(r"[^a-z0-9_]+", "_", plain.lower()).strip("_")
+    return safe if safe and not safe[0].isdigit() else f"model_{safe}".rstrip("_")
+
+
+def work_root(out_dir: Path, given: Path | None, name: str) -> tuple[Path, str]:
+    """The work directory of a build into ``out_dir`` and a note when it is not where it
+    would be. ``given`` (the user's ``--work-dir``) is taken as it is or refused, naming the
+    character; the default ``out_dir/work`` moves to duotpu's cache folder when the output path
+    holds characters the compiler cannot take (spaces, accents, shell characters)."""
+    if given is not None:
+        bad = unsafe_characters(given)
+        if bad:
+            raise ConfigError(
+                f"The work directory {given} contains {_describe(bad)}, which tpu_mlir cannot "
+                "take in a path (it joins its commands into shell lines). Choose a work "
+                "directory made of letters, digits and _ . / - (e.g. --work-dir /tmp/work), or "
+                "leave --work-dir out: duotpu then picks one."
+            )
+        return Path(given), ""
+    default = Path(out_dir) / "work"
+    bad = unsafe_characters(default)
+    if not bad:
+        return default, ""
+    digest = hashlib.sha256(str(Path(out_dir).absolute()).encode()).hexdigest()[:12]
+    leaf = f"{tool_name(name)}-{digest}"
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "duotpu" / "work"
+    root = cache / leaf
+    if unsafe_characters(root):
+        root = Path("/tmp") / f"duotpu-work-{os.getuid()}" / leaf
+    note = (
+        f"the output path holds {_describe(bad)}, which the compiler cannot take: intermediate "
+        f"files go to {root} (--work-dir sets another place)"
+    )
+    return root, note
+
+
+def check_writable(folder: Path) -> None:
+    """Refuse, before any work, an output folder that cannot be made or written: it is the
+    user's folder, so the message says which and what to do."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".duotpu-probe-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        why = e.strerror or type(e).__name__
+        raise ConfigError(
+            f"The output folder {folder} cannot be written ({why}). It is your folder, not "
+            "duotpu's: make it writable (e.g. chmod u+w), or choose another with --out."
+        ) from None
+
+
+def _describe(chars: str) -> str:
+    names = {" ": "a space", "\t": "a tab", "\n": "a line break"}
+    return "the characters " + " ".join(names.get(c, repr(c)) for c in chars)
 
 
 # --------------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import signal
 import traceback
 
@@ -317,6 +318,9 @@ def _stop_on_signals() -> dict:
     return previous
 
 
+_USER_FILE_ERRNOS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT)
+
+
 def _report_error(e: BaseException, debug: bool) -> int:
     from rich.markup import escape
 
@@ -337,6 +341,14 @@ def _report_error(e: BaseException, debug: bool) -> int:
         return EXIT_FAIL
     elif isinstance(e, DuoTpuError):
         con.print(f"[red bold]error:[/] {escape(str(e))}")
+    elif isinstance(e, OSError) and e.errno in _USER_FILE_ERRNOS:
+        # the user's file system said no (permissions, a read-only or full disk): not ours
+        where = f" {e.filename}" if e.filename else ""
+        con.print(
+            f"[red bold]error:[/] cannot use{escape(where)}: {escape(e.strerror or str(e))}. "
+            "This is a file, folder or disk of yours: make it writable or free space, or choose "
+            "another place (--out, --work-dir)."
+        )
     else:
         con.print(
             f"[red bold]internal error:[/] {type(e).__name__}: {escape(str(e))}. Run again with "
