@@ -93,6 +93,30 @@ def tiny_detector_build(tmp_path_factory):
     return pipeline.build(det_recipe("tinymodels:yolov5_classic", 128, "tv5"), out)
 
 
+@pytest.fixture(scope="session")
+def variant_builds(tmp_path_factory, tiny_onnx_path):
+    """The tiny model as a fused-preprocess INT8 cvimodel and a bs1+bs4 BF16 cvimodel."""
+    from duotpu.builder import pipeline
+
+    out = tmp_path_factory.mktemp("variants")
+    fused = pipeline.build(
+        tiny_recipe(
+            tiny_onnx_path,
+            name="tfused",
+            quantize=["int8"],
+            **{"deploy.fuse_preprocess": True, "deploy.pixel_format": "RGB_PACKED"},
+        ),
+        out / "fused",
+    )
+    multi = pipeline.build(
+        tiny_recipe(
+            tiny_onnx_path, name="tmulti", quantize=["bf16"], **{"deploy.batch_sizes": [1, 4]}
+        ),
+        out / "multi",
+    )
+    return fused, multi
+
+
 def run_cli(
     *args: str, cwd: Path | None = None, env: dict | None = None
 ) -> subprocess.CompletedProcess:

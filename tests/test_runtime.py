@@ -114,31 +114,6 @@ def test_eval_on_a_labelled_folder(tiny_build, tmp_path):
     assert f"{data['fp32']['top1_acc']:.3f}" in proc.stdout.split("fp32", 1)[1]
 
 
-@pytest.fixture(scope="module")
-def variant_builds(tmp_path_factory, tiny_onnx_path):
-    """The tiny model as a fused-preprocess INT8 cvimodel and a bs1+bs4 BF16 cvimodel."""
-    from conftest import tiny_recipe
-    from duotpu.builder import pipeline
-
-    out = tmp_path_factory.mktemp("variants")
-    fused = pipeline.build(
-        tiny_recipe(
-            tiny_onnx_path,
-            name="tfused",
-            quantize=["int8"],
-            **{"deploy.fuse_preprocess": True, "deploy.pixel_format": "RGB_PACKED"},
-        ),
-        out / "fused",
-    )
-    multi = pipeline.build(
-        tiny_recipe(
-            tiny_onnx_path, name="tmulti", quantize=["bf16"], **{"deploy.batch_sizes": [1, 4]}
-        ),
-        out / "multi",
-    )
-    return fused, multi
-
-
 def test_fused_preprocess_model(variant_builds, tmp_path):
     from duotpu import compiler
     from duotpu.compiler import cvimodel

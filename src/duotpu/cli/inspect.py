@@ -1,4 +1,4 @@
-"""``duotpu info`` and ``duotpu predict``."""
+"""``duotpu info``, ``duotpu predict`` and ``duotpu app``."""
 
 from __future__ import annotations
 
@@ -201,4 +201,34 @@ def cmd_predict(args: argparse.Namespace) -> int:
         for k, x in enumerate(r["top"], 1):
             t.add_row(str(k), f"{x['name']} ({x['class']})", f"{x['probability']:.4f}")
         con.print(t)
+    return EXIT_OK
+
+
+def cmd_app(args: argparse.Namespace) -> int:
+    import duotpu
+
+    made = duotpu.make_app(Path(args.build), Path(args.out) if args.out else None, args.model)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "folder": str(made.folder),
+                    "models": list(made.models),
+                    "size_bytes": made.size_bytes,
+                    "task": made.config["task"],
+                }
+            )
+        )
+        return EXIT_OK
+    con = _console()
+    con.print(
+        f"app: {made.folder}  ({', '.join(made.models)}; {made.config['task']}; "
+        f"{made.size_bytes / 1e6:.2f} MB)",
+        highlight=False,
+    )
+    con.print(
+        f"on the board: copy the folder, then  python3 {made.folder.name}/main.py IMAGE...  "
+        "(PPM/BMP/.npy; JPEG/PNG with Pillow or OpenCV)",
+        highlight=False,
+    )
     return EXIT_OK

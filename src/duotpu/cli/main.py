@@ -25,7 +25,7 @@ from duotpu.cli.common import (
     _err_console,
 )
 from duotpu.cli.evaluate import cmd_eval
-from duotpu.cli.inspect import cmd_info, cmd_predict
+from duotpu.cli.inspect import cmd_app, cmd_info, cmd_predict
 from duotpu.cli.legacy import cmd_legacy
 from duotpu.config.errors import (
     BuildFailed,
@@ -213,6 +213,25 @@ def build_parser() -> argparse.ArgumentParser:
     lg.add_argument("tool_args", nargs=argparse.REMAINDER, metavar="...")
     lg.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
     lg.set_defaults(func=cmd_legacy)
+
+    ap = sub.add_parser(
+        "app",
+        help="turn a build into a folder that runs on the board by itself (Python + numpy)",
+        description="Write BUILD/app (or --out): the build's cvimodels, app.json (preprocessing, "
+        "task, labels, thresholds), the board runtime (Python standard library + numpy over "
+        "the SDK's libcviruntime.so) and main.py. On the board: python3 main.py IMAGE...",
+    )
+    ap.add_argument("build", metavar="BUILD_DIR", help="the folder `duotpu build` wrote")
+    ap.add_argument("--out", metavar="DIR", help="where the app goes (default BUILD_DIR/app)")
+    ap.add_argument(
+        "--model",
+        action="append",
+        metavar="MODE",
+        help="the models to include (int8, bf16, mix; repeatable; default all, INT8 first)",
+    )
+    ap.add_argument("--json", action="store_true", help="print JSON")
+    ap.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
+    ap.set_defaults(func=cmd_app)
 
     bd = sub.add_parser("board", help="deploy, run, benchmark and diagnose a Duo over SSH")
     bsub = bd.add_subparsers(dest="board_command", metavar="BOARD_COMMAND", required=True)

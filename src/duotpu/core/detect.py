@@ -16,62 +16,19 @@ import numpy as np
 
 from duotpu.config.recipe import DetectOptions, Preprocess
 from duotpu.core.head import YoloHead
+from duotpu.onboard import heads
 
 #: Detections scored for mAP are kept down to this score (the usual mAP protocol); the
 #: detections taken as fp32 "ground truth" use the recipe's detect.conf.
 MAP_CONF = 0.001
 
 
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-x))
-
-
 def decode(head: YoloHead, maps: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """Raw head maps (in ``head.outputs`` order, each ``[B, C, h, w]``) → candidate boxes
     ``[B, N, 4]`` (center x, center y, width, height in input pixels) and class scores
-    ``[B, N, nc]`` (for YOLOv5: objectness × class probability)."""
-    boxes, scores = [], []
-    if head.kind == "anchor_free":
-        for i, s in enumerate(head.strides):
-            box, cls = (np.asarray(m, np.float32) for m in maps[2 * i : 2 * i + 2])
-            b, _, h, w = box.shape
-            dist = box.reshape(b, 4, head.reg_max, h * w)
-            if head.reg_max > 1:  # DFL: the expectation of a softmax over reg_max bins
-                e = np.exp(dist - dist.max(axis=2, keepdims=True))
-                dist = (
-                    e
-                    / e.sum(axis=2, keepdims=True)
-                    * np.arange(head.reg_max, dtype=np.float32)[:, None]
-                ).sum(axis=2)
-            else:
-                dist = dist[:, :, 0]
-            ys, xs = np.meshgrid(
-                np.arange(h, dtype=np.float32) + 0.5,
-                np.arange(w, dtype=np.float32) + 0.5,
-                indexing="ij",
-            )
-            ax, ay = xs.reshape(-1), ys.reshape(-1)
-            x1, y1 = ax - dist[:, 0], ay - dist[:, 1]
-            x2, y2 = ax + dist[:, 2], ay + dist[:, 3]
-            xywh = np.stack([(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1], axis=2) * s
-            boxes.append(xywh)
-            scores.append(_sigmoid(cls.reshape(b, head.nc, h * w)).transpose(0, 2, 1))
-    else:
-        na = len(head.anchors[0]) // 2
-        for i, s in enumerate(head.strides):
-            m = np.asarray(maps[i], np.float32)
-            b, _, h, w = m.shape
-            p = _sigmoid(m.reshape(b, na, 5 + head.nc, h, w).transpose(0, 1, 3, 4, 2))
-            ys, xs = np.meshgrid(
-                np.arange(h, dtype=np.float32), np.arange(w, dtype=np.float32), indexing="ij"
-            )
-            grid = np.stack([xs, ys], axis=-1)[None, None] - 0.5
-            anchor = np.asarray(head.anchors[i], np.float32).reshape(1, na, 1, 1, 2)
-            xy = (p[..., :2] * 2 + grid) * s
-            wh = (p[..., 2:4] * 2) ** 2 * anchor
-            boxes.append(np.concatenate([xy, wh], -1).reshape(b, -1, 4))
-            scores.append((p[..., 5:] * p[..., 4:5]).reshape(b, -1, head.nc))
-    return np.concatenate(boxes, 1), np.concatenate(scores, 1)
+    ``[B, N, nc]`` (for YOLOv5: objectness × class probability); the board app's own code
+    (:func:`duotpu.onboard.heads.decode`)."""
+    return heads.decode(head.to_json(), maps)
 
 
 @dataclass
@@ -92,42 +49,8 @@ class Detection:
         }
 
 
-def nms(
-    boxes_xywh: np.ndarray,
-    scores: np.ndarray,
-    conf: float = 0.25,
-    iou: float = 0.45,
-    max_det: int = 300,
-) -> list[tuple[np.ndarray, float, int]]:
-    """Per-class non-maximum suppression of one image's candidates (``[N, 4]`` xywh,
-    ``[N, nc]`` scores): the best class of each box above ``conf``, boxes of the same class
-    overlapping more than ``iou`` dropped. Returns (xyxy, score, class), best first."""
-    import cv2
-
-    cls = scores.argmax(1)
-    best = scores[np.arange(len(cls)), cls]
-    keep = np.flatnonzero(best >= conf)
-    if keep.size == 0:
-        return []
-    b = boxes_xywh[keep].astype(np.float32)
-    tlwh = np.concatenate([b[:, :2] - b[:, 2:] / 2, b[:, 2:]], 1)
-    idx = cv2.dnn.NMSBoxesBatched(
-        tlwh.tolist(),
-        best[keep].astype(float).tolist(),
-        cls[keep].astype(int).tolist(),
-        float(conf),
-        float(iou),
-    )
-    order = np.asarray(idx, int).reshape(-1)
-    order = order[np.argsort(-best[keep][order], kind="stable")][:max_det]
-    return [
-        (
-            np.array([*tlwh[k, :2], *(tlwh[k, :2] + tlwh[k, 2:])]),
-            float(best[keep][k]),
-            int(cls[keep][k]),
-        )
-        for k in order
-    ]
+#: per-class NMS, as OpenCV's ``NMSBoxesBatched`` (the board app's own code)
+nms = heads.nms
 
 
 def to_image(
@@ -135,27 +58,8 @@ def to_image(
 ) -> tuple[float, float, float, float]:
     """A box in network-input pixels → the original image's pixels, undoing the recipe's
     resize (letterbox, stretch or short-side + center crop, as tpu_mlir preprocesses)."""
-    ih, iw = image_hw
-    nh, nw = net_hw
-    rh, rw = tuple(pre.resize) if pre.resize else (nh, nw)
-    if pre.resize_mode == "letterbox":
-        s = min(rw / iw, rh / ih)
-        sx = sy = s
-        ox, oy = (rw - int(iw * s)) // 2, (rh - int(ih * s)) // 2
-    elif pre.resize_mode == "stretch":
-        sx, sy, ox, oy = rw / iw, rh / ih, 0, 0
-    else:
-        s = max(rw / iw, rh / ih)
-        w2 = int(iw * s) if iw * s >= rw else rw
-        h2 = int(ih * s) if ih * s >= rh else rh
-        sx, sy = w2 / iw, h2 / ih
-        ox, oy = -max((w2 - rw) // 2, 0), -max((h2 - rh) // 2, 0)
-    ox -= rw // 2 - nw // 2  # the center crop from the resize size to the input size
-    oy -= rh // 2 - nh // 2
-    x1, y1, x2, y2 = box
-    fx = lambda v: float(np.clip((v - ox) / sx, 0, iw))  # noqa: E731
-    fy = lambda v: float(np.clip((v - oy) / sy, 0, ih))  # noqa: E731
-    return fx(x1), fy(y1), fx(x2), fy(y2)
+    resize_hw = tuple(pre.resize) if pre.resize else net_hw
+    return heads.to_image(box, pre.resize_mode, resize_hw, net_hw, image_hw)
 
 
 def detections(
@@ -221,18 +125,10 @@ def input_frame(
 
 
 def maps_in_order(head: YoloHead, outputs: dict[str, np.ndarray]) -> list[np.ndarray]:
-    """A simulator / board result (by the compiler's output names) → maps in decode order.
-    The compiler names an output after the op making it, e.g. ``/model.22/cv2.0/Conv_output_0``
-    becomes ``/model.22/cv2.0/Conv_output_0_Conv``."""
-    got = list(outputs)
-    maps = []
-    for k, name in enumerate(head.outputs):
-        hit = next((g for g in got if g == name or g.startswith(name + "_")), None)
-        maps.append(outputs[hit] if hit is not None else outputs[got[k]])
-    return maps
+    """A simulator / board result (by the compiler's output names) → maps in decode order."""
+    return heads.maps_in_order(head.to_json(), outputs)
 
 
-# --------------------------------------------------------------------------------------------
 def agreement(a: list[Detection], b: list[Detection], iou: float = 0.5) -> float:
     """How alike two detection sets of one image are: F1 of matching boxes of the same class
     at IoU ≥ ``iou`` (greedy, best score first); 1.0 when both are empty."""

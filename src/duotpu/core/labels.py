@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from duotpu.config.errors import DataError
+from duotpu.onboard import heads
 
 
 def imagenet_classes() -> list[str]:
@@ -30,8 +31,5 @@ def read_labels(path: Path) -> list[str]:
     return out
 
 
-def class_name(labels: list[str] | None, index: int) -> str:
-    """The name of class ``index`` (its number when there is no name)."""
-    if labels and 0 <= index < len(labels):
-        return labels[index]
-    return f"class {index}"
+#: the name of a class (its number when there is no name)
+class_name = heads.class_name

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from duotpu.onboard import heads
+
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
     """Cosine similarity of two tensors, flattened (1.0 when both are all zeros)."""
@@ -21,20 +23,10 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.dot(a, b) / (na * nb))
 
 
-def as_probabilities(x: np.ndarray) -> np.ndarray:
-    """Rows of class scores as probabilities: softmax, unless they already are probabilities."""
-    x = np.asarray(x, np.float64).reshape(np.asarray(x).shape[0], -1)
-    if np.all(x >= 0) and np.allclose(x.sum(axis=1), 1.0, atol=1e-3):
-        return x
-    e = np.exp(x - x.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
-
-
-def topk(probs: np.ndarray, k: int = 5) -> list[tuple[int, float]]:
-    """The ``k`` best (class index, probability) pairs of one row."""
-    p = np.asarray(probs).ravel()
-    idx = np.argsort(-p, kind="stable")[:k]
-    return [(int(i), float(p[i])) for i in idx]
+#: rows of class scores as probabilities (the board app's own code)
+as_probabilities = heads.probabilities
+#: the k best (class index, probability) pairs of one row
+topk = heads.top_k
 
 
 @dataclass

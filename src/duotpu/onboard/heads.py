@@ -1,0 +1,231 @@
+"""The CPU tail of a task, in numpy only: class probabilities and top-k, the YOLO decode
+(anchor-free v8/11 with DFL, anchor-based v5) and per-class NMS, and boxes mapped back onto the
+image. The host (:mod:`duotpu.core.detect`) uses these same functions, so the board and the PC
+give the same answers by construction.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Mapping, Sequence, Tuple, Union
+
+import numpy as np
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def probabilities(scores: np.ndarray) -> np.ndarray:
+    """Rows of class scores as probabilities: softmax, unless they already are probabilities
+    (non-negative, each row summing to 1)."""
+    s = np.asarray(scores, np.float64).reshape(np.asarray(scores).shape[0], -1)
+    if np.all(s >= 0) and np.allclose(s.sum(axis=1), 1.0, atol=1e-3):
+        return s
+    e = np.exp(s - s.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def top_k(probs: np.ndarray, k: int) -> List[Tuple[int, float]]:
+    """The ``k`` best (index, value) pairs of one row, best first (ties: the lower index)."""
+    p = np.asarray(probs).ravel()
+    order = np.argsort(-p, kind="stable")[:k]
+    return [(int(i), float(p[i])) for i in order]
+
+
+def class_name(names: Sequence[str] | None, i: int) -> str:
+    """The name of class ``i`` (its number when there is no name)."""
+    return names[i] if names and 0 <= i < len(names) else f"class {i}"
+
+
+def classify(
+    scores: np.ndarray, k: int = 5, names: Sequence[str] | None = None
+) -> List[List[Dict[str, Any]]]:
+    """Per batch row, the ``k`` best classes: ``{"class", "name", "probability"}``."""
+    rows = probabilities(np.asarray(scores).reshape(np.asarray(scores).shape[0], -1))
+    return [
+        [
+            {"class": i, "name": class_name(names, i), "probability": round(p, 6)}
+            for i, p in top_k(row, k)
+        ]
+        for row in rows
+    ]
+
+
+def decode(head: Mapping[str, Any], maps: Sequence[np.ndarray]) -> Tuple[np.ndarray, np.ndarray]:
+    """Raw head maps (in ``head["outputs"]`` order, each ``[B, C, h, w]``) → candidate boxes
+    ``[B, N, 4]`` (centre x, centre y, width, height in input pixels) and class scores
+    ``[B, N, nc]`` (YOLOv5: objectness × class probability). ``head`` holds ``kind``
+    (``anchor_free`` | ``anchor``), ``strides``, ``nc``, ``reg_max`` and ``anchors``."""
+    nc, strides = int(head["nc"]), list(head["strides"])
+    boxes, scores = [], []
+    if head["kind"] == "anchor_free":
+        reg_max = int(head.get("reg_max", 16))
+        for i, s in enumerate(strides):
+            box, cls = (np.asarray(m, np.float32) for m in maps[2 * i : 2 * i + 2])
+            b, _, h, w = box.shape
+            dist = box.reshape(b, 4, reg_max, h * w)
+            if reg_max > 1:  # DFL: the expectation of a softmax over reg_max bins
+                e = np.exp(dist - dist.max(axis=2, keepdims=True))
+                dist = (
+                    e / e.sum(axis=2, keepdims=True) * np.arange(reg_max, dtype=np.float32)[:, None]
+                ).sum(axis=2)
+            else:
+                dist = dist[:, :, 0]
+            ys, xs = np.meshgrid(
+                np.arange(h, dtype=np.float32) + 0.5,
+                np.arange(w, dtype=np.float32) + 0.5,
+                indexing="ij",
+            )
+            ax, ay = xs.reshape(-1), ys.reshape(-1)
+            x1, y1 = ax - dist[:, 0], ay - dist[:, 1]
+            x2, y2 = ax + dist[:, 2], ay + dist[:, 3]
+            xywh = np.stack([(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1], axis=2) * s
+            boxes.append(xywh)
+            scores.append(sigmoid(cls.reshape(b, nc, h * w)).transpose(0, 2, 1))
+    else:
+        anchors = head["anchors"]
+        na = len(anchors[0]) // 2
+        for i, s in enumerate(strides):
+            m = np.asarray(maps[i], np.float32)
+            b, _, h, w = m.shape
+            p = sigmoid(m.reshape(b, na, 5 + nc, h, w).transpose(0, 1, 3, 4, 2))
+            ys, xs = np.meshgrid(
+                np.arange(h, dtype=np.float32), np.arange(w, dtype=np.float32), indexing="ij"
+            )
+            grid = np.stack([xs, ys], axis=-1)[None, None] - 0.5
+            anchor = np.asarray(anchors[i], np.float32).reshape(1, na, 1, 1, 2)
+            xy = (p[..., :2] * 2 + grid) * s
+            wh = (p[..., 2:4] * 2) ** 2 * anchor
+            boxes.append(np.concatenate([xy, wh], -1).reshape(b, -1, 4))
+            scores.append((p[..., 5:] * p[..., 4:5]).reshape(b, -1, nc))
+    return np.concatenate(boxes, 1), np.concatenate(scores, 1)
+
+
+def nms(
+    boxes_xywh: np.ndarray,
+    scores: np.ndarray,
+    conf: float = 0.25,
+    iou: float = 0.45,
+    max_det: int = 300,
+) -> List[Tuple[np.ndarray, float, int]]:
+    """Per-class non-maximum suppression of one image's candidates (``[N, 4]`` xywh,
+    ``[N, nc]`` scores), as OpenCV's ``NMSBoxesBatched``: each box's best class, scores above
+    ``conf``, highest first (stable), a box dropped when it overlaps a kept box of its class by
+    more than ``iou``. Returns (xyxy, score, class), best first."""
+    cls = scores.argmax(1)
+    best = scores[np.arange(len(cls)), cls]
+    keep = np.flatnonzero(best > conf)
+    if keep.size == 0:
+        return []
+    b = boxes_xywh[keep].astype(np.float32)
+    tl32 = b[:, :2] - b[:, 2:] / 2
+    br32 = tl32 + b[:, 2:]  # the corners returned, in float32
+    tl, wh = tl32.astype(np.float64), b[:, 2:].astype(np.float64)
+    br = tl + wh  # the overlap, in double as OpenCV computes it
+    area = wh[:, 0] * wh[:, 1]
+    sc, cl = best[keep], cls[keep]
+    order = np.argsort(-sc, kind="stable")
+    kept: List[int] = []
+    by_class: Dict[int, List[int]] = {}
+    for k in order:
+        mine = by_class.setdefault(int(cl[k]), [])
+        if mine:
+            j = np.asarray(mine)
+            iw = np.minimum(br[k, 0], br[j, 0]) - np.maximum(tl[k, 0], tl[j, 0])
+            ih = np.minimum(br[k, 1], br[j, 1]) - np.maximum(tl[k, 1], tl[j, 1])
+            inter = np.where((iw > 0) & (ih > 0), iw * ih, 0.0)
+            union = area[k] + area[j] - inter
+            overlap = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+            if (overlap > iou).any():
+                continue
+        mine.append(int(k))
+        kept.append(int(k))
+        if len(kept) >= max_det:
+            break
+    return [(np.array([*tl32[k], *br32[k]]), float(sc[k]), int(cl[k])) for k in kept]
+
+
+def placement(
+    mode: str, resize_hw: Sequence[int], net_hw: Sequence[int], image_hw: Sequence[int]
+) -> Tuple[float, float, float, float]:
+    """How an image lands in the network input: (scale x, scale y, offset x, offset y), for
+    the recipe's resize (letterbox, stretch or short side) followed by the centre crop."""
+    ih, iw = image_hw
+    nh, nw = net_hw
+    rh, rw = resize_hw
+    if mode == "letterbox":
+        s = min(rw / iw, rh / ih)
+        sx = sy = s
+        ox, oy = (rw - int(iw * s)) // 2, (rh - int(ih * s)) // 2
+    elif mode == "stretch":
+        sx, sy, ox, oy = rw / iw, rh / ih, 0, 0
+    else:
+        s = max(rw / iw, rh / ih)
+        w2 = int(iw * s) if iw * s >= rw else rw
+        h2 = int(ih * s) if ih * s >= rh else rh
+        sx, sy = w2 / iw, h2 / ih
+        ox, oy = -max((w2 - rw) // 2, 0), -max((h2 - rh) // 2, 0)
+    ox -= rw // 2 - nw // 2  # the centre crop from the resize size to the input size
+    oy -= rh // 2 - nh // 2
+    return sx, sy, float(ox), float(oy)
+
+
+def to_image(
+    box: Union[Sequence[float], np.ndarray],
+    mode: str,
+    resize_hw: Sequence[int],
+    net_hw: Sequence[int],
+    image_hw: Sequence[int],
+) -> Tuple[float, float, float, float]:
+    """A box (x1, y1, x2, y2) in network-input pixels → the original image's pixels."""
+    sx, sy, ox, oy = placement(mode, resize_hw, net_hw, image_hw)
+    ih, iw = image_hw
+    x1, y1, x2, y2 = box
+    return (
+        float(np.clip((x1 - ox) / sx, 0, iw)),
+        float(np.clip((y1 - oy) / sy, 0, ih)),
+        float(np.clip((x2 - ox) / sx, 0, iw)),
+        float(np.clip((y2 - oy) / sy, 0, ih)),
+    )
+
+
+def maps_in_order(head: Mapping[str, Any], outputs: Mapping[str, np.ndarray]) -> List[np.ndarray]:
+    """Outputs by the compiler's names → the head maps in decode order. The compiler names an
+    output after the op making it (``…/Conv_output_0`` becomes ``…/Conv_output_0_Conv``)."""
+    got = list(outputs)
+    maps = []
+    for k, name in enumerate(head["outputs"]):
+        hit = next((g for g in got if g == name or g.startswith(name + "_")), None)
+        maps.append(outputs[hit] if hit is not None else outputs[got[k]])
+    return maps
+
+
+def detect(
+    head: Mapping[str, Any],
+    maps: Sequence[np.ndarray],
+    mode: str,
+    resize_hw: Sequence[int],
+    image_hws: Sequence[Sequence[int]],
+    conf: float,
+    iou: float,
+    max_det: int,
+) -> List[List[Dict[str, Any]]]:
+    """Raw head maps of a batch → per image its objects ``{"box", "score", "class", "name"}``
+    with the box in the image's pixels."""
+    boxes, scores = decode(head, maps)
+    names = head.get("names") or []
+    net_hw = head["input_hw"]
+    out = []
+    for b, hw in enumerate(image_hws):
+        out.append(
+            [
+                {
+                    "box": to_image(xyxy, mode, resize_hw, net_hw, hw),
+                    "score": s,
+                    "class": c,
+                    "name": names[c] if c < len(names) else str(c),
+                }
+                for xyxy, s, c in nms(boxes[b], scores[b], conf, iou, max_det)
+            ]
+        )
+    return out

@@ -1,0 +1,238 @@
+"""On the board, on its own (issue 26): `duotpu app` folders run in a fresh Python that holds
+only numpy, over tpu_mlir's build of the board's runtime library (libcviruntime.so for the CV18xx
+simulator: the same CVI_NN_* API as the SDK's). Their outputs must equal, bit for bit, what
+`duotpu predict`'s host path gives on the simulator for the same image."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import tinymodels
+from conftest import run_cli, tiny_recipe
+
+# A Python other than the project's 3.10 where pyenv has one (the boards ship their own).
+_PYENV = sorted(Path.home().glob(".pyenv/versions/3.11.*/bin/python3"))
+BOARD_NUMPY = "numpy==1.26.4"
+
+
+@pytest.fixture(scope="session")
+def board_python(tmp_path_factory) -> Path:
+    """A fresh virtual environment with numpy and nothing else (no duotpu, OpenCV, Pillow)."""
+    base = str(_PYENV[-1]) if _PYENV else shutil.which("python3.11") or sys.executable
+    venv = tmp_path_factory.mktemp("boardpy") / "venv"
+    subprocess.run([base, "-m", "venv", str(venv)], check=True)
+    py = venv / "bin" / "python"
+    subprocess.run(
+        [str(py), "-m", "pip", "install", "-q", BOARD_NUMPY], check=True, capture_output=True
+    )
+    for absent in ("cv2", "PIL", "duotpu", "onnx", "torch"):
+        probe = subprocess.run([str(py), "-c", f"import {absent}"], capture_output=True)
+        assert probe.returncode != 0, f"{absent} must not be importable on the 'board'"
+    return py
+
+
+def _board_env() -> dict[str, str]:
+    from duotpu.compiler.env import tool_env
+
+    env = tool_env()
+    env.pop("PYTHONPATH", None)
+    return env
+
+
+def run_app(py: Path, app: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(py), "-I", str(app / "main.py"), *args],
+        env=_board_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+@pytest.fixture(scope="module")
+def photo(tmp_path_factory) -> Path:
+    """The cat photo as binary PPM: an image the stock board can read without Pillow."""
+    from duotpu.core import images
+    from duotpu.onboard.images import write_ppm
+
+    path = tmp_path_factory.mktemp("photos") / "cat photo.ppm"
+    return write_ppm(path, images.builtin_photo("chelsea")[:, :, ::-1])
+
+
+def _host(cvimodel: Path, image: Path, program: int = 0):
+    from duotpu.infer import runtime
+
+    m = runtime.open_model(cvimodel)
+    return m, runtime.infer(m, runtime.tensors_for(m, [image]), program=program)[0]
+
+
+def _saved(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path) as z:
+        return {k.split("/", 1)[1]: z[k] for k in z.files if k.startswith("0/")}
+
+
+def _same(board: dict[str, np.ndarray], host: dict[str, np.ndarray]) -> None:
+    assert set(board) == set(host), (list(board), list(host))
+    for name, v in host.items():
+        assert np.array_equal(board[name].ravel(), np.asarray(v).ravel()), name
+
+
+def test_int8_and_bf16_classifier_on_the_board_equal_the_host(
+    board_python, tiny_build, photo, tmp_path
+):
+    from duotpu.infer import runtime
+
+    build = tiny_build.models["int8"].cvimodel.parent
+    proc = run_cli("app", str(build), "--out", str(tmp_path / "my app"))
+    assert proc.returncode == 0, proc.stderr
+    app = tmp_path / "my app"
+    assert json.loads((app / "app.json").read_text())["models"].keys() == {"int8", "bf16"}
+    for mode in ("int8", "bf16"):
+        got = run_app(
+            board_python,
+            app,
+            str(photo),
+            "--model",
+            mode,
+            "--json",
+            "--save",
+            str(tmp_path / f"{mode}.npz"),
+        )
+        assert got.returncode == 0, got.stderr
+        doc = json.loads(got.stdout)  # the runtime's own prints stay off stdout
+        model, host = _host(tiny_build.models[mode].cvimodel, photo)
+        _same(_saved(tmp_path / f"{mode}.npz"), host)
+        r = doc["results"][0]
+        assert r["result"] == runtime.top_k(model, [host])[0]
+        assert {"preprocess", "tpu", "postprocess", "total"} <= set(r["times_ms"])
+    # a benchmark run reports the TPU time
+    bench = run_app(board_python, app, str(photo), "--count", "3")
+    assert bench.returncode == 0 and "tpu x3: mean" in bench.stdout
+
+
+def test_yolo_detector_on_the_board_gives_the_hosts_boxes(
+    board_python, tiny_detector_build, photo, tmp_path
+):
+    from duotpu.infer import runtime
+
+    art = tiny_detector_build.models["int8"]
+    from duotpu import make_app
+
+    app = make_app(art.cvimodel.parent, tmp_path / "det").folder
+    got = run_app(
+        board_python, app, str(photo), "--json", "--conf", "0.05", "--save", str(tmp_path / "d.npz")
+    )
+    assert got.returncode == 0, got.stderr
+    model, host = _host(art.cvimodel, photo)
+    _same(_saved(tmp_path / "d.npz"), host)
+    boxes = json.loads(got.stdout)["results"][0]["result"]
+    ref = runtime.detect(model, [photo], [host], conf=0.05)[0]
+    assert boxes, "the test needs some boxes to compare"
+    assert [(b["class"], b["box"], b["score"]) for b in boxes] == [
+        (d.cls, [round(v, 1) for v in d.box], round(d.score, 4)) for d in ref
+    ]
+
+
+def test_fused_preprocess_and_multi_batch_models(board_python, variant_builds, photo, tmp_path):
+    from duotpu import make_app
+
+    fused, multi = variant_builds
+    app = make_app(fused.models["int8"].cvimodel.parent, tmp_path / "fused").folder
+    got = run_app(board_python, app, str(photo), "--save", str(tmp_path / "f.npz"))
+    assert got.returncode == 0, got.stderr
+    _same(_saved(tmp_path / "f.npz"), _host(fused.models["int8"].cvimodel, photo)[1])
+
+    # bs1 + bs4 in one cvimodel: the batch-4 program on the photo (the batch filled with copies)
+    art = multi.models["bf16"]
+    app = make_app(art.cvimodel.parent, tmp_path / "multi").folder
+    assert json.loads((app / "app.json").read_text())["models"]["bf16"]["programs"] == [1, 4]
+    script = (
+        "import sys, numpy as np; sys.path.insert(0, sys.argv[1]);"
+        "from duotpu_onboard.app import App;"
+        "a = App(sys.argv[1], program=1); x, _ = a.prepare(sys.argv[2]);"
+        "assert a.input.shape[0] == 4, a.input.shape;"
+        "assert x.shape[0] == 4, x.shape;"
+        "out = a.forward(x);"
+        "np.savez(sys.argv[3], **out)"
+    )
+    proc = subprocess.run(
+        [str(board_python), "-I", "-c", script, str(app), str(photo), str(tmp_path / "b4.npz")],
+        env=_board_env(),
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    _, host = _host(art.cvimodel, photo)
+    with np.load(tmp_path / "b4.npz") as z:
+        for name, v in host.items():
+            rows = z[name].reshape(4, -1)
+            assert all(np.array_equal(row, v.ravel()) for row in rows), name
+
+
+def test_a_cut_models_cpu_tail_runs_on_the_board(board_python, tmp_path, photo):
+    from duotpu import make_app
+    from duotpu.builder import pipeline
+
+    src = tinymodels.tiny_onnx(tmp_path / "sm.onnx", extra_op="Softmax")
+    r = pipeline.build(
+        tiny_recipe(src, name="cut", quantize=["int8"], **{"model.outputs": ["pre"]}),
+        tmp_path / "b",
+    )
+    app = make_app(r.out_dir, tmp_path / "cutapp").folder
+    got = run_app(board_python, app, str(photo), "--save", str(tmp_path / "c.npz"), "--json")
+    assert got.returncode == 0, got.stderr
+    board = _saved(tmp_path / "c.npz")
+    _, host = _host(r.models["int8"].cvimodel, photo)  # cvimodel + the tail in ONNX Runtime
+    assert list(board) == ["logits"]
+    np.testing.assert_allclose(
+        board["logits"].ravel(), host["logits"].ravel(), rtol=1e-5, atol=1e-7
+    )
+    assert json.loads(got.stdout)["results"][0]["result"][0]["class"] == int(
+        host["logits"].argmax()
+    )
+
+
+def test_bad_input_on_the_board_is_one_clear_line(board_python, tiny_build, tmp_path, photo):
+    from duotpu import make_app
+
+    app = make_app(tiny_build.models["int8"].cvimodel.parent, tmp_path / "a").folder
+    jpg = tmp_path / "photo.jpg"
+    jpg.write_bytes(b"\xff\xd8 not really")
+    data = bytearray((app / "models" / tiny_build.models["int8"].cvimodel.name).read_bytes())
+    corrupt = tmp_path / "broken.cvimodel"  # a copy that stopped half way
+    corrupt.write_bytes(bytes(data[: len(data) // 2]))
+    other = tmp_path / "other.cvimodel"
+    data[30:46] = b"cv181x".ljust(16, b"\0")
+    other.write_bytes(bytes(data))
+    cases = [
+        ((str(jpg),), "needs OpenCV or Pillow"),
+        ((str(tmp_path / "missing.ppm"),), "no such file"),
+        ((str(photo), "--model", str(corrupt)), "damaged or truncated"),
+        ((str(photo), "--model", str(other)), "built for cv181x"),
+        ((str(photo), "--model", "mix"), "No model 'mix'"),
+    ]
+    for args, needle in cases:
+        got = run_app(board_python, app, *args)
+        assert got.returncode != 0, args
+        assert needle in got.stderr, (args, got.stderr)
+        assert "Traceback" not in got.stderr
+    env = _board_env()
+    env["LD_LIBRARY_PATH"] = ""
+    env.pop("LD_PRELOAD", None)
+    got = subprocess.run(
+        [str(board_python), "-I", str(app / "main.py"), str(photo)],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert (
+        got.returncode == 1 and "libcviruntime.so" in got.stderr and "Traceback" not in got.stderr
+    )
+    assert not list(tmp_path.glob("*.part*"))
