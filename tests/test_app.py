@@ -6,6 +6,7 @@ simulator: the same CVI_NN_* API as the SDK's). Their outputs must equal, bit fo
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -236,3 +237,89 @@ def test_bad_input_on_the_board_is_one_clear_line(board_python, tiny_build, tmp_
         got.returncode == 1 and "libcviruntime.so" in got.stderr and "Traceback" not in got.stderr
     )
     assert not list(tmp_path.glob("*.part*"))
+
+
+@pytest.fixture(scope="module")
+def app_board(tmp_path_factory, board_python):
+    """The board emulator (sshd on 127.0.0.1) with a numpy-only python3, or a real board
+    (DUOTPU_BOARD=user@host): (profile name, config dir)."""
+    import board_emulator
+    from duotpu import board
+
+    cfg = tmp_path_factory.mktemp("appcfg")
+    old = os.environ.get("DUOTPU_CONFIG_DIR")
+    os.environ["DUOTPU_CONFIG_DIR"] = str(cfg)
+    real = os.environ.get("DUOTPU_BOARD")
+    emu = None
+    try:
+        if real:
+            yield real
+            return
+        emu = board_emulator.create(tmp_path_factory.mktemp("appboard"))
+        board_emulator.add_python(emu, board_python)
+        emu.start()
+        p = board_emulator.profile_for(emu)
+        board.save_profile(p)
+        with board.Board(p, accept_new_host_key=True):
+            pass
+        yield p.name
+    finally:
+        if emu is not None:
+            emu.stop()
+        if old is None:
+            os.environ.pop("DUOTPU_CONFIG_DIR", None)
+        else:
+            os.environ["DUOTPU_CONFIG_DIR"] = old
+
+
+def test_board_app_push_run_bench_over_ssh(app_board, tiny_detector_build, tiny_build, tmp_path):
+    from duotpu.core import images
+
+    env = {"DUOTPU_CONFIG_DIR": os.environ["DUOTPU_CONFIG_DIR"]}
+    build = tiny_build.models["int8"].cvimodel.parent
+    push = run_cli("board", "app", "push", str(build), "--board", app_board, "--json", env=env)
+    assert push.returncode == 0, push.stderr
+    doc = json.loads(push.stdout)
+    assert doc["remote"].endswith("/apps/tiny") and "main.py" in " ".join(doc["uploaded"])
+    again = run_cli("board", "app", "push", str(build), "--board", app_board, "--json", env=env)
+    assert json.loads(again.stdout)["uploaded"] == []  # unchanged files are not sent again
+    # the on-board accuracy check: JPEG and PNG photos go up as PPM; answers equal the host's
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("chelsea", "astronaut", "coffee"):
+        images.save_image(photos / f"{name}.png", images.builtin_photo(name))
+    run = run_cli("board", "app", "run", str(build), str(photos), "--board", app_board, env=env)
+    assert run.returncode == 0, run.stderr + run.stdout
+    assert "agrees" in run.stdout and "agreement 1.000" in run.stdout
+    assert run.stdout.count("tpu ") >= 3 and "chelsea.png: " in run.stdout
+    # a detector: same boxes (F1 1.0) on the board
+    det = tiny_detector_build.models["int8"].cvimodel.parent
+    dr = run_cli(
+        "board",
+        "app",
+        "run",
+        str(det),
+        str(photos / "astronaut.png"),
+        "--board",
+        app_board,
+        "--json",
+        env=env,
+    )
+    assert dr.returncode == 0, dr.stderr
+    d = json.loads(dr.stdout)
+    assert d["agrees"] and d["agreement"] == 1.0
+    bench = run_cli(
+        "board",
+        "app",
+        "bench",
+        str(build),
+        str(photos / "coffee.png"),
+        "--count",
+        "5",
+        "--board",
+        app_board,
+        "--json",
+        env=env,
+    )
+    assert bench.returncode == 0, bench.stderr
+    assert json.loads(bench.stdout)["bench"]["runs"] == 5

@@ -124,9 +124,30 @@ def create(root: Path) -> EmulatedBoard:
     runner = sdk / "bin" / "model_runner"
     runner.write_text(f"#!{sys.executable}\n" + (HERE / "model_runner.py").read_text())
     runner.chmod(0o755)
-    (sdk / "lib" / "libcviruntime.so").write_bytes(b"emulated runtime library\n")
+    # the runtime library: tpu_mlir's build of the same CVI_NN_* API for the CV18xx simulator
+    from duotpu.compiler.env import tpu_mlir_root
+
+    (sdk / "lib" / "libcviruntime.so").symlink_to(tpu_mlir_root() / "lib" / "libcviruntime.so")
     board.configure()
     return board
+
+
+def add_python(board: EmulatedBoard, python: Path) -> None:
+    """Give the emulated board a ``python3`` (a Python with numpy only, as the stock images
+    have): a wrapper in the SDK's bin/ that runs it with what the host's simulator library
+    needs (the system glibc preloaded, tpu_mlir's third-party libraries)."""
+    from duotpu.compiler.env import tool_env
+
+    env = tool_env()
+    wrapper = board.sdk / "bin" / "python3"
+    wrapper.write_text(
+        "#!/bin/sh\n# BOARD EMULATOR: the board's python3 (numpy only) over the simulator library\n"
+        f"export LD_PRELOAD='{env['LD_PRELOAD']}'\n"
+        f'export LD_LIBRARY_PATH="$LD_LIBRARY_PATH:{env["LD_LIBRARY_PATH"]}"\n'
+        "unset PYTHONPATH\n"
+        f'exec {python} "$@"\n'
+    )
+    wrapper.chmod(0o755)
 
 
 def profile_for(board: EmulatedBoard):

@@ -294,3 +294,95 @@ def cmd_board_compare(args) -> int:
                 "and the input preprocessing."
             )
     return EXIT_OK
+
+
+def cmd_board_app(args) -> int:
+    from duotpu.board import apprun
+    from duotpu.core import images
+
+    con = _console()
+    build = Path(args.build)
+    with _open_board(args) as b:
+        if args.app_command == "push":
+            pushed = apprun.push_app(b, build, args.force)
+            if args.json:
+                print(
+                    json.dumps(
+                        {
+                            "remote": pushed.remote,
+                            "uploaded": pushed.sent.uploaded,
+                            "skipped": len(pushed.sent.skipped),
+                            "python": pushed.python,
+                            "numpy": pushed.numpy,
+                            "problems": pushed.problems,
+                        }
+                    )
+                )
+                return EXIT_OK
+            for p in pushed.problems:
+                con.print(f"[yellow]warning (--force):[/] {p}")
+            con.print(
+                f"app on the board: {pushed.remote} ({len(pushed.sent.uploaded)} files sent, "
+                f"{len(pushed.sent.skipped)} unchanged; python {pushed.python}, numpy "
+                f"{pushed.numpy})",
+                highlight=False,
+            )
+            con.print(f"run it there:  python3 {pushed.remote}/main.py IMAGE...", highlight=False)
+            return EXIT_OK
+        items: list[Path] = []
+        for item in args.inputs:
+            path = Path(item)
+            items += images.list_files(path) if path.is_dir() else [path]
+        count = args.count if args.app_command == "bench" else 0
+        run = apprun.run_app(b, build, items[:1] if count else items, args.model, count, args.force)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "remote": run.remote,
+                    "model": run.model,
+                    "agreement": run.agreement,
+                    "cosine": run.cosine,
+                    "agrees": run.agrees,
+                    "results": run.results,
+                    "bench": run.bench,
+                }
+            )
+        )
+        return EXIT_OK if run.agrees else EXIT_FAIL
+    from rich.markup import escape
+
+    sent = items[:1] if count else items
+    for item, r in zip(sent, run.results):
+        t = r["times_ms"]
+        con.print(
+            escape(
+                f"{item.name}: {_answer(r['result'])}  [pre {t['preprocess']:.1f} ms, "
+                f"tpu {t['tpu']:.1f} ms, post {t['postprocess']:.1f} ms]"
+            ),
+            highlight=False,
+        )
+    if run.bench:
+        bn = run.bench
+        con.print(
+            f"TPU over {bn['runs']} runs on the board: mean {bn['mean_ms']:.2f} ms, p50 "
+            f"{bn['p50_ms']:.2f} ms ({1000.0 / bn['mean_ms']:.1f} fps)",
+            highlight=False,
+        )
+    worst = min(run.cosine.values()) if run.cosine else 1.0
+    verdict = "[green]agrees[/]" if run.agrees else "[red]DIFFERS[/]"
+    con.print(
+        f"board vs host ({run.model}): {verdict} — agreement {run.agreement:.3f}, lowest output "
+        f"cosine {worst:.6f} over {len(run.results)} input(s)"
+    )
+    return EXIT_OK if run.agrees else EXIT_FAIL
+
+
+def _answer(result) -> str:
+    if isinstance(result, list) and result and "probability" in result[0]:
+        return ", ".join(f"{c['name']} {c['probability']:.3f}" for c in result[:3])
+    if isinstance(result, list):
+        return f"{len(result)} objects" + (
+            ": " + ", ".join(f"{d['name']} {d['score']:.2f}" for d in result[:4]) if result else ""
+        )
+    return ", ".join(f"{n} {v['shape']}" for n, v in result.items())

@@ -9,6 +9,7 @@ import traceback
 
 from duotpu.cli.board import (
     cmd_board_add,
+    cmd_board_app,
     cmd_board_bench,
     cmd_board_compare,
     cmd_board_doctor,
@@ -304,6 +305,27 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--image", help="input image (default: the build's test image)")
     be.add_argument("--json", action="store_true")
     be.set_defaults(func=cmd_board_bench)
+    bapp = bsub.add_parser(
+        "app",
+        help="the board app (duotpu app) on the board: push, run (checked against the host), bench",
+    )
+    asub = bapp.add_subparsers(dest="app_command", metavar="APP_COMMAND", required=True)
+    for name, helptext in (
+        ("push", "write the build's app and upload it (chip, runtime, ION, python3, RAM checked)"),
+        ("run", "run the app on the board on images; compare its answers with the host's"),
+        ("bench", "the app's per-stage times on the board and the TPU time over --count runs"),
+    ):
+        q = asub.add_parser(name, help=helptext)
+        board_args(q)
+        q.add_argument("build", metavar="BUILD_DIR")
+        q.add_argument("--force", action="store_true", help="upload even when a check fails")
+        q.add_argument("--json", action="store_true")
+        if name != "push":
+            q.add_argument("inputs", nargs="+", metavar="IMAGE|FOLDER")
+            q.add_argument("--model", help="int8, bf16 or mix (default: the app's first)")
+        if name == "bench":
+            q.add_argument("--count", type=int, default=50)
+        q.set_defaults(func=cmd_board_app)
     co = bsub.add_parser("compare", help="board vs host simulator vs fp32, per output")
     board_args(co, models=True)
     co.add_argument("model", metavar="MODEL.cvimodel")
