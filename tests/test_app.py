@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -323,3 +324,136 @@ def test_board_app_push_run_bench_over_ssh(app_board, tiny_detector_build, tiny_
     )
     assert bench.returncode == 0, bench.stderr
     assert json.loads(bench.stdout)["bench"]["runs"] == 5
+
+
+# The C application --------------------------------------------------------------------------
+_STUB = """/* LINK-ONLY STUB of libcviruntime.so for cross-compile tests: the API's symbol names,
+   nothing behind them (no board SDK here). Never run. */
+""" + "\n".join(
+    f"int {name}(void) {{ return 0; }}"
+    for name in (
+        "CVI_NN_RegisterModel",
+        "CVI_NN_GetInputOutputTensors",
+        "CVI_NN_Forward",
+        "CVI_NN_CleanupModel",
+        "CVI_NN_TensorName",
+        "CVI_NN_TensorPtr",
+        "CVI_NN_TensorSize",
+        "CVI_NN_TensorCount",
+        "CVI_NN_TensorQuantScale",
+        "CVI_NN_TensorQuantZeroPoint",
+    )
+)
+
+
+def _c_app_on_host(build_dir: Path, out: Path) -> Path:
+    """The C app compiled for this machine against tpu_mlir's simulator libcviruntime.so."""
+    from duotpu import make_app
+    from duotpu.board.capp import write_c_app
+    from duotpu.compiler.env import tpu_mlir_root
+
+    made = make_app(build_dir, out)
+    lib = tpu_mlir_root() / "lib"
+    # the simulator library's own dependencies are found at run time (LD_LIBRARY_PATH)
+    c = write_c_app(
+        made.folder, made.config, target="host", lib_dir=lib, extra=["-Wl,--allow-shlib-undefined"]
+    )
+    assert c.binary is not None
+    return c.binary
+
+
+def test_c_app_gives_the_python_apps_outputs(tiny_build, tiny_detector_build, photo, tmp_path):
+    from duotpu.infer import runtime
+
+    binary = _c_app_on_host(tiny_build.models["int8"].cvimodel.parent, tmp_path / "capp")
+    got = subprocess.run(
+        [str(binary), str(photo), "--save", str(tmp_path / "c.bin"), "--count", "2"],
+        env=_board_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert got.returncode == 0, got.stderr
+    model, host = _host(tiny_build.models["int8"].cvimodel, photo)
+    flat = np.concatenate([np.asarray(host[n]).ravel() for n in model.compiled_output_names])
+    assert np.array_equal(np.fromfile(tmp_path / "c.bin", np.float32), flat)
+    best = runtime.top_k(model, [host])[0][0]
+    assert f"{photo}: {best['name']} {best['probability']:.6f}" in got.stdout
+    assert "tpu x2: mean" in got.stdout
+
+    art = tiny_detector_build.models["int8"]
+    binary = _c_app_on_host(art.cvimodel.parent, tmp_path / "cdet")
+    got = subprocess.run(
+        [str(binary), str(photo), "--save", str(tmp_path / "d.bin")],
+        env=_board_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert got.returncode == 0, got.stderr
+    model, host = _host(art.cvimodel, photo)
+    flat = np.concatenate([np.asarray(host[n]).ravel() for n in model.compiled_output_names])
+    assert np.array_equal(np.fromfile(tmp_path / "d.bin", np.float32), flat)
+    ref = runtime.detect(model, [photo], [host])[0]
+    line = next(ln for ln in got.stdout.splitlines() if ln.startswith(str(photo)))
+    assert f"{len(ref)} objects" in line
+    for d in ref:  # the same objects, class and score, as the host's decode and NMS
+        assert f"{d.name} {d.score:.4f} [" in line
+
+
+@pytest.mark.parametrize(
+    "target,machine,loader,needed",
+    [
+        ("riscv64-musl", "RISC-V", "/lib/ld-musl-riscv64v0p7_xthead.so.1", "libc.so"),
+        ("aarch64-gnu", "AArch64", "/lib/ld-linux-aarch64.so.1", "libc.so.6"),
+    ],
+)
+def test_c_app_cross_compiles_for_the_boards(tiny_build, tmp_path, target, machine, loader, needed):
+    from duotpu.board.capp import TARGETS, zig
+
+    # an SDK-shaped folder whose libcviruntime.so is a LINK-ONLY STUB for the target (see _STUB)
+    sdk = tmp_path / "tpu-sdk"
+    (sdk / "lib").mkdir(parents=True)
+    (tmp_path / "stub.c").write_text(_STUB)
+    subprocess.run(
+        [
+            *zig(),
+            "-target",
+            TARGETS[target][0],
+            "-shared",
+            "-o",
+            str(sdk / "lib" / "libcviruntime.so"),
+            str(tmp_path / "stub.c"),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    build = tiny_build.models["int8"].cvimodel.parent
+    proc = run_cli(
+        "app",
+        str(build),
+        "--out",
+        str(tmp_path / "app"),
+        "--sdk",
+        str(sdk),
+        "--target",
+        target,
+        "--json",
+    )
+    assert proc.returncode == 0, proc.stderr
+    binary = Path(json.loads(proc.stdout)["c_binary"])
+    elf = subprocess.run(
+        ["readelf", "-h", "-l", "-d", str(binary)], capture_output=True, text=True, check=True
+    ).stdout
+    assert re.search(rf"Machine:\s+{machine}", elf)
+    assert f"[Requesting program interpreter: {loader}]" in elf
+    assert "Shared library: [libcviruntime.so]" in elf and f"Shared library: [{needed}]" in elf
+    # without an SDK: the source, the generated header and a Makefile
+    src = run_cli("app", str(build), "--out", str(tmp_path / "src"), "--c")
+    assert src.returncode == 0, src.stderr
+    assert {p.name for p in (tmp_path / "src" / "c").iterdir()} >= {
+        "duotpu_app.c",
+        "duotpu_cvi.h",
+        "app_config.h",
+        "Makefile",
+    }

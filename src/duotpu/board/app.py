@@ -204,11 +204,18 @@ def app_config(build: Path, models: dict[str, BuiltModel]) -> dict[str, Any]:
 
 
 def make_app(
-    build: str | Path, out: str | Path | None = None, modes: list[str] | None = None
+    build: str | Path,
+    out: str | Path | None = None,
+    modes: list[str] | None = None,
+    c: bool = False,
+    sdk: str | Path | None = None,
+    target: str = "riscv64-musl",
 ) -> AppFolder:
     """Write the board app of build folder ``build`` into ``out`` (default ``BUILD/app``).
 
-    ``modes`` picks the models (default: every model of the build, INT8 first). Raises
+    ``modes`` picks the models (default: every model of the build, INT8 first). ``c`` also
+    writes the C app (``c/``), compiled for ``target`` when ``sdk`` (the board's runtime SDK
+    folder, whose ``lib/libcviruntime.so`` it links) is given. Raises
     :class:`~duotpu.config.errors.ConfigError` for a folder that is not a build, and
     :class:`~duotpu.config.errors.ModelError` for a cut model whose CPU tail has an op the
     board app cannot run."""
@@ -262,6 +269,10 @@ def make_app(
                 chip=cfg["chip"],
             )
         )
+        if c:
+            from .capp import write_c_app
+
+            write_c_app(tmp, cfg, Path(sdk) if sdk else None, target)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
     except BaseException:

@@ -207,7 +207,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_app(args: argparse.Namespace) -> int:
     import duotpu
 
-    made = duotpu.make_app(Path(args.build), Path(args.out) if args.out else None, args.model)
+    made = duotpu.make_app(
+        Path(args.build),
+        Path(args.out) if args.out else None,
+        args.model,
+        c=bool(args.c or args.sdk),
+        sdk=args.sdk,
+        target=args.target,
+    )
+    binary = made.folder / "duotpu_app"
     if args.json:
         print(
             json.dumps(
@@ -216,6 +224,7 @@ def cmd_app(args: argparse.Namespace) -> int:
                     "models": list(made.models),
                     "size_bytes": made.size_bytes,
                     "task": made.config["task"],
+                    "c_binary": str(binary) if binary.is_file() else None,
                 }
             )
         )
@@ -231,4 +240,11 @@ def cmd_app(args: argparse.Namespace) -> int:
         "(PPM/BMP/.npy; JPEG/PNG with Pillow or OpenCV)",
         highlight=False,
     )
+    if binary.is_file():
+        con.print(f"C app ({args.target}): {binary}  — run  ./duotpu_app IMAGE...", highlight=False)
+    elif args.c:
+        con.print(
+            f"C app source: {made.folder / 'c'} (make SDK=... CC=...; or rerun with --sdk)",
+            highlight=False,
+        )
     return EXIT_OK

@@ -230,6 +230,23 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="MODE",
         help="the models to include (int8, bf16, mix; repeatable; default all, INT8 first)",
     )
+    ap.add_argument(
+        "--c",
+        action="store_true",
+        help="also the C app (c/: source, generated header, Makefile); compiled with --sdk",
+    )
+    ap.add_argument(
+        "--sdk",
+        metavar="SDK_DIR",
+        help="the board's runtime SDK folder (its lib/libcviruntime.so is linked); implies --c",
+    )
+    ap.add_argument(
+        "--target",
+        default="riscv64-musl",
+        choices=["riscv64-musl", "aarch64-gnu", "host"],
+        help="the C app's CPU: riscv64-musl (Duo, the Duo's loader), aarch64-gnu (Duo 256M / "
+        "Duo S arm64 images); default riscv64-musl",
+    )
     ap.add_argument("--json", action="store_true", help="print JSON")
     ap.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
     ap.set_defaults(func=cmd_app)
