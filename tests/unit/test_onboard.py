@@ -1,0 +1,78 @@
+"""The board runtime's numpy code against what the host uses (OpenCV): the resize, the gray
+conversion and the NMS must give the same bytes, so the board and the PC give the same answers."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from duotpu.onboard import heads, images, preprocess
+
+
+def test_resize_equals_opencv_byte_for_byte():
+    import cv2
+
+    rng = np.random.RandomState(0)
+    for trial in range(300):
+        ih, iw = rng.randint(1, 150, 2)
+        h, w = rng.randint(1, 160, 2)
+        shape = (ih, iw, 3) if trial % 2 else (ih, iw)
+        img = rng.randint(0, 256, shape).astype(np.uint8)
+        want = cv2.resize(img, (int(w), int(h)))
+        assert np.array_equal(preprocess.resize(img, int(w), int(h)), want), (ih, iw, h, w)
+    img = rng.randint(0, 256, (64, 48, 3)).astype(np.uint8)  # the 2x shortcut (INTER_AREA)
+    assert np.array_equal(preprocess.resize(img, 24, 32), cv2.resize(img, (24, 32)))
+    assert np.array_equal(preprocess.gray_of_bgr(img), cv2.cvtColor(img, cv2.COLOR_BGR2GRAY))
+
+
+def test_nms_equals_opencvs_batched_nms():
+    import cv2
+
+    rng = np.random.RandomState(1)
+    for trial in range(300):
+        n, nc = rng.randint(1, 300), rng.randint(1, 5)
+        boxes = np.concatenate(
+            [rng.uniform(0, 300, (n, 2)), rng.uniform(1, 120, (n, 2))], 1
+        ).astype(np.float32)
+        scores = rng.uniform(0, 1, (n, nc)).astype(np.float32)
+        if trial % 3 == 0:
+            scores = np.round(scores * 10) / 10  # ties
+        conf, iou = 0.25, (0.45, 0.3, 0.7)[trial % 3]
+        got = heads.nms(boxes, scores, conf, iou, 300)
+        cls = scores.argmax(1)
+        best = scores[np.arange(n), cls]
+        keep = np.flatnonzero(best >= conf)
+        b = boxes[keep]
+        tlwh = np.concatenate([b[:, :2] - b[:, 2:] / 2, b[:, 2:]], 1)
+        idx = cv2.dnn.NMSBoxesBatched(
+            tlwh.tolist(), best[keep].astype(float).tolist(), cls[keep].tolist(), conf, iou
+        )
+        order = np.asarray(idx, int).reshape(-1)
+        order = order[np.argsort(-best[keep][order], kind="stable")]
+        want = [
+            (tuple(np.array([*tlwh[k, :2], *(tlwh[k, :2] + tlwh[k, 2:])])), int(cls[keep][k]))
+            for k in order
+        ]
+        assert [(tuple(x), c) for x, _, c in got] == want, trial
+
+
+def test_image_readers_without_an_image_library(tmp_path):
+    import cv2
+
+    rng = np.random.RandomState(2)
+    bgr = rng.randint(0, 256, (7, 5, 3)).astype(np.uint8)
+    gray = bgr[:, :, 0].copy()
+    assert np.array_equal(images.read(images.write_ppm(tmp_path / "a.ppm", bgr)), bgr)
+    assert np.array_equal(images.read(images.write_ppm(tmp_path / "g.pgm", gray)), gray)
+    cv2.imwrite(str(tmp_path / "a.bmp"), bgr)
+    assert np.array_equal(images.read(tmp_path / "a.bmp"), bgr)
+    cv2.imwrite(str(tmp_path / "g.bmp"), gray)
+    assert np.array_equal(images.read(tmp_path / "g.bmp"), gray)
+    np.save(tmp_path / "rgb.npy", bgr[:, :, ::-1])
+    assert np.array_equal(images.read(tmp_path / "rgb.npy"), bgr)
+    (tmp_path / "bad.ppm").write_bytes(b"P3\n1 1\n255\n0 0 0\n")
+    try:
+        images.read(tmp_path / "bad.ppm")
+    except images.ImageError as e:
+        assert "P5/P6" in str(e)
+    else:
+        raise AssertionError("an ASCII PPM must be refused")
