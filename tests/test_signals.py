@@ -88,3 +88,39 @@ def test_a_signal_to_duotpu_alone_stops_every_child(tmp_path, tiny_onnx_path, si
             for s in json.loads((out / "manifest.json").read_text())["stages"]
         }
         assert stages["export"] and stages["transform"] and not stages["calibrate"]
+
+
+def test_kill_9_of_duotpu_leaves_no_orphan(tmp_path, tiny_onnx_path):
+    # SIGKILL cannot be handled: the children die with their parent (the parent-death signal)
+    r = tiny_recipe(tiny_onnx_path, name="k9", **{"calibration.count": 300})
+    (tmp_path / "k9.toml").write_text(r.to_toml())
+    proc = _start(tmp_path / "k9.toml", tmp_path / "b")
+    _wait_for_child(proc, "run_calibration")
+    children = psutil.Process(proc.pid).children(recursive=True)
+    assert children
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=10)
+    _, alive = psutil.wait_procs(children, timeout=3.0)
+    assert not alive, [c.cmdline() for c in alive]
+    # the next build into the folder is not blocked by the dead one (its lock died with it)
+    r2 = tiny_recipe(tiny_onnx_path, name="k9", **{"calibration.count": 8})
+    (tmp_path / "k9.toml").write_text(r2.to_toml())
+    again = _start(tmp_path / "k9.toml", tmp_path / "b")
+    _, err = again.communicate(timeout=600)
+    assert again.returncode == 0, err
+
+
+def test_two_builds_into_one_folder_the_second_is_refused(tmp_path, tiny_onnx_path):
+    r = tiny_recipe(tiny_onnx_path, name="two", **{"calibration.count": 300})
+    (tmp_path / "two.toml").write_text(r.to_toml())
+    first = _start(tmp_path / "two.toml", tmp_path / "b")
+    try:
+        _wait_for_child(first, "run_calibration")
+        second = _start(tmp_path / "two.toml", tmp_path / "b")
+        _, err = second.communicate(timeout=120)
+        assert second.returncode == 1, err
+        assert f"Another duotpu build (pid {first.pid}" in err and "--out" in err
+        assert "Traceback" not in err
+    finally:
+        os.kill(first.pid, signal.SIGTERM)
+        first.communicate(timeout=30)

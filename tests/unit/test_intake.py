@@ -186,3 +186,53 @@ def test_several_inputs_are_refused_with_what_to_do(tmp_path: Path) -> None:
     src = _save(_graph_model([1, 3, 8, 8], extra_inputs=1), tmp_path / "two.onnx")
     with pytest.raises(ModelError, match="2 inputs.*'extra0'.*forward takes the image only"):
         intake.settle_shape(src, ())
+
+
+def _external(tmp_path: Path, location: str) -> Path:
+    """A model whose weight ``w`` lives in the external file ``location``."""
+    from onnx.external_data_helper import set_external_data
+
+    model = _graph_model([1, 3, 8, 8])
+    w = next(t for t in model.graph.initializer if t.name == "w")
+    raw = numpy_helper.to_array(w).tobytes()
+    (tmp_path / "m").mkdir(exist_ok=True)
+    target = (tmp_path / "m" / location).resolve()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(raw)
+    set_external_data(w, location=location, length=len(raw))
+    w.ClearField("raw_data")
+    w.data_location = TensorProto.EXTERNAL
+    path = tmp_path / "m" / "model.onnx"
+    onnx.save(model, str(path))
+    return path
+
+
+def test_external_data_outside_the_models_folder_is_refused(tmp_path):
+    # onnx 1.14 follows `location` anywhere (CVE-2024-27318): ../secret would be read
+    path = _external(tmp_path, "../secret.bin")
+    with pytest.raises(ModelError, match="outside the model's folder"):
+        intake.load(path)
+    ok = _external(tmp_path, "weights.bin")
+    assert intake.load(ok).graph.initializer  # inside the folder: read
+
+
+def test_the_export_key_holds_the_external_data_and_the_factorys_siblings(tmp_path):
+    from duotpu.builder import export
+    from duotpu.config.recipe import ModelSource
+
+    path = _external(tmp_path, "weights.bin")
+    files = export.source_files(ModelSource(source=str(path)))
+    assert tmp_path / "m" / "weights.bin" in [f.resolve() for f in files]
+    # a factory module's sibling modules are in the key too (it may import them)
+    pkg = tmp_path / "mymodels"
+    pkg.mkdir()
+    (pkg / "nets.py").write_text("from helpers import block\ndef make():\n    return block()\n")
+    (pkg / "helpers.py").write_text("def block():\n    return None\n")
+    import sys
+
+    sys.path.insert(0, str(pkg))
+    try:
+        files = export.source_files(ModelSource(source="nets:make"))
+    finally:
+        sys.path.remove(str(pkg))
+    assert {f.name for f in files} >= {"nets.py", "helpers.py"}

@@ -138,3 +138,46 @@ def test_an_unsafe_output_path_moves_only_the_work_folder(tmp_path, monkeypatch)
     # the same output folder always gets the same work folder (a rebuild resumes)
     assert work_root(tmp_path / "out dir $x", None, "Net")[0] == root
     assert unsafe_characters(Path("/a b/ü;")) == " ü;"
+
+
+def test_one_build_per_work_folder_at_a_time(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from duotpu.builder.workdir import exclusive
+    from duotpu.config.errors import BusyError
+
+    with exclusive(tmp_path / "w"):
+        with pytest.raises(BusyError, match=rf"Another duotpu build \(pid {os.getpid()}, started"):
+            with exclusive(tmp_path / "w"):
+                pass
+        # another process is refused too; the message names this one
+        code = (
+            "import sys; from duotpu.builder.workdir import exclusive\n"
+            "try:\n    exclusive(sys.argv[1]).__enter__()\n"
+            "except Exception as e:\n    print(e); sys.exit(7)\n"
+        )
+        p = subprocess.run(
+            [sys.executable, "-c", code, str(tmp_path / "w")], capture_output=True, text=True
+        )
+        assert p.returncode == 7 and f"pid {os.getpid()}" in p.stdout
+    with exclusive(tmp_path / "w"):  # released: free again
+        pass
+    # a holder killed with SIGKILL releases it (the kernel drops the flock)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from duotpu.builder.workdir import exclusive\n"
+            "with exclusive(sys.argv[1]):\n    print('held', flush=True); time.sleep(60)",
+            str(tmp_path / "k"),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout.readline().strip() == "held"
+    holder.kill()
+    holder.wait()
+    with exclusive(tmp_path / "k"):
+        pass

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from duotpu.config.errors import ConfigError
+from duotpu.core.files import atomic_write
 
 DEFAULT_ION_PATH = "/sys/kernel/debug/ion/cvi_carveout_heap_dump/total_mem"
 PASSWORD_ENV = "DUOTPU_BOARD_PASSWORD"
@@ -82,10 +83,7 @@ def save_profile(profile: BoardProfile) -> Path:
             n: {k: v for k, v in asdict(p).items() if k != "name"} for n, p in profiles.items()
         }
     }
-    tmp = path.with_name(".boards.toml.tmp")
-    tmp.write_text(tomli_w.dumps(data))
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, tomli_w.dumps(data))
 
 
 def resolve_board(spec: str | None) -> BoardProfile:

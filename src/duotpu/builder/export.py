@@ -68,6 +68,10 @@ def source_files(src: ModelSource) -> list[Path]:
                 "(relative paths in a recipe are taken from the recipe's folder)."
             )
         files.append(Path(src.source))
+        if kind == "onnx":  # its external-data files decide the model too
+            files += intake.external_files(
+                intake.load(Path(src.source), weights=False), Path(src.source)
+            )
     elif kind == "factory":
         module = src.source.split(":")[0]
         spec = importlib.util.find_spec(module.split(".")[0])
@@ -81,6 +85,10 @@ def source_files(src: ModelSource) -> list[Path]:
                 mod_spec = importlib.util.find_spec(module)
                 if mod_spec and mod_spec.origin and Path(mod_spec.origin).is_file():
                     files.append(Path(mod_spec.origin))
+                    # the modules beside it (the factory may import them): a user's own code
+                    files += sorted(
+                        p for p in Path(mod_spec.origin).parent.glob("*.py") if p not in files
+                    )[:200]
             except (ImportError, ValueError):
                 pass
     if src.weights and Path(src.weights).suffix:

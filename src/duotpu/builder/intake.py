@@ -106,6 +106,7 @@ def load(path: Path, *, weights: bool = True) -> "onnx.ModelProto":
     if weights and _has_external_data(model):
         from onnx.external_data_helper import load_external_data_for_model
 
+        external_files(model, path)  # every location stays inside the model's folder
         try:
             load_external_data_for_model(model, str(path.parent))
         except (FileNotFoundError, OSError) as e:
@@ -116,6 +117,34 @@ def load(path: Path, *, weights: bool = True) -> "onnx.ModelProto":
                 "model into the same folder as the .onnx file."
             ) from None
     return model
+
+
+def external_files(model: "onnx.ModelProto", path: Path) -> list[Path]:
+    """The external-data files an ONNX model names, resolved beside ``path``. A location that
+    leaves the model's folder (``../../.ssh/id_rsa``, an absolute path, a link out of it) is
+    refused: onnx 1.14 would read that file (CVE-2024-27318)."""
+    import onnx
+
+    folder = Path(path).parent.resolve()
+    tensors = list(model.graph.initializer) + [
+        a.t for n in model.graph.node for a in n.attribute if a.HasField("t")
+    ]
+    out: list[Path] = []
+    for t in tensors:
+        if t.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        location = next((e.value for e in t.external_data if e.key == "location"), "")
+        target = (folder / location).resolve()
+        if not location or Path(location).is_absolute() or not target.is_relative_to(folder):
+            raise ModelError(
+                f"The ONNX file {path} keeps tensor {t.name!r} in {location!r}, outside the "
+                f"model's folder {folder}. duotpu reads external data only from the model's own "
+                "folder: a model that points elsewhere is refused (it could read any file). "
+                "Re-export the model, or put its data files beside it and fix the locations."
+            )
+        if target not in out:
+            out.append(target)
+    return out
 
 
 def _has_external_data(model: "onnx.ModelProto") -> bool:

@@ -58,6 +58,7 @@ from .workdir import (
     WorkDir,
     atomic_copy,
     check_writable,
+    exclusive,
     no_events,
     to_json,
     tool_name,
@@ -1017,10 +1018,22 @@ def build(
     out_dir = Path(out_dir) if out_dir else default_out_dir(recipe)
     check_writable(out_dir)
     root, moved = work_root(out_dir, Path(work_dir) if work_dir else None, recipe.name)
-    wd = WorkDir(root, events)
-    for line in (moved, note):
-        if line:
-            events(StageEvent("export", "info", message=line))
+    with exclusive(root):  # one build per work folder at a time
+        wd = WorkDir(root, events)
+        for line in (moved, note):
+            if line:
+                events(StageEvent("export", "info", message=line))
+        return _build_in(wd, recipe, out_dir, events, executor, calibration_data)
+
+
+def _build_in(
+    wd: WorkDir,
+    recipe: Recipe,
+    out_dir: Path,
+    events: EventSink,
+    executor: Executor | None,
+    calibration_data: CalibrationData | None,
+) -> BuildResult:
     _check_inputs_early(recipe)
     exported = stage_export(wd, recipe)
     if calibration_data is not None:

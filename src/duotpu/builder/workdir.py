@@ -11,7 +11,9 @@ and a final name never holds a half-written file.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import json
 import os
@@ -24,11 +26,15 @@ import typing
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Generic, TypeVar
+from typing import Any, Callable, Generic, Iterator, TypeVar
 
 from duotpu.compiler.runner import recording
-from duotpu.config.errors import ConfigError
+from duotpu.config.errors import BusyError, ConfigError
+from duotpu.core.files import atomic_copy, atomic_write
 
+__all__ = ["atomic_copy", "atomic_write"]  # re-exported for the build's modules
+
+LOCK_FILE = ".lock"  # held by the build working in the folder
 RESUME_FILE = ".resume-key"  # in an unfinished resumable stage: the key its work is for
 STAGE_FILE = "stage.json"
 
@@ -125,6 +131,35 @@ def check_writable(folder: Path) -> None:
         ) from None
 
 
+@contextlib.contextmanager
+def exclusive(root: Path) -> Iterator[None]:
+    """Hold the work directory for one build: a second build into it (another terminal, a
+    second `duotpu build` of the same output) is refused, naming the process that holds it.
+    The lock (``flock`` on ``root/.lock``) dies with its process, even under ``kill -9``."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    f = open(root / LOCK_FILE, "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        who = f.read().strip() or "another process"
+        f.close()
+        raise BusyError(
+            f"Another duotpu build ({who}) is working in {root}. One build per work folder at "
+            "a time: wait for it to finish, or build into another --out folder."
+        ) from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()}, started {time.strftime('%H:%M:%S')}")
+    f.flush()
+    try:
+        yield
+    finally:
+        fcntl.flock(f, fcntl.LOCK_UN)
+        f.close()
+
+
 def _describe(chars: str) -> str:
     names = {" ": "a space", "\t": "a tab", "\n": "a line break"}
     return "the characters " + " ".join(names.get(c, repr(c)) for c in chars)
@@ -134,19 +169,8 @@ def _describe(chars: str) -> str:
 # Atomic files
 # --------------------------------------------------------------------------------------------
 def write_json(path: Path, data: Any) -> None:
-    """Write JSON through a temporary name."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=str))
-    os.replace(tmp, path)
-
-
-def atomic_copy(src: Path, dst: Path) -> Path:
-    """Copy ``src`` to ``dst`` through a temporary name, so ``dst`` is never half-written."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.part")
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
-    return dst
+    """Write JSON atomically."""
+    atomic_write(path, json.dumps(data, indent=2, sort_keys=False, default=str))
 
 
 # --------------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from duotpu.config.errors import ModelError
+from duotpu.core.files import atomic_path
 from duotpu.core.head import COCO_NAMES, YoloHead  # noqa: F401  (what the cut produces)
 
 if TYPE_CHECKING:
@@ -373,6 +374,5 @@ def _extract(
     del cut.graph.value_info[:]  # shapes from the whole graph; the compiler infers its own
     cut.metadata_props.extend(model.metadata_props)
     onnx.checker.check_model(cut)
-    tmp = out.with_name(out.name + ".part")
-    onnx.save(cut, str(tmp))
-    tmp.replace(out)
+    with atomic_path(out) as tmp:
+        onnx.save(cut, str(tmp))

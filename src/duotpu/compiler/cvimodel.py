@@ -15,6 +15,7 @@ import os
 import shutil
 import struct
 import sys
+import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -72,10 +73,10 @@ def _schema_module():
                 "(it installs Debian's flatbuffers-compiler) or `apt-get install "
                 "flatbuffers-compiler`."
             )
-        tmp = root.with_name(root.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        log = root.with_name(root.name + ".log")
+        # a folder of its own per process: Ray workers and mix candidates may get here at once
+        root.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}."))
+        log = tmp / "flatc.log"
         try:
             run_argv(
                 "flatc",
@@ -86,8 +87,10 @@ def _schema_module():
             )
         except ToolchainError as e:
             raise SetupError(f"flatc could not compile {schema}: {e.tail[-300:]}") from None
-        shutil.rmtree(root, ignore_errors=True)
-        tmp.rename(root)
+        try:
+            tmp.rename(root)  # fails when another process finished first: keep theirs
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
     if str(root) not in sys.path:
         sys.path.insert(0, str(root))
     return importlib.import_module("cvi.model.Model")

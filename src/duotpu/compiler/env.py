@@ -148,15 +148,22 @@ def cvimodel_schema() -> Path:
 
 @functools.lru_cache(maxsize=1)
 def versions() -> dict[str, str]:
-    """Versions of the tools that shape the compiled output (part of every cache key)."""
+    """Versions of duotpu and of the tools that shape the compiled output (part of every
+    cache key)."""
     from importlib import metadata
 
     out = {}
-    for dist in ("tpu_mlir", "torch", "onnx", "onnxruntime", "onnxsim"):
+    # duotpu itself, and the model libraries whose code builds a source (timm:, ultralytics:)
+    for dist in ("duotpu", "tpu_mlir", "torch", "onnx", "onnxruntime", "onnxsim"):
         try:
             out[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
             out[dist] = "missing"
+    for dist in ("timm", "ultralytics", "torchvision"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
     return out
 
 

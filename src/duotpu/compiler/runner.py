@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import signal
 import subprocess
 import threading
@@ -86,20 +87,36 @@ def spawn(
     if _cancelled.is_set():
         raise Interrupted(_cancel_signal[0])
     proc = subprocess.Popen(
-        list(argv),
+        _wrapped(argv, background),
         cwd=cwd,
         env=env,
         stdout=stdout,
         stderr=stderr,
         stdin=subprocess.DEVNULL,
-        start_new_session=True,
-        preexec_fn=(lambda: os.nice(10)) if background else None,
+        start_new_session=True,  # (set up by Popen itself: safe with threads running)
     )
     with _children_lock:
         _children[proc.pid] = proc
     if _cancelled.is_set():  # cancelled while it started
         _kill_group(proc, signal.SIGKILL)
     return proc
+
+
+_SETPRIV = shutil.which("setpriv")  # util-linux: Debian has it on every system
+_NICE = shutil.which("nice")
+
+
+def _wrapped(argv: Sequence[str], background: bool) -> list[str]:
+    """``argv`` behind two exec wrappers instead of a ``preexec_fn`` (which can deadlock a child
+    forked while other threads hold locks): ``setpriv --pdeathsig KILL`` so the child dies with
+    duotpu even under ``kill -9`` (or a signal between its start and its registration), and
+    ``nice -n 10`` for background work. Both exec the tool: its pid is the child's."""
+    out = list(argv)
+    if background and _NICE:
+        out = [_NICE, "-n", "10", *out]
+    if _SETPRIV:
+        out = [_SETPRIV, "--pdeathsig", "KILL", "--", *out]
+    return out
 
 
 def finish(proc: subprocess.Popen, timeout: float | None = None) -> int:

@@ -10,11 +10,12 @@ fp32 MLIR, as ``model_runner.mlir_inference``. ``--jobs`` is a file of
 """
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
 import numpy as np
+
+from duotpu.core.files import atomic_path
 
 
 def _cvimodel_runner(path: str, program: int, keep_all: bool):
@@ -164,9 +165,8 @@ def main() -> int:
                 print(f"outputs {missing} not produced; have {list(out)[:20]}", file=sys.stderr)
                 return 3
             out = {n: out[n] for n in keep}
-        tmp = dst + ".part.npz"
-        np.savez(tmp, **out)
-        os.replace(tmp, dst)
+        with atomic_path(Path(dst)) as tmp:
+            np.savez(tmp, **out)
         print(f"[duotpu] {k + 1}/{len(jobs)} {dst}", flush=True)
     return 0
 

@@ -23,6 +23,10 @@ class DataError(DuoTpuError):
     """Input images or tensors (calibration set, test input) are missing or unreadable."""
 
 
+class BusyError(DuoTpuError):
+    """Another process holds what this one needs (a build in the same work folder)."""
+
+
 class SetupError(DuoTpuError):
     """The toolchain itself is missing or broken (wrong Python, tpu_mlir not installed...)."""
 

@@ -15,6 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from duotpu.config.recipe import DetectOptions, Preprocess
+from duotpu.core.files import atomic_path
 from duotpu.core.head import YoloHead
 from duotpu.onboard import heads
 
@@ -162,10 +163,8 @@ def draw(image: str | Path | np.ndarray, dets: list[Detection], out: Path) -> Pa
     """Draw boxes with class name and score on the image; written atomically to ``out``."""
     img = draw_boxes(image, dets)
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.part{out.suffix}")
-    img.save(tmp)
-    tmp.replace(out)
+    with atomic_path(out) as tmp:
+        img.save(tmp)
     return out
 
 

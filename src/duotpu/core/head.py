@@ -7,6 +7,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from duotpu.core.files import atomic_write
+
 #: The 80 COCO class names, in the order Ultralytics and YOLOv5 train them.
 _COCO = (
     "person bicycle car motorcycle airplane bus train truck boat traffic_light fire_hydrant "
@@ -55,9 +57,7 @@ class YoloHead:
         return cls(**data)
 
     def save(self, path: Path) -> None:
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(self.to_json(), indent=1))
-        tmp.replace(path)
+        atomic_write(path, json.dumps(self.to_json(), indent=1))
 
     @classmethod
     def load(cls, path: Path) -> "YoloHead":

@@ -5,7 +5,6 @@ Nothing is downloaded: the built-in photos come from installed packages.
 
 from __future__ import annotations
 
-import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from duotpu.config.errors import DataError
+from duotpu.core.files import atomic_path
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
@@ -63,10 +63,9 @@ def save_image(path: Path, rgb: np.ndarray) -> Path:
     import cv2
 
     path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    if not cv2.imwrite(str(tmp), np.ascontiguousarray(rgb[:, :, ::-1])):
-        raise DataError(f"Could not write the image {path}.")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        if not cv2.imwrite(str(tmp), np.ascontiguousarray(rgb[:, :, ::-1])):
+            raise DataError(f"Could not write the image {path}.")
     return path
 
 

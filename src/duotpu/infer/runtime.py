@@ -289,11 +289,11 @@ def as_reference_outputs(
 
 def save_outputs(outputs: dict[str, np.ndarray], target: Path) -> Path:
     """Write one input's outputs as an npz (atomically)."""
+    from duotpu.core.files import atomic_path
+
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.part.npz")
-    np.savez(tmp, **outputs)
-    tmp.replace(target)
+    with atomic_path(target) as tmp:
+        np.savez(tmp, **outputs)
     return target
 
 
