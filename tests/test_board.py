@@ -391,3 +391,33 @@ def test_bench_calibrate_fits_the_boards_constants(emu, profile, tiny_build):
         assert abs(m["estimate"]["ms"] / m["median_ms"] - 1) < 0.03, m
     text = run_cli("board", "bench", models[0], "--board", profile.name, "--count", "2")
     assert "estimate (this board)" in text.stdout, text.stderr
+
+
+def test_a_command_that_fills_stderr_and_stdout_does_not_stall(profile):
+    # 4 MB on stderr while stdout is read (and the reverse): beyond any SSH channel window
+    with board.Board(profile) as b:
+        r = b.run(
+            "head -c 4000000 /dev/zero | tr '\\0' e >&2; head -c 3000000 /dev/zero | tr '\\0' o",
+            timeout=120,
+        )
+        assert r.returncode == 0 and len(r.stderr) == 4_000_000 and len(r.stdout) == 3_000_000
+        with pytest.raises(BoardError, match="did not finish"):
+            b.run("sleep 30", timeout=1)
+
+
+@emulator_only
+def test_a_board_without_sftp_still_gets_its_files(emu, profile, tiny_build, tmp_path):
+    # Dropbear images often have no SFTP subsystem: transfers stream over a command
+    emu.start(sftp=False)
+    try:
+        art = tiny_build.models["int8"]
+        with board.Board(profile) as b:
+            assert b.sftp is None
+            remote = board.remote_model_path(b, art.cvimodel)
+            b.run(f"rm -f {remote}")  # an earlier test may have sent it
+            sent = board.push_model(b, art.cvimodel)
+            assert sent.uploaded
+            back = b.get(remote, tmp_path / "back.cvimodel")
+        assert back.read_bytes() == art.cvimodel.read_bytes()
+    finally:
+        emu.start()

@@ -58,8 +58,9 @@ class EmulatedBoard:
             else b"milkv,duo256m\0sophgo,sg2002\0"
         )
 
-    def start(self, host_key: Path | None = None) -> None:
-        """Start (or restart with another host key) the emulator's sshd on 127.0.0.1."""
+    def start(self, host_key: Path | None = None, sftp: bool = True) -> None:
+        """Start (or restart with another host key, or without an SFTP subsystem, as Dropbear
+        images without gesftpserver) the emulator's sshd on 127.0.0.1."""
         self.stop()
         key = host_key or self.host_key
         cfg = self.root / "sshd_config"
@@ -77,8 +78,8 @@ class EmulatedBoard:
                     "PermitRootLogin prohibit-password",
                     "UsePAM no",
                     "StrictModes no",
-                    "Subsystem sftp internal-sftp",
                 ]
+                + (["Subsystem sftp internal-sftp"] if sftp else [])
             )
             + "\n"
         )

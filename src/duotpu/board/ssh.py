@@ -4,9 +4,11 @@ commands, file transfer, the SDK's environment."""
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shlex
 import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -14,6 +16,10 @@ from typing import Callable
 from duotpu.config.errors import BoardError
 
 from .profiles import BoardProfile, config_dir
+
+# paramiko logs a failed handshake (a banner error, a reset) with its traceback; duotpu says
+# what failed itself, so the library's own log stays off the terminal
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 
 # --------------------------------------------------------------------------------------------
@@ -57,6 +63,7 @@ class Board:
         self.password_prompt = password_prompt
         self.client = None
         self._sftp = None
+        self._no_sftp = False
 
     # ----------------------------------------------------------------- connect
     def __enter__(self) -> "Board":
@@ -169,39 +176,110 @@ class Board:
 
     # ----------------------------------------------------------------- commands and files
     def run(
-        self, command: str, timeout: float = 600.0, env: dict[str, str] | None = None
+        self,
+        command: str,
+        timeout: float = 600.0,
+        env: dict[str, str] | None = None,
+        stdin: bytes | None = None,
     ) -> RemoteResult:
-        """Run a shell command on the board (``env`` is exported first)."""
+        """Run a shell command on the board (``env`` is exported first, ``stdin`` fed to it).
+        Its stdout and stderr are read together as they come (a command that fills one
+        while the other is read cannot stall), all within ``timeout`` seconds."""
         prefix = "".join(f"export {k}={shlex.quote(v)}; " for k, v in (env or {}).items())
+        chan = self._channel()
+        try:
+            chan.exec_command(prefix + command)
+            if stdin is not None:
+                chan.sendall(stdin)
+                chan.shutdown_write()
+            out, err = self._drain(chan, command, timeout)
+            rc = chan.recv_exit_status()
+        finally:
+            chan.close()
+        return RemoteResult(command, rc, out.decode(errors="replace"), err.decode(errors="replace"))
+
+    def _channel(self):
         client = self.client
         if client is None:
             raise BoardError("Not connected to the board: use `with Board(profile) as b:`.")
-        try:
-            _, out, err = client.exec_command(prefix + command, timeout=timeout)
-            stdout = out.read().decode(errors="replace")
-            stderr = err.read().decode(errors="replace")
-            rc = out.channel.recv_exit_status()
-        except socket.timeout:
-            raise BoardError(
-                f"The board did not finish `{command[:80]}` within {timeout:.0f} s."
-            ) from None
-        return RemoteResult(command, rc, stdout, stderr)
+        transport = client.get_transport()
+        if transport is None or not transport.is_active():
+            raise BoardError("The SSH connection to the board was closed; run the command again.")
+        return transport.open_session()
+
+    @staticmethod
+    def _drain(chan, command: str, timeout: float) -> tuple[bytes, bytes]:
+        out, err = bytearray(), bytearray()
+        deadline = time.monotonic() + timeout
+        chan.settimeout(0.2)
+        while True:
+            got = False
+            while chan.recv_ready():
+                out += chan.recv(65536)
+                got = True
+            while chan.recv_stderr_ready():
+                err += chan.recv_stderr(65536)
+                got = True
+            if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
+                break
+            if time.monotonic() > deadline:
+                raise BoardError(
+                    f"The board did not finish `{command[:80]}` within {timeout:.0f} s."
+                )
+            if not got:
+                time.sleep(0.01)
+        return bytes(out), bytes(err)
 
     @property
     def sftp(self):
-        if self._sftp is None:
-            self._sftp = self.client.open_sftp()
+        """The SFTP session, or ``None`` when the board's SSH server has no SFTP subsystem
+        (Dropbear without gesftpserver): file transfer then streams over a command."""
+        if self._sftp is None and not self._no_sftp:
+            import paramiko
+
+            try:
+                self._sftp = self.client.open_sftp()
+            except (paramiko.SSHException, EOFError, OSError):
+                self._no_sftp = True
         return self._sftp
 
     def put(self, local: Path, remote: str, progress: Callable[[int, int], None] | None = None):
         """Upload a file (to a temporary name, then renamed: no half-written file on the board)."""
         tmp = remote + ".part"
-        self.sftp.put(str(local), tmp, callback=progress)
+        if self.sftp is not None:
+            self.sftp.put(str(local), tmp, callback=progress)
+        else:
+            data = Path(local).read_bytes()
+            r = self.run(f"cat > {shlex.quote(tmp)}", stdin=data, timeout=3600)
+            if r.returncode != 0:
+                raise BoardError(f"Writing {remote} on the board failed: {r.stderr.strip()}")
+            if progress:
+                progress(len(data), len(data))
         self.run(f"mv -f {shlex.quote(tmp)} {shlex.quote(remote)}")
 
     def get(self, remote: str, local: Path) -> Path:
-        self.sftp.get(remote, str(local))
+        """Download a file."""
+        if self.sftp is not None:
+            self.sftp.get(remote, str(local))
+            return Path(local)
+        chan = self._channel()
+        try:
+            chan.exec_command(f"cat {shlex.quote(remote)}")
+            out, err = self._drain(chan, f"cat {remote}", 3600)
+            rc = chan.recv_exit_status()
+        finally:
+            chan.close()
+        if rc != 0:
+            raise BoardError(f"Reading {remote} from the board failed: {err.decode().strip()}")
+        Path(local).write_bytes(out)
         return Path(local)
+
+    def chmod(self, remote: str, mode: int) -> None:
+        """Set a remote file's permission bits."""
+        if self.sftp is not None:
+            self.sftp.chmod(remote, mode)
+        else:
+            self.run(f"chmod {mode:o} {shlex.quote(remote)}")
 
     def sdk_command(self, command: str) -> str:
         """``command`` inside the SDK's environment (``envs_tpu_sdk.sh`` needs its own folder as

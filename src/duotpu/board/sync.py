@@ -109,7 +109,7 @@ def push_files(
 
         b.put(local, remote, cb)
         mode = local.stat().st_mode & 0o777
-        b.sftp.chmod(remote, mode)
+        b.chmod(remote, mode)
         sent += local.stat().st_size
     done = {r for _, r in todo}
     return PushResult(sorted(done), [r for _, r in files if r not in done], sent)
