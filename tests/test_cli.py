@@ -2,6 +2,7 @@
 no half-written final file; good input gets one line per stage and the result table."""
 
 import json
+import re
 
 import pytest
 
@@ -162,3 +163,30 @@ def test_verification_below_tolerance(tmp_path, tiny_onnx_path):
 def test_usage_errors(args, needle):
     proc = run_cli(*args)
     _assert_clean_failure(proc, 2, needle)
+
+
+def test_truncated_calibration_images_are_left_out_and_too_few_refused(tmp_path, tiny_onnx_path):
+    from duotpu.core import images
+
+    folder = tmp_path / "imgs"
+    paths = images.write_calibration_set(folder, 6, seed=1)
+    for p in paths[:3]:  # an interrupted copy: OpenCV would read them (grey where data ends)
+        p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 3])
+    args = [str(tiny_onnx_path), *TINY_FLAGS, "--quantize", "int8", "--calib-images", str(folder)]
+    proc = run_cli("build", *args, "--out", str(tmp_path / "o"))
+    # 3 whole images: under the minimum of 4
+    _assert_clean_failure(proc, 1, "has 3 whole image(s)", "at least 4")
+    assert "do not decode whole" in proc.stdout and "truncated" in proc.stdout
+    assert "Premature end of JPEG" not in proc.stdout + proc.stderr
+    images.write_calibration_set(tmp_path / "more", 2, seed=2)
+    for p in (tmp_path / "more").iterdir():
+        p.rename(folder / f"more-{p.name}")
+    ok = run_cli("build", *args, "--calib-count", "10", "--out", str(tmp_path / "o"))
+    assert ok.returncode == 0, ok.stderr
+    assert "calibrating on 5 image(s), fewer than calibration.count = 10" in ok.stdout
+    stage = json.loads((tmp_path / "o" / "work" / "calibrate" / "stage.json").read_text())
+    assert stage["result"]["count"] == 5
+    # the broken files are not verified on either
+    listed = re.split(r"\n\S", ok.stdout.split("verifying on", 1)[1])[0]  # that event's lines
+    names = set(re.findall(r"[\w.-]+\.jpg", listed))
+    assert names and not names & {p.name for p in paths[:3]}, listed

@@ -203,8 +203,11 @@ def test_calibration_data_given_as_arrays(tiny_onnx_path, tmp_path):
 
     rng = np.random.default_rng(3)
     arrays = [rng.normal(0, 1, (1, 3, 32, 32)).astype(np.float32) for _ in range(6)]
-    recipe = tiny_recipe(tiny_onnx_path, quantize=["int8"])
-    r = duotpu.build(recipe, out_dir=tmp_path / "a", calibration_data=arrays)
+    # calibration.count (4 here) is for image folders: every array given is used
+    recipe = tiny_recipe(tiny_onnx_path, quantize=["int8"], **{"calibration.count": 4})
+    events: list = []
+    r = duotpu.build(recipe, out_dir=tmp_path / "a", calibration_data=arrays, events=events.append)
+    assert any("calibrating on the 6 arrays given" in e.message for e in events)
     stages = {s.name: s for s in r.stages}
     used = sorted(p.name for p in stages["calibrate"].result.images.iterdir())
     assert used == [f"{i:05d}.npz" for i in range(6)] and stages["calibrate"].result.count == 6

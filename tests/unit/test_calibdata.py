@@ -24,26 +24,26 @@ class Reader:
 def test_arrays_dicts_and_readers_become_the_same_npz_inputs(tmp_path):
     rng = np.random.default_rng(0)
     batch = [rng.normal(size=SHAPE).astype(np.float32) for _ in range(5)]
-    a = calibdata.write_arrays(batch, tmp_path, "input", SHAPE, limit=3)
+    a = calibdata.write_arrays(batch, tmp_path, "input", SHAPE)
     files = calibdata.array_files(a)
-    assert [f.name for f in files] == ["00000.npz", "00001.npz", "00002.npz"]  # limit kept
+    assert len(files) == 5  # every array given is used (calibration.count does not cut them)
     got = np.load(files[1])
     assert got.files == ["input"] and np.array_equal(got["input"], batch[1])
     # CHW items get their batch axis; a reader and dicts give the same folder (same content)
-    assert calibdata.write_arrays([x[0] for x in batch], tmp_path, "input", SHAPE, 3) == a
-    assert calibdata.write_arrays(Reader(batch), tmp_path, "input", SHAPE, 3) == a
-    assert calibdata.write_arrays(Reader(batch[:2]), tmp_path, "input", SHAPE, 3) != a
+    assert calibdata.write_arrays([x[0] for x in batch], tmp_path, "input", SHAPE) == a
+    assert calibdata.write_arrays(Reader(batch), tmp_path, "input", SHAPE) == a
+    assert calibdata.write_arrays(Reader(batch[:2]), tmp_path, "input", SHAPE) != a
     assert isinstance(Reader([]), calibdata.CalibrationDataReader)
 
 
 def test_wrong_calibration_items_are_named(tmp_path):
     good = np.zeros(SHAPE, np.float32)
     with pytest.raises(DataError, match=r"item 1 has shape \[1, 3, 4, 4\].*\[1, 3, 8, 8\]"):
-        calibdata.write_arrays([good, np.zeros((1, 3, 4, 4))], tmp_path, "input", SHAPE, 9)
+        calibdata.write_arrays([good, np.zeros((1, 3, 4, 4))], tmp_path, "input", SHAPE)
     with pytest.raises(DataError, match="feeds 2 inputs"):
-        calibdata.write_arrays([{"a": good, "b": good}], tmp_path, "input", SHAPE, 9)
+        calibdata.write_arrays([{"a": good, "b": good}], tmp_path, "input", SHAPE)
     with pytest.raises(DataError, match="no arrays"):
-        calibdata.write_arrays([], tmp_path, "input", SHAPE, 9)
+        calibdata.write_arrays([], tmp_path, "input", SHAPE)
     assert not list(tmp_path.iterdir())  # nothing half-written
 
 

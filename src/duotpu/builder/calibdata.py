@@ -44,15 +44,13 @@ def _items(data: CalibrationData) -> Iterator[NDArray[Any] | Mapping[str, NDArra
 
 
 def write_arrays(
-    data: CalibrationData, root: Path, input_name: str, shape: tuple[int, ...], limit: int
+    data: CalibrationData, root: Path, input_name: str, shape: tuple[int, ...]
 ) -> Path:
-    """Write at most ``limit`` calibration inputs as ``NNNNN.npz`` files under ``root``; returns
+    """Write every calibration input as an ``NNNNN.npz`` file under ``root``; returns
     their folder (``root/arrays-DIGEST``). Raises :class:`DataError` naming the first item that
     is not an input of ``shape``."""
     arrays: list[NDArray[np.float32]] = []
     for i, item in enumerate(_items(data)):
-        if len(arrays) >= limit:
-            break
         if isinstance(item, Mapping):
             if len(item) != 1:
                 raise DataError(

@@ -465,14 +465,22 @@ def _with_calibration_arrays(
         wd.root / "calibration-data",
         exported.input_name,
         r.inputs[0].shape,
-        r.calibration.count,
     )
-    first = calibdata.array_files(folder)[0]
+    files = calibdata.array_files(folder)
+    # every array given is used: calibration.count is for image folders, not for data the
+    # caller chose
+    wd.events(
+        StageEvent("calibrate", "info", message=f"calibrating on the {len(files)} arrays given")
+    )
     return replace(
         r,
-        calibration=replace(r.calibration, images=str(folder)),
-        test_image=r.test_image or str(first),
+        calibration=replace(r.calibration, images=str(folder), count=len(files)),
+        test_image=r.test_image or str(files[0]),
     )
+
+
+#: the fewest calibration images a build accepts (README: "The recipe")
+MIN_CALIBRATION_IMAGES = 4
 
 
 def _calibration_images(r: Recipe, folder: Path, wd: WorkDir) -> tuple[Path, int]:
@@ -502,11 +510,45 @@ def _calibration_images(r: Recipe, folder: Path, wd: WorkDir) -> tuple[Path, int
         )
     target.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(cal.seed)
-    chosen = (
-        scan.paths
-        if len(scan.paths) <= cal.count
-        else [scan.paths[i] for i in sorted(rng.choice(len(scan.paths), cal.count, replace=False))]
-    )
+    # the seed's choice first, then the others in order: a broken file is replaced by the next
+    first = sorted(rng.choice(len(scan.paths), min(cal.count, len(scan.paths)), replace=False))
+    order = [int(i) for i in first] + [i for i in range(len(scan.paths)) if i not in set(first)]
+    chosen: list[Path] = []
+    broken: list[tuple[Path, str]] = []
+    for i in order:
+        if len(chosen) == cal.count:
+            break
+        problem = images.image_problem(scan.paths[i])
+        if problem:
+            broken.append((scan.paths[i], problem))
+        else:
+            chosen.append(scan.paths[i])
+    if broken:
+        p, why = broken[0]
+        wd.events(
+            StageEvent(
+                "calibrate",
+                "warning",
+                message=f"left out {len(broken)} image file(s) that do not decode whole "
+                f"(first: {p.name}: {why})",
+            )
+        )
+    if len(chosen) < MIN_CALIBRATION_IMAGES:
+        raise DataError(
+            f"The calibration folder {cal.images} has {len(chosen)} whole image(s); INT8 "
+            f"calibration needs at least {MIN_CALIBRATION_IMAGES} (and works best with 25 or "
+            "more of the kind the model will see). Add images there, or use calibration.images "
+            "= 'builtin:natural'."
+        )
+    if len(chosen) < cal.count:
+        wd.events(
+            StageEvent(
+                "calibrate",
+                "warning",
+                message=f"calibrating on {len(chosen)} image(s), fewer than calibration.count = "
+                f"{cal.count}: that is all {cal.images} holds",
+            )
+        )
     for i, p in enumerate(chosen):
         (target / f"{i:05d}{p.suffix.lower()}").symlink_to(p.resolve())
     return target, len(scan.skipped)

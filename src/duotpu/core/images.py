@@ -91,9 +91,28 @@ def resolve_image(spec: str, folder: Path) -> Path:
         except (OSError, ValueError) as e:
             raise DataError(f"The test input {path} is not a readable numpy file: {e}.") from None
         return path
-    if read_rgb(path) is None:
-        raise DataError(f"The test image {path} cannot be read as an image.")
+    problem = image_problem(path)
+    if problem:
+        raise DataError(f"The test image {path} cannot be used: {problem}.")
     return path
+
+
+def image_problem(path: Path) -> str:
+    """Why a file is not a whole image ('' when it is): decoded completely, so a truncated
+    JPEG or PNG (which OpenCV reads anyway, grey where the data ends) is caught."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+    except OSError as e:  # PIL: "image file is truncated", "cannot identify image file"
+        text = str(e)
+        if "truncated" in text:
+            return "the file is truncated (an interrupted copy or download?)"
+        return "not an image file (or a damaged one)"
+    except (ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        return f"not a readable image ({type(e).__name__})"
+    return ""
 
 
 def random_crops(
@@ -178,18 +197,21 @@ def list_files(folder: Path) -> list[Path]:
 
 
 def scan_images(folder: Path) -> ImageFolder:
-    """Readable images under ``folder``; files that are not images are skipped and counted."""
-    import cv2
+    """The image files under ``folder`` (by their header, nothing decoded: use
+    :func:`image_problem` on the ones taken); other files are skipped and counted."""
+    from PIL import Image
 
-    good, bad = [], []
+    good: list[Path] = []
+    bad: list[Path] = []
     for p in list_files(folder):
-        if (
-            p.suffix.lower() in IMAGE_SUFFIXES
-            and cv2.imread(str(p), cv2.IMREAD_REDUCED_COLOR_8) is not None
-        ):
-            good.append(p)
-        else:
-            bad.append(p)
+        ok = False
+        if p.suffix.lower() in IMAGE_SUFFIXES:
+            try:
+                with Image.open(p):
+                    ok = True
+            except (OSError, ValueError, SyntaxError):
+                ok = False
+        (good if ok else bad).append(p)
     return ImageFolder(good, bad)
 
 
