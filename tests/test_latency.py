@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from conftest import run_cli, tiny_recipe
@@ -65,3 +66,21 @@ def test_one_conv_decodes_to_its_exact_work(tmp_path: Path) -> None:
     est = json.loads(info.stdout)["estimate"]
     assert est["ms"] > 0 and est["bound"] in ("compute", "memory")
     assert est["top_layers"][0]["name"]  # names from model_deploy's tensor table
+
+
+def test_a_multi_batch_model_is_estimated_for_one_program(variant_builds):
+    from duotpu.compiler.cmdbuf import routines
+    from duotpu.compiler.cvimodel import read_cvimodel
+    from duotpu.compiler.latency import constants_for, estimate, simulate
+
+    _, multi = variant_builds
+    path = multi.models["bf16"].cvimodel
+    info = read_cvimodel(path)
+    assert [p.inputs[0].shape[0] for p in info.programs] == [1, 4]
+    # before: the estimate summed the bs1 and the bs4 program (one inference runs one)
+    assert len(routines(path, info, None)) == 2 * len(routines(path, info, 0))
+    k = constants_for(info.chip)
+    bs1 = sum(simulate(r, k)[0] for r in routines(path, info, 0))
+    assert estimate(path).ms == pytest.approx(bs1 * 1e-3 / k.clock_mhz)
+    # chips without fitted constants keep their own lane count
+    assert constants_for("cv183x").lanes == 32 and constants_for("cv182x").lanes == 8

@@ -67,3 +67,20 @@ def test_a_mixed_model_is_called_verified_only_when_it_is():
     )
     why = _result(met, 0.995, strict).unverified("mix")
     assert why.startswith("cosine vs fp32 0.9950 < 0.999")
+
+
+def test_the_given_table_is_the_row_delivered_or_its_failure_is_said():
+    from duotpu.config.errors import ModelError
+
+    int8 = _candidate("pure INT8", 0, 0.5)
+    other = _candidate("region 1", 2, 0.99, meets=True)
+    table = _candidate("table my.qtable", 5, 0.8)
+    # the table is the answer even when another row meets the target
+    assert mixprec.choose([int8, other, table], table, "my.qtable") == 2
+    # a table the compiler could not make is an error, not another row delivered in its place
+    broken = _candidate("table my.qtable", 5, -1.0, failed="tiu wrong parameter in Conv x")
+    with pytest.raises(ModelError, match="my.qtable cannot be compiled: tiu wrong parameter"):
+        mixprec.choose([int8], broken, "my.qtable")
+    # no table: the fewest BF16 layers that meet, else the best metric
+    assert mixprec.choose([int8, other, _candidate("r2", 9, 0.999, meets=True)]) == 1
+    assert mixprec.choose([int8, _candidate("r", 3, 0.7)]) == 1

@@ -305,8 +305,9 @@ def search(
     # no pure INT8 model from the deploy stage (it missed model_deploy's tolerance): build it as
     # the search's first candidate
     rows = [row("pure INT8", [], int8) if int8 is not None else build([], "pure INT8")]
+    given: Candidate | None = None
     if mix.qtable:
-        build(read_qtable(Path(mix.qtable)), f"table {Path(mix.qtable).name}")
+        given = build(read_qtable(Path(mix.qtable)), f"table {Path(mix.qtable).name}")
     elif not rows[0].meets:
         if fast_search_layers:
             build(fast_search_layers, "tpu_mlir fast_search")
@@ -319,16 +320,27 @@ def search(
             "No mixed-precision candidate could be built: "
             + "; ".join(f"{c.label}: {c.failed}" for c in built.values())
         )
-    meeting = [i for i, r in enumerate(rows) if r.meets]
-    if mix.qtable:
-        chosen = 1  # the given table is the answer, met or not
-    elif meeting:
-        chosen = min(meeting, key=lambda i: (rows[i].n_bf16, -rows[i].metric))
-    else:
-        chosen = max(range(len(rows)), key=lambda i: (rows[i].metric, -rows[i].n_bf16))
+    chosen = choose(rows, given, mix.qtable)
     if bf16 is not None:
         rows.append(row("pure BF16", [], bf16, all_bf16=True))
     return rows, chosen, failed
+
+
+def choose(rows: list[Candidate], given: Candidate | None = None, qtable: str = "") -> int:
+    """The row the build delivers: the given table's (it must have compiled), else the fewest
+    BF16 layers among the rows that meet the target, else the best metric."""
+    if given is not None:  # the given table is the answer, met or not
+        if given.failed:
+            raise ModelError(
+                f"The quantize table {qtable} cannot be compiled: {given.failed}. Change the "
+                "layers it keeps in BF16, or let duotpu search (--target cos>=0.99)."
+            )
+        same = [i for i, r in enumerate(rows) if r is given or r.layers == given.layers]
+        return same[0]
+    meeting = [i for i, r in enumerate(rows) if r.meets]
+    if meeting:
+        return min(meeting, key=lambda i: (rows[i].n_bf16, -rows[i].metric))
+    return max(range(len(rows)), key=lambda i: (rows[i].metric, -rows[i].n_bf16))
 
 
 #: validation inputs on which every candidate's cvimodel is checked against its quantized MLIR

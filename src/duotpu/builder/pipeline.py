@@ -887,6 +887,7 @@ def stage_mix(
             executor=executor,
             agree=base.correctness[0],
         )
+        # without a target (a given table) there is nothing to meet: the table is the answer
         met = any(rr.meets for rr in rows if not rr.all_bf16) if mix.target else True
         return Mixed(
             tuple(rows),

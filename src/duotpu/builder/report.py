@@ -268,10 +268,17 @@ def _mix(result: BuildResult) -> str:
             + "".join(f"<li>{hp.esc(n)}</li>" for n in mixprec.failed_notes(mix.failed))
             + "</ul>"
         )
+    verdict = (
+        (
+            f"Target {hp.esc(mix.target)}: met"
+            if mix.met
+            else f"Target {hp.esc(mix.target)}: <span class=bad>not met</span>"
+        )
+        if mix.target
+        else "The given quantize table, measured (no target to meet)"
+    )
     lead = (
-        f"Target {hp.esc(mix.target or 'a given quantize table')}: "
-        + ("met" if mix.met else "<span class=bad>not met</span>")
-        + f" by {hp.esc(best.label)} ({best.shown_bf16} BF16 layers, {best.metric:.4f}). "
+        verdict + f" by {hp.esc(best.label)} ({best.shown_bf16} BF16 layers, {best.metric:.4f}). "
         "Green points meet the target; a point's area grows with its board memory (ION); "
         "hover a point for its numbers."
     )

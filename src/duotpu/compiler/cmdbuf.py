@@ -196,13 +196,23 @@ def decode(buf: bytes, name: str = "") -> Routine:
     return Routine(name, chip, tuple(tiu), tuple(tdma), tuple(order))
 
 
-def routines(path: str | Path, info: CviModelInfo | None = None) -> list[Routine]:
-    """Every TPU routine's commands in a cvimodel (its ``cmdbuf`` sections, in file order);
-    ``info``: the file's description when the caller has read it already."""
+def routines(
+    path: str | Path, info: CviModelInfo | None = None, program: int | None = 0
+) -> list[Routine]:
+    """The TPU routines' commands of one program of a cvimodel (``program``; ``None``: every
+    ``cmdbuf`` section in file order). A multi-batch model holds one program per batch size,
+    and one inference runs one of them. ``info``: the file's description when the caller has
+    read it already."""
     info = info or read_cvimodel(path)
     data = Path(path).read_bytes()
+    wanted = None
+    if program is not None and info.programs and info.programs[program].cmdbufs:
+        wanted = set(info.programs[program].cmdbufs)
     return [
         decode(section_data(data, s), s.name)
         for s in info.sections
-        if s.type == "cmdbuf" and not s.compressed and not s.encrypted
+        if s.type == "cmdbuf"
+        and not s.compressed
+        and not s.encrypted
+        and (wanted is None or s.name in wanted)
     ]

@@ -125,6 +125,7 @@ class ProgramInfo:
     neuron_size: int
     io_bytes: int
     routines: list[str]
+    cmdbufs: list[str] = field(default_factory=list)  # its TPU routines' cmdbuf sections
 
 
 @dataclass
@@ -310,6 +311,11 @@ def _describe(path: Path, data: bytes, m) -> CviModelInfo:
         routines = [
             "tpu" if p.Routines(j).Type() == 0 else "cpu" for j in range(p.RoutinesLength())
         ]
+        cmdbufs = [
+            _s(p.Routines(j).TpuRoutine().CmdbufSection())
+            for j in range(p.RoutinesLength())
+            if p.Routines(j).Type() == 0 and p.Routines(j).TpuRoutine() is not None
+        ]
         batch = int(p.BatchNum()) or (ins[0].shape[0] if ins and ins[0].shape else 1)
         programs.append(
             ProgramInfo(
@@ -321,6 +327,7 @@ def _describe(path: Path, data: bytes, m) -> CviModelInfo:
                 int(p.NeuronSize()),
                 io,
                 routines,
+                cmdbufs,
             )
         )
     # The same sum model_tool --info prints as "CviModel Need ION Memory Size".

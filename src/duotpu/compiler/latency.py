@@ -348,7 +348,12 @@ FITTED = ("tiu_scale", "ddr_bytes_per_cycle", "tdma_overhead")
 
 def constants_for(chip: str, overrides: dict[str, float] | None = None) -> ChipConstants:
     """The chip's constants with a board's fitted values (zero or missing: the chip's)."""
-    k = CHIPS.get(chip) or replace(CHIPS["cv181x"], chip=chip)
+    k = CHIPS.get(chip) or replace(
+        CHIPS["cv181x"],
+        chip=chip,
+        lanes=LANES.get(chip, CHIPS["cv181x"].lanes),
+        sources=f"not fitted for {chip}: cv181x's fitted constants with {chip}'s lane count",
+    )
     given: dict[str, Any] = {n: float(v) for n, v in (overrides or {}).items() if n in FITTED and v}
     return replace(k, **given) if given else k
 
