@@ -32,7 +32,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             margin=args.margin,
             class_names=_class_names(args, 1000 if args.labels is None else 0),
             limit=args.limit or 0,
-            check=args.check or 0,
+            check=evaluate.FAST_PATH_CHECK if args.check is None else args.check,
             layers=args.layers or 0,
             progress=progress,
             log=con.print,

@@ -177,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument(
         "--check",
         type=int,
-        default=2,
+        default=None,
         metavar="N",
         help="check the fast path against the simulator on N images (default 2)",
     )

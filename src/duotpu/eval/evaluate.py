@@ -277,6 +277,11 @@ CHANGED_KEPT = 48  # images whose top-1 changed, kept for the report's gallery
 DISAGREE_KEPT = 6  # per model, the detector images least like fp32's, kept for the report
 
 
+#: images on which the fast path (the quantized MLIR) is checked against the simulator before it
+#: evaluates: the library's default and the CLI's (``--check``)
+FAST_PATH_CHECK = 2
+
+
 def _quiet(*_: object) -> None:
     pass
 
@@ -294,7 +299,7 @@ def evaluate_build(
     margin: float = 0.05,
     class_names: list[str] | None = None,
     limit: int = 0,
-    check: int = 0,
+    check: int = FAST_PATH_CHECK,
     layers: int = 0,
     progress: Progress = _quiet,
     log: Callable[[str], None] = _quiet,
