@@ -981,7 +981,7 @@ def stage_verify(
             what += f" (mean over {len(per_image)} images; worst image {min(worst):.4f})"
         if bad:
             raise ToleranceError(
-                what, bad, compiler.tolerance_advice(mode, f"tolerance.verify_{mode}")
+                what, bad, compiler.tolerance_advice(mode, f"tolerance.verify_{mode}", need)
             )
         write_json(
             folder / "similarity.json",

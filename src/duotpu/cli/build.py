@@ -400,8 +400,9 @@ def _print_mix(console, result, as_json: bool) -> int:
     _err_console().print(
         f"[yellow bold]target not reached:[/] no mix reached {mix.target}; the best found is "
         f"'{best.label}' with {best.metric:.4f} (kept as {result.recipe.name}_"
-        f"{result.recipe.chip}_mix.cvimodel). Try more or more typical calibration images "
-        "(calibration.images / count), another calibration.method, a larger mix.max_layers, or "
+        f"{result.recipe.chip}_mix.cvimodel). Try more calibration images, or images more "
+        "typical of what the model will see (calibration.images / count), another "
+        "calibration.method, a larger mix.max_layers, or "
         "BF16 for the whole model" + (" (pure BF16 reaches the target)." if mix.bf16_meets else ".")
     )
     return EXIT_FAIL

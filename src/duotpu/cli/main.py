@@ -6,6 +6,7 @@ import argparse
 import errno
 import signal
 import traceback
+from typing import NoReturn
 
 from duotpu.cli.board import (
     cmd_board_add,
@@ -37,18 +38,25 @@ from duotpu.config.errors import (
 )
 
 
+class _Parser(argparse.ArgumentParser):
+    """A usage error is one line (what is wrong, where the help is), not the whole usage."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``duotpu`` argument parser."""
     from duotpu import __version__
 
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="duotpu",
         description="PyTorch / ONNX → verified, quantized cvimodels for the "
         "Milk-V Duo TPU (CV180x / CV181x), without Docker.",
     )
     p.add_argument("--version", action="version", version=f"duotpu {__version__}")
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     b = sub.add_parser(
         "build",
@@ -63,7 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--work-dir", help="folder for intermediate files (default OUT/work)")
     b.add_argument("--labels", help="class names file (one per line, or synset_words.txt)")
     b.add_argument("--json", action="store_true", help="print the result as JSON")
-    b.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
+    b.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks on errors"
+    )
     _add_recipe_flags(b)
     _add_scale_flags(b)
     b.set_defaults(func=cmd_build)
@@ -84,7 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="override a recipe field in every recipe",
     )
     bm.add_argument("--json", action="store_true", help="print the results as JSON")
-    bm.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
+    bm.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks on errors"
+    )
     _add_scale_flags(bm)
     bm.set_defaults(func=cmd_build_many)
 
@@ -98,7 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     d.add_argument("--work-dir", help="folder for intermediate files")
     d.add_argument("--json", action="store_true", help="print the result as JSON")
-    d.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
+    d.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks on errors"
+    )
     d.add_argument("--labels", default=None, help=argparse.SUPPRESS)
     _add_recipe_flags(d)
     d.set_defaults(func=cmd_demo)
@@ -126,7 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="BOARD=MB",
         help="ION heap of a board (duo, duo256m, duos) instead of the assumed one",
     )
-    i.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
+    i.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks on errors"
+    )
     i.set_defaults(func=cmd_info)
 
     pr = sub.add_parser(
@@ -139,16 +155,22 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("images", nargs="+", metavar="IMAGE")
     pr.add_argument("--recipe", help="recipe the model was built with (default: beside it)")
     pr.add_argument("--labels", help="class names: one per line, or synset_words.txt")
-    pr.add_argument("--topk", type=int, default=5)
+    pr.add_argument("--topk", type=int, default=5, help="classes shown (5)")
     _add_detect_flags(pr)
-    pr.add_argument("--json", action="store_true")
+    pr.add_argument("--json", action="store_true", help="print JSON")
     pr.add_argument(
         "--board",
         help="run on this board over SSH instead of the simulator (saved NAME or user@host[:port])",
     )
-    pr.add_argument("--accept-new-host-key", action="store_true")
-    pr.add_argument("--force", action="store_true")
-    pr.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
+    pr.add_argument(
+        "--accept-new-host-key", action="store_true", help="with --board: trust a new host key"
+    )
+    pr.add_argument(
+        "--force", action="store_true", help="with --board: run even when a check fails"
+    )
+    pr.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks on errors"
+    )
     pr.set_defaults(func=cmd_predict)
 
     ev = sub.add_parser(
@@ -196,7 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("--limit", type=int, default=0, help="use at most this many images")
     ev.add_argument("--out", help="report folder (default BUILD_DIR/eval)")
-    ev.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
+    ev.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks on errors"
+    )
     _add_scale_flags(ev)
     ev.set_defaults(func=cmd_eval)
 
@@ -212,7 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
         "tool", metavar="TOOL.py", help="model_transform.py, run_calibration.py or model_deploy.py"
     )
     lg.add_argument("tool_args", nargs=argparse.REMAINDER, metavar="...")
-    lg.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
+    lg.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks on errors"
+    )
     lg.set_defaults(func=cmd_legacy)
 
     ap = sub.add_parser(
@@ -248,7 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
         "Duo S arm64 images); default riscv64-musl",
     )
     ap.add_argument("--json", action="store_true", help="print JSON")
-    ap.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
+    ap.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks on errors"
+    )
     ap.set_defaults(func=cmd_app)
 
     bd = sub.add_parser("board", help="deploy, run, benchmark and diagnose a Duo over SSH")
@@ -265,7 +293,12 @@ def build_parser() -> argparse.ArgumentParser:
             action="store_true",
             help="trust the board's host key the first time (its fingerprint is shown otherwise)",
         )
-        q.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
+        q.add_argument(
+            "--debug",
+            action="store_true",
+            default=argparse.SUPPRESS,
+            help="show tracebacks on errors",
+        )
         if models:
             q.add_argument(
                 "--force",
@@ -276,9 +309,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     a = bsub.add_parser("add", help="save a board profile")
     a.add_argument("name")
-    a.add_argument("--host", default="192.168.42.1")
-    a.add_argument("--port", type=int, default=22)
-    a.add_argument("--user", default="root")
+    a.add_argument("--host", default="192.168.42.1", help="address (the Duo's USB network)")
+    a.add_argument("--port", type=int, default=22, help="SSH port (22)")
+    a.add_argument("--user", default="root", help="user (root)")
     a.add_argument(
         "--key", help="private key file (else the password from --password-env or a prompt)"
     )
@@ -287,12 +320,16 @@ def build_parser() -> argparse.ArgumentParser:
         default="DUOTPU_BOARD_PASSWORD",
         help="environment variable holding the password",
     )
-    a.add_argument("--sdk-dir", default="/root/tpu-sdk")
-    a.add_argument("--work-dir", default="/root/duotpu")
+    a.add_argument(
+        "--sdk-dir", default="/root/tpu-sdk", help="the runtime SDK's folder on the board"
+    )
+    a.add_argument(
+        "--work-dir", default="/root/duotpu", help="duotpu's folder on the board (models, apps)"
+    )
     a.set_defaults(func=cmd_board_add)
     dc = bsub.add_parser("doctor", help="check the board: OS, TPU, memory, ION, SDK, runtime")
     board_args(dc)
-    dc.add_argument("--json", action="store_true")
+    dc.add_argument("--json", action="store_true", help="print JSON")
     dc.set_defaults(func=cmd_board_doctor)
     pu = bsub.add_parser("push", help="upload the runtime SDK and models (unchanged files skipped)")
     board_args(pu, models=True)
@@ -305,22 +342,22 @@ def build_parser() -> argparse.ArgumentParser:
     board_args(ru, models=True)
     ru.add_argument("model", metavar="MODEL.cvimodel")
     ru.add_argument("inputs", nargs="+", metavar="IMAGE|NPZ")
-    ru.add_argument("--labels")
-    ru.add_argument("--topk", type=int, default=5)
+    ru.add_argument("--labels", help="class names file (one a line)")
+    ru.add_argument("--topk", type=int, default=5, help="classes shown (5)")
     _add_detect_flags(ru)
-    ru.add_argument("--json", action="store_true")
+    ru.add_argument("--json", action="store_true", help="print JSON")
     ru.set_defaults(func=cmd_board_run)
     be = bsub.add_parser("bench", help="latency on the board: median, p90, TPU time split")
     board_args(be, models=True)
     be.add_argument("model", metavar="MODEL.cvimodel", nargs="+")
-    be.add_argument("--count", type=int, default=50)
+    be.add_argument("--count", type=int, default=50, help="runs to time (50)")
     be.add_argument(
         "--calibrate",
         action="store_true",
         help="fit the latency estimate's constants to this board and save them in its profile",
     )
     be.add_argument("--image", help="input image (default: the build's test image)")
-    be.add_argument("--json", action="store_true")
+    be.add_argument("--json", action="store_true", help="print JSON")
     be.set_defaults(func=cmd_board_bench)
     bapp = bsub.add_parser(
         "app",
@@ -336,18 +373,18 @@ def build_parser() -> argparse.ArgumentParser:
         board_args(q)
         q.add_argument("build", metavar="BUILD_DIR")
         q.add_argument("--force", action="store_true", help="upload even when a check fails")
-        q.add_argument("--json", action="store_true")
+        q.add_argument("--json", action="store_true", help="print JSON")
         if name != "push":
             q.add_argument("inputs", nargs="+", metavar="IMAGE|FOLDER")
             q.add_argument("--model", help="int8, bf16 or mix (default: the app's first)")
         if name == "bench":
-            q.add_argument("--count", type=int, default=50)
+            q.add_argument("--count", type=int, default=50, help="TPU runs to time (50)")
         q.set_defaults(func=cmd_board_app)
     co = bsub.add_parser("compare", help="board vs host simulator vs fp32, per output")
     board_args(co, models=True)
     co.add_argument("model", metavar="MODEL.cvimodel")
     co.add_argument("input", metavar="IMAGE|NPZ")
-    co.add_argument("--json", action="store_true")
+    co.add_argument("--json", action="store_true", help="print JSON")
     co.set_defaults(func=cmd_board_compare)
     return p
 

@@ -504,15 +504,17 @@ def deploy(
 NO_TOLERANCE = (0.0, -1e9)
 
 
-def tolerance_advice(mode: str, key: str) -> str:
-    """What to do when a ``mode`` model is less similar to fp32 than ``key`` requires. Only
-    INT8 depends on calibration; BF16 does not."""
+def tolerance_advice(mode: str, key: str, required: float = 0.0) -> str:
+    """What to do when a ``mode`` model is less similar to fp32 than ``key`` requires
+    (``required``: the output cosine asked for, which the suggested target matches). Only INT8
+    depends on calibration; BF16 does not."""
     if mode.lower() == "int8":
+        target = f"cos>={max(required, 0.99):g}"
         return (
-            "Try mixed precision: --target cos>=0.99 keeps the layers where INT8 hurts in "
-            "BF16 (the search starts from this model); or more or more typical calibration "
-            "images (calibration.images / calibration.count), another calibration.method, "
-            f"or BF16; or lower {key} if the accuracy is acceptable."
+            f"Try mixed precision: --target {target} keeps the layers where INT8 hurts in "
+            "BF16 (the search starts from this model); or more calibration images, or images "
+            "more typical of what the model will see (calibration.images / calibration.count), "
+            f"another calibration.method, or BF16; or lower {key} if the accuracy is acceptable."
         )
     return (
         "BF16 keeps 8 bits of mantissa and needs no calibration, so calibration settings "

@@ -93,7 +93,12 @@ class InputSpec:
     1×3×640×640 for an Ultralytics yaml. The build settles it before anything runs."""
 
     name: str = field(default="input", metadata=meta("--input-name", "input name in the ONNX"))
-    shape: Tuple[int, ...] = field(default=(), metadata=meta("--input-shape", metavar="N,C,H,W"))
+    shape: Tuple[int, ...] = field(
+        default=(),
+        metadata=meta(
+            "--input-shape", "the input's shape (default: the model's own)", metavar="N,C,H,W"
+        ),
+    )
 
 
 @dataclass(frozen=True)
@@ -110,7 +115,10 @@ class Preprocess:
     resize: Optional[Tuple[int, ...]] = field(
         default=None, metadata=meta("--resize", "resize before center crop", metavar="H,W")
     )
-    resize_mode: ResizeMode = field(default="stretch", metadata=meta("--resize-mode"))
+    resize_mode: ResizeMode = field(
+        default="stretch",
+        metadata=meta("--resize-mode", "how the image reaches --resize: stretch (default)"),
+    )
     # one value applies to every channel, so the defaults fit gray and colour inputs alike
     mean: Tuple[float, ...] = field(
         default=(0.0,), metadata=meta("--mean", "per-channel mean, 0–1 units")
@@ -118,7 +126,9 @@ class Preprocess:
     std: Tuple[float, ...] = field(
         default=(1.0,), metadata=meta("--std", "per-channel std, 0–1 units")
     )
-    pixel_format: PixelFormat = field(default="rgb", metadata=meta("--pixel-format"))
+    pixel_format: PixelFormat = field(
+        default="rgb", metadata=meta("--pixel-format", "channel order the model was trained on")
+    )
     pad_value: int = field(
         default=0, metadata=meta("--pad-value", "letterbox border colour (114 for YOLO)")
     )
@@ -157,7 +167,7 @@ class Calibration:
         default=25, metadata=meta("--calib-count", "number of calibration images (25)")
     )
     method: Literal["kl", "mse", "max", "percentile9999"] = field(
-        default="kl", metadata=meta("--calib-method")
+        default="kl", metadata=meta("--calib-method", "how thresholds are chosen: kl (default)")
     )
     seed: int = 0
     histogram_bins: int = field(
@@ -166,6 +176,8 @@ class Calibration:
     tune_num: int = field(default=5, metadata=meta("--tune-num", "calibration tune images (5)"))
 
 
+#: formats the recipe type knows but duotpu refuses (the reason is in Recipe.validate): not offered
+REFUSED_FORMATS = ("RGBA_PLANAR",)
 FusedFormat = Literal[
     "",
     "RGB_PLANAR",
@@ -225,8 +237,14 @@ class Deploy:
         default="",
         metadata=meta("--model-version", "cvimodel format for an older board runtime (1.2)"),
     )
-    inputs_type: IOType = field(default="AUTO", metadata=meta("--inputs-type"))
-    outputs_type: IOType = field(default="AUTO", metadata=meta("--outputs-type"))
+    inputs_type: IOType = field(
+        default="AUTO",
+        metadata=meta("--inputs-type", "the cvimodel's input type: AUTO (float), or quantized"),
+    )
+    outputs_type: IOType = field(
+        default="AUTO",
+        metadata=meta("--outputs-type", "the cvimodel's output type: AUTO (float), or quantized"),
+    )
     save_input_files: bool = field(
         default=False,
         metadata=meta(
@@ -315,13 +333,24 @@ class Tolerance:
     """
 
     transform: Tuple[float, ...] = field(
-        default=(0.99, 0.99), metadata=meta("--tolerance-transform", metavar="COS,EUCLID")
+        default=(0.99, 0.99),
+        metadata=meta(
+            "--tolerance-transform",
+            "fp32 MLIR vs ONNX, every layer (0.99,0.99)",
+            metavar="COS,EUCLID",
+        ),
     )
     int8: Tuple[float, ...] = field(
-        default=(0.85, 0.45), metadata=meta("--tolerance-int8", metavar="COS,EUCLID")
+        default=(0.85, 0.45),
+        metadata=meta(
+            "--tolerance-int8", "INT8 MLIR vs fp32, every layer (0.85,0.45)", metavar="COS,EUCLID"
+        ),
     )
     bf16: Tuple[float, ...] = field(
-        default=(0.95, 0.85), metadata=meta("--tolerance-bf16", metavar="COS,EUCLID")
+        default=(0.95, 0.85),
+        metadata=meta(
+            "--tolerance-bf16", "BF16 MLIR vs fp32, every layer (0.95,0.85)", metavar="COS,EUCLID"
+        ),
     )
     correctness: Tuple[float, ...] = field(
         default=(0.99, 0.90),
@@ -681,7 +710,8 @@ def recipe_flags() -> list[RecipeFlag]:
         choices: tuple[str, ...] = ()
         kind: FlagKind
         if typing.get_origin(tp) is Literal:
-            kind, choices = "str", tuple(a for a in typing.get_args(tp) if a)
+            kind = "str"
+            choices = tuple(a for a in typing.get_args(tp) if a and a not in REFUSED_FORMATS)
         elif item is not None:
             kind = {int: "ints", float: "floats"}.get(item, "names")  # type: ignore[assignment]
             if typing.get_origin(item) is Literal:
