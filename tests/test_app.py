@@ -323,7 +323,8 @@ def test_board_app_push_run_bench_over_ssh(app_board, tiny_detector_build, tiny_
         env=env,
     )
     assert bench.returncode == 0, bench.stderr
-    assert json.loads(bench.stdout)["bench"]["runs"] == 5
+    doc = json.loads(bench.stdout)
+    assert doc["bench"]["runs"] == 5 and doc["peak_rss_mb"] > 5  # the board process's own VmHWM
 
 
 # The C application --------------------------------------------------------------------------

@@ -53,6 +53,7 @@ class AppRun:
     agreement: float  # top-1 agreement (classify), mean box F1 (detect), 1.0 otherwise
     cosine: dict[str, float]  # the lowest output cosine board vs host, per output
     bench: dict[str, Any] | None = None
+    peak_rss_mb: float | None = None  # the app's peak memory on the board (VmHWM)
 
     @property
     def agrees(self) -> bool:
@@ -212,7 +213,16 @@ def run_app(
         agreement = float(np.mean(scores))
     else:
         agreement = 1.0
-    return AppRun(pushed.remote, mode, results, host_answers, agreement, cos, doc.get("bench"))
+    return AppRun(
+        pushed.remote,
+        mode,
+        results,
+        host_answers,
+        agreement,
+        cos,
+        doc.get("bench"),
+        doc.get("peak_rss_mb"),
+    )
 
 
 @dataclass

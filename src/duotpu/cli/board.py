@@ -346,6 +346,7 @@ def cmd_board_app(args) -> int:
                     "agrees": run.agrees,
                     "results": run.results,
                     "bench": run.bench,
+                    "peak_rss_mb": run.peak_rss_mb,
                 }
             )
         )
@@ -369,6 +370,8 @@ def cmd_board_app(args) -> int:
             f"{bn['p50_ms']:.2f} ms ({1000.0 / bn['mean_ms']:.1f} fps)",
             highlight=False,
         )
+    if run.peak_rss_mb is not None:
+        con.print(f"the app's peak memory on the board: {run.peak_rss_mb:.1f} MB (VmHWM)")
     worst = min(run.cosine.values()) if run.cosine else 1.0
     verdict = "[green]agrees[/]" if run.agrees else "[red]DIFFERS[/]"
     con.print(

@@ -225,6 +225,18 @@ class App:
         self.model.close()
 
 
+def peak_rss_mb() -> Optional[float]:
+    """This process's peak resident memory (VmHWM), in MB; ``None`` where /proc has none."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024.0, 1)
+    except OSError:
+        pass
+    return None
+
+
 def _match(wanted: Sequence[str], produced: Dict[str, np.ndarray]) -> Dict[str, str]:
     """Each wanted name → the produced output named after it (the compiler appends the op's
     name: ``logits`` → ``logits_Gemm_f32``), else the one at its position."""
@@ -365,6 +377,7 @@ def _run(args: argparse.Namespace, json_fd: Optional[int] = None) -> int:
         os.replace(tmp, args.save)
     if args.json:
         doc = {
+            "peak_rss_mb": peak_rss_mb(),
             "app": app.config["name"],
             "model": app.mode,
             "chip": app.config["chip"],

@@ -28,8 +28,8 @@ def _weights(src: int, dst: int, columns: bool) -> Tuple[np.ndarray, np.ndarray,
         frac[low], i0[low] = 0, 0
         high = i0 >= src - 1
         frac[high], i0[high] = 0, src - 1
-    w0 = np.rint((np.float32(1) - frac) * np.float32(_ONE)).astype(np.int64)
-    w1 = np.rint(frac * np.float32(_ONE)).astype(np.int64)
+    w0 = np.rint((np.float32(1) - frac) * np.float32(_ONE)).astype(np.int32)
+    w1 = np.rint(frac * np.float32(_ONE)).astype(np.int32)
     i1 = np.clip(i0 + 1, 0, src - 1)
     return np.clip(i0, 0, src - 1), i1, np.stack([w0, w1])
 
@@ -46,7 +46,7 @@ def resize(img: np.ndarray, w: int, h: int) -> np.ndarray:
         return ((q + 2) >> 2).astype(np.uint8)
     x0, x1, wx = _weights(iw, w, columns=True)
     y0, y1, wy = _weights(ih, h, columns=False)
-    s = img.astype(np.int64)
+    s = img.astype(np.int32)  # every product below fits: 255·2048·2 and 2048·(2^20 >> 4)
     extra = (None,) * (img.ndim - 2)
     ax0, ax1 = wx[0][(slice(None),) + extra], wx[1][(slice(None),) + extra]
     # horizontal pass: row values scaled by 2^11 (OpenCV's int buffer)
