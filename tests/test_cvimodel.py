@@ -1,6 +1,7 @@
 """`duotpu info`: the cvimodel reader against the compiler's own `model_tool --info`."""
 
 import json
+import re
 
 import pytest
 
@@ -74,5 +75,14 @@ def test_info_cli(tiny_build):
     assert data["fit"]["duo"]["fits"] is False and data["fit"]["duo"]["ion_mb_assumed"] == 0.01
     human = run_cli("info", str(path))
     assert human.returncode == 0 and "board memory (ION) needed" in human.stdout
+    # the parts add up to the total, each named in words
+    text = " ".join(human.stdout.split())
+    line = text.split("board memory (ION) needed:", 1)[1].split("program 0", 1)[0]
+    total = int(re.search(r"\((\d+) B\) =", line).group(1))
+    parts = [int(v) for v in re.findall(r"(\d+) B(?! \))", line.split("=", 1)[1])]
+    assert len(parts) == 5 and sum(parts) == total, line
+    assert "input/output buffers" in line and "runs a" in text
+    # the output by its ONNX name (the compiler's name beside it)
+    assert re.search(r"out\s+│\s+logits\s+│", human.stdout) and "(logits_" in human.stdout
     bad = run_cli("info", str(path), "--ion", "pi=3")
     assert bad.returncode == 2 and "duo256m" in bad.stderr

@@ -57,16 +57,24 @@ def cmd_info(args: argparse.Namespace) -> int:
             f"  model {info.name}, chip [bold]{info.chip}[/], cvimodel {info.version}, "
             f"built {info.build_time} by tpu_mlir {info.mlir_version}"
         )
+        sections = sum(s.size for s in info.sections)
+        commands = sections - info.weight_bytes
+        activations = sum(p.neuron_size + p.private_gmem for p in info.programs)
+        shared = max((p.shared_gmem for p in info.programs), default=0)
+        io = sum(p.io_bytes for p in info.programs)
         con.print(
-            f"  board memory (ION) needed: [bold]{info.ion_mb:.2f} MB[/] "
-            f"({info.ion_bytes} bytes): weights {info.weight_bytes} B, sections "
-            f"{sum(s.size for s in info.sections)} B"
+            f"  board memory (ION) needed: [bold]{info.ion_mb:.2f} MB[/] ({info.ion_bytes} B) = "
+            f"weights {info.weight_bytes} B + command buffers {commands} B + activations "
+            f"{activations} B + memory the programs share {shared} B + input/output buffers "
+            f"{io} B"
         )
+        onnx_names = _onnx_names(info)
         for k, p in enumerate(info.programs):
+            steps = " → ".join("a TPU step" if r == "tpu" else "a CPU step" for r in p.routines)
             t = Table(
-                title=f"program {k}: batch {p.batch_num}, shared gmem {p.shared_gmem} B, "
-                f"private gmem {p.private_gmem} B, io {p.io_bytes} B, routines "
-                f"{'+'.join(p.routines)}",
+                title=f"program {k} (batch {p.batch_num}): activations {p.private_gmem} B, "
+                f"shared {p.shared_gmem} B, input/output buffers {p.io_bytes} B; runs "
+                f"{steps}",
                 title_justify="left",
             )
             for col in (
@@ -82,9 +90,10 @@ def cmd_info(args: argparse.Namespace) -> int:
                 t.add_column(col)
             for kind, tensors in (("in", p.inputs), ("out", p.outputs)):
                 for x in tensors:
+                    shown = onnx_names.get(x.name, x.name)
                     t.add_row(
                         kind,
-                        x.name,
+                        shown if shown == x.name else f"{shown} ({x.name})",
                         "x".join(map(str, x.shape)),
                         x.dtype,
                         f"{x.qscale:.6g}",
@@ -119,6 +128,26 @@ def cmd_info(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _onnx_names(info) -> dict[str, str]:
+    """The compiler's tensor names → the model's own ONNX names, for a build's cvimodel (the
+    compiler names an output after its op: ``logits`` → ``logits_Gemm_f32``)."""
+    from duotpu.builder.manifest import listed_model
+    from duotpu.core.onnxrt import match_outputs
+
+    listed = listed_model(info.path)
+    if listed is None or listed.onnx is None:
+        return {}
+    import onnx
+
+    graph = onnx.load(str(listed.onnx), load_external_data=False).graph
+    compiled = [x.name for x in info.programs[0].outputs]
+    try:
+        found = match_outputs({o.name: None for o in graph.output}, dict.fromkeys(compiled))
+    except Exception:  # noqa: BLE001 — a cut model's outputs are not the ONNX's: keep names
+        return {}
+    return {c: o for o, c in found.items() if c != o}
+
+
 def _print_estimate(con, est, names: dict[int, str], layers: int | None) -> None:
     """The board-free latency estimate: time, fps, compute vs memory, utilization."""
     from rich.table import Table
@@ -128,7 +157,12 @@ def _print_estimate(con, est, names: dict[int, str], layers: int | None) -> None
         f"compute (TIU) {est.tiu_ms:.2f} ms, memory (TDMA) {est.tdma_ms:.2f} ms, "
         f"{est.bound}-bound; {est.macs / 1e9:.3f} GMAC at {est.mac_utilization * 100:.0f} % of "
         f"the {est.peak_gmacs:g} GMAC/s peak"
-        + (f"; {est.cpu_routines} CPU routine(s) not timed" if est.cpu_routines else "")
+        + (
+            f"; {est.cpu_routines} step(s) run on the board's CPU and are not in this estimate "
+            "(the input's conversion, or a layer the TPU has no kernel for)"
+            if est.cpu_routines
+            else ""
+        )
     )
     if layers:
         t = Table(title=f"the {layers} most expensive layers (estimate)", title_justify="left")
