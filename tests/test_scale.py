@@ -324,3 +324,25 @@ def test_an_interrupted_mix_search_resumes_without_rebuilding(tmp_path):
     for name, mtime in finished.items():
         (cvi,) = (mix / name).glob("*.cvimodel")
         assert cvi.stat().st_mtime_ns == mtime, f"{name} was built again"
+
+
+def test_both_executors_fail_alike_and_a_users_ray_session_stays_open():
+    import ray
+
+    from duotpu.compiler.executor import RayExecutor, Serial
+
+    items = ["1", "x", "3"]  # int("x"): an exception that is not one of duotpu's
+    serial = Serial().map(int, items, labels=items)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        ex = RayExecutor(workers=2)  # joins the session the caller started
+        on_ray = ex.map(int, items, labels=items)
+        ex.close()
+        assert ray.is_initialized(), "close() must not shut down the caller's session"
+    finally:
+        ray.shutdown()
+    for outcomes in (serial, on_ray):
+        assert [o.value for o in outcomes] == [1, None, 3]
+        failed = outcomes[1].failed
+        assert failed is not None and failed.label == "x"
+        assert "invalid literal" in failed.error and isinstance(failed.exception, ValueError)

@@ -7,7 +7,8 @@ the mixed-precision search's sensitivity candidates, ``duotpu eval``'s image sha
 ``bench/zoo.py``'s models. Results come back in the order of the items, whatever order the tasks
 finish in, so a parallel run produces what the serial one does. A task whose worker process dies
 is run once more (Ray's ``max_retries=1``); a second death, or an exception, comes back as a
-:class:`TaskFailed` for that item while the others go on. Ctrl-C (or SIGTERM) cancels every task:
+:class:`TaskFailed` for that item while the others go on — the same in both executors, for
+duotpu's typed errors and for any other exception. Ctrl-C (or SIGTERM) cancels every task:
 each task's tool processes are stopped with it.
 """
 
@@ -98,15 +99,13 @@ class Serial(Executor):
         labels: Sequence[str] | None = None,
         on_done: Done = _quiet,
     ) -> list[Outcome[R]]:
-        from duotpu.config.errors import DuoTpuError
-
         out: list[Outcome[R]] = []
         for i, item in enumerate(items):
             t0 = time.monotonic()
             try:
                 o: Outcome[R] = Outcome(i, fn(item), None, node_name(), time.monotonic() - t0)
-            except DuoTpuError as e:
-                failed = TaskFailed(_label(labels, i), str(e), exception=e)
+            except Exception as e:  # noqa: BLE001 — as on Ray: this item failed, the others go on
+                failed = TaskFailed(_label(labels, i), str(e) or type(e).__name__, exception=e)
                 o = Outcome(i, None, failed, node_name(), time.monotonic() - t0)
             on_done(o)
             out.append(o)
@@ -154,7 +153,9 @@ class RayExecutor(Executor):
                 "without --workers / --ray-address."
             ) from None
         self._ray = ray
-        if address:
+        # a session the caller started (ray.init before duotpu) is used as it is and left open
+        self._owned = not ray.is_initialized()
+        if self._owned and address:
             try:
                 ray.init(
                     address=address,
@@ -168,7 +169,7 @@ class RayExecutor(Executor):
                     "--head` on a machine that has duotpu installed, and give its address "
                     "(host:port, default port 6379)."
                 ) from None
-        else:
+        elif self._owned:
             ray.init(
                 num_cpus=max(1, workers),
                 include_dashboard=False,
@@ -249,7 +250,8 @@ class RayExecutor(Executor):
                 pass
 
     def close(self) -> None:
-        if self._ray.is_initialized():
+        """Stop the Ray session this executor started; one the caller started stays open."""
+        if self._owned and self._ray.is_initialized():
             self._ray.shutdown()
 
 
