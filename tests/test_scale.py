@@ -210,6 +210,14 @@ def test_a_two_node_cluster_builds_and_survives_a_lost_node(cluster, tiny_onnx_p
     for f in there.glob("*.cvimodel"):  # came back from the other node, byte for byte
         assert (out / name / f.name).read_bytes() == f.read_bytes()
     assert (out / name / "report.html").is_file() and not (out / name / "work").exists()
+    # the caller can evaluate it: the fp32 model came along, the node's paths did not
+    from conftest import run_cli
+    from duotpu.core import images
+
+    images.write_calibration_set(tmp_path / "imgs", 4, seed=3)
+    ev = run_cli("eval", str(out / name), "--images", str(tmp_path / "imgs"), "--check", "0")
+    assert ev.returncode == 0, ev.stderr
+    assert "/nodes/" not in (out / name / "manifest.json").read_text()
 
     proc = start(["nc", "nd", "ne"])
     deadline = time.monotonic() + 300  # the first finished build, then the node goes down

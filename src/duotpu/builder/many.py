@@ -10,16 +10,18 @@ must be at the same path on every node (a shared or copied folder).
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from duotpu.compiler.executor import Executor, Outcome, Serial
-from duotpu.config.errors import ConfigError, PartialBuild
+from duotpu.config.errors import ConfigError, DuoTpuError, PartialBuild
 from duotpu.config.recipe import Recipe
 from duotpu.core.files import atomic_write
 
+from .manifest import MANIFEST
 from .pipeline import BuildResult, build, default_out_dir
 
 
@@ -93,16 +95,62 @@ def _build_one(job: _Job) -> _Shipped:
     except PartialBuild as e:
         result, error = e.result, str(e)
     summary = _summary(result, Path(job.out_dir), error)
-    files = {}
-    if remote:
-        files = {p.name: p.read_bytes() for p in sorted(out.iterdir()) if p.is_file()}
+    files = _delivered(result, out) if remote else {}
     return _Shipped(summary, files)
 
 
+#: the fp32 model shipped beside a build done on another node (its work folder stays there)
+SHIPPED_ONNX = "{name}.fp32.onnx"
+
+
+def _delivered(result: BuildResult, out: Path) -> dict[str, bytes]:
+    """The files this build delivered (not whatever an earlier build left in the node's
+    folder), and its fp32 ONNX, which eval and predict need on the caller's side."""
+    r = result.recipe
+    names = {a.cvimodel.name for a in result.models.values()}
+    names |= {MANIFEST, "report.html", f"{r.name}.recipe.toml"}
+    names |= {f"{r.name}{s}" for s in (".detect.json", ".tail.onnx", ".qtable", ".mix.md")}
+    files = {n: (out / n).read_bytes() for n in sorted(names) if (out / n).is_file()}
+    manifest = json.loads(files[MANIFEST]) if MANIFEST in files else {}
+    fp32 = manifest.get("reference_onnx") or manifest.get("onnx")
+    if fp32 and Path(fp32).is_file():
+        files[SHIPPED_ONNX.format(name=r.name)] = Path(fp32).read_bytes()
+    return files
+
+
 def _receive(out_dir: Path, files: dict[str, bytes]) -> None:
-    """Write files a task built on another node into the caller's build folder, atomically."""
+    """Write files a task built on another node into the caller's build folder, atomically:
+    plain names only (a name with a folder in it is refused), cvimodels an earlier build left
+    there and this one did not deliver removed, and the manifest's paths made the caller's
+    (the node's work folder is not here: its fast-path files are left out)."""
+    bad = [n for n in files if n != Path(n).name or n in ("", ".", "..") or n.startswith(".")]
+    if bad:
+        raise DuoTpuError(
+            f"A build on another node sent files named {', '.join(map(repr, bad))}: only plain "
+            "file names are written into the build folder. Nothing was written."
+        )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in out_dir.glob("*.cvimodel"):
+        if stale.name not in files:
+            stale.unlink()
     for name, data in files.items():
+        if name == MANIFEST:
+            data = _local_manifest(data, out_dir, files)
         atomic_write(out_dir / name, data)
+
+
+def _local_manifest(data: bytes, out_dir: Path, files: dict[str, bytes]) -> bytes:
+    m = json.loads(data)
+    shipped = next((n for n in files if n.endswith(".fp32.onnx")), None)
+    fp32 = str((out_dir / shipped).resolve()) if shipped else None
+    m["work_dir"] = None
+    m["top_mlir"] = None
+    m["onnx"] = m["reference_onnx"] = fp32
+    for entry in (m.get("models") or {}).values():
+        if isinstance(entry, dict):
+            entry["tpu_mlir"] = None
+            entry["tensor_info"] = None
+    return json.dumps(m, indent=2).encode()
 
 
 def build_many(

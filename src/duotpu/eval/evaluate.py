@@ -315,6 +315,13 @@ def evaluate_build(
     if not models:
         raise ConfigError(f"No cvimodel in {target}. Give a cvimodel or a build folder.")
     built = [runtime.open_model(m, recipe) for m in models]
+    if backend == "mlir" and any(b.tpu_mlir is None for b in built):
+        # a build copied from elsewhere (another node, another machine) has no work folder
+        log(
+            "the quantized MLIR (the fast path) is not here — the build's work folder is "
+            "elsewhere: evaluating on the CV18xx simulator (slower, the same answers)"
+        )
+        backend = "cvimodel"
     if built[0].head is not None:
         return _evaluate_detector(
             target, built, Path(images), backend, limit, layers, progress, log, executor, recipe
