@@ -70,9 +70,12 @@ def test_a_signal_to_duotpu_alone_stops_every_child(tmp_path, tiny_onnx_path, si
     _, alive = psutil.wait_procs(children, timeout=2.0)
     stopped = time.monotonic() - t0
     assert not alive, [c.cmdline() for c in alive]
-    _, err = proc.communicate(timeout=10)
+    out_text, err = proc.communicate(timeout=10)
     assert proc.returncode == code, err
     assert "interrupted" in err and "Traceback" not in err
+    # the stage in progress is shown as interrupted, not as failed
+    assert "calibrate" in out_text and "interrupted (rerun resumes)" in out_text
+    assert "✗ calibrate" not in out_text
     print(f"children stopped {stopped:.2f} s after the signal")
     assert not list(out.glob("*.cvimodel"))
     assert not (out / "work" / "calibrate").exists()  # the interrupted stage is not kept

@@ -47,7 +47,7 @@ class StageEvent:
     """A stage started, finished, was found in the cache, failed, or has a warning."""
 
     stage: str
-    status: str  # "start" | "done" | "cached" | "failed" | "warning" | "info"
+    status: str  # "start" | "done" | "cached" | "failed" | "interrupted" | "warning" | "info"
     seconds: float = 0.0
     message: str = ""
 
@@ -315,6 +315,9 @@ class WorkDir:
         try:
             with recording() as runs:
                 made = fn(tmp)
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM (Interrupted): not the stage's failure
+            self.events(StageEvent(name, "interrupted", time.monotonic() - t0))
+            raise
         except BaseException:
             self.events(StageEvent(name, "failed", time.monotonic() - t0))
             raise

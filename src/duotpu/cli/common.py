@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -30,26 +31,56 @@ def _err_console():
 # Progress: one line per stage, with its time
 # --------------------------------------------------------------------------------------------
 class StageProgress:
-    """Renders pipeline events: a spinner while stages run, one line per finished stage."""
+    """Renders pipeline events: a spinner with each running stage's elapsed time on a
+    terminal (a "started" line and a line a minute when the output is piped), one line per
+    finished stage."""
+
+    HEARTBEAT = 60.0  # seconds between "still running" lines when the output is not a terminal
 
     def __init__(self, console):
         from rich.status import Status
 
         self.console = console
-        self.running: list[str] = []
+        self.running: dict[str, float] = {}  # stage → when it started
         self.lock = threading.Lock()
         self.status = Status("", console=console, spinner="dots")
         self.started = False
+        self._stop = threading.Event()
+        self._ticker = threading.Thread(target=self._tick, daemon=True)
+        self._ticker.start()
+
+    def _tick(self) -> None:
+        last_beat = time.monotonic()
+        while not self._stop.wait(1.0):
+            with self.lock:
+                if not self.running:
+                    last_beat = time.monotonic()
+                    continue
+                if self.console.is_terminal:
+                    self._refresh()
+                elif time.monotonic() - last_beat >= self.HEARTBEAT:
+                    last_beat = time.monotonic()
+                    self.console.print(f"… still running: {self._running_text()}")
+
+    def _running_text(self) -> str:
+        now = time.monotonic()
+        return ", ".join(f"{s} ({now - t0:.0f} s)" for s, t0 in self.running.items())
 
     def __call__(self, ev) -> None:
         from rich.markup import escape as markup_escape
 
         with self.lock:
             if ev.status == "start":
-                self.running.append(ev.stage)
-            elif ev.stage in self.running and ev.status in ("done", "failed", "cached"):
-                self.running.remove(ev.stage)
-            if ev.status == "done":
+                self.running[ev.stage] = time.monotonic()
+                if not self.console.is_terminal:
+                    self.console.print(f"… {ev.stage:<14} started")
+            elif ev.status in ("done", "failed", "cached", "interrupted"):
+                self.running.pop(ev.stage, None)
+            if ev.status == "interrupted":
+                self.console.print(
+                    f"[yellow]■[/] {ev.stage:<14} {ev.seconds:6.1f} s  interrupted (rerun resumes)"
+                )
+            elif ev.status == "done":
                 self.console.print(f"[green]✓[/] {ev.stage:<14} {ev.seconds:6.1f} s")
             elif ev.status == "cached":
                 self.console.print(
@@ -65,7 +96,7 @@ class StageProgress:
 
     def _refresh(self) -> None:
         if self.running and self.console.is_terminal:
-            self.status.update("running " + ", ".join(self.running) + " …")
+            self.status.update("running " + self._running_text() + " …")
             if not self.started:
                 self.status.start()
                 self.started = True
@@ -74,6 +105,7 @@ class StageProgress:
             self.started = False
 
     def close(self) -> None:
+        self._stop.set()
         with self.lock:
             if self.started:
                 self.status.stop()
