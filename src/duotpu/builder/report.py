@@ -23,6 +23,7 @@ from duotpu.core.labels import class_name, imagenet_classes
 if TYPE_CHECKING:
     from duotpu.builder.mixprec import Candidate
     from duotpu.builder.pipeline import BuildResult
+    from duotpu.config.recipe import Recipe
 
 REPORT = "report.html"
 
@@ -55,8 +56,25 @@ def write_build_report(result: BuildResult) -> Path:
         f"{hp.esc(r.chip)} · task {hp.esc(r.task)} · source <code>{hp.esc(r.model.source)}</code>"
         f" · built {when} with tpu_mlir {hp.esc(manifest.get('versions', {}).get('tpu_mlir', '?'))}"
     )
+    if random_weights(r):
+        lead += (
+            ". <b>Random weights</b> (no <code>model.weights</code>): the classes and boxes "
+            "below mean nothing; the numbers describe quantization, memory and speed."
+        )
     doc = hp.page(f"duotpu build: {r.name}", f"duotpu build: {r.name}", lead, sections)
     return hp.write(result.out_dir, None, doc, stem=Path(REPORT).stem)
+
+
+def random_weights(r: Recipe) -> bool:
+    """A model built with random weights (a torchvision:, timm: or ultralytics: architecture
+    without ``model.weights``)."""
+    from duotpu.builder.export import source_kind
+
+    return not r.model.weights and source_kind(r.model.source) in (
+        "torchvision",
+        "timm",
+        "ultralytics",
+    )
 
 
 def _fit(chip: str, ion_mb: float) -> str:
@@ -344,14 +362,19 @@ def _recipe(result: BuildResult) -> str:
 
 
 def _stages(result: BuildResult) -> str:
-    rows = [
-        [hp.esc(s.name), f"{s.seconds:.1f} s", "cached" if s.cached else "ran"]
-        for s in result.stages
-    ]
     total = sum(s.seconds for s in result.stages if not s.cached)
+    rows = [
+        [
+            hp.esc(s.name),
+            f"{s.seconds:.1f} s",
+            f"{100 * s.seconds / total:.0f} %" if total and not s.cached else "—",
+            "cached" if s.cached else "ran",
+        ]
+        for s in sorted(result.stages, key=lambda s: (s.cached, -s.seconds))
+    ]
     return hp.section(
         "stages",
         "Stages",
-        hp.table(["stage", "time", ""], rows, numeric=(1,)),
+        hp.table(["stage", "time", "share", ""], rows, numeric=(1, 2)),
         f"{total:.1f} s of work in this build; a cached stage shows the time it took when it ran.",
     )

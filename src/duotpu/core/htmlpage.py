@@ -190,6 +190,6 @@ def zoomed_limits(values: Sequence[float], top: float = 1.0) -> tuple[float, flo
     """Axis limits that show where the values are: from a little under the smallest to a
     little over ``top`` (cosines near 1 would otherwise look all the same)."""
     lo = float(min(values)) if len(values) else 0.0
-    lo = min(lo, top)
-    span = max(top - lo, 1e-4)
+    lo = min(lo, top - 0.01)  # at least 0.01 of axis: a drop of 0.0001 is not a cliff
+    span = top - lo
     return lo - 0.08 * span, top + 0.04 * span

@@ -1,0 +1,23 @@
+"""Pieces of the reports that need no build: axis limits, the random-weights note."""
+
+from __future__ import annotations
+
+from duotpu.builder.report import random_weights
+from duotpu.config.recipe import recipe_from_dict
+from duotpu.core.htmlpage import zoomed_limits
+
+
+def test_a_tiny_cosine_drop_does_not_look_like_a_cliff():
+    lo, hi = zoomed_limits([0.99992, 0.99999, 1.0])
+    assert hi - lo >= 0.01  # before: 0.99991..1.0, the drop filled the axis
+    lo, hi = zoomed_limits([0.80, 0.95, 1.0])
+    assert lo < 0.80 < 0.95 < hi  # a real drop is still shown whole, zoomed
+
+
+def test_random_weights_are_named():
+    def recipe(**model):
+        return recipe_from_dict({"name": "n", "model": model}, "test")
+
+    assert random_weights(recipe(source="torchvision:mobilenet_v2"))
+    assert not random_weights(recipe(source="torchvision:mobilenet_v2", weights="DEFAULT"))
+    assert not random_weights(recipe(source="model.onnx"))
