@@ -92,3 +92,13 @@ def test_advice_fits_the_mode():
     assert "calibration" in tolerance_advice("int8", "tolerance.int8")
     bf16 = tolerance_advice("bf16", "tolerance.bf16")
     assert "calibration images" not in bf16 and "tolerance.bf16" in bf16
+
+
+def test_runtime_codes_have_one_table_for_board_run_and_the_board_app():
+    from duotpu.board.runner import explain_runtime_failure
+    from duotpu.onboard import cvi
+
+    assert "out of memory (ION)" in explain_runtime_failure("register failed: 0xC077800C")
+    assert "out of memory (ION)" in cvi.explain(0xC077800C - (1 << 32))  # as a C int
+    assert "newer compiler" in explain_runtime_failure("error 0xc0010102")
+    assert explain_runtime_failure("all fine") == ""

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from duotpu.config.errors import BoardError
+from duotpu.onboard.cvi import RETURN_CODES
 
 from .ssh import Board, RemoteResult
 from .sync import push_model, remote_model_path
@@ -44,10 +45,15 @@ _RUNTIME_ERRORS = [
 
 
 def explain_runtime_failure(text: str) -> str:
-    """Plain words for a known model_runner failure, or ''."""
+    """Plain words for a known model_runner failure, or ''. The runtime's return codes are
+    the board app's table (:data:`duotpu.onboard.cvi.RETURN_CODES`): one table for both."""
     for pattern, advice in _RUNTIME_ERRORS:
         if re.search(pattern, text):
             return advice
+    for code in re.findall(r"0x[0-9a-fA-F]{8}", text):
+        words = RETURN_CODES.get(int(code, 16))
+        if words:
+            return f"The runtime returned {code.lower()}: {words}."
     return ""
 
 
