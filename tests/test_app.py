@@ -458,3 +458,78 @@ def test_c_app_cross_compiles_for_the_boards(tiny_build, tmp_path, target, machi
         "app_config.h",
         "Makefile",
     }
+
+
+def test_two_inputs_and_two_outputs_through_the_board_runtime(board_python, tmp_path):
+    """A cvimodel with two inputs of different ranks and two outputs (made with tpu_mlir's own
+    tools: duotpu's builds take one input until issue 27): the board runtime, fed by name,
+    gives tpu_mlir's model_runner's outputs bit for bit."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from duotpu import compiler
+    from duotpu.config.recipe import Preprocess
+
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.normal(0, 0.3, (4, 3, 3, 3)).astype(np.float32), "w")
+    m = numpy_helper.from_array(rng.normal(0, 0.3, (8, 5)).astype(np.float32), "m")
+    g = helper.make_graph(
+        [
+            helper.make_node("Conv", ["a", "w"], ["c"], pads=[1, 1, 1, 1], name="conv"),
+            helper.make_node("Relu", ["c"], ["feat"], name="relu"),
+            helper.make_node("MatMul", ["b", "m"], ["score"], name="mm"),
+        ],
+        "two",
+        [
+            helper.make_tensor_value_info("a", TensorProto.FLOAT, [1, 3, 8, 8]),
+            helper.make_tensor_value_info("b", TensorProto.FLOAT, [1, 8]),
+        ],
+        [
+            helper.make_tensor_value_info("feat", TensorProto.FLOAT, [1, 4, 8, 8]),
+            helper.make_tensor_value_info("score", TensorProto.FLOAT, [1, 5]),
+        ],
+        [w, m],
+    )
+    path = tmp_path / "two.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+    x = {
+        "a": rng.normal(0, 1, (1, 3, 8, 8)).astype(np.float32),
+        "b": rng.normal(0, 1, (1, 8)).astype(np.float32),
+    }
+    np.savez(tmp_path / "in.npz", **x)
+    compiler.transform(
+        "two", path, [[1, 3, 8, 8], [1, 8]], tmp_path, tmp_path / "t.log",
+        preprocess=Preprocess(), test_input=None, tolerance=(0.99, 0.99),
+    )  # fmt: skip
+    compiler.run_tool(
+        "deploy", "model_deploy",
+        ["--mlir", "two.mlir", "--quantize", "BF16", "--chip", "cv180x", "--model",
+         "two.cvimodel"],
+        tmp_path, tmp_path / "d.log",
+    )  # fmt: skip
+    ref = compiler.run_cvimodel(tmp_path / "two.cvimodel", tmp_path / "in.npz",
+                                tmp_path / "ref.npz", tmp_path / "r.log")  # fmt: skip
+    runtime_dir = Path(__file__).parent.parent / "src" / "duotpu"
+    script = (
+        "import sys, numpy as np; sys.path.insert(0, sys.argv[1])\n"
+        "from onboard.cvi import Model\n"
+        "m = Model(sys.argv[2])\n"
+        "assert [i.name for i in m.inputs] == ['a', 'b'], m.inputs\n"
+        "assert [i.count for i in m.inputs] == [192, 8], [i.count for i in m.inputs]\n"
+        "x = dict(np.load(sys.argv[3]))\n"
+        "out = m.run({'b': x['b'], 'a': x['a']})  # by name, in any order\n"
+        "np.savez(sys.argv[4], **out)\n"
+        "print('outputs', len(m.outputs))\n"
+    )
+    proc = subprocess.run(
+        [str(board_python), "-I", "-c", script, str(runtime_dir), str(tmp_path / "two.cvimodel"),
+         str(tmp_path / "in.npz"), str(tmp_path / "board.npz")],
+        env=_board_env(), capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "outputs 2" in proc.stdout.splitlines()
+    with np.load(ref) as want, np.load(tmp_path / "board.npz") as got:
+        # model_runner also keeps the inputs and a few inner tensors; the outputs are these two
+        assert len(got.files) == 2 and set(got.files) <= set(want.files), got.files
+        for name in got.files:
+            assert np.array_equal(got[name].ravel(), want[name].ravel()), name
