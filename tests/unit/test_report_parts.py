@@ -21,3 +21,12 @@ def test_random_weights_are_named():
     assert random_weights(recipe(source="torchvision:mobilenet_v2"))
     assert not random_weights(recipe(source="torchvision:mobilenet_v2", weights="DEFAULT"))
     assert not random_weights(recipe(source="model.onnx"))
+
+
+def test_long_names_wrap_at_their_separators_not_mid_word():
+    from duotpu.core.htmlpage import breakable
+
+    assert breakable("/model.22/cv2.0/Conv_output_0") == (
+        "/<wbr>model.<wbr>22/<wbr>cv2.<wbr>0/<wbr>Conv_<wbr>output_<wbr>0"
+    )
+    assert breakable("<b>") == "&lt;b&gt;"  # still escaped

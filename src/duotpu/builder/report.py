@@ -96,37 +96,38 @@ def _models(result: BuildResult, manifest: dict[str, Any]) -> str:
         worst_out = min(art.cosine, key=lambda n: art.cosine[n])
         est = entry.get("estimate") or {}
         rows.append(
+            # the key columns first: on a phone the table scrolls sideways after them
             [
-                f"<b>{hp.esc(mode.upper())}</b><br><small>{hp.esc(art.cvimodel.name)}</small>",
-                hp.num(art.size_bytes / 1e6, ".2f") + " MB",
-                hp.at(manifest, ".2f", "models", mode, "ion_mb") + " MB",
-                _fit(result.recipe.chip, art.ion_mb),
+                f"<b>{hp.esc(mode.upper())}</b><br><small>{hp.breakable(art.cvimodel.name)}</small>",
                 hp.at(manifest, ".4f", "models", mode, "cosine_vs_fp32", worst_out)
                 + (f"<br><small>{hp.esc(worst_out)}</small>" if len(art.cosine) > 1 else ""),
-                hp.at(manifest, ".4f", "models", mode, "worst_image_cosine")
-                + f"<br><small>of {entry.get('verified_images', 1)}</small>",
-                hp.esc(entry.get("verified_on", "")),
+                _fit(result.recipe.chip, art.ion_mb),
+                hp.at(manifest, ".2f", "models", mode, "ion_mb") + " MB",
                 (
                     hp.at(manifest, ".2f", "models", mode, "estimate", "ms")
                     + f" ms<br><small>{est['fps']:.0f} fps, {hp.esc(est['bound'])}-bound</small>"
                     if est
                     else "—"
                 ),
+                hp.at(manifest, ".4f", "models", mode, "worst_image_cosine")
+                + f"<br><small>of {entry.get('verified_images', 1)}</small>",
+                hp.num(art.size_bytes / 1e6, ".2f") + " MB",
+                hp.esc(entry.get("verified_on", "")),
             ]
         )
     body = hp.table(
         [
             "model",
-            "file size",
-            "board memory (ION)",
-            "fits",
             "cosine vs fp32",
-            "worst image",
-            "verified on",
+            "fits",
+            "board memory (ION)",
             "est. board time",
+            "worst image",
+            "file size",
+            "verified on",
         ],
         rows,
-        numeric=(1, 2),
+        numeric=(3, 6),
     )
     return hp.section(
         "models",
@@ -312,7 +313,7 @@ def _slowest_layers(result: BuildResult, manifest: dict[str, Any], n: int = 8) -
     total = art.estimate.ms or 1.0
     rows = [
         [
-            hp.esc(names.get(lt.layer, f"layer {lt.layer}")),
+            hp.breakable(names.get(lt.layer, f"layer {lt.layer}")),
             f"{lt.tiu_ms:.3f}",
             f"{lt.tdma_ms:.3f}",
             f"{100 * max(lt.tiu_ms, lt.tdma_ms) / total:.0f} %",

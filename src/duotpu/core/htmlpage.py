@@ -41,18 +41,29 @@ svg,img{max-width:100%;height:auto}
  overflow-wrap:anywhere}
 .card table{width:100%;table-layout:fixed}
 .card img{display:block;margin:0 auto 6px}
-.card h3{font-size:.95em;margin:.1em 0 .3em;word-break:break-all}
+.card h3{font-size:.95em;margin:.1em 0 .3em;overflow-wrap:anywhere}
 .bar{height:6px;background:#4c8bf5;border-radius:3px}
 .side{display:grid;grid-template-columns:repeat(auto-fit,minmax(min(260px,100%),1fr));gap:10px}
 .kv td:first-child{color:var(--mute);white-space:nowrap}
 small{color:var(--mute)}
 code,p{overflow-wrap:anywhere}
+@media (max-width:600px){body{font-size:14px;padding:10px} th,td{padding:3px 6px}
+ h1{font-size:1.25em}}
 """
 
 
 def esc(value: object) -> str:
     """HTML-escaped text."""
     return html.escape(str(value))
+
+
+def breakable(name: object) -> str:
+    """A long tensor or file name, escaped, that may wrap after its ``/ . _ -`` separators
+    rather than in the middle of a word."""
+    text = esc(name)
+    for sep in ("/", ".", "_", "-"):
+        text = text.replace(sep, sep + "<wbr>")
+    return text
 
 
 def num(value: float | int | None, spec: str = ".4f", key: str | None = None) -> str:

@@ -336,7 +336,7 @@ def _depth(per_layer: dict[str, list]) -> str:
     cos = {m: dict(layers) for m, layers in per_layer.items()}
     rows = sorted(
         (
-            [f"{x_of[n]}", f"<code>{hp.esc(n)}</code>"]
+            [f"{x_of[n]}", f"<code>{hp.breakable(n)}</code>"]
             + [f"{cos[m][n]:.4f}" if n in cos[m] else "—" for m in per_layer]
             for n in worst_names
         ),
