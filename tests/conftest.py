@@ -117,6 +117,23 @@ def variant_builds(tmp_path_factory, tiny_onnx_path):
     return fused, multi
 
 
+@pytest.fixture(scope="session")
+def tiny_v8_build(tmp_path_factory):
+    """An Ultralytics YOLOv8 architecture (random weights, 160x160) built once for INT8."""
+    from duotpu.builder import pipeline
+
+    # random weights in a deep network quantize far worse than trained ones: loose tolerances
+    return pipeline.build(
+        det_recipe(
+            "tinymodels:lively_yolov8",
+            160,
+            "tv8",
+            tolerance={"int8": [0.3, -1.0], "verify_int8": 0.3},
+        ),
+        tmp_path_factory.mktemp("v8build"),
+    )
+
+
 def run_cli(
     *args: str, cwd: Path | None = None, env: dict | None = None
 ) -> subprocess.CompletedProcess:

@@ -119,14 +119,15 @@ def test_int8_and_bf16_classifier_on_the_board_equal_the_host(
     assert bench.returncode == 0 and "tpu x3: mean" in bench.stdout
 
 
+@pytest.mark.parametrize("which", ["v5", "v8"])
 def test_yolo_detector_on_the_board_gives_the_hosts_boxes(
-    board_python, tiny_detector_build, photo, tmp_path
+    board_python, tiny_detector_build, tiny_v8_build, photo, tmp_path, which
 ):
+    from duotpu import make_app
     from duotpu.infer import runtime
 
-    art = tiny_detector_build.models["int8"]
-    from duotpu import make_app
-
+    # YOLOv5 (anchors, objectness) and YOLOv8 (anchor-free, DFL): both decodes on the board
+    art = (tiny_detector_build if which == "v5" else tiny_v8_build).models["int8"]
     app = make_app(art.cvimodel.parent, tmp_path / "det").folder
     got = run_app(
         board_python, app, str(photo), "--json", "--conf", "0.05", "--save", str(tmp_path / "d.npz")
