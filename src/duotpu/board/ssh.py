@@ -220,7 +220,10 @@ class Board:
             while chan.recv_stderr_ready():
                 err += chan.recv_stderr(65536)
                 got = True
-            if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
+            # the end is the server's EOF (all output sent), not the exit status, which sshd
+            # may send while output is still on its way
+            done = chan.eof_received or chan.closed
+            if done and not chan.recv_ready() and not chan.recv_stderr_ready():
                 break
             if time.monotonic() > deadline:
                 raise BoardError(
