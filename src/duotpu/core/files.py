@@ -18,23 +18,23 @@ os.umask(_UMASK)
 
 @contextlib.contextmanager
 def atomic_path(dst: Path) -> Iterator[Path]:
-    """A unique temporary path beside ``dst`` (with its suffix, so writers that go by the
-    suffix keep working) to write into; renamed to ``dst`` when the block ends, removed if it
-    raises. Two writers of one file never share the temporary name."""
+    """A unique temporary path to write ``dst`` into, renamed to ``dst`` when the block ends
+    and removed if it raises. It has ``dst``'s own name (writers that go by the suffix, such as
+    ``np.savez`` and ``cv2.imwrite``, keep working) inside a hidden folder of its own beside
+    ``dst``: two writers never share it, and no ``*.cvimodel`` glob of the folder sees a
+    half-written file."""
     dst = Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.stem}.", suffix=f".part{dst.suffix}")
-    os.close(fd)
-    tmp = Path(name)
-    os.chmod(tmp, 0o666 & ~_UMASK)
+    box = Path(tempfile.mkdtemp(dir=dst.parent, prefix=".duotpu-tmp-"))
+    tmp = box / dst.name
     try:
+        tmp.touch(mode=0o666 & ~_UMASK)
         yield tmp
         with open(tmp, "rb+") as f:  # on disk before the rename: a crash leaves old or new
             os.fsync(f.fileno())
         os.replace(tmp, dst)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    finally:
+        shutil.rmtree(box, ignore_errors=True)
 
 
 def atomic_write(dst: Path, content: str | bytes) -> Path:
