@@ -21,6 +21,7 @@ def test_a_node_writes_only_plain_names_and_leaves_no_stale_model(tmp_path):
         assert not (tmp_path / "build" / "x").exists()
     assert (out / "net_cv180x_int8.cvimodel").read_bytes() == b"old int8"  # nothing written
     manifest = {
+        "name": "net",
         "work_dir": "/node/cache/work",
         "onnx": "/node/cache/work/export/net.onnx",
         "reference_onnx": None,

@@ -143,12 +143,12 @@ def _tail_graph(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     return graph, consts
 
 
-def app_config(build: Path, models: dict[str, BuiltModel]) -> dict[str, Any]:
+def app_config(models: dict[str, BuiltModel]) -> dict[str, Any]:
     """``app.json`` for the build's models (the first is the default)."""
     first = next(iter(models.values()))
     r = first.recipe
     t = first.info.programs[0].inputs[0]
-    shape = tuple(first.info.programs[0].inputs[0].shape)
+    shape = tuple(t.shape)
     channels = (
         shape[1] if len(shape) == 4 and not (t.pixel_format and "PACKED" in t.pixel_format) else 3
     )
@@ -190,7 +190,7 @@ def app_config(build: Path, models: dict[str, BuiltModel]) -> dict[str, Any]:
     if r.task == "classify":
         first_name = first.output_names[0]
         cfg["first_output"] = first_name
-        n = int(np.prod([d for d in (out0[0].shape[1:] if out0 else [])])) if out0 else 0
+        n = int(np.prod(out0[0].shape[1:])) if out0 else 0
         if first.tail is None and n == 1000:
             cfg["labels"] = labels.imagenet_classes()
     if r.task == "detect" and first.head is not None:
@@ -235,7 +235,7 @@ def make_app(
     if not order:
         raise ConfigError(f"The build {build} delivered no cvimodel; rebuild it first.")
     models = {m: open_model(build / listed[m]["cvimodel"]) for m in order}
-    cfg = app_config(build, models)
+    cfg = app_config(models)
     first = next(iter(models.values()))
     final = Path(out) if out else build / "app"
     tmp = final.with_name(f".{final.name}.part")

@@ -141,8 +141,8 @@ def _receive(out_dir: Path, files: dict[str, bytes]) -> None:
 
 def _local_manifest(data: bytes, out_dir: Path, files: dict[str, bytes]) -> bytes:
     m = json.loads(data)
-    shipped = next((n for n in files if n.endswith(".fp32.onnx")), None)
-    fp32 = str((out_dir / shipped).resolve()) if shipped else None
+    shipped = SHIPPED_ONNX.format(name=m.get("name", ""))
+    fp32 = str((out_dir / shipped).resolve()) if shipped in files else None
     m["work_dir"] = None
     m["top_mlir"] = None
     m["onnx"] = m["reference_onnx"] = fp32

@@ -511,8 +511,10 @@ def _calibration_images(r: Recipe, folder: Path, wd: WorkDir) -> tuple[Path, int
     target.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(cal.seed)
     # the seed's choice first, then the others in order: a broken file is replaced by the next
-    first = sorted(rng.choice(len(scan.paths), min(cal.count, len(scan.paths)), replace=False))
-    order = [int(i) for i in first] + [i for i in range(len(scan.paths)) if i not in set(first)]
+    first = [int(i) for i in sorted(rng.choice(len(scan.paths), min(cal.count, len(scan.paths)),
+                                                replace=False))]  # fmt: skip
+    taken = set(first)
+    order = first + [i for i in range(len(scan.paths)) if i not in taken]
     chosen: list[Path] = []
     broken: list[tuple[Path, str]] = []
     for i in order:
@@ -660,8 +662,7 @@ def stage_deploy(
         key["onnx"] = compiler.file_digest(t.onnx)
         key["preprocess"] = asdict(r.preprocess)
         key["transform_tolerance"] = r.tolerance.transform
-    suffix = "" if d.batch_sizes == (1,) else "_" + "_".join(f"bs{b}" for b in d.batch_sizes)
-    cvi_name = f"{tool_name(r.name)}_{r.chip}_{mode}{suffix}.cvimodel"
+    cvi_name = cvimodel_file(tool_name(r.name), r, mode)
 
     def run(folder: Path) -> Deployed:
         transformed_files = t.files
@@ -1028,12 +1029,18 @@ def _extra_cosines(
     return out
 
 
-def delivered_name(recipe: Recipe, mode: str) -> str:
-    """The file name of a delivered cvimodel: the user's model name, the chip, the mode and the
-    batch sizes (``MyNet_cv180x_int8.cvimodel``, ``net_cv180x_bf16_bs1_bs4.cvimodel``)."""
+def cvimodel_file(name: str, recipe: Recipe, mode: str) -> str:
+    """A cvimodel's file name: ``name``, the chip, the mode and the batch sizes
+    (``MyNet_cv180x_int8.cvimodel``, ``net_cv180x_bf16_bs1_bs4.cvimodel``)."""
     sizes = recipe.deploy.batch_sizes
     suffix = "" if sizes == (1,) else "_" + "_".join(f"bs{b}" for b in sizes)
-    return f"{recipe.name}_{recipe.chip}_{mode}{suffix}.cvimodel"
+    return f"{name}_{recipe.chip}_{mode}{suffix}.cvimodel"
+
+
+def delivered_name(recipe: Recipe, mode: str) -> str:
+    """The file name of a delivered cvimodel: the user's model name (the work folder's copy
+    has tpu_mlir's :func:`~.workdir.tool_name`)."""
+    return cvimodel_file(recipe.name, recipe, mode)
 
 
 def default_out_dir(recipe: Recipe) -> Path:

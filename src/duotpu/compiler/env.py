@@ -152,18 +152,16 @@ def versions() -> dict[str, str]:
     cache key)."""
     from importlib import metadata
 
+    required = ("duotpu", "tpu_mlir", "torch", "onnx", "onnxruntime", "onnxsim")
+    # the model libraries whose code builds a source (timm:, ultralytics:), when installed
+    optional = ("timm", "ultralytics", "torchvision")
     out = {}
-    # duotpu itself, and the model libraries whose code builds a source (timm:, ultralytics:)
-    for dist in ("duotpu", "tpu_mlir", "torch", "onnx", "onnxruntime", "onnxsim"):
+    for dist in required + optional:
         try:
             out[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
-            out[dist] = "missing"
-    for dist in ("timm", "ultralytics", "torchvision"):
-        try:
-            out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            pass
+            if dist in required:
+                out[dist] = "missing"
     return out
 
 
