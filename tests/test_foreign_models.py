@@ -74,6 +74,11 @@ def test_a_partial_build_delivers_the_verified_mode(tmp_path: Path) -> None:
     manifest = json.loads((out / "manifest.json").read_text())
     assert list(manifest["models"]) == ["bf16"]
     assert "cosine" in manifest["failed"]["int8"]
+    # the failed mode's stages are in the record: the deploy that ran, the verify that failed
+    assert "deploy-int8" in [s["name"] for s in manifest["stages"]]
+    assert "verify-int8" in manifest["failed_stages"]
+    report = (out / "report.html").read_text()
+    assert "deploy-int8" in report and "verify-int8" in report and ">failed<" in report
     info = run_cli("info", str(out / "t_cv180x_bf16.cvimodel"))
     assert info.returncode == 0 and "bf16" in info.stdout.lower()
 
@@ -167,6 +172,11 @@ def test_a_model_that_is_not_a_classifier_is_shown_as_tensors(tmp_path: Path) ->
     for d in data["modes"].values():
         assert set(d["cosine_mean"]) == {"mask", "box"}
         assert all(d["cosine_worst"][n] <= d["cosine_mean"][n] for n in d["cosine_mean"])
+    # the report shows each worst image itself, named, with the outputs it was worst for
+    html = (out / "eval" / "report.html").read_text()
+    worst = {Path(p).name for d in data["modes"].values() for p in d["worst_image_path"].values()}
+    assert "The worst images" in html and html.count("<img") >= len(worst) >= 1
+    assert all(name in html for name in worst)
 
 
 @pytest.mark.slow

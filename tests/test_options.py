@@ -172,6 +172,12 @@ def test_save_input_files_replays_the_build(tiny_onnx_path, tmp_path):
     assert (root / "tiny.onnx").is_file() and len(list((root / "calibration").iterdir())) == 6
     script = (root / "replay.sh").read_text()
     assert str(tmp_path) not in script and "model_deploy.py" in script
+    # model_deploy checks at the recipe's tolerances, as the old tool did (duotpu itself checks
+    # them in its verify stage)
+    r = tiny_recipe(tiny_onnx_path)
+    for tol in (r.tolerance.int8, r.tolerance.bf16):
+        assert f"--tolerance {tol[0]},{tol[1]}" in script
+    assert str(compiler.NO_TOLERANCE[1]) not in script
     proc = subprocess.run(
         ["sh", str(root / "replay.sh")],
         env=compiler.tool_env(),

@@ -8,7 +8,7 @@ import pytest
 
 from conftest import run_cli, tiny_recipe
 from duotpu.builder import pipeline
-from duotpu.config.errors import ToleranceError
+from duotpu.config.errors import PartialBuild, ToleranceError
 from duotpu.core.preprocess import preprocess_image
 
 
@@ -85,8 +85,16 @@ def test_rebuild_is_cached_and_a_tolerance_change_reruns_only_its_stages(
     changed = tiny_recipe(tiny_onnx_path, **{"tolerance.int8": [0.8, 0.4]})
     res = pipeline.build(changed, out, events=events.append)
     ran = {s.name for s in res.stages if not s.cached}
-    assert ran == {"deploy-int8", "verify-int8"}
+    assert ran == {"verify-int8"}  # the tolerance is checked there; nothing is deployed again
     assert res.models["int8"].cvimodel.exists()
+    verify = next(s for s in res.stages if s.name == "verify-int8")
+    assert "0.8,0.4" in (verify.folder / "tolerance.log").read_text()
+    # a tolerance the quantized MLIR misses fails the build as model_deploy's check did
+    with pytest.raises(PartialBuild) as e:  # BF16 is delivered
+        pipeline.build(tiny_recipe(tiny_onnx_path, **{"tolerance.int8": [0.99999, 0.4]}), out)
+    (err,) = e.value.errors
+    assert isinstance(err, ToleranceError) and "model_deploy --tolerance" in str(err)
+    assert "required 0.99999" in str(err) and err.log_path and err.log_path.is_file()
 
 
 def test_failed_verification_writes_no_final_file_and_the_build_resumes(tmp_path, tiny_onnx_path):

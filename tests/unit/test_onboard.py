@@ -76,3 +76,62 @@ def test_image_readers_without_an_image_library(tmp_path):
         assert "P5/P6" in str(e)
     else:
         raise AssertionError("an ASCII PPM must be refused")
+
+
+def test_one_rule_maps_onnx_names_to_the_compilers():
+    """The host's reference check, the board app's CPU tail and the detector heads share one
+    rule: the name the compiler made from the ONNX name, else the same position, else what is
+    left; the host refuses an output it cannot place."""
+    import pytest
+
+    from duotpu.config.errors import DuoTpuError
+    from duotpu.core.onnxrt import match_outputs
+
+    produced = ["boxes_Concat_f32", "logits_Gemm_f32", "extra"]
+    assert heads.match_names(["logits", "boxes"], produced) == {
+        "logits": "logits_Gemm_f32",
+        "boxes": "boxes_Concat_f32",
+    }
+    # renamed outputs: by position; a position another name took falls to what is left
+    assert heads.match_names(["a", "logits"], ["x", "logits_Gemm"]) == {
+        "a": "x",
+        "logits": "logits_Gemm",
+    }
+    assert heads.match_names(["logits", "a"], ["x", "logits_Gemm"]) == {
+        "logits": "logits_Gemm",
+        "a": "x",
+    }
+    assert heads.match_names(["a", "b"], ["x"]) == {"a": "x", "b": None}
+    ref = {"a": 0, "b": 0}
+    with pytest.raises(DuoTpuError, match="Cannot find the model output 'b'"):
+        match_outputs(ref, {"x": 0})
+    head = {"outputs": ["p3", "p4"]}
+    maps = heads.maps_in_order(head, {"p4_Conv": np.ones(1), "p3_Conv": np.zeros(1)})
+    assert [float(m[0]) for m in maps] == [0.0, 1.0]
+
+
+def test_onnx_runtime_keeps_its_warnings_off_the_terminal(capfd):
+    """A model with an unused initializer makes ONNX Runtime warn on stderr ('Removing
+    initializer'); duotpu's sessions log errors only."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from duotpu.core.onnxrt import session
+
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor("unused", TensorProto.FLOAT, [1], [1.0])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    blob = model.SerializeToString()
+    ort.InferenceSession(blob, providers=["CPUExecutionProvider"])
+    assert "unused" in capfd.readouterr().err  # the warning this test keeps off
+    y = session(blob).run(None, {"x": -np.ones((1, 4), np.float32)})[0]
+    assert float(y.max()) == 0.0
+    assert "unused" not in capfd.readouterr().err
+    assert onnx.checker.check_model(model) is None

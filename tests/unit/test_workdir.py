@@ -181,3 +181,36 @@ def test_one_build_per_work_folder_at_a_time(tmp_path):
     holder.wait()
     with exclusive(tmp_path / "k"):
         pass
+
+
+def test_a_running_stage_reports_its_tools_count(tmp_path):
+    """A stage whose tool writes a progress bar to its log (run_calibration's images) reports
+    the count while it runs, in words; the CLI's spinner shows it."""
+    import io
+    import time
+
+    from tqdm import tqdm
+
+    from duotpu.builder.workdir import log_progress
+
+    events = []
+    wd = WorkDir(tmp_path, events.append)
+
+    def stage(folder):
+        with open(folder / "calibration.log", "w") as log:
+            bar = tqdm(range(5), total=5, file=log)
+            for i in bar:
+                bar.set_description(f"activation_collect_and_calc_th for sample: {i}")
+                log.flush()
+                time.sleep(0.5)
+        return Made(folder / "calibration.log", 5)
+
+    wd.run("calibrate", {}, stage, Made)
+    said = [e.message for e in events if e.status == "progress"]
+    assert said and all(m.endswith("/5 images") for m in said), said
+    buf = io.StringIO()
+    bar = tqdm(range(80), total=80, file=buf, desc="[2048] threshold: conv1")
+    for _ in bar:
+        pass
+    assert log_progress(buf.getvalue()) == "80/80 layers"
+    assert log_progress("no bar here\n") == ""

@@ -444,10 +444,10 @@ def check_onnx_runs(path: Path, shape: tuple[int, ...]) -> tuple[str, list[str]]
             f"the model's input '{info.name}' of shape {info.shown()}. Set inputs."
             "shape to the model's shape."
         )
-    import onnxruntime as ort
+    from duotpu.core.onnxrt import session
 
     try:
-        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        sess = session(path)
         sess.run(None, {info.name: np.zeros(shape, np.float32)})
     except Exception as e:
         raise ModelError(

@@ -151,6 +151,9 @@ class Deployed(StageResult):
     tpu_mlir: Path
     # False: the simulator could not load it; its outputs are the quantized MLIR's
     simulated: bool = True
+    # the quantized MLIR's tensors on the test input, which the verify stage checks against
+    # fp32 at the recipe's tolerance (None: tpu_mlir cannot run the test input, self-checked)
+    tpu_outputs: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -231,6 +234,7 @@ class BuildResult:
     test_image_path: Path | None = None
     inputs_archive: Path | None = None
     failed: dict[str, str] = field(default_factory=dict)  # mode → why it was not delivered
+    failed_stages: dict[str, float] = field(default_factory=dict)  # stage → seconds it ran
     report: Path | None = None  # report.html beside the cvimodels
 
     @property
@@ -642,7 +646,10 @@ def stage_deploy(
 ) -> Stage[Deployed]:
     t = transformed.result
     d = r.deploy
-    opts = deploy_options(r, mode, t.test_image)
+    # model_deploy's check against fp32 is all but off here and made at the recipe's tolerance
+    # by the verify stage: a changed tolerance re-checks in a second instead of redeploying
+    asked = deploy_options(r, mode, t.test_image)
+    opts = replace(asked, tolerance=compiler.NO_TOLERANCE)
     table = calibrated.result.table if calibrated else None
     key: dict[str, Any] = {
         "mode": mode,
@@ -678,6 +685,9 @@ def stage_deploy(
                     calibration_table=table,
                     background=background,
                 )
+            except ToleranceError as e:  # a sign flip, the one thing NO_TOLERANCE still fails
+                bad = compiler.compare_failures(e.log_path, asked.tolerance) if e.log_path else []
+                raise ToleranceError(e.what, bad or e.mismatches, e.advice, e.log_path) from None
             except CompilerFailure as e:
                 files = compiler.DeployFiles(
                     folder, t.files.name, mode.upper(), r.chip, folder / cvi_name
@@ -729,6 +739,7 @@ def stage_deploy(
             files.model_outputs,
             files.tpu_mlir,
             simulated,
+            None if opts.self_checked or not files.tpu_outputs.is_file() else files.tpu_outputs,
         )
 
     return wd.run(f"deploy-{mode}", key, run, Deployed)
@@ -953,7 +964,13 @@ def stage_verify(
     t, d = referenced.result, deployed.result
     tail = exported.tail if exported else None
     need = r.tolerance.verify_int8 if mode == "int8" else r.tolerance.verify_bf16
+    tolerance = r.tolerance.int8 if mode == "int8" else r.tolerance.bf16
+    # model_deploy's own check (quantized MLIR vs fp32, all tensors), made here at the recipe's
+    # tolerance: the deploy stage ran it all but switched off
+    checked = d.tpu_outputs if d.tpu_outputs and transformed is not None else None
     key: dict[str, Any] = {
+        "tolerance": [list(tolerance), list(r.tolerance.excepts)] if checked else None,
+        "tpu_outputs": compiler.file_digest(checked) if checked else None,
         "cvimodel": compiler.file_digest(d.cvimodel),
         "outputs": compiler.file_digest(d.model_outputs),
         "reference": compiler.file_digest(t.reference),
@@ -964,6 +981,15 @@ def stage_verify(
     }
 
     def run(folder: Path) -> Verified:
+        if checked is not None and transformed is not None:
+            compiler.check_tolerance(
+                checked,
+                transformed.result.files.top_outputs,
+                mode,
+                tolerance,
+                tuple(r.tolerance.excepts),
+                folder / "tolerance.log",
+            )
         outputs = d.model_outputs
         if tail is not None:  # the whole model's outputs: the TPU part, then the CPU part
             outputs = folder / "outputs.npz"
@@ -1175,6 +1201,7 @@ def _build_in(
         # deliver what verified (and the mixed model), and say what did not
         partial = _finish(recipe, out_dir, wd, exported, transformed, referenced, results, mixed)
         partial.failed = {m: str(e) for m, e in failed.items()}
+        partial.failed_stages = dict(wd.failed)
         for m in failed:  # a file an earlier build left under a failed mode's name is not this
             for stale in out_dir.glob(f"{recipe.name}_{recipe.chip}_{m}*.cvimodel"):
                 stale.unlink()
@@ -1313,6 +1340,7 @@ def _write_failures(result: BuildResult) -> None:
     """Record in the manifest which modes were not delivered, and why."""
     data = json.loads(result.manifest.read_text())
     data["failed"] = result.failed
+    data["failed_stages"] = {n: round(t, 3) for n, t in result.failed_stages.items()}
     write_json(result.manifest, data)
 
 
@@ -1394,8 +1422,9 @@ def _finish(
         "transform",
         "reference",
         "calibrate",
-        *[f"deploy-{m}" for m in recipe.quantize if m in results],
-        *[f"verify-{m}" for m in recipe.quantize if m in results],
+        # a failed mode's stages that did finish ran too (a partial build's report shows them)
+        *[f"deploy-{m}" for m in recipe.quantize],
+        *[f"verify-{m}" for m in recipe.quantize],
         "mix",
     ]
     stages = [wd.stages[n] for n in order if n in wd.stages]

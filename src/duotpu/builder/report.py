@@ -363,15 +363,18 @@ def _recipe(result: BuildResult) -> str:
 
 
 def _stages(result: BuildResult) -> str:
-    total = sum(s.seconds for s in result.stages if not s.cached)
+    failed = result.failed_stages
+    total = sum(s.seconds for s in result.stages if not s.cached) + sum(failed.values())
+    ran = [(s.name, s.seconds, "cached" if s.cached else "ran") for s in result.stages]
+    ran += [(name, seconds, "failed") for name, seconds in failed.items()]
     rows = [
         [
-            hp.esc(s.name),
-            f"{s.seconds:.1f} s",
-            f"{100 * s.seconds / total:.0f} %" if total and not s.cached else "—",
-            "cached" if s.cached else "ran",
+            hp.esc(name),
+            f"{seconds:.1f} s",
+            f"{100 * seconds / total:.0f} %" if total and how != "cached" else "—",
+            how,
         ]
-        for s in sorted(result.stages, key=lambda s: (s.cached, -s.seconds))
+        for name, seconds, how in sorted(ran, key=lambda r: (r[2] == "cached", -r[1]))
     ]
     return hp.section(
         "stages",

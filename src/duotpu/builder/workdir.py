@@ -47,12 +47,59 @@ class StageEvent:
     """A stage started, finished, was found in the cache, failed, or has a warning."""
 
     stage: str
-    status: str  # "start" | "done" | "cached" | "failed" | "interrupted" | "warning" | "info"
+    # "start" | "done" | "cached" | "failed" | "interrupted" | "warning" | "info" | "progress"
+    status: str
     seconds: float = 0.0
     message: str = ""
 
 
 EventSink = Callable[[StageEvent], None]
+
+# tqdm's bar in a tool's log: "activation_collect_and_calc_th for sample: 7:  45%|…| 45/100 [..."
+_BAR = re.compile(r"(?P<desc>[^\r\n|]*?)\s*\d+%\|[^|\r\n]*\|\s*(?P<n>\d+)/(?P<total>\d+)\s*\[")
+# what a bar counts, by the words tpu_mlir's tools put before it
+_COUNTED = (("sample", "images"), ("threshold", "layers"))
+
+
+def log_progress(text: str) -> str:
+    """What the last progress bar in a tool's log says, in words ("45/100 images"), or ""."""
+    bars = list(_BAR.finditer(text))
+    if not bars:
+        return ""
+    bar = bars[-1]
+    unit = next((u for word, u in _COUNTED if word in bar["desc"]), "")
+    return f"{bar['n']}/{bar['total']}" + (f" {unit}" if unit else "")
+
+
+@contextlib.contextmanager
+def watching(folder: Path, stage: str, events: EventSink, every: float = 1.0) -> Iterator[None]:
+    """While the block runs, a "progress" event whenever the newest log in ``folder`` shows a
+    new count in its progress bar (run_calibration's images, say)."""
+    stop = threading.Event()
+
+    def watch() -> None:
+        said = ""
+        while not stop.wait(every):
+            logs = sorted(folder.glob("*.log"), key=lambda p: p.stat().st_mtime)
+            if not logs:
+                continue
+            try:
+                with open(logs[-1], "rb") as f:
+                    f.seek(max(0, logs[-1].stat().st_size - 4096))
+                    now = log_progress(f.read().decode(errors="replace"))
+            except OSError:  # the folder is being renamed into place
+                continue
+            if now and now != said:
+                said = now
+                events(StageEvent(stage, "progress", message=now))
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def no_events(_: StageEvent) -> None:
@@ -279,6 +326,7 @@ class WorkDir:
         self.root.mkdir(parents=True, exist_ok=True)
         self.events = events
         self.stages: dict[str, Stage[Any]] = {}
+        self.failed: dict[str, float] = {}  # stages that raised: name → seconds they ran
         self._lock = threading.Lock()
 
     def run(
@@ -313,13 +361,14 @@ class WorkDir:
         self.events(StageEvent(name, "start"))
         t0 = time.monotonic()
         try:
-            with recording() as runs:
+            with recording() as runs, watching(tmp, name, self.events):
                 made = fn(tmp)
         except KeyboardInterrupt:  # Ctrl-C or SIGTERM (Interrupted): not the stage's failure
             self.events(StageEvent(name, "interrupted", time.monotonic() - t0))
             raise
         except BaseException:
-            self.events(StageEvent(name, "failed", time.monotonic() - t0))
+            self.failed[name] = time.monotonic() - t0
+            self.events(StageEvent(name, "failed", self.failed[name]))
             raise
         seconds = time.monotonic() - t0
         data = to_json(made, tmp)

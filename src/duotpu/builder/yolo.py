@@ -282,7 +282,8 @@ def _probe(
     in ONNX Runtime with them as extra outputs (ONNX's static shape inference and constant
     folding give up inside YOLO graphs)."""
     import onnx
-    import onnxruntime as ort
+
+    from duotpu.core.onnxrt import session
 
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
@@ -290,7 +291,7 @@ def _probe(
     probe.graph.output.extend(
         onnx.helper.make_empty_tensor_value_info(n) for n in dict.fromkeys(names) if n not in have
     )
-    sess = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    sess = session(probe.SerializeToString())
     got: list[np.ndarray[Any, Any]] = sess.run(
         names, {input_name: np.full(in_shape, fill, np.float32)}
     )

@@ -42,6 +42,7 @@ class StageProgress:
 
         self.console = console
         self.running: dict[str, float] = {}  # stage → when it started
+        self.counts: dict[str, str] = {}  # stage → its tool's last count ("45/100 images")
         self.lock = threading.Lock()
         self.status = Status("", console=console, spinner="dots")
         self.started = False
@@ -64,7 +65,10 @@ class StageProgress:
 
     def _running_text(self) -> str:
         now = time.monotonic()
-        return ", ".join(f"{s} ({now - t0:.0f} s)" for s, t0 in self.running.items())
+        return ", ".join(
+            f"{s} ({now - t0:.0f} s" + (f", {self.counts[s]}" if s in self.counts else "") + ")"
+            for s, t0 in self.running.items()
+        )
 
     def __call__(self, ev) -> None:
         from rich.markup import escape as markup_escape
@@ -76,6 +80,9 @@ class StageProgress:
                     self.console.print(f"… {ev.stage:<14} started")
             elif ev.status in ("done", "failed", "cached", "interrupted"):
                 self.running.pop(ev.stage, None)
+                self.counts.pop(ev.stage, None)
+            elif ev.status == "progress":
+                self.counts[ev.stage] = ev.message
             if ev.status == "interrupted":
                 self.console.print(
                     f"[yellow]■[/] {ev.stage:<14} {ev.seconds:6.1f} s  interrupted (rerun resumes)"

@@ -496,6 +496,43 @@ def deploy(
     return files
 
 
+def check_tolerance(
+    quantized: Path,
+    reference: Path,
+    mode: str,
+    tolerance: tuple[float, ...],
+    excepts: tuple[str, ...],
+    log_path: Path,
+) -> None:
+    """model_deploy's check of the quantized MLIR's tensors (``quantized``, its
+    ``*_tpu_outputs.npz``) against fp32 (``reference``, model_transform's
+    ``*_top_outputs.npz``), run as its own step with tpu_mlir's ``npz_tool compare``: the build
+    deploys once with the check all but off (:data:`NO_TOLERANCE`) and checks here, so a changed
+    tolerance costs this comparison instead of another deploy."""
+    args = [
+        "compare",
+        str(quantized),
+        str(reference),
+        "--tolerance",
+        f"{tolerance[0]},{tolerance[1]}",
+        "--except",
+        ",".join(excepts) or "-",
+        "-vv",
+    ]
+    try:
+        run_tool(f"tolerance {mode}", "npz_tool", args, Path(log_path).parent, log_path)
+    except ToolchainError:
+        bad = compare_failures(log_path, tolerance)
+        if not bad:
+            raise
+        raise ToleranceError(
+            f"the {mode.upper()} model against fp32 (model_deploy --tolerance)",
+            bad,
+            tolerance_advice(mode, f"tolerance.{mode.lower()}") + f" Log: {log_path}",
+            log_path,
+        ) from None
+
+
 #: model_deploy's check of the quantized outputs against fp32, all but switched off: the
 #: mixed-precision search measures every candidate on the task metric itself, and the check would
 #: stop it at the very layers it looks for. Only a sign flip (cosine ≤ 0) still fails: model_deploy

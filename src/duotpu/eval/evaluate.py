@@ -554,6 +554,7 @@ def _evaluate_generic(
             "cosine_mean": {n: float(np.mean(v)) for n, v in per.items()},
             "cosine_worst": {n: float(np.min(v)) for n, v in per.items()},
             "worst_image": {n: str(paths[int(np.argmin(v))].name) for n, v in per.items()},
+            "worst_image_path": {n: str(paths[int(np.argmin(v))]) for n, v in per.items()},
             "images_per_second": len(paths) / secs if secs > 0 else 0.0,
             # per image, its least similar output (the distribution the report plots)
             "cosines": [float(min(c)) for c in zip(*per.values())],

@@ -275,6 +275,17 @@ def _generic_summary(data: dict) -> str:
         for m, d in data["modes"].items()
         for n in d["cosine_mean"]
     ]
+    # the worst images themselves: what the model found hardest (one card per image)
+    worst: dict[str, list[str]] = {}
+    for m, d in data["modes"].items():
+        for n, path in d.get("worst_image_path", {}).items():
+            worst.setdefault(path, []).append(f"{m.upper()} {hp.esc(n)} {d['cosine_worst'][n]:.4f}")
+    cards = "".join(
+        "<div class=card>"
+        + _thumb(path, 150)
+        + f"<h3>{hp.esc(Path(path).name)}</h3><small>{'<br>'.join(lines)}</small></div>"
+        for path, lines in worst.items()
+    )
     return hp.section(
         "summary",
         "Each output against fp32",
@@ -282,7 +293,8 @@ def _generic_summary(data: dict) -> str:
             ["model", "output", "shape", "fp32 range", "mean cosine", "worst (image)", "images/s"],
             rows,
             numeric=(4, 5, 6),
-        ),
+        )
+        + (f"<h3>The worst images</h3><div class=cards>{cards}</div>" if cards else ""),
     )
 
 

@@ -152,8 +152,8 @@ class App:
         if self._tail is None:
             return outputs
         graph, constants = self._tail
-        names = _match(list(graph["inputs"]), outputs)
-        return tail.run(graph, constants, {k: outputs[v] for k, v in names.items()})
+        names = heads.match_names(list(graph["inputs"]), list(outputs))
+        return tail.run(graph, constants, {k: outputs[v] for k, v in names.items() if v})
 
     def postprocess(
         self,
@@ -235,20 +235,6 @@ def peak_rss_mb() -> Optional[float]:
     except OSError:
         pass
     return None
-
-
-def _match(wanted: Sequence[str], produced: Dict[str, np.ndarray]) -> Dict[str, str]:
-    """Each wanted name → the produced output named after it (the compiler appends the op's
-    name: ``logits`` → ``logits_Gemm_f32``), else the one at its position."""
-    free, out = list(produced), {}
-    for i, name in enumerate(wanted):
-        hit = next((k for k in free if k == name or k.startswith(name + "_")), None)
-        if hit is None:
-            hit = free[0] if free else list(produced)[i]
-        out[name] = hit
-        if hit in free:
-            free.remove(hit)
-    return out
 
 
 def _items(paths: Sequence[str]) -> List[Path]:

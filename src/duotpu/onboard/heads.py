@@ -6,7 +6,7 @@ give the same answers by construction.
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Mapping, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -189,15 +189,28 @@ def to_image(
     )
 
 
+def match_names(wanted: Sequence[str], produced: Sequence[str]) -> Dict[str, Optional[str]]:
+    """Each wanted (ONNX) name → the compiler's name for it: the produced name equal to it or
+    made from it (the compiler appends the op: ``logits`` → ``logits_Gemm_f32``), else the one at
+    its position if no other wanted name took it, else the first one left; None when none is left.
+    The one rule the host, the board app and the detector heads share."""
+    free, out = list(produced), {}
+    for i, name in enumerate(wanted):
+        hit = next((k for k in free if k == name or k.startswith(name + "_")), None)
+        if hit is None and i < len(produced) and produced[i] in free:
+            hit = produced[i]
+        if hit is None and free:
+            hit = free[0]
+        out[name] = hit
+        if hit is not None:
+            free.remove(hit)
+    return out
+
+
 def maps_in_order(head: Mapping[str, Any], outputs: Mapping[str, np.ndarray]) -> List[np.ndarray]:
-    """Outputs by the compiler's names → the head maps in decode order. The compiler names an
-    output after the op making it (``…/Conv_output_0`` becomes ``…/Conv_output_0_Conv``)."""
-    got = list(outputs)
-    maps = []
-    for k, name in enumerate(head["outputs"]):
-        hit = next((g for g in got if g == name or g.startswith(name + "_")), None)
-        maps.append(outputs[hit] if hit is not None else outputs[got[k]])
-    return maps
+    """Outputs by the compiler's names → the head maps in decode order (:func:`match_names`)."""
+    names = match_names(list(head["outputs"]), list(outputs))
+    return [outputs[names[n] or list(outputs)[k]] for k, n in enumerate(head["outputs"])]
 
 
 def detect(
