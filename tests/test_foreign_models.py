@@ -161,6 +161,13 @@ def test_a_model_that_is_not_a_classifier_is_shown_as_tensors(tmp_path: Path) ->
     assert all(o["cosine_vs_fp32"] > 0.99 for o in res["outputs"])
     with np.load(tmp_path / "o.npz") as z:
         assert {k: z[k].shape for k in z.files} == {"mask": (1, 4, 32, 32), "box": (1, 4)}
+    # one .npz for two inputs is refused (it made a folder named many.npz/)
+    many = run_cli(
+        "predict", str(out / "two_cv180x_int8.cvimodel"), str(img), str(img), "--save",
+        str(tmp_path / "many.npz"),
+    )  # fmt: skip
+    assert many.returncode == 2 and "names one .npz file" in many.stderr, many.stderr
+    assert not (tmp_path / "many.npz").exists()
     imgs = tmp_path / "imgs"
     from duotpu.core import images
 

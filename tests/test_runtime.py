@@ -134,6 +134,21 @@ def test_fused_preprocess_model(variant_builds, tmp_path):
     probs = metrics.as_probabilities(art.outputs["logits"].reshape(1, -1))[0]
     assert top[0]["class"] == int(probs.argmax())
     assert top[0]["probability"] == pytest.approx(float(probs.max()), abs=1e-5)
+    # the fp32 reference of a raw-pixel model gets the float input its ONNX model takes (it
+    # was refused by ONNX Runtime: "Actual: (tensor(uint8)), expected: (tensor(float))")
+    from duotpu.core.onnxrt import onnx_outputs
+    from duotpu.core.preprocess import preprocess_image
+
+    m = runtime.open_model(art.cvimodel)
+    assert m.onnx is not None
+    got = runtime.fp32_reference(m, runtime.tensors_for(m, [image]))[0][0]
+    want = onnx_outputs(m.onnx, [preprocess_image(image, m.recipe.preprocess, (1, 3, 32, 32))])
+    assert np.array_equal(got, want[0][0])
+    folder = tmp_path / "imgs"
+    write_calibration_set(folder, 3, seed=4)
+    e = run_cli("eval", str(art.cvimodel), "--images", str(folder), "--out", str(tmp_path / "ev"))
+    assert e.returncode == 0, e.stderr
+    assert json.loads((tmp_path / "ev" / "report.json").read_text())["modes"]["int8"]["n"] == 3
 
 
 def test_multi_batch_model(variant_builds, tmp_path):

@@ -12,7 +12,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from duotpu.builder import intake
-from duotpu.config.errors import ModelError
+from duotpu.config.errors import ConfigError, ModelError
 
 
 def _graph_model(
@@ -92,6 +92,7 @@ def test_unnamed_free_dims_take_the_recipes_shape_or_ask_for_one(tmp_path: Path)
         intake.settle_shape(src, ())
     msg = str(e.value)
     assert "dim 2" in msg and "dim 3" in msg and "--input-shape 1,3,H,W" in msg
+    assert isinstance(e.value, ConfigError)  # the user's to settle: exit 2, as recipe errors
     with pytest.raises(ModelError, match="fixed dims must be kept"):
         intake.settle_shape(src, (1, 1, 48, 192))  # channels are fixed at 3
     out = tmp_path / "out.onnx"
@@ -236,3 +237,30 @@ def test_the_export_key_holds_the_external_data_and_the_factorys_siblings(tmp_pa
     finally:
         sys.path.remove(str(pkg))
     assert {f.name for f in files} >= {"nets.py", "helpers.py"}
+
+
+def test_the_task_is_settled_from_onnx_runtime_when_the_graph_has_no_output_shapes(tmp_path):
+    """Paddle's exports (onnxsim fails on them) leave the outputs without a shape: the class
+    scores are then seen in an ONNX Runtime run, not missed."""
+    from types import SimpleNamespace
+
+    from onnx import TensorProto, helper
+
+    from conftest import tiny_recipe
+    from duotpu.builder.pipeline import settle_task
+
+    rng = np.random.default_rng(1)
+    w = numpy_helper.from_array(rng.normal(0, 1, (12, 10)).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Flatten", ["x"], ["f"]), helper.make_node("MatMul", ["f", "w"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 2, 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],  # no shape
+        [w],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    src = _save(model, tmp_path / "paddle_cls.onnx")
+    recipe = tiny_recipe(src, **{"inputs.shape": [1, 3, 2, 2]})
+    settled, note = settle_task(recipe, SimpleNamespace(reference_onnx=src))  # type: ignore[arg-type]
+    assert settled.task == "classify" and "y [1, 10]" in note, note

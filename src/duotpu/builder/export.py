@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from duotpu.core.head import YoloHead
 
 from duotpu.builder import intake
-from duotpu.config.errors import ConfigError, ModelError
+from duotpu.config.errors import ConfigError, ModelError, ShapeError
 from duotpu.config.recipe import DetectOptions, ModelSource, Preprocess
 
 
@@ -439,7 +439,7 @@ def check_onnx_runs(path: Path, shape: tuple[int, ...]) -> tuple[str, list[str]]
     if len(info.dims) != len(shape) or any(
         isinstance(d, int) and d != s for d, s in zip(info.dims, shape)
     ):
-        raise ModelError(
+        raise ShapeError(
             f"The recipe's input shape {list(shape)} (inputs.shape) does not match "
             f"the model's input '{info.name}' of shape {info.shown()}. Set inputs."
             "shape to the model's shape."

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from duotpu.config.errors import ModelError
+from duotpu.config.errors import ModelError, ShapeError
 
 if TYPE_CHECKING:
     import onnx
@@ -221,7 +221,7 @@ def settle_shape(
         if len(shape) != len(dims) or any(
             isinstance(d, int) and d != s for d, s in zip(dims, shape)
         ):
-            raise ModelError(
+            raise ShapeError(
                 f"The recipe's input shape {list(shape)} (inputs.shape) does not match the "
                 f"model's input '{info.name}' of shape {info.shown()} ({where}): its fixed "
                 "dims must be kept. Set inputs.shape (--input-shape) to the model's shape."
@@ -245,7 +245,7 @@ def settle_shape(
     if rest or len(dims) != 4 or not isinstance(settled[1], int):
         names = ", ".join(f"dim {i} ({dims[i] if dims[i] is not None else '?'})" for i in rest)
         channels = settled[1] if isinstance(settled[1], int) else 3
-        raise ModelError(
+        raise ShapeError(
             f"The model's input '{info.name}' has the shape {info.shown()}, whose free "
             f"{names or 'dims'} the recipe does not settle. Give the size the model should run "
             f"at with --input-shape 1,{channels},H,W (recipe key inputs.shape), e.g. "

@@ -1247,6 +1247,12 @@ def settle_task(r: Recipe, exported: Exported) -> tuple[Recipe, str]:
     shapes = {
         o.name: tuple(d.dim_value for d in o.type.tensor_type.shape.dim) for o in graph.output
     }
+    if any(not s or 0 in s for s in shapes.values()):
+        # the graph does not say (onnxsim failed on it, as on Paddle's exports): run it
+        sess = onnxrt.session(exported.reference_onnx)
+        x = np.zeros(tuple(r.inputs[0].shape), np.float32)
+        got = sess.run(None, {sess.get_inputs()[0].name: x})
+        shapes = {o.name: tuple(v.shape) for o, v in zip(sess.get_outputs(), got)}
     classes = [
         s for s in shapes.values() if len(s) >= 2 and all(d == 1 for d in s[2:]) and s[1] >= 10
     ]

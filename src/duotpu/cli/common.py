@@ -278,6 +278,12 @@ def _generic_results(args, model, items, outs, key: str, tensors) -> list[dict]:
     """Per input: each output's shape, range and cosine to fp32; with --save, an npz each."""
     from duotpu.infer import runtime
 
+    save = getattr(args, "save", None)
+    if save and len(items) > 1 and Path(save).suffix == ".npz":
+        raise ConfigError(
+            f"--save {save} names one .npz file, but {len(items)} inputs were given: give a "
+            "folder (one NAME.npz per input is written there) or one input."
+        )
     refs = None
     if tensors is not None and model.onnx is not None:
         names = runtime.fp32_output_names(model)

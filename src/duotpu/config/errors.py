@@ -19,6 +19,11 @@ class ModelError(DuoTpuError):
     """A model file or model source cannot be loaded, exported or does not match the recipe."""
 
 
+class ShapeError(ConfigError, ModelError):
+    """The recipe's input shape contradicts the model's, or nothing settles a free dim: the user
+    settles it with ``inputs.shape`` (``--input-shape``), so it is a usage error (exit 2)."""
+
+
 class DataError(DuoTpuError):
     """Input images or tensors (calibration set, test input) are missing or unreadable."""
 

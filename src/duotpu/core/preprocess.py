@@ -88,16 +88,41 @@ def preprocess_image(
     if (ih, iw) != (ch, cw):
         y0, x0 = ih // 2 - ch // 2, iw // 2 - cw // 2
         x = x[:, :, y0 : y0 + ch, x0 : x0 + cw]
-    x = x.astype(np.float32)
+    return np.repeat(_normalize(x, pre), shape[0], axis=0)
+
+
+def _normalize(bgr: np.ndarray, pre: Preprocess) -> np.ndarray:
+    """Resized BGR (or gray) NCHW pixels → the model's float input: its channel order, then
+    (x - mean) * scale as tpu_mlir computes them."""
+    x = bgr.astype(np.float32)
+    channels = x.shape[1]
     mean_s, scale_s = tpu_mean_scale(pre, channels)
     mean = np.array([float(v) for v in mean_s.split(",")], np.float32)[None, :, None, None]
     scale = np.array([float(v) for v in scale_s.split(",")], np.float32)[None, :, None, None]
-    if gray:
+    if channels == 1:
         mean, scale = mean[:, :1], scale[:, :1]
     elif pre.pixel_format == "rgb":
         x = x[:, [2, 1, 0]]
-    x = (x - mean) * scale
-    return np.repeat(x, shape[0], axis=0).astype(np.float32)
+    return ((x - mean) * scale).astype(np.float32)
+
+
+def fused_to_float(
+    raw: np.ndarray, pre: Preprocess, shape: tuple[int, ...], pixel_format: str
+) -> np.ndarray:
+    """A fused-preprocess model's raw uint8 input (:func:`fused_input`) → the float input of its
+    fp32 ONNX model (``shape``), i.e. the crop and mean/scale the TPU does: what
+    :func:`preprocess_image` gives for the same image."""
+    x = np.asarray(raw)
+    if pixel_format.endswith("PACKED"):
+        x = x.transpose(0, 3, 1, 2)
+    if pixel_format.startswith("RGB"):
+        x = x[:, [2, 1, 0]]
+    ih, iw = x.shape[2:]
+    ch, cw = shape[2], shape[3]
+    if (ih, iw) != (ch, cw):
+        y0, x0 = ih // 2 - ch // 2, iw // 2 - cw // 2
+        x = x[:, :, y0 : y0 + ch, x0 : x0 + cw]
+    return _normalize(x, pre)
 
 
 def fused_input(

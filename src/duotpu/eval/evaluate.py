@@ -64,7 +64,9 @@ def per_layer(
             "directory is gone): the per-layer view needs it. Rebuild the model."
         )
     quant = compiler.run_tensors("mlir", model.tpu_mlir, model.input_name, tensors, [])
-    fp32 = compiler.run_tensors("mlir", top_mlir, model.input_name, tensors, [])
+    fp32 = compiler.run_tensors(
+        "mlir", top_mlir, model.input_name, runtime.fp32_inputs(model, tensors), []
+    )
     sims: dict[str, list[float]] = {}
     for q, f in zip(quant, fp32):
         for name in q:

@@ -23,7 +23,7 @@ from duotpu.config.errors import ConfigError, ModelError
 from duotpu.config.recipe import Recipe, load_recipe
 from duotpu.core.head import YoloHead
 from duotpu.core.onnxrt import onnx_outputs
-from duotpu.core.preprocess import fused_input, preprocess_image
+from duotpu.core.preprocess import fused_input, fused_to_float, preprocess_image
 
 
 @dataclass
@@ -242,7 +242,24 @@ def fp32_reference(model: BuiltModel, tensors: list[np.ndarray]) -> list[list[np
             f"The fp32 ONNX model of {model.cvimodel} is not available (the build's "
             "work directory is gone); rebuild it to compare against fp32."
         )
-    return onnx_outputs(model.onnx, tensors)
+    return onnx_outputs(model.onnx, fp32_inputs(model, tensors))
+
+
+def fp32_inputs(model: BuiltModel, tensors: list[np.ndarray]) -> list[np.ndarray]:
+    """The model's input tensors as its fp32 ONNX model (and fp32 MLIR) takes them: a
+    fused-preprocess model's raw pixels cropped and normalised as its TPU does; others as
+    they are."""
+    t = model.info.programs[0].inputs[0]
+    if not (t.pixel_format and t.dtype in ("uint8", "int8")):
+        return tensors
+    if t.aligned or t.pixel_format in compiler.SELF_VALIDATED_FORMATS:
+        raise ModelError(
+            f"{model.cvimodel.name} takes {t.pixel_format} pixels"
+            f"{' with aligned rows' if t.aligned else ''}, which duotpu cannot turn back "
+            "into the fp32 model's input; compare a build without fused preprocessing."
+        )
+    pre, shape = model.recipe.preprocess, tuple(model.recipe.inputs[0].shape)
+    return [fused_to_float(x, pre, shape, t.pixel_format) for x in tensors]
 
 
 def describe_outputs(
