@@ -150,6 +150,10 @@ def test_a_model_that_is_not_a_classifier_is_shown_as_tensors(tmp_path: Path) ->
     assert "task: generic" in said and "class" not in said.replace("class scores", "")
     assert "mask" in said and "1×4×32×32" in said and "INT8 cos" in said
     assert 'task = "generic"' in (out / "two.recipe.toml").read_text()
+    # a generic model's summary gives its board memory, fit and estimated time too
+    assert "INT8: ION" in said and "Duo ✓" in said and "ms on the board" in said
+    fits = json.loads((out / "manifest.json").read_text())["models"]["int8"]["fits"]
+    assert fits == {"Duo": True}
     img = out / "work" / "inputs" / "chelsea.png"
     p = run_cli(
         "predict", str(out / "two_cv180x_int8.cvimodel"), str(img), "--save",

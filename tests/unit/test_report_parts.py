@@ -30,3 +30,17 @@ def test_long_names_wrap_at_their_separators_not_mid_word():
         "/<wbr>model.<wbr>22/<wbr>cv2.<wbr>0/<wbr>Conv_<wbr>output_<wbr>0"
     )
     assert breakable("<b>") == "&lt;b&gt;"  # still escaped
+
+
+def test_every_build_says_which_boards_hold_it():
+    """The fit verdict the build summary and report give every model (issue 27 item 4): a
+    model above every board's ION heap of its chip is flagged, not hidden."""
+    from duotpu.builder.summary import board_fits, fit_text
+
+    assert [(f.board, f.fits) for f in board_fits("cv180x", 3.2)] == [("Duo", True)]
+    assert fit_text("cv180x", 3.2) == "ION 3.20 MB: Duo ✓"
+    big = fit_text("cv180x", 20.96)  # a 480x640 text detector in INT8
+    assert "fits NO cv180x board" in big and "the Duo reserves 16 MB" in big
+    mid = fit_text("cv181x", 72.0)  # between the Duo S's and the Duo 256M's heaps
+    assert mid == "ION 72.00 MB: Duo 256M ✓, Duo S ✗ (reserves 70 MB)"
+    assert "no Duo board" in fit_text("cv183x", 1.0)

@@ -28,7 +28,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from duotpu import compiler
-from duotpu.builder import calibdata, intake
+from duotpu.builder import calibdata, intake, summary
 from duotpu.builder import export as export_mod
 from duotpu.compiler.executor import Executor
 from duotpu.config.errors import (
@@ -1482,6 +1482,7 @@ def _finish(
                         if a.simulated
                         else "quantized MLIR (the simulator cannot load this cvimodel)"
                     ),
+                    "fits": {f.board: f.fits for f in summary.board_fits(recipe.chip, a.ion_mb)},
                     "verified_images": max(len(a.per_image), 1),
                     "worst_image_cosine": min(a.per_image) if a.per_image else None,
                 }

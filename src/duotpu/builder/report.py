@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from duotpu import compiler
-from duotpu.compiler.cvimodel import BOARDS
 from duotpu.core import htmlpage as hp
 from duotpu.core import metrics
 from duotpu.core.images import read_rgb
@@ -61,6 +60,19 @@ def write_build_report(result: BuildResult) -> Path:
             ". <b>Random weights</b> (no <code>model.weights</code>): the classes and boxes "
             "below mean nothing; the numbers describe quantization, memory and speed."
         )
+    from duotpu.builder.summary import board_fits
+
+    homeless = [
+        m for m, a in result.models.items() if not any(f.fits for f in board_fits(r.chip, a.ion_mb))
+    ]
+    if homeless:
+        lead += (
+            ". <b class=bad>"
+            + ", ".join(hp.esc(m.upper()) for m in homeless)
+            + f" fits no {hp.esc(r.chip)} board</b>: its memory need is above every board's "
+            "ION heap (see Models); a smaller input, INT8 instead of BF16, or a board with "
+            "more ION"
+        )
     doc = hp.page(f"duotpu build: {r.name}", f"duotpu build: {r.name}", lead, sections)
     return hp.write(result.out_dir, None, doc, stem=Path(REPORT).stem)
 
@@ -79,13 +91,13 @@ def random_weights(r: Recipe) -> bool:
 
 def _fit(chip: str, ion_mb: float) -> str:
     """Which Duo boards of the model's chip hold it (their usual ION heap)."""
-    out = []
-    for label, board_chip, ion in BOARDS.values():
-        if board_chip == chip:
-            short = label.split(" (")[0].replace("Milk-V ", "")
-            cls = "good" if ion_mb <= ion else "bad"
-            mark = "✓" if ion_mb <= ion else "✗"
-            out.append(f"<span class='{cls} nowrap'>{hp.esc(short)} {mark}</span>")
+    from duotpu.builder.summary import board_fits
+
+    out = [
+        f"<span class='{'good' if f.fits else 'bad'} nowrap'>{hp.esc(f.board)} "
+        f"{'✓' if f.fits else '✗'}</span>"
+        for f in board_fits(chip, ion_mb)
+    ]
     return " ".join(out) or "—"
 
 

@@ -29,6 +29,39 @@ class Classified:
     est_ms: float | None = None  # the board-free latency estimate
 
 
+@dataclass(frozen=True)
+class BoardFit:
+    """Whether a model fits one board of its chip: the ION heap its stock image reserves."""
+
+    board: str  # "Duo", "Duo 256M", "Duo S"
+    ion_mb: float
+    fits: bool
+
+
+def board_fits(chip: str, ion_mb: float) -> list[BoardFit]:
+    """The Duo boards with the model's chip, and whether its memory need fits each one's ION."""
+    from duotpu.compiler.cvimodel import BOARDS
+
+    return [
+        BoardFit(label.split(" (")[0].replace("Milk-V ", ""), ion, ion_mb <= ion)
+        for label, board_chip, ion in BOARDS.values()
+        if board_chip == chip
+    ]
+
+
+def fit_text(chip: str, ion_mb: float) -> str:
+    """One line a person reads: the model's ION need and which boards of its chip hold it."""
+    fits = board_fits(chip, ion_mb)
+    if not fits:
+        return f"ION {ion_mb:.2f} MB (no Duo board has {chip})"
+    if not any(f.fits for f in fits):
+        heaps = ", ".join(f"the {f.board} reserves {f.ion_mb:g} MB" for f in fits)
+        return f"ION {ion_mb:.2f} MB: fits NO {chip} board ({heaps})"
+    return f"ION {ion_mb:.2f} MB: " + ", ".join(
+        f"{f.board} {'✓' if f.fits else f'✗ (reserves {f.ion_mb:g} MB)'}" for f in fits
+    )
+
+
 def classify_build(result: BuildResult, k: int = 5) -> list[Classified]:
     """fp32 (ONNX Runtime) and every cvimodel's top-k on the build's test image."""
     ref_name = next(iter(result.reference))

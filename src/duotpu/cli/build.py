@@ -123,6 +123,7 @@ def _print_detect_build(console, result, as_json: bool) -> int:
             f"simulator, lowest head-map cosine vs fp32 "
             f"{min(art.cosine.values()):.4f})"
         )
+    _print_fit(console, result)
     console.print(f"decode info: {result.out_dir / (result.recipe.name + '.detect.json')}")
     console.print(f"manifest: {result.manifest}")
     if result.report is not None:
@@ -316,6 +317,22 @@ def cmd_build(args: argparse.Namespace) -> int:
     return code
 
 
+def _print_fit(console, result) -> None:
+    """Per model: its board memory, the boards of its chip that hold it, the estimated time; a
+    model that fits no board is flagged (the build still succeeds: the ION heap can be
+    enlarged on a custom image)."""
+    from duotpu.builder.summary import board_fits, fit_text
+
+    chip = result.recipe.chip
+    for mode, art in result.models.items():
+        est = f" · est. {art.estimate.ms:.2f} ms on the board" if art.estimate else ""
+        line = f"  {mode.upper()}: {fit_text(chip, art.ion_mb)}{est}"
+        if not any(f.fits for f in board_fits(chip, art.ion_mb)):
+            console.print(f"[yellow]![/]{line}", markup=True, highlight=False)
+        else:
+            console.print(line, markup=False, highlight=False)
+
+
 def _print_verified(console, result) -> None:
     """One line per delivered cvimodel: where it is and how it verified."""
     for mode, art in result.models.items():
@@ -338,6 +355,7 @@ def _print_verified(console, result) -> None:
             else f"verified on {where}, {how}"
         )
         console.print(f"[bold]{mode.upper()}[/] {art.cvimodel}  ({checked})")
+    _print_fit(console, result)
     console.print(f"manifest: {result.manifest}")
     if result.report is not None:
         console.print(f"report: {result.report}")
