@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from duotpu.compiler import diagnose
 
 SOFTMAX_LOG = """\
@@ -78,3 +80,19 @@ def test_the_simulators_command_buffer_limit_is_explained() -> None:
 def test_unknown_failures_are_not_guessed() -> None:
     assert diagnose.recognise("Traceback\nValueError: something else\n") is None
     assert diagnose.kernel_op("TgInt8PoolingKernel") == "Pooling"
+
+
+def test_an_empty_reference_is_told_apart_from_a_translation_error(tmp_path):
+    """A test image the model does not respond to (a seal detector on a page without seals:
+    peak 3.9e-6) makes model_transform's comparison fail on noise; that is the image's fault,
+    not the compiler's."""
+    import numpy as np
+
+    from duotpu.compiler.steps import empty_reference
+
+    ref = tmp_path / "m_ref_outputs.npz"
+    np.savez(ref, seal=np.full((1, 2, 8, 8), 3.9e-6, np.float32), conv=np.ones((1, 4), np.float32))
+    assert empty_reference(ref, ["seal"]) == pytest.approx(3.9e-6)
+    assert empty_reference(ref, ["seal", "conv"]) is None  # a real tensor differs too
+    assert empty_reference(ref, ["missing"]) is None
+    assert empty_reference(tmp_path / "none.npz", ["seal"]) is None

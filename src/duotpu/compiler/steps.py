@@ -167,16 +167,46 @@ def transform(
             raise _unsupported_ops(onnx_path, ops[-1], log_path) from err
         bad = compare_failures(log_path, tolerance)
         if bad:
+            peak = empty_reference(
+                files.folder / f"{name}_ref_outputs.npz", [m.tensor for m in bad]
+            )
+            advice = (
+                f"The ONNX model's own output on the test image is empty (peak |value| "
+                f"{peak:.2g}), so the comparison measures rounding noise, not the compiler: give "
+                "a test image the model responds to (--test-image, a file or a folder; e.g. "
+                "one with the objects it detects)."
+                if peak is not None
+                else "The compiler's fp32 translation differs from the ONNX model; lower "
+                "tolerance.transform only if you accept that, or exclude the tensor with "
+                "excepts."
+            )
             raise ToleranceError(
                 "the fp32 MLIR against the ONNX model (model_transform)",
                 bad,
-                f"The compiler's fp32 translation differs from the ONNX model; lower "
-                f"tolerance.transform only if you accept that, or exclude the tensor with "
-                f"excepts. Log: {log_path}",
+                f"{advice} Log: {log_path}",
                 log_path,
             ) from None
         raise
     return files
+
+
+#: a reference tensor whose largest magnitude is below this is empty: nothing to compare
+EMPTY_PEAK = 1e-4
+
+
+def empty_reference(reference: Path, tensors: Sequence[str]) -> float | None:
+    """The largest magnitude among ``tensors`` of a reference npz when every one of them is
+    empty (all below :data:`EMPTY_PEAK`: the model did not respond to the test input), else
+    None."""
+    import numpy as np
+
+    if not Path(reference).is_file() or not tensors:
+        return None
+    with np.load(reference) as z:
+        peaks = [float(np.max(np.abs(z[t]))) if z[t].size else 0.0 for t in tensors if t in z]
+    if len(peaks) != len(tensors) or max(peaks) >= EMPTY_PEAK:
+        return None
+    return max(peaks)
 
 
 def _unsupported_ops(onnx_path: Path, ops_text: str, log_path: Path) -> ModelError:
