@@ -1136,19 +1136,27 @@ def _build_in(
     with cf.ThreadPoolExecutor(max_workers=1) as ref_pool:
         ref_future = ref_pool.submit(stage_reference, wd, transformed, exported.result.whole)
 
+        estimates: dict[str, Any] = {}
+
         def branch(mode: str) -> tuple[Stage[Deployed], Stage[Verified]]:
             cal = stage_calibrate(wd, recipe, transformed) if mode == "int8" else None
             dep = stage_deploy(wd, recipe, mode, transformed, cal, background=mode != critical)
-            return dep, stage_verify(
-                wd,
-                recipe,
-                mode,
-                ref_future.result(),
-                dep,
-                transformed,
-                verify_images[1:],
-                exported.result,
-            )
+            # the latency estimate (a second or two of pure Python) beside the verification, in
+            # the branch: a BF16 model's is off the critical path altogether
+            with cf.ThreadPoolExecutor(max_workers=1) as est_pool:
+                est = est_pool.submit(_estimate, dep.result.cvimodel)
+                verified = stage_verify(
+                    wd,
+                    recipe,
+                    mode,
+                    ref_future.result(),
+                    dep,
+                    transformed,
+                    verify_images[1:],
+                    exported.result,
+                )
+                estimates[mode] = est.result()
+            return dep, verified
 
         results, errors = _run_branches(branch, recipe.quantize)
         failed: dict[str, BaseException] = dict(
@@ -1199,7 +1207,9 @@ def _build_in(
     assert referenced is not None  # no branch failed, or the mix search took INT8's place
     if errors:
         # deliver what verified (and the mixed model), and say what did not
-        partial = _finish(recipe, out_dir, wd, exported, transformed, referenced, results, mixed)
+        partial = _finish(
+            recipe, out_dir, wd, exported, transformed, referenced, results, mixed, estimates
+        )
         partial.failed = {m: str(e) for m, e in failed.items()}
         partial.failed_stages = dict(wd.failed)
         for m in failed:  # a file an earlier build left under a failed mode's name is not this
@@ -1208,7 +1218,9 @@ def _build_in(
         _write_failures(partial)
         partial.report = write_build_report(partial)
         raise PartialBuild(partial, failed)
-    result = _finish(recipe, out_dir, wd, exported, transformed, referenced, results, mixed)
+    result = _finish(
+        recipe, out_dir, wd, exported, transformed, referenced, results, mixed, estimates
+    )
     if recipe.deploy.save_input_files:
         from duotpu.builder.replay import write_input_archive
 
@@ -1359,8 +1371,10 @@ def _finish(
     referenced: Stage[Referenced],
     results: dict[str, tuple[Stage[Deployed], Stage[Verified]]],
     mixed: Stage[Mixed] | None = None,
+    estimates: dict[str, Any] | None = None,
 ) -> BuildResult:
-    """Copy the final files into ``out_dir`` atomically and write the build manifest."""
+    """Copy the final files into ``out_dir`` atomically and write the build manifest
+    (``estimates``: the latency estimates the branches made, by mode)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     reference = dict(np.load(referenced.result.reference))
     models: dict[str, ModelArtifact] = {}
@@ -1377,7 +1391,7 @@ def _finish(
             {n: got[k].reshape(reference[n].shape) for n, k in ver.outputs.items()},
             dep.tpu_mlir,
             ver.per_image,
-            _estimate(final),
+            (estimates or {}).get(mode) or _estimate(final),
             dep.simulated,
         )
     mix = None

@@ -58,7 +58,12 @@ EventSink = Callable[[StageEvent], None]
 # tqdm's bar in a tool's log: "activation_collect_and_calc_th for sample: 7:  45%|…| 45/100 [..."
 _BAR = re.compile(r"(?P<desc>[^\r\n|]*?)\s*\d+%\|[^|\r\n]*\|\s*(?P<n>\d+)/(?P<total>\d+)\s*\[")
 # what a bar counts, by the words tpu_mlir's tools put before it
-_COUNTED = (("sample", "images"), ("threshold", "layers"))
+_COUNTED = (
+    ("sample", "images"),
+    ("threshold", "layers"),
+    ("tune op", "layers tuned"),
+    ("compare", "tensors compared"),
+)
 
 
 def log_progress(text: str) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 from pathlib import Path
 
 from duotpu.config.errors import DataError
@@ -9,10 +11,32 @@ from duotpu.onboard import heads
 
 
 def imagenet_classes() -> list[str]:
-    """The 1000 ImageNet class names, in class-index order."""
-    from torchvision.models._meta import _IMAGENET_CATEGORIES
+    """The 1000 ImageNet class names, in class-index order (torchvision's metadata)."""
+    return list(_imagenet_categories())
 
-    return list(_IMAGENET_CATEGORIES)
+
+@functools.lru_cache(maxsize=1)
+def _imagenet_categories() -> tuple[str, ...]:
+    import sys
+    from types import ModuleType
+
+    meta: ModuleType | None = sys.modules.get("torchvision.models._meta")
+    if meta is None:
+        # the metadata module alone (plain data): importing torchvision for it costs 2-3 s,
+        # which a build would otherwise spend writing its report
+        spec = importlib.util.find_spec("torchvision")
+        origin = Path(spec.origin).parent / "models" / "_meta.py" if spec and spec.origin else None
+        loaded = (
+            importlib.util.spec_from_file_location("_duotpu_imagenet_meta", origin)
+            if origin is not None and origin.is_file()
+            else None
+        )
+        if loaded is None or loaded.loader is None:
+            meta = importlib.import_module("torchvision.models._meta")
+        else:
+            meta = importlib.util.module_from_spec(loaded)
+            loaded.loader.exec_module(meta)
+    return tuple(meta._IMAGENET_CATEGORIES) if meta is not None else ()
 
 
 def read_labels(path: Path) -> list[str]:
