@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell cat requirements.lock requirements-nodeps.lo
 SSHD  := /usr/sbin/sshd
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: install demo test test-fast test-unit lint bench clean help
+.PHONY: install demo test test-fast test-unit lint bench docs docs-serve clean help
 
 help:
 	@echo "make demo   install, then run the built-in demo (EfficientNet-Lite0 -> INT8 + BF16)"
@@ -15,6 +15,7 @@ help:
 	@echo "make lint   ruff (lint + format check), the layer contract (import-linter), mypy"
 	@echo "make test-unit  the unit tier: no compiler, a few seconds"
 	@echo "make bench  install, then run the benchmarks under bench/"
+	@echo "make docs   the docs site into site/ (make docs-serve: on http://127.0.0.1:8000)"
 
 install: $(STAMP)
 
@@ -66,5 +67,14 @@ test-fast: install $(SSHD) $(CHROMIUM)
 bench: install
 	$(PY) bench/build.py
 
+# The docs site: the reference pages are generated from the code and bench/results, then MkDocs
+# builds it in strict mode (a broken link or a reference to a name that is gone fails).
+docs: install
+	$(PY) -m duotpu.cli.reference docs
+	$(VENV)/bin/mkdocs build --strict --quiet
+
+docs-serve: docs
+	$(VENV)/bin/mkdocs serve --dev-addr 127.0.0.1:8000
+
 clean:
-	rm -rf build .pytest_cache
+	rm -rf build site .pytest_cache

@@ -380,7 +380,7 @@ class Tolerance:
 
 @dataclass(frozen=True)
 class Recipe:
-    """Everything a build needs. See the README's recipe reference."""
+    """Everything a build needs. The recipe reference (`make docs`) lists every field."""
 
     name: str = field(default="", metadata=meta("--name", "model name (names the output files)"))
     chip: Chip = field(
