@@ -135,3 +135,20 @@ def test_onnx_runtime_keeps_its_warnings_off_the_terminal(capfd):
     assert float(y.max()) == 0.0
     assert "unused" not in capfd.readouterr().err
     assert onnx.checker.check_model(model) is None
+
+
+def test_a_packed_fused_input_without_a_resize_keeps_its_height_and_width():
+    """A fused-preprocess model with packed (NHWC) input and no preprocess.resize: the image
+    is resized to the input's own H, W (it was resized to W x 3: the shape read as NCHW)."""
+    from duotpu.config.recipe import Preprocess
+    from duotpu.core.preprocess import fused_input, input_hw
+
+    rng = np.random.RandomState(3)
+    img = rng.randint(0, 256, (48, 64, 3)).astype(np.uint8)
+    for fmt, shape in (("BGR_PACKED", (1, 40, 30, 3)), ("RGB_PLANAR", (1, 3, 40, 30))):
+        assert input_hw(shape, fmt) == (40, 30)
+        raw = fused_input(img, Preprocess(), shape, fmt)
+        assert raw.shape == shape and raw.dtype == np.uint8
+    packed = fused_input(img, Preprocess(), (1, 40, 30, 3), "BGR_PACKED")[0]
+    planar = fused_input(img, Preprocess(), (1, 3, 40, 30), "BGR_PLANAR")[0]
+    assert np.array_equal(packed, planar.transpose(1, 2, 0))

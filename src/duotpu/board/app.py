@@ -21,7 +21,7 @@ import duotpu.onboard as onboard_pkg
 from duotpu.builder.manifest import MANIFEST
 from duotpu.config.errors import ConfigError, ModelError
 from duotpu.core import labels
-from duotpu.core.preprocess import resize_dims, tpu_mean_scale
+from duotpu.core.preprocess import input_hw, resize_dims, tpu_mean_scale
 from duotpu.infer.runtime import BuiltModel, open_model
 from duotpu.onboard import app as onboard_app
 from duotpu.onboard import tail as onboard_tail
@@ -153,7 +153,7 @@ def app_config(models: dict[str, BuiltModel]) -> dict[str, Any]:
         shape[1] if len(shape) == 4 and not (t.pixel_format and "PACKED" in t.pixel_format) else 3
     )
     mean_s, scale_s = tpu_mean_scale(r.preprocess, channels if channels in (1, 3) else 3)
-    net = (1, channels, shape[-2], shape[-1])
+    net = (1, channels, *input_hw(shape, t.pixel_format or ""))
     out0 = first.info.programs[0].outputs
     cfg: dict[str, Any] = {
         "format": onboard_app.FORMAT,

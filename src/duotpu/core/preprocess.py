@@ -29,6 +29,13 @@ def tpu_mean_scale(pre: Preprocess, channels: int) -> tuple[str, str]:
     return (",".join(_fmt(m * 255.0) for m in mean), ",".join(_fmt(1.0 / (s * 255.0)) for s in std))
 
 
+def input_hw(shape: tuple[int, ...] | list[int], pixel_format: str = "") -> tuple[int, int]:
+    """The (h, w) of a model input: NCHW, or NHWC for a fused-preprocess ``*_PACKED`` input."""
+    if pixel_format.endswith("PACKED"):
+        return int(shape[1]), int(shape[2])
+    return int(shape[-2]), int(shape[-1])
+
+
 def resize_dims(pre: Preprocess, shape: tuple[int, ...]) -> tuple[int, int]:
     """The (h, w) an image is resized to before the center crop to the input size."""
     return (pre.resize[0], pre.resize[1]) if pre.resize else (shape[2], shape[3])
@@ -133,7 +140,7 @@ def fused_input(
     TPU does the mean/scale."""
     gray = pixel_format == "GRAYSCALE"
     img = load_bgr(image, gray)
-    h, w = resize_dims(pre, (1, 1 if gray else 3, shape[-2], shape[-1]))
+    h, w = resize_dims(pre, (1, 1 if gray else 3, *input_hw(shape, pixel_format)))
     img = _resize(img, pre, h, w)
     x = img[None] if gray else img.transpose(2, 0, 1)
     ch, cw = (
