@@ -49,7 +49,8 @@ from duotpu.config.recipe import (
 if TYPE_CHECKING:
     from duotpu.builder.calibdata import CalibrationData, CalibrationDataReader
     from duotpu.builder.many import build_many
-    from duotpu.builder.pipeline import BuildResult, EventSink, ModelArtifact, StageEvent
+    from duotpu.builder.pipeline import EventSink, StageEvent
+    from duotpu.builder.results import BuildResult, ModelArtifact
     from duotpu.compiler.cvimodel import CviModelInfo, read_cvimodel
     from duotpu.compiler.executor import Executor, executor
     from duotpu.infer.runtime import BuiltModel, detect, infer, open_model, tensors_for, top_k
@@ -59,9 +60,9 @@ if TYPE_CHECKING:
 _LAZY = {
     "CalibrationDataReader": "duotpu.builder.calibdata",
     "CalibrationData": "duotpu.builder.calibdata",
-    "BuildResult": "duotpu.builder.pipeline",
+    "BuildResult": "duotpu.builder.results",
     "EventSink": "duotpu.builder.pipeline",
-    "ModelArtifact": "duotpu.builder.pipeline",
+    "ModelArtifact": "duotpu.builder.results",
     "StageEvent": "duotpu.builder.pipeline",
     "CviModelInfo": "duotpu.compiler.cvimodel",
     "top_k": "duotpu.infer.runtime",

@@ -22,7 +22,8 @@ from duotpu.config.recipe import Recipe
 from duotpu.core.files import atomic_write
 
 from .manifest import MANIFEST
-from .pipeline import BuildResult, build, default_out_dir
+from .pipeline import build, default_out_dir
+from .results import BuildResult
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from duotpu.config.errors import DataError
 
 if TYPE_CHECKING:
-    from duotpu.builder.pipeline import BuildResult
+    from duotpu.builder.results import BuildResult
     from duotpu.builder.workdir import Stage
 
 _TOOLS = {"transform": "model_transform", "calibrate": "run_calibration", "deploy": "model_deploy"}
@@ -46,7 +46,7 @@ def _command(stage: Stage[Any]) -> tuple[str, list[str]]:
 
 def write_input_archive(result: BuildResult, out: Path | None = None) -> Path:
     """Write ``NAME_inputs.tar.gz`` (beside the build's cvimodels unless ``out``) for a
-    :class:`~duotpu.builder.pipeline.BuildResult` of a plain (batch 1) build."""
+    :class:`~duotpu.builder.results.BuildResult` of a plain (batch 1) build."""
     r = result.recipe
     work = Path(result.work_dir).resolve()
     name = r.name

@@ -21,7 +21,7 @@ from duotpu.core.labels import class_name, imagenet_classes
 
 if TYPE_CHECKING:
     from duotpu.builder.mixprec import Candidate
-    from duotpu.builder.pipeline import BuildResult
+    from duotpu.builder.results import BuildResult
     from duotpu.config.recipe import Recipe
 
 REPORT = "report.html"

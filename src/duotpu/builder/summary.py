@@ -13,7 +13,7 @@ from duotpu.core.labels import class_name
 if TYPE_CHECKING:
     import numpy as np
 
-    from duotpu.builder.pipeline import BuildResult
+    from duotpu.builder.results import BuildResult
     from duotpu.core.detect import Detection
 
 

@@ -104,7 +104,7 @@ class BuildFailed(DuoTpuError):
 
 class PartialBuild(BuildFailed):
     """Some modes failed, the others were built and verified and are delivered: ``result`` is
-    the build of the delivered modes (a :class:`duotpu.builder.pipeline.BuildResult`), ``errors``
+    the build of the delivered modes (a :class:`duotpu.builder.results.BuildResult`), ``errors``
     the failures by mode in recipe order."""
 
     def __init__(self, result: Any, failed: dict[str, BaseException]):
