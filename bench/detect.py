@@ -25,6 +25,7 @@ from pathlib import Path
 from _report import emit  # noqa: E402
 from duotpu.builder import pipeline
 from duotpu.compiler import cvimodel
+from duotpu.config import chips
 from duotpu.config.recipe import load_recipe
 from duotpu.core import images
 from duotpu.core.detect import read_yolo_labels
@@ -129,7 +130,7 @@ def board_fit() -> list[str]:
         "the same number model_tool prints):",
         "",
         "| model | input | cvimodel | ION | Duo (64 MB, ION heap "
-        f"{cvimodel.BOARDS['duo'][2]:.0f} MB) | build s |",
+        f"{chips.BOARDS['duo'].ion_mb:.0f} MB) | build s |",
         "|---|---|---|---|---|---|",
     ]
     for name in ("yolov5n", "yolov8n"):

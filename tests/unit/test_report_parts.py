@@ -44,3 +44,19 @@ def test_every_build_says_which_boards_hold_it():
     mid = fit_text("cv181x", 72.0)  # between the Duo S's and the Duo 256M's heaps
     assert mid == "ION 72.00 MB: Duo 256M ✓, Duo S ✗ (reserves 70 MB)"
     assert "no Duo board" in fit_text("cv183x", 1.0)
+
+
+def test_one_table_of_chips_and_boards_is_what_every_layer_reads():
+    """The chip table (config/chips.py) is the only source: the latency model's lanes, the fit
+    verdict's ION heaps, the board check's SoC names."""
+    from duotpu.board.checks import chip_of_soc
+    from duotpu.builder.summary import board_fits
+    from duotpu.compiler import latency
+    from duotpu.config.chips import BOARDS, CHIPS, boards_of
+
+    assert latency.LANES == {name: c.lanes for name, c in CHIPS.items()}
+    assert latency.constants_for("cv183x").lanes == CHIPS["cv183x"].lanes == 32
+    assert [f.ion_mb for f in board_fits("cv181x", 1.0)] == [b.ion_mb for b in boards_of("cv181x")]
+    assert {b.chip for b in BOARDS.values()} <= set(CHIPS)
+    assert chip_of_soc("cvitek,cv1800b") == "cv180x" and chip_of_soc("sophgo,sg2002") == "cv181x"
+    assert chip_of_soc("allwinner,d1") == ""

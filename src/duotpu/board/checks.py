@@ -8,6 +8,7 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from duotpu.config.chips import chip_of_soc
 from duotpu.config.errors import BoardError
 
 from .ssh import Board
@@ -30,25 +31,6 @@ class Doctor:
     ion_mb: float | None = None
     sdk_ok: bool = False
     problems: list[str] = field(default_factory=list)
-
-
-_SOC_CHIP = {
-    "cv1800b": "cv180x",
-    "cv1801b": "cv180x",
-    "cv180": "cv180x",
-    "sg2002": "cv181x",
-    "sg2000": "cv181x",
-    "cv1812": "cv181x",
-    "cv181": "cv181x",
-    "cv182": "cv182x",
-    "cv183": "cv183x",
-}
-
-
-def chip_of_soc(soc: str) -> str:
-    """The TPU chip family (cv180x, cv181x, ...) of a SoC name from the device tree."""
-    s = soc.lower()
-    return next((chip for key, chip in _SOC_CHIP.items() if key in s), "")
 
 
 def runtime_version(text: str) -> str:

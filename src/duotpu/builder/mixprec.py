@@ -25,6 +25,7 @@ from numpy.typing import NDArray
 from duotpu import compiler
 from duotpu.compiler import cvimodel as cvimodel_mod
 from duotpu.compiler.executor import Executor
+from duotpu.config import chips
 from duotpu.config.errors import ModelError, ToleranceError, ToolchainError
 from duotpu.config.recipe import Mix, Recipe
 from duotpu.core import metrics
@@ -45,7 +46,7 @@ _SKIP_TYPES = {
     "top.Flatten",
     "top.Permute",
 }
-DUO_ION_MB = cvimodel_mod.BOARDS["duo"][2]
+DUO_ION_MB = chips.BOARDS["duo"].ion_mb
 
 
 @dataclass(frozen=True)

@@ -40,13 +40,9 @@ class BoardFit:
 
 def board_fits(chip: str, ion_mb: float) -> list[BoardFit]:
     """The Duo boards with the model's chip, and whether its memory need fits each one's ION."""
-    from duotpu.compiler.cvimodel import BOARDS
+    from duotpu.config.chips import boards_of
 
-    return [
-        BoardFit(label.split(" (")[0].replace("Milk-V ", ""), ion, ion_mb <= ion)
-        for label, board_chip, ion in BOARDS.values()
-        if board_chip == chip
-    ]
+    return [BoardFit(b.short, b.ion_mb, ion_mb <= b.ion_mb) for b in boards_of(chip)]
 
 
 def fit_text(chip: str, ion_mb: float) -> str:

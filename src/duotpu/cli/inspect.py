@@ -12,7 +12,7 @@ from duotpu.config.errors import ConfigError
 
 
 def _ion_overrides(items: list[str]) -> dict[str, float]:
-    from duotpu.compiler.cvimodel import BOARDS
+    from duotpu.config.chips import BOARDS
 
     out = {}
     for item in items:

@@ -19,6 +19,7 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from duotpu.config import chips
 from duotpu.config.errors import ModelError, SetupError, ToolchainError
 
 from .env import cvimodel_schema
@@ -39,14 +40,6 @@ _DTYPES = {
 }
 _SECTION_TYPES = {0: "weight", 1: "cmdbuf", 2: "func_x86", 3: "func_aarch64", 4: "dmabuf"}
 _MEM_IO = 3  # tensor offset bits 40..42: 0/1 shared, 2 private, >2 io memory
-
-#: Boards, their chip and the ION (TPU) memory their stock images reserve, in MB. The Duo's
-#: images reserve between ~16 and ~27 MB depending on the release; 16 is the cautious default.
-BOARDS = {
-    "duo": ("Milk-V Duo (CV1800B, 64 MB)", "cv180x", 16.0),
-    "duo256m": ("Milk-V Duo 256M (SG2002)", "cv181x", 75.0),
-    "duos": ("Milk-V Duo S (SG2000, 512 MB)", "cv181x", 70.0),
-}
 
 
 # --------------------------------------------------------------------------------------------
@@ -356,8 +349,9 @@ def board_fit(info: CviModelInfo, ion_mb: dict[str, float] | None = None) -> dic
     """Per board: whether the model's chip matches and its memory need fits the ION heap
     assumed for that board (``ion_mb`` overrides the assumptions, by board key)."""
     out = {}
-    for key, (label, chip, default_ion) in BOARDS.items():
-        ion = (ion_mb or {}).get(key, default_ion)
+    for key, board in chips.BOARDS.items():
+        label, chip = board.label, board.chip
+        ion = (ion_mb or {}).get(key, board.ion_mb)
         chip_ok = info.chip == chip
         mem_ok = info.ion_mb <= ion
         if not chip_ok:

@@ -20,11 +20,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from duotpu.config import chips
+
 from .cmdbuf import Routine, TdmaCommand, TiuCommand, routines
 
-#: TPU lanes (NPU_NUM) per chip and local memory per lane (sophgo/cvikernel cv18xx_tpu_cfg.h)
-LANES = {"cv180x": 2, "cv181x": 8, "cv182x": 8, "cv183x": 32}
-LOCAL_MEMORY_KB = 32
+#: TPU lanes (NPU_NUM) per chip and local memory per lane: the chip table's
+LANES = {name: c.lanes for name, c in chips.CHIPS.items()}
+LOCAL_MEMORY_KB = chips.LOCAL_MEMORY_KB
 
 
 @dataclass(frozen=True)

@@ -41,14 +41,6 @@ Mode = Literal["int8", "bf16"]
 ResizeMode = Literal["stretch", "short_side", "letterbox"]
 PixelFormat = Literal["rgb", "bgr", "gray"]
 
-#: Boards and the chip their TPU is (for messages and fit checks).
-BOARDS = {
-    "cv180x": "Milk-V Duo (CV1800B)",
-    "cv181x": "Milk-V Duo 256M / Duo S (SG2002/SG2000)",
-    "cv182x": "CV182x boards",
-    "cv183x": "CV183x boards",
-}
-
 
 @dataclass(frozen=True)
 class ModelSource:
