@@ -237,3 +237,61 @@ def test_calibration_from_an_image_list(tiny_onnx_path, tmp_path):
             tiny_recipe(tiny_onnx_path, quantize=["int8"], **{"calibration.images": str(lst)}),
             tmp_path / "out2",
         )
+
+
+def test_text_line_resize_matches_tpu_mlirs_and_paddleocrs(tmp_path):
+    """resize_mode = "text_line" (PaddleOCR's recognizer input: the line scaled to the input
+    height, the image at the left, padded on the right): the compiler's own preprocessing of the
+    test image (tpu_mlir's letterbox with pad_type normal) equals duotpu's and PaddleOCR's resize
+    for a line narrower than W/H; the model (a spatial map) verifies on it."""
+    import cv2
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from duotpu.core.images import builtin_photo
+    from duotpu.core.preprocess import load_bgr, preprocess_image
+
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.normal(0, 0.3, (4, 3, 3, 3)).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["input", "w"], ["map"], pads=[1, 1, 1, 1])],
+        "line",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 32, 96])],
+        [helper.make_tensor_value_info("map", TensorProto.FLOAT, [1, 4, 32, 96])],
+        [w],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "line.onnx"))
+    r = tiny_recipe(
+        tmp_path / "line.onnx",
+        name="line",
+        quantize=["bf16"],
+        task="generic",
+        **{
+            "inputs": [{"name": "input", "shape": [1, 3, 32, 96]}],
+            "preprocess.resize": None,
+            "preprocess.resize_mode": "text_line",
+            "preprocess.pad_value": 127,
+            "preprocess.mean": [0.5, 0.5, 0.5],
+            "preprocess.std": [0.5, 0.5, 0.5],
+        },
+    )
+    res = pipeline.build(r, tmp_path / "b")
+    assert res.models["bf16"].worst > 0.99  # the simulator (tpu_mlir's input) vs ONNX (ours)
+    x = res.test_input["input"]
+    img = load_bgr(builtin_photo("chelsea"), False)
+    ih, iw = img.shape[:2]
+    rw = int(iw * 32 / ih)
+    assert rw < 96  # a line narrower than W/H: the image keeps the full height
+    assert np.allclose(x[..., rw:], (127 / 255 - 0.5) / 0.5, atol=1e-6)  # padded on the right
+    # PaddleOCR's resize_norm_img for such a line: resize to (ceil(32 * ratio), 32), pad right
+    paddle_w = int(np.ceil(32 * iw / ih))
+    line = cv2.resize(img, (paddle_w, 32))[:, :, ::-1].transpose(2, 0, 1) / 255.0
+    ours = preprocess_image(builtin_photo("chelsea"), r.preprocess, (1, 3, 32, 96))
+    # the compiler's preprocessing (the test input model_transform made) is duotpu's, exactly
+    assert np.allclose(ours, x, atol=1e-5)
+    same = min(rw, paddle_w)
+    if paddle_w == rw:
+        assert np.allclose(ours[0, :, :, :same], (line - 0.5) / 0.5, atol=1e-5)
+    assert abs(paddle_w - rw) <= 1

@@ -152,3 +152,20 @@ def test_a_packed_fused_input_without_a_resize_keeps_its_height_and_width():
     packed = fused_input(img, Preprocess(), (1, 40, 30, 3), "BGR_PACKED")[0]
     planar = fused_input(img, Preprocess(), (1, 3, 40, 30), "BGR_PLANAR")[0]
     assert np.array_equal(packed, planar.transpose(1, 2, 0))
+
+
+def test_text_line_resize_on_the_board_equals_the_hosts():
+    """The board app's numpy resize for resize_mode text_line (image at the top left, padded on
+    the right) gives the host's bytes (OpenCV), and boxes map back without an offset."""
+    from duotpu.config.recipe import Preprocess
+    from duotpu.core.preprocess import _resize
+
+    rng = np.random.RandomState(4)
+    img = rng.randint(0, 256, (30, 50, 3)).astype(np.uint8)
+    board, place = preprocess.fit(img, "text_line", 32, 96, 127)
+    host = _resize(img, Preprocess(resize_mode="text_line", pad_value=127), 32, 96)
+    assert np.array_equal(board, host)
+    rw = int(50 * 32 / 30)
+    assert (board[:, rw:] == 127).all() and not (board[:, :rw] == 127).all()
+    assert place["dx"] == place["dy"] == 0.0
+    assert heads.placement("text_line", (32, 96), (32, 96), (30, 50))[2:] == (0.0, 0.0)

@@ -101,7 +101,7 @@ def preprocess_args(pre: Preprocess, shape: tuple[int, ...]) -> list[str]:
     ]
     if pre.resize_mode == "short_side":
         args += ["--keep_aspect_ratio", "--keep_ratio_mode", "short_side_scale"]
-    elif pre.resize_mode == "letterbox":
+    elif pre.resize_mode in ("letterbox", "text_line"):
         args += [
             "--keep_aspect_ratio",
             "--keep_ratio_mode",
@@ -109,6 +109,8 @@ def preprocess_args(pre: Preprocess, shape: tuple[int, ...]) -> list[str]:
             "--pad_value",
             str(pre.pad_value),
         ]
+        if pre.resize_mode == "text_line":  # the image at the top left: padded right / below
+            args += ["--pad_type", "normal"]
     return args
 
 

