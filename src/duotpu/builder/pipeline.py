@@ -816,6 +816,15 @@ def stage_verify(
     }
 
     def run(folder: Path) -> Verified:
+        try:
+            return _verify(folder)
+        except ToleranceError as e:
+            hint = preprocessing_hint(r)
+            if not hint:
+                raise
+            raise ToleranceError(e.what, e.mismatches, f"{hint} {e.advice}", e.log_path) from None
+
+    def _verify(folder: Path) -> Verified:
         if checked is not None and transformed is not None:
             compiler.check_tolerance(
                 checked,
@@ -859,6 +868,28 @@ def stage_verify(
         )
 
     return wd.run(f"verify-{mode}", key, run, Verified)
+
+
+def preprocessing_hint(r: Recipe) -> str:
+    """The first thing to check when a model misses verification and its recipe gives no
+    preprocessing at all (raw 0–255 pixels, RGB, no mean/std): "" when the recipe gives some.
+    A model trained on normalised input sees values it never saw, which quantize worst."""
+    pre = r.preprocess
+    plain = (
+        all(m == 0.0 for m in pre.mean)
+        and all(s == 1.0 for s in pre.std)
+        and pre.pixel_format == "rgb"
+        and pre.resize is None
+    )
+    if not plain:
+        return ""
+    return (
+        "First check the preprocessing: the recipe gives none (RGB pixels 0–255 straight in, no "
+        "mean/std, no resize). If the model was trained on normalised input (ImageNet's "
+        "--mean 0.485,0.456,0.406 --std 0.229,0.224,0.225, BGR with --pixel-format bgr, a "
+        "resize with --resize), give what its own code does; a model fed input it never saw "
+        "is where quantization loses most."
+    )
 
 
 # --------------------------------------------------------------------------------------------
