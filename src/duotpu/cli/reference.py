@@ -253,6 +253,9 @@ def write_reference(docs: Path, root: Path | None = None) -> list[Path]:
     docs = Path(docs)
     root = Path(root) if root else docs.resolve().parent
     pages = {RECIPE_PAGE: recipe_page(), CLI_PAGE: cli_page(), API_PAGE: api_page()}
+    changelog = root / "CHANGELOG.md"
+    if changelog.is_file():  # the site's copy of the repository's changelog
+        pages["changelog.md"] = changelog.read_text()
     pages |= {f"{BENCH_DIR}/{k}": v for k, v in benchmark_pages(root).items()}
     out = []
     for rel, text in pages.items():
