@@ -64,7 +64,8 @@ def test_input_shape_mismatch(tmp_path, tiny_onnx_path):
     flags = list(TINY_FLAGS)
     flags[1] = "1,3,64,64"
     proc = run_cli("build", str(tiny_onnx_path), *flags, "--out", str(tmp_path / "o"))
-    _assert_clean_failure(proc, 1, "[1, 3, 64, 64]", "does not match")
+    # the recipe's to fix (--input-shape): a usage error, exit 2 like other recipe errors
+    _assert_clean_failure(proc, 2, "[1, 3, 64, 64]", "does not match")
 
 
 def test_unsupported_operator_is_named(tmp_path):
