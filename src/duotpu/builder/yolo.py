@@ -134,6 +134,14 @@ def names_from_metadata(model: onnx.ModelProto) -> list[str]:
     return []
 
 
+#: the way around for a detector head duotpu recognises but does not decode
+_NOT_DECODED = (
+    '{what}: duotpu does not decode that head yet. Build it with task = "generic" (its '
+    "head maps are delivered and verified as tensors) and decode them on the CPU as the "
+    "model's own package does."
+)
+
+
 def cut_head(
     full_onnx: Path,
     out: Path,
@@ -196,6 +204,15 @@ def cut_head(
             'original YOLOv5; for a classifier use task = "classify".'
         )
     per_level = {len(v) for v in levels.values()}
+
+    def seen() -> str:
+        return "; ".join(
+            f"stride {st}: {len(levels[st])} map(s) of "
+            + "/".join(str(shapes[n.output[0]][1]) for n in levels[st])
+            + " channels"
+            for st in strides
+        )
+
     if per_level == {2}:
         reg_max = int(consts[dfl[0].input[1]].shape[1]) if dfl else 1
         outputs, ncs = [], set()
@@ -216,7 +233,12 @@ def cut_head(
             if shapes[box.output[0]][1] != 4 * reg_max:
                 raise ModelError(
                     f"{full_onnx}: the head at stride {s} has no box map of "
-                    f"{4 * reg_max} channels; this YOLO variant is not supported."
+                    f"{4 * reg_max} channels (duotpu saw {seen()}). "
+                    + _NOT_DECODED.format(
+                        what="Two maps per scale without YOLOv8's DFL convolution are a "
+                        "PP-PicoDet / PP-YOLOE / NanoDet-style GFL head (a box map of "
+                        "4 × (reg_max + 1) channels decoded with a softmax)"
+                    )
                 )
             outputs += [box.output[0], cls.output[0]]
             ncs.add(shapes[cls.output[0]][1])
@@ -229,10 +251,14 @@ def cut_head(
         )
         if not anchors:
             raise ModelError(
-                f"{full_onnx} looks like an anchor-based YOLO (one head map per "
-                "scale) but its anchors were not found in the graph. Give them in "
-                "the recipe: detect.anchors = [[w, h, w, h, w, h], …] per scale, in "
-                "input pixels."
+                f"{full_onnx} has one head map per scale (duotpu saw {seen()}) and no "
+                "anchors in the graph. If it is an original YOLOv5, give its anchors in the "
+                "recipe: detect.anchors = [[w, h, w, h, w, h], …] per scale, in input pixels. "
+                + _NOT_DECODED.format(
+                    what="One map of classes + 4 × (reg_max + 1) channels is a PP-PicoDet "
+                    "head with shared class/box convolutions (e.g. 32 box channels for "
+                    "reg_max 7)"
+                )
             )
         na = len(anchors[0]) // 2
         ch = {shapes[levels[s][0].output[0]][1] for s in strides}
@@ -252,9 +278,14 @@ def cut_head(
         )
     else:
         raise ModelError(
-            f"{full_onnx}: found {sorted(per_level)} head convolutions per scale; "
-            "expected 2 (YOLOv8-style box + class maps) or 1 (YOLOv5 with "
-            "anchors)."
+            f"{full_onnx}: found {sorted(per_level)} head convolutions per scale (duotpu saw "
+            f"{seen()}); YOLO heads have 2 (YOLOv8-style box + class maps) or 1 (YOLOv5 with "
+            "anchors). "
+            + _NOT_DECODED.format(
+                what="Three maps per scale (class, box, objectness) are a YOLOX / "
+                "PP-YOLOE-style head; box + landmark + score maps a RetinaFace / SCRFD face "
+                "detector"
+            )
         )
     head.names = list(names or names_from_metadata(model) or [])
     if len(head.names) != head.nc or all(n == str(i) for i, n in enumerate(head.names)):
