@@ -10,6 +10,7 @@ import pytest
 
 import tinymodels
 from conftest import run_cli, tiny_recipe
+from duotpu.config.errors import ToleranceError
 
 
 def test_a_current_ultralytics_style_export_builds_without_a_shape(tmp_path: Path) -> None:
@@ -109,6 +110,28 @@ def test_verification_uses_the_users_own_images(tmp_path: Path) -> None:
     images.write_calibration_set(folder, 2, seed=9)
     picked = pipeline.test_images(tiny_recipe(tmp_path / "t.onnx", test_image=str(folder)), own)
     assert [p.parent for p in picked] == [folder, folder]
+    # all of a given folder is verified (not 4 of it), and its worst image decides
+    images.write_calibration_set(folder, 7, seed=9)
+    strict = tiny_recipe(
+        tmp_path / "t.onnx", test_image=str(folder), quantize=["bf16"], name="tfolder"
+    )
+    assert len(pipeline.test_images(strict, tmp_path / "in")) == 7
+    built = pipeline.build(strict, tmp_path / "f")
+    per = built.models["bf16"].per_image
+    assert len(per) == 7
+    between = (min(per) + float(np.mean(per))) / 2  # passes on the mean, not on the worst
+    if min(per) < between < float(np.mean(per)):
+        with pytest.raises(ToleranceError, match="worst over 7 images"):
+            pipeline.build(
+                tiny_recipe(
+                    tmp_path / "t.onnx",
+                    test_image=str(folder),
+                    quantize=["bf16"],
+                    name="tfolder",
+                    **{"tolerance.verify_bf16": between},
+                ),
+                tmp_path / "f",
+            )
     cat = pipeline.test_images(tiny_recipe(tmp_path / "t.onnx"), tmp_path / "inputs")
     assert [p.name for p in cat] == ["chelsea.png"]
 

@@ -415,8 +415,8 @@ class Recipe:
         default="",
         metadata=meta(
             "--test-image",
-            "image (or folder of images) the build is verified on; default: 4 of your "
-            "calibration images, or builtin:chelsea",
+            "image, or folder of images (all verified, the worst decides), the build is "
+            "verified on; default: 4 of your calibration images, or builtin:chelsea",
             path="any",
         ),
     )
