@@ -49,7 +49,13 @@ $(SSHD):
 $(CHROMIUM):
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core >/dev/null
 
-test: install $(SSHD) $(CHROMIUM)
+# Debian's stb_image header, for the C board app's JPEG / PNG reading (a dependency of the app,
+# compiled into it; the app builds without it and then reads PPM/PGM/BMP only).
+STB := /usr/include/stb/stb_image.h
+$(STB):
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libstb-dev >/dev/null
+
+test: install $(SSHD) $(CHROMIUM) $(STB)
 	$(VENV)/bin/python -m pytest -q --durations=25
 
 test-unit: install
@@ -61,7 +67,7 @@ lint: install
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/mypy src/duotpu
 
-test-fast: install $(SSHD) $(CHROMIUM)
+test-fast: install $(SSHD) $(CHROMIUM) $(STB)
 	$(VENV)/bin/python -m pytest -q -m "not slow"
 
 bench: install

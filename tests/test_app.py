@@ -403,6 +403,40 @@ def test_c_app_gives_the_python_apps_outputs(tiny_build, tiny_detector_build, ph
         assert f"{d.name} {d.score:.4f} [" in line
 
 
+def test_c_app_reads_jpeg_and_png_through_stb_image(tiny_build, tmp_path):
+    """Built where Debian's libstb-dev is (make test installs it), the C app decodes JPEG and
+    PNG itself: a PNG gives the host's outputs bit for bit, a JPEG (stb's decoder, not
+    libjpeg's) the same answer."""
+    import cv2
+
+    from duotpu.board.capp import stb_include
+    from duotpu.core import images
+    from duotpu.core.metrics import cosine
+
+    assert stb_include() is not None, "make test installs libstb-dev (stb_image.h)"
+    binary = _c_app_on_host(tiny_build.models["int8"].cvimodel.parent, tmp_path / "capp")
+    bgr = images.builtin_photo("chelsea")[:, :, ::-1]
+    for suffix in (".png", ".jpg"):
+        path = tmp_path / f"cat{suffix}"
+        cv2.imwrite(str(path), bgr)
+        out = tmp_path / f"{suffix[1:]}.bin"
+        got = subprocess.run(
+            [str(binary), str(path), "--save", str(out)],
+            env=_board_env(),
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert got.returncode == 0, got.stderr
+        model, host = _host(tiny_build.models["int8"].cvimodel, path)
+        flat = np.concatenate([np.asarray(host[n]).ravel() for n in model.compiled_output_names])
+        c_out = np.fromfile(out, np.float32)
+        if suffix == ".png":
+            assert np.array_equal(c_out, flat)
+        else:
+            assert cosine(c_out, flat) > 0.99
+
+
 @pytest.mark.parametrize(
     "target,machine,loader,needed",
     [

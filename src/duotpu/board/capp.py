@@ -143,9 +143,25 @@ SDK ?= ../tpu-sdk
 CC ?= cc
 LOADER ?= /lib/ld-musl-riscv64v0p7_xthead.so.1
 CFLAGS ?= -O2 -ffp-contract=off
+# JPEG and PNG through stb_image when its header is there (Debian: apt-get install libstb-dev)
+STB ?= /usr/include/stb
+ifneq ($(wildcard $(STB)/stb_image.h),)
+CFLAGS += -DDUOTPU_STB_IMAGE -I$(STB)
+endif
 {binary}: duotpu_app.c duotpu_cvi.h app_config.h
 \t$(CC) $(CFLAGS) -o $@ duotpu_app.c -L$(SDK)/lib -lcviruntime -lm -Wl,--dynamic-linker=$(LOADER)
 """
+
+#: where Debian's libstb-dev puts stb_image.h (``DUOTPU_STB_INCLUDE`` names another folder)
+STB_INCLUDE = Path("/usr/include/stb")
+
+
+def stb_include() -> Path | None:
+    """The folder holding ``stb_image.h`` (the C app then reads JPEG and PNG), or None."""
+    import os
+
+    folder = Path(os.environ.get("DUOTPU_STB_INCLUDE") or STB_INCLUDE)
+    return folder if (folder / "stb_image.h").is_file() else None
 
 
 def zig() -> list[str]:
@@ -176,6 +192,9 @@ def compile_app(
     argv += [str(src / "duotpu_app.c"), f"-L{lib_dir}", "-lcviruntime", "-lm"]
     if loader:
         argv.append(f"-Wl,--dynamic-linker={loader}")
+    stb = stb_include()
+    if stb is not None:
+        argv += ["-DDUOTPU_STB_IMAGE", f"-I{stb}"]
     argv += extra or []
     proc = subprocess.run(argv, capture_output=True, text=True, cwd=src)
     if proc.returncode != 0:

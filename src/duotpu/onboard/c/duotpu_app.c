@@ -6,7 +6,8 @@
  *
  *   ./duotpu_app [--model FILE] [--count N] [--top K] [--save FILE] IMAGE...
  *
- * Images: binary PPM/PGM and uncompressed 8/24/32-bit BMP (convert JPEG/PNG on the PC), or a
+ * Images: binary PPM/PGM and uncompressed 8/24/32-bit BMP, JPEG and PNG when compiled with
+ * stb_image (DUOTPU_STB_IMAGE: Debian's libstb-dev header, which `duotpu app --c` finds), or a
  * raw frame file of the input's exact size. The preprocessing equals the Python app's (and the
  * host's OpenCV) byte for byte: bilinear resize in OpenCV's 11-bit fixed point.
  */
@@ -19,6 +20,14 @@
 
 #include "duotpu_cvi.h"
 #include "app_config.h"
+
+#ifdef DUOTPU_STB_IMAGE /* JPEG and PNG through stb_image (a dependency, not a copy) */
+#define STB_IMAGE_IMPLEMENTATION
+#define STBI_ONLY_JPEG
+#define STBI_ONLY_PNG
+#define STBI_NO_STDIO
+#include "stb_image.h"
+#endif
 
 #define FAIL(...) do { fprintf(stderr, "error: " __VA_ARGS__); fputc('\n', stderr); exit(2); } while (0)
 
@@ -126,10 +135,27 @@ static Image read_image(const char *path) {
   size_t n;
   uint8_t *d = read_file(path, &n);
   Image im = {0, 0, 0, NULL};
-  if (!read_pnm(path, d, n, &im) && !read_bmp(path, d, n, &im))
+  if (!read_pnm(path, d, n, &im) && !read_bmp(path, d, n, &im)) {
+#ifdef DUOTPU_STB_IMAGE
+    int w, h, c;
+    uint8_t *rgb = stbi_load_from_memory(d, (int)n, &w, &h, &c, 3);
+    if (!rgb)
+      FAIL("%s: not a PPM/PGM, BMP, JPEG or PNG image this app can read (%s).", path,
+           stbi_failure_reason());
+    im = (Image){h, w, 3, malloc((size_t)w * h * 3)};
+    for (size_t i = 0; i < (size_t)w * h; i++) { /* RGB -> BGR */
+      im.px[3 * i] = rgb[3 * i + 2];
+      im.px[3 * i + 1] = rgb[3 * i + 1];
+      im.px[3 * i + 2] = rgb[3 * i];
+    }
+    stbi_image_free(rgb);
+#else
     FAIL("%s: not a PPM/PGM or BMP image. This app reads those (and raw frames); convert "
-         "JPEG/PNG on the PC (e.g. `convert photo.jpg photo.ppm`) or use the Python app "
-         "with Pillow.", path);
+         "JPEG/PNG on the PC (e.g. `convert photo.jpg photo.ppm`), build the app with "
+         "stb_image (apt-get install libstb-dev, then `duotpu app --c` again) or use the "
+         "Python app with Pillow.", path);
+#endif
+  }
   free(d);
   return im;
 }
