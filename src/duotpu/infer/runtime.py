@@ -247,10 +247,13 @@ def fp32_reference(model: BuiltModel, tensors: list[np.ndarray]) -> list[list[np
 
 def fp32_inputs(model: BuiltModel, tensors: list[np.ndarray]) -> list[np.ndarray]:
     """The model's input tensors as its fp32 ONNX model (and fp32 MLIR) takes them: a
-    fused-preprocess model's raw pixels cropped and normalised as its TPU does; others as
-    they are."""
+    fused-preprocess model's raw (integer) pixels cropped and normalised as its TPU does; float
+    tensors as they are."""
     t = model.info.programs[0].inputs[0]
     if not (t.pixel_format and t.dtype in ("uint8", "int8")):
+        return tensors
+    raw = [np.issubdtype(np.asarray(x).dtype, np.integer) for x in tensors]
+    if not any(raw):  # already the float input of the fp32 model
         return tensors
     if t.aligned or t.pixel_format in compiler.SELF_VALIDATED_FORMATS:
         raise ModelError(
@@ -259,7 +262,10 @@ def fp32_inputs(model: BuiltModel, tensors: list[np.ndarray]) -> list[np.ndarray
             "into the fp32 model's input; compare a build without fused preprocessing."
         )
     pre, shape = model.recipe.preprocess, tuple(model.recipe.inputs[0].shape)
-    return [fused_to_float(x, pre, shape, t.pixel_format) for x in tensors]
+    return [
+        fused_to_float(x, pre, shape, t.pixel_format) if is_raw else x
+        for x, is_raw in zip(tensors, raw)
+    ]
 
 
 def describe_outputs(
