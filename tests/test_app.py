@@ -364,20 +364,31 @@ def _c_app_on_host(build_dir: Path, out: Path) -> Path:
     return c.binary
 
 
+def _run_c_app(binary: Path, *args: str) -> subprocess.CompletedProcess:
+    """The host-built C app on ``args``; it must exit 0."""
+    got = subprocess.run(
+        [str(binary), *args], env=_board_env(), capture_output=True, text=True, timeout=600
+    )
+    assert got.returncode == 0, got.stderr
+    return got
+
+
+def _flat_host_outputs(cvimodel: Path, image: Path):
+    """The model and the host's outputs on ``image``, flattened in the order the C app saves."""
+    model, host = _host(cvimodel, image)
+    return (
+        model,
+        host,
+        np.concatenate([np.asarray(host[n]).ravel() for n in model.compiled_output_names]),
+    )
+
+
 def test_c_app_gives_the_python_apps_outputs(tiny_build, tiny_detector_build, photo, tmp_path):
     from duotpu.infer import runtime
 
     binary = _c_app_on_host(tiny_build.models["int8"].cvimodel.parent, tmp_path / "capp")
-    got = subprocess.run(
-        [str(binary), str(photo), "--save", str(tmp_path / "c.bin"), "--count", "2"],
-        env=_board_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert got.returncode == 0, got.stderr
-    model, host = _host(tiny_build.models["int8"].cvimodel, photo)
-    flat = np.concatenate([np.asarray(host[n]).ravel() for n in model.compiled_output_names])
+    got = _run_c_app(binary, str(photo), "--save", str(tmp_path / "c.bin"), "--count", "2")
+    model, host, flat = _flat_host_outputs(tiny_build.models["int8"].cvimodel, photo)
     assert np.array_equal(np.fromfile(tmp_path / "c.bin", np.float32), flat)
     best = runtime.top_k(model, [host])[0][0]
     assert f"{photo}: {best['name']} {best['probability']:.6f}" in got.stdout
@@ -385,16 +396,8 @@ def test_c_app_gives_the_python_apps_outputs(tiny_build, tiny_detector_build, ph
 
     art = tiny_detector_build.models["int8"]
     binary = _c_app_on_host(art.cvimodel.parent, tmp_path / "cdet")
-    got = subprocess.run(
-        [str(binary), str(photo), "--save", str(tmp_path / "d.bin")],
-        env=_board_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert got.returncode == 0, got.stderr
-    model, host = _host(art.cvimodel, photo)
-    flat = np.concatenate([np.asarray(host[n]).ravel() for n in model.compiled_output_names])
+    got = _run_c_app(binary, str(photo), "--save", str(tmp_path / "d.bin"))
+    model, host, flat = _flat_host_outputs(art.cvimodel, photo)
     assert np.array_equal(np.fromfile(tmp_path / "d.bin", np.float32), flat)
     ref = runtime.detect(model, [photo], [host])[0]
     line = next(ln for ln in got.stdout.splitlines() if ln.startswith(str(photo)))
@@ -420,16 +423,8 @@ def test_c_app_reads_jpeg_and_png_through_stb_image(tiny_build, tmp_path):
         path = tmp_path / f"cat{suffix}"
         cv2.imwrite(str(path), bgr)
         out = tmp_path / f"{suffix[1:]}.bin"
-        got = subprocess.run(
-            [str(binary), str(path), "--save", str(out)],
-            env=_board_env(),
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        assert got.returncode == 0, got.stderr
-        model, host = _host(tiny_build.models["int8"].cvimodel, path)
-        flat = np.concatenate([np.asarray(host[n]).ravel() for n in model.compiled_output_names])
+        _run_c_app(binary, str(path), "--save", str(out))
+        _, _, flat = _flat_host_outputs(tiny_build.models["int8"].cvimodel, path)
         c_out = np.fromfile(out, np.float32)
         if suffix == ".png":
             assert np.array_equal(c_out, flat)

@@ -46,6 +46,7 @@ from duotpu.core import images, metrics, onnxrt, preprocess
 from duotpu.core.files import atomic_write
 from duotpu.core.head import YoloHead
 
+from . import results
 from .calibdata import CalibrationData
 from .manifest import MANIFEST
 from .report import write_build_report
@@ -75,21 +76,8 @@ from .workdir import (
     write_json,
 )
 
-__all__ = [
-    "BuildResult",
-    "ModelArtifact",
-    "StageEvent",
-    "EventSink",
-    "Exported",
-    "Transformed",
-    "Referenced",
-    "Calibrated",
-    "Deployed",
-    "Verified",
-    "Mixed",
-    "build",
-    "deploy_options",
-]
+# the result types are re-exported: callers of the pipeline find them here too
+__all__ = [*results.__all__, "StageEvent", "EventSink", "build", "deploy_options"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -171,8 +159,7 @@ def exported_head(exported: Stage[Exported]) -> YoloHead | None:
     return YoloHead.load(head) if head is not None else None
 
 
-#: how many images a build is verified on when they come from a folder (the calibration images,
-#: or a --test-image folder)
+#: how many of the user's calibration images a build is verified on (no test image given)
 VERIFY_IMAGES = 4
 #: a test-image folder the user gives is verified on all of it, up to this many images
 MAX_TEST_IMAGES = 64
@@ -193,7 +180,7 @@ def test_images(r: Recipe, folder: Path) -> list[Path]:
     """
     spec = r.test_image
     pool: list[Path] = []
-    if spec and Path(spec).is_dir():
+    if given_folder(r):
         pool = [
             p for p in images.list_files(Path(spec)) if p.suffix.lower() in images.IMAGE_SUFFIXES
         ]
@@ -811,6 +798,7 @@ def stage_verify(
     # model_deploy's own check (quantized MLIR vs fp32, all tensors), made here at the recipe's
     # tolerance: the deploy stage ran it all but switched off
     checked = d.tpu_outputs if d.tpu_outputs and transformed is not None else None
+    worst_decides = given_folder(r)
     key: dict[str, Any] = {
         "tolerance": [list(tolerance), list(r.tolerance.excepts)] if checked else None,
         "tpu_outputs": compiler.file_digest(checked) if checked else None,
@@ -818,7 +806,7 @@ def stage_verify(
         "outputs": compiler.file_digest(d.model_outputs),
         "reference": compiler.file_digest(t.reference),
         "min_cosine": need,
-        "worst_decides": given_folder(r),
+        "worst_decides": worst_decides,
         "images": [compiler.file_digest(p) for p in extra_images],
         "preprocess": asdict(r.preprocess),
         "tail": compiler.file_digest(tail) if tail else None,
@@ -857,12 +845,12 @@ def stage_verify(
         worst = [min(c.values()) for c in per_image]
         # a folder the user gave to verify on: its worst image decides; else the mean over the
         # few calibration images picked
-        decide = {n: float(min(c[n] for c in per_image)) for n in cos} if given_folder(r) else mean
+        decide = {n: float(min(c[n] for c in per_image)) for n in cos} if worst_decides else mean
         bad = [Mismatch(n, "cosine", c, need) for n, c in decide.items() if not c >= need]
         what = f"the {mode.upper()} cvimodel on the CV18xx simulator against the fp32 ONNX model"
         if len(per_image) > 1:
             what += (
-                f" ({'worst' if given_folder(r) else 'mean'} over {len(per_image)} images; "
+                f" ({'worst' if worst_decides else 'mean'} over {len(per_image)} images; "
                 f"worst image {min(worst):.4f})"
             )
         if bad:

@@ -14,6 +14,7 @@ import numpy as np
 
 from duotpu.config.errors import DataError
 from duotpu.config.recipe import Preprocess
+from duotpu.onboard.preprocess import center_crop, fit
 
 
 def _fmt(v: float) -> str:
@@ -45,8 +46,6 @@ def _resize(img: np.ndarray, pre: Preprocess, h: int, w: int) -> np.ndarray:
     """The recipe's resize, as the board app does it (:func:`duotpu.onboard.preprocess.fit`)
     with OpenCV's resize (the same bytes, faster)."""
     import cv2
-
-    from duotpu.onboard.preprocess import fit
 
     def opencv(x: np.ndarray, width: int, height: int) -> np.ndarray:
         return np.asarray(cv2.resize(x, (width, height)))
@@ -80,12 +79,7 @@ def preprocess_image(
     h, w = resize_dims(pre, shape)
     img = _resize(img, pre, h, w)
     x = img[None] if gray else img.transpose(2, 0, 1)
-    x = x[None]
-    ih, iw = x.shape[2:]
-    ch, cw = shape[2], shape[3]
-    if (ih, iw) != (ch, cw):
-        y0, x0 = ih // 2 - ch // 2, iw // 2 - cw // 2
-        x = x[:, :, y0 : y0 + ch, x0 : x0 + cw]
+    x = center_crop(x[None], shape[2], shape[3])[0]
     return np.repeat(_normalize(x, pre), shape[0], axis=0)
 
 
@@ -115,12 +109,7 @@ def fused_to_float(
         x = x.transpose(0, 3, 1, 2)
     if pixel_format.startswith("RGB"):
         x = x[:, [2, 1, 0]]
-    ih, iw = x.shape[2:]
-    ch, cw = shape[2], shape[3]
-    if (ih, iw) != (ch, cw):
-        y0, x0 = ih // 2 - ch // 2, iw // 2 - cw // 2
-        x = x[:, :, y0 : y0 + ch, x0 : x0 + cw]
-    return _normalize(x, pre)
+    return _normalize(center_crop(x, shape[2], shape[3])[0], pre)
 
 
 def fused_input(
