@@ -99,3 +99,19 @@ def test_onnx_checks(tmp_path):
         export.export_onnx(
             ModelSource(str(tmp_path / "none.onnx")), (1, 3, 32, 32), "x", tmp_path / "o4.onnx"
         )
+
+
+def test_a_forward_argument_that_is_not_a_tensor_gets_advice_about_it(tmp_path):
+    """silero-vad's forward(x, sr: int): the advice names ``sr``, not the shape."""
+
+    class Vad(torch.nn.Module):
+        def forward(self, x: torch.Tensor, sr: int) -> torch.Tensor:
+            return x * (sr / 16000)
+
+    path = tmp_path / "vad.pt"
+    torch.jit.script(Vad()).save(str(path))
+    with pytest.raises(ModelError, match=r"takes 'sr', which is not a tensor.*wrapper module"):
+        export.export_onnx(ModelSource(str(path)), (1, 576), "x", tmp_path / "o.onnx")
+    two = {"x": (1, 576), "y": (1, 4)}
+    with pytest.raises(ModelError, match=r"takes 'sr', which is not a tensor"):
+        export.export_onnx(ModelSource(str(path)), two, "x", tmp_path / "o.onnx")

@@ -347,3 +347,106 @@ def _save_classifier(nodes: list, name: str, inits: list, path: Path) -> Path:
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
     return Path(path)
+
+
+def audio_state_onnx(path: Path, seed: int = 0) -> Path:
+    """A voice-activity-style model of two tensor inputs, like silero-vad: an audio chunk
+    ``audio [N, 576]`` (free batch) and a recurrent state ``state [2, 1, 128]``; outputs the
+    speech probabilities ``prob [1, 16]`` and the next state ``new_state [2, 1, 128]``."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    w = numpy_helper.from_array(rng.normal(0, 0.05, (576, 128)).astype(np.float32), "w")
+    u = numpy_helper.from_array(rng.normal(0, 0.1, (128, 128)).astype(np.float32), "u")
+    v = numpy_helper.from_array(rng.normal(0, 0.1, (128, 16)).astype(np.float32), "v")
+    shp = numpy_helper.from_array(np.array([2, 128], np.int64), "shp")
+    ax = numpy_helper.from_array(np.array([0], np.int64), "ax")
+    nodes = [
+        helper.make_node("MatMul", ["audio", "w"], ["a"]),
+        helper.make_node("Reshape", ["state", "shp"], ["s2"]),
+        helper.make_node("MatMul", ["s2", "u"], ["su"]),
+        helper.make_node("ReduceMean", ["su"], ["sm"], axes=[0], keepdims=1),
+        helper.make_node("Add", ["a", "sm"], ["z"]),
+        helper.make_node("Tanh", ["z"], ["hid"]),
+        helper.make_node("MatMul", ["hid", "v"], ["logits"]),
+        helper.make_node("Sigmoid", ["logits"], ["prob"]),
+        helper.make_node("Unsqueeze", ["hid", "ax"], ["h3"]),
+        helper.make_node("Concat", ["h3", "h3"], ["new_state"], axis=0),
+    ]
+    g = helper.make_graph(
+        nodes,
+        "vad",
+        [
+            helper.make_tensor_value_info("audio", TensorProto.FLOAT, ["N", 576]),
+            helper.make_tensor_value_info("state", TensorProto.FLOAT, [2, 1, 128]),
+        ],
+        [
+            helper.make_tensor_value_info("prob", TensorProto.FLOAT, [1, 16]),
+            helper.make_tensor_value_info("new_state", TensorProto.FLOAT, [2, 1, 128]),
+        ],
+        [w, u, v, shp, ax],
+    )
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 8
+    onnx.save(m, str(path))
+    return path
+
+
+def audio_state_samples(folder: Path, n: int = 8, seed: int = 1) -> Path:
+    """``n`` samples of :func:`audio_state_onnx`'s inputs, one ``.npz`` each."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        np.savez(
+            folder / f"s{i:02d}.npz",
+            audio=rng.normal(0, 1, (1, 576)).astype(np.float32),
+            state=rng.normal(0, 0.5, (2, 1, 128)).astype(np.float32),
+        )
+    return folder
+
+
+def lstm_onnx(path: Path, hidden: int = 32, steps: int = 20, seed: int = 0) -> Path:
+    """A recurrent model as PyTorch exports ``nn.LSTM`` (sequence first): inputs ``x [steps, 1,
+    16]``, ``h0`` and ``c0 [1, 1, hidden]``; outputs a projection of the last hidden state
+    ``out [1, 8]``, the cell state ``Yc`` and every step's hidden state ``Y``. The inputs' first
+    dims differ (20 and 1), which tpu_mlir's ``.npz`` calibration reader mistakes for a batch."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    h = hidden
+    inits = [
+        numpy_helper.from_array(rng.normal(0, 0.3, (1, 4 * h, 16)).astype(np.float32), "W"),
+        numpy_helper.from_array(rng.normal(0, 0.3, (1, 4 * h, h)).astype(np.float32), "R"),
+        numpy_helper.from_array(rng.normal(0, 0.1, (1, 8 * h)).astype(np.float32), "B"),
+        numpy_helper.from_array(rng.normal(0, 0.3, (h, 8)).astype(np.float32), "V"),
+        numpy_helper.from_array(np.array([1, h], np.int64), "shp"),
+    ]
+    nodes = [
+        helper.make_node(
+            "LSTM", ["x", "W", "R", "B", "", "h0", "c0"], ["Y", "Yh", "Yc"], hidden_size=h
+        ),
+        helper.make_node("Reshape", ["Yh", "shp"], ["hs"]),
+        helper.make_node("MatMul", ["hs", "V"], ["out"]),
+    ]
+    f = TensorProto.FLOAT
+    g = helper.make_graph(
+        nodes,
+        "lstm",
+        [
+            helper.make_tensor_value_info("x", f, [steps, 1, 16]),
+            helper.make_tensor_value_info("h0", f, [1, 1, h]),
+            helper.make_tensor_value_info("c0", f, [1, 1, h]),
+        ],
+        [
+            helper.make_tensor_value_info("out", f, [1, 8]),
+            helper.make_tensor_value_info("Yc", f, [1, 1, h]),
+            helper.make_tensor_value_info("Y", f, [steps, 1, 1, h]),
+        ],
+        inits,
+    )
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 8
+    onnx.save(m, str(path))
+    return path

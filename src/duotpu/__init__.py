@@ -160,9 +160,10 @@ def build(
     (``duotpu.compiler.executor.executor(workers=N)``) builds the mixed-precision search's
     sensitivity candidates as parallel tasks. ``calibration_data``: calibrate on these
     preprocessed inputs instead of ``calibration.images`` — an iterable of NCHW float32 arrays
-    (or ``{input_name: array}`` dicts), or an object with ONNX Runtime's one-method
-    ``CalibrationDataReader`` protocol (``get_next()``, ``None`` when done); without a
-    ``test_image`` the build is verified on the first of them. Raises a :class:`DuoTpuError`
+    (or ``{input_name: array}`` dicts, one entry per input for a model of several inputs), or
+    an object with ONNX Runtime's one-method ``CalibrationDataReader`` protocol
+    (``get_next()``, ``None`` when done); without a ``test_image`` the build is verified on the
+    first of them (a model of tensor inputs: on a few of them). Raises a :class:`DuoTpuError`
     subclass on failure.
     """
     from pathlib import Path

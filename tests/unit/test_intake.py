@@ -12,7 +12,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from duotpu.builder import intake
-from duotpu.config.errors import ConfigError, ModelError
+from duotpu.config.errors import ConfigError, ModelError, ShapeError
 
 
 def _graph_model(
@@ -183,10 +183,34 @@ def test_external_data_is_read_and_a_missing_file_named(tmp_path: Path) -> None:
         intake.normalise(folder / "m.onnx", tmp_path / "out2.onnx", (1, 3, 8, 8))
 
 
-def test_several_inputs_are_refused_with_what_to_do(tmp_path: Path) -> None:
-    src = _save(_graph_model([1, 3, 8, 8], extra_inputs=1), tmp_path / "two.onnx")
-    with pytest.raises(ModelError, match="2 inputs.*'extra0'.*forward takes the image only"):
-        intake.settle_shape(src, ())
+def test_several_inputs_are_settled_by_name_and_a_free_dim_asked_for(tmp_path: Path) -> None:
+    src = _save(_graph_model(["batch", 3, 8, 8], extra_inputs=1), tmp_path / "two.onnx")
+    settled, note = intake.settle_inputs(src, [])
+    assert settled == [("x", (1, 3, 8, 8)), ("extra0", (1, 2))]
+    assert "'x'" in note and "[1, 3, 8, 8]" in note
+    assert intake.settle_inputs(src, [("x", (2, 3, 8, 8))])[0][0] == ("x", (2, 3, 8, 8))
+    with pytest.raises(ShapeError, match=r"names an input 'input'.*\[\[inputs\]\] name = \"x\""):
+        intake.settle_inputs(src, [("input", (1, 3, 8, 8))])
+    with pytest.raises(ShapeError, match="fixed dims must be kept"):
+        intake.settle_inputs(src, [("extra0", (1, 3))])
+    free = _save(_graph_model([1, 3, "h", "w"], extra_inputs=1), tmp_path / "free.onnx")
+    with pytest.raises(ShapeError, match=r"'x'.*free dim\(s\) 2, 3.*shape = \[1, 3, SIZE, SIZE\]"):
+        intake.settle_inputs(free, [])
+    out = tmp_path / "fixed.onnx"
+    intake.normalise(src, out, {"x": (1, 3, 8, 8), "extra0": (1, 2)})
+    assert [i.dims for i in intake.inputs_info(onnx.load(str(out)))] == [(1, 3, 8, 8), (1, 2)]
+
+
+def test_a_tensor_input_of_other_rank_settles_its_batch(tmp_path: Path) -> None:
+    src = _save(_graph_model([1, 3, 8, 8]), tmp_path / "m.onnx")
+    m = onnx.load(str(src))
+    m.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "N"
+    del m.graph.input[0].type.tensor_type.shape.dim[2:]
+    audio = _save(m, tmp_path / "audio.onnx")
+    assert intake.settle_shape(audio, ())[0] == (1, 3)
+    m.graph.input[0].type.tensor_type.shape.dim[1].dim_param = "T"
+    with pytest.raises(ShapeError, match=r"--input-shape 1,SIZE "):
+        intake.settle_shape(_save(m, tmp_path / "free.onnx"), ())
 
 
 def _external(tmp_path: Path, location: str) -> Path:

@@ -178,3 +178,31 @@ def test_every_recipe_flag_comes_from_field_metadata_and_sets_its_field():
     assert r.calibration.count == 7 and r.inputs[0].shape == (1, 3, 48, 192)
     assert r.deploy.fuse_preprocess and r.deploy.pixel_format == "BGR_PACKED"
     assert r.tolerance.verify_int8 == 0.5 and r.inputs[0].name == "input"
+
+
+def test_tensor_inputs_are_several_or_not_nchw_and_take_no_image_options():
+    two = {
+        "name": "vad",
+        "model": {"source": "vad.onnx"},
+        "inputs": [{"name": "audio", "shape": [1, 576]}, {"name": "state", "shape": [2, 1, 128]}],
+    }
+    r = recipe_from_dict(two, "t")
+    assert (
+        r.tensor_inputs
+        and not recipe_from_dict({"name": "x", "model": {"source": "m.onnx"}}, "t").tensor_inputs
+    )
+    one = dict(two, inputs=[{"name": "audio", "shape": [1, 576]}])
+    assert recipe_from_dict(one, "t").tensor_inputs  # one input, not N,C,H,W
+    for extra, what in (
+        ({"preprocess": {"mean": [0.5, 0.5, 0.5]}}, "preprocessing .* applies to image inputs"),
+        ({"mix": {"target": "cos>=0.99"}}, "mixed precision measures on images"),
+        ({"deploy": {"batch_sizes": [1, 4]}}, "are for image models"),
+        ({"test_image": "cat.jpg"}, "test_image must be an .npz file"),
+        (
+            {"inputs": [{"name": "a", "shape": [1]}, {"name": "a", "shape": [2]}]},
+            "each model input once",
+        ),
+        ({"inputs": [{"name": "a", "shape": [1, 0]}]}, "input 'a' must be positive"),
+    ):
+        with pytest.raises(ConfigError, match=what):
+            recipe_from_dict(dict(two, **extra), "t")

@@ -173,6 +173,12 @@ def app_config(models: dict[str, BuiltModel]) -> dict[str, Any]:
             for mode, m in models.items()
         },
         "input": {"name": t.name, "shape": list(shape)},
+        # the recipe's shapes for tensor inputs (the cvimodel pads them to 4 dims)
+        "inputs": [
+            {"name": ci.name, "shape": list(ri.shape if r.tensor_inputs else ci.shape)}
+            for ci, ri in zip(first.info.programs[0].inputs, r.inputs)
+        ],
+        "tensor_inputs": r.tensor_inputs,
         "preprocess": {
             "resize": list(resize_dims(r.preprocess, net)),
             "resize_mode": r.preprocess.resize_mode,
@@ -237,6 +243,13 @@ def make_app(
     models = {m: open_model(build / listed[m]["cvimodel"]) for m in order}
     cfg = app_config(models)
     first = next(iter(models.values()))
+    if c and first.recipe.tensor_inputs:
+        shown = ", ".join(f"{i['name']} {i['shape']}" for i in cfg["inputs"])
+        raise ConfigError(
+            f"The C app reads images, and {first.recipe.name} takes tensors ({shown}). Make the "
+            "Python app (duotpu app without --c): its main.py takes .npz files of the inputs, "
+            "and its App class takes arrays by input name."
+        )
     final = Path(out) if out else build / "app"
     tmp = final.with_name(f".{final.name}.part")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -9,9 +9,10 @@ import os
 import re
 import sys
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Union
 
 if TYPE_CHECKING:
     import torch
@@ -21,6 +22,9 @@ if TYPE_CHECKING:
 from duotpu.builder import intake
 from duotpu.config.errors import ConfigError, ModelError, ShapeError
 from duotpu.config.recipe import DetectOptions, ModelSource, Preprocess
+
+#: one input's shape, or (a model of several inputs) every input's shape by name
+Shapes = Union[tuple[int, ...], Mapping[str, tuple[int, ...]]]
 
 
 @dataclass
@@ -262,7 +266,7 @@ def _load_state_dict(model: torch.nn.Module, path: Path) -> None:
 # --------------------------------------------------------------------------------------------
 def export_onnx(
     src: ModelSource,
-    shape: tuple[int, ...],
+    shape: Shapes,
     input_name: str,
     out: Path,
     batch_sizes: tuple[int, ...] = (1,),
@@ -270,7 +274,8 @@ def export_onnx(
     detect: DetectOptions | None = None,
     preprocess: Preprocess | None = None,
 ) -> ExportedModel:
-    """Write the model as ONNX to ``out`` (atomically) and check it runs at ``shape``.
+    """Write the model as ONNX to ``out`` (atomically) and check it runs at ``shape`` (for a
+    model of several inputs, every input's shape by name; ``input_name`` is then unused).
 
     With more than one batch size the model is written with a dynamic batch dimension (a fixed
     batch in an ONNX file is replaced) and checked at every batch size. For ``task="detect"``
@@ -290,22 +295,19 @@ def export_onnx(
         import torch
 
         model = load_torch_module(src)
+        feeds = dict(shape) if isinstance(shape, Mapping) else {input_name: tuple(shape)}
         if kind in ("torchvision", "ultralytics", "timm") and not src.weights:
-            notes += (reestimate_batchnorm(model, shape, preprocess),)
+            notes += (reestimate_batchnorm(model, feeds[input_name], preprocess),)
         if task == "detect":
             from duotpu.builder.yolo import prepare_for_export
 
             names = prepare_for_export(model)
-        dummy = torch.zeros(*shape)
+        dummy = tuple(torch.zeros(*s) for s in feeds.values())
         try:
             with torch.no_grad():
-                model(dummy)
+                model(*dummy)
         except Exception as e:
-            raise ModelError(
-                f"The model does not accept an input of shape {list(shape)} "
-                f"(recipe key inputs.shape): {type(e).__name__}: "
-                f"{_last_line(e)}. Set the shape the model was built for."
-            ) from None
+            raise ModelError(_torch_refusal(model, feeds, e)) from None
         extra: dict[str, Any] = {}
         if dynamic:
             extra["dynamic_axes"] = {input_name: {0: "N"}, "output": {0: "N"}}
@@ -315,11 +317,11 @@ def export_onnx(
                 warnings.simplefilter("ignore")
                 torch.onnx.export(
                     model,
-                    (dummy,),
+                    dummy,
                     str(tmp),
                     opset_version=opset,
-                    input_names=[input_name],
-                    output_names=["output"],
+                    input_names=list(feeds),
+                    output_names=["output"] if len(feeds) == 1 else None,
                     dynamo=False,
                     **extra,
                 )
@@ -365,8 +367,11 @@ def export_onnx(
             tail = out.with_name(out.stem + ".tail.onnx")
             cut_graph(whole, tmp, tail, tuple(src.outputs))
             check_onnx_runs(whole, shape)
-        for b in sorted(set(batch_sizes) | {shape[0]}):
-            info = check_onnx_runs(tmp, (b, *shape[1:]))
+        if isinstance(shape, Mapping):
+            info = check_onnx_runs(tmp, shape)
+        else:
+            for b in sorted(set(batch_sizes) | {shape[0]}):
+                info = check_onnx_runs(tmp, (b, *shape[1:]))
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -419,6 +424,46 @@ def reestimate_batchnorm(
     )
 
 
+def _torch_refusal(model: Any, feeds: Mapping[str, tuple[int, ...]], e: Exception) -> str:
+    """Why the PyTorch model did not run on zero tensors of the recipe's shapes: a ``forward``
+    argument that is not a tensor (silero-vad's ``sr: int``) is named with the way around, else
+    the shapes are."""
+    import inspect
+
+    try:
+        params = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):  # a scripted forward without a Python signature
+        params = []
+    if not params:
+        schema = getattr(getattr(model, "forward", None), "schema", None)
+        args = [a for a in getattr(schema, "arguments", [])][1:]  # without self
+        plain = [a.name for a in args if str(a.type) in ("int", "float", "bool", "str")]
+    else:
+        plain = [
+            p.name
+            for p in params
+            if p.annotation in (int, float, bool, str, "int", "float", "bool", "str")
+        ]
+    if plain:
+        return (
+            f"The model's forward takes {', '.join(repr(n) for n in plain)}, which "
+            f"{'is' if len(plain) == 1 else 'are'} not a tensor: the TPU model takes tensors "
+            f"only. Fix {'it' if len(plain) == 1 else 'them'} in a wrapper module whose forward "
+            "takes the tensors and passes the constant (e.g. sample rate 16000), export that, "
+            "and give its tensor inputs in the recipe ([[inputs]] name/shape per input)."
+        )
+    shown = (
+        str(list(*feeds.values()))
+        if len(feeds) == 1
+        else "; ".join(f"{n} {list(s)}" for n, s in feeds.items())
+    )
+    return (
+        f"The model does not accept {'an input' if len(feeds) == 1 else 'inputs'} of shape "
+        f"{shown} (recipe key inputs.shape): {type(e).__name__}: {_last_line(e)}. Set the "
+        "shape the model was built for."
+    )
+
+
 def _unsupported_op(e: Exception) -> str:
     m = re.search(r"operator '([\w:]+)'", str(e))
     return m.group(1) if m else "an op the model uses"
@@ -429,31 +474,40 @@ def _last_line(e: Exception) -> str:
     return (lines[-1] if lines else repr(e))[:300]
 
 
-def check_onnx_runs(path: Path, shape: tuple[int, ...]) -> tuple[str, list[str]]:
-    """Check the ONNX model has one input compatible with ``shape`` and runs on it in ONNX
-    Runtime. Returns (input name, output names)."""
+def check_onnx_runs(path: Path, shape: Shapes) -> tuple[str, list[str]]:
+    """Check the ONNX model's inputs are compatible with ``shape`` (one input's shape, or every
+    input's by name) and that it runs on them in ONNX Runtime. Returns (first input's name,
+    output names)."""
     import numpy as np
 
     model = intake.load(path, weights=False)
-    info = intake.input_info(model, path)
-    if len(info.dims) != len(shape) or any(
-        isinstance(d, int) and d != s for d, s in zip(info.dims, shape)
-    ):
-        raise ShapeError(
-            f"The recipe's input shape {list(shape)} (inputs.shape) does not match "
-            f"the model's input '{info.name}' of shape {info.shown()}. Set inputs."
-            "shape to the model's shape."
-        )
+    if isinstance(shape, Mapping):
+        infos = intake.inputs_info(model)
+        wanted = {i.name: tuple(shape[i.name]) for i in infos if i.name in shape}
+    else:
+        infos = [intake.input_info(model, path)]
+        wanted = {infos[0].name: tuple(shape)}
+    for info in infos:
+        s = wanted.get(info.name, ())
+        if len(info.dims) != len(s) or any(
+            isinstance(d, int) and d != v for d, v in zip(info.dims, s)
+        ):
+            raise ShapeError(
+                f"The recipe's input shape {list(s)} (inputs.shape) does not match "
+                f"the model's input '{info.name}' of shape {info.shown()}. Set inputs."
+                "shape to the model's shape."
+            )
     from duotpu.core.onnxrt import session
 
+    shown = "; ".join(f"{n} {list(s)}" for n, s in wanted.items())
     try:
         sess = session(path)
-        sess.run(None, {info.name: np.zeros(shape, np.float32)})
+        sess.run(None, {n: np.zeros(s, np.float32) for n, s in wanted.items()})
     except Exception as e:
         raise ModelError(
-            f"ONNX Runtime cannot run the model on an input of shape {list(shape)}: {_last_line(e)}"
+            f"ONNX Runtime cannot run the model on inputs of shape {shown}: {_last_line(e)}"
         ) from None
-    return info.name, [o.name for o in model.graph.output]
+    return infos[0].name, [o.name for o in model.graph.output]
 
 
 def tensor_before(path: Path, layer: str, op: str) -> str:
@@ -492,7 +546,7 @@ def cut_graph(full: Path, head: Path, tail: Path, tensors: tuple[str, ...]) -> N
             f"ONNX graph does not produce. Tensor names are the ONNX graph's (see it in Netron); "
             f"near ones: {', '.join(near)}."
         )
-    graph_input = intake.input_info(model, full).name
+    graph_inputs = [i.name for i in intake.inputs_info(model)]
     outputs = [o.name for o in model.graph.output]
     model = onnx.shape_inference.infer_shapes(model)
     # the extractor looks tensors up in value_info only: a cut at a model output needs its entry
@@ -500,7 +554,7 @@ def cut_graph(full: Path, head: Path, tail: Path, tensors: tuple[str, ...]) -> N
     model.graph.value_info.extend(o for o in model.graph.output if o.name not in known)
     try:
         extractor = onnx.utils.Extractor(model)
-        head_model = extractor.extract_model([graph_input], list(tensors))
+        head_model = extractor.extract_model(graph_inputs, list(tensors))
         tail_model = extractor.extract_model(list(tensors), outputs)
     except (KeyError, ValueError) as e:
         raise ModelError(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import ast
 import copy
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -160,35 +160,34 @@ def _has_external_data(model: "onnx.ModelProto") -> bool:
     )
 
 
-def input_info(model: "onnx.ModelProto", where: Path | str = "the model") -> InputInfo:
-    """The graph's one input (initializers listed as inputs are not inputs)."""
+def inputs_info(model: "onnx.ModelProto") -> list[InputInfo]:
+    """Every input of the graph, in its order (initializers listed as inputs are not inputs)."""
     inits = {i.name for i in model.graph.initializer}
-    inputs = [i for i in model.graph.input if i.name not in inits]
-    if len(inputs) != 1:
-        listed = ", ".join(f"'{i.name}' {_dims_text(i)}" for i in inputs)
-        raise ModelError(
-            f"The ONNX model {where} has {len(inputs)} inputs ({listed}); duotpu builds models "
-            "that take one image. If the other inputs are constants (an image size, a scale "
-            "factor), export the model with them fixed: wrap it in a module whose forward takes "
-            "the image only and passes the constants, or set them as initializers with "
-            "onnx-graphsurgeon. A model that needs several real inputs cannot be built yet."
-        )
-    dims: list[Dim] = []
-    for d in inputs[0].type.tensor_type.shape.dim:
-        if d.HasField("dim_value") and d.dim_value > 0:
-            dims.append(int(d.dim_value))
-        elif d.HasField("dim_param") and d.dim_param:
-            dims.append(d.dim_param)
-        else:
-            dims.append(None)
-    return InputInfo(inputs[0].name, tuple(dims), _imgsz(model))
-
-
-def _dims_text(value_info: onnx.ValueInfoProto) -> str:
     out = []
-    for d in value_info.type.tensor_type.shape.dim:
-        out.append(str(d.dim_value) if d.HasField("dim_value") else (d.dim_param or "?"))
-    return "[" + ", ".join(out) + "]"
+    for inp in model.graph.input:
+        if inp.name in inits:
+            continue
+        dims: list[Dim] = []
+        for d in inp.type.tensor_type.shape.dim:
+            if d.HasField("dim_value") and d.dim_value > 0:
+                dims.append(int(d.dim_value))
+            elif d.HasField("dim_param") and d.dim_param:
+                dims.append(d.dim_param)
+            else:
+                dims.append(None)
+        out.append(InputInfo(inp.name, tuple(dims), _imgsz(model)))
+    return out
+
+
+def input_info(model: "onnx.ModelProto", where: Path | str = "the model") -> InputInfo:
+    """The graph's one input; a model of several inputs is refused (see :func:`inputs_info`)."""
+    inputs = inputs_info(model)
+    if len(inputs) != 1:
+        listed = ", ".join(f"'{i.name}' {i.shown()}" for i in inputs)
+        raise ModelError(
+            f"The ONNX model {where} has {len(inputs)} inputs ({listed}) where one was expected."
+        )
+    return inputs[0]
 
 
 def _imgsz(model: "onnx.ModelProto") -> tuple[int, int] | None:
@@ -242,19 +241,93 @@ def settle_shape(
         settled[2], settled[3] = info.imgsz
         source = f"the model's imgsz metadata {list(info.imgsz)}"
         rest = []
-    if rest or len(dims) != 4 or not isinstance(settled[1], int):
+    if rest:
         names = ", ".join(f"dim {i} ({dims[i] if dims[i] is not None else '?'})" for i in rest)
-        channels = settled[1] if isinstance(settled[1], int) else 3
+        if len(dims) == 4:
+            channels = settled[1] if isinstance(settled[1], int) else 3
+            example = (
+                f"--input-shape 1,{channels},H,W (recipe key inputs.shape), e.g. "
+                f"1,{channels},224,224 for a classifier or 1,{channels},640,640 for a detector"
+            )
+        else:
+            sizes = ",".join(str(d) if isinstance(d, int) else "SIZE" for d in settled)
+            example = f"--input-shape {sizes} (recipe key inputs.shape)"
         raise ShapeError(
             f"The model's input '{info.name}' has the shape {info.shown()}, whose free "
-            f"{names or 'dims'} the recipe does not settle. Give the size the model should run "
-            f"at with --input-shape 1,{channels},H,W (recipe key inputs.shape), e.g. "
-            f"1,{channels},224,224 for a classifier or 1,{channels},640,640 for a detector; "
-            "the TPU runs one fixed shape."
+            f"{names} the recipe does not settle. Give the size the model should run at with "
+            f"{example}; the TPU runs one fixed shape."
         )
     return tuple(int(d) for d in settled), (  # type: ignore[arg-type]
         f"input '{info.name}' {info.shown()}: free dims fixed to {settled} ({source})"
     )
+
+
+def inputs_table(infos: Sequence[InputInfo]) -> str:
+    """The recipe's ``[[inputs]]`` tables for ``infos``, on one line for a message (a free batch
+    shown as 1, other free dims as SIZE)."""
+
+    def dims(info: InputInfo) -> str:
+        return ", ".join(
+            str(d) if isinstance(d, int) else "1" if k == 0 else "SIZE"
+            for k, d in enumerate(info.dims)
+        )
+
+    return " / ".join(f'[[inputs]] name = "{i.name}", shape = [{dims(i)}]' for i in infos)
+
+
+def settle_inputs(
+    path: Path, given: Sequence[tuple[str, Sequence[int]]], *, where: str = "model.source"
+) -> tuple[list[tuple[str, tuple[int, ...]]], str]:
+    """Every input's (name, shape) to build an ONNX model of several inputs at, in the graph's
+    order, and a note saying what was settled. ``given`` is the recipe's inputs (name, shape;
+    an empty shape: the model's own).
+
+    A fixed dim is kept, a free batch (dim 0) becomes 1; any other free dim must be given by
+    the recipe. Raises :class:`ShapeError` naming the input and the recipe table to write.
+    """
+    infos = inputs_info(load(path, weights=False))
+    by_name = {i.name: i for i in infos}
+    listed = ", ".join(f"'{i.name}' {i.shown()}" for i in infos)
+    table = inputs_table(infos)
+    shapes: dict[str, tuple[int, ...]] = {}
+    for name, shape in given:
+        if name not in by_name:
+            raise ShapeError(
+                f"The recipe names an input '{name}' (inputs.name); the model ({where}) has "
+                f"{len(infos)} inputs: {listed}. Give each input by its name in the recipe: "
+                f"{table}."
+            )
+        if shape:
+            info = by_name[name]
+            if len(shape) != len(info.dims) or any(
+                isinstance(d, int) and d != s for d, s in zip(info.dims, shape)
+            ):
+                raise ShapeError(
+                    f"The recipe's shape {list(shape)} for input '{name}' does not match the "
+                    f"model's {info.shown()} ({where}): its fixed dims must be kept."
+                )
+            shapes[name] = tuple(int(v) for v in shape)
+    notes = []
+    for info in infos:
+        if info.name in shapes:
+            continue
+        settled = list(info.dims)
+        if 0 in info.free:
+            settled[0] = 1
+        rest = [i for i in info.free if i != 0]
+        if rest:
+            raise ShapeError(
+                f"The model's input '{info.name}' has the shape {info.shown()}, whose free "
+                f"dim(s) {', '.join(str(i) for i in rest)} the recipe does not settle. A model "
+                f"of several inputs ({listed}) takes each input's shape from the recipe: "
+                f"{table} (one [[inputs]] table per input); the TPU runs one "
+                "fixed shape."
+            )
+        shapes[info.name] = tuple(int(d) for d in settled)  # type: ignore[arg-type]
+        if info.free:
+            notes.append(f"'{info.name}' {info.shown()} → {list(shapes[info.name])}")
+    note = "inputs: free dims fixed: " + "; ".join(notes) if notes else ""
+    return [(i.name, shapes[i.name]) for i in infos], note
 
 
 def _check_ops(model: "onnx.ModelProto", where: Path) -> int:
@@ -336,7 +409,11 @@ def _rewrite_erf_gelu(model: "onnx.ModelProto") -> tuple[int, int]:
 
 
 def normalise(
-    src: Path, out: Path, shape: Sequence[int], *, batch_dynamic: bool = False
+    src: Path,
+    out: Path,
+    shape: Sequence[int] | Mapping[str, Sequence[int]],
+    *,
+    batch_dynamic: bool = False,
 ) -> tuple[str, ...]:
     """Write ``src`` to ``out`` as a file tpu_mlir 1.30.2 and onnxruntime 1.16.3 take; the notes
     say what was changed. Weights are stored inside ``out`` (no external data).
@@ -344,7 +421,8 @@ def normalise(
     IR versions newer than the installed onnx reads are rewritten down (the IR version only
     describes the file format; the opset decides the meaning); opsets past 19 are lowered when no
     op's meaning changed; ``Gelu`` and ``Erf`` become Tanh arithmetic (CV18xx has no Erf); free
-    input dims are fixed to ``shape`` (the batch stays free with ``batch_dynamic``), and the
+    input dims are fixed to ``shape`` (by input name for a model of several inputs; the batch
+    stays free with ``batch_dynamic``), and the
     graph is simplified at that shape so ONNX Runtime and the compiler see static shapes.
     """
     import onnx
@@ -373,37 +451,47 @@ def normalise(
         notes.append(
             f"opset {opset} lowered to {MAX_OPSET} (no op of the model changed meaning since)"
         )
-    info = input_info(model, src)
-    if len(info.dims) != len(shape):
-        raise ModelError(
-            f"The input shape {list(shape)} has {len(shape)} dims; the model's input "
-            f"'{info.name}' has {len(info.dims)}: {info.shown()}."
-        )
-    if info.free or batch_dynamic:
-        model = _fix_dims(model, info, tuple(shape), batch_dynamic, notes)
+    if isinstance(shape, Mapping):
+        by_name = {i.name: i for i in inputs_info(model)}
+        wanted = {by_name[n]: tuple(v) for n, v in shape.items() if n in by_name}
+        if len(wanted) != len(by_name):
+            raise ModelError(
+                f"The model {src} has the inputs {', '.join(by_name)}; shapes were given for "
+                f"{', '.join(shape)}."
+            )
+    else:
+        wanted = {input_info(model, src): tuple(shape)}
+    for info, dims in wanted.items():
+        if len(info.dims) != len(dims):
+            raise ModelError(
+                f"The input shape {list(dims)} has {len(dims)} dims; the model's input "
+                f"'{info.name}' has {len(info.dims)}: {info.shown()}."
+            )
+    if batch_dynamic or any(info.free for info in wanted):
+        model = _fix_dims(model, wanted, batch_dynamic, notes)
     _save(model, out)
     return tuple(notes)
 
 
 def _fix_dims(
     model: "onnx.ModelProto",
-    info: InputInfo,
-    shape: tuple[int, ...],
+    wanted: Mapping[InputInfo, tuple[int, ...]],
     batch_dynamic: bool,
     notes: list[str],
 ) -> "onnx.ModelProto":
-    """Fixed input dims, fresh shape inference, and (static shapes only) onnxsim at that shape."""
+    """Fixed input dims, fresh shape inference, and (static shapes only) onnxsim at those
+    shapes."""
     import onnx
 
-    inp = next(i for i in model.graph.input if i.name == info.name)
-    dims = inp.type.tensor_type.shape.dim
-    for i, d in enumerate(dims):
-        if i == 0 and batch_dynamic:
-            d.ClearField("dim_value")
-            d.dim_param = "N"
-        else:
-            d.ClearField("dim_param")
-            d.dim_value = int(shape[i])
+    for info, shape in wanted.items():
+        inp = next(i for i in model.graph.input if i.name == info.name)
+        for i, d in enumerate(inp.type.tensor_type.shape.dim):
+            if i == 0 and batch_dynamic:
+                d.ClearField("dim_value")
+                d.dim_param = "N"
+            else:
+                d.ClearField("dim_param")
+                d.dim_value = int(shape[i])
     # shapes the exporter inferred with free dims are stale now
     del model.graph.value_info[:]
     for o in model.graph.output:
@@ -420,7 +508,9 @@ def _fix_dims(
         import onnxsim
 
         simplified, ok = onnxsim.simplify(
-            copy.deepcopy(model), overwrite_input_shapes={info.name: list(shape)}, check_n=0
+            copy.deepcopy(model),
+            overwrite_input_shapes={i.name: list(v) for i, v in wanted.items()},
+            check_n=0,
         )
         if not ok:
             raise RuntimeError("onnxsim's check failed")

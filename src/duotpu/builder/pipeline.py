@@ -39,9 +39,11 @@ from duotpu.config.errors import (
     DuoTpuError,
     Mismatch,
     PartialBuild,
+    ShapeError,
     ToleranceError,
+    ToolchainError,
 )
-from duotpu.config.recipe import Mix, Recipe
+from duotpu.config.recipe import InputSpec, Mix, Recipe
 from duotpu.core import images, metrics, onnxrt, preprocess
 from duotpu.core.files import atomic_write
 from duotpu.core.head import YoloHead
@@ -113,6 +115,8 @@ def stage_export(wd: WorkDir, r: Recipe) -> Stage[Exported]:
         "versions": compiler.versions(),
     }
 
+    if r.tensor_inputs:
+        key["inputs"] = [[i.name, list(i.shape)] for i in r.inputs]
     if r.task == "detect":
         key["detect"] = {"classes": list(r.detect.classes), "anchors": list(r.detect.anchors)}
         key["code_yolo"] = compiler.file_digest(Path(export_mod.__file__).with_name("yolo.py"))
@@ -120,7 +124,7 @@ def stage_export(wd: WorkDir, r: Recipe) -> Stage[Exported]:
     def run(folder: Path) -> Exported:
         m = export_mod.export_onnx(
             src,
-            r.inputs[0].shape,
+            {i.name: i.shape for i in r.inputs} if len(r.inputs) > 1 else r.inputs[0].shape,
             r.inputs[0].name,
             folder / f"{tool_name(r.name)}.onnx",
             r.deploy.batch_sizes,
@@ -178,6 +182,8 @@ def test_images(r: Recipe, folder: Path) -> list[Path]:
     empty, a few of the user's calibration images are used (images of the model's own domain),
     and the built-in cat photo only when the calibration set is built in too.
     """
+    if r.tensor_inputs:
+        return _tensor_test_inputs(r, folder)
     spec = r.test_image
     pool: list[Path] = []
     if given_folder(r):
@@ -213,6 +219,48 @@ def test_images(r: Recipe, folder: Path) -> list[Path]:
     return chosen if not r.deploy.fuse_preprocess else chosen[:1]
 
 
+def _tensor_inputs(r: Recipe) -> list[tuple[str, tuple[int, ...]]]:
+    """A tensor model's inputs as (name, shape), in order."""
+    return [(i.name, tuple(i.shape)) for i in r.inputs]
+
+
+def _tensor_test_inputs(r: Recipe, folder: Path) -> list[Path]:
+    """The samples a model of tensor inputs is verified on, checked and written as float32
+    ``.npz`` files under ``folder`` (the compiler's test input is the first): every sample of a
+    ``test_image`` folder, that one file, or else a few of the calibration samples."""
+    spec = r.test_image
+    if spec and Path(spec).is_dir():
+        pool, n = calibdata.tensor_files(Path(spec)), MAX_TEST_IMAGES
+    elif spec:
+        if not Path(spec).is_file():
+            raise DataError(f"The test input {spec} (test_image) does not exist.")
+        pool, n = [Path(spec)], 1
+    else:
+        pool, n = calibdata.tensor_files(Path(r.calibration.images)), VERIFY_IMAGES
+    if not pool:
+        names = ", ".join(f"{i.name}=…" for i in r.inputs)
+        raise DataError(
+            "The model's inputs are tensors, so it is verified on samples of them, and "
+            f"{'the folder ' + spec if spec else 'the recipe'} gives none: set test_image "
+            f"(--test-image) to an .npz file of the inputs (np.savez(path, {names})) or a folder "
+            "of them, or calibrate on such a folder (calibration.images)."
+        )
+    picks = sorted({round(i * (len(pool) - 1) / max(n - 1, 1)) for i in range(min(n, len(pool)))})
+    inputs = _tensor_inputs(r)
+    out = []
+    for i in picks:
+        sample = calibdata.read_sample(pool[i], inputs)
+        digest = hashlib.sha256(b"".join(a.tobytes() for a in sample.values())).hexdigest()[:12]
+        path = folder / f"{pool[i].stem}-{digest}.npz"
+        if not path.is_file():
+            folder.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.tmp.npz")
+            np.savez(tmp, **sample)
+            os.replace(tmp, path)
+        out.append(path)
+    return out
+
+
 def stage_transform(wd: WorkDir, r: Recipe, exported: Stage[Exported]) -> Stage[Transformed]:
     onnx_path = exported.result.onnx
     test_image = test_images(r, wd.root / "inputs")[0]
@@ -222,6 +270,7 @@ def stage_transform(wd: WorkDir, r: Recipe, exported: Stage[Exported]) -> Stage[
         "shape": list(r.inputs[0].shape),
         "preprocess": asdict(r.preprocess),
         "test_image": compiler.file_digest(test_image),
+        "inputs": [[i.name, list(i.shape)] for i in r.inputs] if r.tensor_inputs else None,
         "tolerance": r.tolerance.transform,
         "excepts": list(r.tolerance.excepts),
         "code": compiler.code_digest(),
@@ -232,10 +281,10 @@ def stage_transform(wd: WorkDir, r: Recipe, exported: Stage[Exported]) -> Stage[
         files = compiler.transform(
             tool_name(r.name),
             onnx_path,
-            [list(r.inputs[0].shape)],
+            [list(i.shape) for i in r.inputs],
             folder,
             folder / "transform.log",
-            preprocess=r.preprocess,
+            preprocess=None if r.tensor_inputs else r.preprocess,
             test_input=test_image,
             tolerance=r.tolerance.transform,
             excepts=list(r.tolerance.excepts),
@@ -294,12 +343,8 @@ def _with_calibration_arrays(
             "Calibration arrays are preprocessed inputs, but with deploy.fuse_preprocess the "
             "model takes raw images: calibrate on a folder of images (calibration.images)."
         )
-    folder = calibdata.write_arrays(
-        data,
-        wd.root / "calibration-data",
-        exported.input_name,
-        r.inputs[0].shape,
-    )
+    inputs = _tensor_inputs(r) if r.tensor_inputs else [(exported.input_name, r.inputs[0].shape)]
+    folder = calibdata.write_arrays(data, wd.root / "calibration-data", inputs)
     files = calibdata.array_files(folder)
     # every array given is used: calibration.count is for image folders, not for data the
     # caller chose
@@ -309,7 +354,8 @@ def _with_calibration_arrays(
     return replace(
         r,
         calibration=replace(r.calibration, images=str(folder), count=len(files)),
-        test_image=r.test_image or str(files[0]),
+        # a tensor model is verified on a few of them (test_images); an image model on one
+        test_image=r.test_image or ("" if r.tensor_inputs else str(files[0])),
     )
 
 
@@ -324,6 +370,12 @@ def _calibration_images(r: Recipe, folder: Path, wd: WorkDir) -> tuple[Path, int
     if cal.images.startswith("builtin:"):
         target.symlink_to(builtin_calibration_set(wd, r).resolve())
         return target, 0
+    if r.tensor_inputs:  # samples of the inputs: checked, written as float32 .npz once
+        samples = calibdata.folder_samples(Path(cal.images), _tensor_inputs(r), cal.count)
+        made = calibdata.write_arrays(samples, wd.root / "calibration-data", _tensor_inputs(r))
+        listed = calibdata.npy_list(made, [i.name for i in r.inputs])
+        (folder / "inputs.txt").symlink_to(listed.resolve())
+        return folder / "inputs.txt", 0
     arrays = calibdata.array_files(Path(cal.images))
     if arrays:  # preprocessed inputs (calibration_data): tpu_mlir reads .npz as model inputs
         target.mkdir(parents=True, exist_ok=True)
@@ -423,19 +475,39 @@ def stage_calibrate(wd: WorkDir, r: Recipe, transformed: Stage[Transformed]) -> 
                     "not readable images",
                 )
             )
-        n = min(cal.count, len(list(data.iterdir())))
+        held = data.read_text().splitlines() if data.is_file() else list(data.iterdir())
+        n = min(cal.count, len(held))
         for src in (t.mlir, t.weights):  # run_calibration works next to the MLIR
             (folder / src.name).symlink_to(src.resolve())
-        compiler.calibrate(
-            folder / t.mlir.name,
-            data,
-            n,
-            folder / f"{tool_name(r.name)}_cali_table",
-            folder / "calibrate.log",
-            method=cal.method,
-            histogram_bins=cal.histogram_bins,
-            tune_num=cal.tune_num,
-        )
+
+        def calibrate(tune_num: int, log: str) -> None:
+            compiler.calibrate(
+                folder / t.mlir.name,
+                data,
+                n,
+                folder / f"{tool_name(r.name)}_cali_table",
+                folder / log,
+                method=cal.method,
+                histogram_bins=cal.histogram_bins,
+                tune_num=tune_num,
+            )
+
+        try:
+            calibrate(cal.tune_num, "calibrate.log")
+        except ToolchainError:
+            stopped = compiler.tuning_failure(folder / "calibrate.log") if cal.tune_num else ""
+            if not stopped:
+                raise
+            # the thresholds were collected; only tpu_mlir's refinement of them failed
+            wd.events(
+                StageEvent(
+                    "calibrate",
+                    "warning",
+                    message=f"tpu_mlir's threshold tuning stopped at {stopped}; calibrated "
+                    "again without it (as calibration.tune_num = 0)",
+                )
+            )
+            calibrate(0, "calibrate-untuned.log")
         return Calibrated(folder / f"{tool_name(r.name)}_cali_table", data, n, skipped)
 
     return wd.run("calibrate", key, run, Calibrated)
@@ -909,7 +981,11 @@ def _extra_cosines(
     """Per image, each output's cosine of the cvimodel (simulator, and the tail on the CPU for a
     cut model) to the fp32 model (ONNX Runtime)."""
     input_name = next(iter(np.load(t.test_input).files))
-    tensors = [preprocess.preprocess_image(p, r.preprocess, r.inputs[0].shape) for p in paths]
+    tensors: list[Any] = (
+        [dict(np.load(p)) for p in paths]
+        if r.tensor_inputs
+        else [preprocess.preprocess_image(p, r.preprocess, r.inputs[0].shape) for p in paths]
+    )
     with np.load(d.model_outputs) as z:
         compiled = list(z.files)
     got = compiler.run_tensors("cvimodel", d.cvimodel, input_name, tensors, compiled)
@@ -979,7 +1055,7 @@ def _build_in(
     executor: Executor | None,
     calibration_data: CalibrationData | None,
 ) -> BuildResult:
-    _check_inputs_early(recipe)
+    _check_inputs_early(recipe, calibration_data is not None)
     exported = stage_export(wd, recipe)
     if calibration_data is not None:
         recipe = _with_calibration_arrays(recipe, calibration_data, wd, exported.result)
@@ -993,7 +1069,8 @@ def _build_in(
             StageEvent(
                 "verify",
                 "info",
-                message=f"verifying on {len(verify_images)} images: "
+                message=f"verifying on {len(verify_images)} "
+                f"{'samples' if recipe.tensor_inputs else 'images'}: "
                 + ", ".join(p.name for p in verify_images),
             )
         )
@@ -1105,7 +1182,21 @@ def settle_input_shape(r: Recipe) -> tuple[Recipe, str]:
     kind = export_mod.source_kind(r.model.source)
     if kind == "onnx":
         export_mod.source_files(r.model)  # a missing file is named before the shape is asked
-        shape, note = intake.settle_shape(Path(r.model.source), given)
+        path = Path(r.model.source)
+        if len(r.inputs) > 1 or len(intake.inputs_info(intake.load(path, weights=False))) > 1:
+            named = [] if r.inputs == (InputSpec(),) else [(i.name, i.shape) for i in r.inputs]
+            settled, note = intake.settle_inputs(path, named)
+            return replace(r, inputs=tuple(InputSpec(n, s) for n, s in settled)), note
+        shape, note = intake.settle_shape(path, given)
+    elif len(r.inputs) > 1:
+        unset = [i.name for i in r.inputs if not i.shape]
+        if unset:
+            raise ShapeError(
+                f"The recipe lists {len(r.inputs)} inputs for a {kind} model and no shape for "
+                f"{', '.join(unset)}: give each input's shape ([[inputs]] name = …, shape = […]); "
+                "a PyTorch model does not declare its input shapes."
+            )
+        return r, ""
     elif given:
         return r, ""
     else:
@@ -1131,8 +1222,11 @@ def settle_task(r: Recipe, exported: Exported) -> tuple[Recipe, str]:
     if any(not s or 0 in s for s in shapes.values()):
         # the graph does not say (onnxsim failed on it, as on Paddle's exports): run it
         sess = onnxrt.session(exported.reference_onnx)
-        x = np.zeros(tuple(r.inputs[0].shape), np.float32)
-        got = sess.run(None, {sess.get_inputs()[0].name: x})
+        feed = {
+            i.name: np.zeros(tuple(spec.shape), np.float32)
+            for i, spec in zip(sess.get_inputs(), r.inputs)
+        }
+        got = sess.run(None, feed)
         shapes = {o.name: tuple(v.shape) for o, v in zip(sess.get_outputs(), got)}
     classes = [
         s for s in shapes.values() if len(s) >= 2 and all(d == 1 for d in s[2:]) and s[1] >= 10
@@ -1145,9 +1239,13 @@ def settle_task(r: Recipe, exported: Exported) -> tuple[Recipe, str]:
     return replace(r, task=task).validate(), note
 
 
-def _check_inputs_early(r: Recipe) -> None:
+def _check_inputs_early(r: Recipe, arrays_given: bool = False) -> None:
     """Data problems that would otherwise surface only after the long steps."""
     cal = r.calibration
+    if r.tensor_inputs and "int8" in r.quantize and not arrays_given:
+        # a folder of samples, not images (and not the built-in photos): checked whole here
+        calibdata.folder_samples(Path(cal.images), _tensor_inputs(r), cal.count)
+        return
     if "int8" in r.quantize and not cal.images.startswith("builtin:"):
         folder = Path(cal.images)
         if folder.is_file():  # a list of image paths (the old --image_list)

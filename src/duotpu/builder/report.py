@@ -159,7 +159,8 @@ def _test_image(result: BuildResult) -> str:
     from duotpu.builder import summary
 
     path = result.test_image_path
-    rgb = read_rgb(path) if path is not None else None
+    tensors = result.recipe.tensor_inputs
+    rgb = read_rgb(path) if path is not None and not tensors else None
     name = path.name if path is not None else "the test input"
     photo = hp.img(hp.thumbnail(rgb, 260), f"test image {name}") if rgb is not None else ""
     if result.head is not None and rgb is not None:
@@ -231,7 +232,8 @@ def _test_image(result: BuildResult) -> str:
             rows,
         )
         lead = "Each output of each cvimodel against the fp32 model on the test input."
-    return hp.section("test-image", "On the test image", body, lead)
+    title = "On the test input" if tensors else "On the test image"
+    return hp.section("test-image", title, body, lead)
 
 
 def _mix(result: BuildResult) -> str:
@@ -344,23 +346,26 @@ def _slowest_layers(result: BuildResult, manifest: dict[str, Any], n: int = 8) -
 def _recipe(result: BuildResult) -> str:
     r = result.recipe
     pre = r.preprocess
-    shape = r.inputs[0].shape if r.inputs else ()
+    inputs = ", ".join(f"{i.name} {'×'.join(map(str, i.shape))}" for i in r.inputs)
     pairs = [
         ("chip", hp.esc(r.chip)),
         ("quantize", hp.esc(", ".join(m.upper() for m in r.quantize))),
-        ("input", f"{hp.esc(r.inputs[0].name)} {'×'.join(map(str, shape))}"),
+        ("inputs" if len(r.inputs) > 1 else "input", hp.esc(inputs)),
         (
             "preprocess",
             hp.esc(
-                f"resize {pre.resize or 'to the input'} ({pre.resize_mode}), {pre.pixel_format}, "
-                f"mean {list(pre.mean)}, std {list(pre.std)}"
+                "none: the inputs are tensors, taken as they are"
+                if r.tensor_inputs
+                else f"resize {pre.resize or 'to the input'} ({pre.resize_mode}), "
+                f"{pre.pixel_format}, mean {list(pre.mean)}, std {list(pre.std)}"
             ),
         ),
         (
             "calibration",
             hp.esc(
-                f"{r.calibration.count} images from {r.calibration.images}, "
-                f"{r.calibration.method}, tune_num {r.calibration.tune_num}"
+                f"{r.calibration.count} {'samples' if r.tensor_inputs else 'images'} from "
+                f"{r.calibration.images}, {r.calibration.method}, tune_num "
+                f"{r.calibration.tune_num}"
             ),
         ),
     ]

@@ -152,8 +152,9 @@ def _print_generic_build(console, result, as_json: bool) -> int:
             )
         )
         return EXIT_OK
+    what = "test input" if result.recipe.tensor_inputs else "test image"
     t = Table(
-        title=f"{result.recipe.name} on the test image ({Path(str(result.test_image_path)).name})"
+        title=f"{result.recipe.name} on the {what} ({Path(str(result.test_image_path)).name})"
     )
     t.add_column("output")
     t.add_column("shape", justify="right")
@@ -335,11 +336,12 @@ def _print_fit(console, result) -> None:
 
 def _print_verified(console, result) -> None:
     """One line per delivered cvimodel: where it is and how it verified."""
+    item = "sample" if result.recipe.tensor_inputs else "image"
     for mode, art in result.models.items():
         if len(art.per_image) > 1:
             how = (
-                f"on {len(art.per_image)} images: mean cosine vs fp32 "
-                f"{min(art.cosine.values()):.4f}, worst image {min(art.per_image):.4f}"
+                f"on {len(art.per_image)} {item}s: mean cosine vs fp32 "
+                f"{min(art.cosine.values()):.4f}, worst {item} {min(art.per_image):.4f}"
             )
         else:
             how = f"cosine vs fp32 {min(art.cosine.values()):.4f}"

@@ -270,8 +270,12 @@ def cmd_app(args: argparse.Namespace) -> int:
         highlight=False,
     )
     con.print(
-        f"on the board: copy the folder, then  python3 {made.folder.name}/main.py IMAGE...  "
-        "(PPM/BMP/.npy; JPEG/PNG with Pillow or OpenCV)",
+        f"on the board: copy the folder, then  python3 {made.folder.name}/main.py "
+        + (
+            "SAMPLE.npz...  (one array per input name)"
+            if made.config.get("tensor_inputs")
+            else "IMAGE...  (PPM/BMP/.npy; JPEG/PNG with Pillow or OpenCV)"
+        ),
         highlight=False,
     )
     if binary.is_file():

@@ -52,6 +52,7 @@ from .steps import (
     preprocess_args,
     tolerance_advice,
     transform,
+    tuning_failure,
 )
 
 __all__ = [
@@ -96,6 +97,7 @@ __all__ = [
     "preprocess_args",
     "tolerance_advice",
     "transform",
+    "tuning_failure",
     "code_digest",
 ]
 

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Callable
 
@@ -163,21 +164,23 @@ def run_tensors(
     backend: str,
     target: Path,
     input_name: str,
-    tensors: list[np.ndarray],
+    tensors: Sequence[np.ndarray | Mapping[str, np.ndarray]],
     names: list[str],
     workers: int | None = None,
     progress: Callable[[int], None] | None = None,
     program: int = 0,
 ) -> list[dict[str, np.ndarray]]:
     """Run input tensors through a cvimodel (``backend="cvimodel"``) or an MLIR file (``mlir``)
-    with tpu_mlir's tools; per input, the tensors named in ``names`` (every tensor if empty)."""
+    with tpu_mlir's tools; per input, the tensors named in ``names`` (every tensor if empty).
+    An item is the one input's array (named ``input_name``) or, for a model of several inputs,
+    every input's array by name."""
     workers = workers or min(os.cpu_count() or 1, 2)
     with tempfile.TemporaryDirectory(prefix="duotpu-infer-") as tmpdir:
         tmp = Path(tmpdir)
         jobs = []
         for i, x in enumerate(tensors):
             src = tmp / f"in{i:05d}.npz"
-            np.savez(src, **{input_name: x})
+            np.savez(src, **(dict(x) if isinstance(x, Mapping) else {input_name: x}))
             jobs.append((src, tmp / f"out{i:05d}.npz"))
         outs = run_many(backend, target, jobs, tmp / "work", names, workers, progress, program)
         results = []

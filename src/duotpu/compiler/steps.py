@@ -121,14 +121,15 @@ def transform(
     folder: Path,
     log_path: Path,
     *,
-    preprocess: Preprocess,
+    preprocess: Preprocess | None,
     test_input: Path | None,
     tolerance: tuple[float, ...],
     excepts: Sequence[str] = (),
     output_names: Sequence[str] = (),
 ) -> TransformFiles:
-    """``model_transform``: ONNX → fp32 top MLIR, with preprocessing and, given a test input,
-    a per-layer similarity check against the ONNX model at ``tolerance`` (cos, euclid)."""
+    """``model_transform``: ONNX → fp32 top MLIR, with preprocessing (``None``: inputs that are
+    tensors, taken as they are) and, given a test input, a per-layer similarity check against
+    the ONNX model at ``tolerance`` (cos, euclid)."""
     files = TransformFiles(Path(folder), name)
     shapes = "[" + ",".join("[" + ",".join(map(str, s)) + "]" for s in input_shapes) + "]"
     args = [
@@ -138,7 +139,7 @@ def transform(
         str(Path(onnx_path).resolve()),
         "--input_shapes",
         shapes,
-        *preprocess_args(preprocess, tuple(input_shapes[0])),
+        *(preprocess_args(preprocess, tuple(input_shapes[0])) if preprocess else []),
         "--mlir",
         files.mlir.name,
     ]
@@ -282,11 +283,14 @@ def calibrate(
     histogram_bins: int = 2048,
     tune_num: int = 5,
 ) -> Path:
-    """``run_calibration``: INT8 calibration table from a folder of images."""
+    """``run_calibration``: INT8 calibration table from a folder of images (or ``.npz``
+    inputs), or from a list file whose lines name one ``.npy`` file per model input, in the
+    model's input order (``--data_list``: tpu_mlir's reader of several inputs, which takes each
+    line as one sample whatever the inputs' first dims are)."""
     mlir = Path(mlir)
     args = [
         mlir.name,
-        "--dataset",
+        "--data_list" if Path(dataset).is_file() else "--dataset",
         str(Path(dataset).resolve()),
         "--input_num",
         str(count),
@@ -301,6 +305,30 @@ def calibrate(
     ]
     run_tool("calibrate", "run_calibration", args, mlir.parent, log_path)
     return Path(table)
+
+
+def tuning_failure(log_path: Path) -> str:
+    """The layer run_calibration's threshold tuning (``--tune_num``) was at when it stopped,
+    with the tool's last words ("" when the log shows no tuning). tpu_mlir 1.30.2's tuner
+    feeds the wrong output of a multi-output op (an LSTM's ``Y`` for its ``Y_h``) to the next
+    layer; the table without tuning is sound."""
+    try:
+        text = Path(log_path).read_text(errors="replace")
+    except OSError:
+        return ""
+    layers = re.findall(r"tune op: (.+?):\s+\d+%", text)
+    if not layers:
+        return ""
+    after = text[text.rfind("tune op:") :]
+    if "auto tune end" in after:  # the tuning finished; something later failed
+        return ""
+    lines = [ln.strip() for ln in re.split(r"[\r\n]", after)]
+    lines = [lines[0].rsplit("]", 1)[-1].strip(), *lines[1:]]  # the rest of the progress line
+    words = [ln for ln in lines if ln and "%|" not in ln]
+    if any(ln.startswith("Traceback") for ln in words):
+        words = words[-1:]  # an exception: its last line says it
+    why = words[0][:160] if words else ""
+    return layers[-1] + (f" ({why})" if why else "")
 
 
 @dataclass(frozen=True)

@@ -437,17 +437,22 @@ class Recipe:
             raise ConfigError("Recipe key 'quantize' is empty: choose from 'int8', 'bf16'.")
         if len(set(self.quantize)) != len(self.quantize):
             raise ConfigError(f"Recipe key 'quantize' lists a mode twice: {list(self.quantize)}.")
-        if len(self.inputs) != 1:
+        names = [i.name for i in self.inputs]
+        if not names or not all(names) or len(set(names)) != len(names):
             raise ConfigError(
-                "duotpu builds image models with exactly one input; the recipe "
-                f"has {len(self.inputs)} under 'inputs'."
+                f"Recipe key 'inputs' must list each model input once, by its name; got {names}."
             )
         # an empty shape is settled from the model by the build, which validates again then
+        for spec in self.inputs:
+            if any(d <= 0 for d in spec.shape):
+                raise ConfigError(
+                    f"Recipe key 'inputs.shape' of input '{spec.name}' must be positive numbers "
+                    f"(N,C,H,W for an image); got {list(spec.shape)}."
+                )
+        if self.tensor_inputs:
+            self._validate_tensor_inputs()
+            return self._validate_rest()
         shape = self.inputs[0].shape
-        if shape and (len(shape) != 4 or any(d <= 0 for d in shape)):
-            raise ConfigError(
-                f"Recipe key 'inputs.shape' must be 4 positive numbers N,C,H,W; got {list(shape)}."
-            )
         channels = shape[1] if shape else (1 if self.preprocess.pixel_format == "gray" else 3)
         if shape and (channels == 1) != (self.preprocess.pixel_format == "gray"):
             raise ConfigError(
@@ -467,6 +472,46 @@ class Recipe:
                 f"Recipe key 'preprocess.pad_value' must be a pixel value 0–255; "
                 f"got {self.preprocess.pad_value}."
             )
+        return self._validate_rest()
+
+    @property
+    def tensor_inputs(self) -> bool:
+        """True for a model whose inputs are tensors, not one image: several inputs, or one
+        whose shape is not N,C,H,W (audio ``[1, 576]``, features). Such a model has no
+        preprocessing; it calibrates and is verified on ``.npz`` inputs."""
+        shape = self.inputs[0].shape if self.inputs else ()
+        return len(self.inputs) > 1 or (bool(shape) and len(shape) != 4)
+
+    def _validate_tensor_inputs(self) -> None:
+        shown = ", ".join(f"'{i.name}' {list(i.shape) or '(from the model)'}" for i in self.inputs)
+        what = f"The model takes tensors ({shown}), not one image"
+        if self.preprocess != Preprocess():
+            raise ConfigError(
+                f"{what}: the recipe's preprocessing (preprocess.*) applies to image inputs only. "
+                "Remove it and give the inputs as the model takes them (.npz files)."
+            )
+        d = self.deploy
+        if d.fuse_preprocess or d.batch_sizes != (1,) or self.task == "detect":
+            raise ConfigError(
+                f'{what}: deploy.fuse_preprocess, deploy.batch_sizes and task = "detect" are '
+                "for image models."
+            )
+        if self.mix.target or self.mix.qtable:
+            raise ConfigError(
+                f"{what}: mixed precision measures on images and is not available for tensor "
+                "inputs yet; build INT8 and BF16 and compare them (duotpu compare)."
+            )
+        t = self.test_image
+        if t and not (t.lower().endswith((".npz", ".npy")) or not Path(t).suffix):
+            raise ConfigError(
+                f"{what}: test_image must be an .npz file of those inputs (one array per input "
+                f"name) or a folder of them; got {t!r}."
+            )
+
+    def _validate_rest(self) -> "Recipe":
+        # a tensor model's preprocessing is the default (checked before): the image checks pass
+        shape = () if self.tensor_inputs else self.inputs[0].shape
+        channels = shape[1] if shape else (1 if self.preprocess.pixel_format == "gray" else 3)
         det = self.detect
         if not (0 < det.conf < 1 and 0 < det.iou <= 1 and det.max_det >= 1):
             raise ConfigError(

@@ -3,6 +3,7 @@ quantized model is checked."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,19 +31,26 @@ def onnx_reference(path: Path, inputs: dict) -> dict:
     return dict(zip(names, sess.run(None, inputs)))
 
 
+def _feed(name: str, x: Any) -> dict[str, Any]:
+    """An item of input tensors as ONNX Runtime's feed: the one input's array, or (a model of
+    several inputs) every input's array by name."""
+    return dict(x) if isinstance(x, Mapping) else {name: x}
+
+
 def onnx_outputs(path: Path, tensors: list) -> list[list]:
     """The fp32 ONNX model's outputs (in output order) for each input tensor, one session."""
     sess = session(path)
     name = sess.get_inputs()[0].name
-    return [sess.run(None, {name: x}) for x in tensors]
+    return [sess.run(None, _feed(name, x)) for x in tensors]
 
 
 def onnx_reference_many(path: Path, tensors: list) -> list[dict[str, np.ndarray]]:
-    """The fp32 ONNX model's outputs by name for each input tensor (one session)."""
+    """The fp32 ONNX model's outputs by name for each input (an array, or a dict of arrays by
+    input name for a model of several inputs), one session."""
     sess = session(path)
     name = sess.get_inputs()[0].name
     outs = [o.name for o in sess.get_outputs()]
-    return [dict(zip(outs, sess.run(None, {name: x}))) for x in tensors]
+    return [dict(zip(outs, sess.run(None, _feed(name, x)))) for x in tensors]
 
 
 def match_outputs(reference: dict[str, Any], produced: dict[str, Any]) -> dict[str, str]:

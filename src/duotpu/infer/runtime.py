@@ -113,7 +113,14 @@ def open_model(path: str | Path, recipe_path: str | Path | None = None) -> Built
 
 def tensors_for(model: BuiltModel, images: list) -> list[np.ndarray]:
     """Images (paths or RGB arrays) → batch-1 input tensors, with the build's preprocessing:
-    float32 NCHW, or for a fused-preprocess model the raw uint8 image in its pixel format."""
+    float32 NCHW, or for a fused-preprocess model the raw uint8 image in its pixel format.
+    A model whose inputs are tensors takes ``.npz`` files (an array per input name; ``.npy``
+    for a model of one input) instead: each is checked and becomes ``{input name: array}``."""
+    if model.recipe.tensor_inputs:
+        from duotpu.builder.calibdata import read_sample
+
+        inputs = [(i.name, tuple(i.shape)) for i in model.recipe.inputs]
+        return [read_sample(Path(p), inputs) for p in images]  # type: ignore[misc]
     t = model.info.programs[0].inputs[0]
     shape = tuple(t.shape)
     if t.pixel_format in compiler.SELF_VALIDATED_FORMATS or t.aligned:
@@ -168,7 +175,7 @@ def infer_batched(
     big = max(range(len(programs)), key=lambda k: programs[k].inputs[0].shape[0])
     b = programs[big].inputs[0].shape[0]
     one = next((k for k, p in enumerate(programs) if p.inputs[0].shape[0] == 1), 0)
-    n_full = (len(tensors) // b) * b if b > 1 else 0
+    n_full = (len(tensors) // b) * b if b > 1 and not model.recipe.tensor_inputs else 0
     results: list[dict[str, np.ndarray]] = []
     if n_full:
         stacked = [np.concatenate(tensors[i : i + b]) for i in range(0, n_full, b)]

@@ -79,16 +79,23 @@ class App:
                 self._tail = (t["graph"], {k: z[k] for k in z.files})
 
     # -- one input -----------------------------------------------------------------------
-    def prepare(
-        self, item: "str | Path | np.ndarray"
-    ) -> Tuple[np.ndarray, Optional[Tuple[int, int]]]:
+    def prepare(self, item: "str | Path | np.ndarray") -> Tuple[Any, Optional[Tuple[int, int]]]:
         """An image file, a raw frame or a ready tensor → the model's input array and the
-        image's (h, w) (``None`` when boxes stay in network pixels)."""
+        image's (h, w) (``None`` when boxes stay in network pixels). An ``.npz`` file (one
+        array per input name, as ``np.savez`` writes) feeds a model of several inputs."""
         info = self.input
         if isinstance(item, np.ndarray):
             picture = item
         else:
             p = Path(item)
+            if p.suffix.lower() == ".npz":
+                return self._arrays(p), None
+            if len(self.model.inputs) > 1:
+                raise AppError(
+                    f"{p}: this model takes {len(self.model.inputs)} inputs ("
+                    + ", ".join(i.describe() for i in self.model.inputs)
+                    + "); give an .npz file with one array per input name."
+                )
             if p.suffix.lower() in images.RAW:
                 data = np.fromfile(str(p), np.uint8)
                 if data.size != info.size:
@@ -110,6 +117,27 @@ class App:
                 )
             return picture.astype(np.float32), None
         return self._from_picture(picture), (int(picture.shape[0]), int(picture.shape[1]))
+
+    def _arrays(self, path: Path) -> Dict[str, np.ndarray]:
+        try:
+            with np.load(str(path)) as z:
+                given = {k: np.asarray(z[k]) for k in z.files}
+        except (OSError, ValueError) as e:
+            raise AppError(f"{path} is not a readable .npz file ({e}).") from None
+        out: Dict[str, np.ndarray] = {}
+        for info in self.model.inputs:
+            a = given.get(info.name)
+            if a is None and len(self.model.inputs) == 1 and len(given) == 1:
+                a = next(iter(given.values()))
+            if a is None or a.size != info.count:
+                raise AppError(
+                    f"{path} has "
+                    + (f"shape {list(a.shape)} for" if a is not None else "no array named")
+                    + f" {info.name!r}; the model's input is {info.describe()} (arrays in the "
+                    f"file: {', '.join(given) or 'none'})."
+                )
+            out[info.name] = a.astype(np.float32).reshape(info.shape)
+        return out
 
     def _from_picture(self, bgr: np.ndarray) -> np.ndarray:
         pre, info = self.config["preprocess"], self.input
@@ -239,7 +267,7 @@ def peak_rss_mb() -> Optional[float]:
 
 def _items(paths: Sequence[str]) -> List[Path]:
     out: List[Path] = []
-    known = images.NATIVE + images.DECODED + images.RAW
+    known = images.NATIVE + images.DECODED + images.RAW + (".npz",)
     for p in map(Path, paths):
         if p.is_dir():
             out += sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in known)
@@ -276,7 +304,8 @@ def main(argv: Optional[Sequence[str]] = None, folder: "str | Path | None" = Non
         nargs="+",
         metavar="IMAGE|FOLDER",
         help="PPM/PGM/BMP/.npy, raw "
-        "frames, JPEG/PNG when OpenCV or Pillow is installed; folders are searched",
+        "frames, JPEG/PNG when OpenCV or Pillow is installed, .npz (one array per input "
+        "name); folders are searched",
     )
     ap.add_argument(
         "--app",

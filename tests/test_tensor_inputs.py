@@ -1,0 +1,139 @@
+"""Models whose inputs are tensors, not one image: several named inputs of any rank (an audio
+chunk and a recurrent state), calibrated and verified on .npz samples, with the real compiler."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import tinymodels
+from conftest import run_cli
+from duotpu.onboard.heads import match_names
+
+
+def test_two_tensor_inputs_build_verify_and_predict(tmp_path: Path) -> None:
+    src = tinymodels.audio_state_onnx(tmp_path / "Vad model.onnx")
+    samples = tinymodels.audio_state_samples(tmp_path / "samples")
+    out = tmp_path / "b"
+    r = run_cli(
+        "build", str(src), "--name", "vad", "--out", str(out), "--calib-images", str(samples)
+    )
+    assert r.returncode == 0, r.stderr + r.stdout
+    said = " ".join(r.stdout.split())
+    assert "'audio' [N, 576] → [1, 576]" in said  # the free batch, settled and said
+    assert "verifying on 4 samples" in said and "on 4 samples: mean cosine" in said
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["recipe"]["inputs"] == [
+        {"name": "audio", "shape": [1, 576]},
+        {"name": "state", "shape": [2, 1, 128]},
+    ]
+    assert manifest["recipe"]["calibration"]["images"] == str(samples)  # the user's folder
+    for mode in ("int8", "bf16"):
+        cos = manifest["models"][mode]["cosine_vs_fp32"]
+        assert set(cos) == {"prob", "new_state"} and min(cos.values()) > 0.99, (mode, cos)
+        assert manifest["models"][mode]["fits"]["Duo"] is True
+    report = (out / "report.html").read_text()
+    assert "On the test input" in report and "audio 1×576, state 2×1×128" in report
+
+    model = out / "vad_cv180x_int8.cvimodel"
+    r = run_cli("predict", str(model), str(samples / "s03.npz"), "--json")
+    assert r.returncode == 0, r.stderr + r.stdout
+    outs = {o["name"]: o for o in json.loads(r.stdout)["results"][0]["outputs"]}
+    assert outs["prob"]["shape"] == [1, 16] and outs["prob"]["cosine_vs_fp32"] > 0.99
+    assert outs["new_state"]["cosine_vs_fp32"] > 0.99
+    # the board app (numpy + the CVI runtime's C API): the same outputs as the host's predict
+    r = run_cli("app", str(out), "--json")
+    assert r.returncode == 0, r.stderr + r.stdout
+    app = Path(json.loads(r.stdout)["folder"])
+    doc = _run_app(app, samples / "s03.npz")
+    host = dict(np.load(_predict_npz(model, samples / "s03.npz", tmp_path)))
+    got = doc["results"][0]["result"]  # by the compiler's names (prob_Sigmoid_f32)
+    names = match_names(list(host), list(got))
+    assert all(names.values()) and len(got) == 2, (names, list(got))
+    for name, v in host.items():
+        assert abs(got[names[name]]["mean"] - float(v.mean())) < 1e-6, name
+    r = run_cli("app", str(out), "--c")
+    assert r.returncode == 2 and "The C app reads images, and vad takes tensors" in r.stderr
+    np.savez(tmp_path / "half.npz", audio=np.zeros((1, 576), np.float32))  # no state
+    r = run_cli("predict", str(model), str(tmp_path / "half.npz"))
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert "feeds audio; the model's inputs are audio, state" in " ".join(r.stderr.split())
+
+
+def _run_app(app: Path, *args: Path) -> dict:
+    import subprocess
+    import sys
+
+    from duotpu.compiler.env import tool_env
+
+    env = tool_env()
+    env.pop("PYTHONPATH", None)
+    r = subprocess.run(
+        [sys.executable, "-I", str(app / "main.py"), *map(str, args), "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def _predict_npz(model: Path, sample: Path, tmp_path: Path) -> Path:
+    target = tmp_path / "host.npz"
+    r = run_cli("predict", str(model), str(sample), "--save", str(target))
+    assert r.returncode == 0, r.stderr + r.stdout
+    return target
+
+
+def test_calibration_data_by_input_name_and_what_a_tensor_model_needs(tmp_path: Path) -> None:
+    from duotpu import build
+    from duotpu.config.errors import DataError
+    from duotpu.config.recipe import recipe_from_dict
+
+    src = tinymodels.audio_state_onnx(tmp_path / "vad.onnx")
+    recipe = recipe_from_dict({"name": "vad", "model": {"source": str(src)}, "quantize": ["int8"]})
+    # the built-in photos are no calibration set for audio: refused before any compiler step
+    with pytest.raises(DataError, match=r"inputs are tensors.*has no .npz files.*audio=…, state=…"):
+        build(recipe, out_dir=tmp_path / "refused")
+    assert not (tmp_path / "refused" / "work" / "transform").exists()
+
+    rng = np.random.default_rng(3)
+    data = [
+        {"state": rng.normal(0, 0.5, (2, 1, 128)), "audio": rng.normal(0, 1, (576,))}
+        for _ in range(6)
+    ]  # any order of names; the batch dim may be left out
+    result = build(recipe, out_dir=tmp_path / "py", calibration_data=data)
+    art = result.models["int8"]
+    assert min(art.cosine.values()) > 0.99 and len(art.per_image) == 4
+    assert art.cvimodel.is_file() and art.estimate is not None
+
+
+def test_an_lstm_calibrates_on_every_sample_and_around_the_tuner(tmp_path: Path) -> None:
+    """Inputs whose first dims differ (x [20, 1, 16], h0 [1, 1, 32]) calibrate sample by sample,
+    and tpu_mlir's tuner, which stops on the LSTM's outputs, is left out with a warning."""
+    src = tinymodels.lstm_onnx(tmp_path / "lstm.onnx")
+    rng = np.random.default_rng(5)
+    samples = tmp_path / "samples"
+    samples.mkdir()
+    for i in range(6):
+        np.savez(
+            samples / f"{i}.npz",
+            x=rng.normal(0, 1, (20, 1, 16)),
+            h0=rng.normal(0, 0.5, (1, 1, 32)),
+            c0=rng.normal(0, 0.5, (1, 1, 32)),
+        )
+    out = tmp_path / "b"
+    r = run_cli(
+        "build", str(src), "--out", str(out), "--quantize", "int8", "--calib-images", str(samples)
+    )
+    assert r.returncode == 0, r.stderr + r.stdout
+    said = " ".join(r.stdout.split())
+    assert "threshold tuning stopped at hs_Reshape" in said and "tune_num = 0" in said
+    table = next((out / "work" / "calibrate").glob("*_cali_table")).read_text()
+    assert "# sample number: 6" in table  # every sample, not one per 20 files
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert min(manifest["models"]["int8"]["cosine_vs_fp32"].values()) > 0.99
