@@ -110,8 +110,17 @@ def test_a_forward_argument_that_is_not_a_tensor_gets_advice_about_it(tmp_path):
 
     path = tmp_path / "vad.pt"
     torch.jit.script(Vad()).save(str(path))
-    with pytest.raises(ModelError, match=r"takes 'sr', which is not a tensor.*wrapper module"):
+    with pytest.raises(
+        ModelError, match=r"takes .sr., which is not a tensor.*--set model.constants.sr=VALUE"
+    ):
         export.export_onnx(ModelSource(str(path)), (1, 576), "x", tmp_path / "o.onnx")
     two = {"x": (1, 576), "y": (1, 4)}
     with pytest.raises(ModelError, match=r"takes 'sr', which is not a tensor"):
         export.export_onnx(ModelSource(str(path)), two, "x", tmp_path / "o.onnx")
+    # the way around it names: the value as a constant of the export
+    fixed = ModelSource(str(path), constants={"sr": 8000})
+    m = export.export_onnx(fixed, (1, 576), "x", tmp_path / "o.onnx")
+    sess = ort.InferenceSession(str(m.onnx_path), providers=["CPUExecutionProvider"])
+    assert [i.name for i in sess.get_inputs()] == ["x"]
+    x = np.ones((1, 576), np.float32)
+    np.testing.assert_allclose(sess.run(None, {"x": x})[0], x * 0.5)

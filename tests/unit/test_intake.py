@@ -68,7 +68,7 @@ def test_ir10_with_named_free_dims_takes_ultralytics_imgsz_and_runs(tmp_path: Pa
     out = tmp_path / "out.onnx"
     notes = intake.normalise(src, out, shape)
     fixed = onnx.load(str(out))
-    assert fixed.ir_version == onnx.IR_VERSION
+    assert fixed.ir_version == intake.SIMPLIFIER_IR  # onnxsim reads it (IR 9 it refuses)
     assert any("IR version 10" in n for n in notes)
     dims = [d.dim_value for d in fixed.graph.input[0].type.tensor_type.shape.dim]
     assert dims == [1, 3, 24, 40]
@@ -189,7 +189,7 @@ def test_several_inputs_are_settled_by_name_and_a_free_dim_asked_for(tmp_path: P
     assert settled == [("x", (1, 3, 8, 8)), ("extra0", (1, 2))]
     assert "'x'" in note and "[1, 3, 8, 8]" in note
     assert intake.settle_inputs(src, [("x", (2, 3, 8, 8))])[0][0] == ("x", (2, 3, 8, 8))
-    with pytest.raises(ShapeError, match=r"names an input 'input'.*\[\[inputs\]\] name = \"x\""):
+    with pytest.raises(ShapeError, match=r"names an input 'input'.*--set 'inputs=\[\{name = \"x\""):
         intake.settle_inputs(src, [("input", (1, 3, 8, 8))])
     with pytest.raises(ShapeError, match="fixed dims must be kept"):
         intake.settle_inputs(src, [("extra0", (1, 3))])
@@ -288,3 +288,99 @@ def test_the_task_is_settled_from_onnx_runtime_when_the_graph_has_no_output_shap
     recipe = tiny_recipe(src, **{"inputs.shape": [1, 3, 2, 2]})
     settled, note = settle_task(recipe, SimpleNamespace(reference_onnx=src))  # type: ignore[arg-type]
     assert settled.task == "classify" and "y [1, 10]" in note, note
+
+
+def test_an_input_fixed_by_model_constants_leaves_the_graph(tmp_path: Path) -> None:
+    m = _graph_model(["batch", 3, 8, 8], extra_inputs=1)  # extra0 [1, 2]
+    state = helper.make_tensor_value_info("state", TensorProto.FLOAT, [2, "batch", 4])
+    m.graph.input.append(state)
+    src = _save(m, tmp_path / "m.onnx")
+    # a named dim is one size everywhere: "batch" of x (dim 0) settles state's dim 1
+    settled, _ = intake.settle_inputs(src, [])
+    assert dict(settled)["state"] == (2, 1, 4)
+    settled, _ = intake.settle_inputs(src, [], constants={"extra0": [3.0, 4.0]})
+    assert [n for n, _ in settled] == ["x", "state"]
+    with pytest.raises(ModelError, match=r"model.constants names 'sr'.*inputs: x, extra0, state"):
+        intake.settle_inputs(src, [], constants={"sr": 16000})
+    out = tmp_path / "out.onnx"
+    notes = intake.normalise(
+        src, out, {"x": (1, 3, 8, 8), "state": (2, 1, 4)}, constants={"extra0": [3.0, 4.0]}
+    )
+    assert any("input 'extra0' fixed to [3.0, 4.0]" in n for n in notes)
+    assert [i.name for i in intake.inputs_info(onnx.load(str(out)))] == ["x", "state"]
+
+
+def test_an_if_on_a_dims_size_is_replaced_by_the_branch_taken(tmp_path: Path) -> None:
+    """The TorchScript exporter's "squeeze if this dim is 1": at fixed shapes the condition is
+    known, and the compiler takes no If."""
+    one = numpy_helper.from_array(np.array([1], np.int64), "one")
+    zero = numpy_helper.from_array(np.array(0, np.int64), "zero")
+    then_g = helper.make_graph(
+        [helper.make_node("Squeeze", ["x", "ax"], ["t_out"])],
+        "then",
+        [],
+        [helper.make_tensor_value_info("t_out", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(np.array([0], np.int64), "ax")],
+    )
+    else_g = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["e_out"])],
+        "else",
+        [],
+        [helper.make_tensor_value_info("e_out", TensorProto.FLOAT, None)],
+    )
+    nodes = [
+        helper.make_node("Shape", ["x"], ["s"]),
+        helper.make_node("Gather", ["s", "zero"], ["d0"]),
+        helper.make_node("Equal", ["d0", "one1"], ["c"]),
+        helper.make_node("If", ["c"], ["r"], then_branch=then_g, else_branch=else_g),
+        helper.make_node("Relu", ["r"], ["y"]),
+    ]
+    one1 = numpy_helper.from_array(np.array(1, np.int64), "one1")
+    g = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [one, zero, one1],
+    )
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 8
+    src = _save(m, tmp_path / "if.onnx")
+    out = tmp_path / "out.onnx"
+    notes = intake.normalise(src, out, (1, 4))
+    assert any("1 If node(s)" in n for n in notes)
+    fixed = onnx.load(str(out))
+    assert "If" not in {n.op_type for n in fixed.graph.node}
+    x = np.array([[-1.0, 2.0, -3.0, 4.0]], np.float32)
+    got = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    np.testing.assert_array_equal(got[0], np.maximum(x[0], 0))  # squeezed: the then branch
+
+
+def test_the_first_differing_layer_is_found_behind_plumbing(tmp_path: Path) -> None:
+    from duotpu.builder.export import first_differing_layer
+
+    rng = np.random.default_rng(0)
+    h = 4
+    inits = [
+        numpy_helper.from_array(rng.normal(size=(1, 4 * h, 3)).astype(np.float32), "W"),
+        numpy_helper.from_array(rng.normal(size=(1, 4 * h, h)).astype(np.float32), "R"),
+        numpy_helper.from_array(np.array([0], np.int64), "ax"),
+    ]
+    nodes = [
+        helper.make_node("Relu", ["x"], ["xr"], name="pre"),
+        helper.make_node("LSTM", ["xr", "W", "R"], ["Y", "Yh"], hidden_size=h, name="rnn"),
+        helper.make_node("Squeeze", ["Yh", "ax"], ["sq"], name="sq"),
+    ]
+    g = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [5, 1, 3])],
+        [helper.make_tensor_value_info("sq", TensorProto.FLOAT, None)],
+        inits,
+    )
+    src = _save(
+        helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]), tmp_path / "l.onnx"
+    )
+    assert first_differing_layer(src, "sq_Squeeze") == ("rnn", "LSTM", "xr")
+    assert first_differing_layer(src, "xr_Relu") == ("pre", "Relu", "")  # reads the input
+    assert first_differing_layer(src, "nothing_Add") == ("", "", "")

@@ -4,6 +4,7 @@ conversion and the NMS must give the same bytes, so the board and the PC give th
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from duotpu.onboard import heads, images, preprocess
 
@@ -169,3 +170,64 @@ def test_text_line_resize_on_the_board_equals_the_hosts():
     assert (board[:, rw:] == 127).all() and not (board[:, :rw] == 127).all()
     assert place["dx"] == place["dy"] == 0.0
     assert heads.placement("text_line", (32, 96), (32, 96), (30, 50))[2:] == (0.0, 0.0)
+
+
+def _one_node(op: str, names: str, outs: list[str], feeds: dict, **attrs) -> list:
+    """The outputs of one ONNX node in ONNX Runtime (the reference for the board's numpy ops)."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    g = helper.make_graph(
+        [helper.make_node(op, list(names), outs, **attrs)],
+        "g",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in names if n],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in outs],
+    )
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 8
+    sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    return sess.run(None, {n: feeds[n] for n in names if n})
+
+
+def test_the_board_tails_lstm_and_conv_equal_onnx_runtime():
+    """A recurrent model cut before the LSTM the compiler mistranslates (silero-vad) runs its
+    LSTM and its decoder's Conv on the board's CPU, in numpy."""
+    from duotpu.onboard import tail
+
+    rng = np.random.default_rng(0)
+    h = 6
+    f = {
+        "X": rng.normal(0, 1, (5, 2, 3)),
+        "W": rng.normal(0, 0.5, (1, 4 * h, 3)),
+        "R": rng.normal(0, 0.5, (1, 4 * h, h)),
+        "B": rng.normal(0, 0.3, (1, 8 * h)),
+        "h0": rng.normal(0, 1, (1, 2, h)),
+        "c0": rng.normal(0, 1, (1, 2, h)),
+    }
+    f = {k: v.astype(np.float32) for k, v in f.items()}
+    ref = _one_node(
+        "LSTM", ["X", "W", "R", "B", "", "h0", "c0"], ["Y", "Yh", "Yc"], f, hidden_size=h
+    )
+    args = [f["X"], f["W"], f["R"], f["B"], np.zeros(0), f["h0"], f["c0"]]
+    for want, got in zip(ref, tail.OPS["LSTM"](args, {"hidden_size": h})):
+        np.testing.assert_allclose(got, want, atol=1e-5)
+    for dims, kernel, attrs in (
+        ((1, 4, 9), (3,), {"strides": [2], "pads": [1, 1], "group": 1}),
+        (
+            (1, 4, 7, 8),
+            (3, 2),
+            {"strides": [1, 2], "pads": [1, 0, 1, 2], "dilations": [2, 1], "group": 2},
+        ),
+    ):
+        g = attrs["group"]
+        c = {
+            "X": rng.normal(0, 1, dims).astype(np.float32),
+            "W": rng.normal(0, 1, (6, 4 // g, *kernel)).astype(np.float32),
+            "B": rng.normal(0, 1, 6).astype(np.float32),
+        }
+        want = _one_node("Conv", ["X", "W", "B"], ["Y"], c, **attrs)[0]
+        got = tail.OPS["Conv"]([c["X"], c["W"], c["B"]], attrs)[0]
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, atol=1e-4)
+    with pytest.raises(tail.TailError, match="a bidirectional or reverse LSTM"):
+        tail.check([{"op": "LSTM", "name": "rnn", "attrs": {"direction": "bidirectional"}}])

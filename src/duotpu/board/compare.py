@@ -32,7 +32,7 @@ def compare(b: Board, model: runtime.BuiltModel, tensor: np.ndarray) -> list[Out
     """Run one input tensor on the board and on the host (simulator, fp32 when the build's ONNX
     is there); per output of the whole model (a cut model's tail runs on the host for both)."""
     on_board = runtime.apply_tail(
-        model, run_model(b, model.cvimodel, model.info, [tensor], model.input_name)[0]
+        model, run_model(b, model.cvimodel, model.info, [tensor], model.input_name)[0], tensor
     )
     sim = runtime.infer(model, [tensor])[0]
     if model.onnx is None:

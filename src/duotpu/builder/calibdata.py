@@ -117,7 +117,12 @@ def npy_list(folder: Path, names: Sequence[str]) -> Path:
     tpu_mlir's calibration reads such a list sample by sample; its reader of ``.npz`` files
     takes the first input's first dim as a batch and drops samples of a model whose inputs'
     first dims differ (an LSTM's ``x [20, 1, 16]`` beside ``h0 [1, 1, 32]``)."""
-    target = folder / "npy" / "inputs.txt"  # a subfolder: the folder's own files stay samples
+
+    def tag(text: str) -> str:
+        return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+    # a subfolder: the folder's own files stay samples; one list per choice of inputs
+    target = folder / "npy" / f"inputs-{tag(chr(0).join(names))}.txt"
     if target.is_file():
         return target
     target.parent.mkdir(exist_ok=True)
@@ -125,12 +130,12 @@ def npy_list(folder: Path, names: Sequence[str]) -> Path:
     for npz in array_files(folder):
         with np.load(npz) as z:
             row = []
-            for k, name in enumerate(names):
-                out = target.with_name(f"{npz.stem}.{k}.npy")
+            for name in names:
+                out = target.with_name(f"{npz.stem}.{tag(name)}.npy")
                 np.save(out, z[name])
                 row.append(str(out.resolve()))
         lines.append(",".join(row))
-    tmp = target.with_name(".inputs.txt.tmp")
+    tmp = target.with_name(f".{target.name}.tmp")
     tmp.write_text("\n".join(lines) + "\n")
     os.replace(tmp, target)
     return target

@@ -290,7 +290,9 @@ def export_onnx(
     names: list[str] = []
     notes: tuple[str, ...] = ()
     if kind == "onnx":
-        notes = intake.normalise(Path(src.source), tmp, shape, batch_dynamic=dynamic)
+        notes = intake.normalise(
+            Path(src.source), tmp, shape, batch_dynamic=dynamic, constants=src.constants
+        )
     else:
         import torch
 
@@ -302,12 +304,13 @@ def export_onnx(
             from duotpu.builder.yolo import prepare_for_export
 
             names = prepare_for_export(model)
+        consts = dict(src.constants)
         dummy = tuple(torch.zeros(*s) for s in feeds.values())
         try:
             with torch.no_grad():
-                model(*dummy)
+                model(*dummy, **consts)
         except Exception as e:
-            raise ModelError(_torch_refusal(model, feeds, e)) from None
+            raise ModelError(_torch_refusal(model, feeds, e, consts)) from None
         extra: dict[str, Any] = {}
         if dynamic:
             extra["dynamic_axes"] = {input_name: {0: "N"}, "output": {0: "N"}}
@@ -317,7 +320,7 @@ def export_onnx(
                 warnings.simplefilter("ignore")
                 torch.onnx.export(
                     model,
-                    dummy,
+                    (*dummy, consts) if consts else dummy,  # a last dict: keyword arguments
                     str(tmp),
                     opset_version=opset,
                     input_names=list(feeds),
@@ -349,6 +352,8 @@ def export_onnx(
                     f"Exporting {src.source} to ONNX (opset {src.opset}) failed: "
                     f"{type(e).__name__}: {_last_line(e)}"
                 ) from None
+        if consts:
+            _freeze_exported(tmp, set(feeds), consts)
     head = None
     tail = None
     try:
@@ -424,7 +429,25 @@ def reestimate_batchnorm(
     )
 
 
-def _torch_refusal(model: Any, feeds: Mapping[str, tuple[int, ...]], e: Exception) -> str:
+def _freeze_exported(path: Path, feeds: set[str], consts: Mapping[str, Any]) -> None:
+    """A scripted model keeps its ``int`` arguments as graph inputs (``sr.1``) even when the
+    export was given their values: those inputs become the constants."""
+    import onnx
+
+    model = onnx.load(str(path))
+    extra = {
+        i.name: consts[i.name.split(".")[0]]
+        for i in intake.inputs_info(model)
+        if i.name not in feeds and i.name.split(".")[0] in consts
+    }
+    if extra:
+        intake.freeze_inputs(model, extra, path)
+        onnx.save(model, str(path))
+
+
+def _torch_refusal(
+    model: Any, feeds: Mapping[str, tuple[int, ...]], e: Exception, consts: Mapping[str, Any]
+) -> str:
     """Why the PyTorch model did not run on zero tensors of the recipe's shapes: a ``forward``
     argument that is not a tensor (silero-vad's ``sr: int``) is named with the way around, else
     the shapes are."""
@@ -437,20 +460,25 @@ def _torch_refusal(model: Any, feeds: Mapping[str, tuple[int, ...]], e: Exceptio
     if not params:
         schema = getattr(getattr(model, "forward", None), "schema", None)
         args = [a for a in getattr(schema, "arguments", [])][1:]  # without self
-        plain = [a.name for a in args if str(a.type) in ("int", "float", "bool", "str")]
+        plain = [
+            a.name
+            for a in args
+            if str(a.type) in ("int", "float", "bool", "str") and a.name not in consts
+        ]
     else:
         plain = [
             p.name
             for p in params
             if p.annotation in (int, float, bool, str, "int", "float", "bool", "str")
+            and p.name not in consts
         ]
     if plain:
         return (
             f"The model's forward takes {', '.join(repr(n) for n in plain)}, which "
             f"{'is' if len(plain) == 1 else 'are'} not a tensor: the TPU model takes tensors "
-            f"only. Fix {'it' if len(plain) == 1 else 'them'} in a wrapper module whose forward "
-            "takes the tensors and passes the constant (e.g. sample rate 16000), export that, "
-            "and give its tensor inputs in the recipe ([[inputs]] name/shape per input)."
+            f"only. Give {'its' if len(plain) == 1 else 'their'} value in the recipe: --set "
+            f"model.constants.{plain[0]}=VALUE (e.g. a sample rate of 16000; recipe table "
+            "[model.constants]), and the tensor inputs' shapes ([[inputs]] name/shape per input)."
         )
     shown = (
         str(list(*feeds.values()))
@@ -525,6 +553,36 @@ def tensor_before(path: Path, layer: str, op: str) -> str:
     return ""
 
 
+#: ops that only move or reshape data: a difference that first shows after one of them was made
+#: by the op before it
+_PLUMBING = {"Squeeze", "Unsqueeze", "Reshape", "Flatten", "Identity", "Transpose", "Concat"}
+
+
+def first_differing_layer(path: Path, layer: str) -> tuple[str, str, str]:
+    """The ONNX node where the compiler's fp32 translation first differs, from the first layer
+    model_transform's comparison failed at (``<ONNX output>_<op>``), walking back over ops that
+    only move data: (node name, op type, the tensor that feeds it — "" when that is a model
+    input). ("", "", "") when the layer is not in the graph."""
+    model = intake.load(path, weights=False)
+    made = {o: n for n in model.graph.node for o in n.output if o}
+    inits = {i.name for i in model.graph.initializer}
+    graph_inputs = {i.name for i in model.graph.input}
+    node = next(
+        (n for n in model.graph.node if any(layer in (o, f"{o}_{n.op_type}") for o in n.output)),
+        None,
+    )
+    if node is None:
+        return "", "", ""
+    for _ in range(20):
+        data = [i for i in node.input if i and i not in inits]
+        if node.op_type not in _PLUMBING or not data or data[0] not in made:
+            break
+        node = made[data[0]]
+    data = [i for i in node.input if i and i not in inits]
+    feed = data[0] if data and data[0] not in graph_inputs else ""
+    return node.name or node.output[0], node.op_type, feed
+
+
 def cut_graph(full: Path, head: Path, tail: Path, tensors: tuple[str, ...]) -> None:
     """Split the ONNX model ``full`` at ``tensors``: ``head`` (input → tensors) is what the TPU
     runs, ``tail`` (tensors → the model's outputs) runs on the CPU. Raises :class:`ModelError`
@@ -555,6 +613,11 @@ def cut_graph(full: Path, head: Path, tail: Path, tensors: tuple[str, ...]) -> N
     try:
         extractor = onnx.utils.Extractor(model)
         head_model = extractor.extract_model(graph_inputs, list(tensors))
+        read = {i for n in head_model.graph.node for i in n.input}
+        if any(i not in read for i in graph_inputs):  # an input only the rest reads
+            head_model = extractor.extract_model(
+                [i for i in graph_inputs if i in read], list(tensors)
+            )
         tail_model = extractor.extract_model(list(tensors), outputs)
     except (KeyError, ValueError) as e:
         raise ModelError(
@@ -564,11 +627,16 @@ def cut_graph(full: Path, head: Path, tail: Path, tensors: tuple[str, ...]) -> N
     made = set(tensors) | inits | {o for n in tail_model.graph.node for o in n.output}
     inits |= {i.name for i in tail_model.graph.initializer}
     reads = [i for n in tail_model.graph.node for i in n.input if i and i not in made | inits]
+    # the model's own inputs (an LSTM's state) are at hand wherever the tail runs: it reads them
+    given = [i for i in dict.fromkeys(reads) if i in graph_inputs]
+    if given:
+        tail_model = extractor.extract_model([*tensors, *given], outputs)
+        reads = [i for i in reads if i not in given]
     if reads or not tail_model.graph.node:
         raise ModelError(
             f"The model after {', '.join(tensors)} also reads {', '.join(sorted(set(reads)))} "
-            "(computed before the cut, or the input itself), so it cannot run on the CPU from "
-            "the cut tensors alone. Cut later, or add those tensors to --cut-at."
+            "(computed before the cut), so it cannot run on the CPU from the cut tensors and the "
+            "model's inputs alone. Cut later, or add those tensors to --cut-at."
             if reads
             else f"Nothing of the model comes after {', '.join(tensors)}: there is no tail to cut."
         )

@@ -26,6 +26,10 @@ TORCH_DEFAULT_SHAPE = (1, 3, 224, 224)
 
 # tpu_mlir 1.30.2 ships onnx 1.14.1 (IR 9, opset 19) and onnxruntime 1.16.3 (opset 19).
 MAX_OPSET = 19
+#: onnxsim 0.4.17 (which tpu_mlir's model_transform runs too) refuses IR 9 ("Your model
+#: ir_version is higher than the checker's") and simplifies the same graph written as IR 8,
+#: opset 19 included; IR 9 only added float8 types, which no TPU model has
+SIMPLIFIER_IR = 8
 
 #: Ops of the default domain whose meaning changed (or that were added) after opset 19, with the
 #: opset of the change. A model using none of them means the same at opset 19: the later opsets
@@ -205,7 +209,11 @@ def _imgsz(model: "onnx.ModelProto") -> tuple[int, int] | None:
 
 
 def settle_shape(
-    path: Path, shape: Sequence[int], *, where: str = "model.source"
+    path: Path,
+    shape: Sequence[int],
+    *,
+    where: str = "model.source",
+    constants: Mapping[str, object] | None = None,
 ) -> tuple[tuple[int, ...], str]:
     """The input shape to build an ONNX model at, and a note saying where it came from ("" when
     the recipe gave it and it fits). ``shape`` is the recipe's (empty: not given).
@@ -214,7 +222,9 @@ def settle_shape(
     batch becomes 1 and free height/width come from Ultralytics' ``imgsz`` metadata. Raises
     :class:`ModelError` when the recipe contradicts a fixed dim or nothing settles a free one.
     """
-    info = input_info(load(path, weights=False), path)
+    graph = load(path, weights=False)
+    freeze_inputs(graph, constants or {}, path)
+    info = input_info(graph, path)
     dims = info.dims
     if shape:
         if len(shape) != len(dims) or any(
@@ -262,21 +272,72 @@ def settle_shape(
     )
 
 
-def inputs_table(infos: Sequence[InputInfo]) -> str:
-    """The recipe's ``[[inputs]]`` tables for ``infos``, on one line for a message (a free batch
-    shown as 1, other free dims as SIZE)."""
+def freeze_inputs(
+    model: "onnx.ModelProto", constants: Mapping[str, object], where: Path | str = "the model"
+) -> list[str]:
+    """Replace the graph inputs named in ``constants`` by those values (``model.constants``),
+    in place; returns a note per input. The value takes the input's element type and declared
+    shape (a scalar for ``[]``). Raises :class:`ModelError` for a name that is not an input."""
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    if not constants:
+        return []
+    by_name = {i.name: i for i in model.graph.input}
+    inits = {i.name for i in model.graph.initializer}
+    notes = []
+    for name, value in constants.items():
+        inp = by_name.get(name)
+        if inp is None or name in inits:
+            listed = ", ".join(i.name for i in inputs_info(model))
+            raise ModelError(
+                f"model.constants names {name!r}, which is not an input of {where} (its inputs: "
+                f"{listed or 'none'})."
+            )
+        dtype = helper.tensor_dtype_to_np_dtype(inp.type.tensor_type.elem_type)
+        arr = np.asarray(value, dtype=dtype)
+        dims = [
+            d.dim_value if d.HasField("dim_value") else -1 for d in inp.type.tensor_type.shape.dim
+        ]
+        if -1 not in dims and int(np.prod(dims)) == arr.size:
+            arr = arr.reshape(dims)
+        elif len(dims) != arr.ndim:
+            raise ModelError(
+                f"model.constants.{name} = {value!r} has {arr.ndim} dims; the input {name!r} of "
+                f"{where} has {len(dims)}."
+            )
+        model.graph.input.remove(inp)
+        model.graph.initializer.append(numpy_helper.from_array(arr, name))
+        notes.append(f"input '{name}' fixed to {value!r} (model.constants)")
+    return notes
+
+
+def inputs_table(infos: Sequence[InputInfo], named: Mapping[str, int] | None = None) -> str:
+    """The recipe's ``inputs`` for ``infos`` as an inline TOML list for ``--set 'inputs=…'``
+    (a free batch shown as 1, a named dim settled elsewhere as its size, others as SIZE)."""
+    known = dict(named or {})
 
     def dims(info: InputInfo) -> str:
         return ", ".join(
-            str(d) if isinstance(d, int) else "1" if k == 0 else "SIZE"
+            str(d)
+            if isinstance(d, int)
+            else str(known[d])
+            if isinstance(d, str) and d in known
+            else "1"
+            if k == 0
+            else "SIZE"
             for k, d in enumerate(info.dims)
         )
 
-    return " / ".join(f'[[inputs]] name = "{i.name}", shape = [{dims(i)}]' for i in infos)
+    return "[" + ", ".join(f'{{name = "{i.name}", shape = [{dims(i)}]}}' for i in infos) + "]"
 
 
 def settle_inputs(
-    path: Path, given: Sequence[tuple[str, Sequence[int]]], *, where: str = "model.source"
+    path: Path,
+    given: Sequence[tuple[str, Sequence[int]]],
+    *,
+    where: str = "model.source",
+    constants: Mapping[str, object] | None = None,
 ) -> tuple[list[tuple[str, tuple[int, ...]]], str]:
     """Every input's (name, shape) to build an ONNX model of several inputs at, in the graph's
     order, and a note saying what was settled. ``given`` is the recipe's inputs (name, shape;
@@ -285,7 +346,9 @@ def settle_inputs(
     A fixed dim is kept, a free batch (dim 0) becomes 1; any other free dim must be given by
     the recipe. Raises :class:`ShapeError` naming the input and the recipe table to write.
     """
-    infos = inputs_info(load(path, weights=False))
+    graph = load(path, weights=False)
+    freeze_inputs(graph, constants or {}, path)
+    infos = inputs_info(graph)
     by_name = {i.name: i for i in infos}
     listed = ", ".join(f"'{i.name}' {i.shown()}" for i in infos)
     table = inputs_table(infos)
@@ -294,8 +357,8 @@ def settle_inputs(
         if name not in by_name:
             raise ShapeError(
                 f"The recipe names an input '{name}' (inputs.name); the model ({where}) has "
-                f"{len(infos)} inputs: {listed}. Give each input by its name in the recipe: "
-                f"{table}."
+                f"{len(infos)} inputs: {listed}. Give each input by its name: --set "
+                f"'inputs={table}' (in a recipe file: one [[inputs]] table per input)."
             )
         if shape:
             info = by_name[name]
@@ -307,6 +370,15 @@ def settle_inputs(
                     f"model's {info.shown()} ({where}): its fixed dims must be kept."
                 )
             shapes[name] = tuple(int(v) for v in shape)
+    # a named dim is one size wherever it appears (silero's "batch": input dim 0, state dim 1)
+    named: dict[str, int] = {}
+    for name, shape in shapes.items():
+        for d, v in zip(by_name[name].dims, shape):
+            if isinstance(d, str):
+                named.setdefault(d, v)
+    for info in infos:
+        if info.name not in shapes and 0 in info.free and isinstance(info.dims[0], str):
+            named.setdefault(info.dims[0], 1)  # a free batch is 1
     notes = []
     for info in infos:
         if info.name in shapes:
@@ -314,14 +386,18 @@ def settle_inputs(
         settled = list(info.dims)
         if 0 in info.free:
             settled[0] = 1
-        rest = [i for i in info.free if i != 0]
+        for i in info.free:
+            d = info.dims[i]
+            if isinstance(d, str) and d in named:
+                settled[i] = named[d]
+        rest = [i for i in info.free if not isinstance(settled[i], int)]
         if rest:
             raise ShapeError(
                 f"The model's input '{info.name}' has the shape {info.shown()}, whose free "
                 f"dim(s) {', '.join(str(i) for i in rest)} the recipe does not settle. A model "
-                f"of several inputs ({listed}) takes each input's shape from the recipe: "
-                f"{table} (one [[inputs]] table per input); the TPU runs one "
-                "fixed shape."
+                f"of several inputs ({listed}) takes each input's shape from the recipe: --set "
+                f"'inputs={inputs_table(infos, named)}' (in a recipe file: one [[inputs]] "
+                "table per input); the TPU runs one fixed shape."
             )
         shapes[info.name] = tuple(int(d) for d in settled)  # type: ignore[arg-type]
         if info.free:
@@ -414,6 +490,7 @@ def normalise(
     shape: Sequence[int] | Mapping[str, Sequence[int]],
     *,
     batch_dynamic: bool = False,
+    constants: Mapping[str, object] | None = None,
 ) -> tuple[str, ...]:
     """Write ``src`` to ``out`` as a file tpu_mlir 1.30.2 and onnxruntime 1.16.3 take; the notes
     say what was changed. Weights are stored inside ``out`` (no external data).
@@ -431,12 +508,15 @@ def normalise(
     model = load(src)
     notes: list[str] = []
     opset = _check_ops(model, src)
-    if model.ir_version > onnx.IR_VERSION:
+    frozen = freeze_inputs(model, constants or {}, src)
+    notes += frozen
+    if model.ir_version > SIMPLIFIER_IR:
         notes.append(
-            f"IR version {model.ir_version} rewritten to {onnx.IR_VERSION} (the newest the "
-            f"installed onnx {onnx.__version__} reads; the opset keeps the meaning)"
+            f"IR version {model.ir_version} rewritten to {SIMPLIFIER_IR} (the newest onnxsim's "
+            f"checker reads, in tpu_mlir's transform too; onnx {onnx.__version__} reads "
+            f"{onnx.IR_VERSION}; the opset keeps the meaning)"
         )
-        model.ir_version = onnx.IR_VERSION
+        model.ir_version = SIMPLIFIER_IR
     gelus, erfs = _rewrite_erf_gelu(model)
     if gelus or erfs:
         notes.append(
@@ -467,7 +547,7 @@ def normalise(
                 f"The input shape {list(dims)} has {len(dims)} dims; the model's input "
                 f"'{info.name}' has {len(info.dims)}: {info.shown()}."
             )
-    if batch_dynamic or any(info.free for info in wanted):
+    if batch_dynamic or frozen or any(info.free for info in wanted):
         model = _fix_dims(model, wanted, batch_dynamic, notes)
     _save(model, out)
     return tuple(notes)
@@ -501,9 +581,19 @@ def _fix_dims(
                 od[0].ClearField("dim_value")
                 od[0].dim_param = "N"
         else:
-            o.type.tensor_type.ClearField("shape")
+            # sizes unknown, the rank kept: onnx's checker refuses an output type without a
+            # shape field ("Field 'shape' of 'type' is required"), and so does onnxsim
+            for d in o.type.tensor_type.shape.dim:
+                d.ClearField("dim_value")
+                d.ClearField("dim_param")
     if batch_dynamic:
         return model
+    folded = _inline_static_ifs(model)
+    if folded:
+        notes.append(
+            f"{folded} If node(s) whose condition is fixed by the input shapes (exporter "
+            "branches on a dim's size) replaced by the branch taken"
+        )
     try:
         import onnxsim
 
@@ -522,6 +612,74 @@ def _fix_dims(
         except Exception:  # noqa: BLE001 — ONNX Runtime infers them itself
             pass
     return model
+
+
+def _static_tensors(graph: "onnx.GraphProto") -> set[str]:
+    """Tensors of ``graph`` whose values follow from its shapes alone: initializers, Constant
+    nodes, Shape / Size outputs, and whatever only those feed."""
+    static = {i.name for i in graph.initializer}
+    for n in graph.node:  # nodes are in topological order
+        if n.op_type in ("Shape", "Size", "Constant", "ConstantOfShape") and (
+            n.op_type != "ConstantOfShape" or all(i in static for i in n.input if i)
+        ):
+            static.update(n.output)
+        elif n.op_type != "If" and all(i in static for i in n.input if i) and n.input:
+            static.update(n.output)
+    return static
+
+
+def _inline_static_ifs(model: "onnx.ModelProto", rounds: int = 8) -> int:
+    """Replace top-level ``If`` nodes whose condition depends on shapes and constants only (the
+    TorchScript exporter's "squeeze if this dim is 1") by the branch they take at the fixed
+    input shapes, evaluated once in ONNX Runtime; nested ones surface and go in the next round.
+    The compiler takes no ``If``. Returns how many were replaced."""
+    import numpy as np
+    import onnx
+    from onnx import helper
+
+    from duotpu.core.onnxrt import session
+
+    done = 0
+    for _ in range(rounds):
+        graph = model.graph
+        static = _static_tensors(graph)
+        ifs = [n for n in graph.node if n.op_type == "If" and n.input[0] in static]
+        if not ifs:
+            break
+        probe = copy.deepcopy(model)
+        del probe.graph.output[:]
+        probe.graph.output.extend(
+            helper.make_tensor_value_info(n.input[0], onnx.TensorProto.BOOL, None) for n in ifs
+        )
+        feeds = {}
+        for i in inputs_info(model):
+            dtype = helper.tensor_dtype_to_np_dtype(
+                next(g for g in graph.input if g.name == i.name).type.tensor_type.elem_type
+            )
+            feeds[i.name] = np.zeros([d if isinstance(d, int) else 1 for d in i.dims], dtype)
+        try:
+            conds = session(probe.SerializeToString()).run(None, feeds)
+        except Exception:  # noqa: BLE001 — the graph as it is goes on to onnxsim and the compiler
+            break
+        nodes = []
+        for n in graph.node:
+            if n not in ifs:
+                nodes.append(n)
+                continue
+            taken = bool(np.asarray(conds[ifs.index(n)]).reshape(-1)[0])
+            branch = next(
+                a.g for a in n.attribute if a.name == ("then_branch" if taken else "else_branch")
+            )
+            graph.initializer.extend(branch.initializer)
+            nodes.extend(branch.node)
+            nodes.extend(
+                helper.make_node("Identity", [b.name], [o], name=f"{n.name}/taken/{k}")
+                for k, (b, o) in enumerate(zip(branch.output, n.output))
+            )
+            done += 1
+        del graph.node[:]
+        graph.node.extend(nodes)
+    return done
 
 
 def _save(model: "onnx.ModelProto", out: Path) -> None:

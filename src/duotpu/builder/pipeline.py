@@ -104,6 +104,7 @@ def stage_export(wd: WorkDir, r: Recipe) -> Stage[Exported]:
         "weights": src.weights,
         "opset": src.opset,
         "kwargs": src.kwargs,
+        "constants": src.constants,
         "shape": list(r.inputs[0].shape),
         "input": r.inputs[0].name,
         "batch_sizes": list(r.deploy.batch_sizes),
@@ -219,6 +220,19 @@ def test_images(r: Recipe, folder: Path) -> list[Path]:
     return chosen if not r.deploy.fuse_preprocess else chosen[:1]
 
 
+def _cut_way(onnx_path: Path, feed: str, folder: Path) -> str:
+    """The ``--cut-at`` before a layer, said as a way around when the graph can be cut there
+    (tried on a copy), else why not."""
+    try:
+        export_mod.cut_graph(onnx_path, folder / "try-head.onnx", folder / "try-tail.onnx", (feed,))
+    except DuoTpuError as e:
+        return f"a cut before it (--cut-at {feed}) is not possible ({str(e).rstrip('.')})"
+    return (
+        f"--cut-at {feed} (model.outputs) ends the TPU model before it and runs the rest on "
+        "the CPU (ONNX Runtime)"
+    )
+
+
 def _tensor_inputs(r: Recipe) -> list[tuple[str, tuple[int, ...]]]:
     """A tensor model's inputs as (name, shape), in order."""
     return [(i.name, tuple(i.shape)) for i in r.inputs]
@@ -278,10 +292,40 @@ def stage_transform(wd: WorkDir, r: Recipe, exported: Stage[Exported]) -> Stage[
     }
 
     def run(folder: Path) -> Transformed:
+        try:
+            return transform(folder)
+        except ToleranceError as e:
+            if not e.mismatches or "model_transform" not in e.what:
+                raise
+            name, op, feed = export_mod.first_differing_layer(onnx_path, e.mismatches[0].tensor)
+            if not name:
+                raise
+            way = (
+                _cut_way(onnx_path, feed, folder)
+                if feed
+                else "it reads the model's input directly, so no cut before it leaves work "
+                "for the TPU"
+            )
+            raise ToleranceError(
+                e.what,
+                e.mismatches,
+                f"The first layer that differs is '{name}' ({op}): the compiler translates "
+                f"that {op} differently from ONNX Runtime. Way around: {way}; or accept the "
+                "difference (tolerance.transform, or tolerance.excepts for those tensors). "
+                f"Log: {e.log_path}",
+                e.log_path,
+            ) from None
+
+    # the TPU part of a cut model may read fewer inputs than the model (the rest reads them)
+    names = [i.name for i in intake.inputs_info(intake.load(onnx_path, weights=False))]
+    shapes = {i.name: list(i.shape) for i in r.inputs}
+    compiled = [shapes[n] for n in names] if r.tensor_inputs else [list(r.inputs[0].shape)]
+
+    def transform(folder: Path) -> Transformed:
         files = compiler.transform(
             tool_name(r.name),
             onnx_path,
-            [list(i.shape) for i in r.inputs],
+            compiled,
             folder,
             folder / "transform.log",
             preprocess=None if r.tensor_inputs else r.preprocess,
@@ -290,10 +334,26 @@ def stage_transform(wd: WorkDir, r: Recipe, exported: Stage[Exported]) -> Stage[
             excepts=list(r.tolerance.excepts),
         )
         return Transformed(
-            files.mlir, files.weights, files.test_input, files.top_outputs, onnx_path, test_image
+            files.mlir,
+            files.weights,
+            files.test_input,
+            files.top_outputs,
+            onnx_path,
+            test_image,
+            tuple(names),
         )
 
     return wd.run("transform", key, run, Transformed)
+
+
+def test_feed(t: Transformed) -> dict[str, NDArray[Any]]:
+    """The model's inputs on the test input, by name: the compiler's (``test_input``) and, for
+    a model of tensor inputs, any its compiled part does not read (a cut model's tail may)."""
+    feed = dict(np.load(t.test_input))
+    if t.test_image.suffix.lower() == ".npz":
+        with np.load(t.test_image) as z:
+            feed.update({k: np.array(z[k]) for k in z.files if k not in feed})
+    return feed
 
 
 def stage_reference(
@@ -306,11 +366,12 @@ def stage_reference(
     key: dict[str, Any] = {
         "onnx": compiler.file_digest(onnx_path),
         "test_input": compiler.file_digest(t.test_input),
+        "test_image": compiler.file_digest(t.test_image),
         "versions": compiler.versions(),
     }
 
     def run(folder: Path) -> Referenced:
-        inputs = dict(np.load(t.test_input))
+        inputs = test_feed(t)
         np.savez(folder / "reference.npz", **onnxrt.onnx_reference(onnx_path, inputs))
         return Referenced(folder / "reference.npz")
 
@@ -363,7 +424,9 @@ def _with_calibration_arrays(
 MIN_CALIBRATION_IMAGES = 4
 
 
-def _calibration_images(r: Recipe, folder: Path, wd: WorkDir) -> tuple[Path, int]:
+def _calibration_images(
+    r: Recipe, folder: Path, wd: WorkDir, compiled: tuple[str, ...] = ()
+) -> tuple[Path, int]:
     """Fill ``folder/images`` with the calibration images; returns (folder, skipped count)."""
     cal = r.calibration
     target = folder / "images"
@@ -373,7 +436,8 @@ def _calibration_images(r: Recipe, folder: Path, wd: WorkDir) -> tuple[Path, int
     if r.tensor_inputs:  # samples of the inputs: checked, written as float32 .npz once
         samples = calibdata.folder_samples(Path(cal.images), _tensor_inputs(r), cal.count)
         made = calibdata.write_arrays(samples, wd.root / "calibration-data", _tensor_inputs(r))
-        listed = calibdata.npy_list(made, [i.name for i in r.inputs])
+        # one .npy per input the compiled model reads, in its order
+        listed = calibdata.npy_list(made, list(compiled) or [i.name for i in r.inputs])
         (folder / "inputs.txt").symlink_to(listed.resolve())
         return folder / "inputs.txt", 0
     arrays = calibdata.array_files(Path(cal.images))
@@ -465,7 +529,7 @@ def stage_calibrate(wd: WorkDir, r: Recipe, transformed: Stage[Transformed]) -> 
     }
 
     def run(folder: Path) -> Calibrated:
-        data, skipped = _calibration_images(r, folder, wd)
+        data, skipped = _calibration_images(r, folder, wd, t.input_names)
         if skipped:
             wd.events(
                 StageEvent(
@@ -906,7 +970,8 @@ def stage_verify(
         outputs = d.model_outputs
         if tail is not None:  # the whole model's outputs: the TPU part, then the CPU part
             outputs = folder / "outputs.npz"
-            np.savez(outputs, **onnxrt.run_tail(tail, dict(np.load(d.model_outputs))))
+            fed = test_feed(transformed.result) if transformed else None
+            np.savez(outputs, **onnxrt.run_tail(tail, dict(np.load(d.model_outputs)), fed))
         cos, names = cosine_to_reference(t.reference, outputs)
         per_image = [cos]
         if extra_images and transformed is not None:
@@ -921,9 +986,10 @@ def stage_verify(
         bad = [Mismatch(n, "cosine", c, need) for n, c in decide.items() if not c >= need]
         what = f"the {mode.upper()} cvimodel on the CV18xx simulator against the fp32 ONNX model"
         if len(per_image) > 1:
+            item = "sample" if r.tensor_inputs else "image"
             what += (
-                f" ({'worst' if worst_decides else 'mean'} over {len(per_image)} images; "
-                f"worst image {min(worst):.4f})"
+                f" ({'worst' if worst_decides else 'mean'} over {len(per_image)} {item}s; "
+                f"worst {item} {min(worst):.4f})"
             )
         if bad:
             raise ToleranceError(
@@ -950,6 +1016,8 @@ def preprocessing_hint(r: Recipe) -> str:
     preprocessing at all (raw 0–255 pixels, RGB, no mean/std): "" when the recipe gives some.
     A model trained on normalised input sees values it never saw, which quantize worst."""
     pre = r.preprocess
+    if r.tensor_inputs:  # no images, no preprocessing to get wrong
+        return ""
     plain = (
         all(m == 0.0 for m in pre.mean)
         and all(s == 1.0 for s in pre.std)
@@ -993,9 +1061,9 @@ def _extra_cosines(
     tail = exported.tail if exported else None
     refs = onnxrt.onnx_reference_many(whole, tensors)
     out = []
-    for g, ref in zip(got, refs):
-        if tail is not None:
-            g = onnxrt.run_tail(tail, g)
+    for g, ref, x in zip(got, refs, tensors):
+        if tail is not None:  # a tail may read the model's inputs too
+            g = onnxrt.run_tail(tail, g, x if isinstance(x, dict) else {input_name: x})
         out.append({n: metrics.cosine(ref[n], g[k]) for n, k in names.items()})
     return out
 
@@ -1183,11 +1251,18 @@ def settle_input_shape(r: Recipe) -> tuple[Recipe, str]:
     if kind == "onnx":
         export_mod.source_files(r.model)  # a missing file is named before the shape is asked
         path = Path(r.model.source)
-        if len(r.inputs) > 1 or len(intake.inputs_info(intake.load(path, weights=False))) > 1:
+        consts = r.model.constants
+        real = [
+            i for i in intake.inputs_info(intake.load(path, weights=False)) if i.name not in consts
+        ]
+        if len(r.inputs) > 1 or len(real) > 1:
             named = [] if r.inputs == (InputSpec(),) else [(i.name, i.shape) for i in r.inputs]
-            settled, note = intake.settle_inputs(path, named)
+            settled, note = intake.settle_inputs(path, named, constants=consts)
             return replace(r, inputs=tuple(InputSpec(n, s) for n, s in settled)), note
-        shape, note = intake.settle_shape(path, given)
+        shape, note = intake.settle_shape(path, given, constants=consts)
+        if len(shape) != 4 and real and r.inputs[0].name != real[0].name:
+            # a tensor input's samples are keyed by its name in the graph
+            return replace(r, inputs=(InputSpec(real[0].name, shape),)), note
     elif len(r.inputs) > 1:
         unset = [i.name for i in r.inputs if not i.shape]
         if unset:
@@ -1372,7 +1447,8 @@ def _finish(
         if exported.result.tail is not None:
             best_outputs = wd.root / "mix" / "outputs-whole.npz"
             produced = dict(np.load(best.model_outputs))
-            np.savez(best_outputs, **onnxrt.run_tail(exported.result.tail, produced))
+            fed = test_feed(transformed.result)
+            np.savez(best_outputs, **onnxrt.run_tail(exported.result.tail, produced, fed))
         cos, names = cosine_to_reference(referenced.result.reference, best_outputs)
         got = dict(np.load(best_outputs))
         models["mix"] = ModelArtifact(

@@ -65,6 +65,8 @@ class Transformed(StageResult):
     top_outputs: Path
     onnx: Path
     test_image: Path
+    # the compiled model's inputs in order (a cut model's TPU part may read fewer than the model)
+    input_names: tuple[str, ...] = ()
 
     @property
     def files(self) -> compiler.TransformFiles:

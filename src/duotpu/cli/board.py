@@ -155,7 +155,8 @@ def cmd_board_run(args) -> int:
     with _open_board(args) as b:
         _checked(b, [args.model], args.force, con)
         outs = board.run_model(b, model.cvimodel, model.info, tensors, model.input_name)
-    outs = [runtime.apply_tail(model, o) for o in outs]  # a cut model: the rest on this CPU
+    # a cut model: the rest on this CPU (reading the inputs too, where it does)
+    outs = [runtime.apply_tail(model, o, t) for o, t in zip(outs, tensors)]
     results = _results(args, model, args.inputs, outs, "input", tensors)
     if args.json:
         print(

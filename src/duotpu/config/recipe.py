@@ -50,7 +50,10 @@ class ModelSource:
     ``nn.Module``), ``torchvision:NAME``, a TorchScript / pickled-module ``.pt`` file, or an
     ``.onnx`` file. ``weights`` is, for torchvision, a weights name (``DEFAULT``,
     ``IMAGENET1K_V1``) loaded by torchvision's own code from its cache, or for any PyTorch model a
-    path to a ``state_dict`` file. ``kwargs`` are passed to the factory.
+    path to a ``state_dict`` file. ``kwargs`` are passed to the factory. ``constants`` fix model
+    inputs that are not data (a sample rate, an image size, a flag) to a value, by input name
+    (``--set model.constants.sr=16000``): an ONNX input becomes that constant in the graph, a
+    PyTorch ``forward`` argument of that name is passed it.
     """
 
     source: str = field(default="", metadata=meta(path="file"))
@@ -64,6 +67,7 @@ class ModelSource:
     )
     opset: int = field(default=13, metadata=meta("--opset", "ONNX opset for PyTorch export (13)"))
     kwargs: dict[str, Any] = field(default_factory=dict)
+    constants: dict[str, Any] = field(default_factory=dict)
     # end the TPU model at these tensors of the (exported) ONNX graph; the rest of the model
     # runs on the CPU in ONNX Runtime (NAME.tail.onnx beside the cvimodel)
     outputs: Tuple[str, ...] = field(

@@ -69,13 +69,20 @@ def match_outputs(reference: dict[str, Any], produced: dict[str, Any]) -> dict[s
     return out
 
 
-def run_tail(tail: Path, produced: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def run_tail(
+    tail: Path, produced: dict[str, np.ndarray], model_inputs: Any = None
+) -> dict[str, np.ndarray]:
     """The rest of a cut model (``NAME.tail.onnx``) run in ONNX Runtime on the TPU model's
-    outputs (by the compiler's names); the whole model's outputs by their ONNX names."""
+    outputs (by the compiler's names) and, for a tail that reads them (an LSTM's state), the
+    model's own inputs (``model_inputs``: by name); the whole model's outputs by their ONNX
+    names."""
     sess = session(tail)
-    inputs = sess.get_inputs()
+    given = dict(model_inputs) if isinstance(model_inputs, Mapping) else {}
+    inputs = [i for i in sess.get_inputs() if i.name not in given]
     names = match_outputs({i.name: None for i in inputs}, produced)
-    feed = {}
+    feed = {
+        i.name: np.asarray(given[i.name], np.float32) for i in sess.get_inputs() if i.name in given
+    }
     for i in inputs:
         x = np.asarray(produced[names[i.name]], np.float32)
         static = [d for d in i.shape if isinstance(d, int) and d > 0]

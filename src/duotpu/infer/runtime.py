@@ -220,17 +220,23 @@ def infer(
         for t in model.info.programs[program].outputs:
             if t.name in r and r[t.name].size == int(np.prod(t.shape)):
                 r[t.name] = r[t.name].reshape(t.shape)
-    return [apply_tail(model, r) for r in results] if not keep_all else results
+    if keep_all:
+        return results
+    return [apply_tail(model, r, x) for r, x in zip(results, tensors)]
 
 
-def apply_tail(model: BuiltModel, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """A cut model's TPU outputs → the whole model's outputs (its tail in ONNX Runtime); the
-    outputs unchanged for a model that was not cut."""
+def apply_tail(
+    model: BuiltModel, outputs: dict[str, np.ndarray], inputs: Any = None
+) -> dict[str, np.ndarray]:
+    """A cut model's TPU outputs → the whole model's outputs (its tail in ONNX Runtime, which
+    may read the model's ``inputs`` too: one array, or arrays by name); the outputs unchanged
+    for a model that was not cut."""
     if model.tail is None:
         return outputs
     from duotpu.core.onnxrt import run_tail
 
-    return run_tail(model.tail, outputs)
+    fed = inputs if inputs is None or isinstance(inputs, dict) else {model.input_name: inputs}
+    return run_tail(model.tail, outputs, fed)
 
 
 def fp32_output_names(model: BuiltModel) -> list[str]:

@@ -137,6 +137,8 @@ class App:
                     f"file: {', '.join(given) or 'none'})."
                 )
             out[info.name] = a.astype(np.float32).reshape(info.shape)
+        for k, a in given.items():  # inputs only a cut model's CPU tail reads (a state)
+            out.setdefault(k, a.astype(np.float32))
         return out
 
     def _from_picture(self, bgr: np.ndarray) -> np.ndarray:
@@ -175,13 +177,31 @@ class App:
                 out[name] = v.reshape(s)
         return out
 
-    def finish(self, outputs: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
-        """A cut model's TPU outputs → the whole model's outputs (its CPU tail)."""
+    def finish(self, outputs: Dict[str, np.ndarray], inputs: Any = None) -> Dict[str, np.ndarray]:
+        """A cut model's TPU outputs → the whole model's outputs (its CPU tail, which may read
+        the model's ``inputs`` too: the array given to :meth:`forward`, or arrays by name)."""
         if self._tail is None:
             return outputs
         graph, constants = self._tail
-        names = heads.match_names(list(graph["inputs"]), list(outputs))
-        return tail.run(graph, constants, {k: outputs[v] for k, v in names.items() if v})
+        if inputs is None:
+            given: Dict[str, np.ndarray] = {}
+        elif isinstance(inputs, dict):
+            given = inputs
+        else:
+            given = {self.input.name: inputs}
+        wanted = [n for n in graph["inputs"] if n not in given]
+        names = heads.match_names(wanted, list(outputs))
+        values = {k: outputs[v] for k, v in names.items() if v}
+        values.update({k: given[k] for k in graph["inputs"] if k in given})
+        missing = [k for k in graph["inputs"] if k not in values]
+        if missing:
+            raise AppError(
+                f"The part of the model that runs on the CPU reads {', '.join(missing)}, which "
+                "neither the TPU's outputs nor the given inputs hold: give "
+                + ("them" if len(missing) > 1 else "it")
+                + " in the .npz file, by name."
+            )
+        return tail.run(graph, constants, values)
 
     def postprocess(
         self,
@@ -238,7 +258,7 @@ class App:
         raw = self.forward(x)
         t_tpu = _ms(t1)
         t2 = time.perf_counter()
-        outputs = self.finish(raw)
+        outputs = self.finish(raw, x)
         answer = self.postprocess(outputs, hw, **kw)
         t_post = _ms(t2)
         return {

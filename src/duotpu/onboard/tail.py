@@ -97,8 +97,88 @@ def _binary(fn: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> Fn:
     return lambda x, a: [fn(x[0], x[1])]
 
 
+def _sigmoid(v: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-v))
+
+
+def _lstm(x: List[np.ndarray], a: Dict[str, Any]) -> List[np.ndarray]:
+    """ONNX LSTM, forward direction, default activations (what PyTorch's ``nn.LSTM`` exports):
+    gates i, o, f, c; outputs Y [steps, 1, batch, hidden], Y_h and Y_c [1, batch, hidden]."""
+    X, W, R = (v.astype(np.float32) for v in x[:3])
+    h = int(a["hidden_size"])
+    steps, batch = X.shape[0], X.shape[1]
+    has = [len(x) > k and x[k].size > 0 for k in range(8)]
+    b = x[3].astype(np.float32)[0] if has[3] else np.zeros(8 * h, np.float32)
+    H = x[5].astype(np.float32)[0] if has[5] else np.zeros((batch, h), np.float32)
+    C = x[6].astype(np.float32)[0] if has[6] else np.zeros((batch, h), np.float32)
+    w, r, bias = W[0], R[0], b[: 4 * h] + b[4 * h :]
+    ys = []
+    for t in range(steps):
+        z = X[t] @ w.T + H @ r.T + bias
+        i, o, f, c = (z[:, k * h : (k + 1) * h] for k in range(4))
+        C = _sigmoid(f) * C + _sigmoid(i) * np.tanh(c)
+        H = _sigmoid(o) * np.tanh(C)
+        ys.append(H)
+    Y = np.stack(ys)[:, None].astype(np.float32)
+    return [Y, H[None].astype(np.float32), C[None].astype(np.float32)]
+
+
+def _conv(x: List[np.ndarray], a: Dict[str, Any]) -> List[np.ndarray]:
+    """ONNX Conv in 1 or 2 spatial dims (groups, strides, pads, dilations), as a sum over the
+    kernel's positions."""
+    X, W = x[0].astype(np.float32), x[1].astype(np.float32)
+    one_d = X.ndim == 3
+    strides = [int(v) for v in a.get("strides") or [1] * (X.ndim - 2)]
+    dil = [int(v) for v in a.get("dilations") or [1] * (X.ndim - 2)]
+    pads = [int(v) for v in a.get("pads") or [0] * 2 * (X.ndim - 2)]
+    if one_d:
+        X, W = X[:, :, None, :], W[:, :, None, :]
+        strides, dil, pads = [1, *strides], [1, *dil], [0, pads[0], 0, pads[1]]
+    g = int(a.get("group", 1))
+    Xp = np.pad(X, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
+    kh, kw = W.shape[2], W.shape[3]
+    oh = (Xp.shape[2] - dil[0] * (kh - 1) - 1) // strides[0] + 1
+    ow = (Xp.shape[3] - dil[1] * (kw - 1) - 1) // strides[1] + 1
+    cg, og = X.shape[1] // g, W.shape[0] // g
+    out = np.zeros((X.shape[0], W.shape[0], oh, ow), np.float32)
+    for k in range(g):
+        xg, wg = Xp[:, k * cg : (k + 1) * cg], W[k * og : (k + 1) * og]
+        for i in range(kh):
+            for j in range(kw):
+                top, left = i * dil[0], j * dil[1]
+                patch = xg[
+                    :,
+                    :,
+                    top : top + strides[0] * (oh - 1) + 1 : strides[0],
+                    left : left + strides[1] * (ow - 1) + 1 : strides[1],
+                ]
+                out[:, k * og : (k + 1) * og] += np.einsum("nchw,oc->nohw", patch, wg[:, :, i, j])
+    if len(x) > 2 and x[2].size:
+        out += x[2].astype(np.float32).reshape(1, -1, 1, 1)
+    return [out[:, :, 0, :] if one_d else out]
+
+
+#: what an op's attributes must be for the board app to run it (else it is refused by name)
+LIMITS: Dict[str, Callable[[Dict[str, Any]], str]] = {
+    "LSTM": lambda a: (
+        "a bidirectional or reverse LSTM"
+        if a.get("direction", "forward") != "forward"
+        else "an LSTM with clip, layout 1, input_forget or other activations"
+        if a.get("clip") or a.get("layout") or a.get("input_forget") or a.get("activations")
+        else ""
+    ),
+    "Conv": lambda a: (
+        "a Conv in more than 2 dims or with auto_pad"
+        if a.get("auto_pad", "NOTSET") not in ("NOTSET", "") or len(a.get("kernel_shape") or []) > 2
+        else ""
+    ),
+}
+
+
 #: the ops a tail may hold
 OPS: Dict[str, Fn] = {
+    "LSTM": _lstm,
+    "Conv": _conv,
     "Softmax": _softmax,
     "Sigmoid": _unary(lambda v: 1.0 / (1.0 + np.exp(-v))),
     "Relu": _unary(lambda v: np.maximum(v, 0)),
@@ -155,6 +235,11 @@ class TailError(Exception):
 def check(nodes: List[Mapping[str, Any]]) -> None:
     """Refuse a graph with an op the app cannot run, naming the op and the layer."""
     bad = [(n["op"], n.get("name", "")) for n in nodes if n["op"] not in OPS]
+    bad += [
+        (LIMITS[n["op"]](n.get("attrs", {})), n.get("name", ""))
+        for n in nodes
+        if n["op"] in LIMITS and LIMITS[n["op"]](n.get("attrs", {}))
+    ]
     if bad:
         named = ", ".join(f"{op} ({name or 'unnamed'})" for op, name in bad)
         raise TailError(
