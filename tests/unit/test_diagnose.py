@@ -55,6 +55,27 @@ def test_a_kernel_assertion_names_the_op_and_its_layer(tmp_path: Path) -> None:
     assert "cv181x" not in diagnose.explain(f, "cv181x", "bf16").split("Ways around")[1][:40]
 
 
+def test_several_candidate_layers_at_the_end_get_a_cut_and_the_other_mode_how_to_ask(
+    tmp_path: Path,
+) -> None:
+    """The log names the kernel (Softmax), not which of the model's three Softmax layers: all
+    among the last ones, the cut goes before the first; BF16 not asked for is said as a flag."""
+    mlir = FINAL_MLIR.replace(
+        '    %7 = "tpu.Cast"',
+        '    %8 = "tpu.Softmax"(%6) : (tensor<1x6600xbf16>) -> tensor<1x6600xbf16> '
+        'loc("p2_Softmax")\n'
+        '    %7 = "tpu.Cast"',
+    )
+    (tmp_path / "sm_cv180x_int8_sym_final.mlir").write_text(mlir)
+    f = diagnose.locate(diagnose.recognise(SOFTMAX_LOG), tmp_path, SOFTMAX_LOG)
+    assert [ly.name for ly in f.layers] == ["prob_Softmax", "p2_Softmax"]
+    assert f.tail_layer is not None and f.tail_layer.name == "prob_Softmax"
+    text = diagnose.explain(f, "cv180x", "int8", cut_at="logits", other_mode_built=False)
+    assert "running those 2 layers on the CPU" in text and "('prob_Softmax')" in text
+    assert "a BF16 build (--quantize bf16)" in text and "if it succeeded" not in text
+    assert "if it succeeded" in diagnose.explain(f, "cv180x", "int8", other_mode_built=True)
+
+
 def test_a_missing_lowering_names_the_op_and_layer() -> None:
     f = diagnose.recognise(ERF_LOG)
     assert f is not None and f.kind == "lowering" and f.op == "Erf"
@@ -74,7 +95,7 @@ def test_the_simulators_command_buffer_limit_is_explained() -> None:
     f = diagnose.recognise(CMDBUF_LOG)
     assert f is not None and f.kind == "simulator-cmdbuf"
     text = diagnose.explain(f, "cv180x", "bf16")
-    assert "cannot load it" in text and "smaller input size" in text and "INT8 mode" in text
+    assert "cannot load it" in text and "smaller input size" in text and "INT8 build" in text
 
 
 def test_unknown_failures_are_not_guessed() -> None:

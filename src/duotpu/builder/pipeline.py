@@ -744,7 +744,15 @@ def _ways_around(
     tail = failure.tail_layer
     if tail is not None:
         cut = export_mod.tensor_before(t.onnx, tail.name, tail.op)
-    text = compiler.diagnose.explain(failure, r.chip, mode, other_chip_works=works, cut_at=cut)
+    other = "bf16" if mode == "int8" else "int8"
+    text = compiler.diagnose.explain(
+        failure,
+        r.chip,
+        mode,
+        other_chip_works=works,
+        cut_at=cut,
+        other_mode_built=other in r.quantize,
+    )
     return CompilerFailure(e, text, failure, cut)
 
 

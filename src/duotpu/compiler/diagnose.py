@@ -44,8 +44,12 @@ class Failure:
     @property
     def tail_layer(self) -> Layer | None:
         """The failing layer when it is one of the model's last three compute ops (then running
-        it on the CPU is a cheap way around)."""
-        return self.layers[0] if len(self.layers) == 1 and self.layers[0].last < 3 else None
+        it on the CPU is a cheap way around); of several candidates (the log does not say which
+        of the model's Softmax layers failed) all among the last three, the first: a cut
+        before it puts every candidate on the CPU."""
+        if self.layers and all(ly.last < 3 for ly in self.layers):
+            return max(self.layers, key=lambda ly: ly.last)
+        return None
 
 
 _KERNEL = re.compile(
@@ -152,10 +156,13 @@ def explain(
     *,
     other_chip_works: bool | None = None,
     cut_at: str = "",
+    other_mode_built: bool | None = None,
 ) -> str:
     """One paragraph: what failed (layer, op), why (the chip's limit) and the ways around.
     ``other_chip_works``: whether a cv181x build of the same model was tried and worked;
-    ``cut_at``: the model tensor to end the TPU model at, when the failing layer is a last one."""
+    ``cut_at``: the model tensor to end the TPU model at, when the failing layer is a last one;
+    ``other_mode_built``: whether the build makes the other mode (INT8 / BF16) too (``None``:
+    not known)."""
     limit = CHIP_LIMITS.get(chip, "a small local memory")
     names = ", ".join(
         f"'{ly.name}'" + (f" (output {'×'.join(map(str, ly.shape))})" if ly.shape else "")
@@ -182,7 +189,13 @@ def explain(
                 "your board"
             )
     tail = failure.tail_layer
-    if tail is not None and cut_at:
+    if tail is not None and cut_at and len(failure.layers) > 1:
+        ways.append(
+            f"running those {len(failure.layers)} layers on the CPU: they are among the model's "
+            f"last layers, so --cut-at {cut_at} (model.outputs) ends the TPU model before the "
+            f"first of them ('{tail.name}') and duotpu runs the rest in ONNX Runtime"
+        )
+    elif tail is not None and cut_at:
         ways.append(
             f"running '{tail.name}' on the CPU: it is among the model's last layers, so "
             f"--cut-at {cut_at} (model.outputs) ends the TPU model before it and duotpu runs the "
@@ -194,6 +207,10 @@ def explain(
             "the CPU"
         )
     other = "BF16" if mode.upper() == "INT8" else "INT8"
+    if other_mode_built is False:  # not asked for: say how to ask, not "if it succeeded"
+        other_way = f"a {other} build (--quantize {other.lower()}), whose kernels differ"
+    else:
+        other_way = f"the {other} build, if it succeeded"
     if failure.kind == "kernel":
         what = (
             f"The compiler's code generation for {op} ({where}) stopped in its {mode.upper()} "
@@ -201,14 +218,14 @@ def explain(
             f"({failure.detail.split('/')[-1][:160]}): the layer's working set does not fit the "
             f"local memory of {chip} ({limit})."
         )
-        ways.append(f"the {other} build, if it succeeded")
+        ways.append(other_way)
         ways.append("making the layer smaller (fewer classes or channels, a smaller input size)")
     elif failure.kind == "lowering":
         what = (
             f"tpu_mlir 1.30.2 has no {chip} {mode.upper()} implementation of {op} ({where}): "
             "it stopped with UNREACHABLE while lowering it."
         )
-        ways.append(f"the {other} mode, if its build succeeded")
+        ways.append(other_way)
         ways.append(f"exporting the model with {op} written as ops CV18xx runs")
     elif failure.kind == "simulator-cmdbuf":
         what = (
@@ -219,7 +236,7 @@ def explain(
         )
         ways = [
             "a smaller input size (--input-shape), which shortens the command buffers",
-            f"the {other} mode, if its build verified",
+            other_way,
             *ways,
         ]
     elif failure.kind == "local-memory":
@@ -233,5 +250,5 @@ def explain(
             f"The compiler gave a TIU command a parameter {chip} does not take: "
             f"{failure.detail[:160]}."
         )
-        ways.append(f"the {other} mode, if its build succeeded")
+        ways.append(other_way)
     return what + " Ways around: " + "; ".join(ways) + "."
