@@ -117,3 +117,21 @@ def test_an_empty_reference_is_told_apart_from_a_translation_error(tmp_path):
     assert empty_reference(ref, ["seal", "conv"]) is None  # a real tensor differs too
     assert empty_reference(ref, ["missing"]) is None
     assert empty_reference(tmp_path / "none.npz", ["seal"]) is None
+
+
+def test_a_correctness_gap_gets_the_flag_that_lets_it_through_with_the_measured_numbers() -> None:
+    """silero-vad's encoder, cut before its LSTM: the simulator and the quantized MLIR differ at
+    the cut tensor (cos 0.9888, euclid 0.711); the advice is the --correctness they meet."""
+    from duotpu.compiler.steps import correctness_advice
+    from duotpu.config.errors import Mismatch
+
+    bad = [
+        Mismatch("/model/cut_Unsqueeze_f32", "cosine", 0.988781, 0.99),
+        Mismatch("/model/cut_Unsqueeze_f32", "euclidean", 0.711334, 0.9),
+    ]
+    text = correctness_advice(bad, (0.99, 0.9))
+    assert "--correctness 0.98,0.71 " in text and "'/model/cut_Unsqueeze_f32'" in text
+    assert "verification against the fp32 model still decides" in text
+    assert "--correctness 0.99,0.83 " in correctness_advice(
+        [Mismatch("t", "euclidean", 0.837, 0.85)], (0.99, 0.85)
+    )
