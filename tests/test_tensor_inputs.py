@@ -44,6 +44,12 @@ def test_two_tensor_inputs_build_verify_and_predict(tmp_path: Path) -> None:
     outs = {o["name"]: o for o in json.loads(r.stdout)["results"][0]["outputs"]}
     assert outs["prob"]["shape"] == [1, 16] and outs["prob"]["cosine_vs_fp32"] > 0.99
     assert outs["new_state"]["cosine_vs_fp32"] > 0.99
+    # evaluation on a folder of samples: each output against fp32
+    r = run_cli("eval", str(out), "--images", str(samples))
+    assert r.returncode == 0, r.stderr + r.stdout
+    report = json.loads((out / "eval" / "report.json").read_text())
+    assert report["images"] == 8 and set(report["modes"]) == {"int8", "bf16"}
+    assert min(report["modes"]["int8"]["cosine_worst"].values()) > 0.99
     # the board app (numpy + the CVI runtime's C API): the same outputs as the host's predict
     r = run_cli("app", str(out), "--json")
     assert r.returncode == 0, r.stderr + r.stdout

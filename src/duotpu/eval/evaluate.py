@@ -328,7 +328,7 @@ def evaluate_build(
         return _evaluate_detector(
             target, built, Path(images), backend, limit, layers, progress, log, executor, recipe
         )
-    if built[0].recipe.task == "generic":
+    if built[0].recipe.task == "generic" or built[0].recipe.tensor_inputs:
         return _evaluate_generic(
             target, built, Path(images), backend, limit, layers, progress, log, executor, recipe
         )
@@ -513,15 +513,29 @@ def _evaluate_generic(
     executor: Executor | None = None,
     recipe: Path | None = None,
 ) -> dict:
-    """A model that is neither classifier nor detector: every output's cosine to fp32 over the
-    images (mean and worst), and its value range."""
-    scan = images_mod.scan_images(folder)
-    if not scan.paths:
-        raise DataError(f"The image folder {folder} has no readable images.")
-    paths = scan.paths[:limit] if limit else scan.paths
+    """A model that is neither classifier nor detector, or whose inputs are tensors: every
+    output's cosine to fp32 over the images (``.npz`` samples for a tensor model; mean and
+    worst), and its value range."""
     first = built[0]
+    if first.recipe.tensor_inputs:
+        from duotpu.builder.calibdata import tensor_files
+
+        found = tensor_files(folder)
+        if not found:
+            raise DataError(
+                f"The folder {folder} has no .npz samples; {first.cvimodel.name} takes tensors "
+                f"({', '.join(i.name for i in first.recipe.inputs)}): evaluate it on a folder of "
+                ".npz files, one array per input name."
+            )
+    else:
+        scan = images_mod.scan_images(folder)
+        if not scan.paths:
+            raise DataError(f"The image folder {folder} has no readable images.")
+        found = scan.paths
+    paths = found[:limit] if limit else found
+    item = "samples" if first.recipe.tensor_inputs else "images"
     log(
-        f"evaluating {', '.join(b.cvimodel.name for b in built)} on {len(paths)} images "
+        f"evaluating {', '.join(b.cvimodel.name for b in built)} on {len(paths)} {item} "
         f"(each output against fp32), backend {backend}"
     )
     tensors = runtime.tensors_for(first, paths)
