@@ -359,6 +359,30 @@ def test_a_cut_generic_model_on_the_board_is_finished_on_the_host(profile, tmp_p
         assert abs(a["mean"] - c["mean"]) < 1e-3 and c["cosine_vs_fp32"] > 0.99
 
 
+def test_a_model_of_two_tensor_inputs_runs_on_the_board(profile, tmp_path):
+    """`board run` of a build of two tensor inputs (audio + state): .npz samples in, by input
+    name; the board's outputs equal the host simulator's."""
+    import tinymodels
+
+    src = tinymodels.audio_state_onnx(tmp_path / "vad.onnx")
+    samples = tinymodels.audio_state_samples(tmp_path / "samples")
+    out = tmp_path / "b"
+    b = run_cli(
+        "build", str(src), "--name", "vad", "--out", str(out), "--quantize", "int8",
+        "--calib-images", str(samples),
+    )  # fmt: skip
+    assert b.returncode == 0, b.stderr
+    model, sample = str(out / "vad_cv180x_int8.cvimodel"), str(samples / "s05.npz")
+    host = run_cli("predict", model, sample, "--json")
+    on_board = run_cli("board", "run", model, sample, "--board", profile.name, "--json")
+    assert host.returncode == 0 and on_board.returncode == 0, on_board.stderr
+    h = json.loads(host.stdout)["results"][0]["outputs"]
+    o = json.loads(on_board.stdout)["results"][0]["outputs"]
+    assert [x["name"] for x in o] == ["prob", "new_state"]
+    for a, c in zip(h, o):
+        assert abs(a["mean"] - c["mean"]) < 1e-6 and c["cosine_vs_fp32"] > 0.99
+
+
 @emulator_only
 def test_bench_calibrate_fits_the_boards_constants(emu, profile, tiny_build):
     """The fitting procedure, not the estimate's accuracy: the emulated board's TPU times come

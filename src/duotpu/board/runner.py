@@ -160,18 +160,22 @@ def to_float_outputs(outputs: dict, info) -> dict:
 def run_model(
     b: Board, cvimodel: Path, info, tensors: list, input_name: str, program: int = 0
 ) -> list[dict]:
-    """Run input tensors through the model with the SDK's model_runner; fp32 outputs back."""
+    """Run input tensors through the model with the SDK's model_runner; fp32 outputs back. An
+    item is the one input's array, or (a model of several inputs) the arrays by input name."""
     import tempfile
 
     import numpy as np
 
     push_model(b, cvimodel)
     model = remote_model_path(b, cvimodel)
+    takes = {t.name for t in info.programs[program].inputs}
     results = []
     with RunFolder(b) as rdir, tempfile.TemporaryDirectory() as tmp:
         for i, x in enumerate(tensors):
             local_in = Path(tmp) / f"in{i}.npz"
-            np.savez(local_in, **{input_name: x})
+            # the model's own inputs (a cut model's tail may read more of the sample)
+            feed = {k: v for k, v in x.items() if k in takes} if isinstance(x, dict) else None
+            np.savez(local_in, **(feed or {input_name: x}))
             rin, rout = posixpath.join(rdir, f"in{i}.npz"), posixpath.join(rdir, f"out{i}.npz")
             b.put(local_in, rin)
             cmd = (

@@ -137,7 +137,9 @@ def _board_inputs(model, items):
         p = Path(item)
         if not p.is_file():
             raise ConfigError(f"The input {item} does not exist.")
-        if p.suffix == ".npz":
+        if model.recipe.tensor_inputs:  # .npz samples, an array per input name (checked)
+            tensors += runtime.tensors_for(model, [p])
+        elif p.suffix == ".npz":
             with np.load(p) as z:
                 tensors.append(np.array(z[z.files[0]]))
         else:
