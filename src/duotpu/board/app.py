@@ -18,7 +18,7 @@ from typing import Any, Mapping
 import numpy as np
 
 import duotpu.onboard as onboard_pkg
-from duotpu.builder.manifest import MANIFEST
+from duotpu.builder.manifest import Manifest
 from duotpu.config.errors import ConfigError, ModelError
 from duotpu.core import labels
 from duotpu.core.preprocess import input_hw, resize_dims, tpu_mean_scale
@@ -86,17 +86,6 @@ def _version() -> str:
         return metadata.version("duotpu")
     except metadata.PackageNotFoundError:
         return "0+unknown"
-
-
-def _manifest(build: Path) -> dict[str, Any]:
-    try:
-        data: dict[str, Any] = json.loads((build / MANIFEST).read_text())
-        return data
-    except (OSError, ValueError):
-        raise ConfigError(
-            f"{build} is not a build folder (no readable {MANIFEST}): give the folder "
-            "`duotpu build` wrote (build/NAME)."
-        ) from None
 
 
 def _tail_graph(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
@@ -226,8 +215,7 @@ def make_app(
     :class:`~duotpu.config.errors.ModelError` for a cut model whose CPU tail has an op the
     board app cannot run."""
     build = Path(build)
-    data = _manifest(build)
-    listed = {m: e for m, e in (data.get("models") or {}).items() if isinstance(e, dict)}
+    listed = Manifest.read(build).models
     order = [m for m in ("int8", "mix", "bf16") if m in listed] + [
         m for m in listed if m not in ("int8", "mix", "bf16")
     ]
@@ -240,7 +228,7 @@ def make_app(
         order = [m for m in modes]
     if not order:
         raise ConfigError(f"The build {build} delivered no cvimodel; rebuild it first.")
-    models = {m: open_model(build / listed[m]["cvimodel"]) for m in order}
+    models = {m: open_model(build / listed[m].cvimodel) for m in order}
     cfg = app_config(models)
     first = next(iter(models.values()))
     if c and first.recipe.tensor_inputs:

@@ -1,17 +1,122 @@
-"""Reading a build's ``manifest.json`` (written by :func:`duotpu.builder.pipeline.build` beside
-the cvimodels): which cvimodel is which model of the build, and the work-directory files it was
-made from. Every other package learns about a build from here, never from the work directory's
-layout."""
+"""A build's ``manifest.json`` (written by :func:`duotpu.builder.pipeline.build` beside the
+cvimodels), typed: :class:`Manifest` is the one schema the build writes and every reader reads —
+which cvimodel is which model of the build, what was measured about it, and the work-directory
+files it was made from. Every other package learns about a build from here, never from the work
+directory's layout."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Optional
 
 from duotpu import compiler
+from duotpu.config.errors import ConfigError
+from duotpu.core.files import atomic_write
 
 MANIFEST = "manifest.json"
+
+
+@dataclass
+class ManifestModel:
+    """One delivered cvimodel: its file (beside the manifest), size, ION need, each output's
+    cosine to fp32, its digest, its work files (the quantized MLIR: the fast path; the layer
+    table), the latency estimate, where it was verified, the boards it fits and on how many
+    images."""
+
+    cvimodel: str
+    size_bytes: int = 0
+    ion_mb: float = 0.0
+    cosine_vs_fp32: dict[str, float] = field(default_factory=dict)
+    sha256: str = ""
+    tpu_mlir: Optional[str] = None
+    tensor_info: Optional[str] = None  # model_deploy's layer id → tensor name table
+    estimate: Optional[dict[str, Any]] = None
+    verified_on: str = "CV18xx simulator"
+    fits: dict[str, bool] = field(default_factory=dict)
+    verified_images: int = 1
+    worst_image_cosine: Optional[float] = None
+
+    @property
+    def simulable(self) -> bool:
+        """False when the CV18xx simulator cannot load it (it was checked on its MLIR)."""
+        return not self.verified_on.startswith("quantized")
+
+
+@dataclass
+class Manifest:
+    """What a build delivered and how (``manifest.json``). ``failed`` / ``failed_stages`` are
+    set for a partial build: the modes not delivered (why) and the stages that failed (s)."""
+
+    name: str
+    chip: str
+    recipe: dict[str, Any]
+    versions: dict[str, str]
+    work_dir: Optional[str]
+    input_name: str
+    onnx: Optional[str]  # the compiled ONNX file
+    reference_onnx: Optional[str]  # the model the outputs are checked against (cut: the whole)
+    tail: Optional[str]  # a cut model's CPU part, beside the manifest
+    task: str
+    top_mlir: Optional[str]
+    models: dict[str, ManifestModel]
+    stages: list[dict[str, Any]]
+    failed: Optional[dict[str, str]] = None
+    failed_stages: Optional[dict[str, float]] = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The manifest as JSON data (a complete build has no ``failed`` keys)."""
+        data = dataclasses.asdict(self)
+        for key in ("failed", "failed_stages"):
+            if data[key] is None:
+                del data[key]
+        return data
+
+    def write(self, path: Path) -> Path:
+        """Write it to ``path`` atomically."""
+        return atomic_write(path, json.dumps(self.to_json(), indent=2, default=str))
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "Manifest":
+        """Read manifest data, of this version or an earlier one (missing keys: defaults;
+        unknown keys: ignored)."""
+        known = {f.name for f in dataclasses.fields(ManifestModel)}
+        models = {
+            mode: ManifestModel(**{k: v for k, v in entry.items() if k in known})
+            for mode, entry in (data.get("models") or {}).items()
+            if isinstance(entry, dict) and entry.get("cvimodel")
+        }
+        return cls(
+            name=str(data.get("name", "")),
+            chip=str(data.get("chip", "")),
+            recipe=dict(data.get("recipe") or {}),
+            versions=dict(data.get("versions") or {}),
+            work_dir=data.get("work_dir"),
+            input_name=str(data.get("input_name", "")),
+            onnx=data.get("onnx"),
+            reference_onnx=data.get("reference_onnx"),
+            tail=data.get("tail"),
+            task=str(data.get("task", "")),
+            top_mlir=data.get("top_mlir"),
+            models=models,
+            stages=list(data.get("stages") or []),
+            failed=data.get("failed"),
+            failed_stages=data.get("failed_stages"),
+        )
+
+    @classmethod
+    def read(cls, build: Path) -> "Manifest":
+        """The manifest of build folder ``build``. Raises :class:`ConfigError` for a folder
+        that is not a build."""
+        try:
+            return cls.from_json(json.loads((Path(build) / MANIFEST).read_text()))
+        except (OSError, ValueError, TypeError):
+            raise ConfigError(
+                f"{build} is not a build folder (no readable {MANIFEST}): give the folder "
+                "`duotpu build` wrote (build/NAME)."
+            ) from None
 
 
 @dataclass(frozen=True)
@@ -40,26 +145,22 @@ def listed_model(cvimodel: str | Path) -> ListedModel | None:
     lists the file."""
     cvimodel = Path(cvimodel)
     try:
-        data = json.loads((cvimodel.parent / MANIFEST).read_text())
-    except (OSError, ValueError):
+        manifest = Manifest.read(cvimodel.parent)
+    except ConfigError:
         return None
-    for mode, entry in (data.get("models") or {}).items():
-        if isinstance(entry, dict) and entry.get("cvimodel") == cvimodel.name:
-            tpu = _existing(entry.get("tpu_mlir"))
-            if (
-                tpu is not None
-                and entry.get("sha256")
-                and compiler.file_digest(cvimodel) != entry["sha256"]
-            ):
+    for mode, entry in manifest.models.items():
+        if entry.cvimodel == cvimodel.name:
+            tpu = _existing(entry.tpu_mlir)
+            if tpu is not None and entry.sha256 and compiler.file_digest(cvimodel) != entry.sha256:
                 tpu = None  # not the file the build made: its MLIR says nothing about this one
-            onnx = _existing(data.get("reference_onnx")) or _existing(data.get("onnx"))
+            onnx = _existing(manifest.reference_onnx) or _existing(manifest.onnx)
             return ListedModel(
                 mode,
                 cvimodel,
                 onnx,
-                _existing(data.get("top_mlir")),
+                _existing(manifest.top_mlir),
                 tpu,
-                _existing(entry.get("tensor_info")),
-                not str(entry.get("verified_on", "CV18xx")).startswith("quantized"),
+                _existing(entry.tensor_info),
+                entry.simulable,
             )
     return None

@@ -21,7 +21,7 @@ from duotpu.config.errors import ConfigError, DuoTpuError, PartialBuild
 from duotpu.config.recipe import Recipe
 from duotpu.core.files import atomic_write
 
-from .manifest import MANIFEST
+from .manifest import MANIFEST, Manifest
 from .pipeline import build, default_out_dir
 from .results import BuildResult
 
@@ -112,8 +112,8 @@ def _delivered(result: BuildResult, out: Path) -> dict[str, bytes]:
     names |= {MANIFEST, "report.html", f"{r.name}.recipe.toml"}
     names |= {f"{r.name}{s}" for s in (".detect.json", ".tail.onnx", ".qtable", ".mix.md")}
     files = {n: (out / n).read_bytes() for n in sorted(names) if (out / n).is_file()}
-    manifest = json.loads(files[MANIFEST]) if MANIFEST in files else {}
-    fp32 = manifest.get("reference_onnx") or manifest.get("onnx")
+    manifest = Manifest.from_json(json.loads(files[MANIFEST])) if MANIFEST in files else None
+    fp32 = (manifest.reference_onnx or manifest.onnx) if manifest else None
     if fp32 and Path(fp32).is_file():
         files[SHIPPED_ONNX.format(name=r.name)] = Path(fp32).read_bytes()
     return files
@@ -141,17 +141,14 @@ def _receive(out_dir: Path, files: dict[str, bytes]) -> None:
 
 
 def _local_manifest(data: bytes, out_dir: Path, files: dict[str, bytes]) -> bytes:
-    m = json.loads(data)
-    shipped = SHIPPED_ONNX.format(name=m.get("name", ""))
+    m = Manifest.from_json(json.loads(data))
+    shipped = SHIPPED_ONNX.format(name=m.name)
     fp32 = str((out_dir / shipped).resolve()) if shipped in files else None
-    m["work_dir"] = None
-    m["top_mlir"] = None
-    m["onnx"] = m["reference_onnx"] = fp32
-    for entry in (m.get("models") or {}).values():
-        if isinstance(entry, dict):
-            entry["tpu_mlir"] = None
-            entry["tensor_info"] = None
-    return json.dumps(m, indent=2).encode()
+    m.work_dir = m.top_mlir = None
+    m.onnx = m.reference_onnx = fp32
+    for entry in m.models.values():
+        entry.tpu_mlir = entry.tensor_info = None
+    return json.dumps(m.to_json(), indent=2, default=str).encode()
 
 
 def build_many(

@@ -15,7 +15,6 @@ from __future__ import annotations
 import concurrent.futures as cf
 import dataclasses
 import hashlib
-import json
 import os
 import shutil
 import struct
@@ -50,7 +49,7 @@ from duotpu.core.head import YoloHead
 
 from . import results
 from .calibdata import CalibrationData
-from .manifest import MANIFEST
+from .manifest import MANIFEST, Manifest, ManifestModel
 from .report import write_build_report
 from .results import (
     BuildResult,
@@ -1406,10 +1405,10 @@ def _estimate(cvimodel: Path) -> Any:
 
 def _write_failures(result: BuildResult) -> None:
     """Record in the manifest which modes were not delivered, and why."""
-    data = json.loads(result.manifest.read_text())
-    data["failed"] = result.failed
-    data["failed_stages"] = {n: round(t, 3) for n, t in result.failed_stages.items()}
-    write_json(result.manifest, data)
+    assert result.listing is not None  # _finish wrote it
+    result.listing.failed = dict(result.failed)
+    result.listing.failed_stages = {n: round(t, 3) for n, t in result.failed_stages.items()}
+    result.listing.write(result.manifest)
 
 
 def _finish(
@@ -1512,59 +1511,53 @@ def _finish(
         if a.tpu_mlir
     }
     manifest = out_dir / MANIFEST
-    write_json(
-        manifest,
-        {
-            "name": recipe.name,
-            "chip": recipe.chip,
-            "recipe": recipe.to_dict(),
-            "versions": compiler.versions(),
-            "work_dir": str(wd.root.resolve()),
-            "input_name": exported.result.input_name,
-            # the files other commands need from the work directory, so none of them has to know
-            # its layout or tpu_mlir's file names (read by duotpu.builder.manifest)
-            "onnx": str(exported.result.onnx.resolve()),
-            # the model the outputs are checked against (a cut model: the whole one)
-            "reference_onnx": str(exported.result.reference_onnx.resolve()),
-            "tail": tail.name if tail is not None else None,
-            "task": recipe.task,
-            "top_mlir": str(t.mlir.resolve()),
-            "models": {
-                m: {
-                    "cvimodel": a.cvimodel.name,
-                    "size_bytes": a.size_bytes,
-                    "ion_mb": a.ion_mb,
-                    "cosine_vs_fp32": a.cosine,
-                    "sha256": compiler.file_digest(a.cvimodel),
-                    "tpu_mlir": str(a.tpu_mlir.resolve()) if a.tpu_mlir else None,
-                    # layer id → name, for the latency estimate's per-layer view
-                    "tensor_info": infos.get(m),
-                    "estimate": (
-                        compiler.latency.as_dict(a.estimate, top=0) if a.estimate else None
-                    ),
-                    "verified_on": (
-                        "CV18xx simulator"
-                        if a.simulated
-                        else "quantized MLIR (the simulator cannot load this cvimodel)"
-                    ),
-                    "fits": {f.board: f.fits for f in summary.board_fits(recipe.chip, a.ion_mb)},
-                    "verified_images": max(len(a.per_image), 1),
-                    "worst_image_cosine": min(a.per_image) if a.per_image else None,
-                }
-                for m, a in models.items()
-            },
-            "stages": [
-                {
-                    "name": s.name,
-                    "cached": s.cached,
-                    "seconds": round(s.seconds, 3),
-                    "key": s.key,
-                    "result": to_json(s.result, s.folder),
-                }
-                for s in stages
-            ],
+    listing = Manifest(
+        name=recipe.name,
+        chip=recipe.chip,
+        recipe=recipe.to_dict(),
+        versions=compiler.versions(),
+        work_dir=str(wd.root.resolve()),
+        input_name=exported.result.input_name,
+        # the files other commands need from the work directory, so none of them has to know
+        # its layout or tpu_mlir's file names (read by duotpu.builder.manifest)
+        onnx=str(exported.result.onnx.resolve()),
+        reference_onnx=str(exported.result.reference_onnx.resolve()),
+        tail=tail.name if tail is not None else None,
+        task=recipe.task,
+        top_mlir=str(t.mlir.resolve()),
+        models={
+            m: ManifestModel(
+                cvimodel=a.cvimodel.name,
+                size_bytes=a.size_bytes,
+                ion_mb=a.ion_mb,
+                cosine_vs_fp32=dict(a.cosine),
+                sha256=compiler.file_digest(a.cvimodel),
+                tpu_mlir=str(a.tpu_mlir.resolve()) if a.tpu_mlir else None,
+                tensor_info=infos.get(m),
+                estimate=compiler.latency.as_dict(a.estimate, top=0) if a.estimate else None,
+                verified_on=(
+                    "CV18xx simulator"
+                    if a.simulated
+                    else "quantized MLIR (the simulator cannot load this cvimodel)"
+                ),
+                fits={f.board: f.fits for f in summary.board_fits(recipe.chip, a.ion_mb)},
+                verified_images=max(len(a.per_image), 1),
+                worst_image_cosine=min(a.per_image) if a.per_image else None,
+            )
+            for m, a in models.items()
         },
+        stages=[
+            {
+                "name": s.name,
+                "cached": s.cached,
+                "seconds": round(s.seconds, 3),
+                "key": s.key,
+                "result": to_json(s.result, s.folder),
+            }
+            for s in stages
+        ],
     )
+    listing.write(manifest)
     return BuildResult(
         recipe,
         out_dir,
@@ -1579,4 +1572,5 @@ def _finish(
         mix,
         exported_head(exported),
         t.test_image,
+        listing=listing,
     )

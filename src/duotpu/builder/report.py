@@ -9,7 +9,6 @@ ran. Numbers taken from ``manifest.json`` carry their place in it (``data-json``
 from __future__ import annotations
 
 import datetime as dt
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +17,8 @@ from duotpu.core import htmlpage as hp
 from duotpu.core import metrics
 from duotpu.core.images import read_rgb
 from duotpu.core.labels import class_name, imagenet_classes
+
+from .manifest import Manifest
 
 if TYPE_CHECKING:
     from duotpu.builder.mixprec import Candidate
@@ -29,7 +30,7 @@ REPORT = "report.html"
 
 def write_build_report(result: BuildResult) -> Path:
     """Write the build's ``report.html`` into its output folder; returns its path."""
-    manifest = json.loads(result.manifest.read_text())
+    manifest = (result.listing or Manifest.read(result.out_dir)).to_json()
     r = result.recipe
     sections = [_models(result, manifest)]
     if result.failed:

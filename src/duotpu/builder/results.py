@@ -14,6 +14,7 @@ from numpy.typing import NDArray
 from duotpu import compiler
 from duotpu.config.recipe import Recipe
 
+from .manifest import Manifest
 from .mixprec import Candidate
 from .workdir import Stage, StageResult
 
@@ -188,6 +189,7 @@ class BuildResult:
     failed: dict[str, str] = field(default_factory=dict)  # mode → why it was not delivered
     failed_stages: dict[str, float] = field(default_factory=dict)  # stage → seconds it ran
     report: Path | None = None  # report.html beside the cvimodels
+    listing: Manifest | None = None  # what ``manifest`` holds, as written
 
     @property
     def ok(self) -> bool:
