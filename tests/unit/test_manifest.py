@@ -42,7 +42,11 @@ def test_a_manifest_round_trips_and_a_partial_build_adds_its_failures(tmp_path: 
     m = _manifest(tmp_path)
     m.write(tmp_path / MANIFEST)
     data = json.loads((tmp_path / MANIFEST).read_text())
-    assert "failed" not in data and data["models"]["int8"]["cosine_vs_fp32"] == {"logits": 0.99}
+    assert (
+        data["schema"] == 1
+        and "failed" not in data
+        and data["models"]["int8"]["cosine_vs_fp32"] == {"logits": 0.99}
+    )
     assert Manifest.read(tmp_path) == m
     m.failed, m.failed_stages = {"bf16": "why"}, {"deploy-bf16": 1.2}
     m.write(tmp_path / MANIFEST)
@@ -58,6 +62,8 @@ def test_an_older_or_damaged_manifest(tmp_path: Path) -> None:
     assert list(m.models) == ["int8"] and m.models["int8"].simulable and m.stages == []
     with pytest.raises(ConfigError, match="not a build folder"):
         Manifest.read(tmp_path)
+    with pytest.raises(ConfigError, match="schema 2, newer than this duotpu reads"):
+        Manifest.from_json({"name": "net", "schema": 2, "versions": {"duotpu": "9.0.0"}})
     (tmp_path / MANIFEST).write_text("{ torn")
     with pytest.raises(ConfigError, match="not a build folder"):
         Manifest.read(tmp_path)

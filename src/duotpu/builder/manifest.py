@@ -17,6 +17,9 @@ from duotpu.config.errors import ConfigError
 from duotpu.core.files import atomic_write
 
 MANIFEST = "manifest.json"
+#: the manifest's schema version: raised when a key changes meaning or goes away (new keys
+#: with defaults keep it); ``versions.duotpu`` says which duotpu wrote the file
+SCHEMA = 1
 
 
 @dataclass
@@ -65,6 +68,7 @@ class Manifest:
     stages: list[dict[str, Any]]
     failed: Optional[dict[str, str]] = None
     failed_stages: Optional[dict[str, float]] = None
+    schema: int = SCHEMA
 
     def to_json(self) -> dict[str, Any]:
         """The manifest as JSON data (a complete build has no ``failed`` keys)."""
@@ -80,8 +84,14 @@ class Manifest:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "Manifest":
-        """Read manifest data, of this version or an earlier one (missing keys: defaults;
-        unknown keys: ignored)."""
+        """Read manifest data, of this schema or an earlier one (missing keys: defaults;
+        unknown keys: ignored). Raises :class:`ConfigError` for a newer schema."""
+        if int(data.get("schema", 1)) > SCHEMA:
+            raise ConfigError(
+                f"This build's {MANIFEST} has schema {data['schema']}, newer than this duotpu "
+                f"reads ({SCHEMA}; duotpu {data.get('versions', {}).get('duotpu', '?')} wrote "
+                "it): upgrade duotpu, or rebuild with this one."
+            )
         known = {f.name for f in dataclasses.fields(ManifestModel)}
         models = {
             mode: ManifestModel(**{k: v for k, v in entry.items() if k in known})
@@ -104,6 +114,7 @@ class Manifest:
             stages=list(data.get("stages") or []),
             failed=data.get("failed"),
             failed_stages=data.get("failed_stages"),
+            schema=int(data.get("schema", 1)),
         )
 
     @classmethod
