@@ -119,6 +119,33 @@ def test_int8_and_bf16_classifier_on_the_board_equal_the_host(
     assert bench.returncode == 0 and "tpu x3: mean" in bench.stdout
 
 
+_PY313 = sorted(Path.home().glob(".pyenv/versions/3.13.*/bin/python3"))
+
+
+@pytest.mark.skipif(not _PY313, reason="pyenv has no Python 3.13 here")
+def test_the_v2_images_python_and_numpy_2_run_the_app(tiny_build, photo, tmp_path):
+    """The Milk-V Duo V2 images are buildroot 2025.02, whose python3 is 3.13 with numpy 2: the
+    app gives the host's outputs there too (the other tests use 3.11 and numpy 1.26)."""
+    venv = tmp_path / "py313"
+    subprocess.run([str(_PY313[-1]), "-m", "venv", str(venv)], check=True)
+    py = venv / "bin" / "python"
+    subprocess.run(
+        [str(py), "-m", "pip", "install", "-q", "numpy>=2"], check=True, capture_output=True
+    )
+    version = subprocess.run(
+        [str(py), "-c", "import sys, numpy; print(sys.version_info[:2], numpy.__version__)"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert version.startswith("(3, 13)") and " 2." in version, version
+    build = tiny_build.models["int8"].cvimodel.parent
+    assert run_cli("app", str(build), "--out", str(tmp_path / "app")).returncode == 0
+    got = run_app(py, tmp_path / "app", str(photo), "--save", str(tmp_path / "o.npz"))
+    assert got.returncode == 0, got.stderr
+    _same(_saved(tmp_path / "o.npz"), _host(tiny_build.models["int8"].cvimodel, photo)[1])
+
+
 @pytest.mark.parametrize("which", ["v5", "v8"])
 def test_yolo_detector_on_the_board_gives_the_hosts_boxes(
     board_python, tiny_detector_build, tiny_v8_build, photo, tmp_path, which
