@@ -111,6 +111,8 @@ def build(
     recipe = recipe.validate()
     compiler.clear_cancel()
     out_dir = Path(out_dir) if out_dir else default_out_dir(recipe)
+    # the user's data before anything is made: a refused build leaves no work folder behind
+    check_inputs_early(recipe, calibration_data is not None)
     check_writable(out_dir)
     root, moved = work_root(out_dir, Path(work_dir) if work_dir else None, recipe.name)
     with exclusive(root):  # one build per work folder at a time
@@ -129,7 +131,6 @@ def _build_in(
     executor: Executor | None,
     calibration_data: CalibrationData | None,
 ) -> BuildResult:
-    check_inputs_early(recipe, calibration_data is not None)
     exported = stage_export(wd, recipe)
     if calibration_data is not None:
         recipe = with_calibration_arrays(recipe, calibration_data, wd, exported.result)
