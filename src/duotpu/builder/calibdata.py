@@ -163,10 +163,11 @@ def read_sample(path: Path, inputs: Inputs) -> dict[str, NDArray[np.float32]]:
             f"{', '.join(f'{n}=…' for n, _ in inputs)}))."
         )
     try:
-        with np.load(path) as z:
-            item: Any = {k: np.array(z[k]) for k in z.files}
-    except AttributeError:  # an .npy file: np.load gives the array itself (no context manager)
-        item = np.load(path)
+        if Path(path).suffix.lower() == ".npy":
+            item: Any = np.load(path)
+        else:
+            with np.load(path) as z:
+                item = {k: np.array(z[k]) for k in z.files}
     except (OSError, ValueError) as e:
         raise DataError(f"{path} is not a readable numpy file: {e}.") from None
     return _check_item(item, inputs, str(path))
