@@ -274,12 +274,12 @@ def stage_transform(wd: WorkDir, r: Recipe, exported: Stage[Exported]) -> Stage[
                 e.log_path,
             ) from None
 
-    # the TPU part of a cut model may read fewer inputs than the model (the rest reads them)
-    names = [i.name for i in intake.inputs_info(intake.load(onnx_path, weights=False))]
-    shapes = {i.name: list(i.shape) for i in r.inputs}
-    compiled = [shapes[n] for n in names] if r.tensor_inputs else [list(r.inputs[0].shape)]
-
     def transform(folder: Path) -> Transformed:
+        # the TPU part of a cut model may read fewer inputs than the model (the rest reads them);
+        # read here, so a cached transform parses no ONNX
+        names = [i.name for i in intake.inputs_info(intake.load(onnx_path, weights=False))]
+        shapes = {i.name: list(i.shape) for i in r.inputs}
+        compiled = [shapes[n] for n in names] if r.tensor_inputs else [list(r.inputs[0].shape)]
         files = compiler.transform(
             tool_name(r.name),
             onnx_path,
