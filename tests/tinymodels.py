@@ -450,3 +450,135 @@ def lstm_onnx(path: Path, hidden: int = 32, steps: int = 20, seed: int = 0) -> P
     m.ir_version = 8
     onnx.save(m, str(path))
     return path
+
+
+def picodet_like(nc: int = 4, shared: bool = True, seed: int = 0, size: tuple = (96, 80)):
+    """A detector with PP-PicoDet's GFL head as PaddleDetection exports it: per stride 8 / 16 /
+    32 one convolution of ``nc + 4 * 8`` channels split into class scores (Sigmoid) and box
+    distributions (``shared``), or two convolutions; outputs ``[B, hw, nc]`` scores then
+    ``[B, hw, 32]`` distributions. Random weights, batch-norm statistics re-estimated on photos
+    so the scores vary with the image."""
+    import cv2
+    import torch
+    from torch import nn
+
+    from duotpu.core.images import calibration_photos, random_crops
+
+    def block(i: int, o: int) -> nn.Module:
+        return nn.Sequential(nn.Conv2d(i, o, 3, 2, 1, bias=False), nn.BatchNorm2d(o), nn.ReLU())
+
+    class PicoLike(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = nn.Sequential(block(3, 8), block(8, 16), block(16, 16))
+            self.down = nn.ModuleList([block(16, 16), block(16, 16)])
+            self.heads = nn.ModuleList(
+                [nn.Conv2d(16, nc + 32, 1) if shared else nn.Conv2d(16, nc, 1) for _ in range(3)]
+            )
+            self.boxes = nn.ModuleList([] if shared else [nn.Conv2d(16, 32, 1) for _ in range(3)])
+
+        def forward(self, x):
+            feats = [self.stem(x)]
+            for d in self.down:
+                feats.append(d(feats[-1]))
+            scores, dists = [], []
+            for i, f in enumerate(feats):
+                if shared:
+                    cls, box = torch.split(self.heads[i](f), [nc, 32], dim=1)
+                else:
+                    cls, box = self.heads[i](f), self.boxes[i](f)
+                b = f.shape[0]
+                scores.append(torch.sigmoid(cls).reshape(b, nc, -1).transpose(1, 2))
+                dists.append(box.reshape(b, 32, -1).transpose(1, 2))
+            return (*scores, *dists)
+
+    torch.manual_seed(seed)
+    model = PicoLike()
+    h, w = size
+    crops = [c for _, c in random_crops(calibration_photos(), 8, seed)]
+    x = torch.from_numpy(
+        np.stack([cv2.resize(c, (w, h)) for c in crops]).transpose(0, 3, 1, 2).astype(np.float32)
+        / 255
+    )
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.reset_running_stats()
+                m.momentum = None
+        for conv in model.heads:  # class logits a little below 0: scores spread around 0.4
+            conv.weight.mul_(3.0)
+            conv.bias.fill_(-0.5)
+        model.train()
+        model(x)
+    return model.eval()
+
+
+def picodet_separate(nc: int = 4, seed: int = 0):
+    """:func:`picodet_like` with separate class and box convolutions (NanoDet / PicoDet with
+    ``share_cls_reg`` off): two maps per scale and no DFL convolution in the graph."""
+    return picodet_like(nc, shared=False, seed=seed)
+
+
+def yolox_like(nc: int = 3, seed: int = 0, size: int = 96):
+    """A detector with YOLOX's decoupled head as its exporter writes it: per stride 8 / 16 / 32
+    a class convolution (``nc``), a box convolution (4) and an objectness convolution (1),
+    concatenated as ``[box, sigmoid(obj), sigmoid(cls)]`` and decoded in the graph
+    (``xy = (t + grid) · stride``, ``wh = exp(t) · stride``): output ``[B, N, 5 + nc]``.
+    Random weights, batch-norm statistics re-estimated on photos."""
+    import cv2
+    import torch
+    from torch import nn
+
+    from duotpu.core.images import calibration_photos, random_crops
+
+    def block(i: int, o: int) -> nn.Module:
+        return nn.Sequential(nn.Conv2d(i, o, 3, 2, 1, bias=False), nn.BatchNorm2d(o), nn.SiLU())
+
+    class YoloxLike(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = nn.Sequential(block(3, 8), block(8, 16), block(16, 16))
+            self.down = nn.ModuleList([block(16, 16), block(16, 16)])
+            self.cls = nn.ModuleList([nn.Conv2d(16, nc, 1) for _ in range(3)])
+            self.reg = nn.ModuleList([nn.Conv2d(16, 4, 1) for _ in range(3)])
+            self.obj = nn.ModuleList([nn.Conv2d(16, 1, 1) for _ in range(3)])
+
+        def forward(self, x):
+            feats = [self.stem(x)]
+            for d in self.down:
+                feats.append(d(feats[-1]))
+            outs = []
+            for i, f in enumerate(feats):
+                c, r, o = self.cls[i](f), self.reg[i](f), self.obj[i](f)
+                b, _, h, w = f.shape
+                out = torch.cat([r, o.sigmoid(), c.sigmoid()], 1).flatten(2).transpose(1, 2)
+                ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+                grid = torch.stack([xs, ys], -1).reshape(1, -1, 2).float()
+                s = x.shape[2] // h
+                xy = (out[..., :2] + grid) * s
+                wh = torch.exp(out[..., 2:4]) * s
+                outs.append(torch.cat([xy, wh, out[..., 4:]], -1))
+            return torch.cat(outs, 1)
+
+    torch.manual_seed(seed)
+    model = YoloxLike()
+    crops = [c for _, c in random_crops(calibration_photos(), 8, seed)]
+    x = torch.from_numpy(
+        np.stack([cv2.resize(c, (size, size)) for c in crops])
+        .transpose(0, 3, 1, 2)
+        .astype(np.float32)
+        / 255
+    )
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.reset_running_stats()
+                m.momentum = None
+        for conv in [*model.cls, *model.obj]:  # scores spread around 0.3
+            conv.weight.mul_(3.0)
+            conv.bias.fill_(0.5)
+        for conv in model.reg:  # boxes of a few cells
+            conv.weight.mul_(0.3)
+        model.train()
+        model(x)
+    return model.eval()

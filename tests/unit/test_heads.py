@@ -1,5 +1,5 @@
 """Detector heads duotpu does not decode are refused by saying what it saw and the way around,
-not mistaken for a YOLOv5 that lacks anchors."""
+not mistaken for a YOLOv5 that lacks anchors (the heads it decodes: tests/test_detect.py)."""
 
 from __future__ import annotations
 
@@ -58,9 +58,12 @@ def _detector(path: Path, maps_per_level: list[int], size: int = 64) -> Path:
 @pytest.mark.parametrize(
     "maps,family,saw",
     [
-        ([3 + 32], "PP-PicoDet", "stride 8: 1 map(s) of 35 channels"),
+        # no Split into scores and boxes: not PicoDet's shared map, and no YOLOv5 anchors
+        ([3 + 32], "no anchors in the graph", "stride 8: 1 map(s) of 35 channels"),
+        # three maps but no objectness / class Sigmoid: not YOLOX
         ([3, 4, 1], "YOLOX", "stride 8: 3 map(s) of 3/4/1 channels"),
         ([32, 3], "GFL head", "stride 8: 2 map(s) of 32/3 channels"),
+        ([2, 8, 20], "SCRFD", "stride 8: 3 map(s) of 2/8/20 channels"),
     ],
 )
 def test_a_head_duotpu_does_not_decode_is_named_with_what_it_saw(tmp_path, maps, family, saw):

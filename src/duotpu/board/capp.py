@@ -41,6 +41,13 @@ class CApp:
     target: str
 
 
+#: the C app's decode for each head kind
+_KINDS = {"anchor_free": 0, "anchor": 1, "yolox": 2}
+
+#: how one head map per scale holds both the box and the class channels (PP-PicoDet)
+_SHARED = {"": 0, "cls_box": 1, "box_cls": 2}
+
+
 def _c_str(s: str) -> str:
     return json.dumps(s, ensure_ascii=True)
 
@@ -103,9 +110,11 @@ def config_header(cfg: dict[str, Any], mode: str | None = None) -> str:
         anchors = head.get("anchors") or [[0.0] * 2]
         width = max(len(a) for a in anchors)
         lines += [
-            f"#define DET_KIND {0 if head['kind'] == 'anchor_free' else 1}",
+            f"#define DET_KIND {_KINDS[head['kind']]}",
             f"#define DET_NC {head['nc']}",
             f"#define DET_REG_MAX {head.get('reg_max', 16)}",
+            f"#define DET_SHARED {_SHARED[head.get('shared') or '']}",
+            f"#define DET_MULTI_LABEL {1 if head.get('multi_label') else 0}",
             f"#define DET_NA {na}",
             f"#define DET_NSTRIDES {len(head['strides'])}",
             "static const int DET_STRIDES[] = {" + ", ".join(map(str, head["strides"])) + "};",
@@ -125,6 +134,8 @@ def config_header(cfg: dict[str, Any], mode: str | None = None) -> str:
             "#define DET_KIND 0",
             "#define DET_NC 1",
             "#define DET_REG_MAX 1",
+            "#define DET_SHARED 0",
+            "#define DET_MULTI_LABEL 0",
             "#define DET_NA 1",
             "#define DET_NSTRIDES 0",
             "static const int DET_STRIDES[] = {1};",

@@ -1,15 +1,20 @@
-"""YOLO detectors for the TPU: load them, and cut the graph before the box decode.
+"""Detectors for the TPU (YOLO, PP-PicoDet, YOLOX): load them, and cut the graph before the
+box decode.
 
-The decode of a YOLO head (DFL softmax, grid and anchor arithmetic, the concat of boxes with
+The decode of a detector head (DFL softmax, grid and anchor arithmetic, the concat of boxes with
 sigmoid scores) quantizes badly in INT8 and tpu_mlir's ``--add_postprocess`` does not support
 cv180x. duotpu therefore compiles the network up to the last convolutions of the head and does
 the decode on the CPU (:mod:`duotpu.core.detect`).
 
-Two head layouts are known, both found by the structure of the ONNX graph, not by layer names:
+The head layouts it knows, all found by the structure of the ONNX graph, not by layer names:
 
 * ``anchor_free`` — Ultralytics YOLOv8 / YOLOv5u / YOLO11: per scale, a box map with
   ``4 * reg_max`` channels (a distribution per box side, decoded by the DFL) and a class map with
-  ``nc`` channels.
+  ``nc`` channels. PP-PicoDet / NanoDet (GFL) heads decode the same way with 8 bins a side: two
+  maps per scale without the DFL convolution (the class map is the one that reaches a Sigmoid),
+  or PicoDet's one shared map that a Split divides into classes and boxes; their NMS is
+  PaddleDetection's multi-label one.
+* ``yolox`` — YOLOX: per scale a box map (4), an objectness map (1) and a class map.
 * ``anchor`` — the original YOLOv5: per scale, one map with ``na * (5 + nc)`` channels
   (xywh, objectness, classes per anchor), decoded with the anchors.
 
@@ -20,6 +25,7 @@ head maps and :class:`YoloHead` says how to decode them.
 from __future__ import annotations
 
 import ast
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -123,8 +129,11 @@ def _is_dfl(node: onnx.NodeProto, consts: dict[str, np.ndarray[Any, Any]]) -> bo
 
 
 def names_from_metadata(model: onnx.ModelProto) -> list[str]:
-    """Class names an Ultralytics ONNX export keeps in its metadata (``names``)."""
+    """Class names an ONNX export keeps in its metadata: Ultralytics' ``names`` (a dict) or
+    RapidAI's / PaddleOCR's ``character`` (one per line)."""
     for p in model.metadata_props:
+        if p.key == "character":  # PaddleOCR / RapidAI exports: one name per line
+            return [n for n in p.value.splitlines() if n.strip()]
         if p.key == "names":
             try:
                 d = ast.literal_eval(p.value)
@@ -193,8 +202,7 @@ def cut_head(
     H, W = in_shape[2], in_shape[3]
     levels: dict[int, list[onnx.NodeProto]] = {}
     for n in last:
-        h = shapes[n.output[0]][2]
-        levels.setdefault(H // h, []).append(n)
+        levels.setdefault(_stride(H, shapes[n.output[0]][2]), []).append(n)
     strides = sorted(levels)
     if len(strides) < 2:
         raise ModelError(
@@ -215,21 +223,33 @@ def cut_head(
 
     if per_level == {2}:
         reg_max = int(consts[dfl[0].input[1]].shape[1]) if dfl else 1
-        outputs, ncs = [], set()
+        outputs, ncs, bins = [], set(), set()
+        gfl = False
         for s in strides:
             a, b = levels[s]
             ca, cb = shapes[a.output[0]][1], shapes[b.output[0]][1]
-            box, cls = (
-                (a, b)
-                if ca == 4 * reg_max
-                and cb != 4 * reg_max
-                or (
-                    ca == 4 * reg_max
-                    and cb == 4 * reg_max
-                    and model.graph.node.index(a) < model.graph.node.index(b)
+            scored = [n for n in (a, b) if _reaches(n.output[0], "Sigmoid", consumers)]
+            if not dfl and len(scored) == 1:
+                # a GFL head (PicoDet / NanoDet with separate convolutions): the class map is
+                # the one the graph turns into scores, the other holds 4 × bins distributions
+                cls = scored[0]
+                box = b if cls is a else a
+                gfl = True
+                if shapes[box.output[0]][1] % 4 == 0:
+                    bins.add(shapes[box.output[0]][1] // 4)
+                    reg_max = shapes[box.output[0]][1] // 4
+            else:
+                box, cls = (
+                    (a, b)
+                    if ca == 4 * reg_max
+                    and cb != 4 * reg_max
+                    or (
+                        ca == 4 * reg_max
+                        and cb == 4 * reg_max
+                        and model.graph.node.index(a) < model.graph.node.index(b)
+                    )
+                    else (b, a)
                 )
-                else (b, a)
-            )
             if shapes[box.output[0]][1] != 4 * reg_max:
                 raise ModelError(
                     f"{full_onnx}: the head at stride {s} has no box map of "
@@ -242,9 +262,30 @@ def cut_head(
                 )
             outputs += [box.output[0], cls.output[0]]
             ncs.add(shapes[cls.output[0]][1])
-        if len(ncs) != 1:
-            raise ModelError(f"{full_onnx}: the class maps disagree on the class count {ncs}.")
-        head = YoloHead("anchor_free", (H, W), strides, outputs, ncs.pop(), reg_max)
+        if len(ncs) != 1 or len(bins) > 1:
+            raise ModelError(
+                f"{full_onnx}: the head's scales disagree on the class count {ncs} or the "
+                f"box bins {bins} (duotpu saw {seen()})."
+            )
+        head = YoloHead(
+            "anchor_free", (H, W), strides, outputs, ncs.pop(), reg_max, multi_label=gfl
+        )
+    elif (
+        per_level == {1}
+        and not anchors
+        and (picodet := _shared_gfl(levels, strides, consumers, consts, shapes))
+    ):
+        layout, nc, reg_max = picodet
+        head = YoloHead(
+            "anchor_free",
+            (H, W),
+            strides,
+            [levels[s][0].output[0] for s in strides],
+            nc,
+            reg_max,
+            shared=layout,
+            multi_label=True,  # PaddleDetection's multiclass NMS
+        )
     elif per_level == {1}:
         anchors = anchors or _find_anchors(
             model, consumers, [levels[s][0] for s in strides], inp.name, in_shape
@@ -255,9 +296,8 @@ def cut_head(
                 "anchors in the graph. If it is an original YOLOv5, give its anchors in the "
                 "recipe: detect.anchors = [[w, h, w, h, w, h], …] per scale, in input pixels. "
                 + _NOT_DECODED.format(
-                    what="One map of classes + 4 × (reg_max + 1) channels is a PP-PicoDet "
-                    "head with shared class/box convolutions (e.g. 32 box channels for "
-                    "reg_max 7)"
+                    what="A map of classes + box distributions that the graph does not split "
+                    "into a Sigmoid and a box part is no head duotpu knows"
                 )
             )
         na = len(anchors[0]) // 2
@@ -276,15 +316,17 @@ def cut_head(
             0,
             [list(map(float, a)) for a in anchors],
         )
+    elif per_level == {3} and (yolox := _yolox(levels, strides, consumers, shapes, model)):
+        outputs, nc = yolox
+        head = YoloHead("yolox", (H, W), strides, outputs, nc, 0)
     else:
         raise ModelError(
             f"{full_onnx}: found {sorted(per_level)} head convolutions per scale (duotpu saw "
-            f"{seen()}); YOLO heads have 2 (YOLOv8-style box + class maps) or 1 (YOLOv5 with "
-            "anchors). "
+            f"{seen()}); the heads duotpu decodes have 2 (YOLOv8 / PicoDet box + class maps), "
+            "1 (YOLOv5 with anchors, PicoDet's shared map) or 3 (YOLOX: 4 box, 1 objectness "
+            "and class channels). "
             + _NOT_DECODED.format(
-                what="Three maps per scale (class, box, objectness) are a YOLOX / "
-                "PP-YOLOE-style head; box + landmark + score maps a RetinaFace / SCRFD face "
-                "detector"
+                what="Box + landmark + score maps per scale are a RetinaFace / SCRFD face detector"
             )
         )
     head.names = list(names or names_from_metadata(model) or [])
@@ -300,6 +342,99 @@ def cut_head(
         d0.dim_param if d0.HasField("dim_param") else in_shape[0],
     )
     return head
+
+
+def _stride(size: int, cells: int) -> int:
+    """A head map's stride, a power of two (an 800-pixel side has 13 cells at stride 64)."""
+    return int(2 ** round(math.log2(size / cells)))
+
+
+def _reaches(
+    tensor: str, op_type: str, consumers: dict[str, list[onnx.NodeProto]], depth: int = 6
+) -> bool:
+    """Whether ``tensor`` flows into an ``op_type`` node within ``depth`` nodes, through no
+    convolution and no node that merges it with other maps (Concat)."""
+    todo, seen = [(tensor, 0)], set()
+    while todo:
+        t, d = todo.pop()
+        for c in consumers.get(t, []):
+            if c.op_type == op_type:
+                return True
+            if c.op_type in ("Conv", "Concat") or d >= depth or id(c) in seen:
+                continue
+            seen.add(id(c))
+            todo.extend((o, d + 1) for o in c.output)
+    return False
+
+
+def _shared_gfl(
+    levels: dict[int, list[onnx.NodeProto]],
+    strides: list[int],
+    consumers: dict[str, list[onnx.NodeProto]],
+    consts: dict[str, np.ndarray[Any, Any]],
+    shapes: dict[str, list[int]],
+) -> tuple[str, int, int] | None:
+    """PP-PicoDet's shared head: per scale one convolution whose channels a Split on the
+    channel axis divides into class scores (then a Sigmoid) and 4 × bins box distributions.
+    Returns (``cls_box`` | ``box_cls``, classes, bins), or None when the head is not that."""
+    found = set()
+    for s in strides:
+        conv = levels[s][0]
+        users = consumers.get(conv.output[0], [])
+        if len(users) != 1 or users[0].op_type != "Split" or len(users[0].output) != 2:
+            return None
+        split = users[0]
+        attrs = {a.name: a for a in split.attribute}
+        if attrs.get("axis") is None or attrs["axis"].i != 1:
+            return None
+        if "split" in attrs:
+            sizes = list(attrs["split"].ints)
+        elif len(split.input) > 1 and split.input[1] in consts:
+            sizes = [int(v) for v in consts[split.input[1]].reshape(-1)]
+        else:
+            half = shapes[conv.output[0]][1] // 2
+            sizes = [half, half]
+        scored = [_reaches(o, "Sigmoid", consumers) for o in split.output]
+        if scored.count(True) != 1:
+            return None
+        first_cls = scored[0]
+        nc, box = (sizes[0], sizes[1]) if first_cls else (sizes[1], sizes[0])
+        if box % 4:
+            return None
+        found.add(("cls_box" if first_cls else "box_cls", nc, box // 4))
+    return found.pop() if len(found) == 1 else None
+
+
+def _yolox(
+    levels: dict[int, list[onnx.NodeProto]],
+    strides: list[int],
+    consumers: dict[str, list[onnx.NodeProto]],
+    shapes: dict[str, list[int]],
+    model: onnx.ModelProto,
+) -> tuple[list[str], int] | None:
+    """YOLOX's decoupled head: per scale a box map of 4 channels that goes on as it is, an
+    objectness map of 1 channel and a class map that the graph turns into scores (Sigmoid).
+    Returns the maps in decode order ``[box, objectness, classes]`` per scale and the class
+    count, or None when the head is not that."""
+    outputs, ncs = [], set()
+    order = {id(n): i for i, n in enumerate(model.graph.node)}
+    for s in strides:
+        convs = sorted(levels[s], key=lambda n: order[id(n)])
+        ch = {id(n): shapes[n.output[0]][1] for n in convs}
+        boxes = [
+            n for n in convs if ch[id(n)] == 4 and not _reaches(n.output[0], "Sigmoid", consumers)
+        ]
+        scored = [n for n in convs if _reaches(n.output[0], "Sigmoid", consumers)]
+        if len(boxes) != 1 or len(scored) != 2:
+            return None
+        ones = [n for n in scored if ch[id(n)] == 1]
+        if not ones:
+            return None
+        obj = ones[-1]  # with one class both maps have 1 channel: YOLOX computes classes first
+        cls = scored[0] if scored[1] is obj else scored[1]
+        outputs += [boxes[0].output[0], obj.output[0], cls.output[0]]
+        ncs.add(ch[id(cls)])
+    return (outputs, ncs.pop()) if len(ncs) == 1 else None
 
 
 def _probe(

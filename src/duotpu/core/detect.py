@@ -84,7 +84,7 @@ def detections(
                     c,
                     head.names[c] if c < len(head.names) else str(c),
                 )
-                for xyxy, s, c in nms(boxes[b], scores[b], conf, iou, max_det)
+                for xyxy, s, c in nms(boxes[b], scores[b], conf, iou, max_det, head.multi_label)
             ]
         )
     return out

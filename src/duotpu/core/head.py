@@ -24,11 +24,17 @@ COCO_NAMES: tuple[str, ...] = tuple(n.replace("_", " ") for n in _COCO)
 
 @dataclass
 class YoloHead:
-    """How to decode the outputs of a cut YOLO model.
+    """How to decode the outputs of a cut detector (YOLO, PP-PicoDet, YOLOX).
 
     ``outputs`` are the cut model's output names in decode order: for ``anchor_free``
-    ``[box_s8, cls_s8, box_s16, ...]``, for ``anchor`` one map per scale. ``anchors`` (only
-    ``anchor``) are per scale the anchor sizes in input pixels, ``[w0, h0, w1, h1, ...]``.
+    ``[box_s8, cls_s8, box_s16, ...]``, or one map per scale when ``shared`` says how that map
+    holds both (``cls_box``: the ``nc`` class channels first, as PP-PicoDet's shared head;
+    ``box_cls``: the box channels first); for ``yolox`` ``[box_s8, obj_s8, cls_s8, ...]``; for
+    ``anchor`` one map per scale. ``reg_max`` is the number of bins per box side (16 for
+    YOLOv8, 8 for PicoDet's reg_max 7, 1 when the map holds distances). ``multi_label``: NMS
+    keeps a box for every class it scores above the threshold (PaddleDetection's multiclass
+    NMS), not only its best. ``anchors`` (only ``anchor``) are per scale the anchor sizes in
+    input pixels, ``[w0, h0, w1, h1, ...]``.
     """
 
     kind: str
@@ -39,13 +45,15 @@ class YoloHead:
     reg_max: int = 16
     anchors: list[list[float]] = field(default_factory=list)
     names: list[str] = field(default_factory=list)
+    shared: str = ""
+    multi_label: bool = False
 
     @property
     def num_boxes(self) -> int:
         """Candidate boxes per image (8400 for a 640 YOLOv8, 25200 for a 640 YOLOv5)."""
         h, w = self.input_hw
         per_cell = len(self.anchors[0]) // 2 if self.kind == "anchor" else 1
-        return sum(per_cell * (h // s) * (w // s) for s in self.strides)
+        return sum(per_cell * -(-h // s) * -(-w // s) for s in self.strides)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -54,6 +62,8 @@ class YoloHead:
     def from_json(cls, data: dict) -> "YoloHead":
         data = dict(data)
         data["input_hw"] = tuple(data["input_hw"])
+        data.setdefault("shared", "")
+        data.setdefault("multi_label", False)
         return cls(**data)
 
     def save(self, path: Path) -> None:

@@ -1,7 +1,7 @@
-"""The CPU tail of a task, in numpy only: class probabilities and top-k, the YOLO decode
-(anchor-free v8/11 with DFL, anchor-based v5) and per-class NMS, and boxes mapped back onto the
-image. The host (:mod:`duotpu.core.detect`) uses these same functions, so the board and the PC
-give the same answers by construction.
+"""The CPU tail of a task, in numpy only: class probabilities and top-k, the detector decode
+(anchor-free YOLOv8/11 and PP-PicoDet with DFL, YOLOX, anchor-based YOLOv5), per-class NMS,
+and boxes mapped back onto the image. The host (:mod:`duotpu.core.detect`) uses these same
+functions, so the board and the PC give the same answers by construction.
 """
 
 from __future__ import annotations
@@ -55,13 +55,23 @@ def decode(head: Mapping[str, Any], maps: Sequence[np.ndarray]) -> Tuple[np.ndar
     """Raw head maps (in ``head["outputs"]`` order, each ``[B, C, h, w]``) → candidate boxes
     ``[B, N, 4]`` (centre x, centre y, width, height in input pixels) and class scores
     ``[B, N, nc]`` (YOLOv5: objectness × class probability). ``head`` holds ``kind``
-    (``anchor_free`` | ``anchor``), ``strides``, ``nc``, ``reg_max`` and ``anchors``."""
+    (``anchor_free`` | ``anchor`` | ``yolox``), ``strides``, ``nc``, ``reg_max``, ``shared`` and
+    ``anchors``. Anchor-free boxes are the GFL / DFL decode of YOLOv8 and PP-PicoDet: per cell
+    centre (x + 0.5, y + 0.5), per side the expectation of a softmax over ``reg_max`` bins,
+    times the stride."""
     nc, strides = int(head["nc"]), list(head["strides"])
     boxes, scores = [], []
     if head["kind"] == "anchor_free":
         reg_max = int(head.get("reg_max", 16))
+        shared = head.get("shared") or ""
         for i, s in enumerate(strides):
-            box, cls = (np.asarray(m, np.float32) for m in maps[2 * i : 2 * i + 2])
+            if shared:  # one map per scale holding both (PP-PicoDet's shared convolution)
+                m = np.asarray(maps[i], np.float32)
+                cut = nc if shared == "cls_box" else 4 * reg_max
+                first, second = m[:, :cut], m[:, cut:]
+                box, cls = (second, first) if shared == "cls_box" else (first, second)
+            else:
+                box, cls = (np.asarray(m, np.float32) for m in maps[2 * i : 2 * i + 2])
             b, _, h, w = box.shape
             dist = box.reshape(b, 4, reg_max, h * w)
             if reg_max > 1:  # DFL: the expectation of a softmax over reg_max bins
@@ -82,6 +92,19 @@ def decode(head: Mapping[str, Any], maps: Sequence[np.ndarray]) -> Tuple[np.ndar
             xywh = np.stack([(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1], axis=2) * s
             boxes.append(xywh)
             scores.append(sigmoid(cls.reshape(b, nc, h * w)).transpose(0, 2, 1))
+    elif head["kind"] == "yolox":  # YOLOX: per scale box (4), objectness (1), classes
+        for i, s in enumerate(strides):
+            box, obj, cls = (np.asarray(m, np.float32) for m in maps[3 * i : 3 * i + 3])
+            b, _, h, w = box.shape
+            ys, xs = np.meshgrid(
+                np.arange(h, dtype=np.float32), np.arange(w, dtype=np.float32), indexing="ij"
+            )
+            r = box.reshape(b, 4, h * w)
+            cx, cy = (r[:, 0] + xs.reshape(-1)) * s, (r[:, 1] + ys.reshape(-1)) * s
+            bw, bh = np.exp(r[:, 2]) * s, np.exp(r[:, 3]) * s
+            boxes.append(np.stack([cx, cy, bw, bh], axis=2))
+            p = sigmoid(cls.reshape(b, nc, h * w)) * sigmoid(obj.reshape(b, 1, h * w))
+            scores.append(p.transpose(0, 2, 1))
     else:
         anchors = head["anchors"]
         na = len(anchors[0]) // 2
@@ -107,23 +130,29 @@ def nms(
     conf: float = 0.25,
     iou: float = 0.45,
     max_det: int = 300,
+    multi_label: bool = False,
 ) -> List[Tuple[np.ndarray, float, int]]:
     """Per-class non-maximum suppression of one image's candidates (``[N, 4]`` xywh,
-    ``[N, nc]`` scores), as OpenCV's ``NMSBoxesBatched``: each box's best class, scores above
-    ``conf``, highest first (stable), a box dropped when it overlaps a kept box of its class by
-    more than ``iou``. Returns (xyxy, score, class), best first."""
-    cls = scores.argmax(1)
-    best = scores[np.arange(len(cls)), cls]
-    keep = np.flatnonzero(best > conf)
+    ``[N, nc]`` scores), as OpenCV's ``NMSBoxesBatched``: each box's best class (with
+    ``multi_label``, every class it scores above ``conf`` for, as PaddleDetection's
+    multiclass NMS), scores above ``conf``, highest first (stable), a box dropped when it
+    overlaps a kept box of its class by more than ``iou``. Returns (xyxy, score, class), best
+    first."""
+    if multi_label:  # one candidate per (box, class) above conf
+        keep, cl = np.nonzero(scores > conf)
+    else:  # one candidate per box: its best class
+        best_cls = scores.argmax(1)
+        keep = np.flatnonzero(scores[np.arange(len(best_cls)), best_cls] > conf)
+        cl = best_cls[keep]
     if keep.size == 0:
         return []
+    sc = scores[keep, cl]
     b = boxes_xywh[keep].astype(np.float32)
     tl32 = b[:, :2] - b[:, 2:] / 2
     br32 = tl32 + b[:, 2:]  # the corners returned, in float32
     tl, wh = tl32.astype(np.float64), b[:, 2:].astype(np.float64)
     br = tl + wh  # the overlap, in double as OpenCV computes it
     area = wh[:, 0] * wh[:, 1]
-    sc, cl = best[keep], cls[keep]
     order = np.argsort(-sc, kind="stable")
     kept: List[int] = []
     by_class: Dict[int, List[int]] = {}
@@ -240,7 +269,9 @@ def detect(
                     "class": c,
                     "name": names[c] if c < len(names) else str(c),
                 }
-                for xyxy, s, c in nms(boxes[b], scores[b], conf, iou, max_det)
+                for xyxy, s, c in nms(
+                    boxes[b], scores[b], conf, iou, max_det, bool(head.get("multi_label"))
+                )
             ]
         )
     return out

@@ -369,21 +369,28 @@ static int by_score(const void *a, const void *b) {
 
 static float sigmoidf(float v) { return 1.0f / (1.0f + expf(-v)); }
 
-/* YOLO decode + per-class NMS (as duotpu.onboard.heads), boxes back on the image. */
+/* detector decode (YOLOv8 / PicoDet DFL, YOLOv5 anchors) + per-class NMS (as
+   duotpu.onboard.heads), boxes back on the image. */
 static int detect(float **maps, Place pl, int ih, int iw, Box *out, int max_out) {
   int cap = 0;
-  for (int i = 0; i < DET_NSTRIDES; i++) cap += (NET_H / DET_STRIDES[i]) * (NET_W / DET_STRIDES[i]) * (DET_KIND ? DET_NA : 1);
+  /* a map has ceil(size / stride) cells a side (PicoDet's 800 / 64 gives 13) */
+  for (int i = 0; i < DET_NSTRIDES; i++) {
+    int s = DET_STRIDES[i];
+    cap += ((NET_H + s - 1) / s) * ((NET_W + s - 1) / s) * (DET_KIND ? DET_NA : 1) * (DET_MULTI_LABEL ? DET_NC : 1);
+  }
   Box *cand = malloc(sizeof(Box) * (cap ? cap : 1));
   int n = 0;
   for (int i = 0; i < DET_NSTRIDES; i++) {
-    int s = DET_STRIDES[i], h = NET_H / s, w = NET_W / s, hw = h * w;
+    int s = DET_STRIDES[i], h = (NET_H + s - 1) / s, w = (NET_W + s - 1) / s, hw = h * w;
     for (int a = 0; a < (DET_KIND ? DET_NA : 1); a++)
       for (int y = 0; y < h; y++)
         for (int x = 0; x < w; x++) {
           int cell = y * w + x, best = 0;
           float bs = -1, cx, cy, bw, bh;
           if (DET_KIND == 0) {  /* anchor free, DFL */
-            const float *box = maps[2 * i], *cls = maps[2 * i + 1];
+            /* two maps per scale, or one holding both (DET_SHARED 1: classes first, 2: boxes first) */
+            const float *box = DET_SHARED ? maps[i] + (DET_SHARED == 1 ? (size_t)DET_NC * hw : 0) : maps[2 * i];
+            const float *cls = DET_SHARED ? maps[i] + (DET_SHARED == 2 ? (size_t)4 * DET_REG_MAX * hw : 0) : maps[2 * i + 1];
             float dist[4];
             for (int side = 0; side < 4; side++) {
               if (DET_REG_MAX > 1) {
@@ -398,7 +405,21 @@ static int detect(float **maps, Place pl, int ih, int iw, Box *out, int max_out)
             float ax = x + 0.5f, ay = y + 0.5f;
             float x1 = ax - dist[0], y1 = ay - dist[1], x2 = ax + dist[2], y2 = ay + dist[3];
             cx = (x1 + x2) / 2 * s; cy = (y1 + y2) / 2 * s; bw = (x2 - x1) * s; bh = (y2 - y1) * s;
-            for (int c = 0; c < DET_NC; c++) { float v = sigmoidf(cls[c * hw + cell]); if (v > bs) { bs = v; best = c; } }
+            for (int c = 0; c < DET_NC; c++) {
+              float v = sigmoidf(cls[c * hw + cell]);
+              if (DET_MULTI_LABEL && v > DET_CONF) {  /* a candidate per class (PaddleDetection) */
+                float bx1 = cx - bw / 2, by1 = cy - bh / 2;
+                cand[n++] = (Box){bx1, by1, bx1 + bw, by1 + bh, v, c};
+              }
+              if (v > bs) { bs = v; best = c; }
+            }
+            if (DET_MULTI_LABEL) bs = -1;
+          } else if (DET_KIND == 2) {  /* YOLOX: box (4), objectness (1), classes per scale */
+            const float *box = maps[3 * i], *objm = maps[3 * i + 1], *cls = maps[3 * i + 2];
+            cx = (box[cell] + x) * s; cy = (box[hw + cell] + y) * s;
+            bw = expf(box[2 * hw + cell]) * s; bh = expf(box[3 * hw + cell]) * s;
+            float obj = sigmoidf(objm[cell]);
+            for (int c = 0; c < DET_NC; c++) { float v = sigmoidf(cls[c * hw + cell]) * obj; if (v > bs) { bs = v; best = c; } }
           } else {  /* anchor based (YOLOv5) */
             const float *m = maps[i];
             const float *p0 = m + (size_t)a * (5 + DET_NC) * hw + cell;
@@ -518,7 +539,7 @@ int main(int argc, char **argv) {
     if (APP_TASK == TASK_CLASSIFY) {
       classify(f[0], (int)(CVI_NN_TensorCount(&out[0]) / (in[0].shape.dim[0] ? in[0].shape.dim[0] : 1)), top);
     } else if (APP_TASK == TASK_DETECT) {
-      float *maps[2 * 8] = {0};
+      float *maps[3 * 8] = {0};
       for (int m = 0; m < DET_NMAPS; m++) {
         maps[m] = f[m < nout ? m : 0];
         for (int o = 0; o < nout; o++) if (name_matches(CVI_NN_TensorName(&out[o]), DET_OUTPUTS[m])) maps[m] = f[o];
