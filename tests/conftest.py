@@ -164,6 +164,25 @@ def tiny_yolox_build(tmp_path_factory):
     )
 
 
+@pytest.fixture(scope="session")
+def tiny_scrfd_build(tmp_path_factory):
+    """An SCRFD-style face detector (scores, boxes and five landmarks per anchor) built once
+    for INT8."""
+    from duotpu.builder import pipeline
+
+    return pipeline.build(
+        det_recipe(
+            "tinymodels:scrfd_like",
+            96,
+            "Face_SCRFD",  # capitals: the files beside the cvimodel keep them (the model's
+            # own name is the compiler's lower-case one)
+            inputs=[{"name": "input", "shape": [1, 3, 96, 96]}],
+            detect={"conf": 0.3},
+        ),
+        tmp_path_factory.mktemp("scrfdbuild"),
+    )
+
+
 def run_cli(
     *args: str, cwd: Path | None = None, env: dict | None = None
 ) -> subprocess.CompletedProcess:

@@ -146,7 +146,7 @@ def test_the_v2_images_python_and_numpy_2_run_the_app(tiny_build, photo, tmp_pat
     _same(_saved(tmp_path / "o.npz"), _host(tiny_build.models["int8"].cvimodel, photo)[1])
 
 
-@pytest.mark.parametrize("which", ["v5", "v8", "picodet", "yolox"])
+@pytest.mark.parametrize("which", ["v5", "v8", "picodet", "yolox", "scrfd"])
 def test_yolo_detector_on_the_board_gives_the_hosts_boxes(
     board_python, photo, tmp_path, which, request
 ):
@@ -160,6 +160,7 @@ def test_yolo_detector_on_the_board_gives_the_hosts_boxes(
         "v8": "tiny_v8_build",
         "picodet": "tiny_pico_build",
         "yolox": "tiny_yolox_build",
+        "scrfd": "tiny_scrfd_build",
     }
     art = request.getfixturevalue(fixture[which]).models["int8"]
     app = make_app(art.cvimodel.parent, tmp_path / "det").folder
@@ -175,6 +176,11 @@ def test_yolo_detector_on_the_board_gives_the_hosts_boxes(
     assert [(b["class"], b["box"], b["score"]) for b in boxes] == [
         (d.cls, [round(v, 1) for v in d.box], round(d.score, 4)) for d in ref
     ]
+    assert [b.get("keypoints", []) for b in boxes] == [
+        d.to_json().get("keypoints", []) for d in ref
+    ]
+    if which == "scrfd":  # a face's five landmarks, on the board as on the host
+        assert all(len(b["keypoints"]) == 5 for b in boxes)
 
 
 def test_fused_preprocess_and_multi_batch_models(board_python, variant_builds, photo, tmp_path):
@@ -440,8 +446,8 @@ def test_c_app_gives_the_python_apps_outputs(tiny_build, tiny_detector_build, ph
         assert f"{d.name} {d.score:.4f} [" in line
 
 
-@pytest.mark.parametrize("which", ["picodet", "yolox"])
-def test_c_app_decodes_picodet_and_yolox_heads(which, request, photo, tmp_path):
+@pytest.mark.parametrize("which", ["picodet", "yolox", "scrfd"])
+def test_c_app_decodes_picodet_yolox_and_scrfd_heads(which, request, photo, tmp_path):
     """PP-PicoDet's shared class + box map, a last stride that does not divide the input and
     PaddleDetection's multi-label NMS; YOLOX's box / objectness / class maps: in C, the host's
     objects."""
@@ -451,7 +457,7 @@ def test_c_app_decodes_picodet_and_yolox_heads(which, request, photo, tmp_path):
     if which == "picodet":
         assert build.head.shared == "cls_box" and build.head.multi_label
     else:
-        assert build.head.kind == "yolox"
+        assert build.head.kind == which
     art = build.models["int8"]
     binary = _c_app_on_host(art.cvimodel.parent, tmp_path / "capp")
     got = _run_c_app(binary, str(photo), "--save", str(tmp_path / "p.bin"))
@@ -463,6 +469,8 @@ def test_c_app_decodes_picodet_and_yolox_heads(which, request, photo, tmp_path):
     assert f"{len(ref)} objects" in line
     for d in ref:
         assert f"{d.name} {d.score:.4f} [" in line
+        if d.keypoints:  # SCRFD's landmarks, as the host maps them onto the image
+            assert "landmarks [" + ", ".join(f"{v:.1f}" for p in d.keypoints for v in p) in line
 
 
 def test_c_app_reads_jpeg_and_png_through_stb_image(tiny_build, tmp_path):

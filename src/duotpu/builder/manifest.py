@@ -145,6 +145,7 @@ class ListedModel:
     tpu_mlir: Path | None
     tensor_info: Path | None = None  # model_deploy's layer id → tensor name table
     simulable: bool = True  # False: the CV18xx simulator cannot load it (checked on its MLIR)
+    name: str = ""  # the build's name: the files beside the cvimodel are named for it
 
 
 def _existing(path: str | None) -> Path | None:
@@ -173,5 +174,6 @@ def listed_model(cvimodel: str | Path) -> ListedModel | None:
                 tpu,
                 _existing(entry.tensor_info),
                 entry.simulable,
+                manifest.name,
             )
     return None

@@ -15,6 +15,9 @@ The head layouts it knows, all found by the structure of the ONNX graph, not by 
   or PicoDet's one shared map that a Split divides into classes and boxes; their NMS is
   PaddleDetection's multi-label one.
 * ``yolox`` — YOLOX: per scale a box map (4), an objectness map (1) and a class map.
+* ``scrfd`` — insightface's SCRFD face detectors: per scale a score map (one channel per
+  anchor), box distances (4 per anchor) and landmarks (10 per anchor), decoded around each
+  cell's corner × stride.
 * ``anchor`` — the original YOLOv5: per scale, one map with ``na * (5 + nc)`` channels
   (xywh, objectness, classes per anchor), decoded with the anchors.
 
@@ -319,19 +322,29 @@ def cut_head(
     elif per_level == {3} and (yolox := _yolox(levels, strides, consumers, shapes, model)):
         outputs, nc = yolox
         head = YoloHead("yolox", (H, W), strides, outputs, nc, 0)
+    elif per_level == {3} and (scrfd := _scrfd(levels, strides, consumers, shapes)):
+        outputs, na, points = scrfd
+        head = YoloHead("scrfd", (H, W), strides, outputs, 1, 0, per_cell=na, keypoints=points)
     else:
         raise ModelError(
             f"{full_onnx}: found {sorted(per_level)} head convolutions per scale (duotpu saw "
             f"{seen()}); the heads duotpu decodes have 2 (YOLOv8 / PicoDet box + class maps), "
             "1 (YOLOv5 with anchors, PicoDet's shared map) or 3 (YOLOX: 4 box, 1 objectness "
-            "and class channels). "
+            "and class channels; SCRFD: scores, 4 box and 10 landmark channels per anchor). "
             + _NOT_DECODED.format(
-                what="Box + landmark + score maps per scale are a RetinaFace / SCRFD face detector"
+                what="Other layouts (RetinaFace's anchor boxes, SCRFD without landmarks) are "
+                "face detectors duotpu does not know yet"
             )
         )
     head.names = list(names or names_from_metadata(model) or [])
     if len(head.names) != head.nc or all(n == str(i) for i, n in enumerate(head.names)):
-        head.names = list(COCO_NAMES) if head.nc == 80 else [f"class{i}" for i in range(head.nc)]
+        head.names = (
+            list(COCO_NAMES)
+            if head.nc == 80
+            else ["face"]
+            if head.kind == "scrfd"
+            else [f"class{i}" for i in range(head.nc)]
+        )
     d0 = inp.type.tensor_type.shape.dim[0]
     _extract(
         model,
@@ -435,6 +448,35 @@ def _yolox(
         outputs += [boxes[0].output[0], obj.output[0], cls.output[0]]
         ncs.add(ch[id(cls)])
     return (outputs, ncs.pop()) if len(ncs) == 1 else None
+
+
+def _scrfd(
+    levels: dict[int, list[onnx.NodeProto]],
+    strides: list[int],
+    consumers: dict[str, list[onnx.NodeProto]],
+    shapes: dict[str, list[int]],
+) -> tuple[list[str], int, int] | None:
+    """SCRFD's face head (insightface): per scale a score map of ``na`` channels (one per
+    anchor, then a Sigmoid), a box map of ``4·na`` distances and a landmark map of ``2·K·na``.
+    Returns the maps in decode order ``[score, box, landmarks]`` per scale, ``na`` and ``K``,
+    or None when the head is not that."""
+    outputs, found = [], set()
+    for s in strides:
+        score, box, kps = sorted(levels[s], key=lambda n: shapes[n.output[0]][1])
+        na = shapes[score.output[0]][1]
+        if (
+            shapes[box.output[0]][1] != 4 * na
+            or shapes[kps.output[0]][1] % (2 * na)
+            or shapes[kps.output[0]][1] <= 4 * na
+            or not _reaches(score.output[0], "Sigmoid", consumers)
+        ):
+            return None
+        outputs += [score.output[0], box.output[0], kps.output[0]]
+        found.add((na, shapes[kps.output[0]][1] // (2 * na)))
+    if len(found) != 1:
+        return None
+    na, points = found.pop()
+    return outputs, na, points
 
 
 def _probe(

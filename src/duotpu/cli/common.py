@@ -247,14 +247,23 @@ def _print_detections(con, results: list[dict], key: str, where: str) -> None:
         t = Table(
             title=f"{r[key]} ({where}): {len(r['detections'])} object(s)", title_justify="left"
         )
-        for col in ("#", "class", "score", "box x1, y1, x2, y2"):
-            t.add_column(col, justify="right" if col != "class" else "left")
+        points = any(d.get("keypoints") for d in r["detections"])
+        cols = ("#", "class", "score", "box x1, y1, x2, y2") + (
+            ("landmarks x, y",) if points else ()
+        )
+        for col in cols:
+            t.add_column(col, justify="left" if col in ("class", "landmarks x, y") else "right")
         for k, d in enumerate(r["detections"], 1):
             t.add_row(
                 str(k),
                 f"{d['name']} ({d['class']})",
                 f"{d['score']:.3f}",
                 ", ".join(f"{v:.0f}" for v in d["box"]),
+                *(
+                    [" ".join(f"{x:.0f},{y:.0f}" for x, y in d.get("keypoints", []))]
+                    if points
+                    else []
+                ),
             )
         con.print(t)
         if "saved" in r:

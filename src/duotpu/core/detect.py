@@ -34,20 +34,25 @@ def decode(head: YoloHead, maps: Sequence[np.ndarray]) -> tuple[np.ndarray, np.n
 
 @dataclass
 class Detection:
-    """One detected object: box corners in image pixels, score, class index and name."""
+    """One detected object: box corners in image pixels, score, class index and name, and
+    landmarks (image pixels) when the detector gives them."""
 
     box: tuple[float, float, float, float]
     score: float
     cls: int
     name: str
+    keypoints: tuple[tuple[float, float], ...] = ()  # a face detector's landmarks
 
     def to_json(self) -> dict:
-        return {
+        out: dict[str, Any] = {
             "box": [round(v, 1) for v in self.box],
             "score": round(self.score, 4),
             "class": self.cls,
             "name": self.name,
         }
+        if self.keypoints:
+            out["keypoints"] = [[round(x, 1), round(y, 1)] for x, y in self.keypoints]
+        return out
 
 
 #: per-class NMS, as OpenCV's ``NMSBoxesBatched`` (the board app's own code)
@@ -74,6 +79,8 @@ def detections(
 ) -> list[list[Detection]]:
     """Raw head maps of a batch → the detections of each image, in image pixels."""
     boxes, scores = decode(head, maps)
+    points = heads.keypoints(head.to_json(), maps)
+    resize_hw = tuple(pre.resize) if pre.resize else head.input_hw
     out = []
     for b, hw in enumerate(image_hws):
         out.append(
@@ -83,8 +90,16 @@ def detections(
                     s,
                     c,
                     head.names[c] if c < len(head.names) else str(c),
+                    ()
+                    if points is None
+                    else tuple(
+                        heads.point_to_image(p, pre.resize_mode, resize_hw, head.input_hw, hw)
+                        for p in points[b, k]
+                    ),
                 )
-                for xyxy, s, c in nms(boxes[b], scores[b], conf, iou, max_det, head.multi_label)
+                for k, xyxy, s, c in heads.nms_kept(
+                    boxes[b], scores[b], conf, iou, max_det, head.multi_label
+                )
             ]
         )
     return out
@@ -182,7 +197,13 @@ def draw_boxes(image: str | Path | np.ndarray, dets: list[Detection], min_side: 
     if scale > 1.0:
         img = img.resize((round(img.width * scale), round(img.height * scale)), Image.NEAREST)
         dets = [
-            Detection(tuple(v * scale for v in d.box), d.score, d.cls, d.name)  # type: ignore[arg-type]
+            Detection(
+                tuple(v * scale for v in d.box),  # type: ignore[arg-type]
+                d.score,
+                d.cls,
+                d.name,
+                tuple((x * scale, y * scale) for x, y in d.keypoints),
+            )
             for d in dets
         ]
     d = ImageDraw.Draw(img)
@@ -203,6 +224,8 @@ def draw_boxes(image: str | Path | np.ndarray, dets: list[Detection], min_side: 
     for det in dets:
         color = palette[det.cls % len(palette)]
         d.rectangle(det.box, outline=color, width=width)
+        for x, y in det.keypoints:  # landmarks as dots
+            d.ellipse((x - width, y - width, x + width, y + width), fill=color)
         label = f"{det.name} {det.score:.2f}"
         x0, y0 = det.box[0], max(det.box[1] - 12, 0)
         tb = d.textbbox((x0, y0), label, font=font)

@@ -24,13 +24,15 @@ COCO_NAMES: tuple[str, ...] = tuple(n.replace("_", " ") for n in _COCO)
 
 @dataclass
 class YoloHead:
-    """How to decode the outputs of a cut detector (YOLO, PP-PicoDet, YOLOX).
+    """How to decode the outputs of a cut detector (YOLO, PP-PicoDet, YOLOX, SCRFD).
 
     ``outputs`` are the cut model's output names in decode order: for ``anchor_free``
     ``[box_s8, cls_s8, box_s16, ...]``, or one map per scale when ``shared`` says how that map
     holds both (``cls_box``: the ``nc`` class channels first, as PP-PicoDet's shared head;
     ``box_cls``: the box channels first); for ``yolox`` ``[box_s8, obj_s8, cls_s8, ...]``; for
-    ``anchor`` one map per scale. ``reg_max`` is the number of bins per box side (16 for
+    ``scrfd`` ``[score_s8, box_s8, landmarks_s8, ...]`` (``per_cell`` anchors a cell,
+    ``keypoints`` landmarks a face, 0 when the model has none); for ``anchor`` one map per
+    scale. ``reg_max`` is the number of bins per box side (16 for
     YOLOv8, 8 for PicoDet's reg_max 7, 1 when the map holds distances). ``multi_label``: NMS
     keeps a box for every class it scores above the threshold (PaddleDetection's multiclass
     NMS), not only its best. ``anchors`` (only ``anchor``) are per scale the anchor sizes in
@@ -47,12 +49,14 @@ class YoloHead:
     names: list[str] = field(default_factory=list)
     shared: str = ""
     multi_label: bool = False
+    per_cell: int = 1
+    keypoints: int = 0
 
     @property
     def num_boxes(self) -> int:
         """Candidate boxes per image (8400 for a 640 YOLOv8, 25200 for a 640 YOLOv5)."""
         h, w = self.input_hw
-        per_cell = len(self.anchors[0]) // 2 if self.kind == "anchor" else 1
+        per_cell = len(self.anchors[0]) // 2 if self.kind == "anchor" else self.per_cell
         return sum(per_cell * -(-h // s) * -(-w // s) for s in self.strides)
 
     def to_json(self) -> dict:
@@ -64,6 +68,8 @@ class YoloHead:
         data["input_hw"] = tuple(data["input_hw"])
         data.setdefault("shared", "")
         data.setdefault("multi_label", False)
+        data.setdefault("per_cell", 1)
+        data.setdefault("keypoints", 0)
         return cls(**data)
 
     def save(self, path: Path) -> None:

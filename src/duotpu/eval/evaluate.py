@@ -344,7 +344,7 @@ def evaluate_build(
     fp32 = np.stack([o[0].reshape(-1) for o in runtime.fp32_reference(first, tensors)])
     data: dict = {
         "model": str(target),
-        "name": first.info.name,
+        "name": first.recipe.name,
         "image_folder": str(images),
         "images": len(paths),
         "backend": backend,
@@ -459,7 +459,7 @@ def _evaluate_detector(
     fp32 = runtime.fp32_reference(first, tensors)
     data: dict = {
         "model": str(target),
-        "name": first.info.name,
+        "name": first.recipe.name,
         "task": "detect",
         "image_folder": str(folder),
         "images": len(paths),
@@ -543,7 +543,7 @@ def _evaluate_generic(
     refs = [dict(zip(names, r)) for r in runtime.fp32_reference(first, tensors)]
     data: dict = {
         "model": str(target),
-        "name": first.info.name,
+        "name": first.recipe.name,
         "task": "generic",
         "image_folder": str(folder),
         "images": len(paths),

@@ -73,7 +73,12 @@ def open_model(path: str | Path, recipe_path: str | Path | None = None) -> Built
     if recipe_path:
         recipe = load_recipe(recipe_path)
     else:
-        candidates = [path.parent / f"{info.name}.recipe.toml", *path.parent.glob("*.recipe.toml")]
+        listing = listed_model(path)
+        candidates = [
+            *([path.parent / f"{listing.name}.recipe.toml"] if listing and listing.name else []),
+            path.parent / f"{info.name}.recipe.toml",
+            *sorted(path.parent.glob("*.recipe.toml")),
+        ]
         found = next((c for c in candidates if c.is_file()), None)
         if found is None:
             raise ConfigError(
@@ -91,7 +96,13 @@ def open_model(path: str | Path, recipe_path: str | Path | None = None) -> Built
         dtypes = {t.dtype for p in info.programs for t in p.inputs + p.outputs}
         mode = "bf16" if "bf16" in dtypes else "int8"
         onnx = tpu = top = None
-    head_file = path.parent / f"{info.name}.detect.json"
+    # the files beside it carry the user's name (the recipe's); the cvimodel's own name is the
+    # compiler's lower-case work name (tpu_mlir lower-cases it): files of older builds used it
+    stem = next(
+        (n for n in (recipe.name, info.name) if (path.parent / f"{n}.detect.json").is_file()),
+        recipe.name,
+    )
+    head_file = path.parent / f"{stem}.detect.json"
     head = YoloHead.load(head_file) if recipe.task == "detect" and head_file.is_file() else None
     if recipe.task == "detect" and head is None:
         raise ConfigError(
@@ -101,7 +112,14 @@ def open_model(path: str | Path, recipe_path: str | Path | None = None) -> Built
         )
     tail = None
     if recipe.model.outputs:
-        tail = path.parent / f"{info.name}.tail.onnx"
+        tail = next(
+            (
+                t
+                for t in (path.parent / f"{n}.tail.onnx" for n in (recipe.name, info.name))
+                if t.is_file()
+            ),
+            path.parent / f"{recipe.name}.tail.onnx",
+        )
         if not tail.is_file():
             raise ConfigError(
                 f"{path} is the first part of a model cut at {', '.join(recipe.model.outputs)}; "

@@ -238,6 +238,8 @@ class App:
             for f in found:
                 f["box"] = [round(v, 1) for v in f["box"]]
                 f["score"] = round(f["score"], 4)
+                if "keypoints" in f:
+                    f["keypoints"] = [[round(x, 1), round(y, 1)] for x, y in f["keypoints"]]
             return found
         return {
             name: {

@@ -1,7 +1,8 @@
 """The CPU tail of a task, in numpy only: class probabilities and top-k, the detector decode
-(anchor-free YOLOv8/11 and PP-PicoDet with DFL, YOLOX, anchor-based YOLOv5), per-class NMS,
-and boxes mapped back onto the image. The host (:mod:`duotpu.core.detect`) uses these same
-functions, so the board and the PC give the same answers by construction.
+(anchor-free YOLOv8/11 and PP-PicoDet with DFL, YOLOX, SCRFD with landmarks, anchor-based
+YOLOv5), per-class NMS, and boxes mapped back onto the image. The host
+(:mod:`duotpu.core.detect`) uses these same functions, so the board and the PC give the same
+answers by construction.
 """
 
 from __future__ import annotations
@@ -55,10 +56,10 @@ def decode(head: Mapping[str, Any], maps: Sequence[np.ndarray]) -> Tuple[np.ndar
     """Raw head maps (in ``head["outputs"]`` order, each ``[B, C, h, w]``) → candidate boxes
     ``[B, N, 4]`` (centre x, centre y, width, height in input pixels) and class scores
     ``[B, N, nc]`` (YOLOv5: objectness × class probability). ``head`` holds ``kind``
-    (``anchor_free`` | ``anchor`` | ``yolox``), ``strides``, ``nc``, ``reg_max``, ``shared`` and
-    ``anchors``. Anchor-free boxes are the GFL / DFL decode of YOLOv8 and PP-PicoDet: per cell
-    centre (x + 0.5, y + 0.5), per side the expectation of a softmax over ``reg_max`` bins,
-    times the stride."""
+    (``anchor_free`` | ``anchor`` | ``yolox`` | ``scrfd``), ``strides``, ``nc``, ``reg_max``,
+    ``shared``, ``per_cell``, ``keypoints`` and ``anchors``. Anchor-free boxes are the GFL /
+    DFL decode of YOLOv8 and PP-PicoDet: per cell centre (x + 0.5, y + 0.5), per side the
+    expectation of a softmax over ``reg_max`` bins, times the stride."""
     nc, strides = int(head["nc"]), list(head["strides"])
     boxes, scores = [], []
     if head["kind"] == "anchor_free":
@@ -92,6 +93,17 @@ def decode(head: Mapping[str, Any], maps: Sequence[np.ndarray]) -> Tuple[np.ndar
             xywh = np.stack([(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1], axis=2) * s
             boxes.append(xywh)
             scores.append(sigmoid(cls.reshape(b, nc, h * w)).transpose(0, 2, 1))
+    elif head["kind"] == "scrfd":  # SCRFD: per scale scores, box distances (+ landmarks)
+        na = int(head.get("per_cell", 1))
+        step = 3 if head.get("keypoints") else 2
+        for i, s in enumerate(strides):
+            score, box = (np.asarray(m, np.float32) for m in maps[step * i : step * i + 2])
+            b, _, h, w = score.shape
+            cx, cy = _centres(h, w, na, s)
+            d = _per_anchor(box, na) * s
+            x1, y1, x2, y2 = cx - d[..., 0], cy - d[..., 1], cx + d[..., 2], cy + d[..., 3]
+            boxes.append(np.stack([(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1], axis=2))
+            scores.append(sigmoid(_per_anchor(score, na)))
     elif head["kind"] == "yolox":  # YOLOX: per scale box (4), objectness (1), classes
         for i, s in enumerate(strides):
             box, obj, cls = (np.asarray(m, np.float32) for m in maps[3 * i : 3 * i + 3])
@@ -124,6 +136,38 @@ def decode(head: Mapping[str, Any], maps: Sequence[np.ndarray]) -> Tuple[np.ndar
     return np.concatenate(boxes, 1), np.concatenate(scores, 1)
 
 
+def _centres(h: int, w: int, na: int, stride: int) -> Tuple[np.ndarray, np.ndarray]:
+    """SCRFD's anchor centres: each cell's top-left corner × stride, ``na`` times per cell
+    (cell-major), as insightface decodes them."""
+    ys, xs = np.meshgrid(
+        np.arange(h, dtype=np.float32), np.arange(w, dtype=np.float32), indexing="ij"
+    )
+    return np.repeat(xs.reshape(-1), na) * stride, np.repeat(ys.reshape(-1), na) * stride
+
+
+def _per_anchor(m: np.ndarray, na: int) -> np.ndarray:
+    """A ``[B, na·k, h, w]`` map → ``[B, h·w·na, k]``, cell-major then anchor (the order of
+    insightface's ``permute(0, 2, 3, 1).reshape(-1, k)``)."""
+    b, c, h, w = m.shape
+    return m.reshape(b, na, c // na, h * w).transpose(0, 3, 1, 2).reshape(b, h * w * na, c // na)
+
+
+def keypoints(head: Mapping[str, Any], maps: Sequence[np.ndarray]) -> Optional[np.ndarray]:
+    """A face detector's landmarks (SCRFD: ``keypoints`` points per box) in input pixels,
+    ``[B, N, K, 2]`` in the order of :func:`decode`'s boxes; None for heads without them."""
+    k = int(head.get("keypoints") or 0)
+    if head["kind"] != "scrfd" or not k:
+        return None
+    na, out = int(head.get("per_cell", 1)), []
+    for i, s in enumerate(head["strides"]):
+        kps = np.asarray(maps[3 * i + 2], np.float32)
+        b, _, h, w = kps.shape
+        cx, cy = _centres(h, w, na, s)
+        p = _per_anchor(kps, na).reshape(b, h * w * na, k, 2) * s
+        out.append(np.stack([cx[:, None] + p[..., 0], cy[:, None] + p[..., 1]], axis=-1))
+    return np.concatenate(out, 1)
+
+
 def nms(
     boxes_xywh: np.ndarray,
     scores: np.ndarray,
@@ -132,12 +176,26 @@ def nms(
     max_det: int = 300,
     multi_label: bool = False,
 ) -> List[Tuple[np.ndarray, float, int]]:
+    """:func:`nms_kept` without the candidates' indices: (xyxy, score, class), best first."""
+    return [
+        (x, s, c) for _, x, s, c in nms_kept(boxes_xywh, scores, conf, iou, max_det, multi_label)
+    ]
+
+
+def nms_kept(
+    boxes_xywh: np.ndarray,
+    scores: np.ndarray,
+    conf: float = 0.25,
+    iou: float = 0.45,
+    max_det: int = 300,
+    multi_label: bool = False,
+) -> List[Tuple[int, np.ndarray, float, int]]:
     """Per-class non-maximum suppression of one image's candidates (``[N, 4]`` xywh,
     ``[N, nc]`` scores), as OpenCV's ``NMSBoxesBatched``: each box's best class (with
     ``multi_label``, every class it scores above ``conf`` for, as PaddleDetection's
     multiclass NMS), scores above ``conf``, highest first (stable), a box dropped when it
-    overlaps a kept box of its class by more than ``iou``. Returns (xyxy, score, class), best
-    first."""
+    overlaps a kept box of its class by more than ``iou``. Returns (candidate index, xyxy,
+    score, class), best first."""
     if multi_label:  # one candidate per (box, class) above conf
         keep, cl = np.nonzero(scores > conf)
     else:  # one candidate per box: its best class
@@ -171,7 +229,7 @@ def nms(
         kept.append(int(k))
         if len(kept) >= max_det:
             break
-    return [(np.array([*tl32[k], *br32[k]]), float(sc[k]), int(cl[k])) for k in kept]
+    return [(int(keep[k]), np.array([*tl32[k], *br32[k]]), float(sc[k]), int(cl[k])) for k in kept]
 
 
 def placement(
@@ -220,6 +278,18 @@ def to_image(
     )
 
 
+def point_to_image(
+    point: Union[Sequence[float], np.ndarray],
+    mode: str,
+    resize_hw: Sequence[int],
+    net_hw: Sequence[int],
+    image_hw: Sequence[int],
+) -> Tuple[float, float]:
+    """A point (x, y) in network-input pixels → the original image's pixels."""
+    sx, sy, ox, oy = placement(mode, resize_hw, net_hw, image_hw)
+    return float((point[0] - ox) / sx), float((point[1] - oy) / sy)
+
+
 def match_names(wanted: Sequence[str], produced: Sequence[str]) -> Dict[str, Optional[str]]:
     """Each wanted (ONNX) name → the compiler's name for it: the produced name equal to it or
     made from it (the compiler appends the op: ``logits`` → ``logits_Gemm_f32``), else the one at
@@ -255,23 +325,27 @@ def detect(
     max_det: int,
 ) -> List[List[Dict[str, Any]]]:
     """Raw head maps of a batch → per image its objects ``{"box", "score", "class", "name"}``
-    with the box in the image's pixels."""
+    (and ``"keypoints"`` of a face detector) with the box in the image's pixels."""
     boxes, scores = decode(head, maps)
+    points = keypoints(head, maps)
     names = head.get("names") or []
     net_hw = head["input_hw"]
     out = []
     for b, hw in enumerate(image_hws):
-        out.append(
-            [
-                {
-                    "box": to_image(xyxy, mode, resize_hw, net_hw, hw),
-                    "score": s,
-                    "class": c,
-                    "name": names[c] if c < len(names) else str(c),
-                }
-                for xyxy, s, c in nms(
-                    boxes[b], scores[b], conf, iou, max_det, bool(head.get("multi_label"))
-                )
-            ]
-        )
+        found = []
+        for k, xyxy, s, c in nms_kept(
+            boxes[b], scores[b], conf, iou, max_det, bool(head.get("multi_label"))
+        ):
+            obj: Dict[str, Any] = {
+                "box": to_image(xyxy, mode, resize_hw, net_hw, hw),
+                "score": s,
+                "class": c,
+                "name": names[c] if c < len(names) else str(c),
+            }
+            if points is not None:
+                obj["keypoints"] = [
+                    point_to_image(p, mode, resize_hw, net_hw, hw) for p in points[b, k]
+                ]
+            found.append(obj)
+        out.append(found)
     return out

@@ -360,7 +360,8 @@ static void classify(const float *s, int n, int k) {
   free(p);
 }
 
-typedef struct { float x1, y1, x2, y2, score; int cls; } Box;
+#define DET_KP (DET_NKPS ? DET_NKPS : 1)
+typedef struct { float x1, y1, x2, y2, score; int cls; float kp[2 * DET_KP]; } Box;
 
 static int by_score(const void *a, const void *b) {
   float d = ((const Box *)b)->score - ((const Box *)a)->score;
@@ -386,7 +387,7 @@ static int detect(float **maps, Place pl, int ih, int iw, Box *out, int max_out)
       for (int y = 0; y < h; y++)
         for (int x = 0; x < w; x++) {
           int cell = y * w + x, best = 0;
-          float bs = -1, cx, cy, bw, bh;
+          float bs = -1, cx, cy, bw, bh, kp[2 * DET_KP] = {0};
           if (DET_KIND == 0) {  /* anchor free, DFL */
             /* two maps per scale, or one holding both (DET_SHARED 1: classes first, 2: boxes first) */
             const float *box = DET_SHARED ? maps[i] + (DET_SHARED == 1 ? (size_t)DET_NC * hw : 0) : maps[2 * i];
@@ -409,11 +410,22 @@ static int detect(float **maps, Place pl, int ih, int iw, Box *out, int max_out)
               float v = sigmoidf(cls[c * hw + cell]);
               if (DET_MULTI_LABEL && v > DET_CONF) {  /* a candidate per class (PaddleDetection) */
                 float bx1 = cx - bw / 2, by1 = cy - bh / 2;
-                cand[n++] = (Box){bx1, by1, bx1 + bw, by1 + bh, v, c};
+                cand[n++] = (Box){bx1, by1, bx1 + bw, by1 + bh, v, c, {0}};
               }
               if (v > bs) { bs = v; best = c; }
             }
             if (DET_MULTI_LABEL) bs = -1;
+          } else if (DET_KIND == 3) {  /* SCRFD: per anchor a score, box distances, landmarks */
+            const int step = DET_NKPS ? 3 : 2;
+            const float *sc = maps[step * i], *box = maps[step * i + 1];
+            float px = (float)x * s, py = (float)y * s, d[4];
+            for (int k = 0; k < 4; k++) d[k] = box[(a * 4 + k) * hw + cell] * s;
+            cx = px + (d[2] - d[0]) / 2; cy = py + (d[3] - d[1]) / 2; bw = d[0] + d[2]; bh = d[1] + d[3];
+            if (DET_NKPS) {
+              const float *km = maps[step * i + 2];
+              for (int k = 0; k < 2 * DET_NKPS; k++) kp[k] = (k % 2 ? py : px) + km[(a * 2 * DET_NKPS + k) * hw + cell] * s;
+            }
+            bs = sigmoidf(sc[a * hw + cell]); best = 0;
           } else if (DET_KIND == 2) {  /* YOLOX: box (4), objectness (1), classes per scale */
             const float *box = maps[3 * i], *objm = maps[3 * i + 1], *cls = maps[3 * i + 2];
             cx = (box[cell] + x) * s; cy = (box[hw + cell] + y) * s;
@@ -431,7 +443,8 @@ static int detect(float **maps, Place pl, int ih, int iw, Box *out, int max_out)
           }
           if (bs > DET_CONF) {
             float x1 = cx - bw / 2, y1 = cy - bh / 2;
-            cand[n++] = (Box){x1, y1, x1 + bw, y1 + bh, bs, best};
+            cand[n] = (Box){x1, y1, x1 + bw, y1 + bh, bs, best, {0}};
+            memcpy(cand[n++].kp, kp, sizeof kp);
           }
         }
   }
@@ -454,6 +467,7 @@ static int detect(float **maps, Place pl, int ih, int iw, Box *out, int max_out)
     Box *b = &out[j];
     b->x1 = fminf(fmaxf((b->x1 - pl.ox) / pl.sx, 0), iw); b->x2 = fminf(fmaxf((b->x2 - pl.ox) / pl.sx, 0), iw);
     b->y1 = fminf(fmaxf((b->y1 - pl.oy) / pl.sy, 0), ih); b->y2 = fminf(fmaxf((b->y2 - pl.oy) / pl.sy, 0), ih);
+    for (int k = 0; k < 2 * DET_NKPS; k++) b->kp[k] = k % 2 ? (b->kp[k] - pl.oy) / pl.sy : (b->kp[k] - pl.ox) / pl.sx;
   }
   free(cand);
   return kept;
@@ -547,9 +561,11 @@ int main(int argc, char **argv) {
       Box boxes[512];
       int nb = detect(maps, pl, ih, iw, boxes, 512);
       printf("%d objects", nb);
-      for (int k = 0; k < nb; k++)
+      for (int k = 0; k < nb; k++) {
         printf("%s%s %.4f [%.1f, %.1f, %.1f, %.1f]", k ? "; " : ": ", boxes[k].cls < N_LABELS ? LABELS[boxes[k].cls] : "?",
                boxes[k].score, boxes[k].x1, boxes[k].y1, boxes[k].x2, boxes[k].y2);
+        for (int q = 0; q < 2 * DET_NKPS; q++) printf("%s%.1f%s", q ? ", " : " landmarks [", boxes[k].kp[q], q == 2 * DET_NKPS - 1 ? "]" : "");
+      }
     } else {
       for (int o = 0; o < nout; o++) {
         size_t n = CVI_NN_TensorCount(&out[o]);
