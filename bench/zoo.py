@@ -244,6 +244,7 @@ def run_row(row: Row, chip: str, calib: int) -> dict:
                 r = pipeline.build(
                     recipe_for(row, chip, calib, [tensor]),
                     WORK / chip / f"{row.name}-cut",
+                    folder / "work",  # as a user's rebuild: the calibration is shared
                     events=_progress(row.name),
                 )
                 out.update(

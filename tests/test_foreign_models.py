@@ -57,6 +57,27 @@ def test_a_softmax_too_large_for_cv180x_is_explained_and_the_ways_checked(
         assert "cv181x" in text and "tried, it compiles" in text  # the deploy for cv181x ran
         assert "--cut-at pre" in text  # the tensor before the Softmax
     assert not list((tmp_path / "b").glob("*.cvimodel"))
+    # the way around it, as the user runs it next: the cut takes the calibration of the whole
+    # model (its layers, weights and images are the whole model's) instead of calibrating again
+    events: list = []
+    r = pipeline.build(
+        tiny_recipe(src, **{"model.outputs": ["pre"]}), tmp_path / "b", events=events.append
+    )
+    said = [e.message for e in events if e.stage == "calibrate" and e.status == "info"]
+    assert said and "taken from the table of the model this one is cut from" in said[0], said
+    calibrate = next(s for s in r.stages if s.name == "calibrate")
+    assert not calibrate.cached and calibrate.seconds < 2.0
+    assert not (calibrate.folder / "calibrate.log").exists()  # run_calibration did not run
+    assert r.models["int8"].cosine["logits"] > 0.99  # and the table serves the cut model
+    # another preprocessing changes the thresholds: calibrated afresh
+    events.clear()
+    r2 = pipeline.build(
+        tiny_recipe(src, **{"model.outputs": ["pre"], "preprocess.mean": [0.4, 0.4, 0.4]}),
+        tmp_path / "b",
+        events=events.append,
+    )
+    assert not [e for e in events if e.stage == "calibrate" and e.status == "info"]
+    assert (next(s for s in r2.stages if s.name == "calibrate").folder / "calibrate.log").exists()
 
 
 def test_a_partial_build_delivers_the_verified_mode(tmp_path: Path) -> None:

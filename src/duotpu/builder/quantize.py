@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from duotpu import compiler
-from duotpu.builder import calibdata
+from duotpu.builder import calibdata, calibshare
 from duotpu.builder import export as export_mod
 from duotpu.config.errors import (
     CompilerFailure,
@@ -192,6 +192,16 @@ def stage_calibrate(wd: WorkDir, r: Recipe, transformed: Stage[Transformed]) -> 
         "versions": compiler.versions(),
     }
 
+    # what a table must have been made under to serve a cut of its model (calibshare)
+    conditions = {
+        "data": data_key,
+        "calibration": asdict(cal),
+        "preprocess": asdict(r.preprocess),
+        "inputs": [[i.name, list(i.shape)] for i in r.inputs],
+        "code": key["code"],
+        "versions": key["versions"],
+    }
+
     def run(folder: Path) -> Calibrated:
         data, skipped = _calibration_images(r, folder, wd, t.input_names)
         if skipped:
@@ -205,6 +215,23 @@ def stage_calibrate(wd: WorkDir, r: Recipe, transformed: Stage[Transformed]) -> 
             )
         held = data.read_text().splitlines() if data.is_file() else list(data.iterdir())
         n = min(cal.count, len(held))
+        table = folder / f"{tool_name(r.name)}_cali_table"
+        shared = calibshare.shared_table(
+            wd.stage_folder("calibrate"), conditions, t.mlir, t.weights
+        )
+        if shared is not None:
+            earlier, weights, count = shared
+            calibshare.take(earlier, table)
+            calibshare.write_index(folder, conditions, weights)
+            wd.events(
+                StageEvent(
+                    "calibrate",
+                    "info",
+                    message=f"thresholds of all {count} layers taken from the table of the "
+                    "model this one is cut from (same images, options and weights)",
+                )
+            )
+            return Calibrated(table, data, n, skipped)
         for src in (t.mlir, t.weights):  # run_calibration works next to the MLIR
             (folder / src.name).symlink_to(src.resolve())
 
@@ -236,7 +263,8 @@ def stage_calibrate(wd: WorkDir, r: Recipe, transformed: Stage[Transformed]) -> 
                 )
             )
             calibrate(0, "calibrate-untuned.log")
-        return Calibrated(folder / f"{tool_name(r.name)}_cali_table", data, n, skipped)
+        calibshare.write_index(folder, conditions, calibshare.weights_index(t.weights))
+        return Calibrated(table, data, n, skipped)
 
     return wd.run("calibrate", key, run, Calibrated)
 

@@ -334,6 +334,10 @@ class WorkDir:
         self.failed: dict[str, float] = {}  # stages that raised: name → seconds they ran
         self._lock = threading.Lock()
 
+    def stage_folder(self, name: str) -> Path:
+        """Where stage ``name`` keeps its last result (while a new run of it works elsewhere)."""
+        return self.root / name
+
     def run(
         self,
         name: str,
