@@ -42,8 +42,8 @@ def test_a_softmax_too_large_for_cv180x_is_explained_and_the_ways_checked(
     from duotpu.config.errors import BuildFailed, CompilerFailure
 
     src = tinymodels.tiny_onnx(tmp_path / "sm.onnx", classes=6600, extra_op="Softmax")
-    try:
-        pipeline.build(tiny_recipe(src), tmp_path / "b")
+    try:  # the explanation, without the cuts the build would try (the next test)
+        pipeline.build(tiny_recipe(src, **{"model.try_cuts": 0}), tmp_path / "b")
         raise AssertionError("a 6600-way Softmax compiled for cv180x")
     except BuildFailed as e:
         errors = e.errors
@@ -78,6 +78,39 @@ def test_a_softmax_too_large_for_cv180x_is_explained_and_the_ways_checked(
     )
     assert not [e for e in events if e.stage == "calibrate" and e.status == "info"]
     assert (next(s for s in r2.stages if s.name == "calibrate").folder / "calibrate.log").exists()
+
+
+def test_the_build_tries_the_cuts_itself_and_delivers_the_best(tmp_path: Path) -> None:
+    """The same 6600-way Softmax with the default ``model.try_cuts``: the build cuts the model
+    itself, at the tensor its error names and at the ones before it, verifies each (the
+    calibration shared) and delivers the best, saying every candidate's numbers."""
+    from conftest import tiny_recipe
+    from duotpu.builder import pipeline
+
+    src = tinymodels.tiny_onnx(tmp_path / "sm.onnx", classes=6600, extra_op="Softmax")
+    events: list = []
+    r = pipeline.build(tiny_recipe(src), tmp_path / "b", events=events.append)
+    said = [e.message for e in events if e.status == "info" and e.stage.startswith("cut")]
+    assert "trying the TPU model cut at pre" in said[0], said
+    assert len(r.tried_cuts) >= 2 and r.tried_cuts[0].startswith("pre verified (worst cos")
+    assert r.recipe.model.outputs == ("pre",)  # all verify alike: the most left on the TPU
+    assert len(r.tried_cuts) == 3 and "gap verified" in r.tried_cuts[1]
+    assert "delivering the cut at pre" in said[-1]
+    for mode, art in r.models.items():  # the whole model's output, the Softmax on the CPU
+        assert art.cosine["logits"] > 0.99, mode
+    assert (tmp_path / "b" / "tiny.tail.onnx").is_file()
+    written = (tmp_path / "b" / "tiny.recipe.toml").read_text()
+    assert "outputs = [\n" in written and '"pre",' in written, written
+    # the candidates' own builds stay in the work folder, not beside the delivered model
+    assert sorted(p.name for p in (tmp_path / "b").glob("*.cvimodel")) == [
+        "tiny_cv180x_bf16.cvimodel",
+        "tiny_cv180x_int8.cvimodel",
+    ]
+    # the delivered cut took the whole model's calibration table: run_calibration ran once
+    infos = [e.message for e in events if e.stage == "calibrate" and e.status == "info"]
+    assert infos and all("taken from the table" in m for m in infos), infos
+    calibrate = next(s for s in r.stages if s.name == "calibrate")
+    assert not (calibrate.folder / "calibrate.log").exists() and calibrate.seconds < 2.0
 
 
 def test_a_partial_build_delivers_the_verified_mode(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -26,8 +27,8 @@ import numpy as np
 
 from duotpu.core.files import atomic_write
 
-#: what a calibration folder keeps to be shared: the conditions and the weights it was made with
-INDEX = "shared-calibration.json"
+#: a table kept to be shared: the table and what it was made from (conditions, weights)
+INDEX = "made-from.json"
 
 _LOC = re.compile(r'^#loc\d+ = loc\("([^"]+)"\)', re.M)
 
@@ -59,35 +60,44 @@ def table_layers(table: Path) -> set[str]:
     }
 
 
-def write_index(folder: Path, conditions: dict[str, Any], weights: dict[str, str]) -> None:
-    """Record beside a calibration table what it was made from."""
-    atomic_write(folder / INDEX, json.dumps({"conditions": conditions, "weights": weights}))
+def keep(pool: Path, table: Path, conditions: dict[str, Any], weights: dict[str, str]) -> None:
+    """Keep a freshly made table in the work directory's pool, with what it was made from."""
+    data = json.dumps({"conditions": conditions, "weights": weights}, sort_keys=True)
+    entry = pool / hashlib.sha256(data.encode()).hexdigest()[:16]
+    tmp = pool / f".{entry.name}.{os.getpid()}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    shutil.copyfile(table, tmp / "cali_table")
+    atomic_write(tmp / INDEX, data)
+    shutil.rmtree(entry, ignore_errors=True)
+    os.replace(tmp, entry)
 
 
 def shared_table(
-    earlier: Path, conditions: dict[str, Any], mlir: Path, weights: Path
-) -> tuple[Path, dict[str, str], int] | None:
-    """The calibration table in the folder ``earlier`` (the work directory's last calibration)
-    when it holds for the model ``mlir`` / ``weights``: (the table, the weights index to keep
-    with its copy, how many layers the model takes from it); None when it does not."""
-    try:
-        index = json.loads((earlier / INDEX).read_text())
-        old_weights: dict[str, str] = index["weights"]
-        old_conditions = index["conditions"]
-        table = next(earlier.glob("*_cali_table"))
-    except (OSError, ValueError, KeyError, StopIteration):
+    pool: Path, conditions: dict[str, Any], mlir: Path, weights: Path
+) -> tuple[Path, int] | None:
+    """A table in the pool that holds for the model ``mlir`` / ``weights`` (the newest first):
+    (the table, how many layers the model takes from it); None when none does."""
+    if not pool.is_dir():
         return None
-    if old_conditions != json.loads(json.dumps(conditions)):
-        return None
-    mine = weights_index(weights)
-    if any(old_weights.get(name) != digest for name, digest in mine.items()):
-        return None
-    needed = layers(mlir, set(mine))
-    if not needed or not needed <= table_layers(table):
-        return None
-    return table, old_weights, len(needed)
-
-
-def take(table: Path, into: Path) -> None:
-    """Copy a shared table into a calibration folder under the name the build gives it."""
-    shutil.copyfile(table, into)
+    wanted = json.loads(json.dumps(conditions))
+    mine: dict[str, str] | None = None
+    needed: set[str] = set()
+    entries = sorted(pool.glob("[!.]*"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for entry in entries:
+        try:
+            index = json.loads((entry / INDEX).read_text())
+            if index["conditions"] != wanted:
+                continue
+            old_weights: dict[str, str] = index["weights"]
+        except (OSError, ValueError, KeyError):
+            continue
+        if mine is None:
+            mine = weights_index(weights)
+            needed = layers(mlir, set(mine))
+        if any(old_weights.get(name) != digest for name, digest in mine.items()):
+            continue
+        table = entry / "cali_table"
+        if needed and table.is_file() and needed <= table_layers(table):
+            return table, len(needed)
+    return None

@@ -384,7 +384,7 @@ def export_onnx(
     if tail is not None:
         notes += (
             f"TPU model cut at {', '.join(src.outputs)}; the rest runs on the CPU "
-            f"({tail.name}, ONNX Runtime)",
+            "(NAME.tail.onnx beside the cvimodel, in ONNX Runtime)",
         )
     return ExportedModel(out, info[0], info[1], head, notes, tail)
 
@@ -551,6 +551,25 @@ def tensor_before(path: Path, layer: str, op: str) -> str:
                 return str(feeds[0])
             return ""
     return ""
+
+
+def cuts_before(path: Path, tensor: str, count: int) -> list[str]:
+    """``tensor`` and up to ``count - 1`` tensors before it, walking the graph back along each
+    node's data input (over ops that only move data, which make no cut of their own): the cuts
+    that put one more layer of the model's end on the CPU each."""
+    model = intake.load(path, weights=False)
+    made = {o: n for n in model.graph.node for o in n.output if o}
+    inits = {i.name for i in model.graph.initializer}
+    consts = {n.output[0] for n in model.graph.node if n.op_type == "Constant"}
+    out, t = [tensor], tensor
+    while len(out) < count and t in made:
+        data = [i for i in made[t].input if i and i not in inits and i not in consts]
+        if not data or data[0] not in made:
+            break  # a model input: no cut before it
+        t = data[0]
+        if made[t].op_type not in _PLUMBING:
+            out.append(t)
+    return out
 
 
 #: ops that only move or reshape data: a difference that first shows after one of them was made

@@ -29,6 +29,7 @@ from duotpu.config.errors import (
 )
 from duotpu.config.recipe import Recipe
 
+from . import ways
 from .calibdata import CalibrationData
 from .deliver import default_out_dir, estimate_latency, finish, write_failures
 from .mixing import stage_mix, validation_images
@@ -120,7 +121,23 @@ def build(
         for line in (moved, note):
             if line:
                 events(StageEvent("export", "info", message=line))
-        return _build_in(wd, recipe, out_dir, events, executor, calibration_data)
+
+        def build_in(r: Recipe, out: Path, sink: EventSink) -> BuildResult:
+            wd.events = sink
+            wd.stages.clear()  # what an earlier pass (a cut tried) ran is not this pass's
+            wd.failed.clear()
+            try:
+                return _build_in(wd, r, out, sink, executor, calibration_data)
+            finally:
+                wd.events = events
+
+        try:
+            return build_in(recipe, out_dir, events)
+        except DuoTpuError as e:
+            failure = ways.cut_to_try(e, recipe)
+            if failure is None:
+                raise
+            return ways.try_cuts(wd, recipe, out_dir, events, e, failure, build_in)
 
 
 def _build_in(

@@ -216,13 +216,11 @@ def stage_calibrate(wd: WorkDir, r: Recipe, transformed: Stage[Transformed]) -> 
         held = data.read_text().splitlines() if data.is_file() else list(data.iterdir())
         n = min(cal.count, len(held))
         table = folder / f"{tool_name(r.name)}_cali_table"
-        shared = calibshare.shared_table(
-            wd.stage_folder("calibrate"), conditions, t.mlir, t.weights
-        )
+        pool = wd.shared_folder("shared-calibrations")
+        shared = calibshare.shared_table(pool, conditions, t.mlir, t.weights)
         if shared is not None:
-            earlier, weights, count = shared
-            calibshare.take(earlier, table)
-            calibshare.write_index(folder, conditions, weights)
+            earlier, count = shared
+            shutil.copyfile(earlier, table)
             wd.events(
                 StageEvent(
                     "calibrate",
@@ -263,7 +261,7 @@ def stage_calibrate(wd: WorkDir, r: Recipe, transformed: Stage[Transformed]) -> 
                 )
             )
             calibrate(0, "calibrate-untuned.log")
-        calibshare.write_index(folder, conditions, calibshare.weights_index(t.weights))
+        calibshare.keep(pool, table, conditions, calibshare.weights_index(t.weights))
         return Calibrated(table, data, n, skipped)
 
     return wd.run("calibrate", key, run, Calibrated)

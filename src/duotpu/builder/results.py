@@ -190,6 +190,7 @@ class BuildResult:
     failed_stages: dict[str, float] = field(default_factory=dict)  # stage → seconds it ran
     report: Path | None = None  # report.html beside the cvimodels
     listing: Manifest | None = None  # what ``manifest`` holds, as written
+    tried_cuts: list[str] = field(default_factory=list)  # the cuts the build tried itself
 
     @property
     def ok(self) -> bool:

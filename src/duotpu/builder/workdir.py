@@ -334,8 +334,9 @@ class WorkDir:
         self.failed: dict[str, float] = {}  # stages that raised: name → seconds they ran
         self._lock = threading.Lock()
 
-    def stage_folder(self, name: str) -> Path:
-        """Where stage ``name`` keeps its last result (while a new run of it works elsewhere)."""
+    def shared_folder(self, name: str) -> Path:
+        """A folder of the work directory that outlives the stages' own (which each run
+        replaces): what one build keeps for the next, e.g. calibration tables for cuts."""
         return self.root / name
 
     def run(

@@ -433,6 +433,8 @@ def _report_error(e: BaseException, debug: bool) -> int:
         con.print(f"[red bold]{len(e.errors)} parts of the build failed:[/]")
         for i, sub in enumerate(e.errors, 1):
             con.print(f"[red]({i})[/] {escape(str(sub))}", highlight=False)
+        if e.note:
+            con.print(escape(e.note), highlight=False)
         return EXIT_FAIL
     elif isinstance(e, DuoTpuError):
         con.print(f"[red bold]error:[/] {escape(str(e))}")

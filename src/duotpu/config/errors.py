@@ -94,6 +94,7 @@ class BuildFailed(DuoTpuError):
 
     def __init__(self, errors: list[BaseException]):
         self.errors = list(errors)
+        self.note = ""  # what the build tried about them (the cuts it built), said after them
         super().__init__(
             " ".join(
                 f"({i}) {type(e).__name__ if not str(e) else e}"

@@ -53,7 +53,10 @@ class ModelSource:
     path to a ``state_dict`` file. ``kwargs`` are passed to the factory. ``constants`` fix model
     inputs that are not data (a sample rate, an image size, a flag) to a value, by input name
     (``--set model.constants.sr=16000``): an ONNX input becomes that constant in the graph, a
-    PyTorch ``forward`` argument of that name is passed it.
+    PyTorch ``forward`` argument of that name is passed it. ``try_cuts``: when the compiler
+    fails in one of the model's last layers, the build tries that many cuts before it itself
+    (the first is the one its error names; each next one puts one more layer on the CPU) and
+    delivers the one that verifies best; 0 only names the cut.
     """
 
     source: str = field(default="", metadata=meta(path="file"))
@@ -76,6 +79,17 @@ class ModelSource:
             "--cut-at",
             "end the TPU model at these ONNX tensors; the rest runs on the CPU (ONNX Runtime)",
             metavar="TENSOR[,TENSOR]",
+        ),
+    )
+    # when the compiler fails in one of the model's last layers: build this many cuts before it
+    # (each one more layer on the CPU) and deliver the one that verifies best
+    try_cuts: int = field(
+        default=3,
+        metadata=meta(
+            "--try-cuts",
+            "when the compiler fails in one of the last layers, build up to N cuts before it "
+            "and deliver the one that verifies best (0: only suggest the cut)",
+            metavar="N",
         ),
     )
 
@@ -441,6 +455,11 @@ class Recipe:
             raise ConfigError("Recipe key 'quantize' is empty: choose from 'int8', 'bf16'.")
         if len(set(self.quantize)) != len(self.quantize):
             raise ConfigError(f"Recipe key 'quantize' lists a mode twice: {list(self.quantize)}.")
+        if not 0 <= self.model.try_cuts <= 10:
+            raise ConfigError(
+                "Recipe key 'model.try_cuts' is how many cuts the build tries when the compiler "
+                f"fails in a last layer, 0 to 10; got {self.model.try_cuts}."
+            )
         names = [i.name for i in self.inputs]
         if not names or not all(names) or len(set(names)) != len(names):
             raise ConfigError(
