@@ -71,34 +71,34 @@ def test_the_gallery_shows_changed_answers_and_stays_light(browser, tmp_path):
     first = max(flip, key=lambda i: p_fp32[i].max())
     assert changed[0]["image"] == str(photos[first])  # the most confident flip first
     cos = [float(v) for v in rng.uniform(0.95, 1.0, 200)]
-    data = {
-        "task": "classify",
-        "model": "m",
-        "name": "m",
-        "image_folder": str(tmp_path / "photos"),
-        "images": 200,
-        "backend": "mlir",
-        "margin": 0.05,
-        "fp32": {"n": 200, "decisive_n": 150},
-        "modes": {
-            "int8": {
-                "n": 200,
-                "top1_agree": 1 - 30 / 200,
-                "decisive_n": 150,
-                "decisive_top1_agree": 0.9,
-                "top5_contains_fp32_top1": 1.0,
-                "cosine_mean": float(np.mean(cos)),
-                "cosine_worst": min(cos),
-                "kl_mean": 0.01,
-                "top1_acc": None,
-                "top5_acc": None,
-                "images_per_second": 10.0,
-                "cosines": cos,
-            }
+    from duotpu.core.metrics import ModeMetrics
+    from duotpu.eval.results import ClassifyEval
+
+    data = ClassifyEval(
+        "m",
+        "m",
+        str(tmp_path / "photos"),
+        200,
+        "mlir",
+        margin=0.05,
+        fp32={"n": 200, "decisive_n": 150},
+        modes={
+            "int8": ModeMetrics(
+                "int8",
+                200,
+                top1_agree=1 - 30 / 200,
+                decisive_n=150,
+                decisive_top1_agree=0.9,
+                top5_contains_fp32_top1=1.0,
+                cosine_mean=float(np.mean(cos)),
+                cosine_worst=min(cos),
+                kl_mean=0.01,
+                images_per_second=10.0,
+                cosines=cos,
+            )
         },
-        "per_layer": {},
-        "changed": changed,
-    }
+        changed=changed,
+    )
     _, html = write_eval_report(tmp_path / "rep", data)
     facts = look(browser, html, tmp_path, {"summary", "cosines", "changed"})
     assert facts["cards"] == 24  # the 24 most confident of the 30

@@ -53,6 +53,7 @@ if TYPE_CHECKING:
     from duotpu.builder.results import BuildResult, ModelArtifact
     from duotpu.compiler.cvimodel import CviModelInfo, read_cvimodel
     from duotpu.compiler.executor import Executor, executor
+    from duotpu.eval.results import EvalResult
     from duotpu.infer.runtime import BuiltModel, detect, infer, open_model, tensors_for, top_k
 
 # Loaded on first use: `import duotpu` (and the compiler's worker processes, which import the
@@ -189,17 +190,40 @@ def build(
 def evaluate(
     build: str | PathLike[str],
     images: str | PathLike[str],
-    **options: Any,
-) -> dict[str, Any]:
+    *,
+    recipe: str | PathLike[str] | None = None,
+    backend: str = "mlir",
+    margin: float = 0.05,
+    class_names: list[str] | None = None,
+    limit: int = 0,
+    check: int = 2,
+    layers: int = 0,
+    executor: Executor | None = None,
+) -> EvalResult:
     """Evaluate every cvimodel of a build folder (or one cvimodel) against the fp32 model on a
     folder of images — what ``duotpu eval`` prints and writes to ``report.json``: classifiers by
     agreement (and accuracy with labelled subfolders), detectors by mAP against the fp32
-    detections, other models by output cosine. ``options``: the keyword arguments of
-    :func:`duotpu.eval.evaluate.evaluate_build` (``backend``, ``limit``, ``layers``,
-    ``executor``, …). Write the HTML report with
-    ``duotpu.eval.report.write_eval_report(folder, data)``."""
+    detections, other models by output cosine. ``backend``: ``mlir`` (the quantized MLIR, fast;
+    checked against the simulator on ``check`` images first) or ``cvimodel`` (the CV18xx
+    simulator); ``margin``: fp32's top-1 lead that makes an image decisive; ``limit``: at most
+    that many images; ``layers``: per-layer cosines on that many images; ``executor``: a
+    :mod:`duotpu.compiler.executor` executor (Ray) to spread the images. Returns a
+    :class:`~duotpu.eval.results.ClassifyEval`, :class:`~duotpu.eval.results.DetectEval` or
+    :class:`~duotpu.eval.results.GenericEval`; write its HTML report with
+    ``duotpu.eval.report.write_eval_report(folder, result)``."""
     from pathlib import Path
 
     from duotpu.eval.evaluate import evaluate_build
 
-    return evaluate_build(Path(build), Path(images), **options)
+    return evaluate_build(
+        Path(build),
+        Path(images),
+        recipe=Path(recipe) if recipe else None,
+        backend=backend,
+        margin=margin,
+        class_names=class_names,
+        limit=limit,
+        check=check,
+        layers=layers,
+        executor=executor,
+    )

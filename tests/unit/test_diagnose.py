@@ -76,6 +76,29 @@ def test_several_candidate_layers_at_the_end_get_a_cut_and_the_other_mode_how_to
     assert "if it succeeded" in diagnose.explain(f, "cv180x", "int8", other_mode_built=True)
 
 
+def test_the_large_size_softmax_handler_is_the_widest_softmax(tmp_path: Path) -> None:
+    """PP-OCRv5's recognizer: two 1×8×40×40 attention softmaxes inside the network and the
+    18,385-way last one; the large-size handler failed, so the last one is the layer and its
+    cut is offered (before: three candidates, not all at the end: no cut at all)."""
+    attention = "".join(
+        f'    %a{k} = "tpu.Softmax"(%0) : (tensor<1x8x40x40xbf16>) -> tensor<1x8x40x40xbf16> '
+        f'loc("p2o.pd_op.softmax.{k}.0_Softmax")\n'
+        + "".join(
+            f'    %m{k}{j} = "tpu.MatMul"(%0) : (tensor<1x8xi8>) -> tensor<1x8x40x40xbf16> '
+            f'loc("mm{k}{j}")\n'
+            for j in range(4)
+        )
+        for k in range(2)
+    )
+    mlir = FINAL_MLIR.replace('    %5 = "tpu.MatMul"', attention + '    %5 = "tpu.MatMul"').replace(
+        "1x6600", "1x40x18385"
+    )
+    (tmp_path / "rec_cv180x_int8_sym_final.mlir").write_text(mlir)
+    f = diagnose.locate(diagnose.recognise(SOFTMAX_LOG), tmp_path, SOFTMAX_LOG)
+    assert [ly.name for ly in f.layers] == ["prob_Softmax"]
+    assert f.tail_layer is not None and f.tail_layer.shape == (1, 40, 18385)
+
+
 def test_a_missing_lowering_names_the_op_and_layer() -> None:
     f = diagnose.recognise(ERF_LOG)
     assert f is not None and f.kind == "lowering" and f.op == "Erf"

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from duotpu.cli.common import EXIT_OK, _class_names, _console, _executor, _table
+from duotpu.eval.results import ClassifyEval, DetectEval, GenericEval
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -38,10 +39,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
             log=con.print,
             executor=ex,
         )
-    task = str(data.get("task", ""))
-    tables = {"detect": _detect_eval_table, "generic": _generic_eval_table}
-    con.print(tables.get(task, _eval_table)(data))
-    for mode, layers in data.get("per_layer", {}).items():
+    if isinstance(data, DetectEval):
+        con.print(_detect_eval_table(data))
+    elif isinstance(data, GenericEval):
+        con.print(_generic_eval_table(data))
+    else:
+        con.print(_eval_table(data))
+    for mode, layers in data.per_layer.items():
         worst = ", ".join(f"{n} {c:.4f}" for n, c in evaluate.least_similar(layers))
         con.print(f"  {mode.upper()} least similar tensors: {worst}")
     out = Path(args.out) if args.out else (target if target.is_dir() else target.parent) / "eval"
@@ -50,49 +54,49 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _generic_eval_table(data: dict) -> Any:
+def _generic_eval_table(data: GenericEval) -> Any:
     from rich.table import Table
 
-    t = Table(title=f"{data['name']}: {data['images']} images, each output against fp32")
+    t = Table(title=f"{data.name}: {data.images} images, each output against fp32")
     for col in ("model", "output", "shape", "cos mean", "cos worst", "img/s"):
         t.add_column(col, justify="left" if col in ("model", "output") else "right")
-    for mode, d in data["modes"].items():
-        for n, c in d["cosine_mean"].items():
+    for mode, d in data.modes.items():
+        for n, c in d.cosine_mean.items():
             t.add_row(
                 mode.upper(),
                 n,
-                "×".join(map(str, data["fp32"][n]["shape"])),
+                "×".join(map(str, data.fp32[n].shape)),
                 f"{c:.4f}",
-                f"{d['cosine_worst'][n]:.4f}",
-                f"{d['images_per_second']:.2f}",
+                f"{d.cosine_worst[n]:.4f}",
+                f"{d.images_per_second:.2f}",
             )
     return t
 
 
-def _eval_table(data: dict) -> Any:
+def _eval_table(data: ClassifyEval) -> Any:
     rows = []
-    fpm = data["fp32"]
+    fpm = data.fp32
     if "top1_acc" in fpm:
         rows.append(
             ["fp32", "", "", "", "", "", "", f"{fpm['top1_acc']:.3f}", f"{fpm['top5_acc']:.3f}", ""]
         )
-    for mode, d in data["modes"].items():
+    for mode, d in data.modes.items():
         rows.append(
             [
                 mode.upper(),
-                f"{d['top1_agree']:.3f}",
-                f"{d['decisive_top1_agree']:.3f} ({d['decisive_n']})",
-                f"{d['top5_contains_fp32_top1']:.3f}",
-                f"{d['cosine_mean']:.4f}",
-                f"{d['cosine_worst']:.4f}",
-                f"{d['kl_mean']:.4f}",
-                "" if d["top1_acc"] is None else f"{d['top1_acc']:.3f}",
-                "" if d["top5_acc"] is None else f"{d['top5_acc']:.3f}",
-                f"{d['images_per_second']:.1f}",
+                f"{d.top1_agree:.3f}",
+                f"{d.decisive_top1_agree:.3f} ({d.decisive_n})",
+                f"{d.top5_contains_fp32_top1:.3f}",
+                f"{d.cosine_mean:.4f}",
+                f"{d.cosine_worst:.4f}",
+                f"{d.kl_mean:.4f}",
+                "" if d.top1_acc is None else f"{d.top1_acc:.3f}",
+                "" if d.top5_acc is None else f"{d.top5_acc:.3f}",
+                f"{d.images_per_second:.1f}",
             ]
         )
     t = _table(
-        f"{data['name']}: quantized vs fp32 on {data['images']} images",
+        f"{data.name}: quantized vs fp32 on {data.images} images",
         [
             "model",
             "agree",
@@ -109,14 +113,14 @@ def _eval_table(data: dict) -> Any:
     )
     t.caption = (
         f"agree: top-1 equals fp32's; decisive: on images where fp32's top-1 leads by ≥ "
-        f"{data['margin']}; top-5 ∋: the top-5 holds fp32's top-1; acc: against the labels"
+        f"{data.margin}; top-5 ∋: the top-5 holds fp32's top-1; acc: against the labels"
     )
     return t
 
 
-def _detect_eval_table(data: dict) -> Any:
+def _detect_eval_table(data: DetectEval) -> Any:
     rows = []
-    if data["fp32"]:
+    if data.fp32:
         rows.append(
             [
                 "fp32",
@@ -124,26 +128,26 @@ def _detect_eval_table(data: dict) -> Any:
                 "",
                 "",
                 "",
-                f"{data['fp32']['map50']:.3f}",
-                f"{data['fp32']['map50_95']:.3f}",
+                f"{data.fp32['map50']:.3f}",
+                f"{data.fp32['map50_95']:.3f}",
                 "",
             ]
         )
-    for mode, d in data["modes"].items():
+    for mode, d in data.modes.items():
         rows.append(
             [
                 mode.upper(),
-                f"{d['map50_vs_fp32']:.3f}",
-                str(d["fp32_objects"]),
-                f"{d['detections_per_image']:.2f}",
-                f"{min(d['cosine_mean'].values()):.4f}",
-                "" if d["map50"] is None else f"{d['map50']:.3f}",
-                "" if d["map50_95"] is None else f"{d['map50_95']:.3f}",
-                f"{d['images_per_second']:.2f}",
+                f"{d.map50_vs_fp32:.3f}",
+                str(d.fp32_objects),
+                f"{d.detections_per_image:.2f}",
+                f"{min(d.cosine_mean.values()):.4f}",
+                "" if d.map50 is None else f"{d.map50:.3f}",
+                "" if d.map50_95 is None else f"{d.map50_95:.3f}",
+                f"{d.images_per_second:.2f}",
             ]
         )
     t = _table(
-        f"{data['name']}: quantized detections vs fp32 on {data['images']} images",
+        f"{data.name}: quantized detections vs fp32 on {data.images} images",
         [
             "model",
             "mAP50 vs fp32",

@@ -145,8 +145,18 @@ def locate(failure: Failure, folder: Path, log_text: str = "") -> Failure:
     for f in files:
         layers = [ly for ly in mlir_layers(f) if ly.op.lower() == failure.op.lower()]
         if layers:
-            return Failure(failure.kind, failure.op, failure.detail, tuple(layers))
+            return Failure(failure.kind, failure.op, failure.detail, _widest(failure, layers))
     return failure
+
+
+def _widest(failure: Failure, layers: list[Layer]) -> tuple[Layer, ...]:
+    """The candidates a failure can be in: the softmax kernel's large-size handler runs only
+    for the widest rows, so of a model's Softmax layers (a recognizer's small attention
+    softmaxes beside its 18,385-way last one) those whose last dim is the largest."""
+    if "LargeSize" not in failure.detail or len(layers) < 2:
+        return tuple(layers)
+    widest = max(ly.shape[-1] if ly.shape else 0 for ly in layers)
+    return tuple(ly for ly in layers if (ly.shape[-1] if ly.shape else 0) == widest)
 
 
 def explain(

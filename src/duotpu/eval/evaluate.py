@@ -24,6 +24,18 @@ from duotpu.core import images as images_mod
 from duotpu.core import metrics
 from duotpu.infer import runtime
 
+from .results import (
+    ClassifyEval,
+    DetectEval,
+    DetectMetrics,
+    Disagreement,
+    EvalResult,
+    FastPathCheck,
+    GenericEval,
+    GenericMetrics,
+    OutputRange,
+)
+
 
 def labelled_images(
     folder: Path, class_names: list[str] | None
@@ -207,23 +219,6 @@ def detection_images(folder: Path) -> tuple[list[Path], list[Path] | None]:
     return scan.paths, labels if any(lp.is_file() for lp in labels) else None
 
 
-@dataclass
-class DetectMetrics:
-    """How one quantized detector compares with fp32 (and with labels) on the images."""
-
-    mode: str
-    n: int
-    map50_vs_fp32: float
-    fp32_objects: int
-    detections_per_image: float
-    cosine_mean: dict
-    cosine_worst: dict
-    map50: float | None = None
-    map50_95: float | None = None
-    images_per_second: float = 0.0
-    agreement_mean: float = 1.0  # mean per-image F1 of its boxes against fp32's (IoU 0.5)
-
-
 def compare_detections(
     mode: str,
     model: runtime.BuiltModel,
@@ -306,11 +301,12 @@ def evaluate_build(
     progress: Progress = _quiet,
     log: Callable[[str], None] = _quiet,
     executor: Executor | None = None,
-) -> dict:
+) -> EvalResult:
     """Evaluate every cvimodel of a build folder (or one cvimodel) against the fp32 model on a
     folder of images: classifiers by agreement (and accuracy with labelled subfolders),
-    detectors by mAP against the fp32 detections (and against YOLO labels). Returns the
-    report's data (what ``report.json`` holds); ``progress`` and ``log`` report as it goes.
+    detectors by mAP against the fp32 detections (and against YOLO labels), other models by
+    each output's cosine. Returns the typed result (``to_json()`` is ``report.json``);
+    ``progress`` and ``log`` report as it goes.
     ``executor`` (:mod:`duotpu.compiler.executor`) spreads the images over Ray workers."""
     target = Path(target)
     models = sorted(target.glob("*.cvimodel")) if target.is_dir() else [target]
@@ -342,18 +338,15 @@ def evaluate_build(
     )
     tensors = runtime.tensors_for(first, paths)
     fp32 = np.stack([o[0].reshape(-1) for o in runtime.fp32_reference(first, tensors)])
-    data: dict = {
-        "model": str(target),
-        "name": first.recipe.name,
-        "image_folder": str(images),
-        "images": len(paths),
-        "backend": backend,
-        "margin": margin,
-        "fp32": metrics.fp32_metrics(fp32, labels, margin),
-        "modes": {},
-        "per_layer": {},
-        "fast_path_check": {},
-    }
+    data = ClassifyEval(
+        str(target),
+        first.recipe.name,
+        str(images),
+        len(paths),
+        backend,
+        margin=margin,
+        fp32=metrics.fp32_metrics(fp32, labels, margin),
+    )
     quantized: dict[str, np.ndarray] = {}
     for b in built:
         used = backend
@@ -362,12 +355,7 @@ def evaluate_build(
             diff, cos = check_fast_path(b, tensors[:k])
             if cos < FAST_PATH_AGREE:
                 used = "cvimodel"
-            data["fast_path_check"][b.mode] = {
-                "images": k,
-                "max_abs_diff": diff,
-                "min_cosine": cos,
-                "backend": used,
-            }
+            data.fast_path_check[b.mode] = FastPathCheck(k, diff, cos, used)
             log(
                 f"  {b.mode.upper()}: fast path vs CV18xx simulator on {k} image(s): "
                 f"largest output difference {diff:g}"
@@ -380,11 +368,10 @@ def evaluate_build(
                 )
             )
         q, secs = timed_infer(b, tensors, used, progress, executor, recipe)
-        m = metrics.compare(b.mode, fp32, q, margin, labels, secs)
-        data["modes"][b.mode] = m.__dict__
+        data.modes[b.mode] = metrics.compare(b.mode, fp32, q, margin, labels, secs)
         quantized[b.mode] = metrics.as_probabilities(q)
-    data["per_layer"] = _layer_views(built, tensors, layers)
-    data["changed"] = changed_top1(paths, metrics.as_probabilities(fp32), quantized, class_names)
+    data.per_layer = _layer_views(built, tensors, layers)
+    data.changed = changed_top1(paths, metrics.as_probabilities(fp32), quantized, class_names)
     return data
 
 
@@ -433,7 +420,7 @@ def _evaluate_detector(
     log: Callable[[str], None],
     executor: Executor | None = None,
     recipe: Path | None = None,
-) -> dict:
+) -> DetectEval:
     from duotpu.core.detect import (
         MAP_CONF,
         agreement,
@@ -457,29 +444,25 @@ def _evaluate_detector(
     )
     tensors = runtime.tensors_for(first, paths)
     fp32 = runtime.fp32_reference(first, tensors)
-    data: dict = {
-        "model": str(target),
-        "name": first.recipe.name,
-        "task": "detect",
-        "image_folder": str(folder),
-        "images": len(paths),
-        "backend": backend,
-        "conf": first.recipe.detect.conf,
-        "iou": first.recipe.detect.iou,
-        "map_conf": MAP_CONF,
-        "modes": {},
-        "fp32": {},
-    }
+    data = DetectEval(
+        str(target),
+        first.recipe.name,
+        str(folder),
+        len(paths),
+        backend,
+        conf=first.recipe.detect.conf,
+        iou=first.recipe.detect.iou,
+        map_conf=MAP_CONF,
+    )
     head, pre, opt = first.head, first.recipe.preprocess, first.recipe.detect
     assert head is not None
     fp32_dets = per_image(head, fp32, pre, hws, opt)
-    data["disagreement"] = {}
     for b in built:
         outs, secs = _infer_timed(b, tensors, backend, progress, executor, recipe)
         m, fp32_lab = compare_detections(b.mode, b, fp32, outs, hws, truth, secs)
-        data["modes"][b.mode] = m.__dict__
+        data.modes[b.mode] = m
         if fp32_lab is not None:
-            data["fp32"] = {
+            data.fp32 = {
                 "map50": fp32_lab["map50"],
                 "map50_95": fp32_lab["map50_95"],
                 "objects": fp32_lab["objects"],
@@ -487,17 +470,17 @@ def _evaluate_detector(
         q_dets = per_image(head, [maps_in_order(head, o) for o in outs], pre, hws, opt)
         scores = [agreement(f, q) for f, q in zip(fp32_dets, q_dets)]
         m.agreement_mean = float(np.mean(scores))
-        data["disagreement"][b.mode] = [
-            {
-                "image": str(paths[i]),
-                "agreement": round(scores[i], 4),
-                "fp32": [d.to_json() for d in fp32_dets[i]],
-                "quantized": [d.to_json() for d in q_dets[i]],
-            }
+        data.disagreement[b.mode] = [
+            Disagreement(
+                str(paths[i]),
+                round(scores[i], 4),
+                [d.to_json() for d in fp32_dets[i]],
+                [d.to_json() for d in q_dets[i]],
+            )
             for i in np.argsort(scores, kind="stable")[:DISAGREE_KEPT]
             if scores[i] < 1.0
         ]
-    data["per_layer"] = _layer_views(built, tensors, layers)
+    data.per_layer = _layer_views(built, tensors, layers)
     return data
 
 
@@ -512,7 +495,7 @@ def _evaluate_generic(
     log: Callable[[str], None],
     executor: Executor | None = None,
     recipe: Path | None = None,
-) -> dict:
+) -> GenericEval:
     """A model that is neither classifier nor detector, or whose inputs are tensors: every
     output's cosine to fp32 over the images (``.npz`` samples for a tensor model; mean and
     worst), and its value range."""
@@ -541,23 +524,21 @@ def _evaluate_generic(
     tensors = runtime.tensors_for(first, paths)
     names = runtime.fp32_output_names(first)
     refs = [dict(zip(names, r)) for r in runtime.fp32_reference(first, tensors)]
-    data: dict = {
-        "model": str(target),
-        "name": first.recipe.name,
-        "task": "generic",
-        "image_folder": str(folder),
-        "images": len(paths),
-        "backend": backend,
-        "fp32": {
-            n: {
-                "shape": list(refs[0][n].shape),
-                "min": float(min(r[n].min() for r in refs)),
-                "max": float(max(r[n].max() for r in refs)),
-            }
+    data = GenericEval(
+        str(target),
+        first.recipe.name,
+        str(folder),
+        len(paths),
+        backend,
+        fp32={
+            n: OutputRange(
+                list(refs[0][n].shape),
+                float(min(r[n].min() for r in refs)),
+                float(max(r[n].max() for r in refs)),
+            )
             for n in names
         },
-        "modes": {},
-    }
+    )
     for b in built:
         outs, secs = _infer_timed(b, tensors, backend, progress, executor, recipe)
         per: dict[str, list[float]] = {n: [] for n in names}
@@ -565,15 +546,15 @@ def _evaluate_generic(
             named = runtime.as_reference_outputs(out, ref)
             for n in names:
                 per[n].append(metrics.cosine(ref[n], named[n]))
-        data["modes"][b.mode] = {
-            "n": len(paths),
-            "cosine_mean": {n: float(np.mean(v)) for n, v in per.items()},
-            "cosine_worst": {n: float(np.min(v)) for n, v in per.items()},
-            "worst_image": {n: str(paths[int(np.argmin(v))].name) for n, v in per.items()},
-            "worst_image_path": {n: str(paths[int(np.argmin(v))]) for n, v in per.items()},
-            "images_per_second": len(paths) / secs if secs > 0 else 0.0,
+        data.modes[b.mode] = GenericMetrics(
+            len(paths),
+            {n: float(np.mean(v)) for n, v in per.items()},
+            {n: float(np.min(v)) for n, v in per.items()},
+            {n: str(paths[int(np.argmin(v))].name) for n, v in per.items()},
+            {n: str(paths[int(np.argmin(v))]) for n, v in per.items()},
+            len(paths) / secs if secs > 0 else 0.0,
             # per image, its least similar output (the distribution the report plots)
-            "cosines": [float(min(c)) for c in zip(*per.values())],
-        }
-    data["per_layer"] = _layer_views(built, tensors, layers)
+            [float(min(c)) for c in zip(*per.values())],
+        )
+    data.per_layer = _layer_views(built, tensors, layers)
     return data

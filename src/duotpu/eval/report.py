@@ -20,6 +20,7 @@ from duotpu.builder.summary import (  # noqa: F401 (the CLI's names for them)
 )
 from duotpu.core import htmlpage as hp
 from duotpu.core.labels import class_name
+from duotpu.eval.results import EvalResult
 
 
 def _mb(n: float | None) -> str:
@@ -104,10 +105,12 @@ def detection_table(rows: list[Detected], title: str, k: int = 5) -> Table:
 COLORS = {"int8": "#d1242f", "bf16": "#0969da", "mix": "#8250df"}
 
 
-def write_eval_report(folder: Path, data: dict) -> tuple[Path, Path]:
-    """Write ``report.json`` (the data) and ``report.html`` into ``folder``: a classifier's,
-    a detector's or a generic model's evaluation, by ``data["task"]``."""
-    task = data.get("task", "classify")
+def write_eval_report(folder: Path, result: EvalResult) -> tuple[Path, Path]:
+    """Write ``report.json`` (``result.to_json()``) and ``report.html`` (every number linked to
+    the JSON path it shows) into ``folder``: a classifier's, a detector's or a generic model's
+    evaluation."""
+    data = result.to_json()
+    task = result.task
     modes = data["modes"]
     if task == "detect":
         sections = [_detect_summary(data)]
