@@ -555,21 +555,29 @@ def tensor_before(path: Path, layer: str, op: str) -> str:
 
 def cuts_before(path: Path, tensor: str, count: int) -> list[str]:
     """``tensor`` and up to ``count - 1`` tensors before it, walking the graph back along each
-    node's data input (over ops that only move data, which make no cut of their own): the cuts
-    that put one more layer of the model's end on the CPU each."""
+    node's data input (over ops that only move data and over a bias or scale, which make no
+    cut of their own): the cuts that put one more layer of the model's end on the CPU each."""
     model = intake.load(path, weights=False)
     made = {o: n for n in model.graph.node for o in n.output if o}
     inits = {i.name for i in model.graph.initializer}
     consts = {n.output[0] for n in model.graph.node if n.op_type == "Constant"}
     out, t = [tensor], tensor
     while len(out) < count and t in made:
-        data = [i for i in made[t].input if i and i not in inits and i not in consts]
+        stepped = made[t]
+        data = [i for i in stepped.input if i and i not in inits and i not in consts]
         if not data or data[0] not in made:
             break  # a model input: no cut before it
         t = data[0]
-        if made[t].op_type not in _PLUMBING:
+        # a bias or scale (an elementwise op with a constant) is one layer with the op before
+        # it on the TPU: the tensor between them is no cut of its own
+        fused = stepped.op_type in _AFFINE and len(data) < len([i for i in stepped.input if i])
+        if made[t].op_type not in _PLUMBING and not fused:
             out.append(t)
     return out
+
+
+#: elementwise ops that, with a constant operand, the compiler fuses into the op before them
+_AFFINE = {"Add", "Sub", "Mul", "Div"}
 
 
 #: ops that only move or reshape data: a difference that first shows after one of them was made
