@@ -111,6 +111,23 @@ def test_the_build_tries_the_cuts_itself_and_delivers_the_best(tmp_path: Path) -
     assert infos and all("taken from the table" in m for m in infos), infos
     calibrate = next(s for s in r.stages if s.name == "calibrate")
     assert not (calibrate.folder / "calibrate.log").exists() and calibrate.seconds < 2.0
+    # when no cut verifies: the error says each one's numbers, the flags for the closest and
+    # where the first failure's log is kept (the cuts' stages replaced its folder)
+    from duotpu.config.errors import DuoTpuError
+
+    with pytest.raises(DuoTpuError) as e:
+        pipeline.build(
+            tiny_recipe(
+                src, quantize=["int8"], **{"tolerance.verify_int8": 0.9999999, "model.try_cuts": 2}
+            ),
+            tmp_path / "strict",
+        )
+    text = str(e.value)
+    assert "none verified: pre below the tolerance (worst cos" in text, text
+    assert "The closest is the cut at" in text and "--verify-int8 0.9" in text
+    kept = text.split("The log of the first failure is kept as ")[1].rstrip(".")
+    assert "Assertion" in Path(kept).read_text()
+    assert not list((tmp_path / "strict").glob("*.cvimodel"))
 
 
 def test_a_partial_build_delivers_the_verified_mode(tmp_path: Path) -> None:

@@ -12,6 +12,8 @@ and delivers the one that verifies best, with every candidate's numbers said.
 
 from __future__ import annotations
 
+import math
+import shutil
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -90,6 +92,11 @@ def try_cuts(
         )
     )
     tried: list[TriedCut] = []
+    # the candidates' stages replace the failed one's folders: keep its log where it is said
+    kept = wd.root / "cuts" / f"failed-{failure.step.replace(' ', '-')}.log"
+    kept.parent.mkdir(parents=True, exist_ok=True)
+    if failure.log_path.is_file():
+        shutil.copyfile(failure.log_path, kept)
 
     def quiet(ev: StageEvent) -> None:  # a candidate's stages show as one line each
         if ev.status in ("progress", "warning"):
@@ -113,7 +120,7 @@ def try_cuts(
         events(StageEvent(f"cut {k + 1}/{len(candidates)}", "done", time.monotonic() - t0))
     verified = [t for t in tried if t.outcome == "verified"]
     if not verified:
-        raise _with_tries(original, tried)
+        raise _with_tries(original, tried, kept if kept.is_file() else None)
     # the cut that keeps the most on the TPU among those within NEAR of the best cosine: a
     # later cut puts more work on the board's CPU for a difference nobody would see
     top = max(t.worst_cosine or 0.0 for t in verified)
@@ -133,9 +140,22 @@ def try_cuts(
     return result
 
 
-def _with_tries(original: DuoTpuError, tried: list[TriedCut]) -> DuoTpuError:
-    """The original error, its message followed by the cuts tried and how each ended."""
+def _with_tries(original: DuoTpuError, tried: list[TriedCut], log: Path | None) -> DuoTpuError:
+    """The original error, its message followed by the cuts tried, how each ended and the
+    flags that deliver the best of them."""
     note = "duotpu tried these cuts itself, none verified: " + "; ".join(t.said() for t in tried)
+    scored = [t for t in tried if t.worst_cosine is not None]
+    if scored:
+        best = max(scored, key=lambda t: t.worst_cosine or 0.0)
+        floor = math.floor((best.worst_cosine or 0.0) * 100) / 100
+        note += (
+            f". The closest is the cut at {best.tensor}: --cut-at {best.tensor} with "
+            f"--verify-int8 {floor:.2f} (or --verify-bf16) accepts it as it is, or keep its "
+            "weakest layers in BF16 with --target cos>=0.99, or build BF16 (--quantize bf16)"
+        )
+    if log is not None:
+        note += f". The log of the first failure is kept as {log}"
+    note += "."
     if isinstance(original, BuildFailed):
         original.note = note
     else:
