@@ -146,6 +146,7 @@ def finish(
         "transform",
         "reference",
         "calibrate",
+        "round",
         # a failed mode's stages that did finish ran too (a partial build's report shows them)
         *[f"deploy-{m}" for m in recipe.quantize],
         *[f"verify-{m}" for m in recipe.quantize],

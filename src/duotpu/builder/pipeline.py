@@ -44,7 +44,13 @@ from .prepare import (
     stage_transform,
     test_images,
 )
-from .quantize import deploy_options, stage_calibrate, stage_deploy, with_calibration_arrays
+from .quantize import (
+    deploy_options,
+    stage_calibrate,
+    stage_deploy,
+    stage_round,
+    with_calibration_arrays,
+)
 from .report import write_build_report
 from .results import (  # the result types: callers of the pipeline find them here too
     BuildResult,
@@ -178,7 +184,10 @@ def _build_in(
 
         def branch(mode: str) -> tuple[Stage[Deployed], Stage[Verified]]:
             cal = stage_calibrate(wd, recipe, transformed) if mode == "int8" else None
-            dep = stage_deploy(wd, recipe, mode, transformed, cal, background=mode != critical)
+            weights = transformed
+            if cal is not None and recipe.calibration.rounding == "optimized":
+                weights = stage_round(wd, recipe, transformed, cal)
+            dep = stage_deploy(wd, recipe, mode, weights, cal, background=mode != critical)
             # the latency estimate (a second or two of pure Python) beside the verification, in
             # the branch: a BF16 model's is off the critical path altogether
             with cf.ThreadPoolExecutor(max_workers=1) as est_pool:

@@ -4,6 +4,7 @@ checks."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from dataclasses import asdict, replace
@@ -13,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from duotpu import compiler
-from duotpu.builder import calibdata, calibshare
+from duotpu.builder import calibdata, calibshare, rounding
 from duotpu.builder import export as export_mod
 from duotpu.config.errors import (
     CompilerFailure,
@@ -25,6 +26,7 @@ from duotpu.config.errors import (
 )
 from duotpu.config.recipe import Recipe
 from duotpu.core import images
+from duotpu.core.preprocess import preprocess_image
 
 from .calibdata import CalibrationData
 from .prepare import folder_key, tensor_inputs
@@ -175,6 +177,81 @@ def _calibration_files(spec: Path) -> list[Path]:
     return images.list_files(spec) if spec.is_dir() else [spec, *images.scan_list(spec).paths]
 
 
+def _thresholds_options(cal: Any) -> dict[str, Any]:
+    """The calibration options the thresholds depend on (not how weights are rounded)."""
+    return {k: v for k, v in asdict(cal).items() if k != "rounding"}
+
+
+#: calibration images the weight rounding is chosen on (at most): its time grows with them
+ROUNDING_IMAGES = 16
+
+
+def stage_round(
+    wd: WorkDir, r: Recipe, transformed: Stage[Transformed], calibrated: Stage[Calibrated]
+) -> Stage[Transformed]:
+    """``calibration.rounding = "optimized"``: the transformed model with its convolution and
+    matrix-multiplication weights moved to the integers an output-error-minimising rounding
+    chooses on the calibration images (:mod:`duotpu.builder.rounding`), for the INT8 deploy."""
+    t, cal = transformed.result, calibrated.result
+    key: dict[str, Any] = {
+        "mlir": compiler.file_digest(t.mlir),
+        "weights": compiler.file_digest(t.weights),
+        "images": sorted(p.name for p in _calibration_files(cal.images))[:ROUNDING_IMAGES],
+        "data": _thresholds_options(r.calibration),
+        "preprocess": asdict(r.preprocess),
+        "code": [compiler.code_digest(), compiler.file_digest(Path(rounding.__file__))],
+        "versions": compiler.versions(),
+    }
+
+    def run(folder: Path) -> Transformed:
+        if r.tensor_inputs or r.inputs[0].shape[1] not in (1, 3):
+            raise ConfigError(
+                "calibration.rounding = 'optimized' works on image models for now; this model "
+                "takes tensors. Build it with --rounding nearest."
+            )
+        graph = compiler.mlir_graph(t.mlir, folder / "graph.log")
+        with np.load(t.weights) as npz:
+            weights = {k: np.array(npz[k]) for k in npz.files}
+        found = rounding.layers(t.mlir, graph, set(weights))
+        paths = [p for p in _calibration_files(cal.images) if p.is_file() and p != cal.images]
+        paths = paths[:ROUNDING_IMAGES]
+        shape = tuple(r.inputs[0].shape)
+        tensors = [preprocess_image(p, r.preprocess, (1, *shape[1:])) for p in paths]
+        wanted = sorted({ly.input for ly in found})
+        acts = compiler.run_tensors("mlir", t.mlir, t.input_names[0] if t.input_names else
+                                    r.inputs[0].name, tensors, wanted)  # fmt: skip
+
+        def progress(done: int, total: int) -> None:
+            wd.events(StageEvent("round", "progress", message=f"{done}/{total} layers"))
+
+        new, report = rounding.optimize(found, weights, acts, progress)
+        weights.update(new)
+        out = replace(
+            t,
+            mlir=folder / t.mlir.name,
+            weights=folder / t.weights.name,
+            test_input=folder / t.test_input.name,
+            top_outputs=folder / t.top_outputs.name,
+        )
+        for src, dst in ((t.mlir, out.mlir), (t.test_input, out.test_input),
+                         (t.top_outputs, out.top_outputs)):  # fmt: skip
+            shutil.copyfile(src, dst)
+        np.savez(out.weights, **weights)
+        (folder / "rounding.json").write_text(json.dumps([asdict(x) for x in report], indent=1))
+        better = sum(x.mse_optimized < x.mse_nearest for x in report)
+        wd.events(
+            StageEvent(
+                "round",
+                "info",
+                message=f"{len(report)} layers rounded on {len(paths)} calibration images: "
+                f"{better} closer to fp32 than round-to-nearest",
+            )
+        )
+        return out
+
+    return wd.run("round", key, run, Transformed)
+
+
 def stage_calibrate(wd: WorkDir, r: Recipe, transformed: Stage[Transformed]) -> Stage[Calibrated]:
     t = transformed.result
     cal = r.calibration
@@ -187,7 +264,7 @@ def stage_calibrate(wd: WorkDir, r: Recipe, transformed: Stage[Transformed]) -> 
         "mlir": compiler.file_digest(t.mlir),
         "weights": compiler.file_digest(t.weights),
         "data": data_key,
-        "calibration": asdict(cal),
+        "calibration": _thresholds_options(cal),
         "code": compiler.code_digest(),
         "versions": compiler.versions(),
     }
@@ -195,7 +272,7 @@ def stage_calibrate(wd: WorkDir, r: Recipe, transformed: Stage[Transformed]) -> 
     # what a table must have been made under to serve a cut of its model (calibshare)
     conditions = {
         "data": data_key,
-        "calibration": asdict(cal),
+        "calibration": _thresholds_options(cal),
         "preprocess": asdict(r.preprocess),
         "inputs": [[i.name, list(i.shape)] for i in r.inputs],
         "code": key["code"],

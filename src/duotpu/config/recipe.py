@@ -174,7 +174,11 @@ class DetectOptions:
 @dataclass(frozen=True)
 class Calibration:
     """INT8 calibration data: ``images`` is a folder of images or ``builtin:natural`` (random
-    crops and flips of the photos that ship with scikit-image and scikit-learn)."""
+    crops and flips of the photos that ship with scikit-image and scikit-learn). ``rounding``:
+    ``nearest`` rounds each INT8 weight to the nearest step (tpu_mlir's own); ``optimized``
+    chooses, weight by weight, the rounding that keeps each convolution's and matrix
+    multiplication's output closest to fp32 on the calibration images (AdaRound), and tpu_mlir
+    then lands on those integers."""
 
     images: str = field(
         default="builtin:natural",
@@ -195,6 +199,16 @@ class Calibration:
         default=2048, metadata=meta("--histogram-bins", "calibration histogram bins (2048)")
     )
     tune_num: int = field(default=5, metadata=meta("--tune-num", "calibration tune images (5)"))
+    # how INT8 weights are rounded: tpu_mlir's round-to-nearest, or chosen weight by weight to
+    # keep each layer's output closest to fp32 on the calibration images (builder/rounding.py)
+    rounding: Literal["nearest", "optimized"] = field(
+        default="nearest",
+        metadata=meta(
+            "--rounding",
+            "INT8 weight rounding: nearest (tpu_mlir's) or optimized (chosen per weight on "
+            "the calibration images; slower)",
+        ),
+    )
 
 
 #: formats the recipe type knows but duotpu refuses (the reason is in Recipe.validate): not offered
