@@ -224,7 +224,9 @@ def stage_round(
         def progress(done: int, total: int) -> None:
             wd.events(StageEvent("round", "progress", message=f"{done}/{total} layers"))
 
-        new, report = rounding.optimize(found, weights, acts, progress)
+        new, report = rounding.optimize(
+            found, weights, acts, progress, stop=compiler.check_cancelled
+        )
         weights.update(new)
         out = replace(
             t,

@@ -152,6 +152,7 @@ def round_layer(
     inputs: NDArray[Any],
     iterations: int = 400,
     seed: int = 0,
+    stop: Callable[[], None] = lambda: None,
 ) -> tuple[NDArray[Any], Rounded]:
     """Choose the rounding of ``w`` that keeps the layer's output on ``inputs`` closest to fp32;
     returns the float weights that tpu_mlir rounds to the chosen integers, and the numbers."""
@@ -187,6 +188,8 @@ def round_layer(
     scale = float(target.pow(2).mean()) or 1.0
     warm = iterations // 5
     for it in range(iterations):
+        if it % 25 == 0:
+            stop()  # raises when the run was cancelled (Ctrl-C): the layer is given up
         opt.zero_grad()
         h = soft()
         loss = (output(h) - target).pow(2).mean() / scale
@@ -223,9 +226,11 @@ def optimize(
     activations: list[dict[str, NDArray[Any]]],
     progress: Callable[[int, int], None] = lambda done, total: None,
     iterations: int = 300,
+    stop: Callable[[], None] = lambda: None,
 ) -> tuple[dict[str, NDArray[Any]], list[Rounded]]:
     """The rounding of every layer in ``found`` (its inputs from ``activations``, one dict of
-    tensors per calibration sample); returns the new weight arrays by name and the numbers."""
+    tensors per calibration sample); returns the new weight arrays by name and the numbers.
+    ``stop`` is called every few steps and raises to cancel (Ctrl-C)."""
     new: dict[str, NDArray[Any]] = {}
     report = []
     for k, layer in enumerate(found):
@@ -243,7 +248,7 @@ def optimize(
         b = None if layer.bias is None else np.asarray(weights[layer.bias], np.float32).ravel()
         if layer.op == "Conv" and (x.ndim != 4 or w.ndim != 4):
             continue
-        rounded, done = round_layer(layer, w, b, x, iterations)
+        rounded, done = round_layer(layer, w, b, x, iterations, stop=stop)
         new[layer.weight] = rounded.reshape(stored.shape)
         report.append(done)
         progress(k + 1, len(found))

@@ -25,6 +25,7 @@ from .env import (
 from .inference import fused_input_file, mlir_graph, run_cvimodel, run_many, run_tensors
 from .runner import (
     ToolRun,
+    check_cancelled,
     clear_cancel,
     log_tail,
     run_argv,
@@ -72,6 +73,7 @@ __all__ = [
     "run_many",
     "run_tensors",
     "ToolRun",
+    "check_cancelled",
     "clear_cancel",
     "log_tail",
     "run_argv",

@@ -170,6 +170,13 @@ def stop_children(signum: int = signal.SIGINT, grace: float = 1.0) -> None:
         threading.Thread(target=reap, daemon=True).start()
 
 
+def check_cancelled() -> None:
+    """Raise :class:`Interrupted` when the run was cancelled (Ctrl-C, SIGTERM): long work done
+    in this process, not in a child, calls it between its steps."""
+    if _cancelled.is_set():
+        raise Interrupted(_cancel_signal[0])
+
+
 def clear_cancel() -> None:
     """Allow children again (a new run after a cancelled one in the same Python process)."""
     _cancelled.clear()
