@@ -77,6 +77,9 @@ def _build_json_head(result) -> dict[str, Any]:
         "manifest": str(result.manifest),
         "report": str(result.report) if result.report else None,
         "models": {m: str(a.cvimodel) for m, a in result.models.items()},
+        # the cut the build chose itself, and every cut it tried ([] when it tried none)
+        "cut_at": list(result.recipe.model.outputs),
+        "tried_cuts": list(result.tried_cuts),
     }
 
 
