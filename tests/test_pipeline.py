@@ -136,9 +136,8 @@ def test_python_api_with_a_toml_recipe_and_overrides(tmp_path, tiny_onnx_path):
     res = duotpu.build(
         tmp_path / "tiny.toml",
         out_dir=tmp_path / "api",
-        quantize=["bf16"],
-        calibration__count=3,
-        name="apitiny",
+        set={"quantize": ["bf16"], "calibration.count": 3},
+        name="apitiny",  # the older keyword form still works beside set=
     )
     assert res.recipe.name == "apitiny" and res.recipe.calibration.count == 3
     assert list(res.models) == ["bf16"]
@@ -151,7 +150,7 @@ def test_python_api_with_a_toml_recipe_and_overrides(tmp_path, tiny_onnx_path):
         == manifest["models"]["bf16"]["cosine_vs_fp32"]["logits"]
     )
     with pytest.raises(duotpu.ConfigError, match="calibration.cuont"):
-        duotpu.build(tmp_path / "tiny.toml", calibration__cuont=3)
+        duotpu.build(tmp_path / "tiny.toml", set={"calibration.cuont": 3})
 
 
 def test_both_failing_branches_are_reported_with_advice_for_their_mode(tmp_path, tiny_onnx_path):

@@ -11,6 +11,7 @@ The Python API mirrors the CLI::
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from importlib import import_module
 from importlib import metadata as _metadata
 from os import PathLike
@@ -151,12 +152,15 @@ def build(
     events: EventSink | None = None,
     executor: Executor | None = None,
     calibration_data: CalibrationData | None = None,
+    set: Mapping[str, Any] | None = None,
     **overrides: Any,
 ) -> BuildResult:
     """Build ``recipe`` (a :class:`Recipe` or a TOML path) into verified cvimodels.
 
-    Keyword ``overrides`` use dotted recipe keys with ``__`` for dots, e.g.
-    ``build("r.toml", calibration__count=20)``. ``events`` receives a :class:`StageEvent` as
+    ``set`` changes recipe keys by their dotted names, as ``--set`` does on the command line:
+    ``build("r.toml", set={"calibration.count": 20, "quantize": ["int8"]})`` (each value is
+    checked against the recipe's types). Other keyword arguments are the older form of the same
+    (``calibration__count=20``, ``__`` for the dots). ``events`` receives a :class:`StageEvent` as
     each stage starts, finishes or is found in the cache. ``executor``
     (``duotpu.compiler.executor.executor(workers=N)``) builds the mixed-precision search's
     sensitivity candidates as parallel tasks. ``calibration_data``: calibrate on these
@@ -173,10 +177,10 @@ def build(
 
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(Path(recipe))
-    if overrides:
-        recipe = recipe.with_overrides(
-            {k.replace("__", "."): v for k, v in overrides.items()}, "build() arguments"
-        )
+    changes = {k.replace("__", "."): v for k, v in overrides.items()}
+    changes.update(set or {})
+    if changes:
+        recipe = recipe.with_overrides(changes, "build() arguments")
     return pipeline.build(
         recipe,
         Path(out_dir) if out_dir else None,
