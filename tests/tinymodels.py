@@ -206,26 +206,20 @@ def yolov5_classic(nc: int = 3, seed: int = 0):
     return model.eval()
 
 
-def lively_yolov8(cfg: str = "yolov8n.yaml", nc: int = 3, seed: int = 0, size: int = 160):
-    """An Ultralytics detector from its yaml with random weights whose head maps vary with the
-    image: the batch-norm statistics are re-estimated on a few natural photos (random weights
-    with fresh statistics make the activations vanish), so decode, NMS and accuracy see
-    varied scores."""
+def _photo_batchnorm(model, hw: tuple[int, int], seed: int):
+    """Re-estimate a random-weight model's batch-norm statistics on 8 natural photo crops of
+    ``hw`` (pixels / 255; random weights with fresh statistics make the activations vanish), so
+    its outputs vary with the image. Returns the model in eval mode."""
+    import cv2
     import torch
     from torch import nn
 
-    from duotpu.builder.yolo import ultralytics_model
     from duotpu.core.images import calibration_photos, random_crops
 
-    torch.manual_seed(seed)
-    model = ultralytics_model(cfg, nc=nc)
+    h, w = hw
     crops = [c for _, c in random_crops(calibration_photos(), 8, seed)]
-    import cv2
-
     x = torch.from_numpy(
-        np.stack([cv2.resize(c, (size, size)) for c in crops])
-        .transpose(0, 3, 1, 2)
-        .astype(np.float32)
+        np.stack([cv2.resize(c, (w, h)) for c in crops]).transpose(0, 3, 1, 2).astype(np.float32)
         / 255
     )
     with torch.no_grad():
@@ -233,12 +227,37 @@ def lively_yolov8(cfg: str = "yolov8n.yaml", nc: int = 3, seed: int = 0, size: i
             if isinstance(m, nn.BatchNorm2d):
                 m.reset_running_stats()
                 m.momentum = None  # a plain average over the batches seen
-            if type(m).__name__ == "Detect":
-                for seq in m.cv3:
-                    seq[-1].bias.zero_()
         model.train()
         model(x)
     return model.eval()
+
+
+def _down(i: int, o: int, act=None):
+    """A stride-2 3×3 convolution, batch norm and activation (ReLU unless ``act``)."""
+    from torch import nn
+
+    return nn.Sequential(
+        nn.Conv2d(i, o, 3, 2, 1, bias=False), nn.BatchNorm2d(o), act() if act else nn.ReLU()
+    )
+
+
+def lively_yolov8(cfg: str = "yolov8n.yaml", nc: int = 3, seed: int = 0, size: int = 160):
+    """An Ultralytics detector from its yaml with random weights whose head maps vary with the
+    image: the batch-norm statistics are re-estimated on a few natural photos (random weights
+    with fresh statistics make the activations vanish), so decode, NMS and accuracy see
+    varied scores."""
+    import torch
+
+    from duotpu.builder.yolo import ultralytics_model
+
+    torch.manual_seed(seed)
+    model = ultralytics_model(cfg, nc=nc)
+    with torch.no_grad():
+        for m in model.modules():
+            if type(m).__name__ == "Detect":
+                for seq in m.cv3:
+                    seq[-1].bias.zero_()
+    return _photo_batchnorm(model, (size, size), seed)
 
 
 def current_export_onnx(path: Path, size: int = 32) -> Path:
@@ -458,14 +477,10 @@ def picodet_like(nc: int = 4, shared: bool = True, seed: int = 0, size: tuple = 
     distributions (``shared``), or two convolutions; outputs ``[B, hw, nc]`` scores then
     ``[B, hw, 32]`` distributions. Random weights, batch-norm statistics re-estimated on photos
     so the scores vary with the image."""
-    import cv2
     import torch
     from torch import nn
 
-    from duotpu.core.images import calibration_photos, random_crops
-
-    def block(i: int, o: int) -> nn.Module:
-        return nn.Sequential(nn.Conv2d(i, o, 3, 2, 1, bias=False), nn.BatchNorm2d(o), nn.ReLU())
+    block = _down
 
     class PicoLike(nn.Module):
         def __init__(self) -> None:
@@ -494,23 +509,11 @@ def picodet_like(nc: int = 4, shared: bool = True, seed: int = 0, size: tuple = 
 
     torch.manual_seed(seed)
     model = PicoLike()
-    h, w = size
-    crops = [c for _, c in random_crops(calibration_photos(), 8, seed)]
-    x = torch.from_numpy(
-        np.stack([cv2.resize(c, (w, h)) for c in crops]).transpose(0, 3, 1, 2).astype(np.float32)
-        / 255
-    )
     with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.reset_running_stats()
-                m.momentum = None
         for conv in model.heads:  # class logits a little below 0: scores spread around 0.4
             conv.weight.mul_(3.0)
             conv.bias.fill_(-0.5)
-        model.train()
-        model(x)
-    return model.eval()
+    return _photo_batchnorm(model, size, seed)
 
 
 def picodet_separate(nc: int = 4, seed: int = 0):
@@ -525,14 +528,11 @@ def yolox_like(nc: int = 3, seed: int = 0, size: int = 96):
     concatenated as ``[box, sigmoid(obj), sigmoid(cls)]`` and decoded in the graph
     (``xy = (t + grid) · stride``, ``wh = exp(t) · stride``): output ``[B, N, 5 + nc]``.
     Random weights, batch-norm statistics re-estimated on photos."""
-    import cv2
     import torch
     from torch import nn
 
-    from duotpu.core.images import calibration_photos, random_crops
-
     def block(i: int, o: int) -> nn.Module:
-        return nn.Sequential(nn.Conv2d(i, o, 3, 2, 1, bias=False), nn.BatchNorm2d(o), nn.SiLU())
+        return _down(i, o, nn.SiLU)
 
     class YoloxLike(nn.Module):
         def __init__(self) -> None:
@@ -562,26 +562,13 @@ def yolox_like(nc: int = 3, seed: int = 0, size: int = 96):
 
     torch.manual_seed(seed)
     model = YoloxLike()
-    crops = [c for _, c in random_crops(calibration_photos(), 8, seed)]
-    x = torch.from_numpy(
-        np.stack([cv2.resize(c, (size, size)) for c in crops])
-        .transpose(0, 3, 1, 2)
-        .astype(np.float32)
-        / 255
-    )
     with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.reset_running_stats()
-                m.momentum = None
         for conv in [*model.cls, *model.obj]:  # scores spread around 0.3
             conv.weight.mul_(3.0)
             conv.bias.fill_(0.5)
         for conv in model.reg:  # boxes of a few cells
             conv.weight.mul_(0.3)
-        model.train()
-        model(x)
-    return model.eval()
+    return _photo_batchnorm(model, (size, size), seed)
 
 
 def scrfd_like(seed: int = 0, size: int = 96, anchors: int = 2):
@@ -590,14 +577,10 @@ def scrfd_like(seed: int = 0, size: int = 96, anchors: int = 2):
     and five landmarks (10 per anchor), each permuted to ``[B, h·w·anchors, k]``; the decode
     (× stride around each cell's corner) is left to the caller, as in insightface. Random
     weights, batch-norm statistics re-estimated on photos."""
-    import cv2
     import torch
     from torch import nn
 
-    from duotpu.core.images import calibration_photos, random_crops
-
-    def block(i: int, o: int) -> nn.Module:
-        return nn.Sequential(nn.Conv2d(i, o, 3, 2, 1, bias=False), nn.BatchNorm2d(o), nn.ReLU())
+    block = _down
 
     class ScrfdLike(nn.Module):
         def __init__(self) -> None:
@@ -627,24 +610,11 @@ def scrfd_like(seed: int = 0, size: int = 96, anchors: int = 2):
 
     torch.manual_seed(seed)
     model = ScrfdLike()
-    crops = [c for _, c in random_crops(calibration_photos(), 8, seed)]
-    x = torch.from_numpy(
-        np.stack([cv2.resize(c, (size, size)) for c in crops])
-        .transpose(0, 3, 1, 2)
-        .astype(np.float32)
-        / 255
-    )
     with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.reset_running_stats()
-                m.momentum = None
         for conv in model.score:  # scores spread around 0.4
             conv.weight.mul_(3.0)
             conv.bias.fill_(-0.3)
         for conv in model.box:  # distances of about a cell
             conv.weight.mul_(0.5)
             conv.bias.fill_(1.0)
-        model.train()
-        model(x)
-    return model.eval()
+    return _photo_batchnorm(model, (size, size), seed)

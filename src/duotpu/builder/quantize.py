@@ -186,6 +186,12 @@ def _thresholds_options(cal: Any) -> dict[str, Any]:
 ROUNDING_IMAGES = 16
 
 
+def _rounding_images(cal: Calibrated) -> list[Path]:
+    """The calibration images the rounding is chosen on: the first ROUNDING_IMAGES of them."""
+    files = [p for p in _calibration_files(cal.images) if p.is_file() and p != cal.images]
+    return files[:ROUNDING_IMAGES]
+
+
 def stage_round(
     wd: WorkDir, r: Recipe, transformed: Stage[Transformed], calibrated: Stage[Calibrated]
 ) -> Stage[Transformed]:
@@ -196,7 +202,7 @@ def stage_round(
     key: dict[str, Any] = {
         "mlir": compiler.file_digest(t.mlir),
         "weights": compiler.file_digest(t.weights),
-        "images": sorted(p.name for p in _calibration_files(cal.images))[:ROUNDING_IMAGES],
+        "images": [p.name for p in _rounding_images(cal)],
         "data": _thresholds_options(r.calibration),
         "preprocess": asdict(r.preprocess),
         "code": [compiler.code_digest(), compiler.file_digest(Path(rounding.__file__))],
@@ -213,8 +219,7 @@ def stage_round(
         with np.load(t.weights) as npz:
             weights = {k: np.array(npz[k]) for k in npz.files}
         found = rounding.layers(t.mlir, graph, set(weights))
-        paths = [p for p in _calibration_files(cal.images) if p.is_file() and p != cal.images]
-        paths = paths[:ROUNDING_IMAGES]
+        paths = _rounding_images(cal)
         shape = tuple(r.inputs[0].shape)
         tensors = [preprocess_image(p, r.preprocess, (1, *shape[1:])) for p in paths]
         wanted = sorted({ly.input for ly in found})
