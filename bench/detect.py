@@ -23,8 +23,8 @@ import time
 from pathlib import Path
 
 from _report import emit  # noqa: E402
+from duotpu import cvimodel
 from duotpu.builder import pipeline
-from duotpu.compiler import cvimodel
 from duotpu.config import chips
 from duotpu.config.recipe import load_recipe
 from duotpu.core import images

@@ -29,8 +29,8 @@ HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
 
 from _report import emit  # noqa: E402
+from duotpu import latency  # noqa: E402
 from duotpu.builder import pipeline  # noqa: E402
-from duotpu.compiler import latency  # noqa: E402
 from duotpu.config.recipe import recipe_from_dict  # noqa: E402
 
 WORK = HERE / "work" / "latency"

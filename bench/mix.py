@@ -65,9 +65,8 @@ def main() -> int:
     ap.add_argument("--held-out", type=int, default=100, help="held-out images")
     args = ap.parse_args()
 
-    from duotpu import compiler
+    from duotpu import compiler, cvimodel
     from duotpu.builder import mixprec, pipeline
-    from duotpu.compiler import cvimodel
     from duotpu.config.recipe import load_recipe, parse_target
     from duotpu.core import onnxrt
     from duotpu.core.preprocess import load_bgr, preprocess_image

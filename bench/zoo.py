@@ -368,7 +368,7 @@ def table(rows: list[dict], chip: str, calib: int) -> list[str]:
 def estimates(row: dict) -> dict[str, float]:
     """The latency estimate of a row's delivered cvimodels (rows measured before the
     estimate was recorded): from the files in its build folder."""
-    from duotpu.compiler import latency
+    from duotpu import latency
 
     out = {}
     for folder in (WORK / row["chip"] / row["name"], WORK / row["chip"] / f"{row['name']}-cut"):

@@ -9,8 +9,7 @@ import pytest
 
 import board_emulator
 from conftest import run_cli
-from duotpu import board
-from duotpu.compiler import cvimodel
+from duotpu import board, cvimodel
 from duotpu.config.errors import BoardError
 from duotpu.core import metrics
 from duotpu.infer import runtime

@@ -6,8 +6,7 @@ import re
 import pytest
 
 from conftest import run_cli
-from duotpu import compiler
-from duotpu.compiler import cvimodel
+from duotpu import compiler, cvimodel
 from duotpu.config.errors import ModelError
 
 

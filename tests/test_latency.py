@@ -11,8 +11,9 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from conftest import run_cli, tiny_recipe
+from duotpu import latency
 from duotpu.builder import pipeline
-from duotpu.compiler import cmdbuf, latency
+from duotpu.cvimodel import cmdbuf
 
 
 def one_conv(path: Path, ic: int = 3, oc: int = 8, size: int = 32, k: int = 3) -> Path:
@@ -69,9 +70,9 @@ def test_one_conv_decodes_to_its_exact_work(tmp_path: Path) -> None:
 
 
 def test_a_multi_batch_model_is_estimated_for_one_program(variant_builds):
-    from duotpu.compiler.cmdbuf import routines
-    from duotpu.compiler.cvimodel import read_cvimodel
-    from duotpu.compiler.latency import constants_for, estimate, simulate
+    from duotpu.cvimodel import read_cvimodel
+    from duotpu.cvimodel.cmdbuf import routines
+    from duotpu.latency import constants_for, estimate, simulate
 
     _, multi = variant_builds
     path = multi.models["bf16"].cvimodel

@@ -197,7 +197,7 @@ def test_mix_candidates_carry_the_recipes_deploy_options(mixed):
     cvimodel has the recipe's format version, and fast_search was asked for the recipe's
     cosine. model_deploy's own checks are off for candidates: duotpu compares each cvimodel
     with its MLIR itself (and measures a disagreeing one on the simulator)."""
-    from duotpu.compiler import cvimodel
+    from duotpu import cvimodel
 
     mix = mixed.models["mix"]
     assert cvimodel.read_cvimodel(mix.cvimodel).version.startswith("1.2")

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from conftest import tiny_recipe
+from duotpu import cvimodel
 from duotpu.builder import pipeline
-from duotpu.compiler import cvimodel
 from duotpu.config.errors import ConfigError
 from duotpu.core.metrics import cosine
 from duotpu.infer import runtime

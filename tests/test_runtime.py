@@ -115,8 +115,7 @@ def test_eval_on_a_labelled_folder(tiny_build, tmp_path):
 
 
 def test_fused_preprocess_model(variant_builds, tmp_path):
-    from duotpu import compiler
-    from duotpu.compiler import cvimodel
+    from duotpu import compiler, cvimodel
 
     fused, _ = variant_builds
     art = fused.models["int8"]
@@ -152,8 +151,7 @@ def test_fused_preprocess_model(variant_builds, tmp_path):
 
 
 def test_multi_batch_model(variant_builds, tmp_path):
-    from duotpu import compiler
-    from duotpu.compiler import cvimodel
+    from duotpu import compiler, cvimodel
 
     _, multi = variant_builds
     art = multi.models["bf16"]
@@ -202,7 +200,7 @@ def test_a_multi_program_file_with_a_wrong_md5_is_corrupt(variant_builds, tmp_pa
     that does not match is refused as corrupt."""
     import hashlib
 
-    from duotpu.compiler import cvimodel
+    from duotpu import cvimodel
     from duotpu.config.errors import ModelError
 
     _, multi = variant_builds

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from conftest import TESTS, run_cli, tiny_recipe
+from duotpu import cvimodel
 from duotpu.builder.many import build_many
-from duotpu.compiler import cvimodel
 from duotpu.compiler.executor import RayExecutor, Serial
 from duotpu.core.images import write_calibration_set
 

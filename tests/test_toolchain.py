@@ -86,3 +86,33 @@ def test_unsupported_op_names_op_and_layer(tmp_path):
             tolerance=(0.99, 0.99),
         )
     assert "Hardmax" in str(e.value) and "my_Hardmax" in str(e.value)
+
+
+def test_the_cvimodel_readers_code_is_made_at_install_and_remade_for_another_schema(
+    tmp_path, monkeypatch
+):
+    """`make install`'s selfcheck writes flatc's code once; reading a cvimodel starts no
+    process, and a reader without the code says how to make it."""
+    from duotpu.compiler import fbsgen
+    from duotpu.config.errors import SetupError
+    from duotpu.cvimodel import schema
+
+    monkeypatch.setattr(schema, "PACKAGED", tmp_path / "pkg" / "generated")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    (tmp_path / "pkg").mkdir()
+    monkeypatch.delitem(__import__("sys").modules, "cvi.model.Model", raising=False)
+    with pytest.raises(SetupError, match=r"python -m duotpu.compiler.selfcheck"):
+        schema.model_class()
+    folder = fbsgen.generate_cvimodel_code()
+    assert folder == schema.PACKAGED and (folder / "cvi/model/Model.py").is_file()
+    digest = schema.generated_digest(folder)
+    assert len(digest) == 64
+    # the same schema: nothing is run again; a stamp of another schema: the code is remade
+    mtime = (folder / "cvi/model/Model.py").stat().st_mtime_ns
+    assert fbsgen.generate_cvimodel_code() == folder
+    assert (folder / "cvi/model/Model.py").stat().st_mtime_ns == mtime
+    (folder / schema.STAMP).write_text("0" * 64 + "\n")
+    assert fbsgen.generate_cvimodel_code() == folder
+    assert schema.generated_digest(folder) == digest
+    assert not list(folder.parent.glob(".generated*"))  # no half-made folder left
+    assert schema.model_class().__name__ == "Model"

@@ -52,8 +52,8 @@ if TYPE_CHECKING:
     from duotpu.builder.many import build_many
     from duotpu.builder.pipeline import EventSink, StageEvent
     from duotpu.builder.results import BuildResult, ModelArtifact
-    from duotpu.compiler.cvimodel import CviModelInfo, read_cvimodel
     from duotpu.compiler.executor import Executor, executor
+    from duotpu.cvimodel import CviModelInfo, read_cvimodel
     from duotpu.eval.results import EvalResult
     from duotpu.infer.runtime import BuiltModel, detect, infer, open_model, tensors_for, top_k
 
@@ -66,7 +66,7 @@ _LAZY = {
     "EventSink": "duotpu.builder.pipeline",
     "ModelArtifact": "duotpu.builder.results",
     "StageEvent": "duotpu.builder.pipeline",
-    "CviModelInfo": "duotpu.compiler.cvimodel",
+    "CviModelInfo": "duotpu.cvimodel",
     "top_k": "duotpu.infer.runtime",
     "detect": "duotpu.infer.runtime",
     "Executor": "duotpu.compiler.executor",
@@ -74,7 +74,7 @@ _LAZY = {
     "build_many": "duotpu.builder.many",
     "make_app": "duotpu.board.app",
     "AppFolder": "duotpu.board.app",
-    "read_cvimodel": "duotpu.compiler.cvimodel",
+    "read_cvimodel": "duotpu.cvimodel",
     "BuiltModel": "duotpu.infer.runtime",
     "infer": "duotpu.infer.runtime",
     "open_model": "duotpu.infer.runtime",

@@ -32,8 +32,7 @@ def main() -> int:
     if cfg.get("fail") == "nodevice":
         print("open /dev/cvi-tpu0 failed", file=sys.stderr)
         return 1
-    from duotpu import compiler
-    from duotpu.compiler import cvimodel
+    from duotpu import compiler, cvimodel
 
     info = cvimodel.read_cvimodel(args.model)
     mv = ".".join(info.version.split(".")[:2])
@@ -77,7 +76,7 @@ def main() -> int:
     tdma_part, tiu_part = 0.4, 0.6
     truth = cfg.get("latency")  # a board whose TPU behaves like the estimate with these constants
     if truth:
-        from duotpu.compiler import latency
+        from duotpu import latency
 
         est = latency.estimate(Path(args.model), latency.constants_for(info.chip, truth))
         ms, tdma_part, tiu_part = est.ms, est.tdma_ms / est.ms, est.tiu_ms / est.ms

@@ -49,9 +49,9 @@ def test_every_build_says_which_boards_hold_it():
 def test_one_table_of_chips_and_boards_is_what_every_layer_reads():
     """The chip table (config/chips.py) is the only source: the latency model's lanes, the fit
     verdict's ION heaps, the board check's SoC names."""
+    from duotpu import latency
     from duotpu.board.checks import chip_of_soc
     from duotpu.builder.summary import board_fits
-    from duotpu.compiler import latency
     from duotpu.config.chips import BOARDS, CHIPS, boards_of
 
     assert latency.LANES == {name: c.lanes for name, c in CHIPS.items()}

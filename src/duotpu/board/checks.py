@@ -159,7 +159,7 @@ def check_model_for_board(info, d: Doctor) -> list[str]:
 
 def model_problems(models: list[Path], d: Doctor) -> list[str]:
     """Reasons any of the cvimodels ``models`` cannot run on the board ``d`` describes."""
-    from duotpu.compiler.cvimodel import read_cvimodel
+    from duotpu.cvimodel import read_cvimodel
 
     return [p for m in models for p in check_model_for_board(read_cvimodel(m), d)]
 

@@ -6,8 +6,8 @@ import dataclasses
 import statistics
 from pathlib import Path
 
-from duotpu.compiler import latency
-from duotpu.compiler.cvimodel import read_cvimodel
+from duotpu import latency
+from duotpu.cvimodel import read_cvimodel
 
 from .profiles import BoardProfile, save_profile
 from .runner import BenchResult

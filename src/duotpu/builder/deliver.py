@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from duotpu import compiler
+from duotpu import compiler, latency
 from duotpu.builder import summary
 from duotpu.config.recipe import Recipe
 from duotpu.core import onnxrt
@@ -52,7 +52,7 @@ def default_out_dir(recipe: Recipe) -> Path:
 def estimate_latency(cvimodel: Path) -> Any:
     """The board-free latency estimate of a delivered cvimodel (None if it cannot be read)."""
     try:
-        return compiler.latency.estimate(cvimodel)
+        return latency.estimate(cvimodel)
     except (ValueError, KeyError, IndexError, struct.error):
         return None
 
@@ -189,7 +189,7 @@ def finish(
                 sha256=compiler.file_digest(a.cvimodel),
                 tpu_mlir=str(a.tpu_mlir.resolve()) if a.tpu_mlir else None,
                 tensor_info=infos.get(m),
-                estimate=compiler.latency.as_dict(a.estimate, top=0) if a.estimate else None,
+                estimate=latency.as_dict(a.estimate, top=0) if a.estimate else None,
                 verified_on=(
                     "CV18xx simulator"
                     if a.simulated

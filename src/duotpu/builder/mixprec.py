@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 from numpy.typing import NDArray
 
-from duotpu import compiler
-from duotpu.compiler import cvimodel as cvimodel_mod
+from duotpu import compiler, latency
+from duotpu import cvimodel as cvimodel_mod
 from duotpu.compiler.executor import Executor
 from duotpu.config import chips
 from duotpu.config.errors import ModelError, ToleranceError, ToolchainError
@@ -416,7 +416,7 @@ def _candidate(
         model.model_outputs,
         model.tpu_mlir,
         all_bf16,
-        compiler.latency.estimate(model.cvimodel).ms,
+        latency.estimate(model.cvimodel).ms,
         "simulator" if on_simulator else "mlir",
     )
 

@@ -440,7 +440,7 @@ def stage_deploy(
                     raise _ways_around(e, r, mode, t, table, folder, background) from None
                 # the board's runtime loads what the host simulator cannot: check the model on
                 # its quantized MLIR instead (INT8: bit-exact with the simulator)
-                from duotpu.compiler.cvimodel import read_cvimodel
+                from duotpu.cvimodel import read_cvimodel
 
                 outs = read_cvimodel(files.cvimodel).programs[0].outputs
                 compiler.outputs_without_simulator(files, [o.name for o in outs])

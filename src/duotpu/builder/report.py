@@ -12,7 +12,7 @@ import datetime as dt
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from duotpu import compiler
+from duotpu import latency
 from duotpu.core import htmlpage as hp
 from duotpu.core import metrics
 from duotpu.core.images import read_rgb
@@ -324,7 +324,7 @@ def _slowest_layers(result: BuildResult, manifest: dict[str, Any], n: int = 8) -
     if art is None or not art.estimate.layers:
         return ""
     info = manifest["models"][art.mode].get("tensor_info")
-    names = compiler.latency.layer_names(Path(info) if info else None)
+    names = latency.layer_names(Path(info) if info else None)
     total = art.estimate.ms or 1.0
     rows = [
         [

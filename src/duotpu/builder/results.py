@@ -159,7 +159,7 @@ class ModelArtifact:
     outputs: dict[str, NDArray[Any]] = field(repr=False, default_factory=dict)
     tpu_mlir: Path | None = None  # its quantized MLIR in the work directory (the fast path)
     per_image: tuple[float, ...] = ()  # verified on several images: each one's worst cosine
-    estimate: Any = None  # compiler.latency.Estimate: the board-free latency estimate
+    estimate: Any = None  # latency.Estimate: the board-free latency estimate
     simulated: bool = True  # False: the simulator could not load it; checked on its MLIR
 
     @property

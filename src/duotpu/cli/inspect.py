@@ -31,8 +31,8 @@ def _ion_overrides(items: list[str]) -> dict[str, float]:
 def cmd_info(args: argparse.Namespace) -> int:
     from rich.table import Table
 
+    from duotpu import cvimodel, latency
     from duotpu.builder.manifest import listed_model
-    from duotpu.compiler import cvimodel, latency
 
     ion = _ion_overrides(args.ion)
     infos = [cvimodel.read_cvimodel(Path(m)) for m in args.models]
@@ -185,7 +185,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         args.inputs = args.images
         return cmd_board_run(args)
 
-    from duotpu.compiler import latency
+    from duotpu import latency
     from duotpu.infer import runtime
 
     model = runtime.open_model(args.model, args.recipe)

@@ -2,7 +2,9 @@
 
 ``env`` finds tpu_mlir and builds its environment (with the glibc fix); ``runner`` starts and
 stops every child process; ``steps`` are the compiler steps (transform, calibrate, deploy, …);
-``inference`` runs models on the simulator or the fast path; ``cvimodel`` reads cvimodel files.
+``inference`` runs models on the simulator or the fast path; ``diagnose`` turns compiler failures
+into advice; ``fbsgen`` generates the cvimodel reader's code at install time. Reading cvimodel files
+(:mod:`duotpu.cvimodel`) and the latency estimate (:mod:`duotpu.latency`) live below this layer.
 The layers above use the names exported here.
 """
 
@@ -11,7 +13,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from . import diagnose, latency
+from . import diagnose
 from .env import (
     TPU_MLIR_VERSION,
     cvimodel_schema,
@@ -58,7 +60,6 @@ from .steps import (
 
 __all__ = [
     "diagnose",
-    "latency",
     "TPU_MLIR_VERSION",
     "cvimodel_schema",
     "file_digest",

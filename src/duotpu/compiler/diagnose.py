@@ -12,12 +12,12 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .latency import LANES, LOCAL_MEMORY_KB
+from duotpu.config.chips import CHIPS, LOCAL_MEMORY_KB
 
 #: local memory and lanes per chip, as the messages say them
 CHIP_LIMITS = {
-    chip: f"{lanes} lanes with {LOCAL_MEMORY_KB} KB of local memory each"
-    for chip, lanes in LANES.items()
+    name: f"{c.lanes} lanes with {LOCAL_MEMORY_KB} KB of local memory each"
+    for name, c in CHIPS.items()
 }
 
 

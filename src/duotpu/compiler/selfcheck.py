@@ -1,7 +1,8 @@
 """``python -m duotpu.compiler.selfcheck``: prove the installed compiler runs on this machine.
 
 Run by ``make install``. It starts one tpu_mlir binary and one tpu_mlir Python tool through
-:mod:`duotpu.compiler` (so with the glibc fix) and fails loudly if either cannot start.
+:mod:`duotpu.compiler` (so with the glibc fix) and fails loudly if either cannot start; then it
+generates the cvimodel reader's flatbuffers code from tpu_mlir's schema.
 """
 
 from __future__ import annotations
@@ -30,10 +31,12 @@ def check() -> list[str]:
         log = Path(tmp) / "model_transform.log"
         compiler.run_tool("selfcheck", "model_transform", ["-V"], Path(tmp), log)
         lines.append("tpu_mlir Python tools start: " + compiler.log_tail(log, 1))
-    from duotpu.compiler.cvimodel import _schema_module
+    from duotpu.compiler.fbsgen import generate_cvimodel_code
+    from duotpu.cvimodel.schema import model_class
 
-    _schema_module()
-    lines.append("cvimodel reader ready (flatc code from tpu_mlir's cvimodel.fbs)")
+    folder = generate_cvimodel_code()
+    model_class()
+    lines.append(f"cvimodel reader ready (flatc code from tpu_mlir's cvimodel.fbs in {folder})")
     lines.append(f"tpu_mlir {compiler.versions()['tpu_mlir']} at {compiler.tpu_mlir_root()}")
     return lines
 

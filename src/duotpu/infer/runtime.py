@@ -17,8 +17,8 @@ from typing import Any, Callable
 import numpy as np
 
 from duotpu import compiler
+from duotpu import cvimodel as cvimodel_mod
 from duotpu.builder.manifest import listed_model
-from duotpu.compiler import cvimodel as cvimodel_mod
 from duotpu.config.errors import ConfigError, ModelError
 from duotpu.config.recipe import Recipe, load_recipe
 from duotpu.core.head import YoloHead

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from duotpu.config import chips
-
-from .cmdbuf import Routine, TdmaCommand, TiuCommand, routines
+from duotpu.cvimodel import read_cvimodel
+from duotpu.cvimodel.cmdbuf import Routine, TdmaCommand, TiuCommand, routines
 
 #: TPU lanes (NPU_NUM) per chip and local memory per lane: the chip table's
 LANES = {name: c.lanes for name, c in chips.CHIPS.items()}
@@ -267,8 +267,6 @@ def simulate(r: Routine, k: ChipConstants) -> tuple[float, float, float, dict[in
 def estimate(path: str | Path, constants: ChipConstants | None = None) -> Estimate:
     """The estimated board time of a cvimodel's first program (its TPU routines; CPU routines
     are counted, not timed). ``constants``: a board's fitted constants, else the chip's."""
-    from .cvimodel import read_cvimodel
-
     info = read_cvimodel(path)
     rs = routines(path, info)
     chip = rs[0].chip if rs else info.chip

@@ -14,7 +14,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from .cvimodel import CviModelInfo, read_cvimodel, section_data
+from .reader import CviModelInfo, read_cvimodel, section_data
 
 MAGIC_CHIP = {0xA8: "cv180x", 0xA7: "cv181x", 0xA6: "cv182x", 0xA5: "cv183x"}
 ENGINE_TIU, ENGINE_TDMA = 0, 2
