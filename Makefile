@@ -14,7 +14,7 @@ help:
 	@echo "make test   install, then run the test suite"
 	@echo "make lint   ruff (lint + format check), the layer contract (import-linter), mypy"
 	@echo "make test-unit  the unit tier: no compiler, a few seconds"
-	@echo "make bench  install, then run the benchmarks under bench/"
+	@echo "make bench  install, then rerun the benchmarks that fit in ~30 min (bench/run.py; --all: every one)"
 	@echo "make docs   the docs site into site/ (make docs-serve: on http://127.0.0.1:8000)"
 
 install: $(STAMP)
@@ -71,7 +71,7 @@ test-fast: install $(SSHD) $(CHROMIUM) $(STB)
 	$(VENV)/bin/python -m pytest -q -m "not slow"
 
 bench: install
-	$(PY) bench/build.py
+	$(PY) bench/run.py
 
 # The docs site: the reference pages are generated from the code and bench/results, then MkDocs
 # builds it in strict mode (a broken link or a reference to a name that is gone fails).

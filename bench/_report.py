@@ -1,14 +1,44 @@
-"""Shared by the benchmarks: print a result table and save it."""
+"""Shared by the benchmarks: print a result table and save it, stamped with the run's time."""
 
 from __future__ import annotations
 
+import os
+import re
+import sys
+import time
 from pathlib import Path
+
+import psutil
+
+#: the stamp's form: `make bench` (bench/run.py) reads the seconds back
+STAMP = re.compile(
+    r"^_Written by `bench/(?P<script>[\w.]+)` after (?P<s>\d+) s on (?P<cores>\d+) cores"
+)
 
 
 def emit(lines: list[str], out: str | Path) -> str:
-    """Print the lines and write them to ``out``."""
-    text = "\n".join(lines) + "\n"
+    """Print the lines and write them to ``out``, with a last line that names the script and the
+    seconds it has run so far (the whole run, for a script that writes once at its end)."""
+    script = Path(sys.argv[0]).name
+    seconds = time.time() - psutil.Process().create_time()
+    cores = os.cpu_count() or 1
+    day = time.strftime("%Y-%m-%d")
+    stamp = f"_Written by `bench/{script}` after {seconds:.0f} s on {cores} cores, {day}._"
+    text = "\n".join(lines) + "\n\n" + stamp + "\n"
     print(text)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
-    Path(out).write_text(text)
+    tmp = Path(out).with_name(Path(out).name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(out)
     return text
+
+
+def recorded_seconds(result: Path) -> int | None:
+    """The seconds the run that wrote ``result`` took, from its stamp (None: not stamped)."""
+    if not result.is_file():
+        return None
+    for line in reversed(result.read_text().splitlines()):
+        m = STAMP.match(line)
+        if m:
+            return int(m["s"])
+    return None
