@@ -55,8 +55,11 @@ STB := /usr/include/stb/stb_image.h
 $(STB):
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libstb-dev >/dev/null
 
+# The suite runs in TEST_WORKERS processes (pytest-xdist), each test file whole in one of them
+# (files share module-scoped builds and run their tests in order).
+TEST_WORKERS ?= 2
 test: install $(SSHD) $(CHROMIUM) $(STB)
-	$(VENV)/bin/python -m pytest -q --durations=25
+	$(VENV)/bin/python -m pytest -q --durations=25 -n $(TEST_WORKERS) --dist loadfile
 
 test-unit: install
 	$(VENV)/bin/python -m pytest -q -m unit
@@ -68,7 +71,7 @@ lint: install
 	$(VENV)/bin/mypy src/duotpu
 
 test-fast: install $(SSHD) $(CHROMIUM) $(STB)
-	$(VENV)/bin/python -m pytest -q -m "not slow"
+	$(VENV)/bin/python -m pytest -q -m "not slow" -n $(TEST_WORKERS) --dist loadfile
 
 bench: install
 	$(PY) bench/run.py

@@ -16,16 +16,18 @@ STAMP = re.compile(
 )
 
 
-def emit(lines: list[str], out: str | Path) -> str:
-    """Print the lines and write them to ``out``, with a last line that names the script and the
-    seconds it has run so far (the whole run, for a script that writes once at its end)."""
+def emit(lines: list[str], out: str | Path, echo: bool = True) -> str:
+    """Print the lines (unless not ``echo``) and write them to ``out``, with a last line that
+    names the script and the seconds it has run so far (the whole run, for a script that writes
+    once at its end; a script that writes as rows finish stamps each write)."""
     script = Path(sys.argv[0]).name
     seconds = time.time() - psutil.Process().create_time()
     cores = os.cpu_count() or 1
     day = time.strftime("%Y-%m-%d")
     stamp = f"_Written by `bench/{script}` after {seconds:.0f} s on {cores} cores, {day}._"
     text = "\n".join(lines) + "\n\n" + stamp + "\n"
-    print(text)
+    if echo:
+        print(text)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(out).with_name(Path(out).name + ".tmp")
     tmp.write_text(text)

@@ -30,6 +30,9 @@ from duotpu.core import images
 from duotpu.core.preprocess import resize_dims, tpu_mean_scale
 
 HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE))
+
+from _report import emit  # noqa: E402
 
 
 def timed(argv, cwd, log):
@@ -201,10 +204,7 @@ def main() -> int:
         + (", ".join(k for k, v in warm_stages.items() if not v[1]) or "nothing")
         + "; the rest was cached.",
     ]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text)
+    emit(lines, args.out)
     verdict_cold = cold <= 0.9 * hand_total
     verdict_warm = warm <= 0.2 * cold
     print(

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
+import pickle
 import re
+import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,9 +21,29 @@ sys.path.insert(0, str(TESTS))  # makes `tinymodels:tiny_cnn` importable as a mo
 import tinymodels  # noqa: E402
 
 
+def shared(tmp_path_factory, name: str, make: Callable[[Path], Any]) -> Any:
+    """``make(folder)`` once for the whole run: under pytest-xdist the workers share one folder,
+    the first to get here makes it while the others wait, then read its pickled result. For
+    builds that tests only read (a test that changes one copies it first)."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # the run's folder, above each worker's own
+    folder = base / f"shared-{name}"
+    with open(base / f"shared-{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        saved = base / f"shared-{name}.pickle"
+        if saved.is_file():
+            return pickle.loads(saved.read_bytes())
+        shutil.rmtree(folder, ignore_errors=True)  # left by a worker that died half-way
+        folder.mkdir()
+        result = make(folder)
+        saved.write_bytes(pickle.dumps(result))
+        return result
+
+
 @pytest.fixture(scope="session")
 def tiny_onnx_path(tmp_path_factory) -> Path:
-    return tinymodels.tiny_onnx(tmp_path_factory.mktemp("models") / "tiny.onnx")
+    return shared(tmp_path_factory, "tiny-onnx", lambda d: tinymodels.tiny_onnx(d / "tiny.onnx"))
 
 
 def tiny_recipe(onnx_path: Path, **over):
@@ -47,11 +72,13 @@ def tiny_build(tmp_path_factory, tiny_onnx_path):
     """The tiny ONNX model built once for INT8 and BF16 (shared by read-only tests)."""
     from duotpu.builder import pipeline
 
-    out = tmp_path_factory.mktemp("tinybuild")
-    events = []
-    result = pipeline.build(tiny_recipe(tiny_onnx_path), out, events=events.append)
-    result.events = events
-    return result
+    def make(out: Path):
+        events: list = []
+        result = pipeline.build(tiny_recipe(tiny_onnx_path), out, events=events.append)
+        result.events = events
+        return result
+
+    return shared(tmp_path_factory, "tinybuild", make)
 
 
 def det_recipe(source: str, size: int, name: str, **over):
@@ -89,16 +116,23 @@ def tiny_detector_build(tmp_path_factory):
     """A small detector with the original YOLOv5 head, built once for INT8."""
     from duotpu.builder import pipeline
 
-    out = tmp_path_factory.mktemp("v5build")
-    return pipeline.build(det_recipe("tinymodels:yolov5_classic", 128, "tv5"), out)
+    return shared(
+        tmp_path_factory,
+        "v5build",
+        lambda out: pipeline.build(det_recipe("tinymodels:yolov5_classic", 128, "tv5"), out),
+    )
 
 
 @pytest.fixture(scope="session")
 def variant_builds(tmp_path_factory, tiny_onnx_path):
     """The tiny model as a fused-preprocess INT8 cvimodel and a bs1+bs4 BF16 cvimodel."""
+
+    return shared(tmp_path_factory, "variants", lambda out: _variants(tiny_onnx_path, out))
+
+
+def _variants(tiny_onnx_path: Path, out: Path):
     from duotpu.builder import pipeline
 
-    out = tmp_path_factory.mktemp("variants")
     fused = pipeline.build(
         tiny_recipe(
             tiny_onnx_path,
@@ -123,15 +157,13 @@ def tiny_v8_build(tmp_path_factory):
     from duotpu.builder import pipeline
 
     # random weights in a deep network quantize far worse than trained ones: loose tolerances
-    return pipeline.build(
-        det_recipe(
-            "tinymodels:lively_yolov8",
-            160,
-            "tv8",
-            tolerance={"int8": [0.3, -1.0], "verify_int8": 0.3},
-        ),
-        tmp_path_factory.mktemp("v8build"),
+    recipe = det_recipe(
+        "tinymodels:lively_yolov8",
+        160,
+        "tv8",
+        tolerance={"int8": [0.3, -1.0], "verify_int8": 0.3},
     )
+    return shared(tmp_path_factory, "v8build", lambda out: pipeline.build(recipe, out))
 
 
 @pytest.fixture(scope="session")

@@ -124,3 +124,25 @@ def test_a_forward_argument_that_is_not_a_tensor_gets_advice_about_it(tmp_path):
     assert [i.name for i in sess.get_inputs()] == ["x"]
     x = np.ones((1, 576), np.float32)
     np.testing.assert_allclose(sess.run(None, {"x": x})[0], x * 0.5)
+
+
+def test_the_opset_fallback_keeps_torchs_graph_dump_off_the_terminal(tmp_path, capfd):
+    """scaled_dot_product_attention has no opset-13 form: the export falls back to opset 17 with
+    a note; torch's exporter prints the whole graph from C++ when the first try fails, and none
+    of it reaches the user's terminal."""
+
+    class Attend(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            q = x.flatten(2).transpose(1, 2)  # [N, HW, C]
+            return torch.nn.functional.scaled_dot_product_attention(q, q, q).mean(1)
+
+    path = tmp_path / "attend.pt"
+    torch.jit.trace(Attend(), torch.zeros(1, 4, 4, 4)).save(str(path))
+    capfd.readouterr()
+    m = export.export_onnx(ModelSource(str(path)), (1, 4, 4, 4), "x", tmp_path / "a.onnx")
+    out, err = capfd.readouterr()
+    assert any("exported with opset 17" in n for n in m.notes), m.notes
+    assert "Torch IR graph" not in out + err and "%" not in out + err, (out + err)[:300]
+    x = np.random.default_rng(0).standard_normal((1, 4, 4, 4)).astype(np.float32)
+    want = Attend()(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(_ort(m.onnx_path, x), want, atol=1e-5)

@@ -111,6 +111,21 @@ def test_the_build_tries_the_cuts_itself_and_delivers_the_best(tmp_path: Path) -
     assert infos and all("taken from the table" in m for m in infos), infos
     calibrate = next(s for s in r.stages if s.name == "calibrate")
     assert not (calibrate.folder / "calibrate.log").exists() and calibrate.seconds < 2.0
+    # a mixed-precision target: the candidates are compared without it, the delivered cut
+    # runs the search (once)
+    m = pipeline.build(
+        tiny_recipe(
+            src,
+            quantize=["int8"],
+            **{"mix.target": "cos>=0.99", "mix.count": 4, "model.try_cuts": 2},
+        ),
+        tmp_path / "mixcut",
+    )
+    assert m.mix is not None and m.recipe.model.outputs == ("pre",)
+    assert len(m.tried_cuts) == 2
+    cuts = tmp_path / "mixcut" / "work" / "cuts"
+    assert sorted(p.name for p in cuts.glob("cut*")) == ["cut0", "cut1"]
+    assert not list(cuts.glob("cut*/**/mix/stage.json")), "a candidate ran the search"
     # when no cut verifies: the error says each one's numbers, the flags for the closest and
     # where the first failure's log is kept (the cuts' stages replaced its folder)
     from duotpu.config.errors import DuoTpuError

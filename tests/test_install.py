@@ -39,7 +39,9 @@ def test_the_wheel_installs_into_a_fresh_venv_and_builds_a_model(tmp_path):
     base = getattr(sys, "_base_executable", sys.executable)
     _run([base, "-m", "venv", str(venv)])
     pip = [str(venv / "bin/python"), "-m", "pip"]
-    _run([*pip, "install", "-q", f"{wheel}[board]"], timeout=1800)
+    # --no-compile: byte-compiling torch's thousands of modules is most of the install's time;
+    # Python compiles what the build imports on first use
+    _run([*pip, "install", "-q", "--no-compile", f"{wheel}[board]"], timeout=1800)
     # every extra resolves against the same pins (not installed: ultralytics, timm, ray)
     _run([*pip, "install", "-q", "--dry-run", f"{wheel}[all,dev]"], timeout=600)
 

@@ -278,8 +278,16 @@ def test_ctrl_c_stops_every_task(tiny_onnx_path, tmp_path):
         and proc.poll() is None
     ):
         time.sleep(0.2)
-    time.sleep(3)  # the tools are running (their command lines name the test's folder)
+    # wait for the tools themselves (their command lines name the test's folder): a task's
+    # worker imports duotpu first, which takes longer on a loaded machine
     ours = str(tmp_path / "out")
+    while (
+        not [p for p in _ray_processes(ours) if p != proc.pid]
+        and time.monotonic() < deadline
+        and proc.poll() is None
+    ):
+        time.sleep(0.2)
+    time.sleep(1)
     assert [p for p in _ray_processes(ours) if p != proc.pid], "no tool was running"
     t0 = time.monotonic()
     proc.send_signal(signal.SIGINT)

@@ -104,10 +104,11 @@ def finish(
         mix = picked_mix(recipe, mixed)
         best = mix.best
         final = atomic_copy(best.cvimodel, out_dir / f"{recipe.name}_{recipe.chip}_mix.cvimodel")
-        best_outputs = best.model_outputs
+        produced_file = mixprec.test_outputs(best, transformed.result.test_input)
+        best_outputs = produced_file
         if exported.result.tail is not None:
             best_outputs = wd.root / "mix" / "outputs-whole.npz"
-            produced = dict(np.load(best.model_outputs))
+            produced = dict(np.load(produced_file))
             fed = test_feed(transformed.result)
             np.savez(best_outputs, **onnxrt.run_tail(exported.result.tail, produced, fed))
         cos, names = cosine_to_reference(referenced.result.reference, best_outputs)

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import importlib
-import io
 import os
 import re
 import sys
@@ -22,6 +20,7 @@ if TYPE_CHECKING:
 from duotpu.builder import intake
 from duotpu.config.errors import ConfigError, ModelError, ShapeError
 from duotpu.config.recipe import DetectOptions, ModelSource, Preprocess
+from duotpu.core.files import captured_output
 
 #: one input's shape, or (a model of several inputs) every input's shape by name
 Shapes = Union[tuple[int, ...], Mapping[str, tuple[int, ...]]]
@@ -316,7 +315,9 @@ def export_onnx(
             extra["dynamic_axes"] = {input_name: {0: "N"}, "output": {0: "N"}}
 
         def export(opset: int) -> None:
-            with warnings.catch_warnings():
+            # a failing export prints the whole graph, from C++ on stderr and on stdout: keep it
+            # off the user's terminal (the error says what failed)
+            with warnings.catch_warnings(), captured_output():
                 warnings.simplefilter("ignore")
                 torch.onnx.export(
                     model,
@@ -330,9 +331,7 @@ def export_onnx(
                 )
 
         try:
-            # a failing export prints the whole graph: keep it off the user's terminal
-            with contextlib.redirect_stdout(io.StringIO()):
-                export(src.opset)
+            export(src.opset)
         except Exception as e:
             tmp.unlink(missing_ok=True)
             # an op the requested opset lacks (scaled_dot_product_attention needs 14): the

@@ -14,7 +14,7 @@ import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from duotpu.config.errors import ModelError, ShapeError
 
@@ -433,21 +433,90 @@ def _check_ops(model: "onnx.ModelProto", where: Path) -> int:
 ERF_TANH = (1.1283791671, 0.1009109)  # erf(z) ≈ tanh(a z + b z³), |error| ≤ 3.6e-4
 
 
-def _rewrite_erf_gelu(model: "onnx.ModelProto") -> tuple[int, int]:
-    """Replace ``Gelu`` (opset 20) and ``Erf`` nodes by Tanh arithmetic; (Gelu, Erf) counts.
+def _constant_values(model: "onnx.ModelProto") -> dict[str, Any]:
+    """The graph's constant tensors by name (initializers and ``Constant`` nodes)."""
+    from onnx import numpy_helper
+
+    out: dict[str, Any] = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    for n in model.graph.node:
+        if n.op_type == "Constant":
+            for a in n.attribute:
+                if a.name == "value":
+                    out[n.output[0]] = numpy_helper.to_array(a.t)
+    return out
+
+
+def _fused_gelu_erfs(model: "onnx.ModelProto") -> set[str]:
+    """The ``Erf`` nodes (by output name) inside PyTorch's GELU, ``x · (1 + erf(x / c)) · 0.5``
+    exactly as tpu_mlir's transform matches it (``onnx_opt.TorchGELUPattern``: Div by a
+    constant, Erf, Add 1, Mul by x, Mul by 0.5, each read only by the next): the transform
+    fuses those into one GELU op, which CV18xx runs as a lookup table (exact in INT8, where
+    the tanh arithmetic below loses most)."""
+    import numpy as np
+
+    g = model.graph
+    consts = _constant_values(model)
+    made = {o: n for n in g.node for o in n.output}
+    readers: dict[str, list[Any]] = {}
+    for n in g.node:
+        for i in n.input:
+            readers.setdefault(i, []).append(n)
+
+    def only_reader(name: str, op: str) -> Any:
+        r = readers.get(name, [])
+        return r[0] if len(r) == 1 and r[0].op_type == op else None
+
+    def is_const(name: str, value: float | None = None) -> bool:
+        if name not in consts:
+            return False
+        return value is None or bool(np.all(np.asarray(consts[name]) == value))
+
+    fused = set()
+    for n in g.node:
+        if n.op_type != "Erf" or n.domain not in ("", "ai.onnx"):
+            continue
+        div = made.get(n.input[0])
+        if div is None or div.op_type != "Div" or not is_const(div.input[1]):
+            continue
+        x = div.input[0]
+        if only_reader(div.output[0], "Erf") is not n:
+            continue
+        add = only_reader(n.output[0], "Add")
+        if add is None or list(add.input[:1]) != [n.output[0]] or not is_const(add.input[1], 1):
+            continue
+        mul0 = only_reader(add.output[0], "Mul")
+        if mul0 is None or list(mul0.input) != [x, add.output[0]]:
+            continue
+        mul1 = only_reader(mul0.output[0], "Mul")
+        if mul1 is None or mul1.input[0] != mul0.output[0] or not is_const(mul1.input[1], 0.5):
+            continue
+        fused.add(n.output[0])
+    return fused
+
+
+def _rewrite_erf_gelu(model: "onnx.ModelProto") -> tuple[int, int, int]:
+    """Make every ``Gelu`` (opset 20) and ``Erf`` node something CV18xx runs; returns the counts
+    of Gelu nodes, of Erf nodes written as Tanh arithmetic, and of GELUs tpu_mlir fuses.
 
     CV18xx has no Erf kernel (tpu_mlir 1.30.2 stops with "unimplemented tpu dialect" when it
-    lowers ``top.Erf``), and PyTorch writes GELU as Erf arithmetic; ``tanh(a z + b z³)`` is
-    GELU's tanh form and runs as a lookup table.
+    lowers ``top.Erf``). PyTorch writes GELU as Erf arithmetic that tpu_mlir's transform fuses
+    into its GELU op (a lookup table on CV18xx: see :func:`_fused_gelu_erfs`): those are left as
+    they are, and a ``Gelu`` node is written in that same form. Any other Erf becomes
+    ``tanh(a z + b z³)``, erf's form of GELU's tanh approximation.
     """
     import numpy as np
     from onnx import helper, numpy_helper
 
     g = model.graph
+    keep = _fused_gelu_erfs(model)
     counts = {"Gelu": 0, "Erf": 0}
     new = []
     for n in list(g.node):
-        if n.op_type not in counts or n.domain not in ("", "ai.onnx"):
+        if (
+            n.op_type not in counts
+            or n.domain not in ("", "ai.onnx")
+            or (n.op_type == "Erf" and n.output[0] in keep)
+        ):
             new.append(n)
             continue
         counts[n.op_type] += 1
@@ -459,29 +528,27 @@ def _rewrite_erf_gelu(model: "onnx.ModelProto") -> tuple[int, int]:
             g.initializer.append(numpy_helper.from_array(arr, f"{p}_{name}"))
             return f"{p}_{name}"
 
-        if n.op_type == "Gelu":  # 0.5 x (1 + erf(x / sqrt 2))
-            z, t = f"{p}_z", f"{p}_erf"
-            new.append(helper.make_node("Mul", [x, const("r", float(1 / np.sqrt(2)))], [z]))
-        else:
-            z, t = x, y
+        if n.op_type == "Gelu":  # 0.5 x (1 + erf(x / sqrt 2)), as PyTorch writes it
+            new += [
+                helper.make_node("Div", [x, const("sqrt2", float(np.sqrt(2)))], [f"{p}_z"]),
+                helper.make_node("Erf", [f"{p}_z"], [f"{p}_erf"]),
+                helper.make_node("Add", [f"{p}_erf", const("one", 1.0)], [f"{p}_1e"]),
+                helper.make_node("Mul", [x, f"{p}_1e"], [f"{p}_x1e"]),
+                helper.make_node("Mul", [f"{p}_x1e", const("half", 0.5)], [y], name=n.name),
+            ]
+            continue
         a, b = ERF_TANH
         new += [
-            helper.make_node("Mul", [z, z], [f"{p}_z2"]),
+            helper.make_node("Mul", [x, x], [f"{p}_z2"]),
             helper.make_node("Mul", [f"{p}_z2", const("b", b)], [f"{p}_bz2"]),
             helper.make_node("Add", [f"{p}_bz2", const("a", a)], [f"{p}_poly"]),
-            helper.make_node("Mul", [z, f"{p}_poly"], [f"{p}_arg"]),
-            helper.make_node("Tanh", [f"{p}_arg"], [t], name=n.name if t == y else ""),
+            helper.make_node("Mul", [x, f"{p}_poly"], [f"{p}_arg"]),
+            helper.make_node("Tanh", [f"{p}_arg"], [y], name=n.name),
         ]
-        if n.op_type == "Gelu":
-            new += [
-                helper.make_node("Add", [t, const("one", 1.0)], [f"{p}_1t"]),
-                helper.make_node("Mul", [x, f"{p}_1t"], [f"{p}_x1t"]),
-                helper.make_node("Mul", [f"{p}_x1t", const("half", 0.5)], [y], name=n.name),
-            ]
     if any(counts.values()):
         del g.node[:]
         g.node.extend(new)
-    return counts["Gelu"], counts["Erf"]
+    return counts["Gelu"], counts["Erf"], len(keep) + counts["Gelu"]
 
 
 def normalise(
@@ -497,7 +564,8 @@ def normalise(
 
     IR versions newer than the installed onnx reads are rewritten down (the IR version only
     describes the file format; the opset decides the meaning); opsets past 19 are lowered when no
-    op's meaning changed; ``Gelu`` and ``Erf`` become Tanh arithmetic (CV18xx has no Erf); free
+    op's meaning changed; ``Gelu`` becomes the GELU tpu_mlir fuses and other ``Erf`` nodes Tanh
+    arithmetic (CV18xx has no Erf); free
     input dims are fixed to ``shape`` (by input name for a model of several inputs; the batch
     stays free with ``batch_dynamic``), and the
     graph is simplified at that shape so ONNX Runtime and the compiler see static shapes.
@@ -517,12 +585,16 @@ def normalise(
             f"{onnx.IR_VERSION}; the opset keeps the meaning)"
         )
         model.ir_version = SIMPLIFIER_IR
-    gelus, erfs = _rewrite_erf_gelu(model)
-    if gelus or erfs:
+    gelus, erfs, fused = _rewrite_erf_gelu(model)
+    if gelus:
         notes.append(
-            f"{gelus + erfs} {'Gelu' if gelus else 'Erf'}"
-            f"{' and Erf' if gelus and erfs else ''} node(s) written as tanh(a·z + b·z³) (CV18xx "
-            "has no Erf; the largest difference in erf is 3.6e-4)"
+            f"{gelus} Gelu node(s) written as PyTorch's erf form, which tpu_mlir fuses into its "
+            "GELU op (a lookup table on CV18xx)"
+        )
+    if erfs:
+        notes.append(
+            f"{erfs} Erf node(s) outside a GELU written as tanh(a·z + b·z³) (CV18xx has no Erf; "
+            "the largest difference in erf is 3.6e-4)"
         )
     if opset > MAX_OPSET:
         for o in model.opset_import:

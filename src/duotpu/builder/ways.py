@@ -102,10 +102,14 @@ def try_cuts(
         if ev.status in ("progress", "warning"):
             events(replace(ev, stage=f"cut {len(tried) + 1}/{len(candidates)}"))
 
+    # the candidates are compared on their pure modes; the mixed-precision search a recipe asks
+    # for runs once, on the cut delivered (a search per candidate multiplied the time)
+    searching = bool(recipe.mix.target or recipe.mix.qtable)
+    trial = replace(recipe, mix=replace(recipe.mix, target="", qtable="")) if searching else recipe
     for k, tensor in enumerate(candidates):
         events(StageEvent(f"cut {k + 1}/{len(candidates)}", "start"))
         t0 = time.monotonic()
-        cut = replace(recipe, model=replace(recipe.model, outputs=(tensor,)))
+        cut = replace(trial, model=replace(trial.model, outputs=(tensor,)))
         try:
             res = build_in(cut, wd.root / "cuts" / f"cut{k}", quiet)
             tried.append(TriedCut(tensor, "verified", _worst(res)))
@@ -119,6 +123,9 @@ def try_cuts(
         events(StageEvent(f"cut {k + 1}/{len(candidates)}", "info", message=tried[-1].said()))
         events(StageEvent(f"cut {k + 1}/{len(candidates)}", "done", time.monotonic() - t0))
     verified = [t for t in tried if t.outcome == "verified"]
+    if not verified and searching:
+        # the search may rescue an INT8 model below its tolerance: the closest cut gets it
+        verified = [t for t in tried if t.outcome != "failed" and t.worst_cosine is not None]
     if not verified:
         raise _with_tries(original, tried, kept if kept.is_file() else None)
     # the cut that keeps the most on the TPU among those within NEAR of the best cosine: a

@@ -439,10 +439,13 @@ def deploy(
     test_reference: Path | None = None,
     merge_weight: bool = False,
     copy_inputs: bool = True,
+    validate: bool = True,
 ) -> DeployFiles:
     """``model_deploy``: top MLIR → cvimodel for ``opts.chip``, validated on the test input: the
     quantized MLIR against the fp32 outputs (``opts.tolerance``) and the cvimodel on the CV18xx
-    simulator against the quantized MLIR (``opts.correctness``).
+    simulator against the quantized MLIR (``opts.correctness``). Without ``validate`` nothing is
+    run on the test input (no ``model_outputs`` / ``tpu_outputs`` files): the caller measures the
+    model itself.
 
     model_deploy must run where ``<name>_top_f32_all_weight.npz`` is (the MLIR names it by a
     relative path) and its intermediate files are named after the model, so every variant gets
@@ -467,7 +470,7 @@ def deploy(
                 dst.unlink()
             shutil.copyfile(src, dst)
     files = DeployFiles(folder, transformed.name, quantize, opts.chip, folder / cvimodel_name)
-    self_check = opts.self_checked
+    self_check = opts.self_checked and validate
     args = [
         "--mlir",
         mlir_name or transformed.mlir.name,
@@ -479,7 +482,7 @@ def deploy(
         cvimodel_name,
         "--debug",
     ]
-    if not self_check:
+    if validate and not self_check:
         if opts.fuse_preprocess:  # model_deploy then wants the test image itself
             test = str(Path(opts.test_image or "").resolve())
         else:
@@ -505,7 +508,7 @@ def deploy(
         args += ["--calibration_table", str(Path(calibration_table).resolve())]
     if quantize_table is not None:
         args += ["--quantize_table", str(Path(quantize_table).resolve())]
-    if opts.excepts and not self_check:
+    if opts.excepts and validate and not self_check:
         args += ["--excepts", ",".join(opts.excepts)]
     try:
         run_tool(

@@ -298,7 +298,8 @@ class Mix:
     model's detections). ``qtable``: a table of layers to keep in BF16 (one ``name BF16`` a
     line), used as is instead of searching. ``pick``: use this row of the trade-off table
     (numbered from 1, pure INT8 first) instead of the fewest BF16 layers that reach the target;
-    the search is not run again. ``fast_search``: also measure the table tpu_mlir's own
+    the search is not run again. ``fast_search`` (off by default: on PP-OCRv5 rec it took
+    longer than three candidates and kept no layer): also measure the table tpu_mlir's own
     ``fast_search`` picks, as one more candidate, asked for an output cosine of
     ``fast_search_cos`` (0: the target's value for ``cos>=X``, else 0.995). ``regions``: into
     how many contiguous regions the search cuts the network to find where INT8 hurts;
@@ -346,7 +347,14 @@ class Mix:
             metavar="N",
         ),
     )
-    fast_search: bool = True
+    fast_search: bool = field(
+        default=False,
+        metadata=meta(
+            "--mix-fast-search",
+            "also build tpu_mlir's own fast_search table as a candidate (it runs tpu_mlir's "
+            "search first: minutes on a large model)",
+        ),
+    )
     fast_search_cos: float = 0.0
     regions: int = 8
 

@@ -52,3 +52,31 @@ def atomic_copy(src: Path, dst: Path) -> Path:
     with atomic_path(Path(dst)) as tmp:
         shutil.copyfile(src, tmp)
     return Path(dst)
+
+
+@contextlib.contextmanager
+def captured_output() -> Iterator[list[str]]:
+    """Send what native code writes to file descriptors 1 and 2 (not only Python's
+    ``sys.stdout`` / ``sys.stderr``) to a temporary file while the block runs; the list holds
+    that text afterwards. For libraries that print diagnostics from C++ (torch's exporter dumps a
+    whole graph on stdout when an export fails)."""
+    import sys
+
+    got: list[str] = []
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = {fd: os.dup(fd) for fd in (1, 2)}
+    with tempfile.TemporaryFile() as tmp:
+        for fd in saved:
+            os.dup2(tmp.fileno(), fd)
+        try:
+            with contextlib.redirect_stdout(sys.stderr):  # Python's prints go the same way
+                yield got
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            for fd, old in saved.items():
+                os.dup2(old, fd)
+                os.close(old)
+            tmp.seek(0)
+            got.append(tmp.read().decode(errors="replace"))
