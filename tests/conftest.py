@@ -216,24 +216,54 @@ def tiny_scrfd_build(tmp_path_factory):
 
 
 def run_cli(
-    *args: str, cwd: Path | None = None, env: dict | None = None
+    *args: str, cwd: Path | None = None, env: dict | None = None, fresh: bool = False
 ) -> subprocess.CompletedProcess:
-    """Run the real `duotpu` command in a child process."""
-    e = dict(os.environ)
-    e["PYTHONPATH"] = os.pathsep.join([str(TESTS), e.get("PYTHONPATH", "")])
-    if env:
-        e.update(env)
-    proc = subprocess.run(
-        [sys.executable, "-m", "duotpu.cli", *args],
-        cwd=cwd,
-        env=e,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    """Run the real `duotpu` command: its `main` in this process, with the working folder,
+    environment, standard output and error of a run of its own (a process start and duotpu's
+    imports cost seconds a call); ``fresh``: in a child process, for what only a process of its
+    own shows (output that C libraries write to the file descriptors, exit by a signal)."""
+    if fresh:
+        e = dict(os.environ)
+        e["PYTHONPATH"] = os.pathsep.join([str(TESTS), e.get("PYTHONPATH", "")])
+        if env:
+            e.update(env)
+        proc = subprocess.run(
+            [sys.executable, "-m", "duotpu.cli", *args],
+            cwd=cwd,
+            env=e,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+    else:
+        proc = _in_process(list(args), cwd, env or {})
     if "--json" not in args:
         fits_100_columns(proc.stdout)
     return proc
+
+
+def _in_process(args: list[str], cwd: Path | None, env: dict) -> subprocess.CompletedProcess:
+    import contextlib
+    import io
+
+    from duotpu.cli.main import main
+
+    out, err = io.StringIO(), io.StringIO()
+    here, saved = os.getcwd(), dict(os.environ)
+    try:
+        if cwd is not None:
+            os.chdir(cwd)
+        os.environ.update(env)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(args)
+            except SystemExit as e:  # argparse's usage errors
+                code = e.code if isinstance(e.code, int) else 1
+    finally:
+        os.chdir(here)
+        os.environ.clear()
+        os.environ.update(saved)
+    return subprocess.CompletedProcess(["duotpu", *args], code, out.getvalue(), err.getvalue())
 
 
 def fits_100_columns(text: str) -> None:

@@ -174,7 +174,8 @@ def test_truncated_calibration_images_are_left_out_and_too_few_refused(tmp_path,
     for p in paths[:3]:  # an interrupted copy: OpenCV would read them (grey where data ends)
         p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 3])
     args = [str(tiny_onnx_path), *TINY_FLAGS, "--quantize", "int8", "--calib-images", str(folder)]
-    proc = run_cli("build", *args, "--out", str(tmp_path / "o"))
+    # in a process of its own: libjpeg writes its warnings to the file descriptor
+    proc = run_cli("build", *args, "--out", str(tmp_path / "o"), fresh=True)
     # 3 whole images: under the minimum of 4
     _assert_clean_failure(proc, 1, "has 3 whole image(s)", "at least 4")
     assert "do not decode whole" in proc.stdout and "truncated" in proc.stdout
