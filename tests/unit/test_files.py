@@ -44,3 +44,27 @@ def test_two_writers_of_one_file_do_not_share_a_temporary_name(tmp_path):
     assert not errors
     text = (tmp_path / "same.json").read_text()
     assert len(set(text)) == 1 and len(text) == 1000  # one writer's whole content
+
+
+def test_image_checks_survive_a_replaced_image_open(tmp_path, monkeypatch):
+    """Ultralytics replaces PIL's Image.open on import; on a file Pillow does not know, its
+    opener raises ModuleNotFoundError (pi_heif). The calibration folder check skips such a file
+    instead of ending the build with an internal error."""
+    from PIL import Image
+
+    from duotpu.core import images
+
+    images.write_calibration_set(tmp_path, 2, seed=1)
+    (tmp_path / "broken.jpg").write_bytes(b"not really a jpeg")
+    real = Image.open
+
+    def patched(fp, *a, **k):
+        try:
+            return real(fp, *a, **k)
+        except Image.UnidentifiedImageError:
+            raise ModuleNotFoundError("No module named 'pi_heif'") from None
+
+    monkeypatch.setattr(Image, "open", patched)
+    scan = images.scan_images(tmp_path)
+    assert len(scan.paths) == 2 and [p.name for p in scan.skipped] == ["broken.jpg"]
+    assert images.image_problem(tmp_path / "broken.jpg").startswith("not an image")

@@ -112,6 +112,8 @@ def image_problem(path: Path) -> str:
         return "not an image file (or a damaged one)"
     except (ValueError, SyntaxError, Image.DecompressionBombError) as e:
         return f"not a readable image ({type(e).__name__})"
+    except Exception:  # noqa: BLE001 — Image.open replaced by another library (see scan_images)
+        return "not an image file (or a damaged one)"
     return ""
 
 
@@ -209,7 +211,9 @@ def scan_images(folder: Path) -> ImageFolder:
             try:
                 with Image.open(p):
                     ok = True
-            except (OSError, ValueError, SyntaxError):
+            # any error: another library may have replaced Image.open (Ultralytics' patch
+            # raises ModuleNotFoundError for pi_heif on a file Pillow does not know)
+            except Exception:  # noqa: BLE001
                 ok = False
         (good if ok else bad).append(p)
     return ImageFolder(good, bad)
