@@ -2,7 +2,8 @@
 then name the others with the time their last run took (each results file ends with a stamp
 that says it: bench/_report.py). `--all` runs every one (hours); `--only NAME,...` some.
 
-The quick set needs the demo build (`make demo`) for eval.py; it is made first when missing.
+The quick set needs the demo build (`make demo`) for eval.py and scale.py; it is made first when
+missing.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ JOBS = [
     Job("build.py", "build.md", quick=True),
     Job("eval.py", "eval.md", quick=True),
     Job("app.py", "app.md", quick=True),
-    Job("scale.py", "scale.md", quick=True),
+    Job("scale.py", "scale.md", ["--eval-build", "build/efficientnet_lite0"], quick=True),
     Job("latency.py", "latency.md", quick=True),
     Job("fidelity.py", "fidelity.md"),
     Job("rounding.py", "rounding.md"),
@@ -81,10 +82,10 @@ def main() -> int:
     chosen = [j for j in JOBS if (j.result in only if only else (args.all or j.quick))]
     if only - {j.result for j in JOBS}:
         sys.exit(f"unknown results file(s): {', '.join(sorted(only - {j.result for j in JOBS}))}")
-    if any(j.script == "eval.py" for j in chosen) and not (
+    if any(j.script in ("eval.py", "scale.py") for j in chosen) and not (
         Path("build/efficientnet_lite0/manifest.json").is_file()
     ):
-        print("eval.py needs the demo build: running `duotpu demo` first", flush=True)
+        print("eval.py and scale.py need the demo build: running `duotpu demo` first", flush=True)
         subprocess.run([str(Path(sys.executable).parent / "duotpu"), "demo"], check=True)
     t_all = time.monotonic()
     failed = []
