@@ -433,7 +433,7 @@ def _check_ops(model: "onnx.ModelProto", where: Path) -> int:
 ERF_TANH = (1.1283791671, 0.1009109)  # erf(z) ≈ tanh(a z + b z³), |error| ≤ 3.6e-4
 
 
-def _constant_values(model: "onnx.ModelProto") -> dict[str, Any]:
+def constant_values(model: "onnx.ModelProto") -> dict[str, Any]:
     """The graph's constant tensors by name (initializers and ``Constant`` nodes)."""
     from onnx import numpy_helper
 
@@ -455,7 +455,7 @@ def _fused_gelu_erfs(model: "onnx.ModelProto") -> set[str]:
     import numpy as np
 
     g = model.graph
-    consts = _constant_values(model)
+    consts = constant_values(model)
     made = {o: n for n in g.node for o in n.output}
     readers: dict[str, list[Any]] = {}
     for n in g.node:

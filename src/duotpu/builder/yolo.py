@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from duotpu.builder.intake import constant_values
 from duotpu.config.errors import ModelError
 from duotpu.core.files import atomic_path
 from duotpu.core.head import COCO_NAMES, YoloHead  # noqa: F401  (what the cut produces)
@@ -111,18 +112,6 @@ def is_detector(model: torch.nn.Module) -> bool:
 # --------------------------------------------------------------------------------------------
 # ONNX side: find the head and cut
 # --------------------------------------------------------------------------------------------
-def _constants(model: onnx.ModelProto) -> dict[str, np.ndarray[Any, Any]]:
-    from onnx import numpy_helper
-
-    consts = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
-    for n in model.graph.node:
-        if n.op_type == "Constant":
-            for a in n.attribute:
-                if a.name == "value":
-                    consts[n.output[0]] = numpy_helper.to_array(a.t)
-    return consts
-
-
 def _is_dfl(node: onnx.NodeProto, consts: dict[str, np.ndarray[Any, Any]]) -> bool:
     """The DFL's 1x1 convolution: fixed weights 0, 1, …, reg_max-1."""
     w = consts.get(node.input[1]) if len(node.input) > 1 else None
@@ -170,7 +159,7 @@ def cut_head(
     inp = next(i for i in model.graph.input if i.name not in inits)
     in_shape = [d.dim_value or 1 for d in inp.type.tensor_type.shape.dim]
     shapes = _conv_shapes(model, inp.name, in_shape)
-    consts = _constants(model)
+    consts = constant_values(model)
     consumers: dict[str, list[onnx.NodeProto]] = {}
     for n in model.graph.node:
         for i in n.input:
