@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -16,15 +17,32 @@ STAMP = re.compile(
 )
 
 
+def _commit() -> str:
+    """The checkout's commit, short, with "+changes" when files differ from it ("" outside git)."""
+    git = ["git", "-C", str(Path(__file__).parent)]
+    head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    if head.returncode:
+        return ""
+    dirty = subprocess.run(
+        [*git, "status", "--porcelain", "--untracked-files=no", "--", "src", "bench/*.py"],
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    return head.stdout.strip() + ("+changes" if dirty else "")
+
+
 def emit(lines: list[str], out: str | Path, echo: bool = True) -> str:
     """Print the lines (unless not ``echo``) and write them to ``out``, with a last line that
-    names the script and the seconds it has run so far (the whole run, for a script that writes
-    once at its end; a script that writes as rows finish stamps each write)."""
+    names the script, the seconds it has run so far (the whole run, for a script that writes
+    once at its end; a script that writes as rows finish stamps each write), the day and the
+    commit of the code it measured."""
     script = Path(sys.argv[0]).name
     seconds = time.time() - psutil.Process().create_time()
     cores = os.cpu_count() or 1
     day = time.strftime("%Y-%m-%d")
-    stamp = f"_Written by `bench/{script}` after {seconds:.0f} s on {cores} cores, {day}._"
+    commit = _commit()
+    at = f", commit {commit}" if commit else ""
+    stamp = f"_Written by `bench/{script}` after {seconds:.0f} s on {cores} cores, {day}{at}._"
     text = "\n".join(lines) + "\n\n" + stamp + "\n"
     if echo:
         print(text)
