@@ -34,7 +34,7 @@ from duotpu.compiler.executor import executor
 from duotpu.config.recipe import load_recipe
 from duotpu.core import images, metrics
 from duotpu.eval import evaluate
-from duotpu.infer import runtime
+from duotpu.inference import runtime
 
 HERE = Path(__file__).parent
 DEFAULT = {"calibration.count": 100, "calibration.method": "kl", "calibration.tune_num": 5}

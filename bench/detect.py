@@ -31,7 +31,7 @@ from duotpu.core import images
 from duotpu.core.detect import read_yolo_labels
 from duotpu.core.preprocess import load_bgr
 from duotpu.eval import evaluate
-from duotpu.infer import runtime
+from duotpu.inference import runtime
 
 HERE = Path(__file__).parent
 ROOT = HERE.parent

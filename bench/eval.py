@@ -23,7 +23,7 @@ import numpy as np
 from _report import emit  # noqa: E402  (bench/ is on sys.path when run as a script)
 from duotpu import compiler
 from duotpu.core import images
-from duotpu.infer import runtime
+from duotpu.inference import runtime
 
 HERE = Path(__file__).parent
 

@@ -22,7 +22,7 @@ import numpy as np
 from _report import emit  # noqa: E402  (bench/ is on sys.path when run as a script)
 from duotpu.core import images, metrics
 from duotpu.eval import evaluate
-from duotpu.infer import runtime
+from duotpu.inference import runtime
 
 HERE = Path(__file__).parent
 

@@ -69,7 +69,7 @@ def photo(tmp_path_factory) -> Path:
 
 
 def _host(cvimodel: Path, image: Path, program: int = 0):
-    from duotpu.infer import runtime
+    from duotpu.inference import runtime
 
     m = runtime.open_model(cvimodel)
     return m, runtime.infer(m, runtime.tensors_for(m, [image]), program=program)[0]
@@ -89,7 +89,7 @@ def _same(board: dict[str, np.ndarray], host: dict[str, np.ndarray]) -> None:
 def test_int8_and_bf16_classifier_on_the_board_equal_the_host(
     board_python, tiny_build, photo, tmp_path
 ):
-    from duotpu.infer import runtime
+    from duotpu.inference import runtime
 
     build = tiny_build.models["int8"].cvimodel.parent
     proc = run_cli("app", str(build), "--out", str(tmp_path / "my app"))
@@ -151,7 +151,7 @@ def test_yolo_detector_on_the_board_gives_the_hosts_boxes(
     board_python, photo, tmp_path, which, request
 ):
     from duotpu import make_app
-    from duotpu.infer import runtime
+    from duotpu.inference import runtime
 
     # YOLOv5 (anchors, objectness), YOLOv8 (anchor-free, DFL) and PP-PicoDet (a shared GFL
     # map, multi-label NMS): each decode on the board
@@ -424,7 +424,7 @@ def _flat_host_outputs(cvimodel: Path, image: Path):
 
 
 def test_c_app_gives_the_python_apps_outputs(tiny_build, tiny_detector_build, photo, tmp_path):
-    from duotpu.infer import runtime
+    from duotpu.inference import runtime
 
     binary = _c_app_on_host(tiny_build.models["int8"].cvimodel.parent, tmp_path / "capp")
     got = _run_c_app(binary, str(photo), "--save", str(tmp_path / "c.bin"), "--count", "2")
@@ -451,7 +451,7 @@ def test_c_app_decodes_picodet_yolox_and_scrfd_heads(which, request, photo, tmp_
     """PP-PicoDet's shared class + box map, a last stride that does not divide the input and
     PaddleDetection's multi-label NMS; YOLOX's box / objectness / class maps: in C, the host's
     objects."""
-    from duotpu.infer import runtime
+    from duotpu.inference import runtime
 
     build = request.getfixturevalue(f"tiny_{'pico' if which == 'picodet' else which}_build")
     if which == "picodet":

@@ -12,7 +12,7 @@ from conftest import run_cli
 from duotpu import board, cvimodel
 from duotpu.config.errors import BoardError
 from duotpu.core import metrics
-from duotpu.infer import runtime
+from duotpu.inference import runtime
 
 REAL = os.environ.get("DUOTPU_BOARD")
 emulator_only = pytest.mark.skipif(bool(REAL), reason="failure modes need the board emulator")

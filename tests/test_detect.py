@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import duotpu
 import tinymodels
 from conftest import det_recipe, run_cli
 from duotpu.builder import pipeline
@@ -367,7 +368,7 @@ def test_v5_end_to_end(tiny_detector_build, tmp_path):
     from duotpu.core.preprocess import load_bgr
 
     hw = load_bgr(img, False).shape[:2]
-    from duotpu.infer import runtime
+    from duotpu.inference import runtime
 
     model = runtime.open_model(r.models["int8"].cvimodel)
     outs = runtime.infer(model, runtime.tensors_for(model, [img]))[0]
@@ -392,7 +393,7 @@ def test_eval_detector_against_labels_and_fp32(tiny_detector_build, tmp_path, br
     labels equals its mAP against the fp32 detections."""
     from duotpu.core.images import write_shapes_dataset
     from duotpu.core.preprocess import load_bgr
-    from duotpu.infer import runtime
+    from duotpu.inference import runtime
 
     data = write_shapes_dataset(tmp_path / "shapes", 5, size=128, seed=3)
     b = runtime.open_model(tiny_detector_build.models["int8"].cvimodel)
@@ -450,7 +451,7 @@ def test_v8_end_to_end(tiny_v8_build):
     print({k: round(v, 4) for k, v in r.models["int8"].cosine.items()})
     assert r.head.kind == "anchor_free" and r.head.reg_max == 16
     assert len(r.models["int8"].cosine) == 6
-    rows = __import__("duotpu.eval.report", fromlist=["x"]).detect_build(r)
+    rows = duotpu.detect_build(r)
     fp32, int8 = rows[0].detections, rows[1].detections
     assert fp32, "the lively model should detect something on the test image"
     truth = [[(d.box, d.cls) for d in fp32]]

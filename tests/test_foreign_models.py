@@ -226,7 +226,7 @@ def test_cut_at_runs_the_tail_on_the_cpu_and_checks_the_whole_model(tmp_path: Pa
     import onnxruntime as ort
 
     from duotpu.builder import pipeline
-    from duotpu.infer import runtime
+    from duotpu.inference import runtime
 
     # the 6600-way Softmax cv180x cannot compile (see above), cut off and run on the CPU
     src = tinymodels.tiny_onnx(tmp_path / "sm.onnx", classes=6600, extra_op="Softmax")

@@ -112,7 +112,7 @@ def test_tutorial_sequence(tutorial):
     run on the simulator close to the fp32 ONNX model."""
     from duotpu.core.metrics import cosine
     from duotpu.core.onnxrt import onnx_outputs
-    from duotpu.infer import runtime
+    from duotpu.inference import runtime
 
     printed, said = [], []
     for line in TUTORIAL:

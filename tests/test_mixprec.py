@@ -229,7 +229,7 @@ def test_eval_scores_the_mix_model_as_itself(mixed, tmp_path):
     on its own quantized MLIR (bit-exact with the simulator), and the table fits 100 columns
     without empty label columns."""
     from duotpu.core.images import write_calibration_set
-    from duotpu.infer import runtime
+    from duotpu.inference import runtime
 
     m = runtime.open_model(mixed.models["mix"].cvimodel)
     assert m.mode == "mix" and m.tpu_mlir == mixed.models["mix"].tpu_mlir

@@ -12,7 +12,7 @@ from duotpu import cvimodel
 from duotpu.builder import pipeline
 from duotpu.config.errors import ConfigError
 from duotpu.core.metrics import cosine
-from duotpu.infer import runtime
+from duotpu.inference import runtime
 
 ALL_FORMATS = [
     ("YUV420_PLANAR", False),

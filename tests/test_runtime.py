@@ -11,7 +11,7 @@ from duotpu.config.errors import ConfigError
 from duotpu.core import metrics
 from duotpu.core.images import write_calibration_set
 from duotpu.eval import evaluate
-from duotpu.infer import runtime
+from duotpu.inference import runtime
 
 
 def test_predict_matches_the_builds_own_simulator_run(tiny_build, tmp_path):

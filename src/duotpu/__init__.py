@@ -7,16 +7,20 @@ The Python API mirrors the CLI::
     result.models["int8"].cvimodel, result.models["int8"].cosine
     model = duotpu.open_model(result.models["int8"].cvimodel)
     outputs = duotpu.infer(model, duotpu.tensors_for(model, ["cat.jpg"]))
+
+The command line calls nothing else: every name it uses is exported here (a unit test reads
+the CLI's source and checks it), so the API is what ``duotpu`` itself runs on.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from importlib import import_module
 from importlib import metadata as _metadata
 from os import PathLike
 from typing import TYPE_CHECKING, Any
 
+from duotpu.config.chips import BOARDS
 from duotpu.config.errors import (
     BoardError,
     BuildFailed,
@@ -42,49 +46,129 @@ from duotpu.config.recipe import (
     Recipe,
     Target,
     Tolerance,
+    command_line_overrides,
     load_recipe,
     parse_target,
+    recipe_fields,
+    recipe_flags,
+    recipe_for_command,
     recipe_from_dict,
 )
 
 if TYPE_CHECKING:
+    from types import ModuleType
+
     from duotpu.builder.calibdata import CalibrationData, CalibrationDataReader
+    from duotpu.builder.legacy import LegacyResult, run_legacy
     from duotpu.builder.many import build_many
     from duotpu.builder.pipeline import EventSink, StageEvent
     from duotpu.builder.results import BuildResult, ModelArtifact
+    from duotpu.builder.summary import (
+        Classified,
+        Detected,
+        board_fits,
+        classify_build,
+        detect_build,
+        fit_text,
+        top1_agrees,
+    )
+    from duotpu.builder.summary import as_json as classified_json
+    from duotpu.compiler import stop_children
     from duotpu.compiler.executor import Executor, executor
+    from duotpu.core.detect import draw as draw_detections
+    from duotpu.core.images import builtin_photo
+    from duotpu.core.images import list_files as list_images
+    from duotpu.core.labels import class_name, imagenet_classes, read_labels
     from duotpu.cvimodel import CviModelInfo, read_cvimodel
-    from duotpu.eval.results import EvalResult
-    from duotpu.infer.runtime import BuiltModel, detect, infer, open_model, tensors_for, top_k
+    from duotpu.eval.evaluate import least_similar
+    from duotpu.eval.report import write_eval_report
+    from duotpu.eval.results import ClassifyEval, DetectEval, EvalResult, GenericEval
+    from duotpu.inference.inspect import Inspection, inspect_cvimodel, latency_estimate
+    from duotpu.inference.runtime import (
+        BuiltModel,
+        apply_tail,
+        describe_generic,
+        describe_outputs,
+        detect,
+        infer,
+        infer_batched,
+        open_model,
+        save_outputs,
+        tensors_for,
+        top_k,
+    )
+
+    board: ModuleType
 
 # Loaded on first use: `import duotpu` (and the compiler's worker processes, which import the
 # package) stays light; the build and inference modules pull in numpy, onnx and torch.
+# name → "module" (the same name there) or "module:name"; a bare module is a public sub-API.
 _LAZY = {
+    # building
     "CalibrationDataReader": "duotpu.builder.calibdata",
     "CalibrationData": "duotpu.builder.calibdata",
     "BuildResult": "duotpu.builder.results",
-    "EventSink": "duotpu.builder.pipeline",
     "ModelArtifact": "duotpu.builder.results",
+    "EventSink": "duotpu.builder.pipeline",
     "StageEvent": "duotpu.builder.pipeline",
-    "CviModelInfo": "duotpu.cvimodel",
-    "top_k": "duotpu.infer.runtime",
-    "detect": "duotpu.infer.runtime",
+    "build_many": "duotpu.builder.many",
+    "run_legacy": "duotpu.builder.legacy",
+    "LegacyResult": "duotpu.builder.legacy",
+    "Classified": "duotpu.builder.summary",
+    "Detected": "duotpu.builder.summary",
+    "classify_build": "duotpu.builder.summary",
+    "classified_json": "duotpu.builder.summary:as_json",
+    "detect_build": "duotpu.builder.summary",
+    "top1_agrees": "duotpu.builder.summary",
+    "board_fits": "duotpu.builder.summary",
+    "fit_text": "duotpu.builder.summary",
     "Executor": "duotpu.compiler.executor",
     "executor": "duotpu.compiler.executor",
-    "build_many": "duotpu.builder.many",
+    "stop_children": "duotpu.compiler",
+    # models and images
+    "CviModelInfo": "duotpu.cvimodel",
+    "read_cvimodel": "duotpu.cvimodel",
+    "Inspection": "duotpu.inference.inspect",
+    "inspect_cvimodel": "duotpu.inference.inspect",
+    "latency_estimate": "duotpu.inference.inspect",
+    "read_labels": "duotpu.core.labels",
+    "class_name": "duotpu.core.labels",
+    "imagenet_classes": "duotpu.core.labels",
+    "list_images": "duotpu.core.images:list_files",
+    "builtin_photo": "duotpu.core.images",
+    "draw_detections": "duotpu.core.detect:draw",
+    # inference
+    "BuiltModel": "duotpu.inference.runtime",
+    "open_model": "duotpu.inference.runtime",
+    "tensors_for": "duotpu.inference.runtime",
+    "infer": "duotpu.inference.runtime",
+    "infer_batched": "duotpu.inference.runtime",
+    "apply_tail": "duotpu.inference.runtime",
+    "top_k": "duotpu.inference.runtime",
+    "detect": "duotpu.inference.runtime",
+    "describe_outputs": "duotpu.inference.runtime",
+    "describe_generic": "duotpu.inference.runtime",
+    "save_outputs": "duotpu.inference.runtime",
+    # evaluation
+    "EvalResult": "duotpu.eval.results",
+    "ClassifyEval": "duotpu.eval.results",
+    "DetectEval": "duotpu.eval.results",
+    "GenericEval": "duotpu.eval.results",
+    "least_similar": "duotpu.eval.evaluate",
+    "write_eval_report": "duotpu.eval.report",
+    # the board: apps, and boards over SSH (a sub-API: duotpu.board.push, .run_model, …)
     "make_app": "duotpu.board.app",
     "AppFolder": "duotpu.board.app",
-    "read_cvimodel": "duotpu.cvimodel",
-    "BuiltModel": "duotpu.infer.runtime",
-    "infer": "duotpu.infer.runtime",
-    "open_model": "duotpu.infer.runtime",
-    "tensors_for": "duotpu.infer.runtime",
+    "board": "duotpu.board",
 }
 
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        return getattr(import_module(_LAZY[name]), name)
+        module, _, attr = _LAZY[name].partition(":")
+        if module == f"{__name__}.{name}":
+            return import_module(module)
+        return getattr(import_module(module), attr or name)
     raise AttributeError(f"module 'duotpu' has no attribute {name!r}")
 
 
@@ -96,10 +180,7 @@ except _metadata.PackageNotFoundError:  # running from a source tree that was no
 __all__ = [
     "__version__",
     "build",
-    "BuildResult",
-    "ModelArtifact",
-    "StageEvent",
-    "EventSink",
+    "evaluate",
     "Recipe",
     "ModelSource",
     "InputSpec",
@@ -109,26 +190,66 @@ __all__ = [
     "Deploy",
     "Mix",
     "Target",
-    "parse_target",
     "DetectOptions",
-    "CalibrationData",
-    "CalibrationDataReader",
-    "evaluate",
+    "parse_target",
     "load_recipe",
     "recipe_from_dict",
-    "open_model",
-    "BuiltModel",
-    "tensors_for",
-    "infer",
-    "top_k",
-    "detect",
-    "read_cvimodel",
-    "CviModelInfo",
+    "recipe_for_command",
+    "command_line_overrides",
+    "recipe_flags",
+    "recipe_fields",
+    "BOARDS",
+    "CalibrationDataReader",
+    "CalibrationData",
+    "BuildResult",
+    "ModelArtifact",
+    "EventSink",
+    "StageEvent",
+    "build_many",
+    "run_legacy",
+    "LegacyResult",
+    "Classified",
+    "Detected",
+    "classify_build",
+    "classified_json",
+    "detect_build",
+    "top1_agrees",
+    "board_fits",
+    "fit_text",
     "Executor",
     "executor",
-    "build_many",
+    "stop_children",
+    "CviModelInfo",
+    "read_cvimodel",
+    "Inspection",
+    "inspect_cvimodel",
+    "latency_estimate",
+    "read_labels",
+    "class_name",
+    "imagenet_classes",
+    "list_images",
+    "builtin_photo",
+    "draw_detections",
+    "BuiltModel",
+    "open_model",
+    "tensors_for",
+    "infer",
+    "infer_batched",
+    "apply_tail",
+    "top_k",
+    "detect",
+    "describe_outputs",
+    "describe_generic",
+    "save_outputs",
+    "EvalResult",
+    "ClassifyEval",
+    "DetectEval",
+    "GenericEval",
+    "least_similar",
+    "write_eval_report",
     "make_app",
     "AppFolder",
+    "board",
     "DuoTpuError",
     "ConfigError",
     "ModelError",
@@ -200,9 +321,11 @@ def evaluate(
     margin: float = 0.05,
     class_names: list[str] | None = None,
     limit: int = 0,
-    check: int = 2,
+    check: int | None = None,
     layers: int = 0,
     executor: Executor | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> EvalResult:
     """Evaluate every cvimodel of a build folder (or one cvimodel) against the fp32 model on a
     folder of images — what ``duotpu eval`` prints and writes to ``report.json``: classifiers by
@@ -210,14 +333,15 @@ def evaluate(
     detections, other models by output cosine. ``backend``: ``mlir`` (the quantized MLIR, fast;
     checked against the simulator on ``check`` images first) or ``cvimodel`` (the CV18xx
     simulator); ``margin``: fp32's top-1 lead that makes an image decisive; ``limit``: at most
-    that many images; ``layers``: per-layer cosines on that many images; ``executor``: a
-    :mod:`duotpu.compiler.executor` executor (Ray) to spread the images. Returns a
-    :class:`~duotpu.eval.results.ClassifyEval`, :class:`~duotpu.eval.results.DetectEval` or
-    :class:`~duotpu.eval.results.GenericEval`; write its HTML report with
-    ``duotpu.eval.report.write_eval_report(folder, result)``."""
+    that many images; ``layers``: per-layer cosines on that many images; ``check``:
+    None for the default (2); ``executor``: a :mod:`duotpu.compiler.executor` executor (Ray) to
+    spread the images; ``progress(mode, done, total)`` and ``log(line)`` report as it goes.
+    Returns a :class:`~duotpu.eval.results.ClassifyEval`,
+    :class:`~duotpu.eval.results.DetectEval` or :class:`~duotpu.eval.results.GenericEval`;
+    write its HTML report with ``duotpu.write_eval_report(folder, result)``."""
     from pathlib import Path
 
-    from duotpu.eval.evaluate import evaluate_build
+    from duotpu.eval.evaluate import FAST_PATH_CHECK, evaluate_build
 
     return evaluate_build(
         Path(build),
@@ -227,7 +351,13 @@ def evaluate(
         margin=margin,
         class_names=class_names,
         limit=limit,
-        check=check,
+        check=FAST_PATH_CHECK if check is None else check,
         layers=layers,
         executor=executor,
+        progress=progress or _quiet,
+        log=log or _quiet,
     )
+
+
+def _quiet(*_: Any) -> None:
+    """Reports nothing (``evaluate`` without ``progress`` / ``log``)."""

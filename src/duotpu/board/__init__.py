@@ -3,6 +3,7 @@ benchmarking models with the SDK's ``model_runner``. The CLI and the tests use t
 
 from __future__ import annotations
 
+from .apprun import AppPush, AppRun, push_app, run_app
 from .checks import (
     Doctor,
     check_model_for_board,
@@ -48,6 +49,10 @@ from .sync import (
 from .timing import calibrate, estimate_for, fitted
 
 __all__ = [
+    "AppPush",
+    "AppRun",
+    "push_app",
+    "run_app",
     "OutputComparison",
     "compare",
     "calibrate",

@@ -22,7 +22,7 @@ from duotpu.builder.manifest import Manifest
 from duotpu.config.errors import ConfigError, ModelError
 from duotpu.core import labels
 from duotpu.core.preprocess import input_hw, resize_dims, tpu_mean_scale
-from duotpu.infer.runtime import BuiltModel, open_model
+from duotpu.inference.runtime import BuiltModel, open_model
 from duotpu.onboard import app as onboard_app
 from duotpu.onboard import tail as onboard_tail
 

@@ -17,7 +17,7 @@ import numpy as np
 from duotpu.config.errors import BoardError, ConfigError
 from duotpu.core import metrics
 from duotpu.core.preprocess import load_bgr
-from duotpu.infer import runtime
+from duotpu.inference import runtime
 from duotpu.onboard import images as board_images
 
 from .app import AppFolder, make_app

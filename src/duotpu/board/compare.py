@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from duotpu.core import metrics
-from duotpu.infer import runtime
+from duotpu.inference import runtime
 
 from .runner import run_model
 from .ssh import Board

@@ -15,7 +15,7 @@ from duotpu import compiler
 from duotpu.config.recipe import Recipe
 
 from .manifest import Manifest
-from .mixprec import Candidate
+from .mixprec import TABLE_HEADER, Candidate, failed_notes, table_cells
 from .workdir import Stage, StageResult
 
 if TYPE_CHECKING:
@@ -142,6 +142,16 @@ class Mixed(StageResult):
     @property
     def best(self) -> Candidate:
         return self.rows[self.chosen]
+
+    def table(self) -> tuple[tuple[str, ...], list[list[str]]]:
+        """The trade-off table as text cells: its header and one row per candidate (``#`` is
+        the number ``mix.pick`` takes; candidates the compiler could not make follow,
+        unnumbered)."""
+        return TABLE_HEADER, table_cells(self.rows, self.chosen, self.failed)
+
+    def failed_notes(self) -> list[str]:
+        """One line per candidate the compiler could not make: its label and why."""
+        return failed_notes(self.failed)
 
 
 # --------------------------------------------------------------------------------------------

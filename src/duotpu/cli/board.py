@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+import duotpu
+from duotpu import ConfigError
 from duotpu.cli.common import (
     EXIT_FAIL,
     EXIT_OK,
@@ -16,7 +18,6 @@ from duotpu.cli.common import (
     _print_generic,
     _results,
 )
-from duotpu.config.errors import ConfigError
 
 
 # --------------------------------------------------------------------------------------------
@@ -25,8 +26,7 @@ from duotpu.config.errors import ConfigError
 def _open_board(args):
     import getpass
 
-    from duotpu import board
-
+    board = duotpu.board
     profile = board.resolve_board(args.board)
     prompt = getpass.getpass if sys.stdin.isatty() else None
     return board.Board(
@@ -35,15 +35,13 @@ def _open_board(args):
 
 
 def _checked(b, models, force: bool, con) -> None:
-    from duotpu import board
-
+    board = duotpu.board
     for p in board.check_models(b, [Path(m) for m in models], force):
         con.print(f"[yellow]warning (--force):[/] {p}")
 
 
 def cmd_board_add(args) -> int:
-    from duotpu import board
-
+    board = duotpu.board
     p = board.BoardProfile(
         name=args.name,
         host=args.host,
@@ -60,8 +58,7 @@ def cmd_board_add(args) -> int:
 
 
 def cmd_board_doctor(args) -> int:
-    from duotpu import board
-
+    board = duotpu.board
     con = _console()
     with _open_board(args) as b:
         d = board.doctor(b)
@@ -93,8 +90,7 @@ def cmd_board_doctor(args) -> int:
 def cmd_board_push(args) -> int:
     from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
-    from duotpu import board
-
+    board = duotpu.board
     con = _console()
     with _open_board(args) as b:
         with Progress(
@@ -124,33 +120,27 @@ def cmd_board_push(args) -> int:
 
 
 def _board_model(args):
-    from duotpu.infer import runtime
-
-    return runtime.open_model(args.model, getattr(args, "recipe", None))
+    return duotpu.open_model(args.model, getattr(args, "recipe", None))
 
 
 def _board_inputs(model, items):
-    from duotpu.infer import runtime
-
     tensors = []
     for item in items:
         p = Path(item)
         if not p.is_file():
             raise ConfigError(f"The input {item} does not exist.")
         if model.recipe.tensor_inputs:  # .npz samples, an array per input name (checked)
-            tensors += runtime.tensors_for(model, [p])
+            tensors += duotpu.tensors_for(model, [p])
         elif p.suffix == ".npz":
             with np.load(p) as z:
                 tensors.append(np.array(z[z.files[0]]))
         else:
-            tensors += runtime.tensors_for(model, [p])
+            tensors += duotpu.tensors_for(model, [p])
     return tensors
 
 
 def cmd_board_run(args) -> int:
-    from duotpu import board
-    from duotpu.infer import runtime
-
+    board = duotpu.board
     model = _board_model(args)
     tensors = _board_inputs(model, args.inputs)
     con = _console()
@@ -158,7 +148,7 @@ def cmd_board_run(args) -> int:
         _checked(b, [args.model], args.force, con)
         outs = board.run_model(b, model.cvimodel, model.info, tensors, model.input_name)
     # a cut model: the rest on this CPU (reading the inputs too, where it does)
-    outs = [runtime.apply_tail(model, o, t) for o, t in zip(outs, tensors)]
+    outs = [duotpu.apply_tail(model, o, t) for o, t in zip(outs, tensors)]
     results = _results(args, model, args.inputs, outs, "input", tensors)
     if args.json:
         print(
@@ -183,24 +173,19 @@ def cmd_board_run(args) -> int:
 
 
 def cmd_board_bench(args) -> int:
-    from duotpu import board
-    from duotpu.infer import runtime
-
+    board = duotpu.board
     con = _console()
     measured = []
     with _open_board(args) as b:
         _checked(b, args.model, args.force, con)
         for path in args.model:
-            model = runtime.open_model(path, getattr(args, "recipe", None))
+            model = duotpu.open_model(path, getattr(args, "recipe", None))
             image = args.image or model.recipe.test_image or "builtin:chelsea"
             if Path(image).is_dir():
-                from duotpu.core.images import list_files
-
-                image = str(list_files(Path(image))[0])
+                image = str(duotpu.list_images(Path(image))[0])
             if image.startswith("builtin:"):
-                from duotpu.core.images import builtin_photo
-
-                tensor = runtime.tensors_for(model, [builtin_photo(image.split(":", 1)[1])])[0]
+                photo = duotpu.builtin_photo(image.split(":", 1)[1])
+                tensor = duotpu.tensors_for(model, [photo])[0]
             else:
                 tensor = _board_inputs(model, [image])[0]
             r = board.bench(b, model.cvimodel, tensor, model.input_name, args.count)
@@ -266,8 +251,7 @@ def cmd_board_bench(args) -> int:
 def cmd_board_compare(args) -> int:
     from dataclasses import asdict
 
-    from duotpu import board
-
+    board = duotpu.board
     model = _board_model(args)
     tensor = _board_inputs(model, [args.input])[0]
     con = _console()
@@ -300,14 +284,11 @@ def cmd_board_compare(args) -> int:
 
 
 def cmd_board_app(args) -> int:
-    from duotpu.board import apprun
-    from duotpu.core import images
-
     con = _console()
     build = Path(args.build)
     with _open_board(args) as b:
         if args.app_command == "push":
-            pushed = apprun.push_app(b, build, args.force)
+            pushed = duotpu.board.push_app(b, build, args.force)
             if args.json:
                 print(
                     json.dumps(
@@ -335,9 +316,11 @@ def cmd_board_app(args) -> int:
         items: list[Path] = []
         for item in args.inputs:
             path = Path(item)
-            items += images.list_files(path) if path.is_dir() else [path]
+            items += duotpu.list_images(path) if path.is_dir() else [path]
         count = args.count if args.app_command == "bench" else 0
-        run = apprun.run_app(b, build, items[:1] if count else items, args.model, count, args.force)
+        run = duotpu.board.run_app(
+            b, build, items[:1] if count else items, args.model, count, args.force
+        )
     if args.json:
         print(
             json.dumps(

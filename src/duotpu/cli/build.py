@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import duotpu
+from duotpu import ConfigError, PartialBuild
 from duotpu.cli.common import (
     EXIT_FAIL,
     EXIT_OK,
@@ -17,53 +19,12 @@ from duotpu.cli.common import (
     _executor,
     _table,
 )
-from duotpu.config.errors import (
-    ConfigError,
-    PartialBuild,
-)
+from duotpu.cli.tables import classification_table, detection_table
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    from duotpu.config.recipe import flag_overrides, parse_override_value
-
     given = {k[len("flag:") :]: v for k, v in vars(args).items() if k.startswith("flag:")}
-    out = flag_overrides(given)
-    for item in getattr(args, "set", []) or []:
-        if "=" not in item:
-            raise ConfigError(f"--set needs KEY=VALUE, got {item!r}.")
-        k, v = item.split("=", 1)
-        out[k.strip()] = parse_override_value(k, v.strip())
-    from duotpu.config.recipe import path_keys, resolve_path
-
-    for path_key, kind in path_keys().items():  # paths on the command line: from the cwd
-        if path_key in out and path_key != "model.source":
-            out[path_key] = resolve_path(out[path_key], Path.cwd(), kind)
-    return out
-
-
-def _recipe_from_args(args: argparse.Namespace):
-    from duotpu.config.recipe import Recipe, load_recipe, recipe_from_dict, set_dotted
-
-    overrides = _overrides(args)
-    if args.source and args.source.endswith(".toml") and not args.recipe:
-        # `duotpu build recipe.toml`: a recipe, not a model
-        args.recipe, args.source = args.source, None
-    if args.recipe:
-        base = load_recipe(args.recipe).to_dict()
-    else:
-        base = Recipe().to_dict()
-    if args.source:
-        src = args.source
-        if not (src.startswith("torchvision:") or ":" in src and not Path(src).exists()):
-            src = str(Path(src).expanduser().resolve())
-        base["model"]["source"] = src
-        if not overrides.get("name") and not args.recipe:
-            stem = src.split(":")[-1] if ":" in src and not Path(src).exists() else Path(src).stem
-            base["name"] = "".join(c if c.isalnum() or c in "_-" else "_" for c in stem)
-    where = f"{args.recipe} and the command line" if args.recipe else "the command line"
-    for dotted, value in overrides.items():
-        set_dotted(base, dotted, value)
-    return recipe_from_dict(base, where)
+    return duotpu.command_line_overrides(given, getattr(args, "set", None) or [])
 
 
 # --------------------------------------------------------------------------------------------
@@ -84,9 +45,7 @@ def _build_json_head(result) -> dict[str, Any]:
 
 
 def _print_detect_build(console, result, as_json: bool) -> int:
-    from duotpu.eval import report
-
-    rows = report.detect_build(result)
+    rows = duotpu.detect_build(result)
     if as_json:
         print(
             json.dumps(
@@ -114,7 +73,7 @@ def _print_detect_build(console, result, as_json: bool) -> int:
         "candidate boxes and runs NMS"
     )
     console.print(
-        report.detection_table(
+        detection_table(
             rows,
             f"{result.recipe.name} on the test image ({result.test_image_path.name}), "
             f"conf ≥ {result.recipe.detect.conf}",
@@ -138,13 +97,11 @@ def _print_generic_build(console, result, as_json: bool) -> int:
     """A model that is neither a classifier nor a detector: its outputs as tensors."""
     from rich.table import Table
 
-    from duotpu.infer import runtime
-
     rows = {
-        m: runtime.describe_outputs(a.outputs, result.reference) for m, a in result.models.items()
+        m: duotpu.describe_outputs(a.outputs, result.reference) for m, a in result.models.items()
     }
     if as_json:
-        fp32 = runtime.describe_outputs(result.reference)
+        fp32 = duotpu.describe_outputs(result.reference)
         print(
             json.dumps(
                 {
@@ -164,7 +121,7 @@ def _print_generic_build(console, result, as_json: bool) -> int:
     t.add_column("fp32 range", justify="right")
     for m in result.models:
         t.add_column(f"{m.upper()} cos", justify="right")
-    for o in runtime.describe_outputs(result.reference):
+    for o in duotpu.describe_outputs(result.reference):
         t.add_row(
             o["name"],
             "×".join(map(str, o["shape"])),
@@ -180,43 +137,39 @@ def _print_generic_build(console, result, as_json: bool) -> int:
 
 
 def _print_build(console, result, labels, as_json: bool) -> int:
-    from duotpu.eval import report
 
     if result.head is not None:
         return _print_detect_build(console, result, as_json)
     if result.recipe.task == "generic":
         return _print_generic_build(console, result, as_json)
-    rows = report.classify_build(result)
+    rows = duotpu.classify_build(result)
     if as_json:
         print(
             json.dumps(
                 {
                     **_build_json_head(result),
-                    "classification": report.as_json(rows, labels),
+                    "classification": duotpu.classified_json(rows, labels),
                 },
                 indent=2,
             )
         )
         return EXIT_OK
     console.print(
-        report.classification_table(
+        classification_table(
             rows,
             labels,
             f"{result.recipe.name} on the test image ({Path(str(result.test_image_path)).name})",
         )
     )
     _print_verified(console, result)
-    if not report.top1_agrees(rows):
+    if not duotpu.top1_agrees(rows):
         console.print("[yellow]note:[/] the models' top-1 classes differ on the test image.")
     return EXIT_OK
 
 
 def cmd_build_many(args: argparse.Namespace) -> int:
-    from duotpu.builder.many import build_many
-    from duotpu.config.recipe import load_recipe
-
     overrides = _overrides(args)  # --set, as `duotpu build` reads it
-    recipes = [load_recipe(Path(r), overrides) for r in args.recipes]
+    recipes = [duotpu.load_recipe(Path(r), overrides) for r in args.recipes]
     con = _console()
     with _executor(args) as ex:
         con.print(
@@ -229,7 +182,7 @@ def cmd_build_many(args: argparse.Namespace) -> int:
             why = b.error.splitlines()[0][:60] if b.error else ""
             con.print(f"{mark} {b.name:<24} {b.seconds:7.1f} s  {why}")
 
-        results = build_many(
+        results = duotpu.build_many(
             recipes,
             out_root=Path(args.out_root) if args.out_root else None,
             executor=ex,
@@ -277,15 +230,12 @@ def _many_table(results) -> Any:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from duotpu.builder import pipeline
-    from duotpu.core import labels as labels_mod
-
     if not args.source and not args.recipe:
         raise ConfigError(
             "Nothing to build: give a model (an .onnx or .pt file, "
             "'torchvision:NAME' or 'package.module:function') or --recipe FILE."
         )
-    recipe = _recipe_from_args(args)
+    recipe = duotpu.recipe_for_command(args.source, args.recipe, _overrides(args))
     console = _console()
     progress = StageProgress(console)
     console.print(
@@ -295,11 +245,11 @@ def cmd_build(args: argparse.Namespace) -> int:
     partial: PartialBuild | None = None
     try:
         with _executor(args) as ex:
-            result = pipeline.build(
+            result = duotpu.build(
                 recipe,
-                Path(args.out) if args.out else None,
-                Path(args.work_dir) if args.work_dir else None,
-                progress,
+                out_dir=args.out or None,
+                work_dir=args.work_dir or None,
+                events=progress,
                 executor=ex,
             )
     except PartialBuild as e:
@@ -307,9 +257,9 @@ def cmd_build(args: argparse.Namespace) -> int:
     finally:
         progress.close()
     labels = (
-        labels_mod.read_labels(Path(args.labels))
+        duotpu.read_labels(Path(args.labels))
         if args.labels
-        else (labels_mod.imagenet_classes() if _outputs_1000(result) else None)
+        else (duotpu.imagenet_classes() if _outputs_1000(result) else None)
     )
     code = _print_build(console, result, labels, args.json)
     if result.inputs_archive is not None and not args.json:
@@ -325,13 +275,11 @@ def _print_fit(console, result) -> None:
     """Per model: its board memory, the boards of its chip that hold it, the estimated time; a
     model that fits no board is flagged (the build still succeeds: the ION heap can be
     enlarged on a custom image)."""
-    from duotpu.builder.summary import board_fits, fit_text
-
     chip = result.recipe.chip
     for mode, art in result.models.items():
         est = f" · est. {art.estimate.ms:.2f} ms on the board" if art.estimate else ""
-        line = f"  {mode.upper()}: {fit_text(chip, art.ion_mb)}{est}"
-        if not any(f.fits for f in board_fits(chip, art.ion_mb)):
+        line = f"  {mode.upper()}: {duotpu.fit_text(chip, art.ion_mb)}{est}"
+        if not any(f.fits for f in duotpu.board_fits(chip, art.ion_mb)):
             console.print(f"[yellow]![/]{line}", markup=True, highlight=False)
         else:
             console.print(line, markup=False, highlight=False)
@@ -389,20 +337,19 @@ def _print_mix(console, result, as_json: bool) -> int:
     from rich.markup import escape
     from rich.table import Table
 
-    from duotpu.builder import mixprec
-
     mix = result.mix
     rows = mix.rows
     if not as_json:
         t = Table(title=f"mixed precision: {mix.target or 'given table'}")
-        for col in mixprec.TABLE_HEADER:
+        header, cells = mix.table()
+        for col in header:
             t.add_column(col, justify="right" if col not in ("", "candidate") else "left")
-        for cells in mixprec.table_cells(rows, mix.chosen, mix.failed):
-            t.add_row(*cells)
+        for row in cells:
+            t.add_row(*row)
         console.print(t)
         if any(r.measured_on == "simulator" for r in rows):
             console.print("sim: measured on the simulator (its quantized MLIR disagreed with it)")
-        for note in mixprec.failed_notes(mix.failed):
+        for note in mix.failed_notes():
             console.print(f"not built: {escape(note)}", highlight=False)
         console.print(
             f"BF16 layers: {result.out_dir / (result.recipe.name + '.qtable')} "

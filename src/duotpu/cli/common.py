@@ -9,7 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from duotpu.config.errors import ConfigError
+import duotpu
+from duotpu import ConfigError
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2  # interrupted: 128 + the signal (130, 143)
 EXIT_PARTIAL = 3  # some modes delivered (verified), others failed
@@ -134,10 +135,8 @@ def _flag_type(flag):
 
 def _add_recipe_flags(p: argparse.ArgumentParser) -> None:
     """One flag per recipe field that has one (the recipe dataclasses' field metadata)."""
-    from duotpu.config.recipe import recipe_flags
-
     g = p.add_argument_group("recipe fields (override the recipe file)")
-    for f in recipe_flags():
+    for f in duotpu.recipe_flags():
         dest = "flag:" + f.key
         if f.kind == "bool":
             g.add_argument(f.option, dest=dest, action="store_true", default=None, help=f.help)
@@ -199,35 +198,26 @@ def _add_scale_flags(p: argparse.ArgumentParser) -> None:
 
 def _executor(args: argparse.Namespace):
     """The executor the flags ask for (serial without them; demo has none)."""
-    from duotpu.compiler.executor import executor
-
-    return executor(getattr(args, "workers", 0) or 0, getattr(args, "ray_address", None))
+    return duotpu.executor(getattr(args, "workers", 0) or 0, getattr(args, "ray_address", None))
 
 
 def _class_names(args, n_classes: int):
-    from duotpu.core import labels as labels_mod
-
     if getattr(args, "labels", None):
-        return labels_mod.read_labels(Path(args.labels))
-    return labels_mod.imagenet_classes() if n_classes == 1000 else None
+        return duotpu.read_labels(Path(args.labels))
+    return duotpu.imagenet_classes() if n_classes == 1000 else None
 
 
 def _top_k(args, model, items, outs, key: str) -> list[dict]:
     """Per input: the top-k classes of the model's first output, with names."""
-    from duotpu.infer import runtime
-
     names = _class_names(args, 0) if getattr(args, "labels", None) else None
-    tops = runtime.top_k(model, outs, args.topk, names)
+    tops = duotpu.top_k(model, outs, args.topk, names)
     return [{key: str(item), "top": top} for item, top in zip(items, tops)]
 
 
 def _detect_results(args, model, items, outs, key: str) -> list[dict]:
     """Per input: the detector's boxes (decoded and NMS-ed on the CPU, in image pixels); with
     ``--save``, the images with their boxes drawn."""
-    from duotpu.core.detect import draw
-    from duotpu.infer import runtime
-
-    found = runtime.detect(model, [Path(i) for i in items], outs, conf=args.conf, iou=args.iou)
+    found = duotpu.detect(model, [Path(i) for i in items], outs, conf=args.conf, iou=args.iou)
     results = []
     for item, dets in zip(items, found):
         p = Path(item)
@@ -236,7 +226,7 @@ def _detect_results(args, model, items, outs, key: str) -> list[dict]:
             target = Path(args.save)
             if len(items) > 1 or target.is_dir():
                 target = target / f"{p.stem}.jpg"
-            results[-1]["saved"] = str(draw(p, dets, target))
+            results[-1]["saved"] = str(duotpu.draw_detections(p, dets, target))
     return results
 
 
@@ -285,31 +275,20 @@ def _results(args, model, items, outs, key: str, tensors=None) -> list[dict]:
 
 def _generic_results(args, model, items, outs, key: str, tensors) -> list[dict]:
     """Per input: each output's shape, range and cosine to fp32; with --save, an npz each."""
-    from duotpu.infer import runtime
-
     save = getattr(args, "save", None)
     if save and len(items) > 1 and Path(save).suffix == ".npz":
         raise ConfigError(
             f"--save {save} names one .npz file, but {len(items)} inputs were given: give a "
             "folder (one NAME.npz per input is written there) or one input."
         )
-    refs = None
-    if tensors is not None and model.onnx is not None:
-        names = runtime.fp32_output_names(model)
-        refs = [dict(zip(names, r)) for r in runtime.fp32_reference(model, tensors)]
     results = []
-    for i, (item, out) in enumerate(zip(items, outs)):
-        if refs:
-            out = runtime.as_reference_outputs(out, refs[i])
-        row: dict[str, Any] = {
-            key: str(item),
-            "outputs": runtime.describe_outputs(out, refs[i] if refs else None),
-        }
+    for item, (out, described) in zip(items, duotpu.describe_generic(model, outs, tensors)):
+        row: dict[str, Any] = {key: str(item), "outputs": described}
         if getattr(args, "save", None):
             target = Path(args.save)
             if len(items) > 1 or target.is_dir() or target.suffix != ".npz":
                 target = target / f"{Path(str(item)).stem}.npz"
-            row["saved"] = str(runtime.save_outputs(out, target))
+            row["saved"] = str(duotpu.save_outputs(out, target))
         results.append(row)
     return results
 

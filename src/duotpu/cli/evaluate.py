@@ -6,14 +6,13 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+import duotpu
+from duotpu import ClassifyEval, DetectEval, GenericEval
 from duotpu.cli.common import EXIT_OK, _class_names, _console, _executor, _table
-from duotpu.eval.results import ClassifyEval, DetectEval, GenericEval
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from rich.progress import Progress
-
-    from duotpu.eval import evaluate, report
 
     target = Path(args.model)
     con = _console()
@@ -25,7 +24,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 tasks[mode] = prog.add_task(mode.upper(), total=total)
             prog.update(tasks[mode], completed=done)
 
-        data = evaluate.evaluate_build(
+        data = duotpu.evaluate(
             target,
             Path(args.images),
             recipe=args.recipe,
@@ -33,7 +32,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             margin=args.margin,
             class_names=_class_names(args, 1000 if args.labels is None else 0),
             limit=args.limit or 0,
-            check=evaluate.FAST_PATH_CHECK if args.check is None else args.check,
+            check=args.check,
             layers=args.layers or 0,
             progress=progress,
             log=con.print,
@@ -46,10 +45,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     else:
         con.print(_eval_table(data))
     for mode, layers in data.per_layer.items():
-        worst = ", ".join(f"{n} {c:.4f}" for n, c in evaluate.least_similar(layers))
+        worst = ", ".join(f"{n} {c:.4f}" for n, c in duotpu.least_similar(layers))
         con.print(f"  {mode.upper()} least similar tensors: {worst}")
     out = Path(args.out) if args.out else (target if target.is_dir() else target.parent) / "eval"
-    jpath, hpath = report.write_eval_report(out, data)
+    jpath, hpath = duotpu.write_eval_report(out, data)
     con.print(f"report: {jpath} and {hpath}")
     return EXIT_OK
 

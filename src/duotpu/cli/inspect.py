@@ -6,20 +6,19 @@ import argparse
 import json
 from pathlib import Path
 
+import duotpu
+from duotpu import ConfigError
 from duotpu.cli.board import cmd_board_run
 from duotpu.cli.common import EXIT_OK, _console, _print_detections, _print_generic, _results
-from duotpu.config.errors import ConfigError
 
 
 def _ion_overrides(items: list[str]) -> dict[str, float]:
-    from duotpu.config.chips import BOARDS
-
     out = {}
     for item in items:
         key, _, val = item.partition("=")
-        if key not in BOARDS or not val:
+        if key not in duotpu.BOARDS or not val:
             raise ConfigError(
-                f"--ion takes BOARD=MB with BOARD one of {', '.join(BOARDS)}; got {item!r}."
+                f"--ion takes BOARD=MB with BOARD one of {', '.join(duotpu.BOARDS)}; got {item!r}."
             )
         try:
             out[key] = float(val)
@@ -31,27 +30,15 @@ def _ion_overrides(items: list[str]) -> dict[str, float]:
 def cmd_info(args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    from duotpu import cvimodel, latency
-    from duotpu.builder.manifest import listed_model
-
     ion = _ion_overrides(args.ion)
-    infos = [cvimodel.read_cvimodel(Path(m)) for m in args.models]
-    estimates = []
-    for info in infos:
-        info.fit = cvimodel.board_fit(info, ion)
-        listed = listed_model(info.path)
-        names = latency.layer_names(listed.tensor_info if listed else None)
-        est = latency.estimate(info.path)
-        estimates.append((est, names))
+    seen = [duotpu.inspect_cvimodel(Path(m), ion) for m in args.models]
     if args.json:
-        data = [
-            i.to_dict() | {"estimate": latency.as_dict(e, n, args.layers or 10)}
-            for i, (e, n) in zip(infos, estimates)
-        ]
+        data = [i.to_dict(args.layers or 10) for i in seen]
         print(json.dumps(data[0] if len(data) == 1 else data, indent=2))
         return EXIT_OK
     con = _console()
-    for info, (est, names) in zip(infos, estimates):
+    for one in seen:
+        info, est, names = one.info, one.estimate, one.layer_names
         con.print(f"[bold]{info.path}[/]  ({info.file_size / 1e6:.2f} MB, md5 {info.md5_status})")
         con.print(
             f"  model {info.name}, chip [bold]{info.chip}[/], cvimodel {info.version}, "
@@ -68,7 +55,7 @@ def cmd_info(args: argparse.Namespace) -> int:
             f"{activations} B + memory the programs share {shared} B + input/output buffers "
             f"{io} B"
         )
-        onnx_names = _onnx_names(info)
+        onnx_names = one.onnx_names
         for k, p in enumerate(info.programs):
             steps = " → ".join("a TPU step" if r == "tpu" else "a CPU step" for r in p.routines)
             t = Table(
@@ -128,26 +115,6 @@ def cmd_info(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _onnx_names(info) -> dict[str, str]:
-    """The compiler's tensor names → the model's own ONNX names, for a build's cvimodel (the
-    compiler names an output after its op: ``logits`` → ``logits_Gemm_f32``)."""
-    from duotpu.builder.manifest import listed_model
-    from duotpu.core.onnxrt import match_outputs
-
-    listed = listed_model(info.path)
-    if listed is None or listed.onnx is None:
-        return {}
-    import onnx
-
-    graph = onnx.load(str(listed.onnx), load_external_data=False).graph
-    compiled = [x.name for x in info.programs[0].outputs]
-    try:
-        found = match_outputs({o.name: None for o in graph.output}, dict.fromkeys(compiled))
-    except Exception:  # noqa: BLE001 — a cut model's outputs are not the ONNX's: keep names
-        return {}
-    return {c: o for o, c in found.items() if c != o}
-
-
 def _print_estimate(con, est, names: dict[int, str], layers: int | None) -> None:
     """The board-free latency estimate: time, fps, compute vs memory, utilization."""
     from rich.table import Table
@@ -185,15 +152,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
         args.inputs = args.images
         return cmd_board_run(args)
 
-    from duotpu import latency
-    from duotpu.infer import runtime
-
-    model = runtime.open_model(args.model, args.recipe)
+    model = duotpu.open_model(args.model, args.recipe)
     for im in args.images:
         if not Path(im).is_file():
             raise ConfigError(f"The image {im} does not exist.")
-    tensors = runtime.tensors_for(model, args.images)
-    outs = runtime.infer_batched(model, tensors)
+    tensors = duotpu.tensors_for(model, args.images)
+    outs = duotpu.infer_batched(model, tensors)
     results = _results(args, model, args.images, outs, "image", tensors)
     if args.json:
         print(
@@ -203,7 +167,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
                     "mode": model.mode,
                     "backend": "cv18xx simulator" if model.simulable else "quantized MLIR",
                     "results": results,
-                    "estimate": latency.as_dict(latency.estimate(model.cvimodel), top=0),
+                    "estimate": duotpu.latency_estimate(model.cvimodel),
                 },
                 indent=2,
             )
@@ -239,8 +203,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_app(args: argparse.Namespace) -> int:
-    import duotpu
-
     made = duotpu.make_app(
         Path(args.build),
         Path(args.out) if args.out else None,

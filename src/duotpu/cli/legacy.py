@@ -6,17 +6,16 @@ import argparse
 import sys
 from pathlib import Path
 
+import duotpu
 from duotpu.cli.common import EXIT_OK, StageProgress, _console
 
 
 def cmd_legacy(args: argparse.Namespace) -> int:
-    from duotpu.builder import legacy
-
     argv = [args.tool, *args.tool_args]
     con = _console()
     progress = StageProgress(con)
     try:
-        res = legacy.run_legacy(argv, Path.cwd(), progress)
+        res = duotpu.run_legacy(argv, Path.cwd(), progress)
     finally:
         progress.close()
     for f in res.files:

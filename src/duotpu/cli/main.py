@@ -8,6 +8,8 @@ import signal
 import traceback
 from typing import NoReturn
 
+import duotpu
+from duotpu import BuildFailed, ConfigError, DuoTpuError, ToleranceError, ToolchainError
 from duotpu.cli.board import (
     cmd_board_add,
     cmd_board_app,
@@ -29,13 +31,6 @@ from duotpu.cli.common import (
 from duotpu.cli.evaluate import cmd_eval
 from duotpu.cli.inspect import cmd_app, cmd_info, cmd_predict
 from duotpu.cli.legacy import cmd_legacy
-from duotpu.config.errors import (
-    BuildFailed,
-    ConfigError,
-    DuoTpuError,
-    ToleranceError,
-    ToolchainError,
-)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -47,14 +42,12 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``duotpu`` argument parser."""
-    from duotpu import __version__
-
     p = _Parser(
         prog="duotpu",
         description="PyTorch / ONNX → verified, quantized cvimodels for the "
         "Milk-V Duo TPU (CV180x / CV181x), without Docker.",
     )
-    p.add_argument("--version", action="version", version=f"duotpu {__version__}")
+    p.add_argument("--version", action="version", version=f"duotpu {duotpu.__version__}")
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
@@ -393,16 +386,13 @@ def _stop_on_signals() -> dict:
     """SIGINT and SIGTERM sent to duotpu alone (a supervisor, `timeout`, `kill PID`) stop every
     child process within a second or two and end the command like Ctrl-C: finished stages are
     kept, the exit code is 128 + the signal (130, 143)."""
-    from duotpu import compiler
-    from duotpu.config.errors import Interrupted
-
     fired: list[int] = []
 
     def handler(signum, _frame):
-        compiler.stop_children(signum)
+        duotpu.stop_children(signum)
         if not fired:  # a second signal while stopping must not interrupt the clean-up
             fired.append(signum)
-            raise Interrupted(signum)
+            raise duotpu.Interrupted(signum)
 
     previous = {}
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -466,9 +456,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except KeyboardInterrupt as e:
-        from duotpu import compiler
-
-        compiler.stop_children(getattr(e, "signum", signal.SIGINT))
+        duotpu.stop_children(getattr(e, "signum", signal.SIGINT))
         _err_console().print(
             "[yellow]interrupted[/] — run the same command again to resume; "
             "finished stages are kept."

@@ -10,11 +10,12 @@ import argparse
 import dataclasses
 import subprocess
 import sys
+import types
 import typing
 from pathlib import Path
 from typing import Any, Iterator
 
-from duotpu.config import recipe as recipe_mod
+import duotpu
 
 RECIPE_PAGE = "reference/recipe.md"
 CLI_PAGE = "reference/cli.md"
@@ -54,12 +55,12 @@ def _cell(text: str) -> str:
 
 def recipe_keys() -> list[str]:
     """Every recipe key the reference documents (dotted), in declaration order."""
-    return [key for key, _, _ in recipe_mod._leaf_fields()]
+    return [key for key, _, _ in duotpu.recipe_fields()]
 
 
 def recipe_page() -> str:
     """The recipe reference: every key with its type, default, command-line flag and help."""
-    flags = {f.key: f for f in recipe_mod.recipe_flags()}
+    flags = {f.key: f for f in duotpu.recipe_flags()}
     lines = [
         "# Recipe reference",
         "",
@@ -70,7 +71,7 @@ def recipe_page() -> str:
         "",
     ]
     sections: dict[str, list[str]] = {}
-    for key, f, tp in recipe_mod._leaf_fields():
+    for key, f, tp in duotpu.recipe_fields():
         head = key.split(".")[0] if "." in key else ""
         flag = flags.get(key)
         sections.setdefault(head, []).append(
@@ -153,8 +154,6 @@ def cli_page() -> str:
 def api_page() -> str:
     """The Python API reference: every name ``duotpu/__init__.py`` exports, with its docstring
     (rendered by mkdocstrings)."""
-    import duotpu
-
     lines = [
         "# Python API reference",
         "",
@@ -166,10 +165,17 @@ def api_page() -> str:
             continue
         obj = getattr(duotpu, name)
         # where it is defined: the docs tool cannot follow duotpu's lazy attributes
-        home = duotpu._LAZY.get(name) or getattr(obj, "__module__", "") or "duotpu"
-        if not home.startswith("duotpu"):
-            home = "duotpu"
-        lines += ["", f"::: {home}.{name}", "    options:", "        show_root_full_path: false"]
+        if isinstance(obj, types.ModuleType):  # a sub-API (duotpu.board)
+            where = obj.__name__
+        elif getattr(obj, "__module__", "").startswith("duotpu") and hasattr(obj, "__name__"):
+            where = f"{obj.__module__}.{obj.__name__}"
+        elif name in duotpu._LAZY:  # a type alias (EvalResult): where the table finds it
+            where = f"{duotpu._LAZY[name]}.{name}"
+        else:  # a constant (BOARDS)
+            where = f"duotpu.{name}"
+        lines += ["", f"::: {where}", "    options:", "        show_root_full_path: false"]
+        if where.rsplit(".", 1)[1] != name:  # exported under another name (list_images)
+            lines.append(f'        heading: "{name}"')
     return "\n".join(lines) + "\n"
 
 

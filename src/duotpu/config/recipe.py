@@ -772,7 +772,7 @@ class RecipeFlag:
         return text
 
 
-def _leaf_fields(
+def recipe_fields(
     cls: Any = None, prefix: str = ""
 ) -> Iterator[tuple[str, dataclasses.Field[Any], Any]]:
     """(dotted key, field, type) of every recipe field that is not a table, in declaration
@@ -783,7 +783,7 @@ def _leaf_fields(
         args = typing.get_args(tp)
         sub: Any = args[0] if typing.get_origin(tp) is tuple and args else tp
         if dataclasses.is_dataclass(sub):
-            yield from _leaf_fields(sub, f"{prefix}{f.name}.")
+            yield from recipe_fields(sub, f"{prefix}{f.name}.")
         else:
             yield prefix + f.name, f, tp
 
@@ -791,7 +791,7 @@ def _leaf_fields(
 def recipe_flags() -> list[RecipeFlag]:
     """Every recipe field with a command-line flag, in declaration order."""
     out: list[RecipeFlag] = []
-    for key, f, tp in _leaf_fields():
+    for key, f, tp in recipe_fields():
         if "flag" not in f.metadata:
             continue
         args = typing.get_args(tp)
@@ -872,7 +872,7 @@ def path_keys() -> dict[str, str]:
     a ``builtin:`` / ``module:function`` spec) or ``"file"`` (a path only when it looks like
     one: has a ``/`` or a suffix). Read from the dataclasses' field metadata: the one list the
     TOML loader and the command line both use."""
-    return {key: f.metadata["path"] for key, f, _ in _leaf_fields() if "path" in f.metadata}
+    return {key: f.metadata["path"] for key, f, _ in recipe_fields() if "path" in f.metadata}
 
 
 def resolve_path(value: Any, base: Path, kind: str = "any") -> Any:
@@ -1004,6 +1004,53 @@ def parse_override_value(key: str, text: str) -> Any:
         return tomli.loads(f"v = {text}")["v"]
     except tomli.TOMLDecodeError:
         return text
+
+
+def command_line_overrides(
+    flags: dict[str, Any], sets: list[str] | tuple[str, ...] = (), cwd: Path | None = None
+) -> dict[str, Any]:
+    """The recipe changes a command line asks for: ``flags`` (a recipe flag's key → the value
+    argparse parsed) and ``sets`` (``--set KEY=VALUE`` items, values read as TOML), with paths
+    made absolute from ``cwd`` (default: the current folder)."""
+    out = flag_overrides(flags)
+    for item in sets:
+        if "=" not in item:
+            raise ConfigError(f"--set needs KEY=VALUE, got {item!r}.")
+        k, v = item.split("=", 1)
+        out[k.strip()] = parse_override_value(k, v.strip())
+    base = cwd or Path.cwd()
+    for path_key, kind in path_keys().items():  # paths on the command line: from the cwd
+        if path_key in out and path_key != "model.source":
+            out[path_key] = resolve_path(out[path_key], base, kind)
+    return out
+
+
+def recipe_for_command(
+    source: str | None,
+    recipe: str | Path | None,
+    overrides: dict[str, Any] | None = None,
+) -> Recipe:
+    """The recipe ``duotpu build SOURCE [--recipe FILE] [flags]`` builds: the recipe file (or
+    the defaults), its model replaced by ``source`` (a path, ``torchvision:NAME`` or
+    ``package.module:function``; a ``.toml`` source is the recipe itself) and named after it
+    unless a name is given, then ``overrides`` (:func:`command_line_overrides`)."""
+    overrides = overrides or {}
+    if source and source.endswith(".toml") and not recipe:
+        recipe, source = source, None
+    base = load_recipe(recipe).to_dict() if recipe else Recipe().to_dict()
+    if source:
+        src = source
+        named = ":" in src and not Path(src).exists()  # torchvision:NAME, package.module:fn
+        if not (src.startswith("torchvision:") or named):
+            src = str(Path(src).expanduser().resolve())
+        base["model"]["source"] = src
+        if not overrides.get("name") and not recipe:
+            stem = src.split(":")[-1] if named else Path(src).stem
+            base["name"] = "".join(c if c.isalnum() or c in "_-" else "_" for c in stem)
+    where = f"{recipe} and the command line" if recipe else "the command line"
+    for dotted, value in overrides.items():
+        set_dotted(base, dotted, value)
+    return recipe_from_dict(base, where)
 
 
 TargetMetric = Literal["agree", "cos", "map"]

@@ -22,7 +22,7 @@ from duotpu.compiler.executor import Executor, Outcome
 from duotpu.config.errors import ConfigError, DataError, ModelError
 from duotpu.core import images as images_mod
 from duotpu.core import metrics
-from duotpu.infer import runtime
+from duotpu.inference import runtime
 
 from .results import (
     ClassifyEval,

@@ -1,6 +1,6 @@
-"""What a person reads about a build or an evaluation: the CLI's rich tables, and ``duotpu
-eval``'s ``report.json`` + self-contained ``report.html`` (where accuracy is lost: cosine along
-the network, per-image cosines, the images whose answer changed)."""
+"""What a person reads about an evaluation: ``duotpu eval``'s ``report.json`` + self-contained
+``report.html`` (where accuracy is lost: cosine along the network, per-image cosines, the
+images whose answer changed)."""
 
 from __future__ import annotations
 
@@ -8,96 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from rich.table import Table
 
-from duotpu.builder.summary import (  # noqa: F401 (the CLI's names for them)
-    Classified,
-    Detected,
-    as_json,
-    classify_build,
-    detect_build,
-    top1_agrees,
-)
 from duotpu.core import htmlpage as hp
-from duotpu.core.labels import class_name
 from duotpu.eval.results import EvalResult
-
-
-def _mb(n: float | None) -> str:
-    return "—" if n is None else f"{n / 1e6:.2f} MB"
-
-
-def classification_table(rows: list[Classified], labels: list[str] | None, title: str) -> Table:
-    """One table: a column per model with its top-k names and probabilities, then its cosine to
-    fp32, file size and board (ION) memory need."""
-    table = Table(title=title)
-    table.add_column("", style="bold")
-    for r in rows:
-        table.add_column(r.model, justify="left")
-    k = max(len(r.top) for r in rows)
-    for rank in range(k):
-        table.add_row(
-            f"top-{rank + 1}",
-            *[
-                f"{class_name(labels, r.top[rank][0])}  {r.top[rank][1]:.3f}"
-                if rank < len(r.top)
-                else ""
-                for r in rows
-            ],
-            end_section=rank == k - 1,
-        )
-    table.add_row("cosine vs fp32", *["—" if r.cosine is None else f"{r.cosine:.4f}" for r in rows])
-    table.add_row("file size", *[_mb(r.size_bytes) for r in rows])
-    table.add_row(
-        "board memory (ION)", *["—" if r.ion_mb is None else f"{r.ion_mb:.2f} MB" for r in rows]
-    )
-    table.add_row(
-        "est. board time",
-        *[
-            "—" if r.est_ms is None else f"{r.est_ms:.1f} ms ({1000 / r.est_ms:.0f} fps)"
-            for r in rows
-        ],
-    )
-    return table
-
-
-def detection_table(rows: list[Detected], title: str, k: int = 5) -> Table:
-    """A column per model: its count of detections, the best ``k`` (name, score, box), the
-    lowest cosine of its head maps to fp32, size and board memory."""
-    table = Table(title=title)
-    table.add_column("", style="bold")
-    for r in rows:
-        table.add_column(r.model, justify="left")
-    table.add_row("detections", *[str(len(r.detections)) for r in rows])
-    for rank in range(k):
-        table.add_row(
-            f"#{rank + 1}",
-            *[
-                f"{r.detections[rank].name} {r.detections[rank].score:.2f} "
-                f"[{', '.join(f'{v:.0f}' for v in r.detections[rank].box)}]"
-                if rank < len(r.detections)
-                else ""
-                for r in rows
-            ],
-            end_section=rank == k - 1,
-        )
-    table.add_row(
-        "head maps: lowest cosine vs fp32",
-        *["—" if r.cosine_min is None else f"{r.cosine_min:.4f}" for r in rows],
-    )
-    table.add_row("file size", *[_mb(r.size_bytes) for r in rows])
-    table.add_row(
-        "board memory (ION)", *["—" if r.ion_mb is None else f"{r.ion_mb:.2f} MB" for r in rows]
-    )
-    table.add_row(
-        "est. board time",
-        *[
-            "—" if r.est_ms is None else f"{r.est_ms:.1f} ms ({1000 / r.est_ms:.0f} fps)"
-            for r in rows
-        ],
-    )
-    return table
-
 
 # --------------------------------------------------------------------------------------------
 # duotpu eval: report.json + a self-contained report.html
