@@ -2,7 +2,7 @@
 then name the others with the time their last run took (each results file ends with a stamp
 that says it: bench/_report.py). `--all` runs every one (hours); `--only NAME,...` some.
 
-The quick set needs the demo build (`make demo`) for eval.py and scale.py; it is made first when
+eval.py, scale.py and fidelity.py need the demo build (`make demo`); it is made first when
 missing.
 """
 
@@ -82,10 +82,13 @@ def main() -> int:
     chosen = [j for j in JOBS if (j.result in only if only else (args.all or j.quick))]
     if only - {j.result for j in JOBS}:
         sys.exit(f"unknown results file(s): {', '.join(sorted(only - {j.result for j in JOBS}))}")
-    if any(j.script in ("eval.py", "scale.py") for j in chosen) and not (
+    if any(j.script in ("eval.py", "scale.py", "fidelity.py") for j in chosen) and not (
         Path("build/efficientnet_lite0/manifest.json").is_file()
     ):
-        print("eval.py and scale.py need the demo build: running `duotpu demo` first", flush=True)
+        print(
+            "eval.py, scale.py and fidelity.py need the demo build: running `duotpu demo` first",
+            flush=True,
+        )
         subprocess.run([str(Path(sys.executable).parent / "duotpu"), "demo"], check=True)
     t_all = time.monotonic()
     failed = []
