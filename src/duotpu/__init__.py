@@ -276,12 +276,12 @@ def build(
     set: Mapping[str, Any] | None = None,
     **overrides: Any,
 ) -> BuildResult:
-    """Build ``recipe`` (a :class:`Recipe` or a TOML path) into verified cvimodels.
+    """Build ``recipe`` (a `Recipe` or a TOML path) into verified cvimodels.
 
     ``set`` changes recipe keys by their dotted names, as ``--set`` does on the command line:
     ``build("r.toml", set={"calibration.count": 20, "quantize": ["int8"]})`` (each value is
     checked against the recipe's types). Other keyword arguments are the older form of the same
-    (``calibration__count=20``, ``__`` for the dots). ``events`` receives a :class:`StageEvent` as
+    (``calibration__count=20``, ``__`` for the dots). ``events`` receives a `StageEvent` as
     each stage starts, finishes or is found in the cache. ``executor``
     (``duotpu.compiler.executor.executor(workers=N)``) builds the mixed-precision search's
     sensitivity candidates as parallel tasks. ``calibration_data``: calibrate on these
@@ -289,7 +289,7 @@ def build(
     (or ``{input_name: array}`` dicts, one entry per input for a model of several inputs), or
     an object with ONNX Runtime's one-method ``CalibrationDataReader`` protocol
     (``get_next()``, ``None`` when done); without a ``test_image`` the build is verified on the
-    first of them (a model of tensor inputs: on a few of them). Raises a :class:`DuoTpuError`
+    first of them (a model of tensor inputs: on a few of them). Raises a `DuoTpuError`
     subclass on failure.
     """
     from pathlib import Path
@@ -334,10 +334,10 @@ def evaluate(
     checked against the simulator on ``check`` images first) or ``cvimodel`` (the CV18xx
     simulator); ``margin``: fp32's top-1 lead that makes an image decisive; ``limit``: at most
     that many images; ``layers``: per-layer cosines on that many images; ``check``:
-    None for the default (2); ``executor``: a :mod:`duotpu.compiler.executor` executor (Ray) to
+    None for the default (2); ``executor``: a `duotpu.compiler.executor` executor (Ray) to
     spread the images; ``progress(mode, done, total)`` and ``log(line)`` report as it goes.
-    Returns a :class:`~duotpu.eval.results.ClassifyEval`,
-    :class:`~duotpu.eval.results.DetectEval` or :class:`~duotpu.eval.results.GenericEval`;
+    Returns a `ClassifyEval`,
+    `DetectEval` or `GenericEval`;
     write its HTML report with ``duotpu.write_eval_report(folder, result)``."""
     from pathlib import Path
 

@@ -8,9 +8,9 @@ local-memory cycles it takes. Unlike tpu-mlir's model, which adds TIU and TDMA t
 engines run side by side here: each command starts when its engine is free and the command of the
 other engine it waits for (its ``cmd_id`` dependency) is done.
 
-The constants of each chip live in :data:`CHIPS`, with their sources; ``board bench --calibrate``
+The constants of each chip live in `CHIPS`, with their sources; ``board bench --calibrate``
 fits the DDR bandwidth and the per-command overheads of a user's board and stores them in its
-profile (see :func:`estimate`'s ``constants``).
+profile (see `estimate`'s ``constants``).
 """
 
 from __future__ import annotations

@@ -34,6 +34,7 @@ def test_every_export_and_benchmark_result_has_a_page(tmp_path):
     api = reference.api_page()
     shown = [n for n in duotpu.__all__ if f".{n}\n" in api or f'heading: "{n}"' in api]
     assert sorted(shown) == sorted(n for n in duotpu.__all__ if not n.startswith("__"))
+    assert "## Other" not in api and "## Building" in api  # every export has its section
     pages = reference.benchmark_pages(ROOT)
     results = sorted(p.name for p in (ROOT / "bench" / "results").glob("*.md"))
     assert sorted(k for k in pages if k != "index.md") == results

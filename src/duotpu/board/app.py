@@ -2,7 +2,7 @@
 
 The folder holds the build's cvimodel(s), ``app.json`` (preprocessing, task, labels,
 thresholds, the decode of a detector, the CPU tail of a cut model — all from the build's
-manifest and recipe), the board runtime (:mod:`duotpu.onboard`: Python standard library and
+manifest and recipe), the board runtime (`duotpu.onboard`: Python standard library and
 numpy only) and ``main.py``. It is written under a temporary name and renamed into place.
 """
 
@@ -211,8 +211,8 @@ def make_app(
     ``modes`` picks the models (default: every model of the build, INT8 first). ``c`` also
     writes the C app (``c/``), compiled for ``target`` when ``sdk`` (the board's runtime SDK
     folder, whose ``lib/libcviruntime.so`` it links) is given. Raises
-    :class:`~duotpu.config.errors.ConfigError` for a folder that is not a build, and
-    :class:`~duotpu.config.errors.ModelError` for a cut model whose CPU tail has an op the
+    `ConfigError` for a folder that is not a build, and
+    `ModelError` for a cut model whose CPU tail has an op the
     board app cannot run."""
     build = Path(build)
     listed = Manifest.read(build).models

@@ -1,4 +1,4 @@
-"""``duotpu board app push|run|bench``: a build's board app (:mod:`duotpu.board.app`) sent to a
+"""``duotpu board app push|run|bench``: a build's board app (`duotpu.board.app`) sent to a
 board over SSH, run there by the board's own Python, and — for ``run`` — its answers compared
 with the host's on the same images (the on-board accuracy check)."""
 
@@ -69,7 +69,7 @@ def remote_app_dir(b: Board, app: AppFolder) -> str:
 
 
 def board_python(b: Board) -> tuple[str, str]:
-    """The board's Python and numpy versions; a :class:`BoardError` when either is missing."""
+    """The board's Python and numpy versions; a `BoardError` when either is missing."""
     r = b.run(
         b.sdk_command(
             'python3 -c \'import sys, numpy; print("%d.%d" % sys.version_info[:2], '

@@ -165,7 +165,7 @@ def model_problems(models: list[Path], d: Doctor) -> list[str]:
 
 
 def check_models(b: Board, models: list[Path], force: bool = False) -> list[str]:
-    """Check ``models`` against the board before they are run: raises :class:`BoardError`
+    """Check ``models`` against the board before they are run: raises `BoardError`
     with every problem, or with ``force`` returns them."""
     problems = model_problems(models, doctor(b))
     if problems and not force:

@@ -47,7 +47,7 @@ def config_dir() -> Path:
 
 
 def load_profiles() -> dict[str, BoardProfile]:
-    """The saved board profiles (``boards.toml`` in :func:`config_dir`)."""
+    """The saved board profiles (``boards.toml`` in `config_dir`)."""
     import tomli
 
     path = config_dir() / "boards.toml"

@@ -46,7 +46,7 @@ _RUNTIME_ERRORS = [
 
 def explain_runtime_failure(text: str) -> str:
     """Plain words for a known model_runner failure, or ''. The runtime's return codes are
-    the board app's table (:data:`duotpu.onboard.cvi.RETURN_CODES`): one table for both."""
+    the board app's table (`duotpu.onboard.cvi.RETURN_CODES`): one table for both."""
     for pattern, advice in _RUNTIME_ERRORS:
         if re.search(pattern, text):
             return advice

@@ -17,7 +17,7 @@ from .ssh import Board
 
 @dataclass
 class PushReport:
-    """What :func:`push` did: the upload, and the problems found (kept only with ``force``)."""
+    """What `push` did: the upload, and the problems found (kept only with ``force``)."""
 
     result: PushResult
     problems: list[str]
@@ -36,7 +36,7 @@ def push(
     uploaded. The runtime version is checked against the runtime that will run the models:
     the board's, or with ``sdk`` the new SDK's (uploaded first, then asked). Models are never
     uploaded before all their checks pass; ``force`` uploads anyway and returns the problems.
-    Raises :class:`BoardError` with every problem otherwise."""
+    Raises `BoardError` with every problem otherwise."""
     if not models and sdk is None:
         raise ConfigError("Nothing to push: give cvimodel files and/or --sdk FOLDER.")
     d = doctor(b) if models else Doctor()

@@ -1,7 +1,7 @@
 """Calibration data given as arrays instead of a folder of images.
 
 Like ONNX Runtime's ``CalibrationDataReader`` (one method, ``get_next()``, returning the model's
-input feed or ``None`` when done) or NNCF's ``Dataset`` (any iterable): :func:`duotpu.build`
+input feed or ``None`` when done) or NNCF's ``Dataset`` (any iterable): `duotpu.build`
 takes either, each item a preprocessed input — an NCHW float32 array of the recipe's input
 shape, or a dict ``{input_name: array}`` (one entry per input for a model of several inputs).
 The arrays are written once as ``.npz`` files
@@ -89,7 +89,7 @@ def _check_item(
 
 def write_arrays(data: CalibrationData, root: Path, inputs: Inputs) -> Path:
     """Write every calibration sample as an ``NNNNN.npz`` file (one array per input name) under
-    ``root``; returns their folder (``root/arrays-DIGEST``). Raises :class:`DataError` naming
+    ``root``; returns their folder (``root/arrays-DIGEST``). Raises `DataError` naming
     the first item that is not a sample of ``inputs``."""
     samples = [
         _check_item(item, inputs, f"Calibration item {i}") for i, item in enumerate(_items(data))
@@ -112,7 +112,7 @@ def write_arrays(data: CalibrationData, root: Path, inputs: Inputs) -> Path:
 
 
 def npy_list(folder: Path, names: Sequence[str]) -> Path:
-    """A list file of the samples of ``folder`` (made by :func:`write_arrays`): one line per
+    """A list file of the samples of ``folder`` (made by `write_arrays`): one line per
     sample naming one ``.npy`` file per input, in ``names``' order, written beside them.
     tpu_mlir's calibration reads such a list sample by sample; its reader of ``.npz`` files
     takes the first input's first dim as a batch and drops samples of a model whose inputs'
@@ -154,7 +154,7 @@ def tensor_files(folder: Path) -> list[Path]:
 
 def read_sample(path: Path, inputs: Inputs) -> dict[str, NDArray[np.float32]]:
     """One sample of a model's inputs from an ``.npz`` file (an array per input name) or an
-    ``.npy`` file (a model of one input), checked. Raises :class:`DataError` naming the file."""
+    ``.npy`` file (a model of one input), checked. Raises `DataError` naming the file."""
     if Path(path).suffix.lower() not in TENSOR_SUFFIXES:
         shown = ", ".join(f"{n} {list(s)}" for n, s in inputs)
         raise DataError(
@@ -175,7 +175,7 @@ def read_sample(path: Path, inputs: Inputs) -> dict[str, NDArray[np.float32]]:
 
 def folder_samples(folder: Path, inputs: Inputs, count: int) -> list[dict[str, NDArray[Any]]]:
     """The first ``count`` samples of a folder of ``.npz`` / ``.npy`` files, checked, for a
-    model whose inputs are tensors. Raises :class:`DataError` saying what the folder needs."""
+    model whose inputs are tensors. Raises `DataError` saying what the folder needs."""
     files = tensor_files(folder)
     if not files:
         names = ", ".join(f"{n} {list(s)}" for n, s in inputs)
@@ -189,5 +189,5 @@ def folder_samples(folder: Path, inputs: Inputs, count: int) -> list[dict[str, N
 
 
 def array_files(folder: Path) -> list[Path]:
-    """The ``.npz`` inputs of a folder :func:`write_arrays` made (empty for an image folder)."""
+    """The ``.npz`` inputs of a folder `write_arrays` made (empty for an image folder)."""
     return sorted(folder.glob("*.npz")) if folder.is_dir() else []

@@ -40,7 +40,7 @@ from .workdir import (
 
 def delivered_name(recipe: Recipe, mode: str) -> str:
     """The file name of a delivered cvimodel: the user's model name (the work folder's copy
-    has tpu_mlir's :func:`~.workdir.tool_name`)."""
+    has tpu_mlir's `tool_name`)."""
     return cvimodel_file(recipe.name, recipe, mode)
 
 

@@ -279,7 +279,7 @@ def export_onnx(
     With more than one batch size the model is written with a dynamic batch dimension (a fixed
     batch in an ONNX file is replaced) and checked at every batch size. For ``task="detect"``
     the whole model is written to ``NAME_full.onnx`` and ``out`` is the model cut before its
-    box decode (:func:`duotpu.builder.yolo.cut_head`); the result's ``head`` says how to decode it.
+    box decode (`duotpu.builder.yolo.cut_head`); the result's ``head`` says how to decode it.
     """
     dynamic = tuple(batch_sizes) != (1,)
     out = Path(out)
@@ -611,7 +611,7 @@ def first_differing_layer(path: Path, layer: str) -> tuple[str, str, str]:
 
 def cut_graph(full: Path, head: Path, tail: Path, tensors: tuple[str, ...]) -> None:
     """Split the ONNX model ``full`` at ``tensors``: ``head`` (input → tensors) is what the TPU
-    runs, ``tail`` (tensors → the model's outputs) runs on the CPU. Raises :class:`ModelError`
+    runs, ``tail`` (tensors → the model's outputs) runs on the CPU. Raises `ModelError`
     naming a tensor the graph does not have, or a tail that also reads something before the
     cut."""
     import difflib

@@ -3,8 +3,8 @@
 Real exports differ from the files duotpu makes itself: a newer IR version than the installed
 onnx reads (a current onnx writes IR 10), an opset past 19, free input dims (``batch``,
 ``height``, ``width``, or unnamed ``?``), weights in external-data files, an already quantized
-graph. :func:`settle_shape` decides the input shape before anything runs (cheap: the graph's
-header only); :func:`normalise` writes the file every later stage uses.
+graph. `settle_shape` decides the input shape before anything runs (cheap: the graph's
+header only); `normalise` writes the file every later stage uses.
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ class InputInfo:
 def load(path: Path, *, weights: bool = True) -> "onnx.ModelProto":
     """Parse an ONNX file (with its external-data files when ``weights``).
 
-    Raises :class:`ModelError`: "corrupt" only when the bytes do not parse as ONNX.
+    Raises `ModelError`: "corrupt" only when the bytes do not parse as ONNX.
     """
     import onnx
 
@@ -184,7 +184,7 @@ def inputs_info(model: "onnx.ModelProto") -> list[InputInfo]:
 
 
 def input_info(model: "onnx.ModelProto", where: Path | str = "the model") -> InputInfo:
-    """The graph's one input; a model of several inputs is refused (see :func:`inputs_info`)."""
+    """The graph's one input; a model of several inputs is refused (see `inputs_info`)."""
     inputs = inputs_info(model)
     if len(inputs) != 1:
         listed = ", ".join(f"'{i.name}' {i.shown()}" for i in inputs)
@@ -220,7 +220,7 @@ def settle_shape(
 
     Free dims take the recipe's sizes; without one, a fixed model keeps its own shape, a free
     batch becomes 1 and free height/width come from Ultralytics' ``imgsz`` metadata. Raises
-    :class:`ModelError` when the recipe contradicts a fixed dim or nothing settles a free one.
+    `ModelError` when the recipe contradicts a fixed dim or nothing settles a free one.
     """
     graph = load(path, weights=False)
     freeze_inputs(graph, constants or {}, path)
@@ -277,7 +277,7 @@ def freeze_inputs(
 ) -> list[str]:
     """Replace the graph inputs named in ``constants`` by those values (``model.constants``),
     in place; returns a note per input. The value takes the input's element type and declared
-    shape (a scalar for ``[]``). Raises :class:`ModelError` for a name that is not an input."""
+    shape (a scalar for ``[]``). Raises `ModelError` for a name that is not an input."""
     import numpy as np
     from onnx import helper, numpy_helper
 
@@ -344,7 +344,7 @@ def settle_inputs(
     an empty shape: the model's own).
 
     A fixed dim is kept, a free batch (dim 0) becomes 1; any other free dim must be given by
-    the recipe. Raises :class:`ShapeError` naming the input and the recipe table to write.
+    the recipe. Raises `ShapeError` naming the input and the recipe table to write.
     """
     graph = load(path, weights=False)
     freeze_inputs(graph, constants or {}, path)
@@ -500,7 +500,7 @@ def _rewrite_erf_gelu(model: "onnx.ModelProto") -> tuple[int, int, int]:
 
     CV18xx has no Erf kernel (tpu_mlir 1.30.2 stops with "unimplemented tpu dialect" when it
     lowers ``top.Erf``). PyTorch writes GELU as Erf arithmetic that tpu_mlir's transform fuses
-    into its GELU op (a lookup table on CV18xx: see :func:`_fused_gelu_erfs`): those are left as
+    into its GELU op (a lookup table on CV18xx: see `_fused_gelu_erfs`): those are left as
     they are, and a ``Gelu`` node is written in that same form. Any other Erf becomes
     ``tanh(a z + b z³)``, erf's form of GELU's tanh approximation.
     """

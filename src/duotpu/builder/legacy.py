@@ -13,7 +13,7 @@ raw_scale domain) and multiplied by ``input_scale``::
     x = (pixel * raw_scale / 255 - mean) / std * input_scale
 
 which is a recipe's ``(pixel / 255 - m) / s`` with ``m = mean / raw_scale`` and
-``s = std / (raw_scale * input_scale)`` (:func:`old_to_recipe_preprocess`).
+``s = std / (raw_scale * input_scale)`` (`old_to_recipe_preprocess`).
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def old_to_recipe_preprocess(
     net: list[int] | None = None,
     keep_aspect_ratio: bool = False,
 ) -> Preprocess:
-    """The old tool's preprocessing options as a recipe's :class:`Preprocess` (exact)."""
+    """The old tool's preprocessing options as a recipe's `Preprocess` (exact)."""
     if raw_scale <= 0 or input_scale == 0 or any(s == 0 for s in std):
         raise ConfigError(
             f"raw_scale must be positive and input_scale and std non-zero; got "

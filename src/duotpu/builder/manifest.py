@@ -1,5 +1,5 @@
-"""A build's ``manifest.json`` (written by :func:`duotpu.builder.pipeline.build` beside the
-cvimodels), typed: :class:`Manifest` is the one schema the build writes and every reader reads —
+"""A build's ``manifest.json`` (written by `duotpu.builder.pipeline.build` beside the
+cvimodels), typed: `Manifest` is the one schema the build writes and every reader reads —
 which cvimodel is which model of the build, what was measured about it, and the work-directory
 files it was made from. Every other package learns about a build from here, never from the work
 directory's layout."""
@@ -85,7 +85,7 @@ class Manifest:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "Manifest":
         """Read manifest data, of this schema or an earlier one (missing keys: defaults;
-        unknown keys: ignored). Raises :class:`ConfigError` for a newer schema."""
+        unknown keys: ignored). Raises `ConfigError` for a newer schema."""
         if int(data.get("schema", 1)) > SCHEMA:
             raise ConfigError(
                 f"This build's {MANIFEST} has schema {data['schema']}, newer than this duotpu "
@@ -119,7 +119,7 @@ class Manifest:
 
     @classmethod
     def read(cls, build: Path) -> "Manifest":
-        """The manifest of build folder ``build``. Raises :class:`ConfigError` for a folder
+        """The manifest of build folder ``build``. Raises `ConfigError` for a folder
         that is not a build."""
         try:
             return cls.from_json(json.loads((Path(build) / MANIFEST).read_text()))

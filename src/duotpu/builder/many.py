@@ -160,7 +160,7 @@ def build_many(
 ) -> list[Built]:
     """Build every recipe (into ``out_root/NAME``, default ``build/NAME``) through ``executor``
     (default: one after another here). A recipe that fails does not stop the others; its
-    :class:`Built` says why. The results are in the recipes' order."""
+    `Built` says why. The results are in the recipes' order."""
     names = [r.name for r in recipes]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:

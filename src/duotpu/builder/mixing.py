@@ -1,5 +1,5 @@
 """The ``mix`` stage: the fewest BF16 layers for INT8 to reach a target (the search itself is
-:mod:`duotpu.builder.mixprec`), and the row the user picks."""
+`duotpu.builder.mixprec`), and the row the user picks."""
 
 from __future__ import annotations
 

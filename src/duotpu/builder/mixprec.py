@@ -3,7 +3,7 @@
 The target is the metric the user cares about (``agree``: top-1 agreement with fp32 on decisive
 images; ``cos``: mean output cosine; ``map``: a detector's mAP@0.5 against fp32's detections),
 measured on a validation set on the fast path (tpu_mlir's interpreter on the quantized MLIR,
-bit-exact with the simulator). The search (see :func:`search`) measures where INT8 hurts by
+bit-exact with the simulator). The search (see `search`) measures where INT8 hurts by
 building the model with one contiguous region in BF16 at a time, adds regions until the target
 is met, then trims them by bisection.
 
@@ -121,7 +121,7 @@ def qtable_text(layers: list[str], note: str = "") -> str:
 
 
 def write_qtable(path: Path, layers: list[str], note: str = "") -> Path:
-    """Write :func:`qtable_text` to ``path``."""
+    """Write `qtable_text` to ``path``."""
     Path(path).write_text(qtable_text(layers, note))
     return Path(path)
 
@@ -247,7 +247,7 @@ def search(
     candidates the compiler could not make.
 
     1. Sensitivity: the choosable layers, in graph order, are cut into ``mix.regions``
-       contiguous regions (see :func:`regions`); an INT8 model with one region in BF16 is built
+       contiguous regions (see `regions`); an INT8 model with one region in BF16 is built
        and measured for each. The task metric, not a per-layer cosine, says where INT8 hurts: a
        small error early in the network can matter more than a large one near the output.
     2. Regions are added to BF16, the most helpful first, until the target is met.
@@ -414,17 +414,19 @@ def _candidate(
     on_simulator: bool = False,
     check: bool | None = None,
     test_input: Path | None = None,
+    measured: float | None = None,
 ) -> Candidate:
     """A built model measured: the task metric on the validation set, size, ION, estimate.
 
     The metric comes from the quantized MLIR (fast). The cvimodel is then checked against it on
-    the simulator — on the first :data:`SIM_CHECK` validation inputs, every output's cosine at
+    the simulator — on the first `SIM_CHECK` validation inputs, every output's cosine at
     least ``agree`` — when ``check``, or (``check`` None) when the candidate meets the target:
     only those can be the answer, and a check costs a simulator run per input. A candidate
     that fails its check is measured on the simulator instead (the cvimodel is what the board
     runs); ``on_simulator`` measures it there from the start. A model without outputs on the
     test input yet (``model.model_outputs`` None) gets them from the check's simulator run
-    (``test_input``: model_transform's input file)."""
+    (``test_input``: model_transform's input file). ``measured``: the metric on the quantized
+    MLIR, known from an earlier run (the check then runs the MLIR on its inputs only)."""
     info = cvimodel_mod.read_cvimodel(model.cvimodel)
     prog = info.programs[0]
     name, outs = prog.inputs[0].name, [t.name for t in prog.outputs]
@@ -433,27 +435,32 @@ def _candidate(
     def simulate(feeds: list[Any]) -> list[dict[str, NDArray[Any]]]:
         nonlocal model_outputs
         extra = [dict(np.load(test_input))] if model_outputs is None and test_input else []
-        got = compiler.run_tensors("cvimodel", model.cvimodel, name, feeds + extra, outs)
+        got = _simulate(model.cvimodel, feeds + extra)
         if extra:
-            model_outputs = model.cvimodel.with_name(f"{model.cvimodel.stem}_model_outputs.npz")
-            np.savez(model_outputs, **got.pop())
+            model_outputs = _save_test_outputs(model.cvimodel, got.pop())
         return got
+
+    def on_mlir(feeds: list[Any]) -> list[dict[str, NDArray[Any]]]:
+        return compiler.run_tensors("mlir", model.tpu_mlir, name, feeds, outs)
 
     t0 = time.monotonic()
     check_s = 0.0
     checked = on_simulator
-    got: list[dict[str, NDArray[Any]]] = []
+    m = measured if measured is not None else 0.0
     if not on_simulator:
-        got = compiler.run_tensors("mlir", model.tpu_mlir, name, val_tensors, outs)
-        if check or (check is None and score(got) >= need):
+        got: list[dict[str, NDArray[Any]]] = []
+        if measured is None:
+            got = on_mlir(list(val_tensors))
+            m = score(got)
+        if check or (check is None and m >= need):
             t1 = time.monotonic()
+            head = got[:SIM_CHECK] or on_mlir(list(val_tensors[:SIM_CHECK]))
             sim = simulate(list(val_tensors[:SIM_CHECK]))
             check_s = time.monotonic() - t1
-            on_simulator = _disagree(got, sim, agree)
+            on_simulator = _disagree(head, sim, agree)
             checked = True
     if on_simulator:
-        got = simulate(list(val_tensors))
-    m = score(got)
+        m = score(simulate(list(val_tensors)))
     measure_s = time.monotonic() - t0 - check_s
     return Candidate(
         label,
@@ -475,24 +482,28 @@ def _candidate(
     )
 
 
+def _simulate(cvimodel: Path, feeds: list[Any]) -> list[dict[str, NDArray[Any]]]:
+    """The cvimodel's outputs on each of ``feeds`` (inputs by name, or arrays), on the
+    simulator."""
+    prog = cvimodel_mod.read_cvimodel(cvimodel).programs[0]
+    names = [t.name for t in prog.outputs]
+    return compiler.run_tensors("cvimodel", cvimodel, prog.inputs[0].name, feeds, names)
+
+
+def _save_test_outputs(cvimodel: Path, outputs: dict[str, NDArray[Any]]) -> Path:
+    """Keep a candidate's outputs on the test input beside its cvimodel (what the delivered
+    model's ``*_model_outputs.npz`` is)."""
+    path = cvimodel.with_name(f"{cvimodel.stem}_model_outputs.npz")
+    np.savez(path, **outputs)
+    return path
+
+
 def test_outputs(c: Candidate, test_input: Path) -> Path:
     """The candidate's cvimodel outputs on the test input (model_transform's input file), run
     on the simulator now when the search did not (a row picked with ``mix.pick``)."""
     if c.model_outputs is not None:
         return c.model_outputs
-    out = c.cvimodel.with_name(f"{c.cvimodel.stem}_model_outputs.npz")
-    if not out.is_file():
-        info = cvimodel_mod.read_cvimodel(c.cvimodel)
-        prog = info.programs[0]
-        got = compiler.run_tensors(
-            "cvimodel",
-            c.cvimodel,
-            prog.inputs[0].name,
-            [dict(np.load(test_input))],
-            [t.name for t in prog.outputs],
-        )
-        np.savez(out, **got[0])
-    return out
+    return _save_test_outputs(c.cvimodel, _simulate(c.cvimodel, [dict(np.load(test_input))])[0])
 
 
 def checked(
@@ -503,7 +514,7 @@ def checked(
     agree: float,
     test_input: Path | None,
 ) -> Candidate:
-    """``c`` checked on the simulator (see :func:`_candidate`); as it is when it was."""
+    """``c`` checked on the simulator (see `_candidate`); as it is when it was."""
     if c.checked or c.failed:
         return c
     again = _candidate(
@@ -517,6 +528,7 @@ def checked(
         agree=agree,
         check=True,
         test_input=test_input,
+        measured=c.metric if c.measured_on == "mlir" else None,
     )
     return dataclasses.replace(again, deploy_s=c.deploy_s)
 
@@ -659,7 +671,7 @@ def _search_regions(
     int8_metric: float,
     prebuild: Callable[[list[tuple[list[str], str]]], None] = lambda specs: None,
 ) -> None:
-    """Steps 1–3 of :func:`search`; every candidate goes through ``build`` (which remembers)."""
+    """Steps 1–3 of `search`; every candidate goes through ``build`` (which remembers)."""
     order, consumers = graph_order(graph)
     index = {n: i for i, n in enumerate(order)}
     runs = {
@@ -738,7 +750,7 @@ TABLE_HEADER = (
 def table_cells(
     rows: Sequence[Candidate], chosen: int, failed: Sequence[Candidate] = ()
 ) -> list[list[str]]:
-    """The trade-off table's cells, one list per row, under :data:`TABLE_HEADER`; ``#`` is the
+    """The trade-off table's cells, one list per row, under `TABLE_HEADER`; ``#`` is the
     row number ``mix.pick`` takes. A metric measured on the simulator (its MLIR disagreed)
     is marked ``sim``; candidates the compiler could not make follow, unnumbered."""
     return [

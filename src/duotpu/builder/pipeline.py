@@ -6,8 +6,8 @@
     mixing    mix/                              (BF16 layers until INT8 meets a target)
     deliver   the final files and manifest.json
 
-Stages run in their own folders of the work directory (:mod:`duotpu.builder.workdir`); each
-returns a frozen dataclass (:mod:`duotpu.builder.results`) that the work directory stores in the
+Stages run in their own folders of the work directory (`duotpu.builder.workdir`); each
+returns a frozen dataclass (`duotpu.builder.results`) that the work directory stores in the
 stage's ``stage.json`` and reads back, typed, when the stage is cached. Every stage that calls
 the compiler has ``compiler.code_digest()`` in its cache key. The BF16 branch runs concurrently
 with calibration and INT8 deployment.
@@ -112,7 +112,7 @@ def build(
 
     Final files go to ``out_dir`` (default ``build/<name>``): one cvimodel per mode, the resolved
     recipe and ``manifest.json``. Intermediate files go to ``work_dir`` (default
-    ``out_dir/work``). Raises a :class:`~duotpu.config.errors.DuoTpuError` subclass on failure.
+    ``out_dir/work``). Raises a `DuoTpuError` subclass on failure.
     """
     recipe, note = settle_input_shape(recipe.validate())
     recipe = recipe.validate()

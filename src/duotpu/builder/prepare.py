@@ -130,7 +130,7 @@ MAX_TEST_IMAGES = 64
 
 def given_folder(r: Recipe) -> bool:
     """True when the recipe's test image is a folder of the user's: verified on all of it (up
-    to :data:`MAX_TEST_IMAGES`), its worst image decides."""
+    to `MAX_TEST_IMAGES`), its worst image decides."""
     return bool(r.test_image) and Path(r.test_image).is_dir()
 
 
@@ -337,7 +337,7 @@ def stage_reference(
 
 
 def settle_input_shape(r: Recipe) -> tuple[Recipe, str]:
-    """The recipe with its input shape settled (see :class:`~duotpu.config.recipe.InputSpec`)
+    """The recipe with its input shape settled (see `InputSpec`)
     and a note saying where the shape came from ("" when the recipe gave it and it fits)."""
     given = tuple(r.inputs[0].shape)
     kind = export_mod.source_kind(r.model.source)

@@ -63,7 +63,7 @@ def builtin_calibration_set(wd: WorkDir, r: Recipe) -> Path:
 def with_calibration_arrays(
     r: Recipe, data: CalibrationData, wd: WorkDir, exported: Exported
 ) -> Recipe:
-    """The recipe calibrating on arrays given in Python (see :mod:`.calibdata`), written once
+    """The recipe calibrating on arrays given in Python (see `.calibdata`), written once
     into the work directory; verified on the first of them unless it names a test image."""
     if r.deploy.fuse_preprocess:
         raise ConfigError(
@@ -197,7 +197,7 @@ def stage_round(
 ) -> Stage[Transformed]:
     """``calibration.rounding = "optimized"``: the transformed model with its convolution and
     matrix-multiplication weights moved to the integers an output-error-minimising rounding
-    chooses on the calibration images (:mod:`duotpu.builder.rounding`), for the INT8 deploy."""
+    chooses on the calibration images (`duotpu.builder.rounding`), for the INT8 deploy."""
     t, cal = transformed.result, calibrated.result
     key: dict[str, Any] = {
         "mlir": compiler.file_digest(t.mlir),

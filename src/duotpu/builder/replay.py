@@ -2,7 +2,7 @@
 exact compiler commands it ran (the old tool's ``--save_input_files``).
 
 The commands come from the stages' records (every command a stage runs goes through
-:func:`duotpu.compiler.runner.run_argv`, which records it), so the script holds what really ran,
+`duotpu.compiler.runner.run_argv`, which records it), so the script holds what really ran,
 with the machine's absolute paths rewritten to the archive's own layout::
 
     NAME_inputs/
@@ -46,7 +46,7 @@ def _command(stage: Stage[Any]) -> tuple[str, list[str]]:
 
 def write_input_archive(result: BuildResult, out: Path | None = None) -> Path:
     """Write ``NAME_inputs.tar.gz`` (beside the build's cvimodels unless ``out``) for a
-    :class:`~duotpu.builder.results.BuildResult` of a plain (batch 1) build."""
+    `BuildResult` of a plain (batch 1) build."""
     r = result.recipe
     work = Path(result.work_dir).resolve()
     name = r.name

@@ -1,6 +1,6 @@
 """What a build produces, as types: each stage's result (stored in its ``stage.json`` and read
-back typed when the stage is cached), one delivered model (:class:`ModelArtifact`) and the whole
-build (:class:`BuildResult`). The pipeline makes them; the report, the summary, the replay
+back typed when the stage is cached), one delivered model (`ModelArtifact`) and the whole
+build (`BuildResult`). The pipeline makes them; the report, the summary, the replay
 archive and every caller read them."""
 
 from __future__ import annotations
@@ -180,7 +180,7 @@ class ModelArtifact:
 
 @dataclass
 class BuildResult:
-    """What :func:`build` produced: final files, the fp32 reference and the per-mode models."""
+    """What `build` produced: final files, the fp32 reference and the per-mode models."""
 
     recipe: Recipe
     out_dir: Path

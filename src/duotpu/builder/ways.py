@@ -6,7 +6,7 @@ before the failing layer is not always the best one: the layer before it may lea
 INT8 with too little precision for what follows on the CPU (PP-OCRv6's recognizer: the scores
 before its Softmax verify at cos 0.76, one linear layer earlier at 0.98). So the build tries
 ``model.try_cuts`` cuts — that tensor, then one more layer on the CPU each — builds and verifies
-each in the same work directory (the calibration is shared, :mod:`duotpu.builder.calibshare`),
+each in the same work directory (the calibration is shared, `duotpu.builder.calibshare`),
 and delivers the one that verifies best, with every candidate's numbers said.
 """
 

@@ -1,7 +1,7 @@
 """A build's work directory: one folder per stage, each with its ``stage.json``.
 
 A stage is a function ``fn(folder) -> R`` where ``R`` is a frozen dataclass of the stage's
-results (:class:`StageResult`). :meth:`WorkDir.run` runs it in a hidden temporary folder that is
+results (`StageResult`). `WorkDir.run` runs it in a hidden temporary folder that is
 renamed into place only when it succeeded, and records in ``stage.json`` its cache key, its time
 and its result — paths relative to the stage folder, so a work directory can be moved. A stage
 whose key did not change and whose result's files all exist is not run again: its result is read
@@ -108,7 +108,7 @@ def watching(folder: Path, stage: str, events: EventSink, every: float = 1.0) ->
 
 
 def no_events(_: StageEvent) -> None:
-    """An :data:`EventSink` that ignores everything."""
+    """An `EventSink` that ignores everything."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -251,7 +251,7 @@ def to_json(obj: Any, folder: Path) -> Any:
 
 
 def from_json(tp: Any, data: Any, folder: Path) -> Any:
-    """The value of type ``tp`` that :func:`to_json` wrote, paths made absolute again."""
+    """The value of type ``tp`` that `to_json` wrote, paths made absolute again."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
         if data is None:

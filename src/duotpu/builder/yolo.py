@@ -4,7 +4,7 @@ box decode.
 The decode of a detector head (DFL softmax, grid and anchor arithmetic, the concat of boxes with
 sigmoid scores) quantizes badly in INT8 and tpu_mlir's ``--add_postprocess`` does not support
 cv180x. duotpu therefore compiles the network up to the last convolutions of the head and does
-the decode on the CPU (:mod:`duotpu.core.detect`).
+the decode on the CPU (`duotpu.core.detect`).
 
 The head layouts it knows, all found by the structure of the ONNX graph, not by layer names:
 
@@ -22,7 +22,7 @@ The head layouts it knows, all found by the structure of the ONNX graph, not by 
   (xywh, objectness, classes per anchor), decoded with the anchors.
 
 The cut keeps every node that feeds those convolutions; the resulting ONNX file's outputs are the
-head maps and :class:`YoloHead` says how to decode them.
+head maps and `YoloHead` says how to decode them.
 """
 
 from __future__ import annotations
@@ -150,7 +150,7 @@ def cut_head(
     anchors: list[list[float]] | None = None,
 ) -> YoloHead:
     """Cut a YOLO ONNX model before its box decode: write the model whose outputs are the head
-    maps to ``out`` and return how to decode them. Raises :class:`ModelError` when the graph
+    maps to ``out`` and return how to decode them. Raises `ModelError` when the graph
     has no recognisable YOLO head."""
     import onnx
 

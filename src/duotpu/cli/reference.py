@@ -151,31 +151,63 @@ def cli_page() -> str:
     return "\n".join(lines) + "\n"
 
 
+#: the API page's sections: a name goes under the first whose module prefix it has
+API_SECTIONS = (
+    ("Building", ("duotpu.build", "duotpu.builder", "duotpu.compiler")),
+    ("Recipes and boards", ("duotpu.config.recipe", "duotpu.BOARDS")),
+    (
+        "Running and inspecting built models",
+        ("duotpu.inference", "duotpu.cvimodel", "duotpu.core", "duotpu.onboard"),
+    ),
+    ("Evaluating", ("duotpu.evaluate", "duotpu.eval")),
+    ("On the board", ("duotpu.board",)),
+    ("Errors", ("duotpu.config.errors",)),
+)
+
+
+def _api_home(name: str) -> str:
+    """Where the docs tool finds an export (it cannot follow duotpu's lazy attributes)."""
+    obj = getattr(duotpu, name)
+    if isinstance(obj, types.ModuleType):  # a sub-API (duotpu.board)
+        return obj.__name__
+    if getattr(obj, "__module__", "").startswith("duotpu") and hasattr(obj, "__name__"):
+        return f"{obj.__module__}.{obj.__name__}"
+    if name in duotpu._LAZY:  # a type alias (EvalResult): where the table finds it
+        return f"{duotpu._LAZY[name]}.{name}"
+    return f"duotpu.{name}"  # a constant (BOARDS)
+
+
+def api_section(where: str) -> str:
+    """The API page's section for an export found at ``where``."""
+    for title, prefixes in API_SECTIONS:
+        if any(where == p or where.startswith(p + ".") for p in prefixes):
+            return title
+    return "Other"
+
+
 def api_page() -> str:
     """The Python API reference: every name ``duotpu/__init__.py`` exports, with its docstring
-    (rendered by mkdocstrings)."""
+    (rendered by mkdocstrings), in sections that follow the pipeline."""
     lines = [
         "# Python API reference",
         "",
         "Generated from the docstrings of every name `duotpu` exports (`duotpu.__all__`); the",
-        "guides show them in use, e.g. [Build your own model](../guides/build.md).",
+        "command line calls nothing else. The guides show them in use, e.g.",
+        "[Build your own model](../guides/build.md).",
     ]
+    sections: dict[str, list[str]] = {title: [] for title, _ in API_SECTIONS}
     for name in duotpu.__all__:
         if name.startswith("__"):
             continue
-        obj = getattr(duotpu, name)
-        # where it is defined: the docs tool cannot follow duotpu's lazy attributes
-        if isinstance(obj, types.ModuleType):  # a sub-API (duotpu.board)
-            where = obj.__name__
-        elif getattr(obj, "__module__", "").startswith("duotpu") and hasattr(obj, "__name__"):
-            where = f"{obj.__module__}.{obj.__name__}"
-        elif name in duotpu._LAZY:  # a type alias (EvalResult): where the table finds it
-            where = f"{duotpu._LAZY[name]}.{name}"
-        else:  # a constant (BOARDS)
-            where = f"duotpu.{name}"
-        lines += ["", f"::: {where}", "    options:", "        show_root_full_path: false"]
+        where = _api_home(name)
+        block = ["", f"::: {where}", "    options:", "        show_root_full_path: false"]
+        block.append("        heading_level: 3")
         if where.rsplit(".", 1)[1] != name:  # exported under another name (list_images)
-            lines.append(f'        heading: "{name}"')
+            block += [f'        heading: "{name}"', f'        toc_label: "{name}"']
+        sections.setdefault(api_section(where), []).extend(block)
+    for title, block in sections.items():
+        if block:
+            lines += ["", f"## {title}", *block]
     return "\n".join(lines) + "\n"
 
 

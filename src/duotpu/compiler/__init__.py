@@ -4,7 +4,7 @@
 stops every child process; ``steps`` are the compiler steps (transform, calibrate, deploy, …);
 ``inference`` runs models on the simulator or the fast path; ``diagnose`` turns compiler failures
 into advice; ``fbsgen`` generates the cvimodel reader's code at install time. Reading cvimodel files
-(:mod:`duotpu.cvimodel`) and the latency estimate (:mod:`duotpu.latency`) live below this layer.
+(`duotpu.cvimodel`) and the latency estimate (`duotpu.latency`) live below this layer.
 The layers above use the names exported here.
 """
 

@@ -2,12 +2,12 @@
 as tasks on Ray — a local instance duotpu starts and stops (``workers=N``) or a cluster it joins
 (``address=…`` / ``$RAY_ADDRESS``).
 
-Every fan-out of the library goes through :meth:`Executor.map`: ``duotpu build-many``'s recipes,
+Every fan-out of the library goes through `Executor.map`: ``duotpu build-many``'s recipes,
 the mixed-precision search's sensitivity candidates, ``duotpu eval``'s image shards and
 ``bench/zoo.py``'s models. Results come back in the order of the items, whatever order the tasks
 finish in, so a parallel run produces what the serial one does. A task whose worker process dies
 is run once more (Ray's ``max_retries=1``); a second death, or an exception, comes back as a
-:class:`TaskFailed` for that item while the others go on — the same in both executors, for
+`TaskFailed` for that item while the others go on — the same in both executors, for
 duotpu's typed errors and for any other exception. Ctrl-C (or SIGTERM) cancels every task:
 each task's tool processes are stopped with it.
 """

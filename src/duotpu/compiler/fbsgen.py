@@ -1,7 +1,7 @@
 """Generate the cvimodel reader's flatbuffers code with ``flatc`` (at install time).
 
-``make install`` runs this through :mod:`duotpu.compiler.selfcheck`; the reader
-(:mod:`duotpu.cvimodel.schema`) only imports what it wrote.
+``make install`` runs this through `duotpu.compiler.selfcheck`; the reader
+(`duotpu.cvimodel.schema`) only imports what it wrote.
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """The one runner: every child process duotpu starts (tpu_mlir's tools, its worker, flatc) goes
-through :func:`spawn` / :func:`run_argv` here.
+through `spawn` / `run_argv` here.
 
-Each child runs in its own process group and is registered, so :func:`stop_children` (called on
+Each child runs in its own process group and is registered, so `stop_children` (called on
 SIGINT or SIGTERM) stops all of them and their own children at once, and no new one starts after.
-:func:`run_tool` runs a tpu_mlir tool with :func:`~duotpu.compiler.env.tool_env`, writes its
-output to a log file (first line: the command) and raises :class:`ToolchainError` with the log's
+`run_tool` runs a tpu_mlir tool with `tool_env`, writes its
+output to a log file (first line: the command) and raises `ToolchainError` with the log's
 tail when it fails.
 """
 
@@ -61,7 +61,7 @@ def _diagnose(step: str, log_text: str) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# Child processes: every one is started by :func:`spawn`, in its own process group, and known
+# Child processes: every one is started by `spawn`, in its own process group, and known
 # here, so that a signal to duotpu alone (a supervisor, `timeout`, `kill PID`) stops them all.
 # --------------------------------------------------------------------------------------------
 _children: dict[int, subprocess.Popen] = {}
@@ -81,8 +81,8 @@ def spawn(
     stderr: IO[Any] | int | None = None,
     background: bool = False,
 ) -> subprocess.Popen:
-    """Start a child process in its own process group, registered for :func:`stop_children`.
-    Refuses (raises :class:`Interrupted`) once the run was cancelled, so no stage starts after
+    """Start a child process in its own process group, registered for `stop_children`.
+    Refuses (raises `Interrupted`) once the run was cancelled, so no stage starts after
     Ctrl-C or SIGTERM. ``background`` runs it at a lower CPU priority (``nice 10``)."""
     if _cancelled.is_set():
         raise Interrupted(_cancel_signal[0])
@@ -120,8 +120,8 @@ def _wrapped(argv: Sequence[str], background: bool) -> list[str]:
 
 
 def finish(proc: subprocess.Popen, timeout: float | None = None) -> int:
-    """Wait for a child from :func:`spawn`; kill its whole group if the wait is interrupted
-    (Ctrl-C in this thread) or times out (returns -9 then). Raises :class:`Interrupted` when the
+    """Wait for a child from `spawn`; kill its whole group if the wait is interrupted
+    (Ctrl-C in this thread) or times out (returns -9 then). Raises `Interrupted` when the
     run was cancelled while it ran."""
     try:
         rc = proc.wait(timeout)
@@ -171,7 +171,7 @@ def stop_children(signum: int = signal.SIGINT, grace: float = 1.0) -> None:
 
 
 def check_cancelled() -> None:
-    """Raise :class:`Interrupted` when the run was cancelled (Ctrl-C, SIGTERM): long work done
+    """Raise `Interrupted` when the run was cancelled (Ctrl-C, SIGTERM): long work done
     in this process, not in a child, calls it between its steps."""
     if _cancelled.is_set():
         raise Interrupted(_cancel_signal[0])
@@ -225,7 +225,7 @@ def run_tool(
 
     ``background`` runs it at a lower CPU priority (``nice 10``), for work off the critical path
     of a build (``deploy`` also gives such a run one OpenMP thread). Raises
-    :class:`ToolchainError` (with the tail of the log) when the tool exits non-zero.
+    `ToolchainError` (with the tail of the log) when the tool exits non-zero.
     """
     return run_argv(
         step, tool_argv(tool, args), cwd, log_path, tool_env(env_extra), timeout, background
@@ -243,7 +243,7 @@ def run_argv(
     append: bool = False,
 ) -> ToolRun:
     """Run a command line in tpu_mlir's environment ``env`` with its output in ``log_path``
-    (first line: the command; ``append`` keeps what the log held); :class:`ToolchainError`
+    (first line: the command; ``append`` keeps what the log held); `ToolchainError`
     when it fails."""
     cwd, log_path = Path(cwd), Path(log_path)
     cwd.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,7 @@
 """``python -m duotpu.compiler.selfcheck``: prove the installed compiler runs on this machine.
 
 Run by ``make install``. It starts one tpu_mlir binary and one tpu_mlir Python tool through
-:mod:`duotpu.compiler` (so with the glibc fix) and fails loudly if either cannot start; then it
+`duotpu.compiler` (so with the glibc fix) and fails loudly if either cannot start; then it
 generates the cvimodel reader's flatbuffers code from tpu_mlir's schema.
 """
 

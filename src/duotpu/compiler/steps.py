@@ -200,7 +200,7 @@ EMPTY_PEAK = 1e-4
 
 def empty_reference(reference: Path, tensors: Sequence[str]) -> float | None:
     """The largest magnitude among ``tensors`` of a reference npz when every one of them is
-    empty (all below :data:`EMPTY_PEAK`: the model did not respond to the test input), else
+    empty (all below `EMPTY_PEAK`: the model did not respond to the test input), else
     None."""
     import numpy as np
 
@@ -365,7 +365,7 @@ def outputs_without_simulator(files: DeployFiles, output_names: list[str]) -> Pa
     simulator reserves; the board's runtime has no such limit), the model's outputs on the test
     input from the quantized MLIR that model_deploy already ran (``*_tpu_outputs.npz``: INT8
     bit-exact with the simulator on every model checked) are written where the simulator's
-    would be. Raises :class:`ModelError` when that file does not hold the outputs."""
+    would be. Raises `ModelError` when that file does not hold the outputs."""
     import numpy as np
 
     with np.load(files.tpu_outputs) as z:
@@ -391,7 +391,7 @@ SELF_VALIDATED_FORMATS = ("YUV420_PLANAR", "YUV_NV21", "YUV_NV12")
 @dataclass(frozen=True)
 class DeployOptions:
     """Everything model_deploy takes that comes from the recipe, for one quantize mode.
-    Built in exactly one place (:func:`duotpu.builder.pipeline.deploy_options`) for every
+    Built in exactly one place (`duotpu.builder.pipeline.deploy_options`) for every
     caller: the deploy stage, the mixed-precision candidates and the old command lines."""
 
     quantize: str
@@ -410,7 +410,7 @@ class DeployOptions:
     def self_checked(self) -> bool:
         """tpu_mlir cannot validate aligned / YUV inputs (SELF_VALIDATED_FORMATS): such models
         are built without its check and run on the simulator with the raw test input by
-        :func:`deploy` itself."""
+        `deploy` itself."""
         return self.aligned_input or self.fuse_preprocess in SELF_VALIDATED_FORMATS
 
     def flags(self) -> list[str]:
@@ -568,7 +568,7 @@ def check_tolerance(
     """model_deploy's check of the quantized MLIR's tensors (``quantized``, its
     ``*_tpu_outputs.npz``) against fp32 (``reference``, model_transform's
     ``*_top_outputs.npz``), run as its own step with tpu_mlir's ``npz_tool compare``: the build
-    deploys once with the check all but off (:data:`NO_TOLERANCE`) and checks here, so a changed
+    deploys once with the check all but off (`NO_TOLERANCE`) and checks here, so a changed
     tolerance costs this comparison instead of another deploy."""
     args = [
         "compare",

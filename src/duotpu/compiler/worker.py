@@ -1,4 +1,4 @@
-"""Runs inside a tpu_mlir child process started by :mod:`duotpu.compiler.inference` (never
+"""Runs inside a tpu_mlir child process started by `duotpu.compiler.inference` (never
 imported by duotpu itself): runs many inputs through one model, loaded once (an MLIR whose
 interpreter keeps state between inputs: anew per input, see ``_mlir_runner``).
 

@@ -1,4 +1,4 @@
-"""Typed errors. Library code raises these; only :mod:`duotpu.cli` turns them into messages."""
+"""Typed errors. Library code raises these; only `duotpu.cli` turns them into messages."""
 
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ class ToolchainError(DuoTpuError):
 class CompilerFailure(ToolchainError):
     """A compiler or simulator failure duotpu recognised (an op the chip cannot run, a layer
     too large for its local memory): the message names the layer, op, chip limit and the ways
-    around; ``failure`` holds them (a :class:`duotpu.compiler.diagnose.Failure`)."""
+    around; ``failure`` holds them (a `duotpu.compiler.diagnose.Failure`)."""
 
     def __init__(self, base: ToolchainError, explanation: str, failure: Any, cut_at: str = ""):
         super().__init__(
@@ -105,7 +105,7 @@ class BuildFailed(DuoTpuError):
 
 class PartialBuild(BuildFailed):
     """Some modes failed, the others were built and verified and are delivered: ``result`` is
-    the build of the delivered modes (a :class:`duotpu.builder.results.BuildResult`), ``errors``
+    the build of the delivered modes (a `duotpu.builder.results.BuildResult`), ``errors``
     the failures by mode in recipe order."""
 
     def __init__(self, result: Any, failed: dict[str, BaseException]):

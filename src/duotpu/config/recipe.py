@@ -1,8 +1,8 @@
 """The model recipe: one typed config for everything the compiler steps take.
 
-A recipe is a TOML file (see ``recipes/efficientnet_lite0.toml``) or a :class:`Recipe` built in
+A recipe is a TOML file (see ``recipes/efficientnet_lite0.toml``) or a `Recipe` built in
 Python. It is the single contract between the CLI, the Python API and the pipeline stages.
-Unknown keys and wrong types are refused with a :class:`ConfigError` that names the key.
+Unknown keys and wrong types are refused with a `ConfigError` that names the key.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ def meta(
     implies: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """A recipe field's metadata: its command-line ``flag`` (with ``help`` and ``metavar``) and,
-    for paths, ``path`` = ``"any"`` or ``"file"`` (see :func:`path_keys`). The dataclasses below
+    for paths, ``path`` = ``"any"`` or ``"file"`` (see `path_keys`). The dataclasses below
     are the one list the TOML loader, the command line and its help read."""
     out: dict[str, Any] = {}
     if flag:
@@ -241,7 +241,7 @@ class Deploy:
     older board runtime (e.g. ``"1.2"``). ``inputs_type`` / ``outputs_type``: ``INT8`` keeps the
     model's input / output quantized (no conversion on the board), ``AUTO`` / ``FP32`` float.
     ``save_input_files``: also write ``NAME_inputs.tar.gz``, the build's inputs and a script
-    that replays the exact compiler commands (:mod:`duotpu.builder.replay`).
+    that replays the exact compiler commands (`duotpu.builder.replay`).
     """
 
     fuse_preprocess: bool = False
@@ -360,7 +360,7 @@ class Mix:
 
     @property
     def goal(self) -> Target | None:
-        """``target`` parsed (None without one); raises :class:`ConfigError` if malformed."""
+        """``target`` parsed (None without one); raises `ConfigError` if malformed."""
         return parse_target(self.target) if self.target else None
 
 
@@ -462,7 +462,7 @@ class Recipe:
     )
 
     def validate(self) -> "Recipe":
-        """Check values beyond their types; returns self. Raises :class:`ConfigError`."""
+        """Check values beyond their types; returns self. Raises `ConfigError`."""
         if not self.name or not all(c.isalnum() or c in "_-" for c in self.name):
             raise ConfigError(
                 f"Recipe key 'name' must be a non-empty name of letters, digits, "
@@ -699,7 +699,7 @@ class Recipe:
         return plain
 
     def to_toml(self) -> str:
-        """The recipe as TOML text (round-trips through :func:`load_recipe`)."""
+        """The recipe as TOML text (round-trips through `load_recipe`)."""
         import tomli_w
 
         data = self.to_dict()
@@ -739,7 +739,7 @@ FlagKind = Literal["str", "int", "float", "bool", "ints", "floats", "names"]
 
 @dataclass(frozen=True)
 class RecipeFlag:
-    """A command-line flag that sets one recipe field (from the field's :func:`meta`)."""
+    """A command-line flag that sets one recipe field (from the field's `meta`)."""
 
     key: str  # dotted recipe key, e.g. "calibration.count"
     option: str  # "--calib-count"
@@ -876,7 +876,7 @@ def path_keys() -> dict[str, str]:
 
 
 def resolve_path(value: Any, base: Path, kind: str = "any") -> Any:
-    """``value`` taken relative to ``base`` when it is a relative path (see :func:`path_keys`);
+    """``value`` taken relative to ``base`` when it is a relative path (see `path_keys`);
     specs like ``torchvision:x``, ``pkg.mod:fn`` and ``builtin:...`` are returned unchanged."""
     if (
         not isinstance(value, str)
@@ -905,7 +905,7 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
 
 
 def recipe_from_dict(data: dict[str, Any], where: str = "recipe") -> Recipe:
-    """Build a validated :class:`Recipe` from plain data; errors name the offending key."""
+    """Build a validated `Recipe` from plain data; errors name the offending key."""
     if not isinstance(data, dict):
         raise ConfigError(f"The recipe in {where} must be a table of keys.")
     data = dict(data)
@@ -1033,7 +1033,7 @@ def recipe_for_command(
     """The recipe ``duotpu build SOURCE [--recipe FILE] [flags]`` builds: the recipe file (or
     the defaults), its model replaced by ``source`` (a path, ``torchvision:NAME`` or
     ``package.module:function``; a ``.toml`` source is the recipe itself) and named after it
-    unless a name is given, then ``overrides`` (:func:`command_line_overrides`)."""
+    unless a name is given, then ``overrides`` (`command_line_overrides`)."""
     overrides = overrides or {}
     if source and source.endswith(".toml") and not recipe:
         recipe, source = source, None
@@ -1070,7 +1070,7 @@ class Target:
 
 
 def parse_target(text: str) -> Target:
-    """``agree>=0.995`` / ``map>=0.95`` / ``cos>=0.99`` → a :class:`Target`."""
+    """``agree>=0.995`` / ``map>=0.95`` / ``cos>=0.99`` → a `Target`."""
     import re
 
     m = re.fullmatch(r"\s*(agree|cos|map)\s*>=\s*([0-9.]+)\s*", text or "")

@@ -1,8 +1,8 @@
 """Detections on the CPU: decode the raw YOLO head maps, NMS, boxes back on the image, drawing
 and detection-level accuracy (mAP with pycocotools).
 
-The TPU runs the network up to the head convolutions (see :mod:`duotpu.builder.yolo`);
-:func:`decode` does in numpy what the original model's last layers do, in the same order, so its
+The TPU runs the network up to the head convolutions (see `duotpu.builder.yolo`);
+`decode` does in numpy what the original model's last layers do, in the same order, so its
 result equals the original model's full output.
 """
 
@@ -28,7 +28,7 @@ def decode(head: YoloHead, maps: Sequence[np.ndarray]) -> tuple[np.ndarray, np.n
     """Raw head maps (in ``head.outputs`` order, each ``[B, C, h, w]``) → candidate boxes
     ``[B, N, 4]`` (center x, center y, width, height in input pixels) and class scores
     ``[B, N, nc]`` (for YOLOv5: objectness × class probability); the board app's own code
-    (:func:`duotpu.onboard.heads.decode`)."""
+    (`duotpu.onboard.heads.decode`)."""
     return heads.decode(head.to_json(), maps)
 
 
@@ -123,7 +123,7 @@ def per_image(
 
 
 def as_truth(dets: list[list[Detection]]) -> list[list[tuple[tuple, int]]]:
-    """Detections (e.g. the fp32 model's) as ground truth for :func:`coco_map`."""
+    """Detections (e.g. the fp32 model's) as ground truth for `coco_map`."""
     return [[(d.box, d.cls) for d in ds] for ds in dets]
 
 

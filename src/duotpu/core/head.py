@@ -1,4 +1,4 @@
-"""How to decode a cut YOLO model's outputs (:class:`YoloHead`, written by the build beside the
+"""How to decode a cut YOLO model's outputs (`YoloHead`, written by the build beside the
 cvimodel as ``NAME.detect.json``), and the COCO class names."""
 
 from __future__ import annotations

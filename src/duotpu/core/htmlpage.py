@@ -184,7 +184,7 @@ def write(folder: Path, data: dict | None, document: str, stem: str = "report") 
 
 
 def zoom(ax: Any, values: Sequence[float], axis: str = "y", top: float = 1.0) -> None:
-    """Limit ``axis`` to where the values are (see :func:`zoomed_limits`) and label its ticks
+    """Limit ``axis`` to where the values are (see `zoomed_limits`) and label its ticks
     with as many decimals as the span needs, without matplotlib's offset notation."""
     import math
 

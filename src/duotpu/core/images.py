@@ -200,7 +200,7 @@ def list_files(folder: Path) -> list[Path]:
 
 def scan_images(folder: Path) -> ImageFolder:
     """The image files under ``folder`` (by their header, nothing decoded: use
-    :func:`image_problem` on the ones taken); other files are skipped and counted."""
+    `image_problem` on the ones taken); other files are skipped and counted."""
     from PIL import Image
 
     good: list[Path] = []
@@ -219,7 +219,7 @@ def scan_images(folder: Path) -> ImageFolder:
     return ImageFolder(good, bad)
 
 
-#: Classes of the built-in synthetic detection set (:func:`write_shapes_dataset`).
+#: Classes of the built-in synthetic detection set (`write_shapes_dataset`).
 SHAPE_CLASSES = ("circle", "square", "triangle")
 
 

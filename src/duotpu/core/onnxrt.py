@@ -55,7 +55,7 @@ def onnx_reference_many(path: Path, tensors: list) -> list[dict[str, np.ndarray]
 
 def match_outputs(reference: dict[str, Any], produced: dict[str, Any]) -> dict[str, str]:
     """Map each reference (ONNX) output name to the compiler's name for it
-    (:func:`duotpu.onboard.heads.match_names`: by the name it is made from, else by position)."""
+    (`duotpu.onboard.heads.match_names`: by the name it is made from, else by position)."""
     from duotpu.onboard.heads import match_names
 
     out: dict[str, str] = {}

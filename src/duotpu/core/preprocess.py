@@ -1,8 +1,8 @@
 """Image → input tensor, exactly as tpu_mlir's preprocessing computes it.
 
 The numbers a recipe gives in PyTorch units (``(pixel/255 - mean) / std``) become tpu_mlir's
-pixel-unit ``mean`` and ``scale`` (``(pixel - mean255) * scale``). :func:`tpu_mean_scale` does
-that conversion once; the compiler flags and :func:`preprocess_image` both use its strings, so the
+pixel-unit ``mean`` and ``scale`` (``(pixel - mean255) * scale``). `tpu_mean_scale` does
+that conversion once; the compiler flags and `preprocess_image` both use its strings, so the
 host and the compiler compute with the same float32 numbers.
 """
 
@@ -43,7 +43,7 @@ def resize_dims(pre: Preprocess, shape: tuple[int, ...]) -> tuple[int, int]:
 
 
 def _resize(img: np.ndarray, pre: Preprocess, h: int, w: int) -> np.ndarray:
-    """The recipe's resize, as the board app does it (:func:`duotpu.onboard.preprocess.fit`)
+    """The recipe's resize, as the board app does it (`duotpu.onboard.preprocess.fit`)
     with OpenCV's resize (the same bytes, faster)."""
     import cv2
 
@@ -101,9 +101,9 @@ def _normalize(bgr: np.ndarray, pre: Preprocess) -> np.ndarray:
 def fused_to_float(
     raw: np.ndarray, pre: Preprocess, shape: tuple[int, ...], pixel_format: str
 ) -> np.ndarray:
-    """A fused-preprocess model's raw uint8 input (:func:`fused_input`) → the float input of its
+    """A fused-preprocess model's raw uint8 input (`fused_input`) → the float input of its
     fp32 ONNX model (``shape``), i.e. the crop and mean/scale the TPU does: what
-    :func:`preprocess_image` gives for the same image."""
+    `preprocess_image` gives for the same image."""
     x = np.asarray(raw)
     if pixel_format.endswith("PACKED"):
         x = x.transpose(0, 3, 1, 2)

@@ -112,7 +112,7 @@ class CviModelInfo:
 
 
 def read_cvimodel(path: str | Path) -> CviModelInfo:
-    """Read and check a cvimodel. Raises :class:`ModelError` for a file that is not a
+    """Read and check a cvimodel. Raises `ModelError` for a file that is not a
     cvimodel, is truncated, or whose md5 does not match its header."""
     path = Path(path)
     try:

@@ -307,7 +307,7 @@ def evaluate_build(
     detectors by mAP against the fp32 detections (and against YOLO labels), other models by
     each output's cosine. Returns the typed result (``to_json()`` is ``report.json``);
     ``progress`` and ``log`` report as it goes.
-    ``executor`` (:mod:`duotpu.compiler.executor`) spreads the images over Ray workers."""
+    ``executor`` (`duotpu.compiler.executor`) spreads the images over Ray workers."""
     target = Path(target)
     models = sorted(target.glob("*.cvimodel")) if target.is_dir() else [target]
     if not models:

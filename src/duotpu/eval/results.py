@@ -129,5 +129,5 @@ class GenericEval(Evaluation):
     task = "generic"
 
 
-#: the result of :func:`duotpu.eval.evaluate.evaluate_build`
+#: the result of `duotpu.eval.evaluate.evaluate_build`
 EvalResult = Union[ClassifyEval, DetectEval, GenericEval]

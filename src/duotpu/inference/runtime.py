@@ -55,7 +55,7 @@ class BuiltModel:
 
     @functools.cached_property
     def output_names(self) -> list[str]:
-        """The outputs :func:`infer` returns: the whole model's, after the tail of a cut one."""
+        """The outputs `infer` returns: the whole model's, after the tail of a cut one."""
         if self.tail is None:
             return self.compiled_output_names
         import onnx
@@ -187,7 +187,7 @@ def _aligned_inputs(model: BuiltModel, t, images: list) -> list[np.ndarray]:
 def infer_batched(
     model: BuiltModel, tensors: list[np.ndarray], progress: Callable[[int], None] | None = None
 ) -> list[dict[str, np.ndarray]]:
-    """Like :func:`infer` on the simulator, but a multi-batch cvimodel runs full batches through
+    """Like `infer` on the simulator, but a multi-batch cvimodel runs full batches through
     its largest program and the rest through its batch-1 program. One result per input."""
     programs = model.info.programs
     big = max(range(len(programs)), key=lambda k: programs[k].inputs[0].shape[0])
@@ -258,7 +258,7 @@ def apply_tail(
 
 
 def fp32_output_names(model: BuiltModel) -> list[str]:
-    """The fp32 ONNX model's output names, in the order :func:`fp32_reference` returns them."""
+    """The fp32 ONNX model's output names, in the order `fp32_reference` returns them."""
     import onnx
 
     if model.onnx is None:
@@ -332,7 +332,7 @@ def describe_generic(
     tensors: list[np.ndarray] | None = None,
 ) -> list[tuple[dict[str, np.ndarray], list[dict]]]:
     """Per input: its outputs under the model's own names (when ``tensors`` are given and the
-    build's fp32 ONNX is there) and :func:`describe_outputs` of them, with each output's cosine
+    build's fp32 ONNX is there) and `describe_outputs` of them, with each output's cosine
     to fp32 on the same input."""
     refs: list[dict[str, np.ndarray]] | None = None
     if tensors is not None and model.onnx is not None:

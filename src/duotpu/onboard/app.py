@@ -179,7 +179,7 @@ class App:
 
     def finish(self, outputs: Dict[str, np.ndarray], inputs: Any = None) -> Dict[str, np.ndarray]:
         """A cut model's TPU outputs → the whole model's outputs (its CPU tail, which may read
-        the model's ``inputs`` too: the array given to :meth:`forward`, or arrays by name)."""
+        the model's ``inputs`` too: the array given to `forward`, or arrays by name)."""
         if self._tail is None:
             return outputs
         graph, constants = self._tail

@@ -1,7 +1,7 @@
 """The CPU tail of a task, in numpy only: class probabilities and top-k, the detector decode
 (anchor-free YOLOv8/11 and PP-PicoDet with DFL, YOLOX, SCRFD with landmarks, anchor-based
 YOLOv5), per-class NMS, and boxes mapped back onto the image. The host
-(:mod:`duotpu.core.detect`) uses these same functions, so the board and the PC give the same
+(`duotpu.core.detect`) uses these same functions, so the board and the PC give the same
 answers by construction.
 """
 
@@ -154,7 +154,7 @@ def _per_anchor(m: np.ndarray, na: int) -> np.ndarray:
 
 def keypoints(head: Mapping[str, Any], maps: Sequence[np.ndarray]) -> Optional[np.ndarray]:
     """A face detector's landmarks (SCRFD: ``keypoints`` points per box) in input pixels,
-    ``[B, N, K, 2]`` in the order of :func:`decode`'s boxes; None for heads without them."""
+    ``[B, N, K, 2]`` in the order of `decode`'s boxes; None for heads without them."""
     k = int(head.get("keypoints") or 0)
     if head["kind"] != "scrfd" or not k:
         return None
@@ -176,7 +176,7 @@ def nms(
     max_det: int = 300,
     multi_label: bool = False,
 ) -> List[Tuple[np.ndarray, float, int]]:
-    """:func:`nms_kept` without the candidates' indices: (xyxy, score, class), best first."""
+    """`nms_kept` without the candidates' indices: (xyxy, score, class), best first."""
     return [
         (x, s, c) for _, x, s, c in nms_kept(boxes_xywh, scores, conf, iou, max_det, multi_label)
     ]
@@ -309,7 +309,7 @@ def match_names(wanted: Sequence[str], produced: Sequence[str]) -> Dict[str, Opt
 
 
 def maps_in_order(head: Mapping[str, Any], outputs: Mapping[str, np.ndarray]) -> List[np.ndarray]:
-    """Outputs by the compiler's names → the head maps in decode order (:func:`match_names`)."""
+    """Outputs by the compiler's names → the head maps in decode order (`match_names`)."""
     names = match_names(list(head["outputs"]), list(outputs))
     return [outputs[names[n] or list(outputs)[k]] for k, n in enumerate(head["outputs"])]
 

@@ -69,7 +69,7 @@ def fit(
 ) -> Tuple[np.ndarray, Dict[str, float]]:
     """Resize as the recipe's ``resize_mode`` says (``stretch``, ``letterbox``, ``text_line``,
     ``short_side``) to (h, w), as tpu_mlir's preprocessing does; also how the image maps into it
-    (scale, offsets) for boxes. ``resizer(img, w, h)``: :func:`resize` unless given (the host
+    (scale, offsets) for boxes. ``resizer(img, w, h)``: `resize` unless given (the host
     passes OpenCV's, which gives the same bytes)."""
     resize_to = resizer or resize
     ih, iw = img.shape[:2]

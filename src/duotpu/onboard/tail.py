@@ -2,7 +2,7 @@
 
 ``duotpu app`` turns ``NAME.tail.onnx`` into a plain graph (``tail.json``: nodes in order with
 their op, inputs, outputs and attributes; ``tail.npz``: the constants), refusing a tail with an
-op not in :data:`OPS` by naming it. No ONNX package is needed on the board.
+op not in `OPS` by naming it. No ONNX package is needed on the board.
 """
 
 from __future__ import annotations
