@@ -31,13 +31,15 @@ def _commit() -> str:
     return head.stdout.strip() + ("+changes" if dirty else "")
 
 
-def emit(lines: list[str], out: str | Path, echo: bool = True) -> str:
+def emit(lines: list[str], out: str | Path, echo: bool = True, seconds: float | None = None) -> str:
     """Print the lines (unless not ``echo``) and write them to ``out``, with a last line that
     names the script, the seconds it has run so far (the whole run, for a script that writes
     once at its end; a script that writes as rows finish stamps each write), the day and the
-    commit of the code it measured."""
+    commit of the code it measured. ``seconds``: what a whole run takes, for a script that
+    keeps finished rows and reruns only some (bench/zoo.py: the sum of its rows' times)."""
     script = Path(sys.argv[0]).name
-    seconds = time.time() - psutil.Process().create_time()
+    if seconds is None:
+        seconds = time.time() - psutil.Process().create_time()
     cores = os.cpu_count() or 1
     day = time.strftime("%Y-%m-%d")
     commit = _commit()

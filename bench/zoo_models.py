@@ -127,3 +127,38 @@ def crnn() -> nn.Module:
 def svtr_tiny() -> nn.Module:
     torch.manual_seed(0)
     return _lively(SVTRTiny(), (1, 3, 48, 320), HALF)
+
+
+def vad_samples(folder, count: int = 20):
+    """Samples for silero-vad's inputs (``input`` [1, 512]: 32 ms of 16 kHz audio, ``state``
+    [2, 1, 128]: the LSTM's state): voiced-like chunks (harmonics of a pitch between 90 and 300
+    Hz under a syllable envelope), noise and near-silence, with states a chunk stream leaves
+    (the model's own, run on the chunks before). One ``.npz`` per sample, by input name."""
+    from pathlib import Path
+
+    import numpy as np
+
+    from duotpu.core.onnxrt import session
+    from zoo import package_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(2026)
+    model = session(package_file("silero_vad/data/silero_vad_16k_op15.onnx"))
+    t = np.arange(512) / 16000.0
+    state = np.zeros((2, 1, 128), np.float32)
+    for i in range(count):
+        kind = i % 3
+        if kind == 0:  # voiced
+            f0 = rng.uniform(90, 300)
+            x = sum(rng.uniform(0.2, 1) / k * np.sin(2 * np.pi * f0 * k * t) for k in range(1, 8))
+            x = x * np.sin(np.pi * np.linspace(0.1, 0.9, 512)) * rng.uniform(0.1, 0.6)
+        elif kind == 1:  # noise
+            x = rng.normal(0, rng.uniform(0.01, 0.2), 512)
+        else:  # near silence
+            x = rng.normal(0, 0.002, 512)
+        chunk = np.asarray(x, np.float32).reshape(1, 512)
+        np.savez(folder / f"s{i:03d}.npz", input=chunk, state=state)
+        _, state = model.run(None, {"input": chunk, "state": state, "sr": np.array(16000)})
+        state = np.asarray(state, np.float32)
+    return folder

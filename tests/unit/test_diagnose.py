@@ -158,3 +158,11 @@ def test_a_correctness_gap_gets_the_flag_that_lets_it_through_with_the_measured_
     assert "--correctness 0.99,0.83 " in correctness_advice(
         [Mismatch("t", "euclidean", 0.837, 0.85)], (0.99, 0.85)
     )
+    # its BF16 build: cosine 0.9998 but a euclidean similarity below 0 (an advice of 0 would
+    # not let it through); a cosine below 0 is never advised
+    assert "--correctness 0.96,-0.16 " in correctness_advice(
+        [Mismatch("t", "euclidean", -0.157147, 0.0)], (0.96, 0.0)
+    )
+    assert "--correctness 0,0.5 " in correctness_advice(
+        [Mismatch("t", "cosine", -0.3, 0.99)], (0.99, 0.5)
+    )

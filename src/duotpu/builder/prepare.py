@@ -178,16 +178,17 @@ def test_images(r: Recipe, folder: Path) -> list[Path]:
     return chosen if not r.deploy.fuse_preprocess else chosen[:1]
 
 
-def _cut_way(onnx_path: Path, feed: str, folder: Path) -> str:
+def _cut_way(onnx_path: Path, feed: str, folder: Path) -> tuple[str, bool]:
     """The ``--cut-at`` before a layer, said as a way around when the graph can be cut there
-    (tried on a copy), else why not."""
+    (tried on a copy), else why not; and whether it can."""
     try:
         export_mod.cut_graph(onnx_path, folder / "try-head.onnx", folder / "try-tail.onnx", (feed,))
     except DuoTpuError as e:
-        return f"a cut before it (--cut-at {feed}) is not possible ({str(e).rstrip('.')})"
+        return f"a cut before it (--cut-at {feed}) is not possible ({str(e).rstrip('.')})", False
     return (
         f"--cut-at {feed} (model.outputs) ends the TPU model before it and runs the rest on "
-        "the CPU (ONNX Runtime)"
+        "the CPU (ONNX Runtime)",
+        True,
     )
 
 
@@ -258,11 +259,14 @@ def stage_transform(wd: WorkDir, r: Recipe, exported: Stage[Exported]) -> Stage[
             name, op, feed = export_mod.first_differing_layer(onnx_path, e.mismatches[0].tensor)
             if not name:
                 raise
-            way = (
+            way, cuttable = (
                 _cut_way(onnx_path, feed, folder)
                 if feed
-                else "it reads the model's input directly, so no cut before it leaves work "
-                "for the TPU"
+                else (
+                    "it reads the model's input directly, so no cut before it leaves work "
+                    "for the TPU",
+                    False,
+                )
             )
             raise ToleranceError(
                 e.what,
@@ -272,6 +276,7 @@ def stage_transform(wd: WorkDir, r: Recipe, exported: Stage[Exported]) -> Stage[
                 "difference (tolerance.transform, or tolerance.excepts for those tensors). "
                 f"Log: {e.log_path}",
                 e.log_path,
+                cut_at=feed if cuttable else "",
             ) from None
 
     def transform(folder: Path) -> Transformed:

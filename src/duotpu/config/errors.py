@@ -78,10 +78,16 @@ class ToleranceError(DuoTpuError):
     """A verification found a model output less similar to the fp32 reference than required."""
 
     def __init__(
-        self, what: str, mismatches: list[Mismatch], advice: str, log_path: Path | None = None
+        self,
+        what: str,
+        mismatches: list[Mismatch],
+        advice: str,
+        log_path: Path | None = None,
+        cut_at: str = "",
     ):
         self.what, self.mismatches, self.advice = what, mismatches, advice
         self.log_path = log_path
+        self.cut_at = cut_at  # the model tensor to end the TPU model at, when the advice says so
         parts = ", ".join(
             f"tensor '{m.tensor}' {m.metric} {m.measured:.6f} < required {m.required}"
             for m in mismatches
