@@ -233,3 +233,44 @@ def test_a_cut_whose_rest_reads_a_model_input_runs_on_the_cpu(tmp_path: Path) ->
     _run_app(app, sample, "--save", tmp_path / "board.npz")
     with np.load(tmp_path / "board.npz") as board:
         np.testing.assert_allclose(board["0/out"].ravel(), host["out"].ravel(), atol=1e-5)
+
+
+def test_silero_vads_lstm_difference_names_the_layer_and_carries_its_cut(tmp_path: Path) -> None:
+    """silero-vad 6.2.3's trained ONNX (its package, installed without its torch
+    requirements): the compiler's fp32 LSTM differs from ONNX Runtime's; the error names the
+    LSTM behind the Squeeze that shows it, and carries the cut before it for a program to
+    take (``ToleranceError.cut_at``), which the rest of the model can run from."""
+    import importlib.util
+
+    from duotpu import ToleranceError, build, recipe_from_dict
+
+    spec = importlib.util.find_spec("silero_vad")
+    assert spec is not None and spec.submodule_search_locations, "make install adds silero-vad"
+    src = Path(spec.submodule_search_locations[0]) / "data" / "silero_vad_16k_op15.onnx"
+    rng = np.random.default_rng(0)
+    samples = tmp_path / "chunks"
+    samples.mkdir()
+    for i in range(4):
+        np.savez(
+            samples / f"c{i}.npz",
+            input=(rng.normal(0, 0.1, (1, 512))).astype(np.float32),
+            state=np.zeros((2, 1, 128), np.float32),
+        )
+    recipe = recipe_from_dict(
+        {
+            "name": "silero",
+            "model": {"source": str(src), "constants": {"sr": 16000}},
+            "inputs": [
+                {"name": "input", "shape": [1, 512]},
+                {"name": "state", "shape": [2, 1, 128]},
+            ],
+            "calibration": {"images": str(samples), "count": 4},
+            "quantize": ["bf16"],
+        }
+    )
+    with pytest.raises(ToleranceError) as e:
+        build(recipe, out_dir=tmp_path / "b")
+    assert "model_transform" in e.value.what
+    assert "'/model/decoder/rnn/LSTM' (LSTM)" in str(e.value), str(e.value)
+    assert e.value.cut_at == "/model/decoder/rnn/Unsqueeze_3_output_0"
+    assert f"--cut-at {e.value.cut_at} (model.outputs)" in str(e.value)
