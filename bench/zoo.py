@@ -200,7 +200,7 @@ def recipe_for(
     if row.inputs:  # tensor inputs: calibrated and verified on .npz samples
         import zoo_models
 
-        samples = getattr(zoo_models, row.samples)(WORK / "samples" / row.name, calib)
+        samples = getattr(zoo_models, row.samples)(WORK / "samples" / row.name, calib, source)
         data["inputs"] = row.inputs
         data["calibration"]["images"] = str(samples)
         del data["preprocess"]

@@ -129,22 +129,22 @@ def svtr_tiny() -> nn.Module:
     return _lively(SVTRTiny(), (1, 3, 48, 320), HALF)
 
 
-def vad_samples(folder, count: int = 20):
+def vad_samples(folder, count: int, model_path):
     """Samples for silero-vad's inputs (``input`` [1, 512]: 32 ms of 16 kHz audio, ``state``
     [2, 1, 128]: the LSTM's state): voiced-like chunks (harmonics of a pitch between 90 and 300
     Hz under a syllable envelope), noise and near-silence, with states a chunk stream leaves
-    (the model's own, run on the chunks before). One ``.npz`` per sample, by input name."""
+    (the model at ``model_path``, run on the chunks before). One ``.npz`` per sample, by input
+    name."""
     from pathlib import Path
 
     import numpy as np
 
     from duotpu.core.onnxrt import session
-    from zoo import package_file
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(2026)
-    model = session(package_file("silero_vad/data/silero_vad_16k_op15.onnx"))
+    model = session(Path(model_path))
     t = np.arange(512) / 16000.0
     state = np.zeros((2, 1, 128), np.float32)
     for i in range(count):
