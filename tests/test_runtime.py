@@ -63,6 +63,18 @@ def test_fast_path_equals_the_simulator(tiny_build, mode):
                 np.testing.assert_allclose(a[name], b[name], atol=0.05)
 
 
+def test_a_builtin_photo_by_name_is_the_photo(tiny_build):
+    import duotpu
+
+    m = duotpu.open_model(tiny_build.models["int8"].cvimodel)
+    by_name = duotpu.tensors_for(m, ["builtin:chelsea"])[0]
+    np.testing.assert_array_equal(
+        by_name, duotpu.tensors_for(m, [duotpu.builtin_photo("chelsea")])[0]
+    )
+    # the README's line: duotpu.infer is the function even after the package was imported
+    assert duotpu.top_k(m, duotpu.infer(m, [by_name]), k=1)[0][0]["probability"] > 0
+
+
 def test_compare_metrics_by_hand():
     fp = np.array([[4.0, 1.0, 0.0], [1.0, 1.01, 0.0], [0.0, 0.0, 5.0]])
     q = np.array([[4.0, 1.0, 0.0], [1.02, 1.0, 0.0], [0.0, 5.0, 0.0]])

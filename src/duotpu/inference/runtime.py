@@ -130,7 +130,8 @@ def open_model(path: str | Path, recipe_path: str | Path | None = None) -> Built
 
 
 def tensors_for(model: BuiltModel, images: list) -> list[np.ndarray]:
-    """Images (paths or RGB arrays) → batch-1 input tensors, with the build's preprocessing:
+    """Images (paths, ``builtin:NAME`` photos or RGB arrays) → batch-1 input tensors, with the
+    build's preprocessing:
     float32 NCHW, or for a fused-preprocess model the raw uint8 image in its pixel format.
     A model whose inputs are tensors takes ``.npz`` files (an array per input name; ``.npy``
     for a model of one input) instead: each is checked and becomes ``{input name: array}``."""
@@ -139,6 +140,14 @@ def tensors_for(model: BuiltModel, images: list) -> list[np.ndarray]:
 
         inputs = [(i.name, tuple(i.shape)) for i in model.recipe.inputs]
         return [read_sample(Path(p), inputs) for p in images]  # type: ignore[misc]
+    from duotpu.core.images import builtin_photo
+
+    images = [
+        builtin_photo(im.split(":", 1)[1])
+        if isinstance(im, str) and im.startswith("builtin:")
+        else im
+        for im in images
+    ]
     t = model.info.programs[0].inputs[0]
     shape = tuple(t.shape)
     if t.pixel_format in compiler.SELF_VALIDATED_FORMATS or t.aligned:
