@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -47,9 +48,14 @@ def train(epochs: int) -> tuple[Path, float]:
         (data / "data.yaml").write_text(
             f"path: {data}\ntrain: train/images\nval: val/images\nnames:\n{names}"
         )
-    best = WORK / "runs" / f"v8n-e{epochs}" / "weights" / "best.pt"
+    run = WORK / "runs" / f"v8n-e{epochs}"
+    best = run / "weights" / "best.pt"
     if best.is_file():
         return best, float("nan")
+    # Ultralytics writes best.pt after the first epoch: train under another name and move the
+    # run in place when all epochs are done, so an interrupted training is never taken as done
+    partial = run.with_name(run.name + ".part")
+    shutil.rmtree(partial, ignore_errors=True)
     os.environ.setdefault("YOLO_OFFLINE", "1")
     from ultralytics import YOLO
 
@@ -64,11 +70,12 @@ def train(epochs: int) -> tuple[Path, float]:
         plots=False,
         amp=False,
         project=str(WORK / "runs"),
-        name=f"v8n-e{epochs}",
+        name=partial.name,
         exist_ok=True,
         verbose=False,
         pretrained=False,
     )
+    partial.rename(run)
     return best, time.monotonic() - t0
 
 
