@@ -34,17 +34,7 @@ def classification_table(
             end_section=rank == k - 1,
         )
     table.add_row("cosine vs fp32", *["—" if r.cosine is None else f"{r.cosine:.4f}" for r in rows])
-    table.add_row("file size", *[_mb(r.size_bytes) for r in rows])
-    table.add_row(
-        "board memory (ION)", *["—" if r.ion_mb is None else f"{r.ion_mb:.2f} MB" for r in rows]
-    )
-    table.add_row(
-        "est. board time",
-        *[
-            "—" if r.est_ms is None else f"{r.est_ms:.1f} ms ({1000 / r.est_ms:.0f} fps)"
-            for r in rows
-        ],
-    )
+    _cost_rows(table, rows)
     return table
 
 
@@ -72,6 +62,12 @@ def detection_table(rows: list[duotpu.Detected], title: str, k: int = 5) -> Tabl
         "head maps: lowest cosine vs fp32",
         *["—" if r.cosine_min is None else f"{r.cosine_min:.4f}" for r in rows],
     )
+    _cost_rows(table, rows)
+    return table
+
+
+def _cost_rows(table: Table, rows: list) -> None:
+    """What each model costs on the board: file size, ION need and the estimated time."""
     table.add_row("file size", *[_mb(r.size_bytes) for r in rows])
     table.add_row(
         "board memory (ION)", *["—" if r.ion_mb is None else f"{r.ion_mb:.2f} MB" for r in rows]
@@ -83,4 +79,3 @@ def detection_table(rows: list[duotpu.Detected], title: str, k: int = 5) -> Tabl
             for r in rows
         ],
     )
-    return table
