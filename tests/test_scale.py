@@ -40,8 +40,10 @@ def same_model(a: Path, b: Path) -> None:
     assert da[cvimodel.HEADER_SIZE :] == db[cvimodel.HEADER_SIZE :]
 
 
-def recipes(onnx: Path, names: list[str]):
-    return [tiny_recipe(onnx, name=n, **{"calibration.seed": i}) for i, n in enumerate(names)]
+def recipes(onnx: Path, names: list[str], **over):
+    return [
+        tiny_recipe(onnx, name=n, **{"calibration.seed": i, **over}) for i, n in enumerate(names)
+    ]
 
 
 def _start_duotpu(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
@@ -169,10 +171,10 @@ def cluster(tmp_path):
         subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True)
 
 
-def _write_recipes(onnx: Path, folder: Path, names: list[str]) -> list[str]:
+def _write_recipes(onnx: Path, folder: Path, names: list[str], **over) -> list[str]:
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
-    for r in recipes(onnx, names):
+    for r in recipes(onnx, names, **over):
         p = folder / f"{r.name}.toml"
         p.write_text(r.to_toml())
         paths.append(str(p))
@@ -267,7 +269,10 @@ def test_a_killed_worker_is_retried_once_then_reported(tiny_onnx_path, tmp_path)
 def test_ctrl_c_stops_every_task(tiny_onnx_path, tmp_path):
     """Ctrl-C during a parallel build-many: exit 130 within seconds, and no task, tool process
     or local Ray process is left."""
-    files = _write_recipes(tiny_onnx_path, tmp_path / "r", ["ca", "cb"])
+    # 300 calibration images: the calibration runs long enough to be caught running
+    files = _write_recipes(
+        tiny_onnx_path, tmp_path / "r", ["ca", "cb"], **{"calibration.count": 300}
+    )
     proc = _start_duotpu(
         "build-many", *files, "--out-root", str(tmp_path / "out"), "--workers", "2"
     )
@@ -278,17 +283,16 @@ def test_ctrl_c_stops_every_task(tiny_onnx_path, tmp_path):
         and proc.poll() is None
     ):
         time.sleep(0.2)
-    # wait for the tools themselves (their command lines name the test's folder): a task's
-    # worker imports duotpu first, which takes longer on a loaded machine
+    # wait for the calibration (its command line names the test's folder; the other tools take
+    # a second or less): a task's worker imports duotpu first, slower on a loaded machine
     ours = str(tmp_path / "out")
-    while (
-        not [p for p in _ray_processes(ours) if p != proc.pid]
-        and time.monotonic() < deadline
-        and proc.poll() is None
-    ):
+    calibrating = f"run_calibration.py .* {ours}"
+    while not _ray_processes(calibrating) and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.2)
     time.sleep(1)
-    assert [p for p in _ray_processes(ours) if p != proc.pid], "no tool was running"
+    if not _ray_processes(calibrating):
+        proc.kill()
+        raise AssertionError(f"no calibration was running: {proc.communicate()[0]}")
     t0 = time.monotonic()
     proc.send_signal(signal.SIGINT)
     stdout, _ = proc.communicate(timeout=60)

@@ -1,7 +1,8 @@
 """The compiler layer: the only code that starts tpu_mlir (or any other) processes.
 
 ``env`` finds tpu_mlir and builds its environment (with the glibc fix); ``runner`` starts and
-stops every child process; ``steps`` are the compiler steps (transform, calibrate, deploy, …);
+stops every child process (Python tools as forks of ``forkserver``, which imported what they
+import once); ``steps`` are the compiler steps (transform, calibrate, deploy, …);
 ``inference`` runs models on the simulator or the fast path; ``diagnose`` turns compiler failures
 into advice; ``fbsgen`` generates the cvimodel reader's code at install time. Reading cvimodel files
 (`duotpu.cvimodel`) and the latency estimate (`duotpu.latency`) live below this layer.
@@ -33,6 +34,7 @@ from .runner import (
     run_argv,
     run_tool,
     spawn,
+    start_fork_server,
     stop_children,
 )
 from .steps import (
@@ -80,6 +82,7 @@ __all__ = [
     "run_argv",
     "run_tool",
     "spawn",
+    "start_fork_server",
     "stop_children",
     "NO_TOLERANCE",
     "SELF_VALIDATED_FORMATS",

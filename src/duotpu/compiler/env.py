@@ -76,7 +76,19 @@ def tool_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     system glibc in LD_PRELOAD (see the module docstring)."""
     root = tpu_mlir_root()
     env = dict(os.environ)
-    join = os.pathsep.join
+
+    def join(parts: list[str]) -> str:
+        # an empty entry would mean the working folder; several entries may hold many folders
+        out: list[str] = []
+        for part in parts:
+            out += [p for p in part.split(os.pathsep) if p and p not in out]
+        return os.pathsep.join(out)
+
+    # importing cv2 in this process prepends its own folder to our LD_LIBRARY_PATH: that is for
+    # this process, and it would make the tools' environment depend on what duotpu imported
+    inherited = [
+        p for p in env.get("LD_LIBRARY_PATH", "").split(os.pathsep) if "/cv2/" not in p + "/"
+    ]
     venv_bin = str(Path(sys.executable).parent)
     env["PATH"] = join(
         [
@@ -103,7 +115,7 @@ def tool_env(extra: dict[str, str] | None = None) -> dict[str, str]:
             str(root / "lib"),
             str(root / "lib/capi"),
             str(root / "lib/third_party"),
-            env.get("LD_LIBRARY_PATH", ""),
+            *inherited,
         ]
     )
     preload = [p for p in env.get("LD_PRELOAD", "").split() if p]
@@ -133,6 +145,19 @@ def tool_argv(tool: str, args: Sequence[str]) -> list[str]:
     if tool in _BIN_TOOLS:
         return [str(root / "bin" / tool), *map(str, args)]
     raise ValueError(f"unknown tpu_mlir tool {tool!r}")
+
+
+def preload_scripts() -> list[Path]:
+    """tpu_mlir's Python tools whose top-level imports the fork server loads once."""
+    root = tpu_mlir_root()
+    return [root / "python/tools" / f"{tool}.py" for tool in sorted(_PY_TOOLS)]
+
+
+def preload_modules() -> list[str]:
+    """Modules the tools (and duotpu's worker) import inside their functions, loaded by the fork
+    server too: the ONNX front end (onnxruntime_extensions imports transformers, torch and
+    sklearn: 1.6 s) and the simulator's bindings."""
+    return ["transform.OnnxConverter", "tpu_mlir.python.utils.lowering"]
 
 
 def cvimodel_schema() -> Path:
