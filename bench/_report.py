@@ -24,7 +24,7 @@ def _commit() -> str:
     if head.returncode:
         return ""
     dirty = subprocess.run(
-        [*git, "status", "--porcelain", "--untracked-files=no", "--", "src", "bench/*.py"],
+        [*git, "status", "--porcelain", "--untracked-files=no", "--", ":/src", ":/bench/*.py"],
         capture_output=True,
         text=True,
     ).stdout.strip()

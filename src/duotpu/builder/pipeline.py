@@ -45,6 +45,7 @@ from .prepare import (
     test_images,
 )
 from .quantize import (
+    builtin_calibration_set,
     deploy_options,
     stage_calibrate,
     stage_deploy,
@@ -161,7 +162,16 @@ def _build_in(
     recipe, note = settle_task(recipe, exported.result)
     if note:
         events(StageEvent("export", "info", message=note))
-    transformed = stage_transform(wd, recipe, exported)
+    with cf.ThreadPoolExecutor(max_workers=1) as early:
+        # the built-in calibration crops (1 s for 100) on the core the transform leaves free
+        crops = (
+            early.submit(builtin_calibration_set, wd, recipe)
+            if "int8" in recipe.quantize and recipe.calibration.images == "builtin:natural"
+            else None
+        )
+        transformed = stage_transform(wd, recipe, exported)
+        if crops is not None:
+            crops.result()
     verify_images = test_images(recipe, wd.root / "inputs")
     if len(verify_images) > 1:
         events(
