@@ -2,10 +2,11 @@
 
 ``env`` finds tpu_mlir and builds its environment (with the glibc fix); ``runner`` starts and
 stops every child process (Python tools as forks of ``forkserver``, which imported what they
-import once); ``steps`` are the compiler steps (transform, calibrate, deploy, …);
-``inference`` runs models on the simulator or the fast path; ``diagnose`` turns compiler failures
-into advice; ``fbsgen`` generates the cvimodel reader's code at install time. Reading cvimodel files
-(`duotpu.cvimodel`) and the latency estimate (`duotpu.latency`) live below this layer.
+import once; ``forkclient`` talks to it); ``steps`` are the compiler steps (transform,
+calibrate, deploy, …); ``inference`` runs models on the simulator or the fast path;
+``diagnose`` turns compiler failures into advice; ``fbsgen`` generates the cvimodel reader's
+code at install time. Reading cvimodel files (`duotpu.cvimodel`) and the latency estimate
+(`duotpu.latency`) live below this layer.
 The layers above use the names exported here.
 """
 
