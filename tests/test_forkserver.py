@@ -57,6 +57,8 @@ def _run(tmp_path: Path, mode: str, fork: bool, monkeypatch, **kw) -> tuple[int,
     cwd.mkdir(exist_ok=True)
     log = tmp_path / f"{mode}-{fork}.log"
     env = compiler.tool_env({"DUOTPU_TEST_X": "été 1", **kw.pop("extra", {})})
+    # a script that starts fast is forked by a server that is up, and never waits for one
+    assert compiler.start_fork_server(env, wait=True) == fork
     with open(log, "w") as out:
         proc = compiler.spawn(
             [sys.executable, str(script), mode],
@@ -103,6 +105,7 @@ def test_a_timeout_and_a_cancel_stop_a_forked_tool_with_its_children(tmp_path, m
     script = tmp_path / "probe.py"
     script.write_text(SCRIPT)
     env = compiler.tool_env()
+    assert compiler.start_fork_server(env, wait=True)
     log = tmp_path / "sleep.log"
     t0 = time.monotonic()
     with pytest.raises(ToolchainError) as e:
@@ -123,6 +126,7 @@ def test_a_timeout_and_a_cancel_stop_a_forked_tool_with_its_children(tmp_path, m
         except BaseException as exc:  # noqa: BLE001
             errors.append(exc)
 
+    assert compiler.start_fork_server(env, wait=True)
     worker = threading.Thread(target=run)
     worker.start()
     deadline = time.monotonic() + 30
@@ -187,3 +191,21 @@ def test_the_fork_server_can_be_switched_off(tmp_path, monkeypatch):
     rc, _, whole = _run(tmp_path, "ok", False, monkeypatch)
     assert rc == 0 and "forked False" in whole
     assert os.environ["DUOTPU_FORK_SERVER"] == "0"
+
+
+def test_a_fast_script_neither_starts_nor_waits_for_a_server(tmp_path, monkeypatch):
+    # a rebuild that only verifies again runs npz_tool and duotpu's worker (0.2–0.5 s each):
+    # starting the server for them would cost more than it saves
+    from duotpu.compiler import forkclient
+
+    for p in forkclient.stop_servers():
+        p.wait(10)
+    monkeypatch.setenv("DUOTPU_FORK_SERVER", "1")
+    script = tmp_path / "probe.py"
+    script.write_text(SCRIPT)
+    log = tmp_path / "fast.log"
+    compiler.run_argv(
+        "probe", [sys.executable, str(script), "ok"], tmp_path, log, compiler.tool_env()
+    )
+    assert "forked False" in log.read_text()
+    assert not [p for p in psutil.Process().children() if "forkserver" in " ".join(p.cmdline())]

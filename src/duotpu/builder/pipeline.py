@@ -122,7 +122,6 @@ def build(
     # the user's data before anything is made: a refused build leaves no work folder behind
     check_inputs_early(recipe, calibration_data is not None)
     check_writable(out_dir)
-    compiler.start_fork_server()  # its imports overlap with the export
     root, moved = work_root(out_dir, Path(work_dir) if work_dir else None, recipe.name)
     with exclusive(root):  # one build per work folder at a time
         wd = WorkDir(root, events)

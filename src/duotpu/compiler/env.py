@@ -147,6 +147,16 @@ def tool_argv(tool: str, args: Sequence[str]) -> list[str]:
     raise ValueError(f"unknown tpu_mlir tool {tool!r}")
 
 
+# the tools whose own imports take seconds (transformers, torch, sklearn through the ONNX front
+# end and the calibrator): worth starting or waiting for the fork server
+_SLOW_TO_START = {"model_transform", "run_calibration", "model_deploy"}
+
+
+def slow_to_start(argv: Sequence[str]) -> bool:
+    """Whether ``argv`` runs one of tpu_mlir's tools that spend seconds importing."""
+    return len(argv) > 1 and Path(argv[1]).stem in _SLOW_TO_START and argv[1].endswith(".py")
+
+
 def preload_scripts() -> list[Path]:
     """tpu_mlir's Python tools whose top-level imports the fork server loads once."""
     root = tpu_mlir_root()

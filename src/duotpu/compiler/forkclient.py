@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Callable, Sequence
 
-from .env import preload_modules, preload_scripts
+from .env import preload_modules, preload_scripts, slow_to_start
 
 #: how a command line is wrapped before it is started (runner's setpriv / nice wrappers):
 #: (argv, background, parent-death signal) -> argv
@@ -178,15 +178,19 @@ def _signature(env: dict[str, str]) -> tuple[tuple[str, str], ...]:
     )
 
 
-def server_for(env: dict[str, str], wrap: Wrap, wait: bool = True) -> _Server | None:
+def server_for(
+    env: dict[str, str], wrap: Wrap, wait: bool = True, start: bool = True
+) -> _Server | None:
     """The running (or starting) server for ``env`` (started with ``wrap``-ped command line);
     None when servers are switched off or this one could not start. ``wait=False`` returns
-    without waiting for it to be ready."""
+    without waiting for it to be ready; ``start=False`` only returns one already there."""
     if os.environ.get("DUOTPU_FORK_SERVER", "1") == "0" or not hasattr(socket, "send_fds"):
         return None
     key = (os.getpid(), _signature(env))
     with _servers_lock:
         server = _servers.get(key)
+        if (server is None or not server.alive()) and not start:
+            return None
         if server is None or not server.alive():
             server = _servers[key] = _Server(dict(env), wrap)
             threading.Thread(target=server.keep, name="duotpu-fork-server", daemon=True).start()
@@ -217,9 +221,13 @@ def forked(
         return None
     if out < 0:
         return None
+    # a slow tool waits for a server still importing (a fresh start would spend the same 2-3 s);
+    # the others (npz_tool, model_runner, duotpu's worker: 0.2-0.5 s) start afresh instead and
+    # start no server (a rebuild that only verifies again runs nothing else)
+    tool = slow_to_start(argv)
     for _ in range(2):  # once more with a new server when this one had just gone idle
-        server = server_for(env, wrap)
-        if server is None:
+        server = server_for(env, wrap, wait=tool, start=tool)
+        if server is None or not (server.ready.is_set() and server.up):
             return None
         forked = server.run(argv, cwd, env, out, 10 if background else 0)
         if forked is not None or server.alive():

@@ -203,11 +203,14 @@ def clear_cancel() -> None:
     _cancelled.clear()
 
 
-def start_fork_server(env: dict[str, str] | None = None) -> None:
-    """Start the fork server for tpu_mlir's tools in the background (a build calls it first,
-    so the server's 3 s of imports overlap with the export instead of delaying the transform)."""
-    if not _cancelled.is_set():
-        forkclient.server_for(tool_env() if env is None else env, _wrapped, wait=False)
+def start_fork_server(env: dict[str, str] | None = None, wait: bool = False) -> bool:
+    """Start the fork server for tpu_mlir's tools in the background (an export that runs calls
+    it, so the server's 3 s of imports overlap with it instead of delaying the transform).
+    ``wait`` waits until it is ready; True when it is (or is starting, without ``wait``)."""
+    if _cancelled.is_set():
+        return False
+    env = tool_env() if env is None else env
+    return forkclient.server_for(env, _wrapped, wait=wait) is not None
 
 
 @dataclass
