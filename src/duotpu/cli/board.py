@@ -184,8 +184,7 @@ def cmd_board_bench(args) -> int:
             if Path(image).is_dir():
                 image = str(duotpu.list_images(Path(image))[0])
             if image.startswith("builtin:"):
-                photo = duotpu.builtin_photo(image.split(":", 1)[1])
-                tensor = duotpu.tensors_for(model, [photo])[0]
+                tensor = duotpu.tensors_for(model, [image])[0]
             else:
                 tensor = _board_inputs(model, [image])[0]
             r = board.bench(b, model.cvimodel, tensor, model.input_name, args.count)
