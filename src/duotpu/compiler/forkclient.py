@@ -106,10 +106,15 @@ class _Server:
     def socket_path(self) -> Path:
         return self.folder / "s"
 
-    def alive(self) -> bool:
-        return not self.ready.is_set() or (
-            self.up and self.proc is not None and self.proc.poll() is None
+    def usable(self) -> bool:
+        """Started, ready and still running: it can take a run now."""
+        return (
+            self.ready.is_set() and self.up and self.proc is not None and self.proc.poll() is None
         )
+
+    def alive(self) -> bool:
+        """Still starting, or usable."""
+        return not self.ready.is_set() or self.usable()
 
     def keep(self) -> None:
         """Start the server and wait for it to end, in a thread of its own that lives as long as
@@ -189,15 +194,15 @@ def server_for(
     key = (os.getpid(), _signature(env))
     with _servers_lock:
         server = _servers.get(key)
-        if (server is None or not server.alive()) and not start:
-            return None
         if server is None or not server.alive():
+            if not start:
+                return None
             server = _servers[key] = _Server(dict(env), wrap)
             threading.Thread(target=server.keep, name="duotpu-fork-server", daemon=True).start()
     if not wait:
         return server
     server.ready.wait(120)
-    return server if server.alive() and server.up else None
+    return server if server.usable() else None
 
 
 def forked(
@@ -227,7 +232,7 @@ def forked(
     tool = slow_to_start(argv)
     for _ in range(2):  # once more with a new server when this one had just gone idle
         server = server_for(env, wrap, wait=tool, start=tool)
-        if server is None or not (server.ready.is_set() and server.up):
+        if server is None or not server.usable():
             return None
         forked = server.run(argv, cwd, env, out, 10 if background else 0)
         if forked is not None or server.alive():

@@ -116,7 +116,8 @@ def _openmp_threads(n: str) -> None:
         return
     seen = set()
     for line in Path("/proc/self/maps").read_text().splitlines():
-        path = line.split()[-1] if len(line.split()) >= 6 else ""
+        fields = line.split()
+        path = fields[-1] if len(fields) >= 6 else ""
         name = os.path.basename(path)
         if path in seen or not name.startswith(("libgomp", "libomp", "libiomp")):
             continue
@@ -276,7 +277,6 @@ def serve(path: str, idle: float, me: int) -> int:
     last = time.monotonic()
     try:
         while True:
-            _reap(managers, block=False)
             if managers:
                 last = time.monotonic()
             elif time.monotonic() - last > idle:

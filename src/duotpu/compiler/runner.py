@@ -33,7 +33,7 @@ from duotpu.config.errors import Interrupted, ToolchainError
 
 from . import forkclient
 from .env import tool_argv, tool_env
-from .forkclient import Child, ForkedProc
+from .forkclient import Child
 
 
 # --------------------------------------------------------------------------------------------
@@ -73,7 +73,7 @@ def _diagnose(step: str, log_text: str) -> str:
 # Child processes: every one is started by `spawn`, in its own process group, and known
 # here, so that a signal to duotpu alone (a supervisor, `timeout`, `kill PID`) stops them all.
 # --------------------------------------------------------------------------------------------
-_children: dict[int, subprocess.Popen | ForkedProc] = {}
+_children: dict[int, Child] = {}
 # re-entrant: stop_children runs in a signal handler, which may interrupt the main thread
 # while it holds the lock in spawn or finish
 _children_lock = threading.RLock()
@@ -135,7 +135,7 @@ def _wrapped(argv: Sequence[str], background: bool, death_signal: str = "KILL") 
     return out
 
 
-def finish(proc: subprocess.Popen | ForkedProc, timeout: float | None = None) -> int:
+def finish(proc: Child, timeout: float | None = None) -> int:
     """Wait for a child from `spawn`; kill its whole group if the wait is interrupted
     (Ctrl-C in this thread) or times out (returns -9 then). Raises `Interrupted` when the
     run was cancelled while it ran."""
@@ -157,7 +157,7 @@ def finish(proc: subprocess.Popen | ForkedProc, timeout: float | None = None) ->
     return rc
 
 
-def _kill_group(proc: subprocess.Popen | ForkedProc, sig: int) -> None:
+def _kill_group(proc: Child, sig: int) -> None:
     try:
         os.killpg(proc.pid, sig)
     except (ProcessLookupError, PermissionError):
@@ -170,7 +170,7 @@ def stop_children(signum: int = signal.SIGINT, grace: float = 1.0) -> None:
     _cancel_signal[0] = signum
     _cancelled.set()
     with _children_lock:
-        procs: list[subprocess.Popen | ForkedProc] = list(_children.values())
+        procs: list[Child] = list(_children.values())
     for p in procs:
         _kill_group(p, signal.SIGTERM)
     # a fork server stops the runs it forked and reaps them before it exits (see forkserver.py)
