@@ -20,7 +20,7 @@ def test_the_cvimodel_holds_the_integers_the_rounding_chose(tiny_onnx_path, tmp_
         events=events.append,
     )
     stages = {s.name: s for s in r.stages}
-    rounded = stages["round"].result
+    rounded = stages["round"].result.transformed
     report = json.loads((stages["round"].folder / "rounding.json").read_text())
     assert {x["op"] for x in report} == {"Conv", "MatMul"} and len(report) == 3
     assert all(x["mse_optimized"] <= x["mse_nearest"] for x in report)
@@ -45,3 +45,86 @@ def test_the_cvimodel_holds_the_integers_the_rounding_chose(tiny_onnx_path, tmp_
             assert (chosen != nearest).mean() == x["flipped"]
     assert changed >= 1
     assert r.models["int8"].cosine["logits"] > 0.99
+    # r1 (conv1 + ReLU, read by conv2 alone) had its threshold tuned; the deploy used it
+    tuned = {x["layer"]: x["threshold_tuned"] for x in report}  # by the layer reading it
+    before = rounding.read_thresholds(stages["calibrate"].result.table)
+    table = rounding.read_thresholds(stages["round"].result.calibrated.table)
+    assert tuned["r2_Relu"] != before["r1_Relu"]
+    assert abs(table["r1_Relu"] - tuned["r2_Relu"]) < 1e-6
+    assert {k: v for k, v in table.items() if k != "r1_Relu"} == {
+        k: v for k, v in before.items() if k != "r1_Relu"
+    }
+    deployed = _deployed_thresholds(next(deploy.glob("*_int8_sym_tpu.mlir")))
+    assert abs(deployed["r1_Relu"] - table["r1_Relu"]) < 1e-4
+
+
+def _deployed_thresholds(tpu_mlir) -> dict[str, float]:
+    """Each INT8 tensor of a quantized MLIR by name → its threshold (scale × 127)."""
+    import re
+
+    text = tpu_mlir.read_text()
+    locs = dict(re.findall(r'^(#loc\d+) = loc\("([^"]+)"\)', text, re.M))
+    out = {}
+    for m in re.finditer(
+        r"-> tensor<[^>]*!quant\.uniform<i8:f32, ([\d.e+-]+)>> loc\((#loc\d+)\)", text
+    ):
+        if m.group(2) in locs:
+            out[locs[m.group(2)]] = float(m.group(1)) * 127
+    return out
+
+
+def test_a_model_of_tensor_inputs_is_rounded_and_deployed_with_its_tuned_table(tmp_path):
+    import tinymodels
+    from conftest import run_cli
+
+    src = tinymodels.audio_state_onnx(tmp_path / "Vad model.onnx")
+    samples = tinymodels.audio_state_samples(tmp_path / "samples")
+    out = tmp_path / "b"
+    r = run_cli(
+        "build", str(src), "--name", "vad", "--out", str(out), "--calib-images", str(samples),
+        "--quantize", "int8", "--rounding", "optimized",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr + r.stdout
+    work = out / "work"
+    report = json.loads((work / "round" / "rounding.json").read_text())
+    assert [x["op"] for x in report] == ["MatMul"] * 3
+    assert all(x["mse_optimized"] <= x["mse_nearest"] for x in report)
+    # the integers deployed are the ones chosen
+    after = dict(np.load(next((work / "round").glob("*_top_f32_all_weight.npz"))))
+    lowered = next((work / "deploy-int8").glob("*_tpu_lowered_cv180x_int8_sym_weight.npz"))
+    with np.load(lowered) as q:
+        for x in report:
+            chosen = rounding.tpu_integers(after[x["weight"]], x["op"]).ravel()
+            assert np.array_equal(q[f"{x['layer']}_filter_i8"].ravel(), chosen), x["layer"]
+    # the deploy read the round stage's table: every threshold in it is the deployed one
+    table = rounding.read_thresholds(next((work / "round").glob("*_cali_table")))
+    deployed = _deployed_thresholds(next((work / "deploy-int8").glob("*_int8_sym_tpu.mlir")))
+    # (the layers' own tensors: tpu_mlir fixes some others, a Sigmoid's output at 1.0)
+    ours = {x["layer"] for x in report} & set(table) & set(deployed)
+    assert len(ours) >= 2, (sorted(table), sorted(deployed))
+    for name in ours:
+        assert abs(deployed[name] - table[name]) <= 1e-4 * table[name], name
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert min(manifest["models"]["int8"]["cosine_vs_fp32"].values()) > 0.99
+
+
+def test_the_mix_search_starts_from_the_rounded_model(tiny_onnx_path, tmp_path):
+    from duotpu import compiler
+    from duotpu.builder import mixprec
+
+    qtable = tmp_path / "one.qtable"
+    mixprec.write_qtable(qtable, ["r2_Relu"])
+    over = {"calibration.rounding": "optimized", "mix.qtable": str(qtable)}
+    r = pipeline.build(tiny_recipe(tiny_onnx_path, quantize=["int8"], **over), tmp_path / "b")
+    stages = {s.name: s for s in r.stages}
+    rounded = stages["round"].result
+    assert stages["mix"].key["weights"] == compiler.file_digest(rounded.transformed.weights)
+    assert stages["mix"].key["table"] == compiler.file_digest(rounded.calibrated.table)
+    # the mixed model's INT8 layers hold the integers the rounding chose
+    after = dict(np.load(rounded.transformed.weights))
+    lowered = sorted(stages["mix"].folder.rglob("*_int8_sym_tpu_qtable_weights.npz"))
+    assert lowered
+    with np.load(lowered[-1]) as q:
+        assert "r2_Relu_filter_i8" not in q.files  # the layer kept in BF16
+        assert np.array_equal(q["r1_Relu_filter_i8"].ravel(),
+                              rounding.tpu_integers(after["w1"], "Conv").ravel())  # fmt: skip

@@ -196,7 +196,9 @@ def _build_in(
             cal = stage_calibrate(wd, recipe, transformed) if mode == "int8" else None
             weights = transformed
             if cal is not None and recipe.calibration.rounding == "optimized":
-                weights = stage_round(wd, recipe, transformed, cal)
+                rounded = stage_round(wd, recipe, transformed, cal)
+                weights = rounded.part(rounded.result.transformed)
+                cal = rounded.part(rounded.result.calibrated)
             dep = stage_deploy(wd, recipe, mode, weights, cal, background=mode != critical)
             # the latency estimate (a second or two of pure Python) beside the verification, in
             # the branch: a BF16 model's is off the critical path altogether
@@ -251,11 +253,14 @@ def _build_in(
                     ),
                 )
             )
+        # with the optimized rounding, the search starts from the rounded INT8 model: its
+        # weights (the BF16 layers take them too) and its tuned table
+        rounded = wd.stages.get("round")
         mixed = stage_mix(
             wd,
             recipe,
-            transformed,
-            wd.stages["calibrate"],
+            rounded.part(rounded.result.transformed) if rounded else transformed,
+            rounded.part(rounded.result.calibrated) if rounded else wd.stages["calibrate"],
             # a pure INT8 model that deployed but missed verification is the search's first row
             results["int8"][0] if "int8" in results else wd.stages.get("deploy-int8"),
             results["bf16"][0] if "bf16" in results else None,

@@ -34,6 +34,7 @@ from .results import (
     Calibrated,
     Deployed,
     Exported,
+    RoundedModel,
     Transformed,
 )
 from .workdir import (
@@ -182,55 +183,84 @@ def _thresholds_options(cal: Any) -> dict[str, Any]:
     return {k: v for k, v in asdict(cal).items() if k != "rounding"}
 
 
-#: calibration images the weight rounding is chosen on (at most): its time grows with them
+#: calibration samples the weight rounding is chosen on (at most): its time grows with them
 ROUNDING_IMAGES = 16
 
 
-def _rounding_images(cal: Calibrated) -> list[Path]:
-    """The calibration images the rounding is chosen on: the first ROUNDING_IMAGES of them."""
+def _rounding_sources(r: Recipe, cal: Calibrated) -> list[Path]:
+    """The calibration files the rounding is chosen on: the first ROUNDING_IMAGES of them
+    (images, or ``.npz`` / ``.npy`` samples of a model's inputs)."""
+    if r.tensor_inputs:
+        return calibdata.tensor_files(Path(r.calibration.images))[:ROUNDING_IMAGES]
+    given = Path(r.calibration.images)
+    if not r.calibration.images.startswith("builtin:") and calibdata.array_files(given):
+        return calibdata.array_files(given)[:ROUNDING_IMAGES]  # calibration_data from Python
     files = [p for p in _calibration_files(cal.images) if p.is_file() and p != cal.images]
     return files[:ROUNDING_IMAGES]
 
 
+def _rounding_samples(r: Recipe, t: Transformed, paths: list[Path]) -> list[dict[str, Any]]:
+    """Each calibration file as the compiled model's inputs by name."""
+    if r.tensor_inputs:
+        samples = [calibdata.read_sample(p, tensor_inputs(r)) for p in paths]
+        wanted = t.input_names or tuple(i.name for i in r.inputs)
+        return [{k: v for k, v in s.items() if k in wanted} for s in samples]
+    name = t.input_names[0] if t.input_names else r.inputs[0].name
+    shape = (1, *tuple(r.inputs[0].shape)[1:])
+    out = []
+    for p in paths:
+        if p.suffix.lower() == ".npz":
+            with np.load(p) as z:
+                out.append({name: np.array(z[z.files[0]], np.float32).reshape(shape)})
+        else:
+            out.append({name: preprocess_image(p, r.preprocess, shape)})
+    return out
+
+
 def stage_round(
     wd: WorkDir, r: Recipe, transformed: Stage[Transformed], calibrated: Stage[Calibrated]
-) -> Stage[Transformed]:
+) -> Stage[RoundedModel]:
     """``calibration.rounding = "optimized"``: the transformed model with its convolution and
     matrix-multiplication weights moved to the integers an output-error-minimising rounding
-    chooses on the calibration images (`duotpu.builder.rounding`), for the INT8 deploy."""
+    chooses on the calibration samples, and the calibration table with the thresholds of those
+    layers' inputs tuned against the same error (`duotpu.builder.rounding`), for the INT8
+    deploy."""
     t, cal = transformed.result, calibrated.result
+    sources = _rounding_sources(r, cal)
     key: dict[str, Any] = {
         "mlir": compiler.file_digest(t.mlir),
         "weights": compiler.file_digest(t.weights),
-        "images": [p.name for p in _rounding_images(cal)],
-        "data": _thresholds_options(r.calibration),
+        "table": compiler.file_digest(cal.table),
+        "samples": folder_key(sources),
         "preprocess": asdict(r.preprocess),
+        "iterations": rounding.ITERATIONS,
         "code": [compiler.code_digest(), compiler.file_digest(Path(rounding.__file__))],
         "versions": compiler.versions(),
     }
 
-    def run(folder: Path) -> Transformed:
-        if r.tensor_inputs or r.inputs[0].shape[1] not in (1, 3):
-            raise ConfigError(
-                "calibration.rounding = 'optimized' works on image models for now; this model "
-                "takes tensors. Build it with --rounding nearest."
-            )
+    def run(folder: Path) -> RoundedModel:
         graph = compiler.mlir_graph(t.mlir, folder / "graph.log")
         with np.load(t.weights) as npz:
             weights = {k: np.array(npz[k]) for k in npz.files}
         found = rounding.layers(t.mlir, graph, set(weights))
-        paths = _rounding_images(cal)
-        shape = tuple(r.inputs[0].shape)
-        tensors = [preprocess_image(p, r.preprocess, (1, *shape[1:])) for p in paths]
+        samples = _rounding_samples(r, t, sources)
         wanted = sorted({ly.input for ly in found})
-        acts = compiler.run_tensors("mlir", t.mlir, t.input_names[0] if t.input_names else
-                                    r.inputs[0].name, tensors, wanted)  # fmt: skip
+        first = next(iter(samples[0])) if samples else r.inputs[0].name
+        acts = compiler.run_tensors("mlir", t.mlir, first, samples, wanted)
+        thresholds = rounding.read_thresholds(cal.table)
+        tune = rounding.tunable(found, graph, thresholds)
 
         def progress(done: int, total: int) -> None:
             wd.events(StageEvent("round", "progress", message=f"{done}/{total} layers"))
 
-        new, report = rounding.optimize(
-            found, weights, acts, progress, stop=compiler.check_cancelled
+        new, report, tuned = rounding.optimize(
+            found,
+            weights,
+            acts,
+            progress,
+            stop=compiler.check_cancelled,
+            thresholds=thresholds,
+            tune=tune,
         )
         weights.update(new)
         out = replace(
@@ -244,19 +274,22 @@ def stage_round(
                          (t.top_outputs, out.top_outputs)):  # fmt: skip
             shutil.copyfile(src, dst)
         np.savez(out.weights, **weights)
+        table = folder / cal.table.name
+        rounding.write_thresholds(cal.table, table, tuned)
         (folder / "rounding.json").write_text(json.dumps([asdict(x) for x in report], indent=1))
-        better = sum(x.mse_optimized < x.mse_nearest for x in report)
+        better = sum(x.mse_optimized < (x.mse_table or x.mse_nearest) for x in report)
         wd.events(
             StageEvent(
                 "round",
                 "info",
-                message=f"{len(report)} layers rounded on {len(paths)} calibration images: "
-                f"{better} closer to fp32 than round-to-nearest",
+                message=f"{len(report)} layers rounded on {len(sources)} calibration samples: "
+                f"{better} closer to fp32 than round-to-nearest; {len(tuned)} of "
+                f"{len(tune)} input thresholds tuned",
             )
         )
-        return out
+        return RoundedModel(out, replace(cal, table=table))
 
-    return wd.run("round", key, run, Transformed)
+    return wd.run("round", key, run, RoundedModel)
 
 
 def stage_calibrate(wd: WorkDir, r: Recipe, transformed: Stage[Transformed]) -> Stage[Calibrated]:

@@ -26,6 +26,7 @@ __all__ = [
     "Transformed",
     "Referenced",
     "Calibrated",
+    "RoundedModel",
     "Deployed",
     "Verified",
     "Mixed",
@@ -90,6 +91,15 @@ class Calibrated(StageResult):
     images: Path
     count: int
     skipped: int
+
+
+@dataclass(frozen=True)
+class RoundedModel(StageResult):
+    """The transformed model with its INT8 weight rounding chosen (``calibration.rounding =
+    "optimized"``) and the calibration table with its tuned thresholds."""
+
+    transformed: Transformed
+    calibrated: Calibrated
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,15 @@ This module makes that choice layer by layer, in PyTorch on the CPU, on the fp32
 sees (tpu_mlir's own fp32 interpreter runs the transformed MLIR on the calibration images), and
 then writes each chosen integer back as the float ``q · max|w_c| / 127``, so that tpu_mlir's own
 round-to-nearest lands on it (the largest weight of each channel keeps its value, and with it the
-scale). The model's other weights, its graph and its calibration table are untouched.
+scale). The model's other weights and its graph are untouched.
+
+The layer's input is what the chip gives it: the fp32 activation quantized to INT8 with its
+calibration threshold (per tensor, symmetric, step ``T / 127``). The rounding is fitted on that
+input against the fp32 output, and before it the threshold itself is tuned: a ReLU6 output's is
+6 in tpu_mlir's table whatever the values are, so most of its 127 steps go unused. A threshold is
+tuned only where every reader of the tensor is a layer this module rounds (the error it
+minimises is then the whole effect of the change) and the tensor is a convolution's or matrix
+multiplication's own output (its INT8 requantization is where the threshold applies).
 """
 
 from __future__ import annotations
@@ -28,6 +36,9 @@ from numpy.typing import NDArray
 
 #: input values a layer's rounding is fitted on at most (a few images of a stem, all of a head)
 BUDGET = 1_500_000
+
+#: optimisation steps of one layer's rounding
+ITERATIONS = 300
 
 #: AdaRound's rectified sigmoid stretch and its schedule (the paper's values)
 _ZETA, _GAMMA = 1.1, -0.1
@@ -59,6 +70,11 @@ class Rounded:
     mse_optimized: float
     flipped: float
     seconds: float
+    #: the input's calibration threshold from tpu_mlir's table and the one chosen (same if kept)
+    threshold_table: float | None = None
+    threshold_tuned: float | None = None
+    #: the error of today's layer: round-to-nearest with the table's threshold
+    mse_table: float | None = None
 
 
 _OP = re.compile(r'"top\.(Conv|MatMul)"\([^)]*\)\s*(\{[^}]*\})?.*loc\((#loc\d+|"[^"]+")\)\s*$')
@@ -153,9 +169,14 @@ def round_layer(
     iterations: int = 400,
     seed: int = 0,
     stop: Callable[[], None] = lambda: None,
+    threshold: float | None = None,
+    table_threshold: float | None = None,
 ) -> tuple[NDArray[Any], Rounded]:
-    """Choose the rounding of ``w`` that keeps the layer's output on ``inputs`` closest to fp32;
-    returns the float weights that tpu_mlir rounds to the chosen integers, and the numbers."""
+    """Choose the rounding of ``w`` that keeps the layer's output on ``inputs`` closest to fp32,
+    fed ``inputs`` quantized with ``threshold`` as the chip does (when given); returns the float
+    weights that tpu_mlir rounds to the chosen integers, and the numbers. ``table_threshold``
+    (the calibration table's, when ``threshold`` is a tuned one) gives the error of today's layer
+    too."""
     import torch
 
     t0 = time.monotonic()
@@ -171,6 +192,9 @@ def round_layer(
     bt = None if b is None else torch.from_numpy(np.ascontiguousarray(b, np.float32))
     with torch.no_grad():
         target = _forward(layer, x, wt, bt)
+    x_table = x if table_threshold is None else fake_quant(x, table_threshold)
+    if threshold is not None:
+        x = fake_quant(x, threshold)
     st, bs = torch.from_numpy(step.astype(np.float32)), torch.from_numpy(base.astype(np.float32))
     pin = torch.from_numpy(pinned)
     near_h = torch.from_numpy((nearest - base).astype(np.float32))
@@ -204,13 +228,112 @@ def round_layer(
         mse_opt = float((_forward(layer, x, st * q_opt, bt) - target).pow(2).mean())
         q_near = torch.from_numpy(nearest.astype(np.float32))
         mse_near = float((_forward(layer, x, st * q_near, bt) - target).pow(2).mean())
+        mse_table = mse_near
+        if x_table is not x:
+            mse_table = float((_forward(layer, x_table, st * q_near, bt) - target).pow(2).mean())
     q = q_opt.numpy()
     if mse_opt >= mse_near:  # never worse than round-to-nearest on the data it was chosen on
         q, mse_opt = nearest.astype(np.float32), mse_near
     flipped = float(np.mean(q != nearest))
     return (q * step).astype(np.float32), Rounded(
-        layer.name, layer.op, layer.weight, mse_near, mse_opt, flipped, time.monotonic() - t0
+        layer.name,
+        layer.op,
+        layer.weight,
+        mse_near,
+        mse_opt,
+        flipped,
+        time.monotonic() - t0,
+        table_threshold,
+        threshold,
+        mse_table,
     )
+
+
+def fake_quant(x: Any, threshold: float) -> Any:
+    """An activation as the chip holds it: CV18xx INT8, symmetric per tensor, step T / 127."""
+    import torch
+
+    step = threshold / 127.0
+    return torch.clamp(torch.round(x / step), -128, 127) * step
+
+
+#: the shares of its table threshold a tensor's threshold is tried at
+SHARES = (*np.round(np.linspace(0.3, 1.0, 15), 3), 1.15, 1.3)
+
+
+def tune_threshold(
+    uses: list[tuple[Layer, NDArray[Any], NDArray[Any] | None, NDArray[Any]]], threshold: float
+) -> tuple[float, float, float]:
+    """The threshold of one tensor that keeps the outputs of the layers reading it (each given
+    as layer, weights, bias, its inputs) closest to fp32 with those weights in INT8 and the
+    tensor quantized with it; returns it with the error at the table's threshold and at it."""
+    import torch
+
+    prepared = []
+    with torch.no_grad():
+        for layer, w, b, x in uses:
+            xt = torch.from_numpy(np.ascontiguousarray(x, np.float32))
+            bt = None if b is None else torch.from_numpy(np.ascontiguousarray(b, np.float32))
+            wt = torch.from_numpy(np.ascontiguousarray(w, np.float32))
+            target = _forward(layer, xt, wt, bt)
+            q = tpu_integers(w, layer.op).astype(np.float32) * _scale(w, layer.op)
+            wq = torch.from_numpy(q.astype(np.float32))
+            prepared.append((layer, xt, wq, bt, target, float(target.pow(2).mean()) or 1.0))
+        errors = {}
+        for share in SHARES:
+            t = threshold * float(share)
+            errors[share] = sum(
+                float((_forward(ly, fake_quant(xt, t), wq, bt) - target).pow(2).mean()) / power
+                for ly, xt, wq, bt, target, power in prepared
+            )
+    best = min(errors, key=lambda k: errors[k])
+    if errors[best] >= errors[1.0] * 0.98:  # not clearly better: keep tpu_mlir's
+        best = 1.0
+    return threshold * float(best), errors[1.0], errors[best]
+
+
+def tunable(
+    found: list[Layer], graph: dict[str, dict[str, Any]], thresholds: dict[str, float]
+) -> set[str]:
+    """The input tensors of ``found`` whose threshold may be tuned: a Conv's or MatMul's output
+    with a threshold in the table, read only by layers in ``found``."""
+    readers: dict[str, set[str]] = {}
+    for name, op in graph.items():
+        for i in op.get("inputs", []):
+            readers.setdefault(i, set()).add(name)
+    ours = {ly.name for ly in found}
+    return {
+        ly.input
+        for ly in found
+        if ly.input in thresholds
+        and graph.get(ly.input, {}).get("type", "").removeprefix("top.") in ("Conv", "MatMul")
+        and readers.get(ly.input, set()) <= ours
+    }
+
+
+def read_thresholds(table: Path) -> dict[str, float]:
+    """The thresholds of a tpu_mlir calibration table (``name threshold min max`` lines)."""
+    out = {}
+    for line in table.read_text(errors="replace").splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and not line.startswith("#"):
+            try:
+                out[parts[0]] = float(parts[1])
+            except ValueError:
+                continue
+    return out
+
+
+def write_thresholds(table: Path, out: Path, changed: dict[str, float]) -> None:
+    """A copy of ``table`` with the thresholds in ``changed`` (min and max kept)."""
+    lines = []
+    for line in table.read_text(errors="replace").splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and not line.startswith("#") and parts[0] in changed:
+            parts[1] = f"{changed[parts[0]]:.7f}"
+            line = " ".join(parts)
+        lines.append(line)
+    out.write_text("\n".join(lines) + "\n")
 
 
 def tpu_integers(w: NDArray[Any], op: str) -> NDArray[Any]:
@@ -225,21 +348,27 @@ def optimize(
     weights: dict[str, NDArray[Any]],
     activations: list[dict[str, NDArray[Any]]],
     progress: Callable[[int, int], None] = lambda done, total: None,
-    iterations: int = 300,
+    iterations: int | None = None,
     stop: Callable[[], None] = lambda: None,
-) -> tuple[dict[str, NDArray[Any]], list[Rounded]]:
+    thresholds: dict[str, float] | None = None,
+    tune: set[str] = frozenset(),  # type: ignore[assignment]
+) -> tuple[dict[str, NDArray[Any]], list[Rounded], dict[str, float]]:
     """The rounding of every layer in ``found`` (its inputs from ``activations``, one dict of
-    tensors per calibration sample); returns the new weight arrays by name and the numbers.
+    tensors per calibration sample); returns the new weight arrays by name, the numbers and the
+    tuned thresholds. With ``thresholds`` (the calibration table's) each layer's input is
+    quantized as on the chip; the thresholds of the tensors in ``tune`` are tuned first.
     ``stop`` is called every few steps and raises to cancel (Ctrl-C)."""
-    new: dict[str, NDArray[Any]] = {}
-    report = []
-    for k, layer in enumerate(found):
+    thresholds = thresholds or {}
+    iterations = ITERATIONS if iterations is None else iterations
+    ready = []
+    for layer in found:
         xs = [a[layer.input] for a in activations if layer.input in a]
         if not xs:
             continue
         # as many samples as keep one pass small: a stem's activations are large
         per = max(int(np.asarray(xs[0]).size), 1)
-        x = np.concatenate([np.asarray(v, np.float32) for v in xs[: max(1, BUDGET // per)]], 0)
+        take = max(1, BUDGET // per)
+        x = np.concatenate([np.asarray(v, np.float32) for v in xs[:take]], 0)
         stored = np.asarray(weights[layer.weight], np.float32)
         shape = layer.attrs.get("weight_shape") or list(stored.shape)
         if int(np.prod(shape)) != stored.size:
@@ -248,8 +377,31 @@ def optimize(
         b = None if layer.bias is None else np.asarray(weights[layer.bias], np.float32).ravel()
         if layer.op == "Conv" and (x.ndim != 4 or w.ndim != 4):
             continue
-        rounded, done = round_layer(layer, w, b, x, iterations, stop=stop)
-        new[layer.weight] = rounded.reshape(stored.shape)
+        ready.append((layer, w, b, x, stored.shape))
+    tuned: dict[str, float] = {}
+    for tensor in sorted(tune):
+        stop()
+        uses = [(ly, w, b, x) for ly, w, b, x, _ in ready if ly.input == tensor]
+        if uses and tensor in thresholds:
+            t, _, _ = tune_threshold(uses, thresholds[tensor])
+            if t != thresholds[tensor]:
+                tuned[tensor] = t
+    new: dict[str, NDArray[Any]] = {}
+    report = []
+    for k, (layer, w, b, x, stored_shape) in enumerate(ready):
+        before = thresholds.get(layer.input)
+        after = tuned.get(layer.input, before)
+        rounded, done = round_layer(
+            layer,
+            w,
+            b,
+            x,
+            iterations,
+            stop=stop,
+            threshold=after,
+            table_threshold=before,
+        )
+        new[layer.weight] = rounded.reshape(stored_shape)
         report.append(done)
-        progress(k + 1, len(found))
-    return new, report
+        progress(k + 1, len(ready))
+    return new, report, tuned

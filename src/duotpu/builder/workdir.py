@@ -235,6 +235,7 @@ class StageResult:
 
 
 R = TypeVar("R", bound=StageResult)
+S = TypeVar("S", bound=StageResult)
 
 
 def to_json(obj: Any, folder: Path) -> Any:
@@ -316,6 +317,11 @@ class Stage(Generic[R]):
     result: R
     key: dict[str, Any]
     commands: tuple[Command, ...] = ()
+
+    def part(self, result: S) -> Stage[S]:
+        """The same stage seen through one part of its result (a stage that makes two)."""
+        return Stage(self.name, self.cached, self.seconds, self.folder, result, self.key,
+                     self.commands)  # fmt: skip
 
 
 def key_hash(key: dict[str, Any]) -> str:
