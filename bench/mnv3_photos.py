@@ -4,7 +4,8 @@ the CPU to tell which built-in photo a small patch comes from (12 classes, 96×9
 
 `python bench/mnv3_photos.py` trains it (a few minutes, cached) and writes
 build/bench-mix/mnv3_photos.pth and build/bench-mix/mnv3_photos.toml (a duotpu recipe), and a
-folder of validation patches the search measures on.
+folder of validation patches the search measures on. `--arch mobilenet_v2` trains a MobileNetV2
+on the same task instead (build/bench-mix/mnv2_photos.*: bench/rounding.py's second model).
 """
 
 from __future__ import annotations
@@ -40,20 +41,31 @@ def patches(photos, count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return np.stack(xs), np.array(ys)
 
 
+#: the networks this script trains, by the tag of their files
+ARCHS = {"mobilenet_v3_small": "mnv3", "mobilenet_v2": "mnv2"}
+
+
 def main() -> int:
+    import argparse
+
     import torch
     import torchvision
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--arch", choices=sorted(ARCHS), default="mobilenet_v3_small")
+    arch = ap.parse_args().arch
+    tag = ARCHS[arch]
 
     from duotpu.core.images import builtin_photo, calibration_photos, save_image
 
     OUT.mkdir(parents=True, exist_ok=True)
-    weights = OUT / "mnv3_photos.pth"
+    weights = OUT / f"{tag}_photos.pth"
     photos = [p for _, p in calibration_photos()] + [builtin_photo("chelsea")]
     n = len(photos)
     if not weights.is_file():
         torch.manual_seed(0)
         torch.set_num_threads(2)
-        model = torchvision.models.mobilenet_v3_small(num_classes=n)
+        model = torchvision.models.get_model(arch, num_classes=n)
         x, y = patches(photos, 6000, 0)
         mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
         xt = torch.from_numpy(((x / 255.0 - mean) / std).transpose(0, 3, 1, 2).astype(np.float32))
@@ -85,22 +97,22 @@ def main() -> int:
             acc = float((model(xv_t).argmax(1).numpy() == yv).mean())
         print(f"validation accuracy {acc:.3f}")
         torch.save(model.state_dict(), weights)
-        (OUT / "mnv3_photos.train.txt").write_text(
+        (OUT / f"{tag}_photos.train.txt").write_text(
             f"{epochs} epochs, {time.monotonic() - t0:.0f} s, val accuracy {acc:.3f}\n"
         )
-    val = OUT / "mnv3_val"
+    val = OUT / f"{tag}_val"
     if not val.is_dir():
         val.mkdir()
         xv, yv = patches(photos, 600, 2)  # 300 the search measures on, 300 held out
         for i, (p, k) in enumerate(zip(xv, yv)):
             save_image(val / f"{i:04d}_c{k}.png", p)
-    (OUT / "mnv3_photos.toml").write_text(f'''name = "mnv3_photos"
+    (OUT / f"{tag}_photos.toml").write_text(f'''name = "{tag}_photos"
 chip = "cv180x"
 quantize = ["int8", "bf16"]
 test_image = "{val / "0000_c{}.png".format(patches(photos, 300, 2)[1][0])}"
 
 [model]
-source = "torchvision:mobilenet_v3_small"
+source = "torchvision:{arch}"
 weights = "{weights}"
 kwargs = {{ num_classes = {n} }}
 
@@ -124,7 +136,7 @@ count = 300
 int8 = [0.5, 0.0]
 verify_int8 = 0.5
 ''')
-    print(OUT / "mnv3_photos.toml")
+    print(OUT / f"{tag}_photos.toml")
     return 0
 
 

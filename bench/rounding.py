@@ -8,7 +8,8 @@ seed 0, as in bench/fidelity.py), by decisive top-1 agreement with fp32, mean / 
 mean KL; the rounding's own cost (seconds, per layer) and its per-layer output error come from
 the build's `rounding.json`. Prints a table and writes bench/results/rounding.md.
 
-Run: `.venv/bin/python bench/rounding.py [--models efficientnet_lite0,mobilenet_v2] [--images 200]`
+Run: `.venv/bin/python bench/rounding.py [--models efficientnet_lite0,mnv2_photos] [--images 200]`
+(`mnv2_photos` is trained by `bench/mnv3_photos.py --arch mobilenet_v2` first: a few minutes).
 """
 
 from __future__ import annotations
@@ -35,11 +36,23 @@ from fidelity import evaluate_build  # noqa: E402
 WORK = Path("build/bench-rounding")
 
 
+#: models trained by bench/mnv3_photos.py (`--arch`), read from their recipe files
+TRAINED = {"mnv2_photos": "mobilenet_v2", "mnv3_photos": "mobilenet_v3_small"}
+
+
 def recipe_for(model: str, rounding: str):
-    """The demo recipe for ``efficientnet_lite0``; torchvision's own weights otherwise."""
+    """The demo recipe for ``efficientnet_lite0``; the recipe bench/mnv3_photos.py wrote for a
+    network it trained (``mnv2_photos``, ``mnv3_photos``); torchvision's own weights otherwise."""
     if model == "efficientnet_lite0":
         base = load_recipe(resources.files("duotpu") / "recipes" / "efficientnet_lite0.toml")
         data = base.to_dict()
+    elif model in TRAINED:
+        path = Path("build/bench-mix") / f"{model}.toml"
+        if not path.is_file():
+            raise SystemExit(f"{path}: run bench/mnv3_photos.py --arch {TRAINED[model]} first")
+        data = load_recipe(path).to_dict()
+        data["mix"] = {}
+        data["tolerance"] = {}
     else:
         data = {
             "name": model,
@@ -83,6 +96,7 @@ def main() -> int:
     paths = held_out(args.images)
     rows = []
     for model in args.models.split(","):
+        shutil.rmtree(WORK / model, ignore_errors=True)  # every stage timed, none cached
         for how in ("nearest", "optimized"):
             out = WORK / model / how
             t0 = time.monotonic()
@@ -93,16 +107,21 @@ def main() -> int:
             stage = next((s for s in r.stages if s.name == "round"), None)
             if stage is not None and not stage.cached:
                 layers = json.loads((stage.folder / "rounding.json").read_text())
-                better = sum(x["mse_optimized"] < x["mse_nearest"] for x in layers)
+                # today's layer: round-to-nearest weights, the table's threshold
+                today = [x.get("mse_table") or x["mse_nearest"] for x in layers]
+                better = sum(x["mse_optimized"] < t for x, t in zip(layers, today))
                 gain = np.median(
-                    [x["mse_nearest"] / max(x["mse_optimized"], 1e-30) for x in layers]
+                    [t / max(x["mse_optimized"], 1e-30) for x, t in zip(layers, today)]
                 )
+                tuned = sum(x["threshold_tuned"] != x["threshold_table"] for x in layers)
                 cost = (
                     f"{len(layers)} layers, {better} closer; median layer error ÷{gain:.1f}; "
+                    f"{tuned} read a tuned threshold; "
                     f"{stage.seconds:.0f} s ({stage.seconds / max(len(layers), 1):.1f} s/layer)"
                 )
             rows.append((model, how, m, built, cost))
             print(model, how, f"{m.decisive_top1_agree:.3f}", cost, flush=True)
+    cal = recipe_for(args.models.split(",")[0], "nearest").calibration
     lines = [
         f"# INT8 weight rounding — nearest vs optimized, {args.images} held-out crops/flips "
         f"(seed 2026), decisive margin {args.margin}, {time.strftime('%Y-%m-%d')}",
@@ -119,9 +138,12 @@ def main() -> int:
         )
     lines += [
         "",
-        "Calibration: the recipe's (25 built-in natural crops, seed 0); the rounding is chosen on "
-        "16 of them. Both builds of a model share one work folder (export, transform, "
-        "calibration). Cosine and KL: the 1000 class scores of each image against fp32.",
+        f"Calibration: each recipe's ({cal.count} built-in natural crops, seed {cal.seed}); the "
+        "rounding and the thresholds are chosen on 16 of them. Both builds of a model share one "
+        "work folder (export, transform, calibration: the optimized row's build time is the "
+        "round stage, its deploy and verification). Cosine and KL: each image's class scores "
+        "against fp32. 'a tuned threshold': layers whose input threshold the round stage moved "
+        "from tpu_mlir's table.",
     ]
     emit(lines, Path(args.out))
     return 0
