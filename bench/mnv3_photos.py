@@ -4,8 +4,9 @@ the CPU to tell which built-in photo a small patch comes from (12 classes, 96×9
 
 `python bench/mnv3_photos.py` trains it (a few minutes, cached) and writes
 build/bench-mix/mnv3_photos.pth and build/bench-mix/mnv3_photos.toml (a duotpu recipe), and a
-folder of validation patches the search measures on. `--arch mobilenet_v2` trains a MobileNetV2
-on the same task instead (build/bench-mix/mnv2_photos.*: bench/rounding.py's second model).
+folder of validation patches the search measures on. `--arch mobilenet_v2 --epochs 6` trains a
+MobileNetV2 on the same task instead (build/bench-mix/mnv2_photos.*: bench/rounding.py's second
+model; ~90 s an epoch on 2 cores).
 """
 
 from __future__ import annotations
@@ -53,7 +54,9 @@ def main() -> int:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--arch", choices=sorted(ARCHS), default="mobilenet_v3_small")
-    arch = ap.parse_args().arch
+    ap.add_argument("--epochs", type=int, default=12)
+    args = ap.parse_args()
+    arch, epochs = args.arch, args.epochs
     tag = ARCHS[arch]
 
     from duotpu.core.images import builtin_photo, calibration_photos, save_image
@@ -71,7 +74,6 @@ def main() -> int:
         xt = torch.from_numpy(((x / 255.0 - mean) / std).transpose(0, 3, 1, 2).astype(np.float32))
         yt = torch.from_numpy(y)
         opt = torch.optim.AdamW(model.parameters(), 2e-3, weight_decay=1e-4)
-        epochs = 12
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, 2e-3, total_steps=epochs * 94)
         t0 = time.monotonic()
         for ep in range(epochs):

@@ -9,7 +9,8 @@ mean KL; the rounding's own cost (seconds, per layer) and its per-layer output e
 the build's `rounding.json`. Prints a table and writes bench/results/rounding.md.
 
 Run: `.venv/bin/python bench/rounding.py [--models efficientnet_lite0,mnv2_photos] [--images 200]`
-(`mnv2_photos` is trained by `bench/mnv3_photos.py --arch mobilenet_v2` first: a few minutes).
+(`mnv2_photos` is trained by `bench/mnv3_photos.py --arch mobilenet_v2 --epochs 6` first: ~10 min).
+`--mix-target 'cos>=0.995'` also runs the mixed-precision search from each rounding.
 """
 
 from __future__ import annotations
@@ -92,9 +93,16 @@ def main() -> int:
     ap.add_argument("--images", type=int, default=200)
     ap.add_argument("--margin", type=float, default=0.05)
     ap.add_argument("--out", default=str(HERE / "results" / "rounding.md"))
+    ap.add_argument(
+        "--mix-target",
+        default="",
+        help="also search the BF16 layers each rounding needs to meet this target "
+        "(e.g. 'cos>=0.995'), INT8 + BF16 builds in the same work folder",
+    )
     args = ap.parse_args()
     paths = held_out(args.images)
     rows = []
+    mixes = []
     for model in args.models.split(","):
         shutil.rmtree(WORK / model, ignore_errors=True)  # every stage timed, none cached
         for how in ("nearest", "optimized"):
@@ -121,6 +129,23 @@ def main() -> int:
                 )
             rows.append((model, how, m, built, cost))
             print(model, how, f"{m.decisive_top1_agree:.3f}", cost, flush=True)
+            if args.mix_target:
+                recipe = recipe_for(model, how)
+                data = recipe.to_dict()
+                set_dotted(data, "quantize", ["int8", "bf16"])
+                set_dotted(data, "mix.target", args.mix_target)
+                from duotpu.config.recipe import recipe_from_dict
+
+                t0 = time.monotonic()
+                mixed = pipeline.build(
+                    recipe_from_dict(data, f"bench/rounding.py {model} mix"),
+                    WORK / model / f"{how}-mix",
+                    WORK / model / "work",
+                )
+                mix = mixed.mix
+                assert mix is not None
+                mixes.append((model, how, mix, time.monotonic() - t0))
+                print(model, how, "mix:", len(mix.best.layers), mix.best.metric, flush=True)
     cal = recipe_for(args.models.split(",")[0], "nearest").calibration
     lines = [
         f"# INT8 weight rounding — nearest vs optimized, {args.images} held-out crops/flips "
@@ -145,6 +170,22 @@ def main() -> int:
         "against fp32. 'a tuned threshold': layers whose input threshold the round stage moved "
         "from tpu_mlir's table.",
     ]
+    if mixes:
+        lines += [
+            "",
+            f"The BF16 layers the mixed-precision search keeps to meet `--target "
+            f"{args.mix_target}` (on the recipe's mix images), from each rounding's INT8 model:",
+            "",
+            "| model | rounding | BF16 layers | metric | meets | candidates | search s |",
+            "| --- | --- | ---: | ---: | --- | ---: | ---: |",
+        ]
+        for model, how, mix, seconds in mixes:
+            best = mix.best
+            count = "all" if best.all_bf16 else str(len(best.layers))
+            lines.append(
+                f"| {model} | {how} | {count} | {best.metric:.4f} | "
+                f"{'yes' if mix.met else 'no'} | {len(mix.rows)} | {seconds:.0f} |"
+            )
     emit(lines, Path(args.out))
     return 0
 

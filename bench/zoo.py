@@ -211,6 +211,7 @@ def recipe_for(
             data[k] = v
     if correctness:
         data.setdefault("tolerance", {})["correctness"] = list(correctness)
+    data["calibration"]["rounding"] = ROUNDING
     if row.pre is UNIT or row.pre.get("mean") == [0.0]:
         data["preprocess"].update(UNIT)
     return recipe_from_dict(data, f"bench/zoo.py {row.name}")
@@ -251,8 +252,14 @@ def one_line(e: BaseException) -> str:
     return text[:300]
 
 
-def run_row(row: Row, chip: str, calib: int) -> dict:
-    folder = WORK / chip / row.name
+#: every row's calibration.rounding (`--rounding`; set by run_row in the process that builds)
+ROUNDING = "nearest"
+
+
+def run_row(row: Row, chip: str, calib: int, rounding: str = "nearest") -> dict:
+    global ROUNDING
+    ROUNDING = rounding
+    folder = WORK / chip / (row.name if rounding == "nearest" else f"{row.name}-{rounding}")
     out: dict[str, Any] = {"name": row.name, "group": row.group, "chip": chip}
     t0 = time.monotonic()
     try:
@@ -324,7 +331,7 @@ def cut_way(
         try:
             r = pipeline.build(
                 recipe_for(row, chip, calib, [tensor], correctness=correctness),
-                WORK / chip / f"{row.name}-cut",
+                folder.with_name(f"{folder.name}-cut"),
                 folder / "work",
                 events=_progress(row.name),
             )
@@ -354,7 +361,7 @@ def mixed_way(row: Row, chip: str, calib: int, folder: Path, t0: float) -> dict:
     try:
         r = pipeline.build(
             recipe_for(row, chip, calib, mix=MIX_TARGET),
-            WORK / chip / f"{row.name}-mix",
+            folder.with_name(f"{folder.name}-mix"),
             folder / "work",
             events=_progress(row.name),
         )
@@ -405,7 +412,8 @@ def table(rows: list[dict], chip: str, calib: int) -> list[str]:
 
     count = {k: sum(r["outcome"] == k for r in rows) for k in OUTCOMES}
     lines = [
-        f"# Conformance: public architectures built for {chip} (INT8 + BF16)",
+        f"# Conformance: public architectures built for {chip} (INT8 + BF16)"
+        + (f", calibration.rounding = {ROUNDING}" if ROUNDING != "nearest" else ""),
         "",
         f"{len(rows)} of {len(ROWS)} rows measured: {count['built']} built directly, "
         f"{count['built with a way around']} with a way around duotpu suggests "
@@ -453,7 +461,7 @@ def estimates(row: dict) -> dict[str, float]:
     return out
 
 
-def _row_task(job: tuple[Row, str, int]) -> dict:
+def _row_task(job: tuple[Row, str, int, str]) -> dict:
     return run_row(*job)
 
 
@@ -465,8 +473,17 @@ def main() -> None:
     ap.add_argument("--force", action="store_true", help="rebuild rows already measured")
     ap.add_argument("--workers", type=int, default=0, help="rows as parallel Ray tasks")
     ap.add_argument("--ray-address", help="run the rows on this Ray cluster")
+    ap.add_argument(
+        "--rounding",
+        choices=["nearest", "optimized"],
+        default="nearest",
+        help="calibration.rounding of every row; optimized writes zoo_CHIP_optimized.*",
+    )
     args = ap.parse_args()
-    store = RESULTS / f"zoo_{args.chip}.json"
+    global ROUNDING
+    ROUNDING = args.rounding  # the table's title (the rows get it in their own process)
+    tag = args.chip if args.rounding == "nearest" else f"{args.chip}_{args.rounding}"
+    store = RESULTS / f"zoo_{tag}.json"
     done = {r["name"]: r for r in json.loads(store.read_text())} if store.is_file() else {}
     wanted = [r for r in ROWS if not args.only or r.name in args.only.split(",")]
     todo = [row for row in wanted if row.name not in done or args.force]
@@ -506,14 +523,14 @@ def main() -> None:
         whole = sum(r.get("build_s") or 0 for r in ordered)  # a full rerun: every row's time
         emit(
             table(ordered, args.chip, args.calib_count),
-            RESULTS / f"zoo_{args.chip}.md",
+            RESULTS / f"zoo_{tag}.md",
             seconds=whole,
         )
 
     with executor(args.workers, args.ray_address) as ex:
         ex.map(
             _row_task,
-            [(row, args.chip, args.calib_count) for row in todo],
+            [(row, args.chip, args.calib_count, args.rounding) for row in todo],
             labels=[r.name for r in todo],
             on_done=finished,
         )

@@ -177,8 +177,9 @@ class Calibration:
     crops and flips of the photos that ship with scikit-image and scikit-learn). ``rounding``:
     ``nearest`` rounds each INT8 weight to the nearest step (tpu_mlir's own); ``optimized``
     chooses, weight by weight, the rounding that keeps each convolution's and matrix
-    multiplication's output closest to fp32 on the calibration images (AdaRound), and tpu_mlir
-    then lands on those integers."""
+    multiplication's output closest to fp32 on the calibration images (AdaRound, on the input
+    quantized as on the chip), and tpu_mlir then lands on those integers; it also tunes the
+    activation thresholds those layers alone read."""
 
     images: str = field(
         default="builtin:natural",
@@ -205,8 +206,8 @@ class Calibration:
         default="nearest",
         metadata=meta(
             "--rounding",
-            "INT8 weight rounding: nearest (tpu_mlir's) or optimized (chosen per weight on "
-            "the calibration images; slower)",
+            "INT8 weight rounding: nearest (tpu_mlir's) or optimized (chosen per weight, and "
+            "the thresholds those layers read tuned, on the calibration images; slower)",
         ),
     )
 
