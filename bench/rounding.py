@@ -53,7 +53,6 @@ def recipe_for(model: str, rounding: str):
             raise SystemExit(f"{path}: run bench/mnv3_photos.py --arch {TRAINED[model]} first")
         data = load_recipe(path).to_dict()
         data["mix"] = {}
-        data["tolerance"] = {}
     else:
         data = {
             "name": model,
