@@ -128,3 +128,16 @@ def test_the_mix_search_starts_from_the_rounded_model(tiny_onnx_path, tmp_path):
         assert "r2_Relu_filter_i8" not in q.files  # the layer kept in BF16
         assert np.array_equal(q["r1_Relu_filter_i8"].ravel(),
                               rounding.tpu_integers(after["w1"], "Conv").ravel())  # fmt: skip
+
+
+def test_arrays_given_from_python_are_what_the_rounding_is_chosen_on(tiny_onnx_path, tmp_path):
+    import duotpu
+
+    rng = np.random.default_rng(3)
+    arrays = [rng.normal(0, 1, (1, 3, 32, 32)).astype(np.float32) for _ in range(6)]
+    recipe = tiny_recipe(tiny_onnx_path, quantize=["int8"], **{"calibration.rounding": "optimized"})
+    events: list = []
+    r = duotpu.build(recipe, out_dir=tmp_path / "a", calibration_data=arrays, events=events.append)
+    said = [e.message for e in events if e.stage == "round" and e.status == "info"]
+    assert said and said[0].startswith("3 layers rounded on 6 calibration samples"), said
+    assert min(r.models["int8"].cosine.values()) > 0.95
