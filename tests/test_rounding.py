@@ -5,6 +5,7 @@ round-to-nearest."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 
@@ -45,17 +46,31 @@ def test_the_cvimodel_holds_the_integers_the_rounding_chose(tiny_onnx_path, tmp_
             assert (chosen != nearest).mean() == x["flipped"]
     assert changed >= 1
     assert r.models["int8"].cosine["logits"] > 0.99
-    # r1 (conv1 + ReLU, read by conv2 alone) had its threshold tuned; the deploy used it
+    # the round stage's table (r1: conv1 + ReLU, read by conv2 alone, may be tuned) is the
+    # one the INT8 deploy read: its thresholds are the deployed model's
     tuned = {x["layer"]: x["threshold_tuned"] for x in report}  # by the layer reading it
     before = rounding.read_thresholds(stages["calibrate"].result.table)
     table = rounding.read_thresholds(stages["round"].result.calibrated.table)
-    assert tuned["r2_Relu"] != before["r1_Relu"]
-    assert abs(table["r1_Relu"] - tuned["r2_Relu"]) < 1e-6
+    assert abs(table["r1_Relu"] - tuned["r2_Relu"]) < 1e-6 and tuned["r2_Relu"] >= before["r1_Relu"]
     assert {k: v for k, v in table.items() if k != "r1_Relu"} == {
         k: v for k, v in before.items() if k != "r1_Relu"
     }
     deployed = _deployed_thresholds(next(deploy.glob("*_int8_sym_tpu.mlir")))
     assert abs(deployed["r1_Relu"] - table["r1_Relu"]) < 1e-4
+    # and a threshold written into a table is what tpu_mlir deploys with
+    from duotpu import compiler
+    from duotpu.builder.quantize import deploy_options
+
+    moved = tmp_path / "moved" / "tiny_cali_table"
+    moved.parent.mkdir()
+    rounding.write_thresholds(stages["calibrate"].result.table, moved, {"r1_Relu": 4.5})
+    opts = deploy_options(r.recipe, "int8", None)
+    files = compiler.deploy(
+        rounded.files, tmp_path / "moved", tmp_path / "moved" / "deploy.log",
+        replace(opts, tolerance=compiler.NO_TOLERANCE), cvimodel_name="moved.cvimodel",
+        calibration_table=moved, validate=False,
+    )  # fmt: skip
+    assert abs(_deployed_thresholds(files.tpu_mlir)["r1_Relu"] - 4.5) < 1e-4
 
 
 def _deployed_thresholds(tpu_mlir) -> dict[str, float]:

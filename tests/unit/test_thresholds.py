@@ -23,18 +23,23 @@ def _conv(name: str, src: str, weight: str) -> rounding.Layer:
     return rounding.Layer(name, "Conv", src, weight, None, attrs)
 
 
-def test_a_threshold_moves_in_where_most_of_its_steps_go_unused() -> None:
+def test_a_threshold_that_clips_too_much_is_raised_and_none_is_lowered() -> None:
     rng = np.random.default_rng(0)
-    # ReLU6 outputs that are mostly small: tpu_mlir's table says 6 whatever the values are
-    x = np.clip(rng.exponential(0.3, (8, 16, 12, 12)), 0, 6).astype(np.float32)
     w = rng.normal(0, 0.2, (8, 16, 1, 1)).astype(np.float32)
     layer = _conv("conv2", "conv1_Relu", "w")
-    tuned, at_table, at_tuned = rounding.tune_threshold([(layer, w, None, x)], 6.0)
-    assert tuned < 6.0 * 0.8 and at_tuned < at_table * 0.7
-    # values that do use the range: the table's threshold stays
-    wide = rng.uniform(0, 6, (8, 16, 12, 12)).astype(np.float32)
-    kept, e0, e1 = rounding.tune_threshold([(layer, w, None, wide)], 6.0)
-    assert kept == 6.0 and e0 == e1
+    # a KL threshold of 1.0 on values that often reach 4: raised toward 4, the error falls
+    x = rng.exponential(1.0, (8, 16, 12, 12)).clip(0, 4).astype(np.float32)
+    tuned, at_table, at_tuned = rounding.tune_threshold([(layer, w, None, x)], 1.0, 4.0)
+    assert 1.0 < tuned <= 4.0 and at_tuned < at_table * 0.5
+    # ReLU6 outputs that are mostly small: a lower threshold would lower the mean error on
+    # these samples, but it clips other images' rare large values: the table's 6 stays
+    small = np.clip(rng.exponential(0.3, (8, 16, 12, 12)), 0, 6).astype(np.float32)
+    assert rounding.tune_threshold([(layer, w, None, small)], 6.0, 6.0)[0] == 6.0
+    # one outlier far above the KL threshold: clipping it costs less than coarser steps for all
+    few = rng.uniform(0, 1, (8, 16, 12, 12)).astype(np.float32)
+    few[3, 2, 1, 1] = 4.0
+    kept, e0, e1 = rounding.tune_threshold([(layer, w, None, few)], 1.0, 4.0)
+    assert kept == 1.0 and e0 == e1
 
 
 def test_only_tensors_every_reader_of_which_is_measured_are_tuned() -> None:
@@ -65,6 +70,7 @@ def test_the_table_is_rewritten_with_the_tuned_thresholds_only(tmp_path: Path) -
         "conv1_Relu": 6.0,
         "conv2": 61.3630142,
     }
+    assert rounding.read_ceilings(src)["conv2"] == 72.3746948  # the larger of |min| and |max|
     out = tmp_path / "tuned" / "net_cali_table"
     out.parent.mkdir()
     rounding.write_thresholds(src, out, {"conv1_Relu": 2.25})

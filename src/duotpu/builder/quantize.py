@@ -261,6 +261,7 @@ def stage_round(
             stop=compiler.check_cancelled,
             thresholds=thresholds,
             tune=tune,
+            ceilings=rounding.read_ceilings(cal.table),
         )
         weights.update(new)
         out = replace(
