@@ -139,8 +139,16 @@ def test_the_mix_search_starts_from_the_rounded_model(tiny_onnx_path, tmp_path):
     after = dict(np.load(rounded.transformed.weights))
     lowered = sorted(stages["mix"].folder.rglob("*_int8_sym_tpu_qtable_weights.npz"))
     assert lowered
+    before = dict(np.load(stages["transform"].result.weights))
     with np.load(lowered[-1]) as q:
-        assert "r2_Relu_filter_i8" not in q.files  # the layer kept in BF16
+        assert "r2_Relu_filter_i8" not in q.files  # the layer kept in BF16 ...
+        # ... takes its weight from before the rounding (BF16 bits: a float32's upper half)
+        kept = (q["w2_bf16"].astype(np.uint32) << 16).view(np.float32).ravel()
+
+        def bf16_of(w):  # within BF16's precision (8 bits of mantissa) of every weight
+            return bool(np.all(np.abs(kept - w.ravel()) <= np.abs(w.ravel()) * 2**-8))
+
+        assert bf16_of(before["w2"]) and not bf16_of(after["w2"])
         assert np.array_equal(q["r1_Relu_filter_i8"].ravel(),
                               rounding.tpu_integers(after["w1"], "Conv").ravel())  # fmt: skip
 

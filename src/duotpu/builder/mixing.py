@@ -27,6 +27,7 @@ from .results import (
     Calibrated,
     Deployed,
     Mixed,
+    RoundedModel,
     Transformed,
 )
 from .workdir import (
@@ -60,11 +61,14 @@ def stage_mix(
     dep_int8: Stage[Deployed] | None,
     dep_bf16: Stage[Deployed] | None,
     executor: Executor | None = None,
+    rounded: RoundedModel | None = None,
 ) -> Stage[Mixed]:
     """Search the fewest BF16 layers for INT8 to reach ``mix.target`` (or measure ``mix.qtable``).
     Every candidate's cvimodel is kept, so ``mix.pick`` chooses another row without a search.
     ``dep_int8`` is None when the pure INT8 model missed model_deploy's per-layer tolerance: the
-    search builds it as its first row and starts from there."""
+    search builds it as its first row and starts from there. ``rounded`` (the round stage's
+    result, when ``transformed`` and ``calibrated`` are its model and table): the layers a
+    candidate keeps in BF16 take their weights from before the rounding."""
     from duotpu.builder import mixprec
     from duotpu.core.preprocess import load_bgr, preprocess_image
 
@@ -85,6 +89,11 @@ def stage_mix(
         "int8": compiler.file_digest(dep_int8.result.cvimodel) if dep_int8 else None,
         "bf16": compiler.file_digest(dep_bf16.result.cvimodel) if dep_bf16 else None,
         "qtable_file": compiler.file_digest(Path(mix.qtable)) if mix.qtable else None,
+        "unrounded": (
+            [compiler.file_digest(rounded.original_weights), rounded.rounded]
+            if rounded and rounded.original_weights
+            else None
+        ),
         "preprocess": asdict(r.preprocess),
         "tolerance": asdict(r.tolerance),
         "options": options_key(deploy_options(r, "int8", t.test_image)),
@@ -152,6 +161,11 @@ def stage_mix(
             log=lambda m: wd.events(StageEvent("mix", "info", message=m)),
             executor=executor,
             agree=base.correctness[0],
+            float_weights=(
+                (rounded.original_weights, rounded.rounded)
+                if rounded and rounded.original_weights
+                else None
+            ),
         )
         # without a target (a given table) there is nothing to meet: the table is the answer
         met = any(rr.meets for rr in rows if not rr.all_bf16) if mix.target else True

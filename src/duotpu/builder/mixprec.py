@@ -241,6 +241,7 @@ def search(
     log: Callable[[str], None] = lambda m: None,
     executor: Executor | None = None,
     agree: float = 0.99,
+    float_weights: FloatWeights | None = None,
 ) -> tuple[list[Candidate], int, list[Candidate]]:
     """Run the search; returns the trade-off rows, the index of the row that meets the
     target with the fewest BF16 layers (or, when none does, of the best one), and the
@@ -257,7 +258,8 @@ def search(
     real cvimodel measured on the validation set: through its quantized MLIR when the two agree
     on the test input (every output's cosine at least ``agree``), else on the simulator. With a
     parallel ``executor`` the candidates of step 1 are built as parallel tasks (steps 2–3
-    depend on each other's results).
+    depend on each other's results). With ``float_weights`` (a model whose INT8 rounding was
+    optimized) a candidate's BF16 layers take their weights from before the rounding.
     """
     mix = recipe.mix
     kind, need = (mix.goal.metric, mix.goal.value) if mix.goal else ("cos", 0.0)
@@ -282,6 +284,7 @@ def search(
             score,
             need,
             agree,
+            float_weights,
         )
 
     def build(layers: list[str], label: str) -> Candidate:
@@ -548,6 +551,37 @@ class _CandidateJob:
     score: Scorer
     need: float
     agree: float = 0.99
+    float_weights: FloatWeights | None = None
+
+
+#: a rounded model's original weights file and its rounded layers' weights (layer → weight
+#: name): a candidate's BF16 layers take their weights from it
+FloatWeights = tuple[Path, dict[str, str]]
+
+
+def _with_float_weights(
+    transformed: compiler.TransformFiles,
+    layers: tuple[str, ...],
+    float_weights: FloatWeights,
+    folder: Path,
+) -> compiler.TransformFiles:
+    """The transformed files with the weights of ``layers`` (kept in BF16) put back to their
+    values before INT8 rounding (in ``folder``); the same files when none of them was rounded."""
+    original, rounded = float_weights
+    names = sorted({rounded[layer] for layer in layers if layer in rounded})
+    if not names:
+        return transformed
+    out = compiler.TransformFiles(folder, transformed.name)
+    folder.mkdir(parents=True, exist_ok=True)
+    for src, dst in ((transformed.mlir, out.mlir), (transformed.test_input, out.test_input),
+                     (transformed.top_outputs, out.top_outputs)):  # fmt: skip
+        dst.symlink_to(src.resolve())
+    with np.load(transformed.weights) as z:
+        weights = {k: np.array(z[k]) for k in z.files}
+    with np.load(original) as z:
+        weights.update({k: np.array(z[k]) for k in names})
+    np.savez(out.weights, **weights)
+    return out
 
 
 CANDIDATE_FILE = "candidate.json"  # written last: the candidate is complete
@@ -586,10 +620,13 @@ def _build_candidate(job: _CandidateJob) -> Candidate:
     # search measures and checks the candidate itself. A fused-preprocess model takes raw
     # pixels, which only model_deploy's run feeds: those keep it.
     validate = bool(job.options.fuse_preprocess)
+    source = job.transformed
+    if job.float_weights is not None:
+        source = _with_float_weights(source, job.layers, job.float_weights, sub / "float")
     t0 = time.monotonic()
     try:
         files = compiler.deploy(
-            job.transformed,
+            source,
             sub,
             sub / "deploy.log",
             job.options,

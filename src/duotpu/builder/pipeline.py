@@ -265,6 +265,7 @@ def _build_in(
             results["int8"][0] if "int8" in results else wd.stages.get("deploy-int8"),
             results["bf16"][0] if "bf16" in results else None,
             executor,
+            rounded.result if rounded else None,
         )
     assert referenced is not None  # no branch failed, or the mix search took INT8's place
     if errors:

@@ -288,7 +288,12 @@ def stage_round(
                 f"{len(tune)} input thresholds tuned",
             )
         )
-        return RoundedModel(out, replace(cal, table=table))
+        return RoundedModel(
+            out,
+            replace(cal, table=table),
+            t.weights,
+            {x.layer: x.weight for x in report},
+        )
 
     return wd.run("round", key, run, RoundedModel)
 
