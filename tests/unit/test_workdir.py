@@ -98,6 +98,17 @@ def test_a_record_from_an_older_layout_reruns_the_stage(tmp_path):
     assert not res.cached and res.result.count == 5
 
 
+def test_a_record_without_a_field_its_type_has_now_reruns_the_stage(tmp_path):
+    wd = WorkDir(tmp_path)
+    (tmp_path / "f").write_text("f")
+    first = wd.run("s", {"k": 1}, lambda folder: Made(tmp_path / "f", 5, ("a",)), Made)
+    record = json.loads((tmp_path / "s" / "stage.json").read_text())
+    del record["result"]["names"]  # as written before Made had names (defaults to ())
+    (tmp_path / "s" / "stage.json").write_text(json.dumps(record))
+    again = wd.run("s", {"k": 1}, lambda folder: Made(tmp_path / "f", 6, ("b",)), Made)
+    assert not first.cached and not again.cached and again.result.names == ("b",)
+
+
 def test_a_relative_work_directory_gives_absolute_result_paths(tmp_path, monkeypatch):
     """`duotpu build` puts its work directory under the relative build/NAME by default."""
     monkeypatch.chdir(tmp_path)

@@ -252,7 +252,9 @@ def to_json(obj: Any, folder: Path) -> Any:
 
 
 def from_json(tp: Any, data: Any, folder: Path) -> Any:
-    """The value of type ``tp`` that `to_json` wrote, paths made absolute again."""
+    """The value of type ``tp`` that `to_json` wrote, paths made absolute again. Raises
+    `KeyError` for a record that lacks a field of its type (an older duotpu wrote it): a stage's
+    cached result whose type has grown since is run again, not read with defaults."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
         if data is None:
@@ -262,11 +264,13 @@ def from_json(tp: Any, data: Any, folder: Path) -> Any:
         return Path(os.path.normpath(folder / data))
     if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         hints = typing.get_type_hints(tp)
+        missing = [f.name for f in dataclasses.fields(tp) if f.name not in data]
+        if missing:  # written before the type had these fields: not this result
+            raise KeyError(f"{tp.__name__} record without {', '.join(missing)}")
         return tp(
             **{
                 f.name: from_json(hints[f.name], data[f.name], folder)
                 for f in dataclasses.fields(tp)
-                if f.name in data
             }
         )
     if origin is tuple:
