@@ -74,6 +74,7 @@ def stage_mix(
 
     t = transformed.result
     table = calibrated.result.table
+    float_weights = (rounded.original_weights, rounded.rounded) if rounded else None
     mix = r.mix
     val_key: Any = (
         mix.images
@@ -90,9 +91,7 @@ def stage_mix(
         "bf16": compiler.file_digest(dep_bf16.result.cvimodel) if dep_bf16 else None,
         "qtable_file": compiler.file_digest(Path(mix.qtable)) if mix.qtable else None,
         "unrounded": (
-            [compiler.file_digest(rounded.original_weights), rounded.rounded]
-            if rounded and rounded.original_weights
-            else None
+            [compiler.file_digest(float_weights[0]), float_weights[1]] if float_weights else None
         ),
         "preprocess": asdict(r.preprocess),
         "tolerance": asdict(r.tolerance),
@@ -161,11 +160,7 @@ def stage_mix(
             log=lambda m: wd.events(StageEvent("mix", "info", message=m)),
             executor=executor,
             agree=base.correctness[0],
-            float_weights=(
-                (rounded.original_weights, rounded.rounded)
-                if rounded and rounded.original_weights
-                else None
-            ),
+            float_weights=float_weights,
         )
         # without a target (a given table) there is nothing to meet: the table is the answer
         met = any(rr.meets for rr in rows if not rr.all_bf16) if mix.target else True

@@ -192,9 +192,10 @@ def _rounding_sources(r: Recipe, cal: Calibrated) -> list[Path]:
     (images, or ``.npz`` / ``.npy`` samples of a model's inputs)."""
     if r.tensor_inputs:
         return calibdata.tensor_files(Path(r.calibration.images))[:ROUNDING_IMAGES]
-    given = Path(r.calibration.images)
-    if not r.calibration.images.startswith("builtin:") and calibdata.array_files(given):
-        return calibdata.array_files(given)[:ROUNDING_IMAGES]  # calibration_data from Python
+    if not r.calibration.images.startswith("builtin:"):
+        arrays = calibdata.array_files(Path(r.calibration.images))
+        if arrays:  # calibration_data from Python
+            return arrays[:ROUNDING_IMAGES]
     files = [p for p in _calibration_files(cal.images) if p.is_file() and p != cal.images]
     return files[:ROUNDING_IMAGES]
 
@@ -207,14 +208,12 @@ def _rounding_samples(r: Recipe, t: Transformed, paths: list[Path]) -> list[dict
         return [{k: v for k, v in s.items() if k in wanted} for s in samples]
     name = t.input_names[0] if t.input_names else r.inputs[0].name
     shape = (1, *tuple(r.inputs[0].shape)[1:])
-    out = []
-    for p in paths:
-        if p.suffix.lower() == ".npz":
-            with np.load(p) as z:
-                out.append({name: np.array(z[z.files[0]], np.float32).reshape(shape)})
-        else:
-            out.append({name: preprocess_image(p, r.preprocess, shape)})
-    return out
+    return [
+        calibdata.read_sample(p, [(name, shape)])  # calibration_data written as .npz
+        if p.suffix.lower() == ".npz"
+        else {name: preprocess_image(p, r.preprocess, shape)}
+        for p in paths
+    ]
 
 
 def stage_round(

@@ -102,8 +102,8 @@ class RoundedModel(StageResult):
     calibrated: Calibrated
     #: the weights before rounding, and each rounded layer's weight by name: a layer kept in BF16
     #: by a mixed-precision search takes its original weight, not the INT8-rounded one
-    original_weights: Path | None = None
-    rounded: dict[str, str] = field(default_factory=dict)
+    original_weights: Path
+    rounded: dict[str, str]
 
 
 @dataclass(frozen=True)

@@ -343,31 +343,35 @@ def tunable(
     }
 
 
-def read_thresholds(table: Path) -> dict[str, float]:
-    """The thresholds of a tpu_mlir calibration table (``name threshold min max`` lines)."""
-    out = {}
+def _table_rows(table: Path) -> list[tuple[str, float, float | None]]:
+    """Each tensor of a tpu_mlir calibration table (``name threshold min max`` lines): its
+    name, threshold and the largest magnitude calibration saw (None without min and max)."""
+    rows = []
     for line in table.read_text(errors="replace").splitlines():
         parts = line.split()
-        if len(parts) >= 2 and not line.startswith("#"):
-            try:
-                out[parts[0]] = float(parts[1])
-            except ValueError:
-                continue
-    return out
+        if len(parts) < 2 or line.startswith("#"):
+            continue
+        try:
+            threshold = float(parts[1])
+        except ValueError:
+            continue
+        try:
+            ceiling: float | None = max(abs(float(parts[2])), abs(float(parts[3])))
+        except (IndexError, ValueError):
+            ceiling = None
+        rows.append((parts[0], threshold, ceiling))
+    return rows
+
+
+def read_thresholds(table: Path) -> dict[str, float]:
+    """The thresholds of a tpu_mlir calibration table (``name threshold min max`` lines)."""
+    return {name: threshold for name, threshold, _ in _table_rows(table)}
 
 
 def read_ceilings(table: Path) -> dict[str, float]:
     """The largest magnitude calibration saw of each tensor of a calibration table (its ``min``
     and ``max`` columns)."""
-    out = {}
-    for line in table.read_text(errors="replace").splitlines():
-        parts = line.split()
-        if len(parts) >= 4 and not line.startswith("#"):
-            try:
-                out[parts[0]] = max(abs(float(parts[2])), abs(float(parts[3])))
-            except ValueError:
-                continue
-    return out
+    return {name: top for name, _, top in _table_rows(table) if top is not None}
 
 
 def write_thresholds(table: Path, out: Path, changed: dict[str, float]) -> None:
