@@ -35,11 +35,20 @@ sys.path.insert(0, str(HERE))
 from _report import emit  # noqa: E402
 
 
+def hand_env() -> dict[str, str]:
+    """The tools' environment as a user typing the commands has it: OpenMP's own wait policy
+    (duotpu sets a passive one for the tools it runs side by side)."""
+    env = compiler.tool_env()
+    if "OMP_WAIT_POLICY" not in os.environ:
+        env.pop("OMP_WAIT_POLICY", None)
+    return env
+
+
 def timed(argv, cwd, log):
     t0 = time.monotonic()
     with open(log, "w") as f:
         rc = subprocess.run(
-            argv, cwd=cwd, env=compiler.tool_env(), stdout=f, stderr=subprocess.STDOUT
+            argv, cwd=cwd, env=hand_env(), stdout=f, stderr=subprocess.STDOUT
         ).returncode
     if rc:
         sys.exit(f"step failed: {' '.join(map(str, argv))} (see {log})")

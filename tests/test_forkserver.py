@@ -26,6 +26,7 @@ import os, sys, time
 print("argv", sys.argv[1:], "path0", sys.path[0] == os.path.dirname(os.path.abspath(__file__)))
 print("cwd", os.getcwd())
 print("x", os.environ.get("DUOTPU_TEST_X"), "omp", os.environ.get("OMP_NUM_THREADS"))
+print("wait policy", os.environ.get("OMP_WAIT_POLICY"))
 print("nice", os.nice(0), "own group", os.getpgid(0) == os.getpid())
 print("main", __name__)
 print("forked", "compiler/forkserver.py" in open(f"/proc/{os.getppid()}/cmdline").read())
@@ -83,6 +84,8 @@ def test_a_forked_tool_ends_as_a_fresh_process_would(tmp_path, monkeypatch, mode
     assert forked[1] == fresh[1], (forked[1], fresh[1])
     assert "x été 1" in forked[1] and "nice 0 own group True" in forked[1]
     assert "main __main__" in forked[1]
+    # idle OpenMP threads sleep: spinning ones took the core of the work beside them
+    assert "wait policy PASSIVE" in forked[1]
     if mode == "raise":
         assert "ValueError: boom" in forked[1]
 

@@ -84,6 +84,7 @@ def stage_export(wd: WorkDir, r: Recipe) -> Stage[Exported]:
         # a model that is exported anew is compiled anew: the fork server's imports overlap with
         # the export (a rebuild whose export is cached starts it at its first tool, if any)
         compiler.start_fork_server()
+        compiler.passive_openmp()
         m = export_mod.export_onnx(
             src,
             {i.name: i.shape for i in r.inputs} if len(r.inputs) > 1 else r.inputs[0].shape,
