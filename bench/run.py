@@ -59,6 +59,7 @@ JOBS = [
         ],
         first="mnv3_photos.py",
     ),
+    Job("mix_time.py", "mix_time.md", ["--before", "e6ea0f3^"]),
     Job("detect.py", "detect.md"),
     Job("zoo.py", "zoo_cv180x.md", ["--force"]),
 ]

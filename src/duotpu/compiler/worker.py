@@ -49,7 +49,7 @@ def _cvimodel_runner(path: str, program: int, keep_all: bool):
 CHECK_EVERY = 16
 
 
-def _mlir_runner(path: str):
+def _mlir_runner(path: str, keep: list[str]):
     import pymlir
 
     pymlir.set_mem_mode("value_mem")
@@ -68,6 +68,9 @@ def _mlir_runner(path: str):
             else:
                 module.set_tensor(name, x.astype(np.float32), x.shape)
         module.invoke(True)
+        if keep:  # the tensors asked for alone: copying every tensor out cost more than the run
+            have = set(module.all_tensor_names)
+            return {k: np.array(module.get_tensor(k)) for k in keep if k in have}
         return {k: np.array(v) for k, v in module.get_all_tensor().items()}
 
     # Some ops keep state between invocations of one loaded module (an INT8 constant Pad, as in
@@ -158,7 +161,7 @@ def main() -> int:
     run = (
         _cvimodel_runner(args.model, args.program, not keep)
         if args.backend == "cvimodel"
-        else _mlir_runner(args.model)
+        else _mlir_runner(args.model, keep)
     )
     for k, (src, dst) in enumerate(jobs):
         with np.load(src) as z:
