@@ -61,9 +61,11 @@ print(json.dumps({
     "mix_s": stages.get("mix", 0.0),
     "fast_search_s": mix.fast_search_seconds,
     "candidates": sum(1 for r in rows if r.label not in ("pure INT8", "pure BF16")),
-    "deploy_s": sum(getattr(r, "deploy_s", 0.0) for r in rows),
-    "measure_s": sum(getattr(r, "measure_s", 0.0) for r in rows),
-    "check_s": sum(getattr(r, "check_s", 0.0) for r in rows),
+    # (duotpu before session 26 did not record where a candidate's time went: None)
+    **{
+        k: sum(getattr(r, k) for r in rows) if all(hasattr(r, k) for r in rows) else None
+        for k in ("deploy_s", "measure_s", "check_s")
+    },
     "bf16_layers": len(best.layers),
     "metric": best.metric,
     "met": mix.met,
@@ -180,11 +182,16 @@ def main() -> int:
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |",
     ]
     for label, r in runs:
-        rest = r["mix_s"] - r["deploy_s"] - r["measure_s"] - r["check_s"]
+        parts = [r["deploy_s"], r["measure_s"], r["check_s"]]
+        split = (
+            [f"{p:.0f}" for p in [*parts, r["mix_s"] - sum(parts)]]
+            if None not in parts
+            else ["—"] * 4  # not recorded by that duotpu
+        )
         lines.append(
-            f"| {label} | {r['mix_s']:.0f} | {r['candidates']} | {r['deploy_s']:.0f} | "
-            f"{r['measure_s']:.0f} | {r['check_s']:.0f} | {rest:.0f} | {r['bf16_layers']} | "
-            f"{r['metric']:.4f} | {'yes' if r['met'] else 'no'} | {r['build_s']:.0f} |"
+            f"| {label} | {r['mix_s']:.0f} | {r['candidates']} | {' | '.join(split)} | "
+            f"{r['bf16_layers']} | {r['metric']:.4f} | {'yes' if r['met'] else 'no'} | "
+            f"{r['build_s']:.0f} |"
         )
     if len(runs) == 2:
         before, now = runs[0][1]["mix_s"], runs[1][1]["mix_s"]

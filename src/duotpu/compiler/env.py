@@ -32,7 +32,7 @@ OMP_WAIT_POLICY = "PASSIVE"
 def passive_openmp() -> None:
     """Let the OpenMP runtimes this process loads later (torch's, for an export) put idle
     threads to sleep: a spinning thread took the core the fork server imported on, and the
-    export took 3.5 s instead of 1.7 s (bench/build.py). The user's own setting wins; a runtime
+    export took twice as long (NOTES.md, session 30). The user's own setting wins; a runtime
     already loaded keeps what it read."""
     os.environ.setdefault("OMP_WAIT_POLICY", OMP_WAIT_POLICY)
 
