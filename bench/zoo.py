@@ -12,8 +12,8 @@ calibrated on synthetic chunks, its sample rate fixed with model.constants). Eac
 as a user would: `duotpu.build` with no other help; when the build fails in one of its last
 layers and the error suggests --cut-at, the suggested cut is built as well (with the
 --correctness its deploy's error then gives, if it does), and when the INT8
-model misses its verification the mixed precision the error suggests (--target cos>=0.99) is
-built (ways around duotpu suggests).
+model (the whole or the cut one) misses its verification the mixed precision the error suggests
+(--target cos>=0.99) is built (ways around duotpu suggests).
 
 Rows are kept in bench/results/zoo.json as they finish (a rerun skips finished rows; --force
 rebuilds), and the table is written to bench/results/zoo.md after each row. Build folders stay in
@@ -291,7 +291,7 @@ def run_row(row: Row, chip: str, calib: int, rounding: str = "nearest") -> dict:
         tensor = next((err.cut_at for err in errors if getattr(err, "cut_at", "")), "")
         if tensor:
             try:
-                r, loosened, failed = cut_way(row, chip, calib, tensor, folder)
+                r, loosened, failed, by_mode = cut_way(row, chip, calib, tensor, folder)
                 way = f"--cut-at {tensor} (the last layers on the CPU)"
                 if loosened:
                     way += (
@@ -304,6 +304,18 @@ def run_row(row: Row, chip: str, calib: int, rounding: str = "nearest") -> dict:
                     reason=failed or one_line(errors[0]),
                     **measure(r, time.monotonic() - t0, calib),
                 )
+                if isinstance(by_mode.get("int8"), ToleranceError):
+                    # the cut model's INT8 misses verification: the mix its error suggests, on
+                    # the cut (as a user follows the second advice after the first)
+                    more = mixed_way(row, chip, calib, folder, t0, [tensor], loosened, "-cut-mix")
+                    if "ion_int8" in more:
+                        out["ion_mb"]["int8"] = more.pop("ion_int8")
+                        out["est_ms"]["int8"] = more.pop("est_int8")
+                        out["fits_duo"] = min(out["ion_mb"].values()) <= DUO_ION_MB
+                    if "way" in more:
+                        more["way"] = f"{way}, then {more['way']}"
+                        more["reason"] = one_line(errors[0])
+                    out.update(more)
                 return out
             except DuoTpuError as e2:
                 errors = [*errors, e2]
@@ -328,11 +340,11 @@ CORRECTNESS = re.compile(r"--correctness ([0-9.]+),(-?[0-9.]+)")
 
 def cut_way(
     row: Row, chip: str, calib: int, tensor: str, folder: Path
-) -> tuple[Any, tuple[float, ...], str]:
+) -> tuple[Any, tuple[float, ...], str, dict]:
     """The build cut at ``tensor`` (the calibration shared, as a user's rebuild); when a
     deploy's simulator check fails with the advice to loosen ``--correctness``, built again
     with it (at most twice). Returns the result, the correctness used (() if none) and, for a
-    partial build, what failed."""
+    partial build, what failed (in words and by mode)."""
     correctness: tuple[float, ...] = ()
     for _ in range(3):
         try:
@@ -342,7 +354,7 @@ def cut_way(
                 folder / "work",
                 events=_progress(row.name),
             )
-            return r, correctness, ""
+            return r, correctness, "", {}
         except PartialBuild as e:
             errors: list[BaseException] = list(e.failed.values())
             partial: Any = e
@@ -353,7 +365,7 @@ def cut_way(
             if partial is None:
                 raise errors[0] if len(errors) == 1 else BuildFailed(errors)
             failed = ", ".join(f"{m.upper()}: {one_line(x)}" for m, x in partial.failed.items())
-            return partial.result, correctness, failed
+            return partial.result, correctness, failed, partial.failed
         advised = [(float(m.group(1)), float(m.group(2))) for m in found]
         if correctness:
             advised.append((correctness[0], correctness[1]))
@@ -361,14 +373,24 @@ def cut_way(
     raise DuoTpuError(f"the cut at {tensor} still fails its deploy check at {correctness}")
 
 
-def mixed_way(row: Row, chip: str, calib: int, folder: Path, t0: float) -> dict:
+def mixed_way(
+    row: Row,
+    chip: str,
+    calib: int,
+    folder: Path,
+    t0: float,
+    cut: list[str] | None = None,
+    correctness: tuple[float, ...] = (),
+    suffix: str = "-mix",
+) -> dict:
     """The way around an INT8 model that misses verification: mixed precision to
     ``MIX_TARGET`` (INT8 only, in the row's own work directory: the export, the transform and the
-    calibration are reused). Row fields to update: the mixed model takes INT8's columns."""
+    calibration are reused), on the model cut at ``cut`` when given. Row fields to update: the
+    mixed model takes INT8's columns."""
     try:
         r = pipeline.build(
-            recipe_for(row, chip, calib, mix=MIX_TARGET),
-            folder.with_name(f"{folder.name}-mix"),
+            recipe_for(row, chip, calib, cut, mix=MIX_TARGET, correctness=correctness),
+            folder.with_name(f"{folder.name}{suffix}"),
             folder / "work",
             events=_progress(row.name),
         )
