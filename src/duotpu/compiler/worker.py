@@ -68,7 +68,8 @@ def _mlir_runner(path: str, keep: list[str]):
             else:
                 module.set_tensor(name, x.astype(np.float32), x.shape)
         module.invoke(True)
-        if keep:  # the tensors asked for alone: copying every tensor out cost more than the run
+        if keep:  # the tensors asked for alone, not a copy of every tensor (memory; on PP-OCRv5
+            # rec the time did not move: the run dominates, NOTES.md session 30)
             have = set(module.all_tensor_names)
             return {k: np.array(module.get_tensor(k)) for k in keep if k in have}
         return {k: np.array(v) for k, v in module.get_all_tensor().items()}
