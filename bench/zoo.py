@@ -278,12 +278,7 @@ def run_row(row: Row, chip: str, calib: int, rounding: str = "nearest") -> dict:
         failed = ", ".join(f"{m.upper()}: {one_line(err)}" for m, err in e.failed.items())
         out.update(outcome="partial", reason=failed)
         if isinstance(e.failed.get("int8"), ToleranceError):
-            way = mixed_way(row, chip, calib, folder, t0)
-            if "ion_int8" in way:  # the mixed model takes INT8's columns
-                out["ion_mb"]["int8"] = way.pop("ion_int8")
-                out["est_ms"]["int8"] = way.pop("est_int8")
-                out["fits_duo"] = min(out["ion_mb"].values()) <= DUO_ION_MB
-            out.update(way)
+            _take_mixed(out, mixed_way(row, chip, calib, folder, t0))
         return out
     except DuoTpuError as e:
         errors = getattr(e, "errors", [e])
@@ -307,15 +302,11 @@ def run_row(row: Row, chip: str, calib: int, rounding: str = "nearest") -> dict:
                 if isinstance(by_mode.get("int8"), ToleranceError):
                     # the cut model's INT8 misses verification: the mix its error suggests, on
                     # the cut (as a user follows the second advice after the first)
-                    more = mixed_way(row, chip, calib, folder, t0, [tensor], loosened, "-cut-mix")
-                    if "ion_int8" in more:
-                        out["ion_mb"]["int8"] = more.pop("ion_int8")
-                        out["est_ms"]["int8"] = more.pop("est_int8")
-                        out["fits_duo"] = min(out["ion_mb"].values()) <= DUO_ION_MB
+                    more = mixed_way(row, chip, calib, folder, t0, [tensor], loosened)
                     if "way" in more:
                         more["way"] = f"{way}, then {more['way']}"
                         more["reason"] = one_line(errors[0])
-                    out.update(more)
+                    _take_mixed(out, more)
                 return out
             except DuoTpuError as e2:
                 errors = [*errors, e2]
@@ -373,6 +364,15 @@ def cut_way(
     raise DuoTpuError(f"the cut at {tensor} still fails its deploy check at {correctness}")
 
 
+def _take_mixed(out: dict, way: dict) -> None:
+    """Update a row with what `mixed_way` found: a mixed model takes INT8's columns."""
+    if "ion_int8" in way:
+        out["ion_mb"]["int8"] = way.pop("ion_int8")
+        out["est_ms"]["int8"] = way.pop("est_int8")
+        out["fits_duo"] = min(out["ion_mb"].values()) <= DUO_ION_MB
+    out.update(way)
+
+
 def mixed_way(
     row: Row,
     chip: str,
@@ -381,7 +381,6 @@ def mixed_way(
     t0: float,
     cut: list[str] | None = None,
     correctness: tuple[float, ...] = (),
-    suffix: str = "-mix",
 ) -> dict:
     """The way around an INT8 model that misses verification: mixed precision to
     ``MIX_TARGET`` (INT8 only, in the row's own work directory: the export, the transform and the
@@ -390,7 +389,7 @@ def mixed_way(
     try:
         r = pipeline.build(
             recipe_for(row, chip, calib, cut, mix=MIX_TARGET, correctness=correctness),
-            folder.with_name(f"{folder.name}{suffix}"),
+            folder.with_name(f"{folder.name}{'-cut' if cut else ''}-mix"),
             folder / "work",
             events=_progress(row.name),
         )

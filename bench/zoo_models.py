@@ -5,6 +5,8 @@ natural crops so activations are realistic)."""
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torchvision
 from torch import nn
@@ -259,25 +261,25 @@ class SCRFDLite(nn.Module):
         return (*scores, *boxes, *kps)
 
 
-def _lively(model: nn.Module, shape: tuple[int, ...], pre: Preprocess) -> nn.Module:
+def _lively(make: Callable[[], nn.Module], shape: tuple[int, ...], pre: Preprocess) -> nn.Module:
+    """``make()``'s model with seeded random weights and its BatchNorm re-estimated."""
+    torch.manual_seed(0)
+    model = make()
     torch.manual_seed(0)
     reestimate_batchnorm(model, shape, pre)
     return model.eval()
 
 
 def dbnet_lite(size: int = 640) -> nn.Module:
-    torch.manual_seed(0)
-    return _lively(DBNetLite(), (1, 3, size, size), IMAGENET)
+    return _lively(DBNetLite, (1, 3, size, size), IMAGENET)
 
 
 def crnn() -> nn.Module:
-    torch.manual_seed(0)
-    return _lively(CRNN(), (1, 3, 32, 320), HALF)
+    return _lively(CRNN, (1, 3, 32, 320), HALF)
 
 
 def svtr_tiny() -> nn.Module:
-    torch.manual_seed(0)
-    return _lively(SVTRTiny(), (1, 3, 48, 320), HALF)
+    return _lively(SVTRTiny, (1, 3, 48, 320), HALF)
 
 
 def vad_samples(folder, count: int, model_path):
@@ -322,10 +324,8 @@ SCRFD_PRE = Preprocess(mean=(0.5, 0.5, 0.5), std=(128 / 255,) * 3)
 
 
 def yolox_nano() -> nn.Module:
-    torch.manual_seed(0)
-    return _lively(YOLOXNano(), (1, 3, 416, 416), YOLOX_PRE)
+    return _lively(YOLOXNano, (1, 3, 416, 416), YOLOX_PRE)
 
 
 def scrfd_lite() -> nn.Module:
-    torch.manual_seed(0)
-    return _lively(SCRFDLite(), (1, 3, 640, 640), SCRFD_PRE)
+    return _lively(SCRFDLite, (1, 3, 640, 640), SCRFD_PRE)
