@@ -239,7 +239,12 @@ class SCRFDLite(nn.Module):
         self.score = nn.Conv2d(32, anchors, 3, 1, 1)
         self.box = nn.Conv2d(32, 4 * anchors, 3, 1, 1)
         self.kps = nn.Conv2d(32, 10 * anchors, 3, 1, 1)
+        # a trained head's outputs are not zero-mean noise: faces are rare (scores near 0.01),
+        # box sides lie a few strides from the anchor and landmarks near the face's middle;
+        # random weights alone give zero-mean boxes that no detector outputs
         nn.init.constant_(self.score.bias, -4.6)
+        nn.init.constant_(self.box.bias, 2.0)
+        nn.init.constant_(self.kps.bias, 1.0)
 
     def forward(self, x: torch.Tensor):
         c3 = self.stage1(self.stage0(x))

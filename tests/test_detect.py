@@ -71,6 +71,66 @@ def test_decode_equals_the_original_model(tmp_path, source, size):
     np.testing.assert_allclose(out, full, atol=1e-3 * size)
 
 
+def test_segment_head_decodes_boxes_and_masks_as_ultralytics(tmp_path):
+    """YOLOv8-seg: the cut keeps the box and class maps, one mask-coefficient map per scale
+    and the prototypes; the decode gives the full model's boxes, scores and coefficients, and
+    each kept object's mask equals Ultralytics' own ``process_mask`` (upsample, then crop)."""
+    import torch
+    from pycocotools import mask as coco_mask
+    from ultralytics.utils import ops
+
+    from duotpu.onboard import heads
+
+    size = 160
+    m = export_onnx(
+        ModelSource("tinymodels:lively_yolov8_seg"),
+        (1, 3, size, size),
+        "images",
+        tmp_path / "m.onnx",
+        task="detect",
+    )
+    head = m.head
+    assert head.kind == "anchor_free" and head.masks == 32 and head.strides == [8, 16, 32]
+    assert len(head.outputs) == 10  # 3 × (box, class), 3 coefficient maps, the prototypes
+    x = tinymodels.photo_input((size, size))
+    full, protos = _ort(tmp_path / "m_full.onnx", x)
+    maps = _ort(m.onnx_path, x)
+    boxes, scores = detect.decode(head, maps)
+    coefs = heads.mask_coefficients(head.to_json(), maps)
+    nc = head.nc
+    np.testing.assert_allclose(boxes[0], full[0, :4].T, atol=1e-3 * size)
+    np.testing.assert_allclose(scores[0], full[0, 4 : 4 + nc].T, atol=1e-5)
+    np.testing.assert_allclose(coefs[0], full[0, 4 + nc :].T, atol=1e-4)
+    np.testing.assert_allclose(maps[-1], protos, atol=1e-5)
+
+    conf = float(np.sort(scores[0].max(1))[-10])  # the ten best boxes
+    dets = detect.detections(head, maps, Preprocess(resize_mode="stretch"), [(size, size)], conf)[0]
+    kept = heads.nms_kept(boxes[0], scores[0], conf, 0.45, 300)
+    assert len(dets) == len(kept) >= 3
+    areas = []
+    for d, (k, _, _, _) in zip(dets, kept):
+        ref = (
+            ops.process_mask(
+                torch.from_numpy(protos[0]),
+                torch.from_numpy(coefs[0, k][None]),
+                torch.tensor([d.box]),
+                (size, size),
+                upsample=True,
+            )[0]
+            .numpy()
+            .astype(bool)
+        )
+        got = d.mask_array()
+        assert got.shape == (size, size)
+        assert (got != ref).sum() <= max(2, ref.sum() // 100), "mask differs from Ultralytics'"
+        areas.append(int(got.sum()))
+        assert coco_mask.area(coco_mask.frPyObjects(d.mask, size, size)) == got.sum()
+    assert max(areas) > 0  # some masks are not empty
+    assert "mask" in dets[0].to_json()
+    img = detect.draw_boxes((x[0].transpose(1, 2, 0) * 255).astype(np.uint8), dets)
+    assert img.size == (size, size)
+
+
 def _bgr(name: str) -> np.ndarray:
     from duotpu.core import images
 

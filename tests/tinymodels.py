@@ -254,10 +254,27 @@ def lively_yolov8(cfg: str = "yolov8n.yaml", nc: int = 3, seed: int = 0, size: i
     model = ultralytics_model(cfg, nc=nc)
     with torch.no_grad():
         for m in model.modules():
-            if type(m).__name__ == "Detect":
+            if type(m).__name__ in ("Detect", "Segment"):
                 for seq in m.cv3:
                     seq[-1].bias.zero_()
     return _photo_batchnorm(model, (size, size), seed)
+
+
+def lively_yolov8_seg(nc: int = 3, seed: int = 0, size: int = 160):
+    """`lively_yolov8` with Ultralytics' segmentation head (``yolov8n-seg.yaml``): box, class
+    and mask-coefficient maps per scale and the mask prototypes."""
+    return lively_yolov8("yolov8n-seg.yaml", nc, seed, size)
+
+
+def photo_input(hw: tuple[int, int], seed: int = 0) -> np.ndarray:
+    """One natural photo crop as a ``[1, 3, h, w]`` float32 input (RGB / 255)."""
+    import cv2
+
+    from duotpu.core.images import calibration_photos, random_crops
+
+    _, crop = random_crops(calibration_photos(), 1, seed)[0]
+    x = cv2.resize(crop, (hw[1], hw[0])).transpose(2, 0, 1)[None].astype(np.float32) / 255
+    return np.ascontiguousarray(x)
 
 
 def current_export_onnx(path: Path, size: int = 32) -> Path:

@@ -82,7 +82,7 @@ def _detect_heads(model: torch.nn.Module) -> list[Any]:
     return [
         m
         for m in model.modules()
-        if type(m).__name__ in ("Detect", "IDetect") and hasattr(m, "stride")
+        if type(m).__name__ in ("Detect", "IDetect", "Segment") and hasattr(m, "stride")
     ]
 
 
@@ -203,6 +203,9 @@ def cut_head(
             "detect task supports Ultralytics YOLOv8 / YOLOv5u / YOLO11 and the "
             'original YOLOv5; for a classifier use task = "classify".'
         )
+    masks = _segment(levels, strides, consumers, shapes, model, bool(dfl))
+    if masks:  # the mask branch is decoded apart: the box + class maps remain
+        strides = strides[1:]
     per_level = {len(v) for v in levels.values()}
 
     def seen() -> str:
@@ -260,7 +263,14 @@ def cut_head(
                 f"box bins {bins} (duotpu saw {seen()})."
             )
         head = YoloHead(
-            "anchor_free", (H, W), strides, outputs, ncs.pop(), reg_max, multi_label=gfl
+            "anchor_free",
+            (H, W),
+            strides,
+            outputs + (masks[0] if masks else []),
+            ncs.pop(),
+            reg_max,
+            multi_label=gfl,
+            masks=masks[1] if masks else 0,
         )
     elif (
         per_level == {1}
@@ -367,6 +377,61 @@ def _reaches(
             seen.add(id(c))
             todo.extend((o, d + 1) for o in c.output)
     return False
+
+
+def _segment(
+    levels: dict[int, list[onnx.NodeProto]],
+    strides: list[int],
+    consumers: dict[str, list[onnx.NodeProto]],
+    shapes: dict[str, list[int]],
+    model: onnx.ModelProto,
+    has_dfl: bool,
+) -> tuple[list[str], int] | None:
+    """Ultralytics' segmentation head (YOLOv8-seg / YOLO11-seg): at the finest stride one
+    prototype map of ``nm`` channels, and at every detection scale, beside the box and class
+    maps, a map of ``nm`` mask coefficients. Takes the coefficient maps and the prototypes out
+    of ``levels`` and returns ``([coef_s8, coef_s16, …, protos], nm)``; None (``levels``
+    untouched) when the head is not that."""
+    if not has_dfl or len(strides) < 3 or len(levels[strides[0]]) != 1:
+        return None
+    if {len(levels[s]) for s in strides[1:]} != {3}:
+        return None
+    proto = levels[strides[0]][0]
+    nm = shapes[proto.output[0]][1]
+    order = {id(n): i for i, n in enumerate(model.graph.node)}
+    coefs = []
+    for s in strides[1:]:
+        plain = [
+            n
+            for n in levels[s]
+            if shapes[n.output[0]][1] == nm and not _reaches(n.output[0], "Sigmoid", consumers)
+        ]
+        if not plain:
+            return None
+        # with 64 prototypes the box map has nm channels too: the coefficients come first
+        coefs.append(min(plain, key=lambda n: order[id(n)]))
+    for s, c in zip(strides[1:], coefs):
+        levels[s] = [n for n in levels[s] if n is not c]
+    del levels[strides[0]]
+    protos = _activated(proto.output[0], consumers)
+    shapes[protos] = shapes[proto.output[0]]
+    return [c.output[0] for c in coefs] + [protos], nm
+
+
+def _activated(tensor: str, consumers: dict[str, list[onnx.NodeProto]]) -> str:
+    """The tensor after the activation that follows a convolution (SiLU as ``x *
+    sigmoid(x)``, ReLU), or ``tensor`` itself when none does: the prototypes are a
+    convolution block's output, its activation included."""
+    users = consumers.get(tensor, [])
+    if len(users) == 1 and users[0].op_type in ("Relu", "LeakyRelu", "Sigmoid", "HardSwish"):
+        return str(users[0].output[0])
+    sig = [u for u in users if u.op_type == "Sigmoid"]
+    mul = [
+        u
+        for u in users
+        if u.op_type == "Mul" and sig and set(u.input) == {tensor, sig[0].output[0]}
+    ]
+    return str(mul[0].output[0]) if len(users) == 2 and mul else tensor
 
 
 def _shared_gfl(

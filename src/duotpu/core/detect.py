@@ -34,14 +34,16 @@ def decode(head: YoloHead, maps: Sequence[np.ndarray]) -> tuple[np.ndarray, np.n
 
 @dataclass
 class Detection:
-    """One detected object: box corners in image pixels, score, class index and name, and
-    landmarks (image pixels) when the detector gives them."""
+    """One detected object: box corners in image pixels, score, class index and name,
+    landmarks (image pixels) when the detector gives them, and an instance-segmentation
+    model's mask (COCO run-lengths over the image, `duotpu.onboard.heads.rle`)."""
 
     box: tuple[float, float, float, float]
     score: float
     cls: int
     name: str
     keypoints: tuple[tuple[float, float], ...] = ()  # a face detector's landmarks
+    mask: dict[str, Any] | None = None
 
     def to_json(self) -> dict:
         out: dict[str, Any] = {
@@ -52,7 +54,18 @@ class Detection:
         }
         if self.keypoints:
             out["keypoints"] = [[round(x, 1), round(y, 1)] for x, y in self.keypoints]
+        if self.mask is not None:
+            out["mask"] = self.mask
         return out
+
+    def mask_array(self) -> np.ndarray | None:
+        """The mask as a boolean image (``[h, w]``), or None without one."""
+        if self.mask is None:
+            return None
+        from pycocotools import mask as coco_mask
+
+        h, w = self.mask["size"]
+        return coco_mask.decode(coco_mask.frPyObjects(self.mask, h, w)).astype(bool)
 
 
 #: per-class NMS, as OpenCV's ``NMSBoxesBatched`` (the board app's own code)
@@ -80,13 +93,30 @@ def detections(
     """Raw head maps of a batch → the detections of each image, in image pixels."""
     boxes, scores = decode(head, maps)
     points = heads.keypoints(head.to_json(), maps)
+    coefs = heads.mask_coefficients(head.to_json(), maps)
     resize_hw = tuple(pre.resize) if pre.resize else head.input_hw
     out = []
     for b, hw in enumerate(image_hws):
-        out.append(
-            [
+        found = []
+        for k, xyxy, s, c in heads.nms_kept(
+            boxes[b], scores[b], conf, iou, max_det, head.multi_label
+        ):
+            box = to_image(xyxy, pre, head.input_hw, hw)
+            mask = None
+            if coefs is not None:
+                placed = heads.instance_mask(
+                    coefs[b, k],
+                    np.asarray(maps[-1][b], np.float32),
+                    box,
+                    pre.resize_mode,
+                    resize_hw,
+                    head.input_hw,
+                    hw,
+                )
+                mask = heads.rle(*placed, hw)
+            found.append(
                 Detection(
-                    to_image(xyxy, pre, head.input_hw, hw),
+                    box,
                     s,
                     c,
                     head.names[c] if c < len(head.names) else str(c),
@@ -96,12 +126,10 @@ def detections(
                         heads.point_to_image(p, pre.resize_mode, resize_hw, head.input_hw, hw)
                         for p in points[b, k]
                     ),
+                    mask,
                 )
-                for k, xyxy, s, c in heads.nms_kept(
-                    boxes[b], scores[b], conf, iou, max_det, head.multi_label
-                )
-            ]
-        )
+            )
+        out.append(found)
     return out
 
 
@@ -183,9 +211,24 @@ def draw(image: str | Path | np.ndarray, dets: list[Detection], out: Path) -> Pa
     return out
 
 
+_PALETTE = [
+    (255, 56, 56),
+    (72, 249, 10),
+    (0, 194, 255),
+    (255, 157, 151),
+    (146, 204, 23),
+    (255, 178, 29),
+    (52, 69, 147),
+    (207, 210, 49),
+    (132, 56, 255),
+    (255, 55, 199),
+]
+
+
 def draw_boxes(image: str | Path | np.ndarray, dets: list[Detection], min_side: int = 0) -> Any:
-    """The image (path or RGB array) as a PIL image with boxes, class names and scores; an
-    image smaller than ``min_side`` is enlarged first, so small inputs stay legible."""
+    """The image (path or RGB array) as a PIL image with boxes, class names and scores (and
+    instance masks, tinted in the class colour); an image smaller than ``min_side`` is
+    enlarged first, so small inputs stay legible."""
     from PIL import Image, ImageDraw, ImageFont
 
     img = (
@@ -193,6 +236,14 @@ def draw_boxes(image: str | Path | np.ndarray, dets: list[Detection], min_side: 
         if not isinstance(image, np.ndarray)
         else Image.fromarray(np.asarray(image, np.uint8)).convert("RGB")
     )
+    if any(d.mask is not None for d in dets):
+        pixels = np.asarray(img, np.float32).copy()
+        for det in dets:
+            m = det.mask_array()
+            if m is not None and m.shape == pixels.shape[:2]:
+                tint = np.asarray(_PALETTE[det.cls % len(_PALETTE)], np.float32)
+                pixels[m] = pixels[m] * 0.55 + tint * 0.45
+        img = Image.fromarray(pixels.round().astype(np.uint8))
     scale = max(1.0, min_side / max(img.size)) if min_side else 1.0
     if scale > 1.0:
         img = img.resize((round(img.width * scale), round(img.height * scale)), Image.NEAREST)
@@ -203,26 +254,15 @@ def draw_boxes(image: str | Path | np.ndarray, dets: list[Detection], min_side: 
                 d.cls,
                 d.name,
                 tuple((x * scale, y * scale) for x, y in d.keypoints),
+                d.mask,
             )
             for d in dets
         ]
     d = ImageDraw.Draw(img)
     font = ImageFont.load_default()
-    palette = [
-        (255, 56, 56),
-        (72, 249, 10),
-        (0, 194, 255),
-        (255, 157, 151),
-        (146, 204, 23),
-        (255, 178, 29),
-        (52, 69, 147),
-        (207, 210, 49),
-        (132, 56, 255),
-        (255, 55, 199),
-    ]
     width = max(2, round(sum(img.size) / 600))
     for det in dets:
-        color = palette[det.cls % len(palette)]
+        color = _PALETTE[det.cls % len(_PALETTE)]
         d.rectangle(det.box, outline=color, width=width)
         for x, y in det.keypoints:  # landmarks as dots
             d.ellipse((x - width, y - width, x + width, y + width), fill=color)

@@ -32,11 +32,13 @@ class YoloHead:
     ``box_cls``: the box channels first); for ``yolox`` ``[box_s8, obj_s8, cls_s8, ...]``; for
     ``scrfd`` ``[score_s8, box_s8, landmarks_s8, ...]`` (``per_cell`` anchors a cell,
     ``keypoints`` landmarks a face, 0 when the model has none); for ``anchor`` one map per
-    scale. ``reg_max`` is the number of bins per box side (16 for
-    YOLOv8, 8 for PicoDet's reg_max 7, 1 when the map holds distances). ``multi_label``: NMS
-    keeps a box for every class it scores above the threshold (PaddleDetection's multiclass
-    NMS), not only its best. ``anchors`` (only ``anchor``) are per scale the anchor sizes in
-    input pixels, ``[w0, h0, w1, h1, ...]``.
+    scale. ``masks`` (an instance-segmentation head, YOLOv8-seg) is the number of mask
+    coefficients a box has; ``outputs`` then end with one coefficient map per scale and the
+    prototype map (``masks`` channels at the finest stride). ``reg_max`` is the number of
+    bins per box side (16 for YOLOv8, 8 for PicoDet's reg_max 7, 1 when the map holds
+    distances). ``multi_label``: NMS keeps a box for every class it scores above the
+    threshold (PaddleDetection's multiclass NMS), not only its best. ``anchors`` (only
+    ``anchor``) are per scale the anchor sizes in input pixels, ``[w0, h0, w1, h1, ...]``.
     """
 
     kind: str
@@ -51,6 +53,7 @@ class YoloHead:
     multi_label: bool = False
     per_cell: int = 1
     keypoints: int = 0
+    masks: int = 0
 
     @property
     def num_boxes(self) -> int:
@@ -70,6 +73,7 @@ class YoloHead:
         data.setdefault("multi_label", False)
         data.setdefault("per_cell", 1)
         data.setdefault("keypoints", 0)
+        data.setdefault("masks", 0)
         return cls(**data)
 
     def save(self, path: Path) -> None:

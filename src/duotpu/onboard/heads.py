@@ -1,6 +1,6 @@
 """The CPU tail of a task, in numpy only: class probabilities and top-k, the detector decode
-(anchor-free YOLOv8/11 and PP-PicoDet with DFL, YOLOX, SCRFD with landmarks, anchor-based
-YOLOv5), per-class NMS, and boxes mapped back onto the image. The host
+(anchor-free YOLOv8/11 and PP-PicoDet with DFL, YOLOv8-seg's instance masks, YOLOX, SCRFD
+with landmarks, anchor-based YOLOv5), per-class NMS, and boxes mapped back onto the image. The host
 (`duotpu.core.detect`) uses these same functions, so the board and the PC give the same
 answers by construction.
 """
@@ -168,6 +168,73 @@ def keypoints(head: Mapping[str, Any], maps: Sequence[np.ndarray]) -> Optional[n
     return np.concatenate(out, 1)
 
 
+def mask_coefficients(head: Mapping[str, Any], maps: Sequence[np.ndarray]) -> Optional[np.ndarray]:
+    """An instance-segmentation head's mask coefficients ``[B, N, nm]`` in the order of
+    `decode`'s boxes (the coefficient maps follow the box and class maps); None for heads
+    without masks."""
+    nm = int(head.get("masks") or 0)
+    if not nm:
+        return None
+    k = len(head["strides"])
+    first = len(maps) - k - 1
+    out = [
+        np.asarray(m, np.float32).reshape(np.asarray(m).shape[0], nm, -1).transpose(0, 2, 1)
+        for m in maps[first : first + k]
+    ]
+    return np.concatenate(out, 1)
+
+
+def instance_mask(
+    coef: np.ndarray,
+    protos: np.ndarray,
+    box: Sequence[float],
+    mode: str,
+    resize_hw: Sequence[int],
+    net_hw: Sequence[int],
+    image_hw: Sequence[int],
+) -> Tuple[int, int, np.ndarray]:
+    """One object's mask in the image's pixels, as Ultralytics computes it: the coefficients
+    times the prototypes (``[nm, mh, mw]``) give mask logits, sampled bilinearly (half-pixel
+    centres) at each image pixel, kept above 0 inside the box (``box``: x1, y1, x2, y2 in the
+    image's pixels). Returns (x0, y0, mask) with the mask covering the box's pixels."""
+    nm, mh, mw = protos.shape
+    logits = (np.asarray(coef, np.float32) @ protos.reshape(nm, -1)).reshape(mh, mw)
+    ih, iw = image_hw
+    x0, y0 = max(int(np.floor(box[0])), 0), max(int(np.floor(box[1])), 0)
+    x1, y1 = min(int(np.ceil(box[2])), iw), min(int(np.ceil(box[3])), ih)
+    if x1 <= x0 or y1 <= y0:
+        return x0, y0, np.zeros((0, 0), bool)
+    sx, sy, ox, oy = placement(mode, resize_hw, net_hw, image_hw)
+    # image pixel centre → network-input pixels → prototype cells (align_corners=False)
+    u = ((np.arange(x0, x1) + 0.5) * sx + ox) * mw / net_hw[1] - 0.5
+    v = ((np.arange(y0, y1) + 0.5) * sy + oy) * mh / net_hw[0] - 0.5
+    u, v = np.clip(u, 0, mw - 1), np.clip(v, 0, mh - 1)
+    u0, v0 = np.minimum(u.astype(int), mw - 2), np.minimum(v.astype(int), mh - 2)
+    fu, fv = (u - u0)[None, :], (v - v0)[:, None]
+    top = logits[v0][:, u0] * (1 - fu) + logits[v0][:, u0 + 1] * fu
+    bottom = logits[v0 + 1][:, u0] * (1 - fu) + logits[v0 + 1][:, u0 + 1] * fu
+    cols, rows = np.arange(x0, x1), np.arange(y0, y1)  # cropped as Ultralytics' crop_mask
+    inside = ((cols >= box[0]) & (cols < box[2]))[None, :] & ((rows >= box[1]) & (rows < box[3]))[
+        :, None
+    ]
+    return x0, y0, ((top * (1 - fv) + bottom * fv) > 0) & inside
+
+
+def rle(x0: int, y0: int, mask: np.ndarray, image_hw: Sequence[int]) -> Dict[str, Any]:
+    """A mask placed at (x0, y0) in an image as COCO's uncompressed run-length encoding
+    ``{"size": [h, w], "counts": [...]}`` (column-major runs, starting with background), what
+    pycocotools and COCO's tools read."""
+    h, w = int(image_hw[0]), int(image_hw[1])
+    full = np.zeros((h, w), bool)
+    full[y0 : y0 + mask.shape[0], x0 : x0 + mask.shape[1]] = mask
+    flat = full.ravel(order="F")
+    edges = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    counts = np.diff(np.concatenate([[0], edges, [flat.size]])).tolist()
+    if flat.size and flat[0]:
+        counts = [0] + counts
+    return {"size": [h, w], "counts": [int(c) for c in counts]}
+
+
 def nms(
     boxes_xywh: np.ndarray,
     scores: np.ndarray,
@@ -325,9 +392,11 @@ def detect(
     max_det: int,
 ) -> List[List[Dict[str, Any]]]:
     """Raw head maps of a batch → per image its objects ``{"box", "score", "class", "name"}``
-    (and ``"keypoints"`` of a face detector) with the box in the image's pixels."""
+    (and ``"keypoints"`` of a face detector, ``"mask"`` as COCO run-lengths of an instance
+    segmentation model) with the box in the image's pixels."""
     boxes, scores = decode(head, maps)
     points = keypoints(head, maps)
+    coefs = mask_coefficients(head, maps)
     names = head.get("names") or []
     net_hw = head["input_hw"]
     out = []
@@ -346,6 +415,12 @@ def detect(
                 obj["keypoints"] = [
                     point_to_image(p, mode, resize_hw, net_hw, hw) for p in points[b, k]
                 ]
+            if coefs is not None:
+                protos = np.asarray(maps[-1][b], np.float32)
+                obj["mask"] = rle(
+                    *instance_mask(coefs[b, k], protos, obj["box"], mode, resize_hw, net_hw, hw),
+                    hw,
+                )
             found.append(obj)
         out.append(found)
     return out
