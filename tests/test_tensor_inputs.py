@@ -70,6 +70,50 @@ def test_two_tensor_inputs_build_verify_and_predict(tmp_path: Path) -> None:
     assert "feeds audio; the model's inputs are audio, state" in " ".join(r.stderr.split())
 
 
+def test_mixed_precision_measures_a_tensor_model_on_its_samples(tmp_path: Path) -> None:
+    """``--target`` on a model of tensor inputs: the search measures every candidate on .npz
+    samples of the inputs (the calibration folder's, when no --mix-images), and the mixed
+    model is delivered and verified like the others."""
+    from duotpu import build
+    from duotpu.builder import mixing
+    from duotpu.config.errors import ConfigError
+    from duotpu.config.recipe import recipe_from_dict
+
+    src = tinymodels.audio_state_onnx(tmp_path / "vad.onnx")
+    samples = tinymodels.audio_state_samples(tmp_path / "samples", n=10)
+    recipe = recipe_from_dict(
+        {
+            "name": "vad",
+            "model": {"source": str(src)},
+            "quantize": ["int8"],
+            "calibration": {"images": str(samples), "count": 6},
+            "mix": {"target": "cos>=0.99999", "count": 4},
+        }
+    )
+    # the samples calibration did not read (it reads the first 6 of 10)
+    assert [p.name for p in mixing.validation_samples(recipe)] == [
+        "s06.npz", "s07.npz", "s08.npz", "s09.npz"
+    ]  # fmt: skip
+    result = build(recipe, out_dir=tmp_path / "b")
+    mixed = result.models["mix"]
+    assert mixed.cvimodel.is_file() and set(mixed.cosine) == {"prob", "new_state"}
+    assert min(mixed.cosine.values()) >= min(result.models["int8"].cosine.values())
+    table = (tmp_path / "b" / "vad.mix.md").read_text()
+    # pure INT8 (cos ~0.9998 on the samples) misses the target: the search kept BF16 layers
+    assert "| 1 |  | pure INT8 | 0 |" in table and "sensitivity: region 1" in table
+    chosen = next(line for line in table.splitlines() if "| → |" in line)
+    assert int(chosen.split("|")[4]) > 0
+    with pytest.raises(ConfigError, match="fast_search"):
+        recipe_from_dict(
+            {
+                "name": "vad",
+                "model": {"source": str(src)},
+                "inputs": [{"name": "audio", "shape": [1, 576]}, {"name": "state"}],
+                "mix": {"target": "cos>=0.99", "fast_search": True},
+            }
+        )
+
+
 def _run_app(app: Path, *args: Path | str) -> dict:
     import subprocess
     import sys

@@ -195,7 +195,7 @@ def test_tensor_inputs_are_several_or_not_nchw_and_take_no_image_options():
     assert recipe_from_dict(one, "t").tensor_inputs  # one input, not N,C,H,W
     for extra, what in (
         ({"preprocess": {"mean": [0.5, 0.5, 0.5]}}, "preprocessing .* applies to image inputs"),
-        ({"mix": {"target": "cos>=0.99"}}, "mixed precision measures on images"),
+        ({"mix": {"target": "cos>=0.99", "fast_search": True}}, "mix.fast_search"),
         ({"deploy": {"batch_sizes": [1, 4]}}, "are for image models"),
         ({"test_image": "cat.jpg"}, "test_image must be an .npz file"),
         (

@@ -21,7 +21,8 @@ from duotpu.config.errors import (
 from duotpu.config.recipe import Mix, Recipe
 from duotpu.core import images, onnxrt
 
-from .prepare import exported_head, folder_key
+from . import calibdata
+from .prepare import exported_head, folder_key, tensor_inputs
 from .quantize import deploy_options, options_key
 from .results import (
     Calibrated,
@@ -53,6 +54,29 @@ def validation_images(r: Recipe) -> list[Path | NDArray[Any]]:
     return list(scan.paths[: mix.count])
 
 
+def validation_samples(r: Recipe) -> list[Path]:
+    """The samples (``.npz`` / ``.npy``) mixed precision is measured on, for a model whose
+    inputs are tensors: ``mix.images``'s, else the calibration folder's — those calibration
+    did not read (it reads the first ``calibration.count``) when the folder has enough, else
+    its last ``mix.count``."""
+    mix = r.mix
+    if not mix.images.startswith("builtin:"):
+        files, where = calibdata.tensor_files(Path(mix.images)), f"mix.images = {mix.images!r}"
+    else:
+        folder = r.calibration.images
+        files, where = calibdata.tensor_files(Path(folder)), f"calibration.images = {folder!r}"
+        unread = files[r.calibration.count :]
+        files = unread if len(unread) >= mix.count else files[-mix.count :]
+    if not files:
+        names = ", ".join(f"{i.name} {list(i.shape)}" for i in r.inputs)
+        raise DataError(
+            f"Mixed precision measures a model of tensor inputs ({names}) on samples of them: "
+            f"{where} has no .npz files. Give a folder of .npz files, one array per input "
+            "name, with --mix-images."
+        )
+    return files[: mix.count]
+
+
 def stage_mix(
     wd: WorkDir,
     r: Recipe,
@@ -77,7 +101,9 @@ def stage_mix(
     float_weights = (rounded.original_weights, rounded.rounded) if rounded else None
     mix = r.mix
     val_key: Any = (
-        mix.images
+        folder_key(validation_samples(r))
+        if r.tensor_inputs
+        else mix.images
         if mix.images.startswith("builtin:")
         else folder_key(images.list_files(Path(mix.images)))
     )
@@ -105,8 +131,17 @@ def stage_mix(
 
     def run(folder: Path) -> Mixed:
         shape = r.inputs[0].shape
-        val = validation_images(r)
-        tensors = [preprocess_image(im, r.preprocess, shape) for im in val]
+        tensors: list[Any]
+        if r.tensor_inputs:
+            wanted = set(t.input_names or (i.name for i in r.inputs))
+            tensors = [
+                {k: v for k, v in calibdata.read_sample(p, tensor_inputs(r)).items() if k in wanted}
+                for p in validation_samples(r)
+            ]
+            val: list[Any] = []
+        else:
+            val = validation_images(r)
+            tensors = [preprocess_image(im, r.preprocess, shape) for im in val]
         fp32 = onnxrt.onnx_outputs(t.onnx, tensors)
         head = exported_head(wd.stages["export"])
         hws = (

@@ -542,10 +542,10 @@ class Recipe:
                 f'{what}: deploy.fuse_preprocess, deploy.batch_sizes and task = "detect" are '
                 "for image models."
             )
-        if self.mix.target or self.mix.qtable:
+        if self.mix.fast_search:
             raise ConfigError(
-                f"{what}: mixed precision measures on images and is not available for tensor "
-                "inputs yet; build INT8 and BF16 and compare them (duotpu compare)."
+                f"{what}: mix.fast_search (tpu_mlir's own search) reads calibration images; "
+                "leave it out: duotpu's search measures on samples of the inputs."
             )
         t = self.test_image
         if t and not (t.lower().endswith((".npz", ".npy")) or not Path(t).suffix):
