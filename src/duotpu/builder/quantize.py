@@ -233,6 +233,7 @@ def stage_round(
         "samples": folder_key(sources),
         "preprocess": asdict(r.preprocess),
         "iterations": rounding.ITERATIONS,
+        "passes": rounding.PASSES,
         "code": [compiler.code_digest(), compiler.file_digest(Path(rounding.__file__))],
         "versions": compiler.versions(),
     }
@@ -262,6 +263,27 @@ def stage_round(
             tune=tune,
             ceilings=rounding.read_ceilings(cal.table),
         )
+        if rounding.PASSES > 1 and new:
+            # the second pass: each layer refitted on its inputs as the INT8 model with the
+            # first pass's rounding computes them (the error of the layers before it included)
+            actual = _int8_activations(
+                r, t, {**weights, **new}, cal.table, tuned, samples, wanted, folder / "pass1"
+            )
+
+            def progress2(done: int, total: int) -> None:
+                wd.events(
+                    StageEvent("round", "progress", message=f"{done}/{total} layers, 2nd pass")
+                )
+
+            new, report, _ = rounding.optimize(
+                found,
+                weights,
+                acts,
+                progress2,
+                stop=compiler.check_cancelled,
+                thresholds={**thresholds, **tuned},
+                actual=actual,
+            )
         weights.update(new)
         out = replace(
             t,
@@ -278,13 +300,15 @@ def stage_round(
         rounding.write_thresholds(cal.table, table, tuned)
         (folder / "rounding.json").write_text(json.dumps([asdict(x) for x in report], indent=1))
         better = sum(x.mse_optimized < (x.mse_table or x.mse_nearest) for x in report)
+        refit = sum(x.on_int8_inputs for x in report)
         wd.events(
             StageEvent(
                 "round",
                 "info",
                 message=f"{len(report)} layers rounded on {len(sources)} calibration samples: "
                 f"{better} closer to fp32 than round-to-nearest; {len(tuned)} of "
-                f"{len(tune)} input thresholds tuned",
+                f"{len(tune)} input thresholds tuned"
+                + (f"; {refit} refitted on the INT8 model's own inputs" if refit else ""),
             )
         )
         return RoundedModel(
@@ -295,6 +319,57 @@ def stage_round(
         )
 
     return wd.run("round", key, run, RoundedModel)
+
+
+def _int8_activations(
+    r: Recipe,
+    t: Transformed,
+    weights: dict[str, Any],
+    table: Path,
+    tuned: dict[str, float],
+    samples: list[dict[str, Any]],
+    wanted: list[str],
+    folder: Path,
+) -> list[dict[str, Any]]:
+    """The tensors ``wanted`` on each sample as the INT8 model with ``weights`` and ``table``
+    (its thresholds ``tuned``) computes them: tpu_mlir lowers it to its quantized MLIR (no
+    cvimodel) and its interpreter runs that."""
+    folder.mkdir(parents=True, exist_ok=True)
+    files = replace(
+        t,
+        mlir=folder / t.mlir.name,
+        weights=folder / t.weights.name,
+        test_input=folder / t.test_input.name,
+        top_outputs=folder / t.top_outputs.name,
+    )
+    for src, dst in ((t.mlir, files.mlir), (t.test_input, files.test_input),
+                     (t.top_outputs, files.top_outputs)):  # fmt: skip
+        shutil.copyfile(src, dst)
+    np.savez(files.weights, **weights)
+    moved = folder / table.name
+    rounding.write_thresholds(table, moved, tuned)
+    opts = replace(
+        deploy_options(r, "int8", None),
+        tolerance=compiler.NO_TOLERANCE,
+        excepts=(),
+        fuse_preprocess="",
+        aligned_input=False,
+    )
+    lowered = compiler.deploy(
+        files.files,
+        folder / "deploy",
+        folder / "deploy.log",
+        opts,
+        cvimodel_name="pass1.cvimodel",
+        calibration_table=moved,
+        lower_only=True,
+    )
+    first = next(iter(samples[0])) if samples else r.inputs[0].name
+    got = compiler.run_tensors("mlir", lowered.tpu_mlir, first, samples, wanted)
+    for left in folder.iterdir():  # the model's copies: only the log stays
+        if left.name != "deploy.log":
+            shutil.rmtree(left) if left.is_dir() else left.unlink()
+    return got
 
 
 def stage_calibrate(wd: WorkDir, r: Recipe, transformed: Stage[Transformed]) -> Stage[Calibrated]:

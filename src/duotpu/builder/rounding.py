@@ -41,6 +41,10 @@ BUDGET = 1_500_000
 #: optimisation steps of one layer's rounding
 ITERATIONS = 300
 
+#: fits of every layer: the first on the fp32 inputs quantized, the second on the inputs the
+#: first pass's INT8 model computes
+PASSES = 2
+
 #: AdaRound's rectified sigmoid stretch and its schedule (the paper's values)
 _ZETA, _GAMMA = 1.1, -0.1
 
@@ -76,6 +80,8 @@ class Rounded:
     threshold_tuned: float | None = None
     #: the error of today's layer: round-to-nearest with the table's threshold
     mse_table: float | None = None
+    #: fitted on the inputs the INT8 model computes (the second pass), not on fp32 inputs
+    on_int8_inputs: bool = False
 
 
 _OP = re.compile(r'"top\.(Conv|MatMul)"\([^)]*\)\s*(\{[^}]*\})?.*loc\((#loc\d+|"[^"]+")\)\s*$')
@@ -172,12 +178,15 @@ def round_layer(
     stop: Callable[[], None] = lambda: None,
     threshold: float | None = None,
     table_threshold: float | None = None,
+    actual: NDArray[Any] | None = None,
 ) -> tuple[NDArray[Any], Rounded]:
     """Choose the rounding of ``w`` that keeps the layer's output on ``inputs`` closest to fp32,
     fed ``inputs`` quantized with ``threshold`` as the chip does (when given); returns the float
     weights that tpu_mlir rounds to the chosen integers, and the numbers. ``table_threshold``
     (the calibration table's, when ``threshold`` is a tuned one) gives the error of today's layer
-    too."""
+    too. ``actual``: the layer's inputs as the INT8 model computes them (its layers before this
+    one quantized, in the order of ``inputs``), fitted against the fp32 output of ``inputs``:
+    the rounding then also makes up for the error that reaches the layer."""
     import torch
 
     t0 = time.monotonic()
@@ -194,7 +203,10 @@ def round_layer(
     with torch.no_grad():
         target = _forward(layer, x, wt, bt)
     x_table = x if table_threshold is None else fake_quant(x, table_threshold)
-    if threshold is not None:
+    if actual is not None:
+        x = torch.from_numpy(np.ascontiguousarray(actual, np.float32))
+        x_table = x
+    elif threshold is not None:
         x = fake_quant(x, threshold)
     st, bs = torch.from_numpy(step.astype(np.float32)), torch.from_numpy(base.astype(np.float32))
     pin = torch.from_numpy(pinned)
@@ -247,6 +259,7 @@ def round_layer(
         table_threshold,
         threshold,
         mse_table,
+        actual is not None,
     )
 
 
@@ -403,12 +416,16 @@ def optimize(
     thresholds: dict[str, float] | None = None,
     tune: set[str] = frozenset(),  # type: ignore[assignment]
     ceilings: dict[str, float] | None = None,
+    actual: list[dict[str, NDArray[Any]]] | None = None,
 ) -> tuple[dict[str, NDArray[Any]], list[Rounded], dict[str, float]]:
     """The rounding of every layer in ``found`` (its inputs from ``activations``, one dict of
     tensors per calibration sample); returns the new weight arrays by name, the numbers and the
     tuned thresholds. With ``thresholds`` (the calibration table's) each layer's input is
     quantized as on the chip; the thresholds of the tensors in ``tune`` are tuned first, up to
-    their ``ceilings`` (the largest magnitude calibration saw).
+    their ``ceilings`` (the largest magnitude calibration saw). ``actual`` (one dict per
+    sample, as ``activations``): the layers' inputs as the INT8 model computes them, each
+    layer's rounding then fitted on those against the fp32 output (`round_layer`); a layer
+    whose input is missing there is fitted as without it.
     ``stop`` is called every few steps and raises to cancel (Ctrl-C)."""
     thresholds, ceilings = thresholds or {}, ceilings or {}
     iterations = ITERATIONS if iterations is None else iterations
@@ -429,11 +446,18 @@ def optimize(
         b = None if layer.bias is None else np.asarray(weights[layer.bias], np.float32).ravel()
         if layer.op == "Conv" and (x.ndim != 4 or w.ndim != 4):
             continue
-        ready.append((layer, w, b, x, stored.shape))
+        xq = None
+        if actual is not None and all(layer.input in a for a in actual[: len(xs[:take])]):
+            xq = np.concatenate(
+                [np.asarray(a[layer.input], np.float32) for a in actual[: len(xs[:take])]], 0
+            )
+            if xq.shape != x.shape:
+                xq = None
+        ready.append((layer, w, b, x, stored.shape, xq))
     tuned: dict[str, float] = {}
     for tensor in sorted(tune):
         stop()
-        uses = [(ly, w, b, x) for ly, w, b, x, _ in ready if ly.input == tensor]
+        uses = [(ly, w, b, x) for ly, w, b, x, _, _ in ready if ly.input == tensor]
         if uses and tensor in thresholds:
             ceiling = ceilings.get(tensor, thresholds[tensor])
             t, _, _ = tune_threshold(uses, thresholds[tensor], ceiling)
@@ -441,7 +465,7 @@ def optimize(
                 tuned[tensor] = t
     new: dict[str, NDArray[Any]] = {}
     report = []
-    for k, (layer, w, b, x, stored_shape) in enumerate(ready):
+    for k, (layer, w, b, x, stored_shape, xq) in enumerate(ready):
         before = thresholds.get(layer.input)
         after = tuned.get(layer.input, before)
         rounded, done = round_layer(
@@ -453,6 +477,7 @@ def optimize(
             stop=stop,
             threshold=after,
             table_threshold=before,
+            actual=xq,
         )
         new[layer.weight] = rounded.reshape(stored_shape)
         report.append(done)

@@ -440,12 +440,14 @@ def deploy(
     merge_weight: bool = False,
     copy_inputs: bool = True,
     validate: bool = True,
+    lower_only: bool = False,
 ) -> DeployFiles:
     """``model_deploy``: top MLIR → cvimodel for ``opts.chip``, validated on the test input: the
     quantized MLIR against the fp32 outputs (``opts.tolerance``) and the cvimodel on the CV18xx
     simulator against the quantized MLIR (``opts.correctness``). Without ``validate`` nothing is
     run on the test input (no ``model_outputs`` / ``tpu_outputs`` files): the caller measures the
-    model itself.
+    model itself. ``lower_only`` stops after the quantized MLIR (``files.tpu_mlir``): no
+    cvimodel, no validation.
 
     model_deploy must run where ``<name>_top_f32_all_weight.npz`` is (the MLIR names it by a
     relative path) and its intermediate files are named after the model, so every variant gets
@@ -470,6 +472,7 @@ def deploy(
                 dst.unlink()
             shutil.copyfile(src, dst)
     files = DeployFiles(folder, transformed.name, quantize, opts.chip, folder / cvimodel_name)
+    validate = validate and not lower_only
     self_check = opts.self_checked and validate
     args = [
         "--mlir",
@@ -503,6 +506,8 @@ def deploy(
         args += ["--aligned_input"]
     if merge_weight:
         args += ["--merge_weight"]
+    if lower_only:
+        args += ["--not_gen_bmodel"]
     args += opts.flags()
     if calibration_table is not None:
         args += ["--calibration_table", str(Path(calibration_table).resolve())]
