@@ -404,9 +404,11 @@ def mixed_way(
     best = mix.best
     worst = min(model.cosine.values())
     if mix.met and worst < r.recipe.tolerance.verify_int8:
+        what = ("samples", "test samples") if r.recipe.tensor_inputs else ("crops", "test image")
         return {
-            "way_failed": f"--target {MIX_TARGET}: met on the validation crops, but the mixed "
-            f"model's cosine on the test image is {worst:.4f}"
+            "way_failed": f"--target {MIX_TARGET}: met on the validation {what[0]} (the "
+            f"quantized MLIR, {best.metric:.4f}), but the mixed cvimodel's "
+            f"cosine on the {what[1]} is {worst:.4f}"
         }
     if not mix.met:
         return {
