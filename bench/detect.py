@@ -79,9 +79,10 @@ def train(epochs: int) -> tuple[Path, float]:
     return best, time.monotonic() - t0
 
 
-def accuracy(best: Path) -> list[str]:
+def shapes_recipe(best: Path, **overrides: object):
+    """The recipe the trained shapes YOLOv8n is built with (INT8 + BF16 unless overridden)."""
     base = load_recipe(ROOT / "recipes" / "yolov8n.toml")
-    recipe = base.with_overrides(
+    return base.with_overrides(
         {
             "name": "shapes_v8n",
             "model.source": str(best),
@@ -90,8 +91,33 @@ def accuracy(best: Path) -> list[str]:
             "calibration.count": 100,
             "test_image": str(WORK / "shapes" / "val" / "images" / "00000.jpg"),
             "quantize": ["int8", "bf16"],
+            **overrides,
         }
     )
+
+
+def scored(result) -> list[tuple[str, object, dict, object]]:
+    """Each model of a shapes build on the val images: (mode, detection metrics, fp32's mAP
+    against the labels, the artefact)."""
+    paths, label_files = evaluate.detection_images(WORK / "shapes" / "val")
+    hws = [load_bgr(p, False).shape[:2] for p in paths]
+    truth = [read_yolo_labels(lf, hw) for lf, hw in zip(label_files, hws)]
+    out = []
+    for mode, art in result.models.items():
+        m = runtime.open_model(art.cvimodel)
+        tensors = runtime.tensors_for(m, paths)
+        fp32 = runtime.fp32_reference(m, tensors)
+        t0 = time.monotonic()
+        outs = runtime.infer(m, tensors, backend="mlir")
+        met, fp = evaluate.compare_detections(
+            mode, m, fp32, outs, hws, truth, time.monotonic() - t0
+        )
+        out.append((mode, met, fp, art))
+    return out
+
+
+def accuracy(best: Path) -> list[str]:
+    recipe = shapes_recipe(best)
     t0 = time.monotonic()
     result = pipeline.build(recipe, WORK / "shapes_v8n")
     build_s = time.monotonic() - t0
@@ -107,15 +133,7 @@ def accuracy(best: Path) -> list[str]:
         "|---|---|---|---|---|---|---|",
     ]
     fp32_row = None
-    for mode, art in result.models.items():
-        m = runtime.open_model(art.cvimodel)
-        tensors = runtime.tensors_for(m, paths)
-        fp32 = runtime.fp32_reference(m, tensors)
-        t0 = time.monotonic()
-        outs = runtime.infer(m, tensors, backend="mlir")
-        met, fp = evaluate.compare_detections(
-            mode, m, fp32, outs, hws, truth, time.monotonic() - t0
-        )
+    for mode, met, fp, art in scored(result):
         if fp32_row is None:
             fp32_row = (
                 f"| fp32 (ONNX Runtime) | {fp['map50']:.3f} | {fp['map50_95']:.3f} | "

@@ -10,7 +10,8 @@ the build's `rounding.json`. Prints a table and writes bench/results/rounding.md
 
 Run: `.venv/bin/python bench/rounding.py [--models efficientnet_lite0,mnv2_photos] [--images 200]`
 (`mnv2_photos` is trained by `bench/mnv3_photos.py --arch mobilenet_v2 --epochs 6` first: ~10 min).
-`--mix-target 'cos>=0.995'` also runs the mixed-precision search from each rounding.
+`--mix-target 'cos>=0.995'` also runs the mixed-precision search from each rounding;
+`--detector` adds bench/detect.py's trained YOLOv8n (mAP against labels and fp32).
 """
 
 from __future__ import annotations
@@ -98,11 +99,18 @@ def main() -> int:
         help="also search the BF16 layers each rounding needs to meet this target "
         "(e.g. 'cos>=0.995'), INT8 + BF16 builds in the same work folder",
     )
+    ap.add_argument(
+        "--detector",
+        action="store_true",
+        help="also the trained YOLOv8n of bench/detect.py (trains it first: ~20 min)",
+    )
+    ap.add_argument("--detector-epochs", type=int, default=30)
     args = ap.parse_args()
     paths = held_out(args.images)
     rows = []
     mixes = []
-    for model in args.models.split(","):
+    models = [m for m in args.models.split(",") if m]
+    for model in models:
         shutil.rmtree(WORK / model, ignore_errors=True)  # every stage timed, none cached
         for how in ("nearest", "optimized"):
             out = WORK / model / how
@@ -145,30 +153,36 @@ def main() -> int:
                 assert mix is not None
                 mixes.append((model, how, mix, time.monotonic() - t0))
                 print(model, how, "mix:", len(mix.best.layers), mix.best.metric, flush=True)
-    cal = recipe_for(args.models.split(",")[0], "nearest").calibration
-    lines = [
+    title = (
         f"# INT8 weight rounding — nearest vs optimized, {args.images} held-out crops/flips "
-        f"(seed 2026), decisive margin {args.margin}, {time.strftime('%Y-%m-%d')}",
-        "",
-        "| model | rounding | decisive top-1 agree (n) | top-1 agree | mean cosine | worst cosine "
-        "| mean KL | build s | the rounding |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
-    ]
-    for model, how, m, built, cost in rows:
-        lines.append(
-            f"| {model} | {how} | {m.decisive_top1_agree:.3f} ({m.decisive_n}) | "
-            f"{m.top1_agree:.3f} | {m.cosine_mean:.4f} | {m.cosine_worst:.4f} | "
-            f"{m.kl_mean:.4f} | {built:.0f} | {cost} |"
-        )
-    lines += [
-        "",
-        f"Calibration: each recipe's ({cal.count} built-in natural crops, seed {cal.seed}); the "
-        "rounding and the thresholds are chosen on 16 of them. Both builds of a model share one "
-        "work folder (export, transform, calibration: the optimized row's build time is the "
-        "round stage, its deploy and verification). Cosine and KL: each image's class scores "
-        "against fp32. 'a tuned threshold': layers whose input threshold the round stage moved "
-        "from tpu_mlir's table.",
-    ]
+        f"(seed 2026), decisive margin {args.margin}, {time.strftime('%Y-%m-%d')}"
+        if rows
+        else f"# INT8 weight rounding — nearest vs optimized, {time.strftime('%Y-%m-%d')}"
+    )
+    lines = [title]
+    if rows:
+        cal = recipe_for(models[0], "nearest").calibration
+        lines += [
+            "",
+            "| model | rounding | decisive top-1 agree (n) | top-1 agree | mean cosine "
+            "| worst cosine | mean KL | build s | the rounding |",
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        ]
+        for model, how, m, built, cost in rows:
+            lines.append(
+                f"| {model} | {how} | {m.decisive_top1_agree:.3f} ({m.decisive_n}) | "
+                f"{m.top1_agree:.3f} | {m.cosine_mean:.4f} | {m.cosine_worst:.4f} | "
+                f"{m.kl_mean:.4f} | {built:.0f} | {cost} |"
+            )
+        lines += [
+            "",
+            f"Calibration: each recipe's ({cal.count} built-in natural crops, seed {cal.seed}); "
+            "the rounding and the thresholds are chosen on 16 of them. Both builds of a model "
+            "share one work folder (export, transform, calibration: the optimized row's build "
+            "time is the round stage, its deploy and verification). Cosine and KL: each image's "
+            "class scores against fp32. 'a tuned threshold': layers whose input threshold the "
+            "round stage moved from tpu_mlir's table.",
+        ]
     if mixes:
         lines += [
             "",
@@ -185,8 +199,45 @@ def main() -> int:
                 f"| {model} | {how} | {count} | {best.metric:.4f} | "
                 f"{'yes' if mix.met else 'no'} | {len(mix.rows)} | {seconds:.0f} |"
             )
+    if args.detector:
+        lines += detector_rows(args.detector_epochs)
     emit(lines, Path(args.out))
     return 0
+
+
+def detector_rows(epochs: int) -> list[str]:
+    """The trained YOLOv8n of bench/detect.py (synthetic shapes, 320×320; trained there first,
+    cached in build/bench-detect) built INT8 with each rounding on its 100 calibration images,
+    scored on its 100 val images: mAP against the labels and against the fp32 detections."""
+    import detect
+
+    best, _ = detect.train(epochs)
+    rows = []
+    for how in ("nearest", "optimized"):
+        recipe = detect.shapes_recipe(best, **{"quantize": ["int8"], "calibration.rounding": how})
+        t0 = time.monotonic()
+        result = pipeline.build(recipe, WORK / "shapes_v8n" / how, WORK / "shapes_v8n" / "work")
+        built = time.monotonic() - t0
+        ((mode, met, fp, _),) = detect.scored(result)
+        rows.append((how, met, fp, built))
+        print("shapes_v8n", how, f"{met.map50_95:.3f}", f"{met.map50_vs_fp32:.3f}", flush=True)
+    fp = rows[0][2]
+    lines = [
+        "",
+        f"A trained detector: bench/detect.py's YOLOv8n ({epochs} epochs on synthetic shapes, "
+        "320×320), INT8 cvimodels on its 100 val images; fp32 (ONNX Runtime) has mAP@0.5 "
+        f"{fp['map50']:.3f} and mAP@0.5:0.95 {fp['map50_95']:.3f} against the labels:",
+        "",
+        "| model | rounding | mAP@0.5 (labels) | mAP@0.5:0.95 (labels) | mAP@0.5 vs fp32 "
+        "detections | worst head-map cosine (mean over images) | build s |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for how, met, _, built in rows:
+        lines.append(
+            f"| shapes_v8n | {how} | {met.map50:.3f} | {met.map50_95:.3f} | "
+            f"{met.map50_vs_fp32:.3f} | {min(met.cosine_mean.values()):.4f} | {built:.0f} |"
+        )
+    return lines
 
 
 if __name__ == "__main__":
