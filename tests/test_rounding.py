@@ -28,12 +28,12 @@ def test_the_cvimodel_holds_the_integers_the_rounding_chose(tiny_onnx_path, tmp_
     assert any(x["flipped"] > 0 for x in report)  # it chose other integers than nearest
     said = [e.message for e in events if e.stage == "round" and e.status == "info"]
     assert said and "3 layers rounded" in said[0]
-    # the second pass fits every layer on its inputs as the first pass's INT8 model computes
-    # them (tpu_mlir's quantized MLIR, lowered without a cvimodel)
+    # the second pass refits every layer on its inputs as the INT8 model computes them with
+    # the layers before it refitted (tpu_mlir's quantized MLIR, lowered without a cvimodel)
     assert all(x["on_int8_inputs"] for x in report) and "3 refitted" in said[0]
-    lowered = (stages["round"].folder / "pass1" / "deploy.log").read_text()
+    lowered = (stages["round"].folder / "pass2" / "deploy.log").read_text()
     assert "--not_gen_bmodel" in lowered and "--calibration_table" in lowered
-    assert [p.name for p in (stages["round"].folder / "pass1").iterdir()] == ["deploy.log"]
+    assert [p.name for p in (stages["round"].folder / "pass2").iterdir()] == ["deploy.log"]
     # the integers in the deployed model are the chosen ones, for every layer
     with np.load(stages["transform"].result.weights) as z:
         before = {k: np.array(z[k]) for k in z.files}

@@ -264,26 +264,47 @@ def stage_round(
             ceilings=rounding.read_ceilings(cal.table),
         )
         if rounding.PASSES > 1 and new:
-            # the second pass: each layer refitted on its inputs as the INT8 model with the
-            # first pass's rounding computes them (the error of the layers before it included)
-            actual = _int8_activations(
-                r, t, {**weights, **new}, cal.table, tuned, samples, wanted, folder / "pass1"
-            )
-
-            def progress2(done: int, total: int) -> None:
-                wd.events(
-                    StageEvent("round", "progress", message=f"{done}/{total} layers, 2nd pass")
+            # the second pass, in graph order, a group of layers at a time: each refitted on
+            # its inputs as the INT8 model computes them with the layers before it already
+            # refitted (the error that reaches it included)
+            current = {**weights, **new}
+            refit: list[rounding.Rounded] = []
+            inputs_of = {ly.name: ly.input for ly in found}
+            for start in range(0, len(found), rounding.GROUP):
+                group = found[start : start + rounding.GROUP]
+                actual = _int8_activations(
+                    r,
+                    t,
+                    current,
+                    cal.table,
+                    tuned,
+                    samples,
+                    sorted({ly.input for ly in group}),
+                    folder / "pass2",
                 )
-
-            new, report, _ = rounding.optimize(
-                found,
-                weights,
-                acts,
-                progress2,
-                stop=compiler.check_cancelled,
-                thresholds={**thresholds, **tuned},
-                actual=actual,
-            )
+                done_new, done_report, _ = rounding.optimize(
+                    group,
+                    weights,
+                    acts,
+                    stop=compiler.check_cancelled,
+                    thresholds={**thresholds, **tuned},
+                    actual=actual,
+                )
+                current.update(done_new)
+                new.update(done_new)
+                refit += done_report
+                wd.events(
+                    StageEvent(
+                        "round",
+                        "progress",
+                        message=f"{len(refit)}/{len(found)} layers refitted on INT8 inputs",
+                    )
+                )
+            # the thresholds as the first pass reported them (table's, and tuned)
+            report = [
+                replace(x, threshold_table=thresholds.get(inputs_of.get(x.layer, "")))
+                for x in refit
+            ]
         weights.update(new)
         out = replace(
             t,

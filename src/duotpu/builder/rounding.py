@@ -42,8 +42,11 @@ BUDGET = 1_500_000
 ITERATIONS = 300
 
 #: fits of every layer: the first on the fp32 inputs quantized, the second on the inputs the
-#: first pass's INT8 model computes
+#: INT8 model computes with the layers before it refitted
 PASSES = 2
+
+#: layers refitted at a time in the second pass (the INT8 model is lowered and run once a group)
+GROUP = 1
 
 #: AdaRound's rectified sigmoid stretch and its schedule (the paper's values)
 _ZETA, _GAMMA = 1.1, -0.1
