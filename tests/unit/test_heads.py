@@ -74,3 +74,20 @@ def test_a_head_duotpu_does_not_decode_is_named_with_what_it_saw(tmp_path, maps,
     assert family in msg and saw in msg, msg
     assert 'task = "generic"' in msg  # the way around
     assert not (tmp_path / "cut.onnx").exists()
+
+
+def test_mask_run_lengths_round_trip_in_coco_order():
+    """A mask as COCO's uncompressed run-lengths (column-major, background first) and back; a
+    mask that starts on its first pixel begins with a zero-length background run."""
+    from duotpu.onboard import heads
+
+    local = np.zeros((3, 4), bool)
+    local[0, 0] = local[1, 1:3] = local[2, 3] = True
+    enc = heads.rle(0, 0, local, (3, 5))
+    assert enc["size"] == [3, 5] and enc["counts"][0] == 0  # the first pixel is set
+    assert sum(enc["counts"]) == 15
+    full = heads.rle_decode(enc)
+    assert full.shape == (3, 5) and np.array_equal(full[:, :4], local) and not full[:, 4].any()
+    placed = heads.rle(2, 1, np.ones((1, 2), bool), (3, 5))
+    assert np.flatnonzero(heads.rle_decode(placed).ravel()).tolist() == [7, 8]
+    assert heads.rle_decode(heads.rle(0, 0, np.zeros((0, 0), bool), (2, 2))).sum() == 0

@@ -60,12 +60,7 @@ class Detection:
 
     def mask_array(self) -> np.ndarray | None:
         """The mask as a boolean image (``[h, w]``), or None without one."""
-        if self.mask is None:
-            return None
-        from pycocotools import mask as coco_mask
-
-        h, w = self.mask["size"]
-        return coco_mask.decode(coco_mask.frPyObjects(self.mask, h, w)).astype(bool)
+        return None if self.mask is None else heads.rle_decode(self.mask)
 
 
 #: per-class NMS, as OpenCV's ``NMSBoxesBatched`` (the board app's own code)

@@ -235,6 +235,14 @@ def rle(x0: int, y0: int, mask: np.ndarray, image_hw: Sequence[int]) -> Dict[str
     return {"size": [h, w], "counts": [int(c) for c in counts]}
 
 
+def rle_decode(mask: Mapping[str, Any]) -> np.ndarray:
+    """COCO's uncompressed run-length encoding (`rle`) back to a boolean ``[h, w]`` mask."""
+    h, w = (int(v) for v in mask["size"])
+    counts = np.asarray(mask["counts"], np.int64)
+    values = np.arange(len(counts)) % 2 == 1  # runs alternate, background first
+    return np.repeat(values, counts)[: h * w].reshape((w, h)).T.copy()
+
+
 def nms(
     boxes_xywh: np.ndarray,
     scores: np.ndarray,
