@@ -321,7 +321,7 @@ def stage_round(
         rounding.write_thresholds(cal.table, table, tuned)
         (folder / "rounding.json").write_text(json.dumps([asdict(x) for x in report], indent=1))
         better = sum(x.mse_optimized < (x.mse_table or x.mse_nearest) for x in report)
-        refit = sum(x.on_int8_inputs for x in report)
+        refitted = sum(x.on_int8_inputs for x in report)
         wd.events(
             StageEvent(
                 "round",
@@ -329,7 +329,7 @@ def stage_round(
                 message=f"{len(report)} layers rounded on {len(sources)} calibration samples: "
                 f"{better} closer to fp32 than round-to-nearest; {len(tuned)} of "
                 f"{len(tune)} input thresholds tuned"
-                + (f"; {refit} refitted on the INT8 model's own inputs" if refit else ""),
+                + (f"; {refitted} refitted on the INT8 model's own inputs" if refitted else ""),
             )
         )
         return RoundedModel(
