@@ -306,17 +306,7 @@ def stage_round(
                 for x in refit
             ]
         weights.update(new)
-        out = replace(
-            t,
-            mlir=folder / t.mlir.name,
-            weights=folder / t.weights.name,
-            test_input=folder / t.test_input.name,
-            top_outputs=folder / t.top_outputs.name,
-        )
-        for src, dst in ((t.mlir, out.mlir), (t.test_input, out.test_input),
-                         (t.top_outputs, out.top_outputs)):  # fmt: skip
-            shutil.copyfile(src, dst)
-        np.savez(out.weights, **weights)
+        out = _model_copy(t, folder, weights)
         table = folder / cal.table.name
         rounding.write_thresholds(cal.table, table, tuned)
         (folder / "rounding.json").write_text(json.dumps([asdict(x) for x in report], indent=1))
@@ -342,6 +332,23 @@ def stage_round(
     return wd.run("round", key, run, RoundedModel)
 
 
+def _model_copy(t: Transformed, folder: Path, weights: dict[str, Any]) -> Transformed:
+    """The transformed model in ``folder`` with ``weights`` (its MLIR, test input and fp32
+    outputs copied)."""
+    out = replace(
+        t,
+        mlir=folder / t.mlir.name,
+        weights=folder / t.weights.name,
+        test_input=folder / t.test_input.name,
+        top_outputs=folder / t.top_outputs.name,
+    )
+    for src, dst in ((t.mlir, out.mlir), (t.test_input, out.test_input),
+                     (t.top_outputs, out.top_outputs)):  # fmt: skip
+        shutil.copyfile(src, dst)
+    np.savez(out.weights, **weights)
+    return out
+
+
 def _int8_activations(
     r: Recipe,
     t: Transformed,
@@ -356,17 +363,7 @@ def _int8_activations(
     (its thresholds ``tuned``) computes them: tpu_mlir lowers it to its quantized MLIR (no
     cvimodel) and its interpreter runs that."""
     folder.mkdir(parents=True, exist_ok=True)
-    files = replace(
-        t,
-        mlir=folder / t.mlir.name,
-        weights=folder / t.weights.name,
-        test_input=folder / t.test_input.name,
-        top_outputs=folder / t.top_outputs.name,
-    )
-    for src, dst in ((t.mlir, files.mlir), (t.test_input, files.test_input),
-                     (t.top_outputs, files.top_outputs)):  # fmt: skip
-        shutil.copyfile(src, dst)
-    np.savez(files.weights, **weights)
+    files = _model_copy(t, folder, weights)
     moved = folder / table.name
     rounding.write_thresholds(table, moved, tuned)
     opts = replace(

@@ -85,47 +85,26 @@ def detections(
     iou: float = 0.45,
     max_det: int = 300,
 ) -> list[list[Detection]]:
-    """Raw head maps of a batch → the detections of each image, in image pixels."""
-    boxes, scores = decode(head, maps)
-    points = heads.keypoints(head.to_json(), maps)
-    coefs = heads.mask_coefficients(head.to_json(), maps)
+    """Raw head maps of a batch → the detections of each image, in image pixels (the board
+    app's own decode, `duotpu.onboard.heads.detect`)."""
     resize_hw = tuple(pre.resize) if pre.resize else head.input_hw
-    out = []
-    for b, hw in enumerate(image_hws):
-        found = []
-        for k, xyxy, s, c in heads.nms_kept(
-            boxes[b], scores[b], conf, iou, max_det, head.multi_label
-        ):
-            box = to_image(xyxy, pre, head.input_hw, hw)
-            mask = None
-            if coefs is not None:
-                placed = heads.instance_mask(
-                    coefs[b, k],
-                    np.asarray(maps[-1][b], np.float32),
-                    box,
-                    pre.resize_mode,
-                    resize_hw,
-                    head.input_hw,
-                    hw,
-                )
-                mask = heads.rle(*placed, hw)
-            found.append(
-                Detection(
-                    box,
-                    s,
-                    c,
-                    head.names[c] if c < len(head.names) else str(c),
-                    ()
-                    if points is None
-                    else tuple(
-                        heads.point_to_image(p, pre.resize_mode, resize_hw, head.input_hw, hw)
-                        for p in points[b, k]
-                    ),
-                    mask,
-                )
+    found = heads.detect(
+        head.to_json(), maps, pre.resize_mode, resize_hw, image_hws, conf, iou, max_det
+    )
+    return [
+        [
+            Detection(
+                tuple(o["box"]),
+                o["score"],
+                o["class"],
+                o["name"],
+                tuple(tuple(p) for p in o.get("keypoints", ())),
+                o.get("mask"),
             )
-        out.append(found)
-    return out
+            for o in objs
+        ]
+        for objs in found
+    ]
 
 
 def per_image(
