@@ -17,7 +17,7 @@ STAMP = re.compile(
 )
 
 
-def _commit() -> str:
+def checkout_commit() -> str:
     """The checkout's commit, short, with "+changes" when files differ from it ("" outside git)."""
     git = ["git", "-C", str(Path(__file__).parent)]
     head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
@@ -42,7 +42,7 @@ def emit(lines: list[str], out: str | Path, echo: bool = True, seconds: float | 
         seconds = time.time() - psutil.Process().create_time()
     cores = os.cpu_count() or 1
     day = time.strftime("%Y-%m-%d")
-    commit = _commit()
+    commit = checkout_commit()
     at = f", commit {commit}" if commit else ""
     stamp = f"_Written by `bench/{script}` after {seconds:.0f} s on {cores} cores, {day}{at}._"
     text = "\n".join(lines) + "\n\n" + stamp + "\n"

@@ -39,7 +39,7 @@ from typing import Any
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
 
-from _report import emit  # noqa: E402
+from _report import checkout_commit, emit  # noqa: E402
 from duotpu.builder import pipeline  # noqa: E402
 from duotpu.builder.mixprec import DUO_ION_MB  # noqa: E402
 from duotpu.compiler.executor import Outcome, executor  # noqa: E402
@@ -476,7 +476,24 @@ def table(rows: list[dict], chip: str, calib: int) -> list[str]:
             f"{f(r.get('int8_cos'))} | {f(r.get('bf16_cos'))} | {f(r.get('build_s'), '.0f')} | "
             f"{f(r.get('calib_s_per_image'), '.2f')} | {note.replace('|', '/')[:220]} |"
         )
-    return lines
+    return [*lines, "", measured_at(rows)]
+
+
+def measured_at(rows: list[dict]) -> str:
+    """A line that names the commits and days the rows were measured at (a row keeps its
+    stamp until it is rerun: the file's own stamp is only the last write's)."""
+    at: dict[str, list[str]] = {}
+    for r in rows:
+        m = r.get("measured")
+        key = f"at commit {m['commit']}, {m['day']}" if m else "at a commit not recorded"
+        at.setdefault(key, []).append(r["name"])
+    if len(at) == 1:
+        return f"Every row measured {next(iter(at))}."
+    parts = [
+        f"{len(names)} {key}" + (f" ({', '.join(names)})" if len(names) <= 6 else "")
+        for key, names in sorted(at.items(), key=lambda kv: -len(kv[1]))
+    ]
+    return "Rows measured: " + "; ".join(parts) + "."
 
 
 def estimates(row: dict) -> dict[str, float]:
@@ -538,6 +555,8 @@ def main() -> None:
             }
         )
         new = done[row.name]
+        # each row says what it measured: a rerun of some rows leaves the others' stamps
+        new["measured"] = {"commit": checkout_commit(), "day": time.strftime("%Y-%m-%d")}
         if new.pop("cached", False) and old.get("build_s") is not None:
             # every stage of the row's build came from the cache (a rerun for its way around):
             # its build and calibration times are the ones measured when it was built
