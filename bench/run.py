@@ -38,6 +38,7 @@ JOBS = [
     Job("app.py", "app.md", quick=True),
     Job("scale.py", "scale.md", ["--eval-build", "build/efficientnet_lite0"], quick=True),
     Job("latency.py", "latency.md", quick=True),
+    Job("startup.py", "startup.md", quick=True),
     Job("fidelity.py", "fidelity.md"),
     Job("rounding.py", "rounding.md"),
     Job("calibration.py", "calibration.md"),
@@ -62,6 +63,11 @@ JOBS = [
     Job("mix_time.py", "mix_time.md", ["--before", "e6ea0f3^"]),
     Job("detect.py", "detect.md"),
     Job("zoo.py", "zoo_cv180x.md", ["--force"]),
+    Job(
+        "zoo.py",
+        "zoo_cv180x_optimized.md",
+        ["--rounding", "optimized", "--only", "efficientvit_b0,repvit_m0_9", "--force"],
+    ),
 ]
 
 

@@ -38,7 +38,27 @@ def test_every_export_and_benchmark_result_has_a_page(tmp_path):
     pages = reference.benchmark_pages(ROOT)
     results = sorted(p.name for p in (ROOT / "bench" / "results").glob("*.md"))
     assert sorted(k for k in pages if k != "index.md") == results
+    nav = (ROOT / "mkdocs.yml").read_text()
+    assert not [k for k in pages if f"benchmarks/{k}" not in nav], "a benchmark page not in nav"
     build = pages["build.md"]
     assert "`bench/build.py`" in build and '--8<-- "bench/results/build.md"' in build
     written = reference.write_reference(tmp_path / "docs", ROOT)
     assert (tmp_path / "docs" / reference.RECIPE_PAGE) in written
+
+
+def test_make_bench_knows_the_script_of_every_result():
+    import importlib.util
+    import sys
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        spec = importlib.util.spec_from_file_location("bench_run", ROOT / "bench" / "run.py")
+        assert spec and spec.loader
+        run = sys.modules["bench_run"] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(run)  # (a dataclass looks its module up in sys.modules)
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+        sys.modules.pop("bench_run", None)
+    results = {p.name for p in (ROOT / "bench" / "results").glob("*.md")}
+    assert results - {j.result for j in run.JOBS} == set()
+    assert not [j for j in run.JOBS if not (ROOT / "bench" / j.script).is_file()]
