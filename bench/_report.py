@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import psutil
@@ -17,14 +18,29 @@ STAMP = re.compile(
 )
 
 
-def checkout_commit() -> str:
-    """The checkout's commit, short, with "+changes" when files differ from it ("" outside git)."""
+def checkout_commit(code: Sequence[str] = ()) -> str:
+    """The checkout's commit, short, with "+changes" when files differ from it ("" outside git).
+    ``code``: git pathspecs of the code a result depends on — then the last commit that changed
+    them, so that commits of other files (docs, other benchmarks) made during a long run do not
+    make its rows look measured on different code."""
     git = ["git", "-C", str(Path(__file__).parent)]
-    head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    ask = (
+        [*git, "log", "-1", "--format=%h", "--", *code]
+        if code
+        else [*git, "rev-parse", "--short", "HEAD"]
+    )
+    head = subprocess.run(ask, capture_output=True, text=True)
     if head.returncode:
         return ""
     dirty = subprocess.run(
-        [*git, "status", "--porcelain", "--untracked-files=no", "--", ":/src", ":/bench/*.py"],
+        [
+            *git,
+            "status",
+            "--porcelain",
+            "--untracked-files=no",
+            "--",
+            *(code or (":/src", ":/bench/*.py")),
+        ],
         capture_output=True,
         text=True,
     ).stdout.strip()

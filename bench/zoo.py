@@ -479,6 +479,16 @@ def table(rows: list[dict], chip: str, calib: int) -> list[str]:
     return [*lines, "", measured_at(rows)]
 
 
+#: what a row's numbers depend on (its stamp names the last commit that changed these)
+CODE = (
+    ":/src",
+    ":/bench/zoo.py",
+    ":/bench/zoo_models.py",
+    ":/pyproject.toml",
+    ":/requirements.lock",
+)
+
+
 def measured_at(rows: list[dict]) -> str:
     """A line that names the commits and days the rows were measured at (a row keeps its
     stamp until it is rerun: the file's own stamp is only the last write's)."""
@@ -556,7 +566,7 @@ def main() -> None:
         )
         new = done[row.name]
         # each row says what it measured: a rerun of some rows leaves the others' stamps
-        new["measured"] = {"commit": checkout_commit(), "day": time.strftime("%Y-%m-%d")}
+        new["measured"] = {"commit": checkout_commit(CODE), "day": time.strftime("%Y-%m-%d")}
         if new.pop("cached", False) and old.get("build_s") is not None:
             # every stage of the row's build came from the cache (a rerun for its way around):
             # its build and calibration times are the ones measured when it was built

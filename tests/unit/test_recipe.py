@@ -206,3 +206,24 @@ def test_tensor_inputs_are_several_or_not_nchw_and_take_no_image_options():
     ):
         with pytest.raises(ConfigError, match=what):
             recipe_from_dict(dict(two, **extra), "t")
+
+
+def test_the_no_preprocessing_hint_says_what_the_model_gets():
+    """A recipe without preprocessing feeds RGB pixels scaled to 0–1, stretched to the input's
+    size: the hint a failed verification gives says so, and names nothing a recipe chose."""
+    import numpy as np
+
+    from duotpu.builder.verify import preprocessing_hint
+    from duotpu.core.preprocess import preprocess_image
+
+    base = {"name": "p", "model": {"source": "m.onnx"}}
+    plain = recipe_from_dict({**base, "inputs": [{"name": "x", "shape": [1, 3, 8, 8]}]})
+    white = np.full((16, 32, 3), 255, np.uint8)
+    x = preprocess_image(white, plain.preprocess, (1, 3, 8, 8))
+    assert x.shape == (1, 3, 8, 8) and float(x.max()) == 1.0
+    assert "RGB pixels scaled to 0–1" in preprocessing_hint(plain)
+    for chosen in ({"resize_mode": "letterbox"}, {"std": [0.5]}, {"pixel_format": "bgr"}):
+        r = recipe_from_dict(
+            {**base, "inputs": [{"name": "x", "shape": [1, 3, 8, 8]}], "preprocess": chosen}
+        )
+        assert preprocessing_hint(r) == "", chosen

@@ -143,8 +143,9 @@ def stage_verify(
 
 def preprocessing_hint(r: Recipe) -> str:
     """The first thing to check when a model misses verification and its recipe gives no
-    preprocessing at all (raw 0–255 pixels, RGB, no mean/std): "" when the recipe gives some.
-    A model trained on normalised input sees values it never saw, which quantize worst."""
+    preprocessing at all (RGB pixels scaled to 0–1, no mean/std, the image stretched to the
+    input's size): "" when the recipe gives some (a resize mode is one). A model trained on
+    normalised input sees values it never saw, which quantize worst."""
     pre = r.preprocess
     if r.tensor_inputs:  # no images, no preprocessing to get wrong
         return ""
@@ -153,12 +154,14 @@ def preprocessing_hint(r: Recipe) -> str:
         and all(s == 1.0 for s in pre.std)
         and pre.pixel_format == "rgb"
         and pre.resize is None
+        and pre.resize_mode == "stretch"
     )
     if not plain:
         return ""
     return (
-        "First check the preprocessing: the recipe gives none (RGB pixels 0–255 straight in, no "
-        "mean/std, no resize). If the model was trained on normalised input (ImageNet's "
+        "First check the preprocessing: the recipe gives none (RGB pixels scaled to 0–1, no "
+        "mean/std, the image stretched to the input's size). If the model was trained on "
+        "normalised input (ImageNet's "
         "--mean 0.485,0.456,0.406 --std 0.229,0.224,0.225, BGR with --pixel-format bgr, a "
         "resize with --resize), give what its own code does; a model fed input it never saw "
         "is where quantization loses most."
