@@ -73,7 +73,7 @@ lint: install
 test-fast: install $(SSHD) $(CHROMIUM) $(STB)
 	$(VENV)/bin/python -m pytest -q -m "not slow" -n $(TEST_WORKERS) --dist loadfile
 
-bench: install
+bench: install $(STB)
 	$(PY) bench/run.py
 
 # The docs site: the reference pages are generated from the code and bench/results, then MkDocs

@@ -19,7 +19,8 @@ STAMP = re.compile(
 
 
 def checkout_commit(code: Sequence[str] = ()) -> str:
-    """The checkout's commit, short, with "+changes" when files differ from it ("" outside git).
+    """The checkout's commit, short, with "+changes" when the code the running script measured
+    (``src`` and the script) differs from it ("" outside git).
     ``code``: git pathspecs of the code a result depends on — then the last commit that changed
     them, so that commits of other files (docs, other benchmarks) made during a long run do not
     make its rows look measured on different code."""
@@ -39,7 +40,7 @@ def checkout_commit(code: Sequence[str] = ()) -> str:
             "--porcelain",
             "--untracked-files=no",
             "--",
-            *(code or (":/src", ":/bench/*.py")),
+            *(code or (":/src", f":/bench/{Path(sys.argv[0]).name}", ":/bench/_report.py")),
         ],
         capture_output=True,
         text=True,

@@ -119,7 +119,7 @@ def main() -> int:
     ap.add_argument("--out", default=str(HERE / "results" / "app.md"))
     args = ap.parse_args()
     from duotpu import make_app
-    from duotpu.board.capp import write_c_app
+    from duotpu.board.capp import stb_include, write_c_app
     from duotpu.compiler.env import tpu_mlir_root
     from duotpu.core import images
     from duotpu.onboard.images import write_ppm
@@ -239,6 +239,14 @@ def main() -> int:
         f"manylinux wheel, OpenBLAS inside) {rss_np:.1f} MB. The board's numpy is another "
         "build: `duotpu board app run|bench` reports the app's peak memory on the board "
         "(VmHWM). The C app needs neither.",
+        "",
+        "C binary: "
+        + (
+            "with stb_image (reads JPEG and PNG besides PPM / PGM / BMP)."
+            if stb_include()
+            else "without stb_image (PPM / PGM / BMP only; Debian's libstb-dev adds JPEG and "
+            "PNG, and size)."
+        ),
         "",
         "CPU work per image besides the TPU:",
         "",
