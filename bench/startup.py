@@ -31,6 +31,12 @@ from duotpu.compiler.forkclient import stop_servers
 
 HERE = Path(__file__).parent
 TOOLS = ["model_transform", "run_calibration", "model_deploy"]
+#: the file each tool writes from the tiny model
+MADE = {
+    "model_transform": "tiny.mlir",
+    "run_calibration": "tiny_cali_table",
+    "model_deploy": "tiny.cvimodel",
+}
 
 
 def _tiny_onnx(path: Path) -> None:
@@ -57,13 +63,13 @@ def _tiny_args(tool: str, src: Path, out: Path) -> list[str]:
     weights relative to it: the tools after the transform run there) writing into ``out``."""
     if tool == "model_transform":
         return ["--model_name", "tiny", "--model_def", str(src / "tiny.onnx"),
-                "--input_shapes", "[[1,3,32,32]]", "--mlir", "tiny.mlir"]  # fmt: skip
+                "--input_shapes", "[[1,3,32,32]]", "--mlir", MADE[tool]]  # fmt: skip
     if tool == "run_calibration":
-        return [str(src / "tiny.mlir"), "--dataset", str(src / "samples"), "--input_num", "2",
-                "-o", str(out / "tiny_cali_table")]  # fmt: skip
-    table = str(src / "tiny_cali_table")
-    return ["--mlir", str(src / "tiny.mlir"), "--quantize", "INT8", "--chip", "cv180x",
-            "--calibration_table", table, "--model", str(out / "tiny.cvimodel")]  # fmt: skip
+        return [str(src / MADE["model_transform"]), "--dataset", str(src / "samples"),
+                "--input_num", "2", "-o", str(out / MADE[tool])]  # fmt: skip
+    mlir, table = (str(src / MADE[t]) for t in TOOLS[:2])
+    return ["--mlir", mlir, "--quantize", "INT8", "--chip", "cv180x",
+            "--calibration_table", table, "--model", str(out / MADE[tool])]  # fmt: skip
 
 
 def _median_seconds(tool: str, repeat: int, work: Path, tiny: Path | None) -> float:
@@ -75,8 +81,7 @@ def _median_seconds(tool: str, repeat: int, work: Path, tiny: Path | None) -> fl
         args = _tiny_args(tool, tiny, folder) if tiny else ["--help"]
         cwd = tiny if tiny and tool != "model_transform" else folder
         times.append(runner.run_tool(tool, tool, args, cwd, folder / "log").seconds)
-        made = {"model_transform": "tiny.mlir", "run_calibration": "tiny_cali_table"}
-        if tiny and not (folder / made.get(tool, "tiny.cvimodel")).is_file():
+        if tiny and not (folder / MADE[tool]).is_file():
             raise SystemExit(f"{tool} wrote nothing in {folder}: read {folder / 'log'}")
         shutil.rmtree(folder)
     return statistics.median(times)
